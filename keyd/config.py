@@ -1,0 +1,139 @@
+"""Configuration: TOML + ``KEYD_*`` env + credential files → one frozen,
+validated ``Config`` (STYLE.md rule 4, DESIGN.md §6).
+
+Errors name the file and the key: ``keyd.toml: alerts.thresholds[2]: "7x"
+is not a duration``. Secrets are read from files or systemd credentials
+and held as ``Secret``; never from the TOML itself or the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta, tzinfo
+from pathlib import Path
+
+from keyd.redact import Secret
+
+DEFAULT_CONFIG_PATH = Path("/etc/keyd/keyd.toml")
+DEFAULT_DB_URL = "sqlite:////var/lib/keyd/keyd.db"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = DEFAULT_DB_URL
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    url: str
+    scopes: tuple[str, ...] = ("openid",)  # openid is always sent
+    probe_interval: timedelta = timedelta(hours=6)
+    ca_bundle: Path | None = None
+    timeout: timedelta = timedelta(seconds=10)
+    assertion_lifetime: timedelta = timedelta(minutes=5)
+    clock_skew: timedelta = timedelta(seconds=5)  # iat is back-dated by this
+    concurrency: int = 8
+    rate_limit: float = 50.0  # requests per second to this issuer
+    unavailable_alert_after: timedelta = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class DirectorySourceConfig:
+    name: str  # "directory:<path>" unless given
+    path: Path
+    pattern: str = "*.json"
+    type: str = "directory"
+
+
+@dataclass(frozen=True)
+class VaultSourceConfig:
+    name: str  # "vault:<mount>/<prefix>" unless given
+    mount: str = "secret"
+    prefix: str = ""
+    field: str = "keyfile"
+    type: str = "vault"
+
+
+SourceConfig = DirectorySourceConfig | VaultSourceConfig
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    addr: str
+    auth: str = "token"  # token | approle
+    token: Secret | None = None  # from token_file, $CREDENTIALS_DIRECTORY or VAULT_TOKEN
+    role_id: Secret | None = None
+    secret_id: Secret | None = None
+    approle_mount: str = "approle"
+    ca_bundle: Path | None = None
+    verify: bool = True
+    timeout: timedelta = timedelta(seconds=10)
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    mount: str = "secret"
+    path: str = "zitadel/tokens/{principal}"  # placeholders: principal, key_id
+    file_dir: Path | None = None
+    principals: tuple[str, ...] = ()  # selectors; empty = all service users
+    sources: tuple[str, ...] = ()  # source names or path globs; empty = all
+    adopt: bool = False  # allow taking over a secret keyd does not manage
+    scopes: tuple[str, ...] = ()  # extra scopes for written tokens (default: issuer.scopes)
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    host: str
+    from_addr: str
+    to: tuple[str, ...]
+    port: int = 587
+    security: str = "starttls"  # ssl | starttls | none
+    username: str | None = None
+    password: Secret | None = None
+    timeout: timedelta = timedelta(seconds=30)
+    # routing: principal or source name -> extra recipients
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    timeout: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    thresholds: tuple[timedelta, ...] = (
+        timedelta(days=30), timedelta(days=14), timedelta(days=7),
+        timedelta(days=3), timedelta(days=1),
+    )
+    digest: bool = False
+    email: EmailConfig | None = None
+    webhook: WebhookConfig | None = None
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str | None = None  # "127.0.0.1:9464"; None = no HTTP server
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"  # text (key=value) | json
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None  # where it was loaded from (for messages)
+    timezone_name: str = "UTC"
+    timezone: tzinfo = UTC
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    issuer: IssuerConfig | None = None
+    sources: tuple[SourceConfig, ...] = ()
+    vault: VaultConfig | None = None
+    tokens: TokensConfig | None = None
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)

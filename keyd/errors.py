@@ -1,0 +1,162 @@
+"""keyd's error root (STYLE.md rule 5).
+
+Every error keyd raises on purpose subclasses ``KeydError``: it carries
+data, formats its own message, says whether retrying can help
+(``retryable``) and which exit code the CLI uses. Callers branch on types
+and attributes, never on message text. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# CLI exit codes (documented in `keyd --help`).
+EXIT_OK = 0
+EXIT_WARNING = 1  # `keyd check`: a key needs attention soon
+EXIT_CRITICAL = 2  # `keyd check`: critical; other commands: invalid input
+EXIT_UNKNOWN = 3  # `keyd check`: state cannot be determined
+EXIT_CONFIG = 4  # configuration or usage error
+EXIT_REJECTED = 5  # the issuer rejected the key
+EXIT_UNAVAILABLE = 6  # issuer/Vault/DB/SMTP unreachable: retry later
+EXIT_BAD_RESPONSE = 7  # the issuer answered something unusable
+
+
+class KeydError(Exception):
+    """Base of all keyd errors."""
+
+    retryable: bool = False
+    exit_code: int = EXIT_CRITICAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(KeydError):
+    """The configuration is wrong. ``where`` names the file and key."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class UsageError(ConfigError):
+    """A command-line value is wrong (e.g. ``--at`` cannot be parsed)."""
+
+
+class KeyFileError(KeydError):
+    """A key file (or Vault secret holding one) cannot be used.
+
+    ``source`` is the file path or Vault path; ``problem`` is what is wrong,
+    in words an operator can act on. Never contains key material.
+    """
+
+    def __init__(self, source: str | Path, problem: str) -> None:
+        self.source = str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}")
+
+
+class IssuerError(KeydError):
+    """Base of token-endpoint outcomes other than success."""
+
+    def __init__(self, issuer: str, message: str, *, status: int | None = None,
+                 error_code: str | None = None) -> None:
+        self.issuer = issuer
+        self.status = status
+        self.error_code = error_code
+        super().__init__(message)
+
+
+class IssuerRejected(IssuerError):
+    """The issuer answered with an OAuth error body: this key is refused
+    (ZITADEL.md §4; includes the 500 ``server_error`` of older versions)."""
+
+    exit_code = EXIT_REJECTED
+
+    def __init__(self, issuer: str, message: str, *, status: int | None = None,
+                 error_code: str | None = None, diagnosis: str = "revoked_or_unknown") -> None:
+        self.diagnosis = diagnosis
+        super().__init__(issuer, message, status=status, error_code=error_code)
+
+
+class IssuerUnavailable(IssuerError):
+    """Connection error, timeout or 502/503/504: never the key's fault."""
+
+    retryable = True
+    exit_code = EXIT_UNAVAILABLE
+
+
+class IssuerBadResponse(IssuerError):
+    """The issuer answered, but not with something usable (HTML, no token,
+    oversized body, broken discovery document)."""
+
+    retryable = True
+    exit_code = EXIT_BAD_RESPONSE
+
+
+class VaultError(KeydError):
+    """Base of Vault failures. ``path`` is mount/path where relevant."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class VaultUnavailable(VaultError):
+    """Sealed, unreachable, timing out, 5xx."""
+
+    retryable = True
+
+
+class VaultDenied(VaultError):
+    """403: the policy does not allow this path, or the token is invalid."""
+
+
+class VaultConflict(VaultError):
+    """Check-and-set failed: someone else wrote the secret."""
+
+    retryable = True
+
+
+class VaultUnmanaged(VaultError):
+    """The target secret exists and is not managed by keyd."""
+
+
+class StoreError(KeydError):
+    """The database cannot be used."""
+
+    exit_code = EXIT_UNAVAILABLE
+    retryable = True
+
+
+class SchemaBehind(StoreError):
+    """The database schema is older than this keyd: run ``keyd db upgrade``."""
+
+    exit_code = EXIT_CONFIG
+    retryable = False
+
+
+class LockHeld(KeydError):
+    """Another daemon owns this inventory (SQLite file lock)."""
+
+    exit_code = EXIT_CONFIG
+
+
+class MailError(KeydError):
+    """Sending e-mail failed; ``stage`` says where (connect, tls, auth, send)."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, message: str, *, stage: str, retryable: bool = True) -> None:
+        self.stage = stage
+        self.retryable = retryable
+        super().__init__(message)

@@ -1,0 +1,1 @@
+"""Read the world: key files from directories and Vault."""

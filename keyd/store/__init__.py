@@ -1,0 +1,1 @@
+"""All SQL lives here (STYLE.md rule 1): models, engine, repositories."""

@@ -1,0 +1,238 @@
+"""The schema (DESIGN.md §3). Never a private key, an assertion or a token.
+
+Every timestamp column is ``UTCDateTime``: stored as UTC, returned aware
+(SQLite hands back naive values; they are normalised here, at the edge).
+Changing a model means regenerating the migration (README: "Schema changes").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime passed to the database; use aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Key(Base):
+    """One ZITADEL key, identified by its key id, wherever it is stored."""
+
+    __tablename__ = "keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # serviceaccount | application
+    principal: Mapped[str] = mapped_column(String(255), index=True)  # userId or clientId
+    algorithm: Mapped[str] = mapped_column(String(8))  # RS256 | ES256
+    key_size: Mapped[int | None] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)  # SHA-256 of public key
+    # NULL = unknown (pre-2024 file); 9999-12-31T23:59:59Z = never (ZITADEL.md §1)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # SHA-256 of the parsed key-file content; changes re-arm probes and alerts.
+    content_hash: Mapped[str] = mapped_column(String(64))
+    # active | expired | missing | invalid | rejected
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # probe state (issue 4)
+    next_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    probe_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_probe_outcome: Mapped[str | None] = mapped_column(String(16))
+    last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    locations: Mapped[list[KeyLocation]] = relationship(back_populates="key")
+
+
+class KeyLocation(Base):
+    """Where a key file was found: a file path or a Vault secret.
+
+    A location that cannot be parsed has no key (``key_pk`` NULL) and status
+    ``invalid`` with ``last_error``; one no longer found is ``missing``.
+    """
+
+    __tablename__ = "key_locations"
+    __table_args__ = (UniqueConstraint("source", "ref"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(255), index=True)  # configured source name
+    ref: Mapped[str] = mapped_column(String(1024))  # file path or mount/path in Vault
+    key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # present | missing | invalid
+    # change detection: files (size, mtime_ns, inode), Vault (KV version)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    inode: Mapped[int | None] = mapped_column(BigInteger)
+    version: Mapped[int | None] = mapped_column(Integer)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    warning: Mapped[str | None] = mapped_column(Text)  # e.g. group/other-readable
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    key: Mapped[Key | None] = relationship(back_populates="locations")
+
+
+class SourceState(Base):
+    """The outcome of the last scan of each configured source."""
+
+    __tablename__ = "source_states"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)  # monotonic, for metrics
+
+
+class Probe(Base):
+    """History of mint attempts (issue 4)."""
+
+    __tablename__ = "probes"
+    __table_args__ = (Index("ix_probes_key_pk_at", "key_pk", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_pk: Mapped[int] = mapped_column(ForeignKey("keys.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | rejected | unavailable | bad_response
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    diagnosis: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str | None] = mapped_column(Text)  # scrubbed, operator-readable
+    latency_ms: Mapped[float | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Alert(Base):
+    """One decided alert. Unique per (fingerprint, kind, threshold) so that
+    no restart, reload or second daemon can send it twice (issue 5)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("fingerprint", "kind", "threshold"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
+    # expiring | expired | rotated | rejected | unavailable | recovered | untracked | test
+    kind: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[str] = mapped_column(String(64))  # "30d", "expired", episode id, ...
+    severity: Mapped[str] = mapped_column(String(16))  # info | warning | critical
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    message_id: Mapped[str] = mapped_column(String(255))  # deterministic RFC 5322 Message-ID
+    subject: Mapped[str] = mapped_column(Text)
+    context: Mapped[str] = mapped_column(Text)  # JSON facts for rendering; never secrets
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Delivery(Base):
+    """Outbox row: one alert on one channel (e-mail, webhook)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("alert_id", "channel", "recipient"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # email | webhook
+    recipient: Mapped[str] = mapped_column(String(512))  # address list or URL
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TokenSink(Base):
+    """Where a key's fresh access token lives (issue 4). Never the token."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (UniqueConstraint("mount", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_pk: Mapped[int] = mapped_column(ForeignKey("keys.id", ondelete="CASCADE"), unique=True)
+    mount: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(String(1024))
+    file_path: Mapped[str | None] = mapped_column(String(1024))
+    vault_version: Mapped[int | None] = mapped_column(Integer)  # last version keyd wrote (CAS)
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_refresh_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    state: Mapped[str] = mapped_column(String(16))  # ok | pending | failed | unmanaged | conflict
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Event(Base):
+    """Append-only audit log of lifecycle transitions."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))  # key.new, key.changed, key.missing, ...
+    source: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[str | None] = mapped_column(Text)  # JSON; never secrets
+
+
+class State(Base):
+    """Small named facts that must survive restarts (e.g. the start of an
+    issuer-unavailable episode)."""
+
+    __tablename__ = "state"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+

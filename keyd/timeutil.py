@@ -1,0 +1,110 @@
+"""Durations, instants and ZITADEL's midnight rule (ZITADEL.md §2).
+
+Pure functions; no clock. All returned datetimes are aware UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# RFC 3339: date 'T' time, optional fraction of any length, Z or ±hh:mm.
+_RFC3339_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"90s"``, ``"5m"``, ``"6h"``, ``"30d"``, ``"2w"``, ``"250ms"``.
+
+    Raises ``ValueError`` with the offending text; callers wrap it in a
+    ``ConfigError`` that names the file and key.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a duration (expected a string like \"6h\")")
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (use a number and s, m, h, d or w: \"6h\")")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def format_duration(delta: timedelta | float) -> str:
+    """Human form, largest two units: ``"4d 3h"``, ``"12m"``, ``"-2d 1h"``."""
+    seconds = int(delta.total_seconds() if isinstance(delta, timedelta) else delta)
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return sign + " ".join(parts)
+
+
+def get_zone(name: str) -> tzinfo:
+    """A ``ZoneInfo`` by IANA name; ``ValueError`` names the bad zone."""
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{name!r} is not a known time zone (e.g. \"Europe/Zurich\")") from exc
+
+
+def midnight(day: date, tz: tzinfo) -> datetime:
+    """00:00 at the *start* of ``day`` in ``tz``, as UTC (ZITADEL.md §2)."""
+    return datetime.combine(day, time(0, 0), tzinfo=tz).astimezone(UTC)
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Strict RFC 3339 with any fraction length and any offset → aware UTC.
+
+    Raises ``ValueError``. (``datetime.fromisoformat`` accepts far more than
+    RFC 3339 and fewer fraction lengths on some versions, so match first.)
+    """
+    match = _RFC3339_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an RFC 3339 timestamp")
+    y, mo, d, h, mi, s, frac, off = match.groups()
+    micro = int((frac[1:] + "000000")[:6]) if frac else 0
+    if off in ("Z", "z"):
+        offset = timedelta(0)
+    else:
+        sign = 1 if off[0] == "+" else -1
+        oh, om = int(off[1:3]), int(off[4:6])
+        if oh > 23 or om > 59:
+            raise ValueError(f"{text!r} has an invalid UTC offset")
+        offset = sign * timedelta(hours=oh, minutes=om)
+    second = min(int(s), 59)  # a leap second is taken as :59
+    try:
+        naive = datetime(int(y), int(mo), int(d), int(h), int(mi), second, micro)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid date and time") from exc
+    try:
+        return (naive - offset).replace(tzinfo=UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{text!r} is out of range") from exc
+
+
+def parse_when(text: str, tz: tzinfo = UTC) -> datetime:
+    """An RFC 3339 instant, or a bare date meaning midnight at its start in
+    ``tz`` (ZITADEL.md §2). Used for ``--at`` and date-only expiries."""
+    text = text.strip()
+    if _DATE_RE.match(text):
+        try:
+            day = date.fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a valid date") from exc
+        return midnight(day, tz)
+    return parse_rfc3339(text)
+
+
+def isoformat_z(dt: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix and whole seconds (stable for --json)."""
+    return dt.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
