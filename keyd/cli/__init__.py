@@ -1,0 +1,81 @@
+"""The command line (DESIGN.md §5, STYLE.md rule 12).
+
+Thin: each command parses, calls one function, renders a table or
+``--json``. Errors are reported in one place (``main``): ``keyd: <message>``
+and the error's exit code; a traceback only with ``--debug``.
+
+Commands live in modules by area; each exposes ``register(group)``:
+``keys`` (inspect, jwt, mint), ``db``, ``inventory`` (scan, status),
+``probe``, ``alerts``, ``daemon`` (run, check, config check).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+
+from keyd import __version__
+from keyd.cli import alerts, daemon, db, inventory, keys, probe
+from keyd.cli.common import AppContext
+from keyd.errors import EXIT_CONFIG, KeydError
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  ok
+  1  warning (keyd check: a key needs attention soon)
+  2  critical, or invalid key file / input
+  3  unknown (keyd check: state could not be determined)
+  4  configuration or usage error
+  5  the issuer rejected the key
+  6  a dependency (issuer, Vault, database, SMTP) is unavailable: retry later
+  7  the issuer answered something unusable
+"""
+
+
+@click.group(help="keyd keeps ZITADEL service-user keys alive.\n\n" + EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", envvar="KEYD_CONFIG", type=click.Path(dir_okay=False),
+              default=None, help="Config file [default: /etc/keyd/keyd.toml; env KEYD_CONFIG].")
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks on errors.")
+@click.version_option(__version__, prog_name="keyd")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    ctx.obj = AppContext(config_path=config_path, debug=debug)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+for _module in (keys, db, inventory, probe, alerts, daemon):
+    _module.register(cli)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the exit code instead of raising."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        result = cli.main(args=list(argv) if argv is not None else None,
+                          prog_name="keyd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("keyd: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_CONFIG
+    except KeydError as exc:
+        if debug:
+            logging.getLogger("keyd").exception("error")
+        click.echo(f"keyd: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

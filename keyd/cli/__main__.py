@@ -1,0 +1,5 @@
+import sys
+
+from keyd.cli import main
+
+sys.exit(main())
