@@ -1,0 +1,49 @@
+"""What every source hands to the inventory (issue "Inventory").
+
+A source (directory, Vault KV v2) reads the world and returns one
+``ScanResult`` per scan: one ``Candidate`` per location it looked at. A
+location is either a parsed ``KeyFile``, a per-location ``KeyFileError``
+(an invalid location, never an exception), or ``unchanged`` (its change
+stamp matches what the inventory already knows, so it was not read).
+A failure of the whole source (directory gone, Vault sealed) is raised as a
+``KeydError`` instead, so that an outage is never mistaken for "every key
+disappeared".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from keyd.errors import KeyFileError
+from keyd.sources.keyfile import KeyFile
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One location seen by a scan.
+
+    ``ref`` is the file path or Vault ``mount/path``; ``version`` the KV
+    version (Vault) and ``size``/``mtime_ns``/``inode`` the file stamp
+    (directory), used for change detection. Exactly one of ``keyfile``,
+    ``error`` is set, unless ``unchanged`` (then neither: the inventory's
+    row stays as it is). ``warning`` is advisory (e.g. file readable by
+    group/other) and never makes the location invalid.
+    """
+
+    ref: str
+    version: int | None = None
+    keyfile: KeyFile | None = None
+    error: KeyFileError | None = None
+    unchanged: bool = False
+    size: int | None = None
+    mtime_ns: int | None = None
+    inode: int | None = None
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Everything one source saw in one scan (its configured name)."""
+
+    source: str
+    candidates: list[Candidate] = field(default_factory=list)
