@@ -1,0 +1,1 @@
+"""Composition: the cycle, the scheduler and the daemon (`keyd run`, `keyd check`)."""
