@@ -8,6 +8,7 @@ and attributes, never on message text. Messages never contain secrets.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 # CLI exit codes (documented in `keyd --help`).
@@ -81,8 +82,10 @@ class IssuerRejected(IssuerError):
     exit_code = EXIT_REJECTED
 
     def __init__(self, issuer: str, message: str, *, status: int | None = None,
-                 error_code: str | None = None, diagnosis: str = "revoked_or_unknown") -> None:
+                 error_code: str | None = None, diagnosis: str = "revoked_or_unknown",
+                 server_date: datetime | None = None) -> None:
         self.diagnosis = diagnosis
+        self.server_date = server_date  # the issuer's Date header, for clock-skew diagnosis
         super().__init__(issuer, message, status=status, error_code=error_code)
 
 

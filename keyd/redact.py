@@ -42,7 +42,7 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self) -> object:  # never pickle a secret into a cache or queue
+    def __reduce__(self) -> tuple[object, ...]:  # never pickle a secret into a cache or queue
         raise TypeError("Secret values are not picklable")
 
 

@@ -83,11 +83,11 @@ def parse_rfc3339(text: str) -> datetime:
         offset = sign * timedelta(hours=oh, minutes=om)
     second = min(int(s), 59)  # a leap second is taken as :59
     try:
-        naive = datetime(int(y), int(mo), int(d), int(h), int(mi), second, micro)
+        stamp = datetime(int(y), int(mo), int(d), int(h), int(mi), second, micro, tzinfo=UTC)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a valid date and time") from exc
     try:
-        return (naive - offset).replace(tzinfo=UTC)
+        return stamp - offset
     except OverflowError as exc:
         raise ValueError(f"{text!r} is out of range") from exc
 

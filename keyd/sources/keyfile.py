@@ -61,7 +61,7 @@ class SigningKey:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("SigningKey is not picklable")
 
 

@@ -1,0 +1,255 @@
+"""The issuer's HTTP endpoints: discovery, token, introspection (ZITADEL.md §4).
+
+One long-lived ``httpx.Client`` (connection pooling, finite timeouts, TLS
+verification on) shared by all threads. Outcomes other than success are
+typed (``keyd.errors``):
+
+- a JSON OAuth error body, whatever the status → ``IssuerRejected``
+  (older ZITADEL answers 500 ``server_error`` for an ordinary unknown key);
+- connection errors, timeouts, 429 and 502/503/504 → ``IssuerUnavailable``;
+- anything else unusable (HTML, no token, oversized) → ``IssuerBadResponse``.
+
+Bodies are read with a size cap; remote text reaches messages only
+scrubbed and truncated. Tokens and assertions are ``Secret`` throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from keyd.clock import Clock
+from keyd.errors import IssuerBadResponse, IssuerRejected, IssuerUnavailable, UsageError
+from keyd.redact import Secret, scrub
+from keyd.urls import check_issuer_url
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 256 * 1024
+GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+UNAVAILABLE_STATUS = {429, 502, 503, 504}
+USER_AGENT = "keyd"
+
+
+@dataclass(frozen=True)
+class Discovery:
+    issuer: str
+    token_endpoint: str
+    introspection_endpoint: str | None
+    jwks_uri: str | None
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    access_token: Secret
+    token_type: str
+    expires_in: int
+    scope: str | None
+    issued_at: datetime
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.issued_at + timedelta(seconds=self.expires_in)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
+    content_type: str
+    server_date: datetime | None
+
+
+def normalise_scopes(scopes: Sequence[str]) -> list[str]:
+    """``openid`` first and always (ZITADEL.md §4), duplicates dropped."""
+    out = ["openid"]
+    for scope in scopes:
+        for part in scope.split():
+            if part not in out:
+                out.append(part)
+    return out
+
+
+class IssuerClient:
+    def __init__(self, url: str, *, clock: Clock, timeout: float = 10.0,
+                 ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None,
+                 max_connections: int = 16) -> None:
+        try:
+            self.url = check_issuer_url(url)
+        except ValueError as exc:
+            raise UsageError("issuer.url", str(exc)) from None
+        self._clock = clock
+        verify: Any = str(ca_bundle) if ca_bundle else True
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            verify=verify, transport=transport, follow_redirects=False, trust_env=False,
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        )
+        self._discovery: Discovery | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> IssuerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- discovery ---------------------------------------------------------
+
+    def discover(self, *, refresh: bool = False) -> Discovery:
+        with self._lock:
+            if self._discovery is not None and not refresh:
+                return self._discovery
+        url = self.url.rstrip("/") + "/.well-known/openid-configuration"
+        answer = self._send("GET", url, what="discovery")
+        doc = self._json_object(answer, url, what="discovery document")
+        if answer.status != 200 or "error" in doc:
+            raise IssuerBadResponse(self.url, f"discovery at {url} answered HTTP {answer.status}",
+                                    status=answer.status)
+        discovery = Discovery(
+            issuer=self._endpoint(doc, "issuer", url, required=True) or "",
+            token_endpoint=self._endpoint(doc, "token_endpoint", url, required=True) or "",
+            introspection_endpoint=self._endpoint(doc, "introspection_endpoint", url),
+            jwks_uri=self._endpoint(doc, "jwks_uri", url),
+        )
+        with self._lock:
+            self._discovery = discovery
+        return discovery
+
+    def _endpoint(self, doc: Mapping[str, Any], name: str, url: str, *,
+                  required: bool = False) -> str | None:
+        value = doc.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value:
+            raise IssuerBadResponse(self.url, f"discovery document at {url} has no usable {name!r}")
+        try:
+            return check_issuer_url(value)
+        except ValueError as exc:
+            raise IssuerBadResponse(self.url, f"discovery document at {url}: {name} {exc}") from None
+
+    # --- token & introspection ---------------------------------------------
+
+    def request_token(self, assertion: Secret, scopes: Sequence[str]) -> TokenResponse:
+        """JWT-bearer grant (RFC 7523 §2.1) with ``openid`` always included."""
+        endpoint = self.discover().token_endpoint
+        issued_at = self._clock.now()
+        form = {"grant_type": GRANT_JWT_BEARER, "assertion": assertion.reveal(),
+                "scope": " ".join(normalise_scopes(scopes))}
+        answer = self._send("POST", endpoint, what="token request", data=form)
+        doc = self._json_object(answer, endpoint, what="token response")
+        self._raise_for_oauth_error(answer, doc, endpoint)
+        if answer.status != 200:
+            raise IssuerBadResponse(self.url, f"token endpoint {endpoint} answered HTTP "
+                                    f"{answer.status} without an OAuth error", status=answer.status)
+        return self._token_from(doc, endpoint, issued_at)
+
+    def introspect(self, client_assertion: Secret, token: str = "keyd-probe") -> None:
+        """Authenticate with a client assertion (application keys). Any
+        well-formed answer proves the key; the token itself is irrelevant."""
+        endpoint = self.discover().introspection_endpoint
+        if not endpoint:
+            raise IssuerBadResponse(self.url, "discovery has no introspection_endpoint")
+        form = {"client_assertion_type": CLIENT_ASSERTION_TYPE,
+                "client_assertion": client_assertion.reveal(), "token": token}
+        answer = self._send("POST", endpoint, what="introspection", data=form)
+        doc = self._json_object(answer, endpoint, what="introspection response")
+        self._raise_for_oauth_error(answer, doc, endpoint)
+        if answer.status != 200 or not isinstance(doc.get("active"), bool):
+            raise IssuerBadResponse(self.url, f"introspection at {endpoint} answered HTTP "
+                                    f"{answer.status} without an 'active' field", status=answer.status)
+
+    # --- plumbing ----------------------------------------------------------
+
+    def _send(self, method: str, url: str, *, what: str,
+              data: Mapping[str, str] | None = None) -> _Answer:
+        try:
+            with self._http.stream(method, url, data=data) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body.extend(chunk)
+                    if len(body) > MAX_BODY:
+                        raise IssuerBadResponse(
+                            self.url, f"{what} at {url}: response larger than {MAX_BODY} bytes",
+                            status=response.status_code)
+                status = response.status_code
+                ctype = response.headers.get("content-type", "")
+                date = _parse_date(response.headers.get("date"))
+        except httpx.TimeoutException:
+            raise IssuerUnavailable(self.url, f"{what} at {url} timed out") from None
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise IssuerUnavailable(
+                self.url, f"{what} at {url} failed: {type(exc).__name__}: {scrub(str(exc))[:200]}"
+            ) from None
+        if status in UNAVAILABLE_STATUS:
+            raise IssuerUnavailable(self.url, f"{what} at {url}: issuer unavailable (HTTP {status})",
+                                    status=status)
+        return _Answer(status, bytes(body), ctype, date)
+
+    def _json_object(self, answer: _Answer, url: str, *, what: str) -> dict[str, Any]:
+        try:
+            doc = json.loads(answer.body)
+        except (ValueError, RecursionError):
+            kind = "HTML" if b"<html" in answer.body[:512].lower() else "not JSON"
+            raise IssuerBadResponse(self.url, f"{what} from {url} is {kind} "
+                                    f"(HTTP {answer.status}, {answer.content_type or 'no type'})",
+                                    status=answer.status) from None
+        if not isinstance(doc, dict):
+            raise IssuerBadResponse(self.url, f"{what} from {url} is not a JSON object "
+                                    f"(HTTP {answer.status})", status=answer.status)
+        return doc
+
+    def _raise_for_oauth_error(self, answer: _Answer, doc: Mapping[str, Any], url: str) -> None:
+        error = doc.get("error")
+        if error is None:
+            return
+        code = scrub(str(error))[:64]
+        description = doc.get("error_description")
+        detail = f": {scrub(str(description))[:200]}" if description else ""
+        exc = IssuerRejected(self.url, f"the issuer rejected the key (HTTP {answer.status} "
+                             f"{code}{detail})", status=answer.status, error_code=code,
+                             server_date=answer.server_date)
+        raise exc
+
+    def _token_from(self, doc: Mapping[str, Any], url: str, issued_at: datetime) -> TokenResponse:
+        token = doc.get("access_token")
+        if not isinstance(token, str) or not token.strip():
+            raise IssuerBadResponse(self.url, f"token response from {url} has no access_token")
+        token_type = doc.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise IssuerBadResponse(self.url, f"token response from {url} has token_type "
+                                    f"{scrub(str(token_type))[:20]!r}, expected Bearer")
+        expires_in = doc.get("expires_in")
+        if isinstance(expires_in, str) and expires_in.isdigit():
+            expires_in = int(expires_in)
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
+            raise IssuerBadResponse(self.url, f"token response from {url} has no positive expires_in")
+        scope = doc.get("scope")
+        return TokenResponse(access_token=Secret(token), token_type="Bearer",
+                             expires_in=expires_in, scope=scope if isinstance(scope, str) else None,
+                             issued_at=issued_at)
+
+
+def _parse_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo else None
