@@ -1,0 +1,1 @@
+"""Inventory: reconcile sources into rows; the leader guard."""

@@ -1,0 +1,1 @@
+"""Reporting: status, rendering, metrics, HTTP endpoints."""
