@@ -124,6 +124,12 @@ class VaultDenied(VaultError):
     """403: the policy does not allow this path, or the token is invalid."""
 
 
+class VaultAuthFailed(VaultDenied):
+    """keyd's own Vault token is unusable (expired, revoked, login refused):
+    nothing under any path can be read, so a caller must treat the whole
+    source as failed, never one secret as "denied"."""
+
+
 class VaultConflict(VaultError):
     """Check-and-set failed: someone else wrote the secret."""
 
