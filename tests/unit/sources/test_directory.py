@@ -1,0 +1,186 @@
+"""DirectorySource on real temporary directories."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from keyd.config import DirectorySourceConfig
+from keyd.sources import keyfile as keyfile_mod
+from keyd.sources.base import Candidate
+from keyd.sources.directory import DirectorySource, DirectoryUnavailable, FileStamp
+from tests.support.keyfiles import PEM_MARKER, ec_pem, write_keyfile
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "keys"
+    r.mkdir(mode=0o700)
+    os.chmod(r, 0o700)
+    return r
+
+
+def source(root: Path, pattern: str = "*.json") -> DirectorySource:
+    return DirectorySource(DirectorySourceConfig(name=f"directory:{root}", path=root,
+                                                 pattern=pattern))
+
+
+def by_ref(cands: list[Candidate]) -> dict[str, Candidate]:
+    return {c.ref: c for c in cands}
+
+
+def test_recursive_pattern_on_names_at_any_depth(root: Path) -> None:
+    write_keyfile(root / "a.json", "k1")
+    write_keyfile(root / "team" / "deep" / "b.json", "k2")
+    write_keyfile(root / "team" / "notes.txt", "k3")
+    write_keyfile(root / ".hidden" / "c.json", "k4")  # dot dirs skipped (k8s ..data)
+    result = source(root).scan()
+    assert result.source == f"directory:{root}"
+    refs = [c.ref for c in result.candidates]
+    assert refs == [str(root / "a.json"), str(root / "team" / "deep" / "b.json")]
+    assert [c.keyfile.key_id for c in result.candidates if c.keyfile] == ["k1", "k2"]
+    c = result.candidates[0]
+    assert c.error is None and not c.unchanged and c.warning is None
+    st = os.stat(root / "a.json")
+    assert (c.size, c.mtime_ns, c.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_double_star_prefix_and_path_pattern(root: Path) -> None:
+    write_keyfile(root / "x" / "a.json", "k1")
+    write_keyfile(root / "y" / "b.json", "k2")
+    assert len(source(root, "**/*.json").scan().candidates) == 2
+    assert [c.ref for c in source(root, "x/*.json").scan().candidates] == [str(root / "x/a.json")]
+
+
+def test_group_readable_file_and_directory_warn_but_are_used(
+        root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_keyfile(root / "a.json", "k1", mode=0o644)
+    write_keyfile(root / "b.json", "k2")
+    caplog.set_level(logging.WARNING)
+    cands = by_ref(source(root).scan().candidates)
+    a, b = cands[str(root / "a.json")], cands[str(root / "b.json")]
+    assert a.keyfile is not None and a.warning and "readable by group/other" in a.warning
+    assert "0644" in a.warning
+    assert b.warning is None
+    assert "readable by group/other" in caplog.text
+    os.chmod(root, 0o755)
+    b2 = by_ref(source(root).scan().candidates)[str(root / "b.json")]
+    assert b2.keyfile is not None and b2.warning and "directory" in b2.warning
+    assert PEM_MARKER not in caplog.text
+
+
+def test_symlink_inside_root_followed_outside_refused(root: Path, tmp_path: Path) -> None:
+    target = write_keyfile(root / "store" / "real.key", "k1")
+    os.symlink(target, root / "inside.json")
+    outside = write_keyfile(tmp_path / "elsewhere" / "secret.json", "k2")
+    os.symlink(outside, root / "outside.json")
+    os.symlink(root / "nope", root / "broken.json")
+    cands = by_ref(source(root).scan().candidates)
+    inside = cands[str(root / "inside.json")]
+    assert inside.keyfile is not None and inside.keyfile.key_id == "k1"
+    out = cands[str(root / "outside.json")]
+    assert out.keyfile is None and out.error is not None
+    assert "outside the source directory" in out.error.problem
+    assert str(outside) in str(out.error)
+    broken = cands[str(root / "broken.json")]
+    assert broken.error is not None and "broken symlink" in broken.error.problem
+
+
+def test_symlinked_directory_not_descended(root: Path, tmp_path: Path) -> None:
+    write_keyfile(tmp_path / "other" / "a.json", "k1")
+    os.symlink(tmp_path / "other", root / "linked")
+    assert source(root).scan().candidates == []
+
+
+def test_unchanged_file_is_not_read(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_keyfile(root / "a.json", "k1")
+    first = source(root).scan().candidates[0]
+    assert first.size is not None and first.mtime_ns is not None and first.inode is not None
+    known = {first.ref: FileStamp(first.size, first.mtime_ns, first.inode)}
+
+    def boom(*a: object, **k: object) -> bytes:
+        raise AssertionError("unchanged file was read")
+
+    monkeypatch.setattr("keyd.sources.directory.read_bounded", boom)
+    again = source(root).scan(known).candidates[0]
+    assert again.unchanged and again.keyfile is None and again.error is None
+    monkeypatch.undo()
+    os.utime(path, ns=(first.mtime_ns + 1_000_000, first.mtime_ns + 1_000_000))
+    changed = source(root).scan(known).candidates[0]
+    assert not changed.unchanged and changed.keyfile is not None
+
+
+def test_junk_big_dir_and_unreadable_are_invalid_candidates(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (root / "junk.json").write_text("{not json")
+    (root / "list.json").write_text("[1, 2]")
+    (root / "empty.json").write_text("")
+    with open(root / "big.json", "wb") as fh:
+        fh.truncate(50 * 1024 * 1024)  # sparse 50 MB file: refused before reading
+    (root / "dir.json").mkdir()
+    write_keyfile(root / "dir.json" / "inner.json", "k-inner")
+    write_keyfile(root / "locked.json", "k-locked")
+    real_open = os.open
+
+    def deny(path: str, *a: int, **k: int) -> int:
+        if str(path).endswith("locked.json"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(keyfile_mod.os, "open", deny)
+    cands = by_ref(source(root).scan().candidates)
+    problems = {Path(ref).name: c.error.problem for ref, c in cands.items() if c.error}
+    assert "not valid JSON" in problems["junk.json"]
+    assert "expected a JSON object" in problems["list.json"]
+    assert "empty" in problems["empty.json"]
+    assert "bytes" in problems["big.json"]
+    assert "is a directory" in problems["dir.json"]
+    assert "permission denied" in problems["locked.json"]
+    inner = cands[str(root / "dir.json" / "inner.json")]
+    assert inner.keyfile is not None  # a directory named *.json is still descended
+
+
+def test_source_failures_raise(tmp_path: Path) -> None:
+    with pytest.raises(DirectoryUnavailable, match="does not exist"):
+        source(tmp_path / "gone").scan()
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(DirectoryUnavailable, match="not a directory") as info:
+        source(f).scan()
+    assert info.value.retryable
+
+
+def test_unlistable_subdirectory_fails_the_source(root: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    write_keyfile(root / "sub" / "a.json", "k1")
+    real = os.scandir
+
+    def scandir(path: str) -> object:
+        if str(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr("keyd.sources.directory.os.scandir", scandir)
+    with pytest.raises(DirectoryUnavailable, match="cannot list"):
+        source(root).scan()
+
+
+def test_full_validation_only_for_unknown_content(root: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    write_keyfile(root / "a.json", "k1", pem=ec_pem(0))
+    seen: list[str] = []
+    real = keyfile_mod.parse_keyfile
+
+    def spy(*a: object, **k: object) -> object:
+        seen.append(str(k["validate"]))
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("keyd.sources.directory.parse_keyfile", spy)
+    kf = source(root).scan().candidates[0].keyfile
+    assert kf is not None and seen == ["none", "full"]
+    seen.clear()
+    source(root).scan(validated={kf.content_hash})
+    assert seen == ["none", "quick"]
