@@ -1,0 +1,166 @@
+"""The tick scheduler: the only importer of APScheduler (STYLE.md rule 1).
+
+A *tick* is a plain callable run periodically. The scheduler decides only
+*when to look*; what to do is decided by the callable from due times
+stored in the database (``next_probe_at``, ``next_refresh_at``,
+``next_attempt_at``, ...). That is why keyd needs no persistent job store:
+after downtime or a suspend, the first tick finds everything overdue and
+does it exactly once (no burst of missed runs, no skip), DESIGN.md §4.
+
+Choices, deliberately:
+
+* ``BackgroundScheduler``, in-memory job store, UTC.
+* ``coalesce=True``: runs missed while busy collapse into one.
+* ``max_instances=1``: a slow tick is never run twice at once.
+* ``misfire_grace_time = interval``: a run delayed by less than one interval
+  still happens; a later one is dropped because the next is due anyway.
+* Work ticks share a one-thread executor, so stages never race each other
+  on the database (SQLite has one writer); control ticks (heartbeat,
+  leadership check, watchdog ping) have their own thread and keep
+  running while a long scan is in progress.
+* A tick never crashes the daemon: exceptions are logged with the tick's
+  name and the tick simply runs again at its next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from keyd.clock import Clock
+from keyd.errors import KeydError
+
+log = logging.getLogger(__name__)
+
+WORK = "work"
+CONTROL = "control"
+
+
+@dataclass(frozen=True)
+class Tick:
+    """``fn`` every ``interval`` seconds. ``leader_only`` ticks are skipped
+    (not failed) while the gate says this process is a standby."""
+
+    name: str
+    fn: Callable[[], object]
+    interval: float
+    executor: str = WORK
+    leader_only: bool = True
+
+
+@dataclass
+class TickStats:
+    runs: int = 0
+    failures: int = 0
+    skipped: int = 0
+    last_started: datetime | None = None
+    last_finished: datetime | None = None
+    last_ok: datetime | None = None
+    last_finished_mono: float | None = None
+    last_error: str | None = None
+    running: bool = False
+
+
+@dataclass
+class TickScheduler:
+    """Registry + APScheduler. ``gate()`` is asked before each leader-only tick."""
+
+    clock: Clock
+    gate: Callable[[], bool] = lambda: True
+    ticks: dict[str, Tick] = field(default_factory=dict)
+    stats: dict[str, TickStats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._sched = BackgroundScheduler(
+            timezone=UTC,
+            jobstores={"default": MemoryJobStore()},
+            executors={WORK: ThreadPoolExecutor(1), CONTROL: ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+
+    def add(self, tick: Tick) -> None:
+        """Register ``tick`` (before or after ``start``); replaces one of the same name."""
+        if tick.interval <= 0:
+            raise ValueError(f"tick {tick.name!r}: interval must be positive")
+        self.ticks[tick.name] = tick
+        self.stats.setdefault(tick.name, TickStats())
+        self._sched.add_job(
+            self._runner(tick), IntervalTrigger(seconds=tick.interval, timezone=UTC),
+            id=tick.name, name=tick.name, executor=tick.executor, replace_existing=True,
+            misfire_grace_time=max(1, int(tick.interval)))
+
+    def run_soon(self, name: str) -> None:
+        """Run tick ``name`` once as soon as its executor is free (e.g. the
+        re-scan after SIGHUP), without disturbing its interval."""
+        tick = self.ticks[name]
+        self._sched.add_job(self._runner(tick), id=f"{name}:now", name=f"{name} (now)",
+                            executor=tick.executor, replace_existing=True,
+                            misfire_grace_time=None)
+
+    def start(self) -> None:
+        self._sched.start()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._sched.running)
+
+    def shutdown(self, timeout: float) -> bool:
+        """Stop scheduling and wait up to ``timeout`` seconds for ticks in
+        flight. False if some were still running (the caller exits anyway)."""
+        if self._sched.running:
+            self._sched.shutdown(wait=False)
+        with self._idle:
+            done = self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+        if not done:
+            busy = [n for n, s in self.stats.items() if s.running]
+            log.error("scheduler: ticks still running after %.0fs: %s", timeout, ", ".join(busy))
+        return done
+
+    def _runner(self, tick: Tick) -> Callable[[], None]:
+        def run() -> None:
+            self._run(tick)
+        return run
+
+    def _run(self, tick: Tick) -> None:
+        stats = self.stats[tick.name]
+        if tick.leader_only and not self.gate():
+            stats.skipped += 1
+            return
+        with self._lock:
+            self._in_flight += 1
+            stats.running = True
+        stats.last_started = self.clock.now()
+        try:
+            tick.fn()
+        except KeydError as exc:
+            self._failed(tick, stats, exc, traceback=not exc.retryable)
+        except Exception as exc:  # a tick must never take the daemon down
+            self._failed(tick, stats, exc, traceback=True)
+        else:
+            stats.last_ok = self.clock.now()
+            stats.last_error = None
+        finally:
+            stats.runs += 1
+            stats.last_finished = self.clock.now()
+            stats.last_finished_mono = self.clock.monotonic()
+            with self._idle:
+                self._in_flight -= 1
+                stats.running = False
+                self._idle.notify_all()
+
+    def _failed(self, tick: Tick, stats: TickStats, exc: Exception, *, traceback: bool) -> None:
+        stats.failures += 1
+        stats.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("tick %s failed (run %d, retried in %gs): %s", tick.name, stats.runs + 1,
+                  tick.interval, stats.last_error, exc_info=exc if traceback else None)
