@@ -154,6 +154,14 @@ class SchemaBehind(StoreError):
     retryable = False
 
 
+class SchemaAhead(StoreError):
+    """The database was migrated by a newer keyd than this one: upgrade keyd
+    (running an older keyd against a newer schema could corrupt data)."""
+
+    exit_code = EXIT_CONFIG
+    retryable = False
+
+
 class LockHeld(KeydError):
     """Another daemon owns this inventory (SQLite file lock)."""
 

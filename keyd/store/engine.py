@@ -1,0 +1,191 @@
+"""Engines and sessions for SQLite and PostgreSQL (DESIGN.md §3, §7).
+
+``make_engine(url)`` is the only place keyd calls ``create_engine``, so every
+connection, whether the daemon's, a CLI command's or Alembic's, gets the same
+settings:
+
+- SQLite: the parent directory is created; WAL (readers never block the
+  writer), ``busy_timeout`` (a second process waits instead of failing at
+  once), ``foreign_keys=ON`` (SQLite ignores FKs otherwise),
+  ``synchronous=NORMAL`` (safe with WAL). SQLAlchemy emits ``BEGIN`` itself,
+  so SELECTs, DDL and SAVEPOINTs are really inside the transaction (the
+  sqlite3 module's legacy mode skips BEGIN for them); migrations are thus
+  atomic on SQLite too.
+- PostgreSQL through psycopg 3 (``postgresql+psycopg://``; a bare
+  ``postgresql://`` is taken to mean that driver), ``pool_pre_ping`` so a
+  restarted server costs no failed stage, and the session time zone pinned
+  to UTC so nothing depends on the server's setting.
+
+Failures to reach the database surface as ``StoreError`` naming the URL
+without its password; other database errors (``IntegrityError`` from a
+unique constraint, for instance) stay SQLAlchemy's so callers can act on them.
+
+Engines connect lazily: ``make_engine`` does no network I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from keyd.errors import StoreError
+from keyd.redact import scrub
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+PG_CONNECT_TIMEOUT_S = 10
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as it may appear in messages and logs: password hidden."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "<unparsable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with keyd's per-backend settings (module doc).
+
+    Raises ``StoreError`` for a URL keyd cannot use (unparsable, unsupported
+    backend, SQLite directory that cannot be created).
+    """
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = _sqlite_engine(parsed)
+    elif backend == "postgresql":
+        engine = _postgres_engine(parsed)
+    else:
+        raise StoreError(
+            f"database {safe_url(parsed)}: unsupported backend {backend!r} "
+            '(use "sqlite:////path/keyd.db" or "postgresql+psycopg://user@host/db")'
+        )
+    event.listen(engine, "handle_error", _connection_errors)
+    return engine
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # The parser's message repeats the URL, password included: say less.
+        raise StoreError(
+            "database.url cannot be parsed as a database URL "
+            '(expected "sqlite:////path/keyd.db" or "postgresql+psycopg://user@host/db")'
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        _make_parent(url, Path(database))
+    try:
+        engine = create_engine(url)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(f"database {safe_url(url)}: {exc}") from None
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _make_parent(url: URL, path: Path) -> None:
+    parent = path.expanduser().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"database {safe_url(url)}: cannot create directory {parent}: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # Take BEGIN away from the sqlite3 module (see module doc and
+    # SQLAlchemy's "Serializable isolation / Savepoints / Transactional DDL").
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def _postgres_engine(url: URL) -> Engine:
+    query = dict(url.query)
+    options = str(query.pop("options", "") or "")
+    connect_args: dict[str, Any] = {
+        # Timestamps are aware and stored as timestamptz; pinning the session
+        # zone makes server-side now()/casts and text output UTC as well.
+        "options": f"{options} -c timezone=UTC".strip(),
+        "connect_timeout": int(str(query.pop("connect_timeout", PG_CONNECT_TIMEOUT_S))),
+        "application_name": str(query.pop("application_name", "keyd")),
+    }
+    url = url.set(query=query)
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(f"database {safe_url(url)}: {exc}") from None
+
+
+def _connection_errors(ctx: ExceptionContext) -> BaseException | None:
+    """Turn "cannot reach the database" into a retryable ``StoreError``.
+
+    Only connection-level failures are translated: a failed connect, a
+    dropped connection, or SQLite's lock wait running out. Statement errors
+    (constraints, syntax) keep their SQLAlchemy type.
+    """
+    if ctx.is_pre_ping:
+        return None  # the pool handles this by reconnecting
+    orig = ctx.original_exception
+    if ctx.connection is None:
+        problem = "cannot connect"
+    elif ctx.is_disconnect:
+        problem = "connection lost"
+    elif getattr(orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        problem = f"still locked by another process after {SQLITE_BUSY_TIMEOUT_MS // 1000}s"
+    else:
+        return None
+    url = ctx.engine.url if ctx.engine is not None else None
+    where = safe_url(url) if url is not None else ctx.dialect.name
+    detail = scrub(str(orig).strip().splitlines()[0]) if str(orig).strip() else type(orig).__name__
+    error = StoreError(f"database {where}: {problem}: {detail}")
+    error.__cause__ = orig
+    return error
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded values after commit (``expire_on_commit=False``):
+    a stage commits and then still reads what it wrote, without a new query."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Session]:
+    """One transaction for one stage (DESIGN.md §1): commit when the block
+    ends normally, roll back (and re-raise) when it raises."""
+    factory = bind if isinstance(bind, sessionmaker) else session_factory(bind)
+    with factory() as session, session.begin():
+        yield session
