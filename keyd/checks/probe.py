@@ -1,0 +1,331 @@
+"""The validation probe: prove each active key still works (issue
+"Validation probe", ZITADEL.md §3–4).
+
+For each due key: load its key file again (``keyload``), sign an assertion
+and ask the issuer — a token for service users, an introspection call with
+a client assertion for application keys — then classify the outcome:
+
+- ``ok``;
+- ``rejected``: an OAuth error body, whatever the status, diagnosed
+  locally (expired by the file's date, clock skew, malformed, otherwise
+  revoked or unknown to the issuer). Final until the key changes or an
+  operator forces a probe;
+- ``unavailable``: connection error, timeout, 502/503/504 — never the key's
+  fault; retried fast inside the round, then backed off per key;
+- ``bad_response``: the issuer answered something unusable; treated like
+  ``unavailable`` for scheduling.
+
+A key whose file cannot be read right now is ``unreadable``: no history
+row (the issuer was never asked), but its schedule backs off as for a
+transient failure. A failure never advances the schedule as if it had
+succeeded; success schedules the next probe one interval later minus a
+random share (``jitter``) so that keys first seen together drift apart.
+
+Probes run in a bounded thread pool over the one shared ``IssuerClient``;
+a ``RateLimiter`` bounds requests per second to the issuer, so one slow
+answer holds one worker, never the round.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from keyd.actions.retry import Random, backoff_delay, retry_call
+from keyd.checks.assertion import AssertionSigner
+from keyd.checks.keyload import KeyLoader
+from keyd.checks.mint import mint, prove_application_key
+from keyd.clients.issuer import IssuerClient
+from keyd.clock import Clock
+from keyd.config import IssuerConfig
+from keyd.errors import IssuerBadResponse, IssuerRejected, IssuerUnavailable, KeydError
+from keyd.redact import scrub
+from keyd.sources.keyfile import KIND_APPLICATION, KeyFile
+from keyd.store import probes as store
+from keyd.store.probes import ProbeRecord, ProbeTarget
+
+log = logging.getLogger(__name__)
+
+UNREADABLE = "unreadable"
+FLUSH_EVERY = 200  # write results in batches: a killed round loses little
+
+
+@dataclass(frozen=True)
+class ProbePolicy:
+    """Schedule and retry knobs (defaults follow DESIGN.md §4)."""
+
+    interval: timedelta = timedelta(hours=6)
+    jitter: float = 0.1  # success: next = at + interval - random[0, jitter * interval)
+    concurrency: int = 8
+    rate_limit: float = 50.0  # requests per second to the issuer; <= 0: unlimited
+    fast_attempts: int = 3  # inside one round
+    fast_base: timedelta = timedelta(seconds=1)
+    fast_cap: timedelta = timedelta(seconds=10)
+    slow_base: timedelta = timedelta(minutes=1)  # across rounds, per key
+    slow_cap: timedelta = timedelta(hours=1)  # never beyond ``interval``
+
+    @classmethod
+    def from_config(cls, cfg: IssuerConfig) -> ProbePolicy:
+        return cls(interval=cfg.probe_interval, concurrency=max(1, cfg.concurrency),
+                   rate_limit=cfg.rate_limit)
+
+
+class RateLimiter:
+    """At most ``rate`` acquisitions per second, spaced evenly, thread-safe.
+
+    Each caller reserves the next free slot under the lock and waits for it
+    outside the lock (``clock.sleep``), so tests with a ``FakeClock`` never
+    wait for real time.
+    """
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._clock = clock
+        self._next = clock.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if self._interval <= 0:
+            return
+        with self._lock:
+            now = self._clock.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            self._clock.sleep(slot - now)
+
+
+HealthHook = Callable[[Any, bool, datetime], None]  # note_issuer_health(session, ok, now)
+
+
+@dataclass
+class ProbeServices:
+    """Everything a probe round uses. Build once per daemon; thread-safe.
+
+    ``on_round`` is called inside the transaction that records a round in
+    which the issuer was contacted, with whether it was reachable; the
+    daemon passes ``keyd.actions.alerts.note_issuer_health`` (checks may not
+    import actions, so it is injected).
+    """
+
+    client: IssuerClient
+    signer: AssertionSigner
+    clock: Clock
+    load_key: KeyLoader
+    scopes: tuple[str, ...] = ("openid",)
+    policy: ProbePolicy = field(default_factory=ProbePolicy)
+    rng: Random = field(default_factory=random.Random)
+    on_round: HealthHook | None = None
+    limiter: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = RateLimiter(self.policy.rate_limit, self.clock)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One key's probe, for reports and ``keyd probe`` (no secrets)."""
+
+    key_id: str
+    principal: str
+    kind: str
+    outcome: str  # ok | rejected | unavailable | bad_response | unreadable
+    at: datetime
+    diagnosis: str | None = None
+    message: str | None = None
+    http_status: int | None = None
+    error_code: str | None = None
+    attempts: int = 0
+    latency_ms: float | None = None
+    next_probe_at: datetime | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else v)
+                for k, v in self.__dict__.items()}
+
+
+@dataclass
+class ProbeReport:
+    """What a probe round did."""
+
+    at: datetime
+    results: list[ProbeResult] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[r.outcome] = out.get(r.outcome, 0) + 1
+        return out
+
+    @property
+    def issuer_reachable(self) -> bool | None:
+        """None if the issuer was not contacted; else whether any probe got
+        an answer from it (a rejection is an answer)."""
+        contacted = [r for r in self.results if r.outcome != UNREADABLE]
+        if not contacted:
+            return None
+        return any(r.outcome != "unavailable" for r in contacted)
+
+
+def probe_due(engine: Any, services: ProbeServices, now: datetime, *,
+              force_key_id: str | None = None, limit: int | None = None) -> ProbeReport:
+    """Probe every active key due at ``now`` (or only ``force_key_id``,
+    ignoring its schedule, backoff and any earlier rejection) and record the
+    outcomes: one ``probes`` row per probe, the key's status, ``last_ok_at``,
+    consecutive failures and next due time.
+
+    Raises only for a broken database or an unknown ``force_key_id``
+    (``UsageError``); issuer and key problems are outcomes, not exceptions.
+    """
+    if force_key_id is not None:
+        targets = [store.target_by_key_id(engine, force_key_id)]
+    else:
+        targets = store.due_targets(engine, now, limit=limit)
+    report = ProbeReport(at=now)
+    if not targets:
+        return report
+    log.info("probing %d key(s)", len(targets))
+    pending: list[ProbeRecord] = []
+    workers = min(services.policy.concurrency, len(targets))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-probe") as pool:
+        futures = [pool.submit(probe_one, t, services) for t in targets]
+        for future in as_completed(futures):
+            record, result = future.result()
+            pending.append(record)
+            report.results.append(result)
+            if len(pending) >= FLUSH_EVERY:
+                store.record_probe_results(engine, pending)
+                pending = []
+    _flush_last(engine, pending, report, services)
+    log.info("probe round done: %s", report.counts())
+    return report
+
+
+def _flush_last(engine: Any, pending: list[ProbeRecord], report: ProbeReport,
+                services: ProbeServices) -> None:
+    reachable = report.issuer_reachable
+    hook = services.on_round
+    after = None
+    if hook is not None and reachable is not None:
+        at = services.clock.now()
+
+        def after(session: Any) -> None:
+            hook(session, reachable, at)
+
+    store.record_probe_results(engine, pending, after=after)
+
+
+def probe_one(target: ProbeTarget, services: ProbeServices) -> tuple[ProbeRecord, ProbeResult]:
+    """Probe one key (fast retries included) and decide its new state.
+    Never raises for issuer or key problems."""
+    clock = services.clock
+    try:
+        keyfile = services.load_key(target)
+    except KeydError as exc:
+        log.warning("probe %s: key file unavailable: %s", target.key_id, exc)
+        return _decide(target, services, clock.now(), UNREADABLE, exc, attempts=0, latency=None)
+    counter = _Attempts(services)
+    try:
+        retry_call(lambda: counter.run(keyfile), attempts=services.policy.fast_attempts,
+                   base=services.policy.fast_base, cap=services.policy.fast_cap,
+                   sleep=clock.sleep, rng=services.rng, what=f"probe {target.key_id}")
+    except (IssuerRejected, IssuerUnavailable, IssuerBadResponse) as exc:
+        return _decide(target, services, clock.now(), _outcome(exc), exc,
+                       attempts=counter.attempts, latency=counter.latency_ms)
+    except KeydError as exc:  # e.g. a key the signer cannot use
+        log.warning("probe %s: %s", target.key_id, exc)
+        return _decide(target, services, clock.now(), UNREADABLE, exc,
+                       attempts=counter.attempts, latency=counter.latency_ms)
+    return _decide(target, services, clock.now(), "ok", None,
+                   attempts=counter.attempts, latency=counter.latency_ms)
+
+
+class _Attempts:
+    """Runs one attempt (rate-limited) and remembers count and latency."""
+
+    def __init__(self, services: ProbeServices) -> None:
+        self.services = services
+        self.attempts = 0
+        self.latency_ms: float | None = None
+
+    def run(self, keyfile: KeyFile) -> None:
+        s = self.services
+        self.attempts += 1
+        if s.limiter is not None:
+            s.limiter.acquire()
+        start = s.clock.monotonic()
+        try:
+            if keyfile.kind == KIND_APPLICATION:
+                prove_application_key(keyfile, s.client, s.signer)
+            else:
+                mint(keyfile, s.client, s.signer, s.scopes)  # the token is dropped unused
+        finally:
+            self.latency_ms = round((s.clock.monotonic() - start) * 1000.0, 3)
+
+
+def _outcome(exc: KeydError) -> str:
+    if isinstance(exc, IssuerRejected):
+        return "rejected"
+    if isinstance(exc, IssuerUnavailable):
+        return "unavailable"
+    return "bad_response"
+
+
+def _decide(target: ProbeTarget, services: ProbeServices, at: datetime, outcome: str,
+            exc: KeydError | None, *, attempts: int, latency: float | None
+            ) -> tuple[ProbeRecord, ProbeResult]:
+    policy, rng = services.policy, services.rng
+    status: str | None = None
+    failures = target.probe_failures + 1
+    next_at: datetime | None
+    if outcome == "ok":
+        failures = 0
+        status = "active" if target.status == "rejected" else None
+        next_at = at + policy.interval - policy.interval * (policy.jitter * rng.random())
+    elif outcome == "rejected":
+        status = "rejected" if target.status in ("active", "rejected") else None
+        next_at = None  # final until the key changes or an operator forces a probe
+    else:
+        cap = min(policy.slow_cap, policy.interval)
+        delay = max(policy.slow_base.total_seconds() / 2,
+                    backoff_delay(failures, policy.slow_base, cap, rng))
+        next_at = at + timedelta(seconds=delay)
+    message = scrub(str(exc))[:1000] if exc is not None else None
+    issuer_exc = exc if isinstance(exc, IssuerRejected | IssuerUnavailable | IssuerBadResponse) \
+        else None
+    diagnosis = exc.diagnosis if isinstance(exc, IssuerRejected) else None
+    status_code = issuer_exc.status if issuer_exc else None
+    error_code = issuer_exc.error_code if issuer_exc else None
+    _log_outcome(target, outcome, diagnosis, message, attempts)
+    record = ProbeRecord(
+        key_pk=target.pk, content_hash=target.content_hash, at=at,
+        outcome=None if outcome == UNREADABLE else outcome, http_status=status_code,
+        error_code=error_code, diagnosis=diagnosis, message=message, latency_ms=latency,
+        attempts=max(attempts, 1), next_probe_at=next_at, failures=failures, status=status,
+        ok=outcome == "ok",
+    )
+    result = ProbeResult(
+        key_id=target.key_id, principal=target.principal, kind=target.kind, outcome=outcome,
+        at=at, diagnosis=diagnosis, message=message, http_status=status_code,
+        error_code=error_code, attempts=attempts, latency_ms=latency, next_probe_at=next_at,
+    )
+    return record, result
+
+
+def _log_outcome(target: ProbeTarget, outcome: str, diagnosis: str | None,
+                 message: str | None, attempts: int) -> None:
+    if outcome == "ok":
+        log.info("probe %s (%s): ok after %d attempt(s)", target.key_id, target.principal, attempts)
+    elif outcome == "rejected":
+        log.warning("probe %s (%s): rejected (%s): %s", target.key_id, target.principal,
+                    diagnosis, message)
+    else:
+        log.warning("probe %s (%s): %s after %d attempt(s): %s", target.key_id,
+                    target.principal, outcome, attempts, message)

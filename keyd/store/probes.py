@@ -1,0 +1,194 @@
+"""SQL for the validation probe (issue "Validation probe"): which keys are
+due, and recording what a probe found.
+
+Callers above the store never see a Session except through the ``after``
+hook of ``record_probe_results`` (so that e.g. issuer-health bookkeeping
+commits in the same transaction as the probe rows). Rows are handed out as
+frozen snapshots, never as live ORM objects, because probes run in worker
+threads long after the selecting transaction has ended.
+
+Contract with the inventory: a key is probed while ``status == "active"``
+and ``next_probe_at`` is NULL (never probed / re-armed) or due. A rejected
+key gets ``status = "rejected"`` and ``next_probe_at = NULL``; it stays
+out of the schedule until the inventory re-arms it (its content changed:
+status back to active, ``next_probe_at`` NULL, ``probe_failures`` 0) or
+an operator forces a probe (``keyd probe KEY_ID``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.orm import Session
+
+from keyd.errors import UsageError
+from keyd.store.models import Key, KeyLocation, Probe
+
+PROBED_STATUS = "active"
+OUTCOMES = ("ok", "rejected", "unavailable", "bad_response")
+
+
+@dataclass(frozen=True)
+class LocationRef:
+    """Where the key file lives: the configured source name and the file
+    path or Vault ``mount/path``."""
+
+    source: str
+    ref: str
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """A key to probe: what the probe needs, never key material."""
+
+    pk: int
+    key_id: str
+    kind: str
+    principal: str
+    status: str
+    content_hash: str
+    expires_at: datetime | None
+    probe_failures: int
+    next_probe_at: datetime | None
+    locations: tuple[LocationRef, ...]
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """The outcome of one probe and the key's new schedule.
+
+    ``outcome`` None means no issuer answer was obtained because the key
+    material could not be loaded: no history row, only the key's
+    ``last_error`` and schedule change. ``status`` None leaves it as is.
+    """
+
+    key_pk: int
+    content_hash: str  # only update the key if it still has this content
+    at: datetime
+    outcome: str | None
+    http_status: int | None
+    error_code: str | None
+    diagnosis: str | None
+    message: str | None
+    latency_ms: float | None
+    attempts: int
+    next_probe_at: datetime | None
+    failures: int
+    status: str | None
+    ok: bool
+
+
+def _snapshot(key: Key, locations: Sequence[KeyLocation]) -> ProbeTarget:
+    return ProbeTarget(
+        pk=key.id, key_id=key.key_id, kind=key.kind, principal=key.principal,
+        status=key.status, content_hash=key.content_hash, expires_at=key.expires_at,
+        probe_failures=key.probe_failures or 0, next_probe_at=key.next_probe_at,
+        locations=tuple(LocationRef(loc.source, loc.ref) for loc in locations),
+    )
+
+
+def _locations(session: Session, pks: Sequence[int]) -> dict[int, list[KeyLocation]]:
+    out: dict[int, list[KeyLocation]] = {pk: [] for pk in pks}
+    for start in range(0, len(pks), 500):  # bound the IN list
+        rows = session.scalars(
+            select(KeyLocation)
+            .where(KeyLocation.key_pk.in_(pks[start:start + 500]))
+            .where(KeyLocation.status == "present")
+            .order_by(KeyLocation.id)
+        )
+        for loc in rows:
+            if loc.key_pk is not None:
+                out[loc.key_pk].append(loc)
+    return out
+
+
+def due_targets(engine: Engine, now: datetime, *, limit: int | None = None) -> list[ProbeTarget]:
+    """Active keys whose probe is due at ``now``, never-probed first, then
+    the most overdue; at most ``limit``."""
+    with Session(engine) as session:
+        query = (
+            select(Key)
+            .where(Key.status == PROBED_STATUS)
+            .where(or_(Key.next_probe_at.is_(None), Key.next_probe_at <= now))
+            .order_by(Key.next_probe_at.is_not(None), Key.next_probe_at, Key.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        keys = list(session.scalars(query))
+        locs = _locations(session, [k.id for k in keys])
+        return [_snapshot(k, locs[k.id]) for k in keys]
+
+
+def target_by_key_id(engine: Engine, key_id: str) -> ProbeTarget:
+    """One key by its ZITADEL key id, whatever its status or schedule
+    (``keyd probe KEY_ID`` ignores backoff and rejection)."""
+    with Session(engine) as session:
+        key = session.scalars(select(Key).where(Key.key_id == key_id)).first()
+        if key is None:
+            raise UsageError("KEY_ID", f"no key with id {key_id!r} in the inventory "
+                             "(run `keyd scan`, or see `keyd status`)")
+        return _snapshot(key, _locations(session, [key.id])[key.id])
+
+
+def record_probe_results(engine: Engine, records: Sequence[ProbeRecord], *,
+                         after: Callable[[Session], None] | None = None) -> None:
+    """Write the probe history and the keys' new state in one transaction.
+
+    A key whose content changed while it was probed (another file now
+    carries its id) keeps its new state: the history row is still written,
+    the key row is not touched. ``after(session)`` runs inside the same
+    transaction (issuer-health bookkeeping).
+    """
+    with Session(engine) as session, session.begin():
+        for rec in records:
+            if rec.outcome is not None:
+                session.add(Probe(
+                    key_pk=rec.key_pk, at=rec.at, outcome=rec.outcome,
+                    http_status=rec.http_status, error_code=rec.error_code,
+                    diagnosis=rec.diagnosis, message=rec.message,
+                    latency_ms=rec.latency_ms, attempts=rec.attempts,
+                ))
+            values: dict[str, object] = {
+                "next_probe_at": rec.next_probe_at, "probe_failures": rec.failures,
+                "last_error": None if rec.ok else rec.message, "updated_at": rec.at,
+            }
+            if rec.outcome is not None:
+                values["last_probe_at"] = rec.at
+                values["last_probe_outcome"] = rec.outcome
+            if rec.ok:
+                values["last_ok_at"] = rec.at
+            if rec.status is not None:
+                values["status"] = rec.status
+            session.execute(
+                update(Key)
+                .where(Key.id == rec.key_pk, Key.content_hash == rec.content_hash)
+                .values(**values)
+            )
+        if after is not None:
+            after(session)
+
+
+@dataclass(frozen=True)
+class ProbeHistoryRow:
+    at: datetime
+    outcome: str
+    http_status: int | None
+    error_code: str | None
+    diagnosis: str | None
+    message: str | None
+    latency_ms: float | None
+    attempts: int
+
+
+def probe_history(engine: Engine, key_pk: int, *, limit: int = 20) -> list[ProbeHistoryRow]:
+    """The latest probes of one key, newest first."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(Probe).where(Probe.key_pk == key_pk)
+            .order_by(Probe.at.desc(), Probe.id.desc()).limit(limit)
+        )
+        return [ProbeHistoryRow(r.at, r.outcome, r.http_status, r.error_code, r.diagnosis,
+                                r.message, r.latency_ms, r.attempts) for r in rows]
