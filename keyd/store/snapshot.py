@@ -1,0 +1,154 @@
+"""Read-only snapshots of the inventory for ``/metrics``, ``/readyz`` and
+``keyd check`` (all SQL stays in ``store/``, STYLE.md rule 1).
+
+Every function returns detached, plain dataclasses. Rows are read one at a
+time and a row that cannot be decoded (a corrupt timestamp, a value a
+newer keyd wrote) is logged and skipped: one bad row must never take
+``/metrics`` or ``keyd check`` down with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Engine, Result
+from sqlalchemy.exc import SQLAlchemyError
+
+from keyd.store.models import Delivery, Key, KeyLocation, SourceState, TokenSink
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MAX_BAD_ROWS: Final = 1000  # give up on a table that is entirely unreadable
+
+
+@dataclass(frozen=True)
+class KeySnapshot:
+    key_id: str
+    principal: str
+    kind: str
+    status: str
+    expires_at: datetime | None
+    last_ok_at: datetime | None
+    last_probe_at: datetime | None
+    last_probe_outcome: str | None
+    probe_failures: int
+    last_error: str | None
+    refs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocationProblem:
+    """A location that holds no usable key (``invalid``) with its reason."""
+
+    source: str
+    ref: str
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SourceSnapshot:
+    name: str
+    last_attempt_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    consecutive_failures: int
+    error_count: int
+
+
+@dataclass(frozen=True)
+class TokenSnapshot:
+    key_id: str
+    principal: str
+    sink: str
+    state: str
+    expires_at: datetime | None
+
+
+def ping(engine: Engine) -> bool:
+    """True if the database answers ``SELECT 1`` (``/readyz``)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1")).scalar_one()
+    except SQLAlchemyError as exc:
+        log.warning("database ping failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return False
+    return True
+
+
+def keys(engine: Engine) -> list[KeySnapshot]:
+    """Every key row with the refs of its present locations."""
+    refs: dict[int, list[str]] = {}
+    with engine.connect() as conn:
+        for pk, ref in _rows(conn.execute(
+                select(KeyLocation.key_pk, KeyLocation.ref)
+                .where(KeyLocation.key_pk.is_not(None))
+                .order_by(KeyLocation.source, KeyLocation.ref)), "key_locations", tuple):
+            refs.setdefault(pk, []).append(ref)
+        result = conn.execute(select(
+            Key.id, Key.key_id, Key.principal, Key.kind, Key.status, Key.expires_at,
+            Key.last_ok_at, Key.last_probe_at, Key.last_probe_outcome, Key.probe_failures,
+            Key.last_error).order_by(Key.key_id))
+        return [KeySnapshot(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9] or 0, r[10],
+                            tuple(refs.get(r[0], ()))) for r in _rows(result, "keys", tuple)]
+
+
+def location_problems(engine: Engine) -> list[LocationProblem]:
+    """Locations without a usable key: ``invalid`` files/secrets."""
+    with engine.connect() as conn:
+        result = conn.execute(
+            select(KeyLocation.source, KeyLocation.ref, KeyLocation.status, KeyLocation.last_error)
+            .where(KeyLocation.key_pk.is_(None), KeyLocation.status == "invalid")
+            .order_by(KeyLocation.source, KeyLocation.ref))
+        return [LocationProblem(*row) for row in _rows(result, "key_locations", tuple)]
+
+
+def sources(engine: Engine) -> list[SourceSnapshot]:
+    with engine.connect() as conn:
+        result = conn.execute(select(
+            SourceState.name, SourceState.last_attempt_at, SourceState.last_success_at,
+            SourceState.last_error, SourceState.consecutive_failures, SourceState.error_count,
+        ).order_by(SourceState.name))
+        return [SourceSnapshot(r[0], r[1], r[2], r[3], r[4] or 0, r[5] or 0)
+                for r in _rows(result, "source_states", tuple)]
+
+
+def tokens(engine: Engine) -> list[TokenSnapshot]:
+    with engine.connect() as conn:
+        result = conn.execute(
+            select(Key.key_id, Key.principal, TokenSink.mount, TokenSink.path, TokenSink.state,
+                   TokenSink.expires_at).join(Key, Key.id == TokenSink.key_pk)
+            .order_by(Key.key_id))
+        return [TokenSnapshot(r[0], r[1], f"{r[2]}/{r[3]}", r[4], r[5])
+                for r in _rows(result, "tokens", tuple)]
+
+
+def open_deliveries(engine: Engine) -> int:
+    """Outbox rows not yet sent (pending or failed-and-retrying)."""
+    with engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(Delivery)
+                             .where(Delivery.state.in_(("pending", "failed")))).scalar_one()
+    return int(count)
+
+
+def _rows(result: Result[*tuple[Any, ...]], table: str, make: Callable[[Any], T]) -> Iterator[T]:
+    """Rows of ``result`` one by one; undecodable rows are logged and skipped
+    (the cursor has already moved past them, so the next fetch continues)."""
+    bad = 0
+    while bad < _MAX_BAD_ROWS:
+        try:
+            row = result.fetchone()
+        except (ValueError, TypeError, OverflowError) as exc:
+            bad += 1
+            log.error("skipping an unreadable %s row: %s", table, exc)
+            continue
+        if row is None:
+            return
+        yield make(row)
+    log.error("giving up on table %s after %d unreadable rows", table, bad)

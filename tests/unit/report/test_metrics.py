@@ -1,0 +1,124 @@
+"""/metrics content, read from the database at scrape time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from keyd.report.metrics import KeydMetrics
+from keyd.store.engine import make_engine
+from keyd.store.models import Alert, Base, Delivery, Key, SourceState, TokenSink
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(f"sqlite:///{tmp_path / 'keyd.db'}")
+    Base.metadata.create_all(eng)
+    yield eng
+    eng.dispose()
+
+
+def _key(key_id: str, status: str = "active", expires: datetime | None = None) -> Key:
+    return Key(key_id=key_id, kind="serviceaccount", principal=f"user-{key_id}", algorithm="RS256",
+               fingerprint="f" * 64, expires_at=expires, content_hash="c" * 64, status=status,
+               first_seen=NOW, last_seen=NOW, updated_at=NOW, probe_failures=0,
+               last_ok_at=NOW - timedelta(hours=1) if status == "active" else None)
+
+
+def seed(engine: Engine) -> None:
+    with Session(engine) as s, s.begin():
+        good = _key("k1", expires=NOW + timedelta(days=5))
+        s.add_all([good, _key("k2", "rejected", NOW + timedelta(days=90)), _key("k3")])
+        s.flush()
+        s.add(TokenSink(key_pk=good.id, mount="secret", path="zitadel/tokens/user-k1",
+                        state="ok", expires_at=NOW + timedelta(hours=12), updated_at=NOW,
+                        failures=0))
+        s.add(SourceState(name="directory:/etc/keyd/keys", error_count=3,
+                          consecutive_failures=1, last_error="boom"))
+        alert = Alert(fingerprint="f" * 64, key_pk=good.id, kind="expiring", threshold="7d",
+                      severity="warning", created_at=NOW, message_id="<m@keyd>", subject="s",
+                      context="{}")
+        s.add(alert)
+        s.flush()
+        s.add(Delivery(alert_id=alert.id, channel="email", recipient="ops@example.org",
+                       state="pending", attempts=0, next_attempt_at=NOW))
+
+
+def samples(metrics: KeydMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def test_inventory_metrics(engine: Engine) -> None:
+    seed(engine)
+    metrics = KeydMetrics(engine, version="0.1.0", leader=lambda: True, last_tick=lambda: NOW)
+    metrics.observe_probe(0.2)
+    got = samples(metrics)
+    k1 = {("key_id", "k1"), ("principal", "user-k1")}
+    assert got[("keyd_key_expiration_timestamp_seconds", frozenset(k1))] == (
+        NOW + timedelta(days=5)).timestamp()
+    assert ("keyd_key_expiration_timestamp_seconds",
+            frozenset({("key_id", "k3"), ("principal", "user-k3")})) not in got  # unknown expiry
+    assert got[("keyd_key_last_probe_success_timestamp_seconds", frozenset(k1))] == (
+        NOW - timedelta(hours=1)).timestamp()
+    k2 = {("key_id", "k2"), ("principal", "user-k2")}
+    assert got[("keyd_key_status", frozenset(k2 | {("status", "rejected")}))] == 1
+    assert got[("keyd_key_status", frozenset(k2 | {("status", "active")}))] == 0
+    assert got[("keyd_token_expiration_timestamp_seconds",
+                frozenset(k1 | {("sink", "secret/zitadel/tokens/user-k1")}))] == (
+        NOW + timedelta(hours=12)).timestamp()
+    assert got[("keyd_source_errors_total",
+                frozenset({("source", "directory:/etc/keyd/keys")}))] == 3
+    assert got[("keyd_alerts_pending", frozenset())] == 1
+    assert got[("keyd_leader", frozenset())] == 1
+    assert got[("keyd_db_up", frozenset())] == 1
+    assert got[("keyd_build_info", frozenset({("version", "0.1.0")}))] == 1
+    assert got[("keyd_last_tick_timestamp_seconds", frozenset())] == NOW.timestamp()
+    assert got[("keyd_probe_duration_seconds_count", frozenset())] == 1
+
+
+def test_one_bad_row_does_not_break_metrics(engine: Engine,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    seed(engine)
+    with engine.begin() as conn:  # what a corrupt or foreign write could leave behind
+        conn.execute(text("UPDATE keys SET expires_at = 'not a date' WHERE key_id = 'k2'"))
+    metrics = KeydMetrics(engine, version="0.1.0")
+    with caplog.at_level(logging.ERROR):
+        got = samples(metrics)
+    names = {name for name, _ in got}
+    assert ("keyd_key_status", frozenset({("key_id", "k1"), ("principal", "user-k1"),
+                                          ("status", "active")})) in got
+    assert not any(dict(labels).get("key_id") == "k2" for _, labels in got)
+    assert "keyd_leader" not in names  # unknown yet: not exported as 0
+    assert any("unreadable keys row" in r.getMessage() for r in caplog.records)
+
+
+def test_database_down_still_answers(tmp_path: Path) -> None:
+    eng = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # no schema at all
+    try:
+        got = samples(KeydMetrics(eng, version="0.1.0", leader=lambda: False))
+        assert got[("keyd_db_up", frozenset())] == 0
+        assert got[("keyd_leader", frozenset())] == 0
+    finally:
+        eng.dispose()
+
+
+def test_own_registry_per_instance(engine: Engine) -> None:
+    a, b = KeydMetrics(engine, version="1"), KeydMetrics(engine, version="2")
+    a.observe_probe(1)
+    assert samples(b)[("keyd_probe_duration_seconds_count", frozenset())] == 0
