@@ -1,0 +1,305 @@
+"""Decide which alerts are due and queue them (issue 5).
+
+``evaluate_alerts(session, config, now)`` runs inside the caller's
+transaction and, for every alert it decides, inserts the ``alerts`` row and
+its ``deliveries`` outbox rows together (a transactional outbox): either
+both are committed or neither. Sending is ``deliver.drain_outbox``'s job.
+
+What is decided, each at most once (unique (fingerprint, kind, threshold)):
+
+* ``expiring`` / ``expired``: the ladder (``checks.ladder``), rung names
+  carry the expiry instant; rungs of an old expiry are resolved.
+* ``rotated``: another active key of the same principal expires later
+  while this one still has open ladder alerts → those are resolved and one
+  notice is sent; a superseded key gets no further ladder or rejection
+  alerts (after a rotation the old key is *expected* to be refused).
+* ``rejected``: key status ``rejected`` (set by the probe), once per
+  episode; an episode ends with a successful probe, so it is named by the
+  key's ``last_ok_at`` (``ok@<instant>`` or ``never-ok``). Not raised for
+  a key that has expired (the ``expired`` rung says it already).
+* ``unavailable`` / ``recovered``: issuer outage episodes recorded by
+  ``note_issuer_health`` (re-exported here), alerted once the outage lasts
+  ``issuer.unavailable_alert_after``; named by the outage start.
+* ``untracked``: a key without an expiry date (pre-2024 file), once.
+
+Keys whose status is ``missing`` or ``invalid`` are not evaluated.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from keyd.checks.expiry import evaluate, is_never
+from keyd.checks.ladder import Rung, due_rungs, rung_suffix
+from keyd.clients.webhook import display_url
+from keyd.config import Config, EmailConfig
+from keyd.redact import scrub
+from keyd.store import alerts as store
+from keyd.store.alerts import note_issuer_health
+from keyd.store.models import Alert, Key
+from keyd.timeutil import format_duration, isoformat_z
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["evaluate_alerts", "note_issuer_health", "message_id", "email_recipients",
+           "subject_for_expiry"]
+
+log = logging.getLogger(__name__)
+
+LADDER_KINDS: Final = ("expiring", "expired")
+ISSUER_FINGERPRINT: Final = "issuer"
+SKIPPED_STATUSES: Final = frozenset({"missing", "invalid"})
+_SLUG_RE = re.compile(r"[^a-z0-9]+")
+
+
+def message_id(fingerprint: str, kind: str, threshold: str) -> str:
+    """Deterministic RFC 5322 Message-ID, so a repeated send folds into one."""
+    slug = _SLUG_RE.sub("-", threshold.lower()).strip("-") or "x"
+    return f"<alert-{fingerprint[:16]}-{kind}-{slug}@keyd>"
+
+
+def email_recipients(email: EmailConfig, principal: str | None,
+                     sources: Iterable[str] = ()) -> list[str]:
+    """``email.to`` plus routed extras for this principal or any of its
+    sources; order kept, duplicates (case-insensitive) dropped."""
+    names = set(sources) | ({principal} if principal else set())
+    addrs = list(email.to)
+    for name, extra in email.routes:
+        if name in names:
+            addrs.extend(extra)
+    seen: set[str] = set()
+    out: list[str] = []
+    for addr in addrs:
+        if addr.lower() not in seen:
+            seen.add(addr.lower())
+            out.append(addr)
+    return out
+
+
+def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Alert]:
+    """Decide and queue all due alerts in the caller's transaction.
+
+    Returns the alerts newly inserted by *this* call (an alert another
+    daemon inserted first is not returned and gets no deliveries here).
+    Does not commit.
+    """
+    keys = store.alert_candidates(session)
+    by_principal: dict[str, list[Key]] = defaultdict(list)
+    for key in keys:
+        by_principal[key.principal].append(key)
+    new: list[Alert] = []
+    for key in keys:
+        if key.status in SKIPPED_STATUSES:
+            continue
+        new.extend(_key_alerts(session, config, key, by_principal[key.principal], now))
+    new.extend(_issuer_alerts(session, config, now))
+    if new:
+        log.info("decided %d new alert(s): %s", len(new),
+                 ", ".join(f"{a.kind}:{a.threshold}" for a in new))
+    return new
+
+
+# -- per key ------------------------------------------------------------------
+
+def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key],
+                now: datetime) -> list[Alert]:
+    successor = _successor(key, peers)
+    if successor is not None:
+        return _rotated(session, config, key, successor, now)
+    if key.expires_at is None:
+        alert = _emit(session, config, key, "untracked", "unknown", "warning", now,
+                      _subject(key, "warning", "has no expiry date: not tracked"))
+        return [alert] if alert else []
+    store.resolve(session, store.unresolved(session, key.fingerprint, ("untracked",)), now)
+    out: list[Alert] = []
+    if not is_never(key.expires_at):
+        ladder_alert = _ladder(session, config, key, key.expires_at, now)
+        if ladder_alert is not None:
+            out.append(ladder_alert)
+    rejected = _rejected(session, config, key, now)
+    if rejected is not None:
+        out.append(rejected)
+    return out
+
+
+def _successor(key: Key, peers: Sequence[Key]) -> Key | None:
+    """The active key of the same principal that replaces ``key``, if any:
+    one expiring later (never counts as latest), or, when ``key``'s expiry
+    is unknown, one first seen after it."""
+    best: Key | None = None
+    for peer in peers:
+        if peer.key_id == key.key_id or peer.status != "active" or peer.expires_at is None:
+            continue
+        if key.expires_at is not None:
+            later = peer.expires_at > key.expires_at
+        else:
+            later = peer.first_seen > key.first_seen
+        if later and (best is None or peer.expires_at > best.expires_at):  # type: ignore[operator]
+            best = peer
+    return best
+
+
+def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
+            now: datetime) -> Alert | None:
+    suffix = rung_suffix(expires_at)
+    stale = store.unresolved(session, key.fingerprint, LADDER_KINDS, keep_suffix=suffix)
+    if stale:
+        log.info("key %s: expiry changed, resolving %d alert(s) of the old expiry",
+                 key.key_id, len(stale))
+        store.resolve(session, stale, now)
+    fired = store.fired_thresholds(session, key.fingerprint, LADDER_KINDS)
+    rung = due_rungs(expires_at, config.alerts.thresholds, now, fired)
+    if rung is None:
+        return None
+    alert = _emit(session, config, key, rung.kind, rung.threshold, rung.severity, now,
+                  subject_for_expiry(key, rung, expires_at, now), {"rung": rung.label})
+    if alert is not None:  # the tighter rung supersedes the looser ones
+        older = [a for a in store.unresolved(session, key.fingerprint, LADDER_KINDS)
+                 if a.id != alert.id]
+        store.resolve(session, older, now)
+    return alert
+
+
+def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime) -> str:
+    """``[keyd CRITICAL] key 29… of user 29… expires in 1 day``."""
+    if rung.kind == "expired":
+        return _subject(key, "critical", "has expired")
+    seconds = int((expires_at - now).total_seconds())
+    if seconds >= 86_400:
+        days = seconds // 86_400
+        left = f"{days} day" + ("s" if days != 1 else "")
+    else:
+        left = f"less than a day ({format_duration(seconds)})"
+    return _subject(key, rung.severity, f"expires in {left}")
+
+
+def _rotated(session: Session, config: Config, key: Key, successor: Key,
+             now: datetime) -> list[Alert]:
+    open_ladder = store.unresolved(session, key.fingerprint, LADDER_KINDS)
+    if not open_ladder:
+        return []
+    store.resolve(session, open_ladder, now)
+    extra = {"replaced_by": {"key_id": successor.key_id,
+                             "expires_at": _iso(successor.expires_at)}}
+    alert = _emit(session, config, key, "rotated", "rotated", "info", now,
+                  _subject(key, "info", f"was replaced by key {successor.key_id}"), extra)
+    return [alert] if alert else []
+
+
+def _rejected(session: Session, config: Config, key: Key, now: datetime) -> Alert | None:
+    dead = key.expires_at is not None and now >= key.expires_at
+    if key.status != "rejected" or dead:
+        store.resolve(session, store.unresolved(session, key.fingerprint, ("rejected",)), now)
+        return None
+    episode = f"ok@{isoformat_z(key.last_ok_at)}" if key.last_ok_at else "never-ok"
+    extra = {"error": scrub(key.last_error or ""), "outcome": key.last_probe_outcome,
+             "last_probe_at": _iso(key.last_probe_at), "last_ok_at": _iso(key.last_ok_at)}
+    return _emit(session, config, key, "rejected", episode, "critical", now,
+                 _subject(key, "critical", "is rejected by the issuer"), extra)
+
+
+# -- issuer episodes ----------------------------------------------------------
+
+def _issuer_alerts(session: Session, config: Config, now: datetime) -> list[Alert]:
+    if config.issuer is None:
+        return []
+    url, after = config.issuer.url, config.issuer.unavailable_alert_after
+    out: list[Alert] = []
+    since = store.issuer_outage(session)
+    if since is not None and now - since >= after:
+        alert = _emit_issuer(session, config, "unavailable", since, "warning", now,
+                             f"[keyd WARNING] issuer {url} unavailable for "
+                             f"{format_duration(now - since)}", {"since": isoformat_z(since)})
+        out.extend([alert] if alert else [])
+    recovery = store.issuer_last_recovery(session)
+    if recovery is not None:
+        start, until = recovery
+        threshold = isoformat_z(start)
+        alerted = store.alert_exists(session, ISSUER_FINGERPRINT, "unavailable", threshold)
+        if alerted or until - start >= after:
+            store.resolve(session, store.unresolved(session, ISSUER_FINGERPRINT,
+                                                    ("unavailable",)), now)
+            alert = _emit_issuer(session, config, "recovered", start, "info", now,
+                                 f"[keyd INFO] issuer {url} is reachable again after "
+                                 f"{format_duration(until - start)}",
+                                 {"since": threshold, "until": isoformat_z(until)})
+            out.extend([alert] if alert else [])
+    return out
+
+
+def _emit_issuer(session: Session, config: Config, kind: str, since: datetime, severity: str,
+                 now: datetime, subject: str, extra: Mapping[str, Any]) -> Alert | None:
+    assert config.issuer is not None
+    threshold = isoformat_z(since)
+    context = {"issuer": config.issuer.url, "decided_at": isoformat_z(now),
+               "timezone": config.timezone_name, **extra}
+    return _insert(session, config, ISSUER_FINGERPRINT, None, kind, threshold, severity, now,
+                   subject, context, None, ())
+
+
+# -- shared -------------------------------------------------------------------
+
+def _emit(session: Session, config: Config, key: Key, kind: str, threshold: str,
+          severity: str, now: datetime, subject: str,
+          extra: Mapping[str, Any] | None = None) -> Alert | None:
+    context = {**key_facts(key, config, now), **(extra or {})}
+    sources = [loc.source for loc in key.locations]
+    return _insert(session, config, key.fingerprint, key.id, kind, threshold, severity, now,
+                   subject, context, key.principal, sources)
+
+
+def _insert(session: Session, config: Config, fingerprint: str, key_pk: int | None, kind: str,
+            threshold: str, severity: str, now: datetime, subject: str,
+            context: Mapping[str, Any], principal: str | None,
+            sources: Sequence[str]) -> Alert | None:
+    alert = store.insert_alert(
+        session, fingerprint=fingerprint, key_pk=key_pk, kind=kind, threshold=threshold,
+        severity=severity, created_at=now, message_id=message_id(fingerprint, kind, threshold),
+        subject=subject, context={**context, "kind": kind, "severity": severity,
+                                  "threshold": threshold})
+    if alert is None:
+        return None
+    targets: list[tuple[str, str]] = []
+    if config.alerts.email is not None:
+        targets += [("email", a) for a in email_recipients(config.alerts.email, principal, sources)]
+    if config.alerts.webhook is not None:
+        targets.append(("webhook", display_url(config.alerts.webhook.url)))
+    store.add_deliveries(session, alert.id, targets, now)
+    if not targets:
+        log.warning("alert %s has no delivery channel configured ([alerts.email] or "
+                    "[alerts.webhook])", alert.message_id)
+    return alert
+
+
+def key_facts(key: Key, config: Config, now: datetime) -> dict[str, Any]:
+    """What a message may say about a key. Never key material: the Key row
+    holds none, and free text (``last_error``) is scrubbed by the caller."""
+    view = evaluate(key.expires_at, now, config.timezone)
+    locations = sorted(key.locations, key=lambda loc: (loc.status != "present", loc.ref))
+    return {
+        "key_id": key.key_id, "principal": key.principal, "key_kind": key.kind,
+        "fingerprint": key.fingerprint, "status": key.status,
+        "expires_at": _iso(key.expires_at), "never_expires": view.status == "never",
+        "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
+        "timezone": config.timezone_name, "seconds_left": view.seconds_left,
+        "days_left": view.days_left, "decided_at": isoformat_z(now),
+        "locations": [{"source": loc.source, "ref": loc.ref, "status": loc.status}
+                      for loc in locations],
+    }
+
+
+def _subject(key: Key, severity: str, what: str) -> str:
+    who = "app" if key.kind == "application" else "user"
+    return f"[keyd {severity.upper()}] key {key.key_id} of {who} {key.principal} {what}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else isoformat_z(value)
+
+

@@ -1,0 +1,210 @@
+"""Drain the alert outbox: send due deliveries, record the outcome (issue 5).
+
+Each due ``deliveries`` row is first *claimed* (compare-and-set that counts
+the attempt and pushes ``next_attempt_at`` out by ``LEASE``), then sent,
+then marked ``sent``, each step in its own short transaction. So:
+
+* two daemons draining at once never send the same row twice;
+* a crash after sending but before marking it sent repeats that one
+  message after the lease (same ``Message-ID``, so mail clients fold it);
+  nothing is ever lost;
+* a failure keeps the row open with exponential backoff, full jitter
+  (``retry.backoff_delay``, ``BASE`` 1 min, ``CAP`` 1 h).
+
+Retry budget (documented in the README): after ``MAX_ATTEMPTS`` failed
+attempts, or at once for a permanent error (authentication refused,
+recipient rejected, 4xx from the webhook), the row turns ``failed``: it is
+counted as a problem by ``keyd status`` and metrics but is *still retried*
+(``CAP`` after a permanent error, daily after the budget). Whenever a send
+on a channel succeeds again, that channel's ``failed`` rows are woken up so
+they go out on the next drain.
+
+Digest mode (``alerts.digest``): one e-mail per recipient per drain,
+listing every alert due for that recipient.
+
+Rendering belongs to ``report.mail`` (a higher layer), so it is injected:
+``drain_outbox(..., render=keyd.report.mail.render_message)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from keyd.actions.retry import Random, backoff_delay
+from keyd.clients.smtp import MailSender
+from keyd.clients.webhook import WebhookSender
+from keyd.clock import Clock
+from keyd.config import Config
+from keyd.errors import KeydError, MailError
+from keyd.store import alerts as store
+from keyd.store.alerts import AlertRecord, OutboxItem
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+BASE: Final = timedelta(minutes=1)
+CAP: Final = timedelta(hours=1)
+MAX_ATTEMPTS: Final = 24
+FAILED_RETRY: Final = timedelta(days=1)
+LEASE: Final = timedelta(minutes=10)
+_CONNECTION_STAGES: Final = frozenset({"connect", "tls", "auth"})
+
+
+class Render(Protocol):
+    def __call__(self, alerts: Sequence[AlertRecord], *, sender: str,
+                 to: Sequence[str]) -> EmailMessage:
+        """One message for one alert, a digest for several."""
+
+
+@dataclass
+class DrainReport:
+    """What one drain did (for logs, ``keyd check`` and metrics)."""
+
+    sent: int = 0  # deliveries marked sent
+    messages: int = 0  # e-mails / POSTs that went out (digest: fewer than sent)
+    failed: int = 0  # deliveries whose attempt failed (still open)
+    gave_up: int = 0  # of those, now in state "failed" (retried less often)
+    raced: int = 0  # due rows another drainer claimed first
+    errors: list[str] = field(default_factory=list)
+
+
+class _NotConfigured(KeydError):
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"{channel} alerts are queued but [alerts.{channel}] is not configured")
+
+
+def drain_outbox(engine: Engine, config: Config, clock: Clock,
+                 smtp_factory: Callable[[], MailSender] | None,
+                 webhook: WebhookSender | None, *, render: Render,
+                 rng: Random | None = None, limit: int = 500) -> DrainReport:
+    """Send every open delivery whose ``next_attempt_at`` ≤ now (see module doc).
+
+    ``smtp_factory`` makes one connection per drain (lazily, only if e-mail
+    is due); ``webhook`` may be None when no webhook is configured.
+    """
+    rng = rng or random.SystemRandom()
+    report = DrainReport()
+    now = clock.now()
+    with store.transaction(engine) as session:
+        due = store.due_deliveries(session, now, limit)
+    claimed: list[OutboxItem] = []
+    for item in due:
+        with store.transaction(engine) as session:
+            ok = store.claim_delivery(session, item.delivery_id, item.attempts, now, now + LEASE)
+        if ok:
+            claimed.append(item)
+        else:
+            report.raced += 1
+    out = _Outcomes(engine, clock, rng, report)
+    _send_email([i for i in claimed if i.channel == "email"], config, smtp_factory, render, out)
+    _send_webhooks([i for i in claimed if i.channel == "webhook"], webhook, out)
+    if claimed:
+        log.info("outbox: %d sent in %d message(s), %d failed (%d given up), %d raced",
+                 report.sent, report.messages, report.failed, report.gave_up, report.raced)
+    return report
+
+
+def _send_email(items: list[OutboxItem], config: Config,
+                smtp_factory: Callable[[], MailSender] | None, render: Render,
+                out: _Outcomes) -> None:
+    if not items:
+        return
+    email = config.alerts.email
+    if email is None or smtp_factory is None:
+        out.failed(items, _NotConfigured("email"))
+        return
+    groups: dict[str, list[OutboxItem]] = defaultdict(list)
+    for item in items:  # digest: one message per recipient; else one per delivery
+        groups[item.recipient if config.alerts.digest else str(item.delivery_id)].append(item)
+    sender: MailSender | None = None
+    down: MailError | None = None
+    try:
+        for group in groups.values():
+            if down is not None:  # server unreachable: do not hammer it per message
+                out.failed(group, down)
+                continue
+            recipient = group[0].recipient
+            try:
+                sender = sender or smtp_factory()
+                message = render([i.alert for i in group], sender=email.from_addr, to=[recipient])
+                sender.send(message, [recipient])
+            except MailError as exc:
+                out.failed(group, exc)
+                down = exc if exc.stage in _CONNECTION_STAGES else None
+                continue
+            out.sent(group, "email")
+    finally:
+        if sender is not None:
+            sender.close()
+
+
+def _send_webhooks(items: list[OutboxItem], webhook: WebhookSender | None,
+                   out: _Outcomes) -> None:
+    for item in items:
+        if webhook is None:
+            out.failed([item], _NotConfigured("webhook"))
+            continue
+        try:
+            webhook.post(webhook_payload(item.alert))
+        except KeydError as exc:
+            out.failed([item], exc)
+            continue
+        out.sent([item], "webhook")
+
+
+def webhook_payload(alert: AlertRecord) -> dict[str, Any]:
+    """The JSON a webhook receives: the alert's facts (never secrets)."""
+    return {"source": "keyd", "message_id": alert.message_id, "kind": alert.kind,
+            "severity": alert.severity, "threshold": alert.threshold,
+            "subject": alert.subject, "created_at": alert.created_at.isoformat(),
+            "facts": dict(alert.context)}
+
+
+class _Outcomes:
+    """Records sends and failures, one short transaction each."""
+
+    def __init__(self, engine: Engine, clock: Clock, rng: Random, report: DrainReport) -> None:
+        self.engine, self.clock, self.rng, self.report = engine, clock, rng, report
+
+    def sent(self, group: Sequence[OutboxItem], channel: str) -> None:
+        now = self.clock.now()
+        with store.transaction(self.engine) as session:
+            for item in group:
+                store.mark_sent(session, item.delivery_id, now)
+            store.wake_failed(session, channel, now)
+        self.report.sent += len(group)
+        self.report.messages += 1
+        for item in group:
+            log.info("sent %s alert %s to %s (attempt %d)", item.channel,
+                     item.alert.message_id, item.recipient, item.attempts + 1)
+
+    def failed(self, group: Sequence[OutboxItem], exc: KeydError) -> None:
+        now = self.clock.now()
+        with store.transaction(self.engine) as session:
+            for item in group:
+                state, when = self._next(item.attempts + 1, exc.retryable, now)
+                store.mark_retry(session, item.delivery_id, state=state, next_attempt_at=when,
+                                 error=str(exc))
+                self.report.failed += 1
+                self.report.gave_up += state == store.FAILED
+                log.warning("%s alert %s to %s: attempt %d failed: %s; next attempt at %s "
+                            "(%s)", item.channel, item.alert.message_id, item.recipient,
+                            item.attempts + 1, exc, when.isoformat(), state)
+        self.report.errors.append(str(exc))
+
+    def _next(self, attempt: int, retryable: bool, now: datetime) -> tuple[str, datetime]:
+        if attempt >= MAX_ATTEMPTS:
+            return store.FAILED, now + FAILED_RETRY
+        if not retryable:
+            return store.FAILED, now + CAP
+        delay = backoff_delay(attempt, BASE, CAP, self.rng)
+        return store.PENDING, now + timedelta(seconds=max(delay, 1.0))

@@ -1,0 +1,305 @@
+"""All SQL for alerts, the delivery outbox and small persisted facts.
+
+Exactly-once is the database's job, not Python's: ``insert_alert`` relies
+on the unique constraint ``(fingerprint, kind, threshold)`` with
+``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), so a second scan, a
+restart or a second daemon racing on the same PostgreSQL inserts nothing
+and gets ``None`` back. Deliveries are claimed with a compare-and-set
+lease (``claim_delivery``) so two drainers never send the same row at the
+same time, and a crash after sending only repeats that one message once
+the lease runs out: never lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypedDict
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, selectinload
+
+from keyd.clock import utc
+from keyd.store.models import Alert, Delivery, Key, State
+from keyd.timeutil import isoformat_z, parse_rfc3339
+
+PENDING: Final = "pending"
+SENT: Final = "sent"
+FAILED: Final = "failed"
+OPEN_STATES: Final = (PENDING, FAILED)  # both are still retried (FAILED less often)
+
+ISSUER_UNAVAILABLE_SINCE: Final = "issuer.unavailable_since"
+ISSUER_LAST_RECOVERY: Final = "issuer.last_recovery"
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """A detached snapshot of an ``alerts`` row, ``context`` decoded."""
+
+    id: int
+    fingerprint: str
+    key_pk: int | None
+    kind: str
+    threshold: str
+    severity: str
+    created_at: datetime
+    message_id: str
+    subject: str
+    context: Mapping[str, Any]
+    resolved_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Alert) -> AlertRecord:
+        return cls(row.id, row.fingerprint, row.key_pk, row.kind, row.threshold, row.severity,
+                   row.created_at, row.message_id, row.subject, json.loads(row.context),
+                   row.resolved_at)
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One due delivery with its alert."""
+
+    delivery_id: int
+    channel: str
+    recipient: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    alert: AlertRecord
+
+
+class OutboxSummary(TypedDict):
+    pending: int
+    failed: int
+    oldest_pending_at: datetime | None
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def _insert(session: Session, table: Any) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported database dialect {name!r}")
+
+
+def _rowcount(result: object) -> int:
+    """Rows matched by an INSERT/UPDATE (a CursorResult attribute)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# -- alerts -----------------------------------------------------------------
+
+def insert_alert(session: Session, *, fingerprint: str, key_pk: int | None, kind: str,
+                 threshold: str, severity: str, created_at: datetime, message_id: str,
+                 subject: str, context: Mapping[str, Any]) -> Alert | None:
+    """Insert one alert unless (fingerprint, kind, threshold) exists.
+
+    Returns the new row, or None when it already existed (fired before, or
+    another daemon won the race). Never raises IntegrityError for that.
+    """
+    stmt = _insert(session, Alert).values(
+        fingerprint=fingerprint, key_pk=key_pk, kind=kind, threshold=threshold,
+        severity=severity, created_at=created_at, message_id=message_id, subject=subject,
+        context=json.dumps(dict(context), sort_keys=True, default=str),
+    ).on_conflict_do_nothing(index_elements=["fingerprint", "kind", "threshold"])
+    new_id = session.execute(stmt.returning(Alert.id)).scalar_one_or_none()
+    return None if new_id is None else session.get(Alert, new_id)
+
+
+def add_deliveries(session: Session, alert_id: int, targets: Iterable[tuple[str, str]],
+                   now: datetime) -> int:
+    """Queue ``(channel, recipient)`` outbox rows for an alert, due ``now``."""
+    count = 0
+    for channel, recipient in targets:
+        stmt = _insert(session, Delivery).values(
+            alert_id=alert_id, channel=channel, recipient=recipient, state=PENDING,
+            attempts=0, next_attempt_at=now,
+        ).on_conflict_do_nothing(index_elements=["alert_id", "channel", "recipient"])
+        count += _rowcount(session.execute(stmt))
+    return count
+
+
+def fired_thresholds(session: Session, fingerprint: str, kinds: Sequence[str]) -> set[str]:
+    """Thresholds already recorded for this key fingerprint and kinds."""
+    rows = session.scalars(select(Alert.threshold).where(
+        Alert.fingerprint == fingerprint, Alert.kind.in_(kinds)))
+    return set(rows)
+
+
+def alert_exists(session: Session, fingerprint: str, kind: str, threshold: str) -> bool:
+    return session.scalar(select(func.count()).select_from(Alert).where(
+        Alert.fingerprint == fingerprint, Alert.kind == kind,
+        Alert.threshold == threshold)) != 0
+
+
+def unresolved(session: Session, fingerprint: str, kinds: Sequence[str],
+               keep_suffix: str | None = None) -> list[Alert]:
+    """Open alerts of these kinds, except thresholds ending in ``keep_suffix``."""
+    stmt = select(Alert).where(Alert.fingerprint == fingerprint, Alert.kind.in_(kinds),
+                               Alert.resolved_at.is_(None))
+    if keep_suffix is not None:
+        stmt = stmt.where(~Alert.threshold.endswith(keep_suffix, autoescape=True))
+    return list(session.scalars(stmt.order_by(Alert.id)))
+
+
+def resolve(session: Session, alerts: Iterable[Alert], now: datetime) -> int:
+    """Mark alerts resolved (no longer current); their sent mail stays sent."""
+    count = 0
+    for alert in alerts:
+        if alert.resolved_at is None:
+            alert.resolved_at = now
+            count += 1
+    session.flush()
+    return count
+
+
+def alert_candidates(session: Session) -> list[Key]:
+    """Every key row with its locations (the alert evaluation's input)."""
+    return list(session.scalars(select(Key).options(selectinload(Key.locations))
+                                .order_by(Key.id)))
+
+
+# -- outbox -----------------------------------------------------------------
+
+def due_deliveries(session: Session, now: datetime, limit: int = 500) -> list[OutboxItem]:
+    """Open deliveries whose ``next_attempt_at`` has come, oldest first."""
+    rows = session.execute(
+        select(Delivery, Alert).join(Alert, Alert.id == Delivery.alert_id)
+        .where(Delivery.state.in_(OPEN_STATES), Delivery.next_attempt_at <= now)
+        .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))
+    return [OutboxItem(d.id, d.channel, d.recipient, d.state, d.attempts, d.next_attempt_at,
+                       AlertRecord.of(a)) for d, a in rows]
+
+
+def claim_delivery(session: Session, delivery_id: int, attempts_seen: int, now: datetime,
+                   lease_until: datetime) -> bool:
+    """Take a delivery for one attempt (compare-and-set on ``attempts``).
+
+    Counts the attempt and pushes ``next_attempt_at`` to ``lease_until``, so
+    if this process dies mid-send the row comes due again after the lease.
+    False when someone else claimed it first.
+    """
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.attempts == attempts_seen,
+               Delivery.state.in_(OPEN_STATES), Delivery.next_attempt_at <= now)
+        .values(attempts=Delivery.attempts + 1, next_attempt_at=lease_until)
+        .execution_options(synchronize_session=False))
+    return _rowcount(result) == 1
+
+
+def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
+    session.execute(update(Delivery).where(Delivery.id == delivery_id)
+                    .values(state=SENT, sent_at=now, last_error=None)
+                    .execution_options(synchronize_session=False))
+
+
+def mark_retry(session: Session, delivery_id: int, *, state: str, next_attempt_at: datetime,
+               error: str) -> None:
+    """Record a failed attempt; the row stays open (``pending`` or ``failed``)."""
+    session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state != SENT)
+                    .values(state=state, next_attempt_at=next_attempt_at, last_error=error)
+                    .execution_options(synchronize_session=False))
+
+
+def outbox_summary(session: Session) -> OutboxSummary:
+    """Counts for ``keyd status`` and metrics: open deliveries by state, and
+    when the oldest still-pending alert was decided (None if none)."""
+    counts = dict(session.execute(select(Delivery.state, func.count())
+                                  .where(Delivery.state.in_(OPEN_STATES))
+                                  .group_by(Delivery.state)).tuples().all())
+    oldest = session.scalar(select(func.min(Alert.created_at))
+                            .join(Delivery, Delivery.alert_id == Alert.id)
+                            .where(Delivery.state.in_(OPEN_STATES)))
+    return {"pending": int(counts.get(PENDING, 0)), "failed": int(counts.get(FAILED, 0)),
+            "oldest_pending_at": None if oldest is None else utc(oldest)}
+
+
+def deliveries_for(session: Session, alert_id: int) -> list[Delivery]:
+    return list(session.scalars(select(Delivery).where(Delivery.alert_id == alert_id)
+                                .order_by(Delivery.id)))
+
+
+# -- small persisted facts (State) ------------------------------------------
+
+def get_state(session: Session, name: str) -> str | None:
+    row = session.get(State, name)
+    return None if row is None else row.value
+
+
+def set_state(session: Session, name: str, value: str, now: datetime) -> None:
+    stmt = _insert(session, State).values(name=name, value=value, updated_at=now)
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["name"], set_={"value": value, "updated_at": now}))
+
+
+def delete_state(session: Session, name: str) -> None:
+    row = session.get(State, name)
+    if row is not None:
+        session.delete(row)
+        session.flush()
+
+
+def note_issuer_health(session: Session, ok: bool, now: datetime) -> None:
+    """Record the outcome of talking to the issuer, for episode alerts.
+
+    Call it (in the probe's transaction) after every probe or discovery
+    whose outcome says something about the *issuer*: ``ok=True`` for any
+    answer that proves it is up (a token, or an OAuth rejection of a key),
+    ``ok=False`` only for "issuer unavailable" (connection error, timeout,
+    502/503/504; ZITADEL.md §4). Idempotent; cheap.
+
+    State kept: ``issuer.unavailable_since`` = start of the current outage
+    (set on the first failure, kept while failures continue); on the first
+    success after an outage it is removed and ``issuer.last_recovery`` =
+    ``{"since": ..., "until": ...}`` is written. ``evaluate_alerts`` turns
+    these into one "unavailable" alert per episode (once it lasted
+    ``issuer.unavailable_alert_after``) and one "recovered" notice.
+    """
+    since = get_state(session, ISSUER_UNAVAILABLE_SINCE)
+    if not ok:
+        if since is None:
+            set_state(session, ISSUER_UNAVAILABLE_SINCE, isoformat_z(now), now)
+        return
+    if since is not None:
+        delete_state(session, ISSUER_UNAVAILABLE_SINCE)
+        set_state(session, ISSUER_LAST_RECOVERY,
+                  json.dumps({"since": since, "until": isoformat_z(now)}), now)
+
+
+def issuer_outage(session: Session) -> datetime | None:
+    """Start of the current issuer outage, or None."""
+    since = get_state(session, ISSUER_UNAVAILABLE_SINCE)
+    return None if since is None else parse_rfc3339(since)
+
+
+def issuer_last_recovery(session: Session) -> tuple[datetime, datetime] | None:
+    """(outage start, recovery) of the last finished outage, or None."""
+    raw = get_state(session, ISSUER_LAST_RECOVERY)
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return parse_rfc3339(data["since"]), parse_rfc3339(data["until"])
+
+
+def wake_failed(session: Session, channel: str, now: datetime) -> int:
+    """A send on ``channel`` just worked: make its ``failed`` rows due now
+    (they wait a day otherwise). The attempt count is kept."""
+    result = session.execute(
+        update(Delivery).where(Delivery.channel == channel, Delivery.state == FAILED,
+                               Delivery.next_attempt_at > now)
+        .values(next_attempt_at=now).execution_options(synchronize_session=False))
+    return _rowcount(result)
