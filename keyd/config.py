@@ -8,7 +8,9 @@ and held as ``Secret``; never from the TOML itself or the command line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, timedelta, tzinfo
 from pathlib import Path
 
@@ -137,3 +139,32 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # non-fatal findings while loading (e.g. an unknown KEYD_* variable), for `config check`
+    warnings: tuple[str, ...] = ()
+
+
+# Not overrides: the config path itself (DESIGN.md §5).
+ENV_NOT_OVERRIDES = ("KEYD_CONFIG",)
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (TOML), apply ``KEYD_<SECTION>_<KEY>`` overrides from
+    ``env`` (default ``os.environ``), read credential files, validate.
+
+    Returns one frozen ``Config``; raises ``ConfigError`` whose ``where``
+    names the file and key (or the env var) and whose message says what
+    to change. Secrets are read here and held as ``Secret``. Relative paths
+    in the file are taken from the file's directory. See
+    docs/configuration.md for every key.
+    """
+    # The loader lives in two helper modules to keep each one small; they
+    # import the dataclasses above, hence the import here.
+    from keyd.config_build import SCHEMA, build_config
+    from keyd.config_read import Context, Table, apply_env_overrides, read_toml
+
+    env = os.environ if env is None else env
+    raw = read_toml(path)
+    ctx = Context(file=str(path), base_dir=path.parent.absolute(), env=env)
+    apply_env_overrides(raw, ctx, SCHEMA, ignore=ENV_NOT_OVERRIDES)
+    config = build_config(Table(ctx, "", raw))
+    return replace(config, path=path)
