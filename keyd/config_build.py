@@ -28,7 +28,7 @@ from keyd.config import (
     VaultSourceConfig,
     WebhookConfig,
 )
-from keyd.config_read import Table, resolve_secret
+from keyd.config_read import Table, resolve_secret, suggest
 from keyd.timeutil import get_zone
 from keyd.urls import check_issuer_url
 
@@ -121,8 +121,15 @@ def _check_dependencies(root: Table, kw: dict[str, Any]) -> None:
                 root.fail("sources", "a vault source needs a [vault] section (addr, auth)", i)
         if kw.get("tokens") is not None:
             root.fail("tokens", "token write-back needs a [vault] section (addr, auth)")
-    if kw.get("tokens") is not None and kw.get("issuer") is None:
+    tokens = kw.get("tokens")
+    if tokens is not None and kw.get("issuer") is None:
         root.fail("tokens", "token write-back needs an [issuer] section to mint tokens")
+    names = [source.name for source in kw["sources"]]
+    for i, selector in enumerate(tokens.sources if tokens is not None else ()):
+        # a plain word (no glob, no path) can only be a source name: catch typos
+        if not any(c in selector for c in "*?[/") and selector not in names:
+            root.fail("tokens.sources", f'"{selector}" is not the name of a source'
+                      f"{suggest(selector, names)}; names: {', '.join(names) or 'none'}", i)
 
 
 def build_database(t: Table) -> DatabaseConfig:

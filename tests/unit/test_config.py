@@ -145,6 +145,9 @@ ERRORS = [
     (ISSUER + VAULT + '[tokens]\npath = "x/{principal"\n', TOKEN_ENV, "tokens.path",
      "not a valid template"),
     (ISSUER + VAULT + '[tokens]\npath = "x/all"\n', TOKEN_ENV, "tokens.path", "no placeholder"),
+    ('[[sources]]\ntype = "directory"\npath = "k"\nname = "local"\n' + ISSUER + VAULT
+     + '[tokens]\nsources = ["local", "/etc/keyd/keys/*.json", "locl"]\n', TOKEN_ENV,
+     "tokens.sources[2]", '"locl" is not the name of a source (did you mean "local"?)'),
     (VAULT + 'auth = "kerberos"\n', TOKEN_ENV, "vault.auth", '"kerberos" is not one of'),
     (VAULT, {}, "vault.token_file", "no Vault token"),
     (VAULT + 'auth = "approle"\n', {}, "vault.role_id_file", "no AppRole role_id"),
@@ -382,3 +385,11 @@ def test_reference_documents_every_key() -> None:
             continue
         dotted = f"{section}.{key}" if section else key
         assert f"| `{dotted}` |" in text, dotted
+
+
+def test_secret_looking_env_var_is_not_an_override_and_not_echoed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = load(tmp_path, "", {"KEYD_VAULT_TOKEN": "hvs.ENV-SECRET-MARKER"})
+    assert config.vault is None
+    assert "KEYD_VAULT_TOKEN" in config.warnings[0]
+    assert "ENV-SECRET-MARKER" not in " ".join(config.warnings) + caplog.text
