@@ -1,0 +1,262 @@
+"""SQL for the inventory: keys, key locations, events, source states.
+
+Two halves:
+
+* the write side, ``inventory_tx(engine)``: one transaction per source scan
+  (DESIGN.md §1). ``InventoryTx`` hands the reconciler live ORM rows of one
+  source plus the few queries it needs; ``keyd.inventory.reconcile`` decides,
+  this module only reads and writes. Nothing here ever sees key material:
+  rows hold fingerprints and hashes, events hold JSON facts.
+* the read side: ``file_stamps``/``known_versions``/``validated_hashes`` feed
+  the sources' change detection, ``inventory_snapshot`` feeds ``keyd status``
+  with frozen rows (never live ORM objects).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.orm import Session, selectinload
+
+from keyd.redact import scrub
+from keyd.store.engine import session_scope
+from keyd.store.models import Event, Key, KeyLocation, SourceState
+
+_CHUNK = 500  # bound IN lists (SQLite's variable limit, PostgreSQL plan size)
+
+PRESENT = "present"
+MISSING = "missing"
+INVALID = "invalid"
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i:i + _CHUNK]
+
+
+class InventoryTx:
+    """The queries and writes one reconcile needs, inside one transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._events: list[tuple[datetime, str, str | None, Key | None, str | None, str | None]] = []
+
+    def locations(self, source: str) -> list[KeyLocation]:
+        """Every location of ``source`` with its key loaded (no N+1)."""
+        stmt = (select(KeyLocation).where(KeyLocation.source == source)
+                .options(selectinload(KeyLocation.key)).order_by(KeyLocation.id))
+        return list(self.session.scalars(stmt))
+
+    def keys_by_key_id(self, key_ids: Iterable[str]) -> dict[str, Key]:
+        wanted = sorted(set(key_ids))
+        found: dict[str, Key] = {}
+        for chunk in _chunks(wanted):
+            for key in self.session.scalars(select(Key).where(Key.key_id.in_(chunk))):
+                found[key.key_id] = key
+        return found
+
+    def location_status_counts(self, key_pks: Iterable[int]) -> dict[int, dict[str, int]]:
+        """``{key pk: {location status: count}}`` over *all* sources, so a
+        key still present elsewhere is never called missing. Flushes first."""
+        self.session.flush()
+        counts: dict[int, dict[str, int]] = defaultdict(dict)
+        for chunk in _chunks(sorted(set(key_pks))):
+            stmt = (select(KeyLocation.key_pk, KeyLocation.status, func.count())
+                    .where(KeyLocation.key_pk.in_(chunk))
+                    .group_by(KeyLocation.key_pk, KeyLocation.status))
+            for pk, status, n in self.session.execute(stmt):
+                if pk is not None:
+                    counts[pk][status] = n
+        return counts
+
+    def add(self, row: Key | KeyLocation) -> None:
+        self.session.add(row)
+
+    def flush(self) -> None:
+        self.session.flush()
+
+    def event(self, at: datetime, kind: str, *, source: str | None, key: Key | None = None,
+              key_id: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        """Queue an audit event (``detail``: JSON facts, never secrets).
+
+        Events are written by ``write_events`` after a flush, so that keys
+        created in this transaction already have the pk the event points to.
+        """
+        text = json.dumps(detail, sort_keys=True, default=str) if detail else None
+        self._events.append((at, kind, source, key,
+                             key.key_id if key is not None else key_id, text))
+
+    @property
+    def pending_events(self) -> int:
+        return len(self._events)
+
+    def write_events(self) -> int:
+        """Insert the queued events in one statement; returns how many."""
+        if not self._events:
+            return 0
+        self.session.flush()
+        rows = [{"at": at, "kind": kind, "source": source,
+                 "key_pk": key.id if key is not None else None, "key_id": key_id,
+                 "detail": detail}
+                for at, kind, source, key, key_id, detail in self._events]
+        self.session.execute(insert(Event), rows)
+        written = len(rows)
+        self._events.clear()
+        return written
+
+    def source_state(self, name: str) -> SourceState:
+        state = self.session.get(SourceState, name)
+        if state is None:
+            state = SourceState(name=name, consecutive_failures=0, error_count=0)
+            self.session.add(state)
+        return state
+
+
+@contextmanager
+def inventory_tx(engine: Engine) -> Iterator[InventoryTx]:
+    """One transaction: commits when the block ends, rolls back if it raises."""
+    with session_scope(engine) as session:
+        tx = InventoryTx(session)
+        yield tx
+        tx.write_events()
+
+
+def record_source_failure(engine: Engine, name: str, error: str, at: datetime) -> SourceState:
+    """A source could not be scanned: only its ``SourceState`` and an event
+    change; its keys and locations stay exactly as they were."""
+    message = scrub(error)
+    with inventory_tx(engine) as tx:
+        state = tx.source_state(name)
+        state.last_attempt_at = at
+        state.last_error = message
+        state.consecutive_failures = (state.consecutive_failures or 0) + 1
+        state.error_count = (state.error_count or 0) + 1
+        tx.event(at, "source.failed", source=name,
+                 detail={"error": message, "consecutive_failures": state.consecutive_failures})
+        tx.write_events()
+        return _detached_state(state)
+
+
+def _detached_state(state: SourceState) -> SourceState:
+    return SourceState(name=state.name, last_attempt_at=state.last_attempt_at,
+                       last_success_at=state.last_success_at, last_error=state.last_error,
+                       consecutive_failures=state.consecutive_failures,
+                       error_count=state.error_count)
+
+
+# --- read side: change detection -------------------------------------------
+
+def file_stamps(engine: Engine, source: str) -> dict[str, tuple[int, int, int]]:
+    """``{path: (size, mtime_ns, inode)}`` of the *present* locations that hold
+    a key; invalid and missing locations are always re-read."""
+    stmt = (select(KeyLocation.ref, KeyLocation.size, KeyLocation.mtime_ns, KeyLocation.inode)
+            .where(KeyLocation.source == source, KeyLocation.status == PRESENT,
+                   KeyLocation.key_pk.is_not(None)))
+    with session_scope(engine) as session:
+        return {ref: (size, mtime, inode) for ref, size, mtime, inode in session.execute(stmt)
+                if size is not None and mtime is not None and inode is not None}
+
+
+def known_versions(engine: Engine, source: str) -> dict[str, int]:
+    """``{mount/path: KV version}`` of the present Vault locations holding a key."""
+    stmt = (select(KeyLocation.ref, KeyLocation.version)
+            .where(KeyLocation.source == source, KeyLocation.status == PRESENT,
+                   KeyLocation.key_pk.is_not(None), KeyLocation.version.is_not(None)))
+    with session_scope(engine) as session:
+        return {ref: int(version) for ref, version in session.execute(stmt)
+                if version is not None}
+
+
+def validated_hashes(engine: Engine) -> frozenset[str]:
+    """Content hashes the inventory has accepted (each was fully validated
+    when first seen: see ``keyd.sources.directory``)."""
+    with session_scope(engine) as session:
+        keys = session.scalars(select(Key.content_hash).distinct())
+        locs = session.scalars(select(KeyLocation.content_hash).distinct()
+                               .where(KeyLocation.content_hash.is_not(None)))
+        return frozenset(h for h in [*keys, *locs] if h)
+
+
+def key_counts(engine: Engine) -> dict[str, int]:
+    """``{status: number of keys}``."""
+    with session_scope(engine) as session:
+        stmt = select(Key.status, func.count()).group_by(Key.status)
+        return {status: n for status, n in session.execute(stmt)}
+
+
+# --- read side: the inventory for reports ----------------------------------
+
+@dataclass(frozen=True)
+class LocationRow:
+    source: str
+    ref: str
+    status: str  # present | missing | invalid
+    error: str | None
+    warning: str | None
+    last_seen: datetime
+    key_id: str | None
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key_id: str
+    kind: str
+    principal: str
+    fingerprint: str
+    algorithm: str
+    status: str
+    expires_at: datetime | None
+    first_seen: datetime
+    last_seen: datetime
+    last_probe_at: datetime | None
+    last_probe_outcome: str | None
+    last_ok_at: datetime | None
+    last_error: str | None
+    locations: tuple[LocationRow, ...]
+
+
+@dataclass(frozen=True)
+class InventorySnapshot:
+    keys: tuple[KeyRow, ...]
+    orphans: tuple[LocationRow, ...]  # invalid locations holding no key
+    sources: tuple[SourceState, ...]
+
+
+def inventory_snapshot(engine: Engine) -> InventorySnapshot:
+    """Everything ``keyd status`` shows, as frozen rows, in one read."""
+    with session_scope(engine) as session:
+        keys = session.scalars(select(Key).options(selectinload(Key.locations))
+                               .order_by(Key.principal, Key.key_id))
+        key_rows = tuple(_key_row(k) for k in keys)
+        orphans = session.scalars(
+            select(KeyLocation).where(KeyLocation.key_pk.is_(None),
+                                      KeyLocation.status == INVALID)
+            .order_by(KeyLocation.source, KeyLocation.ref))
+        orphan_rows = tuple(_location_row(loc, None) for loc in orphans)
+        states = session.scalars(select(SourceState).order_by(SourceState.name))
+        return InventorySnapshot(key_rows, orphan_rows,
+                                 tuple(_detached_state(s) for s in states))
+
+
+def _location_row(loc: KeyLocation, key_id: str | None) -> LocationRow:
+    return LocationRow(source=loc.source, ref=loc.ref, status=loc.status, error=loc.last_error,
+                       warning=loc.warning, last_seen=loc.last_seen, key_id=key_id)
+
+
+def _key_row(key: Key) -> KeyRow:
+    locations = tuple(_location_row(loc, key.key_id)
+                      for loc in sorted(key.locations, key=lambda x: (x.source, x.ref)))
+    return KeyRow(
+        key_id=key.key_id, kind=key.kind, principal=key.principal, fingerprint=key.fingerprint,
+        algorithm=key.algorithm, status=key.status, expires_at=key.expires_at,
+        first_seen=key.first_seen, last_seen=key.last_seen, last_probe_at=key.last_probe_at,
+        last_probe_outcome=key.last_probe_outcome, last_ok_at=key.last_ok_at,
+        last_error=key.last_error, locations=locations,
+    )
