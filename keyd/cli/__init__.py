@@ -21,6 +21,7 @@ from keyd import __version__
 from keyd.cli import alerts, daemon, db, inventory, keys, probe
 from keyd.cli.common import AppContext
 from keyd.errors import EXIT_CONFIG, KeydError
+from keyd.log import setup_logging
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -44,11 +45,9 @@ Exit codes:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     ctx.obj = AppContext(config_path=config_path, debug=debug)
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Until a command loads the config (which may ask for JSON logs), log
+    # warnings in the text format; --debug shows everything.
+    setup_logging("text", "DEBUG" if debug else "WARNING")
 
 
 for _module in (keys, db, inventory, probe, alerts, daemon):

@@ -14,6 +14,7 @@ import click
 from keyd.clock import Clock, SystemClock
 from keyd.config import DEFAULT_CONFIG_PATH, Config
 from keyd.errors import UsageError
+from keyd.log import setup_logging
 from keyd.timeutil import get_zone, parse_when
 
 
@@ -31,6 +32,8 @@ class AppContext:
 
             path = Path(self.config_path or os.environ.get("KEYD_CONFIG") or DEFAULT_CONFIG_PATH)
             self._config = load_config(path)
+            setup_logging(self._config.log.format,
+                          "DEBUG" if self.debug else self._config.log.level)
         return self._config
 
 
