@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import NEVER_YEAR, KeyFile
@@ -34,14 +33,12 @@ from keyd.store.inventory import (
     INVALID,
     MISSING,
     PRESENT,
+    Engine,
     InventoryTx,
     inventory_tx,
     record_source_failure,
 )
 from keyd.store.models import Key, KeyLocation
-
-if TYPE_CHECKING:  # the engine is only passed through to keyd.store
-    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 

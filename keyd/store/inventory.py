@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine as Engine  # re-exported: layers above name it without sqlalchemy
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from keyd.redact import scrub
