@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -151,16 +152,36 @@ def _known(revision: str) -> bool:
         return False
 
 
-def describe(target: Engine | str) -> str:
-    """One line for ``keyd db current``/``upgrade``: where the database is."""
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands relative to this keyd."""
+
+    url: str  # password hidden
+    current: str | None
+    head: str
+    known: bool  # current is a revision this keyd has a script for
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+    def line(self) -> str:
+        """One line for ``keyd db current``/``upgrade``."""
+        where = f"database {self.url}"
+        if self.current is None:
+            return f"{where}: no keyd schema (head is {self.head}): {UPGRADE_HINT}"
+        if self.at_head:
+            return f"{where}: at {self.current} (head)"
+        if self.known:
+            return f"{where}: at {self.current}, behind head {self.head}: {UPGRADE_HINT}"
+        return f"{where}: at {self.current}, newer than this keyd knows (head {self.head})"
+
+
+def status(target: Engine | str) -> SchemaStatus:
+    """The schema revision of ``target`` compared with this keyd's head."""
     with _engine_for(target) as engine:
         current = current_revision(engine)
-        head = head_revision()
-        where = safe_url(engine.url)
-    if current is None:
-        return f"database {where}: no keyd schema (head is {head}): {UPGRADE_HINT}"
-    if current == head:
-        return f"database {where}: at {current} (head)"
-    if _known(current):
-        return f"database {where}: at {current}, behind head {head}: {UPGRADE_HINT}"
-    return f"database {where}: at {current}, newer than this keyd knows (head {head})"
+        url = safe_url(engine.url)
+    head = head_revision()
+    known = current is not None and _known(current)
+    return SchemaStatus(url=url, current=current, head=head, known=known)
