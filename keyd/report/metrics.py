@@ -26,9 +26,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
-from sqlalchemy.engine import Engine
 
 from keyd.store import snapshot
+from keyd.store.snapshot import Engine
 
 log = logging.getLogger(__name__)
 

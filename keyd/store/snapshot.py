@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import Engine, Result
+from sqlalchemy.engine import Engine as Engine  # re-exported: layers above store/ type with it
+from sqlalchemy.engine import Result
 from sqlalchemy.exc import SQLAlchemyError
 
 from keyd.store.models import Delivery, Key, KeyLocation, SourceState, TokenSink
