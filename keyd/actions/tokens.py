@@ -1,0 +1,385 @@
+"""Token write-back: keep a fresh access token per service user in Vault
+KV v2 (and optionally a file) (issue "Token write-back", DESIGN.md §4).
+
+Per sink (one row in ``tokens`` per target path):
+- refresh at ``issued + 2/3·TTL − random[0, TTL/20)``;
+- mint with the key (fast retries inside the round), then write with
+  check-and-set against the version keyd last wrote; on a mismatch look at
+  what is there (``tokenvault.judge``): keyd's own lost write is taken
+  over, a foreign write or an unmanaged secret is refused (event + alert)
+  unless ``tokens.adopt``;
+- read back, record the version; the file sink follows Vault.
+- On failure the old token stays in place and the sink retries with
+  backoff; a token is never replaced by an older or empty one.
+
+Tokens live only in ``Secret`` and in the Vault write payload; never in
+logs, the database, exceptions or metrics.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from keyd.actions import tokenvault as tv
+from keyd.actions.alerts import email_recipients, message_id
+from keyd.actions.filesink import TokenFileError, safe_join, write_atomic
+from keyd.actions.retry import Random, backoff_delay, retry_call
+from keyd.checks.assertion import AssertionSigner
+from keyd.checks.keyload import KeyLoader
+from keyd.checks.mint import mint
+from keyd.checks.probe import RateLimiter
+from keyd.clients.issuer import IssuerClient, TokenResponse
+from keyd.clock import Clock
+from keyd.config import AlertsConfig, TokensConfig
+from keyd.errors import KeydError, VaultConflict
+from keyd.redact import scrub
+from keyd.store import tokens as store
+from keyd.store.probes import ProbeTarget
+from keyd.store.tokens import AlertSpec, Assignment, EventSpec, SinkTarget
+from keyd.timeutil import isoformat_z
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    concurrency: int = 8
+    fast_attempts: int = 3
+    fast_base: timedelta = timedelta(seconds=1)
+    fast_cap: timedelta = timedelta(seconds=10)
+    retry_base: timedelta = timedelta(seconds=30)  # across rounds, per sink
+    retry_cap: timedelta = timedelta(minutes=10)
+    refused_cap: timedelta = timedelta(hours=1)  # unmanaged/conflict: look again hourly
+
+
+@dataclass
+class TokenServices:
+    """What a write-back round uses; build once, thread-safe. ``alerts``
+    routes unmanaged/conflict alerts (None: event row and log only)."""
+
+    tokens: TokensConfig
+    client: IssuerClient
+    signer: AssertionSigner
+    vault: tv.TokenVault
+    clock: Clock
+    load_key: KeyLoader
+    scopes: tuple[str, ...] = ("openid",)
+    policy: TokenPolicy = field(default_factory=TokenPolicy)
+    rng: Random = field(default_factory=random.Random)
+    limiter: RateLimiter | None = None
+    alerts: AlertsConfig | None = None
+
+
+@dataclass(frozen=True)
+class TokenResult:
+    key_id: str
+    principal: str
+    ref: str  # mount/path
+    outcome: str  # written | kept | failed | unmanaged | conflict | due | new
+    message: str | None = None
+    vault_version: int | None = None
+    expires_at: datetime | None = None
+    next_refresh_at: datetime | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {k: (isoformat_z(v) if isinstance(v, datetime) else v)
+                for k, v in self.__dict__.items()}
+
+
+@dataclass
+class TokenReport:
+    at: datetime
+    results: list[TokenResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # keys that cannot get a sink
+    dry_run: bool = False
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[r.outcome] = out.get(r.outcome, 0) + 1
+        return out
+
+
+def refresh_at(issued: datetime, ttl: timedelta, rng: Random) -> datetime:
+    """``issued + 2/3·TTL − random[0, TTL/20)`` (DESIGN.md §4)."""
+    return issued + ttl * 2 / 3 - ttl / 20 * rng.random()
+
+
+def plan_sinks(candidates: Sequence[ProbeTarget], cfg: TokensConfig
+               ) -> tuple[list[Assignment], list[str]]:
+    """Which key feeds which path. Selectors narrow the keys; when several
+    keys of one principal map to one path (rotation overlap), the one that
+    expires last wins (unknown expiry counts as earliest)."""
+    tv.check_template(cfg.path)
+    best: dict[str, tuple[ProbeTarget, str]] = {}
+    errors: list[str] = []
+    for key in candidates:
+        if not _selected(key, cfg):
+            continue
+        try:
+            path = tv.render_path(cfg.path, principal=key.principal, key_id=key.key_id)
+        except tv.TokenPathError as exc:
+            errors.append(f"key {key.key_id}: {exc}")
+            continue
+        held = best.get(path)
+        if held is None or _rank(key) > _rank(held[0]):
+            best[path] = (key, path)
+    out = []
+    for key, path in best.values():
+        file_path = None
+        if cfg.file_dir is not None:
+            file_path = str(safe_join(cfg.file_dir, path + ".json"))
+        out.append(Assignment(key.pk, cfg.mount, path, file_path))
+    return out, errors
+
+
+def _rank(key: ProbeTarget) -> tuple[float, str]:
+    return (key.expires_at.timestamp() if key.expires_at else 0.0, key.key_id)
+
+
+def _selected(key: ProbeTarget, cfg: TokensConfig) -> bool:
+    if cfg.principals and key.principal not in cfg.principals:
+        return False
+    if cfg.sources:
+        return any(loc.source == sel or fnmatch.fnmatch(loc.ref, sel)
+                   for loc in key.locations for sel in cfg.sources)
+    return True
+
+
+def refresh_tokens(engine: Any, services: TokenServices, now: datetime, *,
+                   dry_run: bool = False, limit: int | None = None) -> TokenReport:
+    """Bring every due token sink up to date at ``now``.
+
+    First the sink rows are made to match the config (every active,
+    selected service-user key gets one), then each due sink is refreshed in
+    a bounded pool; each sink's outcome is committed on its own, so a crash
+    loses at most the sink in flight. ``dry_run`` writes nothing (neither
+    DB nor Vault) and reports which sinks are new or due. Raises only for
+    an unusable template (``TokenPathError``) or a broken database.
+    """
+    report = TokenReport(at=now, dry_run=dry_run)
+    candidates = store.token_candidates(engine)
+    assignments, report.errors = plan_sinks(candidates, services.tokens)
+    for problem in report.errors:
+        log.error("token write-back: %s", problem)
+    if dry_run:
+        return _dry_run(engine, assignments, now, report, candidates)
+    store.ensure_sinks(engine, assignments, now)
+    due = store.due_sinks(engine, now, limit=limit)
+    if not due:
+        return report
+    workers = max(1, min(services.policy.concurrency, len(due)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-token") as pool:
+        report.results.extend(pool.map(lambda s: refresh_one(engine, s, services), due))
+    log.info("token write-back: %s", report.counts())
+    return report
+
+
+def _dry_run(engine: Any, assignments: list[Assignment], now: datetime,
+             report: TokenReport, candidates: Sequence[ProbeTarget]) -> TokenReport:
+    known = {(s.mount, s.path) for s in store.all_sinks(engine)}
+    keys = {k.pk: k for k in candidates}
+    for a in assignments:
+        if (a.mount, a.path) not in known:
+            key = keys[a.key_pk]
+            report.results.append(TokenResult(key_id=key.key_id, principal=key.principal,
+                                              ref=f"{a.mount}/{a.path}", outcome="new"))
+    for s in store.due_sinks(engine, now):
+        report.results.append(TokenResult(key_id=s.key.key_id, principal=s.key.principal,
+                                          ref=s.ref, outcome="due", vault_version=s.vault_version,
+                                          expires_at=s.expires_at))
+    return report
+
+
+def refresh_one(engine: Any, sink: SinkTarget, services: TokenServices) -> TokenResult:
+    """Refresh one sink and record the outcome. Never raises for issuer,
+    Vault, key or file problems (they become the sink's state)."""
+    try:
+        return _refresh(engine, sink, services)
+    except tv.TokenTargetRefused as exc:
+        return _refused(engine, sink, services, exc)
+    except KeydError as exc:
+        return _failed(engine, sink, services, exc)
+
+
+def _refresh(engine: Any, sink: SinkTarget, services: TokenServices) -> TokenResult:
+    vault, adopt = services.vault, services.tokens.adopt
+    current: tv.Current | None = None
+    verdict = "ours"
+    if sink.vault_version is None:  # first write: look before leaping
+        current = tv.inspect(vault, sink.mount, sink.path)
+        verdict = tv.judge(current, None, adopt=adopt, ref=sink.ref)
+        if verdict == "ours" and _still_fresh(current, services):
+            return _keep(engine, sink, services, current, "found keyd's token in place")
+    token = _mint(sink, services)
+    cas = current.version if current is not None else sink.vault_version or 0
+    try:
+        version = _write(sink, services, token, cas=cas, verdict=verdict)
+    except VaultConflict:
+        current = tv.inspect(vault, sink.mount, sink.path)
+        verdict = tv.judge(current, sink.vault_version, adopt=adopt, ref=sink.ref)
+        if current.expires_at is not None and current.expires_at >= token.expires_at \
+                and verdict == "ours":
+            return _keep(engine, sink, services, current, "a newer keyd token is in place")
+        version = _write(sink, services, token, cas=current.version, verdict=verdict)
+    return _written(engine, sink, services, token, version, verdict)
+
+
+def _still_fresh(current: tv.Current, services: TokenServices) -> bool:
+    """keyd's token found in place (e.g. written just before a crash) that
+    is not yet due: record it instead of minting another."""
+    if not (current.readable and current.keyd_shaped and current.issued_at
+            and current.expires_at):
+        return False
+    ttl = current.expires_at - current.issued_at
+    return bool(ttl > timedelta(0) and current.issued_at + ttl * 2 / 3 > services.clock.now())
+
+
+def _mint(sink: SinkTarget, services: TokenServices) -> TokenResponse:
+    keyfile = services.load_key(sink.key)
+    policy = services.policy
+
+    def attempt() -> TokenResponse:
+        if services.limiter is not None:
+            services.limiter.acquire()
+        return mint(keyfile, services.client, services.signer, services.scopes)
+
+    return retry_call(attempt, attempts=policy.fast_attempts, base=policy.fast_base,
+                      cap=policy.fast_cap, sleep=services.clock.sleep, rng=services.rng,
+                      what=f"token for {sink.ref}")
+
+
+def _payload(sink: SinkTarget, token: TokenResponse, scopes: Sequence[str]) -> dict[str, str]:
+    return {"access_token": token.access_token.reveal(), "token_type": token.token_type,
+            "expires_at": isoformat_z(token.expires_at), "issued_at": isoformat_z(token.issued_at),
+            "key_id": sink.key.key_id, "scope": token.scope or " ".join(scopes)}
+
+
+def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, cas: int,
+           verdict: str) -> int:
+    vault = services.vault
+    meta = {tv.MANAGED_BY: tv.MANAGED_VALUE, tv.KEY_ID: sink.key.key_id}
+    if verdict == "new":  # mark it ours before the first version exists (module doc)
+        vault.write_metadata(sink.mount, sink.path, meta)
+    data = _payload(sink, token, services.scopes)
+    # metadata only when it may be stale (new, adopted or re-assigned sink)
+    mark = meta if verdict != "ours" or sink.state == "pending" else None
+    version = vault.write_cas(sink.mount, sink.path, data, cas=cas, custom_metadata=mark)
+    back = vault.read(sink.mount, sink.path)
+    if back is None or back.version != version or \
+            (back.data or {}).get("access_token") != data["access_token"]:
+        raise VaultConflict(f"read-back of {sink.ref} does not show keyd's write "
+                            f"(version {version})", path=sink.ref)
+    return version
+
+
+def _written(engine: Any, sink: SinkTarget, services: TokenServices, token: TokenResponse,
+             version: int, verdict: str) -> TokenResult:
+    now = services.clock.now()
+    ttl = timedelta(seconds=token.expires_in)
+    next_at = refresh_at(token.issued_at, ttl, services.rng)
+    note = _write_file(sink, token, services)
+    event = EventSpec("token.adopted", {"version": version}) if verdict == "adopt" else None
+    store.record_written(engine, sink, version=version, issued_at=token.issued_at,
+                         expires_at=token.expires_at, next_refresh_at=next_at, now=now,
+                         note=note, event=event)
+    log.info("token for %s written to %s version %d (expires %s, refresh %s)", sink.key.key_id,
+             sink.ref, version, isoformat_z(token.expires_at), isoformat_z(next_at))
+    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "written", note, version,
+                       token.expires_at, next_at)
+
+
+def _write_file(sink: SinkTarget, token: TokenResponse, services: TokenServices) -> str | None:
+    if sink.file_path is None:
+        return None
+    body = json.dumps(_payload(sink, token, services.scopes), sort_keys=True).encode() + b"\n"
+    try:
+        write_atomic(Path(sink.file_path), body)
+    except TokenFileError as exc:
+        log.error("token file for %s: %s", sink.key.key_id, exc)
+        return scrub(str(exc))
+    return None
+
+
+def _keep(engine: Any, sink: SinkTarget, services: TokenServices, current: tv.Current,
+          why: str) -> TokenResult:
+    assert current.issued_at is not None and current.expires_at is not None
+    ttl = current.expires_at - current.issued_at
+    next_at = refresh_at(current.issued_at, ttl, services.rng)
+    store.record_written(engine, sink, version=current.version, issued_at=current.issued_at,
+                         expires_at=current.expires_at, next_refresh_at=next_at,
+                         now=services.clock.now())
+    log.info("token for %s: %s at %s version %d", sink.key.key_id, why, sink.ref,
+             current.version)
+    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "kept", why,
+                       current.version, current.expires_at, next_at)
+
+
+def _failed(engine: Any, sink: SinkTarget, services: TokenServices,
+            exc: KeydError) -> TokenResult:
+    now, policy = services.clock.now(), services.policy
+    failures = sink.failures + 1
+    delay = max(policy.retry_base.total_seconds() / 2,
+                backoff_delay(failures, policy.retry_base, policy.retry_cap, services.rng))
+    next_at = now + timedelta(seconds=delay)
+    message = scrub(str(exc))[:1000]
+    store.record_failed(engine, sink, state="failed", failures=failures, next_refresh_at=next_at,
+                        error=message, now=now)
+    still = "the old token stays" if sink.expires_at and sink.expires_at > now else "no valid token"
+    log.warning("token for %s at %s: attempt failed (%s; %s); retry at %s", sink.key.key_id,
+                sink.ref, message, still, isoformat_z(next_at))
+    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "failed", message,
+                       sink.vault_version, sink.expires_at, next_at)
+
+
+def _refused(engine: Any, sink: SinkTarget, services: TokenServices,
+             exc: tv.TokenTargetRefused) -> TokenResult:
+    now, policy = services.clock.now(), services.policy
+    failures = sink.failures + 1
+    delay = max(policy.retry_base.total_seconds(),
+                backoff_delay(failures, policy.retry_base, policy.refused_cap, services.rng))
+    next_at = now + timedelta(seconds=delay)
+    message = scrub(str(exc))[:1000]
+    new_episode = sink.state != exc.reason
+    event = EventSpec(f"token.{exc.reason}", {"problem": message}) if new_episode else None
+    alert = _alert(sink, services, exc.reason, message, now) if new_episode else None
+    store.record_failed(engine, sink, state=exc.reason, failures=failures,
+                        next_refresh_at=next_at, error=message, now=now, event=event, alert=alert)
+    log.error("token for %s: %s", sink.key.key_id, message)
+    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, exc.reason, message,
+                       sink.vault_version, sink.expires_at, next_at)
+
+
+def _alert(sink: SinkTarget, services: TokenServices, reason: str, message: str,
+           now: datetime) -> AlertSpec | None:
+    alerts = services.alerts
+    if alerts is None:
+        return None
+    fingerprint = "token:" + hashlib.sha256(sink.ref.encode()).hexdigest()[:40]
+    threshold = isoformat_z(now)  # one alert per episode
+    sources = [loc.source for loc in sink.key.locations]
+    targets: list[tuple[str, str]] = []
+    if alerts.email is not None:
+        targets += [("email", a) for a in email_recipients(alerts.email, sink.key.principal,
+                                                            sources)]
+    if alerts.webhook is not None:
+        targets.append(("webhook", alerts.webhook.url))
+    subject = (f"[keyd CRITICAL] token write-back for key {sink.key.key_id} of user "
+               f"{sink.key.principal} refused: {sink.ref} is "
+               f"{'not managed by keyd' if reason == 'unmanaged' else 'written by someone else'}")
+    context = {"key_id": sink.key.key_id, "principal": sink.key.principal, "path": sink.ref,
+               "problem": message, "decided_at": threshold, "kind": reason,
+               "severity": "critical", "threshold": threshold}
+    return AlertSpec(fingerprint=fingerprint, kind=reason, threshold=threshold,
+                     severity="critical", message_id=message_id(fingerprint, reason, threshold),
+                     subject=subject, context=context, targets=targets)

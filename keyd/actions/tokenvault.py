@@ -1,0 +1,157 @@
+"""Token write-back, the Vault half: path templates, what is at the target
+path now, and whether keyd may write there (issue "Token write-back").
+
+Ownership rules:
+- keyd marks its secrets with ``custom_metadata`` ``managed-by=keyd`` and
+  ``key-id``; for a new secret the metadata is written *before* the first
+  version, so a crash never leaves a keyd secret that looks foreign.
+- A secret without that mark is not keyd's: keyd refuses to write there
+  unless ``tokens.adopt`` is set.
+- A managed secret whose current version is not the one keyd last wrote
+  is still keyd's if it has keyd's shape (a write whose recording was lost
+  in a crash, or another keyd daemon); otherwise someone else wrote it:
+  a *conflict*, refused unless ``tokens.adopt``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from keyd.errors import ConfigError, VaultError
+from keyd.timeutil import parse_rfc3339
+
+MANAGED_BY = "managed-by"
+MANAGED_VALUE = "keyd"
+KEY_ID = "key-id"
+FIELDS = ("access_token", "token_type", "expires_at", "issued_at", "key_id", "scope")
+PLACEHOLDERS = ("principal", "key_id")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+
+
+class TokenVault(Protocol):
+    """What write-back needs from ``keyd.clients.vault.VaultClient``."""
+
+    def read(self, mount: str, path: str) -> Any: ...
+    def read_metadata(self, mount: str, path: str) -> Any: ...
+    def write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int,
+                  custom_metadata: Mapping[str, str] | None = None) -> int: ...
+    def write_metadata(self, mount: str, path: str,
+                       custom_metadata: Mapping[str, str]) -> None: ...
+
+
+class TokenPathError(ConfigError):
+    """A path template, or a value substituted into it, is unsafe."""
+
+
+class TokenTargetRefused(VaultError):
+    """keyd will not write this secret: ``reason`` is ``unmanaged`` or
+    ``conflict``."""
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message, path=path)
+
+
+def check_template(template: str) -> None:
+    """Refuse templates that could escape their prefix or name nothing."""
+    where = "tokens.path"
+    if not template or template.startswith("/") or template.endswith("/"):
+        raise TokenPathError(where, f"{template!r} must be a relative path like "
+                                    "\"zitadel/tokens/{principal}\"")
+    for name in _PLACEHOLDER_RE.findall(template):
+        if name not in PLACEHOLDERS:
+            raise TokenPathError(where, f"{template!r}: unknown placeholder {{{name}}} "
+                                        "(use {principal} or {key_id})")
+    bare = _PLACEHOLDER_RE.sub("x", template)
+    if "{" in bare or "}" in bare:
+        raise TokenPathError(where, f"{template!r}: unbalanced braces")
+    if any(seg in ("", ".", "..") for seg in bare.split("/")) or _bad_chars(bare):
+        raise TokenPathError(where, f"{template!r} has an empty, '.' or '..' segment "
+                                    "or control characters")
+
+
+def _bad_chars(value: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def render_path(template: str, *, principal: str, key_id: str) -> str:
+    """The template with values substituted; a value containing ``/``,
+    ``..`` or control characters (or an empty one) is refused, so a hostile
+    key file cannot steer the write to another path."""
+    check_template(template)
+    values = {"principal": principal, "key_id": key_id}
+    for name, value in values.items():
+        if (not value or "/" in value or ".." in value or _bad_chars(value)
+                or value in (".",)):
+            shown = value.encode("unicode_escape").decode()[:60]
+            raise TokenPathError("tokens.path", f"{name} {shown!r} cannot be used in a Vault "
+                                                "path ('/', '..' and control characters are "
+                                                "not allowed)")
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
+
+
+@dataclass(frozen=True)
+class Current:
+    """What is at the target path now (never the token itself)."""
+
+    version: int  # current KV version, 0 if none
+    readable: bool  # a live current version exists
+    managed: bool
+    keyd_shaped: bool
+    issued_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+def inspect(vault: TokenVault, mount: str, path: str) -> Current:
+    """Read the current state of ``mount/path``."""
+    secret = vault.read(mount, path)
+    if secret is None:
+        meta = vault.read_metadata(mount, path)
+        if meta is None:
+            return Current(version=0, readable=False, managed=False, keyd_shaped=False)
+        custom = getattr(meta, "custom_metadata", {}) or {}
+        return Current(version=int(getattr(meta, "current_version", 0) or 0), readable=False,
+                       managed=custom.get(MANAGED_BY) == MANAGED_VALUE, keyd_shaped=False)
+    data: Mapping[str, Any] = secret.data or {}
+    managed = (secret.custom_metadata or {}).get(MANAGED_BY) == MANAGED_VALUE
+    issued, expires = _stamp(data.get("issued_at")), _stamp(data.get("expires_at"))
+    token = data.get("access_token")
+    shaped = (all(f in data for f in FIELDS) and isinstance(token, str) and bool(token)
+              and issued is not None and expires is not None)
+    return Current(version=int(secret.version), readable=True, managed=managed,
+                   keyd_shaped=shaped, issued_at=issued, expires_at=expires)
+
+
+def _stamp(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError:
+        return None
+
+
+def judge(current: Current, last_written: int | None, *, adopt: bool, ref: str) -> str:
+    """``new`` (nothing there), ``ours`` or ``adopt``; raises
+    ``TokenTargetRefused`` when keyd must not write."""
+    if current.version == 0 and not current.managed:
+        return "new"
+    if not current.managed:
+        if adopt:
+            return "adopt"
+        raise TokenTargetRefused(
+            f"{ref} exists and is not managed by keyd (no custom_metadata {MANAGED_BY}="
+            f"{MANAGED_VALUE}); keyd will not overwrite it. Remove it, choose another "
+            "tokens.path, or set tokens.adopt = true", path=ref, reason="unmanaged")
+    if (current.version == last_written or not current.readable or current.keyd_shaped):
+        return "ours"
+    if adopt:
+        return "adopt"
+    raise TokenTargetRefused(
+        f"{ref} version {current.version} was written by someone else (keyd last wrote "
+        f"version {last_written}); keyd will not overwrite it. Delete it, or set "
+        "tokens.adopt = true", path=ref, reason="conflict")

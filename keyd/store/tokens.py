@@ -1,0 +1,222 @@
+"""SQL for token write-back (issue "Token write-back"): which keys get a
+token sink, which sinks are due, and what a refresh did.
+
+The ``tokens`` table says where each key's fresh token lives and which
+KV v2 version keyd last wrote there (for check-and-set). It never holds
+the token. Rows go out as frozen snapshots (refreshes run in worker
+threads); every write is its own short transaction so that a crash loses
+at most the sink being written (the next run repairs it from Vault).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, or_, select
+from sqlalchemy.orm import Session
+
+from keyd.store.alerts import add_deliveries, insert_alert
+from keyd.store.models import Event, Key, KeyLocation, TokenSink
+from keyd.store.probes import LocationRef, ProbeTarget
+
+SERVICE_KIND = "serviceaccount"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where one key's token should live."""
+
+    key_pk: int
+    mount: str
+    path: str
+    file_path: str | None
+
+
+@dataclass(frozen=True)
+class SinkTarget:
+    """A due sink with the key that feeds it (never a token)."""
+
+    id: int
+    key: ProbeTarget
+    mount: str
+    path: str
+    file_path: str | None
+    vault_version: int | None
+    issued_at: datetime | None
+    expires_at: datetime | None
+    next_refresh_at: datetime | None
+    state: str
+    failures: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.mount.strip('/')}/{self.path}"
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    kind: str  # token.unmanaged, token.conflict, token.adopted, ...
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AlertSpec:
+    """An alert to queue with its outbox rows in the same transaction."""
+
+    fingerprint: str
+    kind: str
+    threshold: str
+    severity: str
+    message_id: str
+    subject: str
+    context: Mapping[str, Any]
+    targets: Sequence[tuple[str, str]]
+
+
+def _target(key: Key, locations: Sequence[KeyLocation]) -> ProbeTarget:
+    return ProbeTarget(
+        pk=key.id, key_id=key.key_id, kind=key.kind, principal=key.principal,
+        status=key.status, content_hash=key.content_hash, expires_at=key.expires_at,
+        probe_failures=key.probe_failures or 0, next_probe_at=key.next_probe_at,
+        locations=tuple(LocationRef(loc.source, loc.ref) for loc in locations
+                        if loc.status == "present"),
+    )
+
+
+def token_candidates(engine: Engine) -> list[ProbeTarget]:
+    """Active service-user keys with their present locations (application
+    keys cannot mint tokens for themselves)."""
+    with Session(engine) as session:
+        keys = list(session.scalars(
+            select(Key).where(Key.status == "active", Key.kind == SERVICE_KIND).order_by(Key.id)))
+        locs: dict[int, list[KeyLocation]] = {k.id: [] for k in keys}
+        for loc in session.scalars(select(KeyLocation).where(KeyLocation.status == "present")):
+            if loc.key_pk in locs:
+                locs[loc.key_pk].append(loc)
+        return [_target(k, locs[k.id]) for k in keys]
+
+
+def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetime) -> int:
+    """Make the ``tokens`` rows match ``assignments``; returns rows changed.
+
+    A path that changes hands (a rotated key of the same principal) keeps
+    its row and KV version, so check-and-set continues; a key whose path
+    changed (a new template) starts over at the new path.
+    """
+    changed = 0
+    with Session(engine) as session, session.begin():
+        for a in assignments:
+            at_path = session.scalars(select(TokenSink).where(
+                TokenSink.mount == a.mount, TokenSink.path == a.path)).first()
+            of_key = session.scalars(select(TokenSink).where(TokenSink.key_pk == a.key_pk)).first()
+            if at_path is not None and at_path.key_pk == a.key_pk:
+                if at_path.file_path != a.file_path:
+                    at_path.file_path = a.file_path
+                    changed += 1
+                continue
+            if of_key is not None:  # the key's path moved: free its old row
+                session.delete(of_key)
+                session.flush()
+            if at_path is not None:  # state pending: re-mark the secret with the new key id
+                at_path.key_pk = a.key_pk
+                at_path.file_path = a.file_path
+                at_path.state, at_path.updated_at = "pending", now
+            else:
+                session.add(TokenSink(
+                    key_pk=a.key_pk, mount=a.mount, path=a.path, file_path=a.file_path,
+                    state="pending", failures=0, next_refresh_at=now, updated_at=now))
+            changed += 1
+    return changed
+
+
+def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None) -> list[SinkTarget]:
+    """Sinks due at ``now`` whose key is active, most overdue first."""
+    with Session(engine) as session:
+        query = (select(TokenSink, Key).join(Key, Key.id == TokenSink.key_pk)
+                 .where(Key.status == "active", Key.kind == SERVICE_KIND)
+                 .where(or_(TokenSink.next_refresh_at.is_(None),
+                            TokenSink.next_refresh_at <= now))
+                 .order_by(TokenSink.next_refresh_at, TokenSink.id))
+        if limit is not None:
+            query = query.limit(limit)
+        pairs = list(session.execute(query).tuples())
+        pks = [k.id for _, k in pairs]
+        locs: dict[int, list[KeyLocation]] = {pk: [] for pk in pks}
+        for start in range(0, len(pks), 500):
+            for loc in session.scalars(select(KeyLocation).where(
+                    KeyLocation.key_pk.in_(pks[start:start + 500]))):
+                if loc.key_pk is not None:
+                    locs[loc.key_pk].append(loc)
+        return [SinkTarget(
+            id=s.id, key=_target(k, locs[k.id]), mount=s.mount, path=s.path,
+            file_path=s.file_path, vault_version=s.vault_version, issued_at=s.issued_at,
+            expires_at=s.expires_at, next_refresh_at=s.next_refresh_at, state=s.state,
+            failures=s.failures or 0) for s, k in pairs]
+
+
+def all_sinks(engine: Engine) -> list[TokenSink]:
+    """Every sink row, detached (for status output and tests)."""
+    with Session(engine, expire_on_commit=False) as session:
+        found = list(session.scalars(select(TokenSink).order_by(TokenSink.id)))
+        for row in found:
+            session.expunge(row)
+        return found
+
+
+def record_written(engine: Engine, sink: SinkTarget, *, version: int, issued_at: datetime,
+                   expires_at: datetime, next_refresh_at: datetime, now: datetime,
+                   note: str | None = None, event: EventSpec | None = None) -> None:
+    """A token is in Vault at ``version`` (written or found): remember it."""
+    with Session(engine) as session, session.begin():
+        row = session.get(TokenSink, sink.id)
+        if row is None:
+            return
+        row.vault_version, row.issued_at, row.expires_at = version, issued_at, expires_at
+        row.next_refresh_at, row.state, row.failures = next_refresh_at, "ok", 0
+        row.last_error, row.updated_at = note, now
+        if event is not None:
+            _event(session, sink, event, now)
+
+
+def record_failed(engine: Engine, sink: SinkTarget, *, state: str, failures: int,
+                  next_refresh_at: datetime, error: str, now: datetime,
+                  vault_version: int | None = None, event: EventSpec | None = None,
+                  alert: AlertSpec | None = None) -> None:
+    """A refresh failed: the old token stays; retry at ``next_refresh_at``.
+    ``error`` must already be scrubbed."""
+    with Session(engine) as session, session.begin():
+        row = session.get(TokenSink, sink.id)
+        if row is None:
+            return
+        row.state, row.failures, row.next_refresh_at = state, failures, next_refresh_at
+        row.last_error, row.updated_at = error, now
+        if vault_version is not None:
+            row.vault_version = vault_version
+        if event is not None:
+            _event(session, sink, event, now)
+        if alert is not None:
+            created = insert_alert(
+                session, fingerprint=alert.fingerprint, key_pk=sink.key.pk, kind=alert.kind,
+                threshold=alert.threshold, severity=alert.severity, created_at=now,
+                message_id=alert.message_id, subject=alert.subject, context=alert.context)
+            if created is not None:
+                add_deliveries(session, created.id, alert.targets, now)
+
+
+def _event(session: Session, sink: SinkTarget, event: EventSpec, now: datetime) -> None:
+    detail = {"mount": sink.mount, "path": sink.path, **event.detail}
+    session.add(Event(at=now, key_pk=sink.key.pk, key_id=sink.key.key_id, kind=event.kind,
+                      source=None, detail=json.dumps(detail, sort_keys=True, default=str)))
+
+
+def events(engine: Engine, kind_prefix: str = "token.") -> list[Event]:
+    with Session(engine, expire_on_commit=False) as session:
+        found = list(session.scalars(select(Event).where(Event.kind.startswith(kind_prefix))
+                                     .order_by(Event.id)))
+        for row in found:
+            session.expunge(row)
+        return found
