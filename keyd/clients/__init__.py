@@ -1,0 +1,1 @@
+"""The only modules that do network I/O: Vault, the issuer, SMTP, webhooks."""
