@@ -152,6 +152,8 @@ class Registry:
         reduced to its public half) for ``principal``, creating it if new."""
         if kind not in (SERVICE, APPLICATION):
             raise ValueError(f"kind must be {SERVICE!r} or {APPLICATION!r}, not {kind!r}")
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise ValueError("expires_at must be an aware datetime")
         pem, jwk = load_public_key(public_key, key_id)
         with self._lock:
             self._principals.setdefault(principal, Principal(principal, kind))
@@ -186,7 +188,7 @@ class Registry:
     def record_token(self, token: dict[str, Any], request: FormRequest) -> None:
         issued = int(self.now().timestamp())
         record = TokenRecord(request.user.id, request.key_id or "", token.get("scope", ""),
-                             issued, issued + int(token["expires_in"]), self.now)
+                             issued, issued + int(token["expires_in"]), lambda: self.now())
         with self._lock:
             self._tokens[token["access_token"]] = record
             self.issued_tokens.append(token["access_token"])
