@@ -1,9 +1,91 @@
-"""CLI commands: inventory (being built)."""
+"""``keyd scan`` and ``keyd status`` (DESIGN.md §5).
+
+``keyd scan``: one pass over every configured source into the database;
+prints one summary line, e.g. ``3 sources, 42 keys (2 new, 1 changed,
+1 missing, 1 invalid); source vault:secret/zitadel/keys failed: Vault is
+sealed``. Exit 0, or 6 when any source could not be scanned (its keys are
+left as they were). Refuses a database whose schema is behind (exit 4:
+run ``keyd db upgrade``).
+
+``keyd status [--at WHEN] [--json]``: the inventory as a table (or the
+JSON schema documented in ``keyd.report.status``), evaluated at ``--at``
+(RFC 3339, or a date meaning 00:00 at its start in the configured zone).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
+
+from keyd.cli.common import app, echo_json, parse_at
+from keyd.clients.vault import VaultClient
+from keyd.config import Config, VaultSourceConfig
+from keyd.errors import EXIT_OK, EXIT_UNAVAILABLE
+from keyd.inventory.scan import scan_all
+from keyd.report.status import build_status, render_text, to_json
+from keyd.store.engine import make_engine
+from keyd.store.inventory import Engine, inventory_snapshot
+from keyd.store.migrate import ensure_current
+
+
+@contextmanager
+def _database(config: Config) -> Iterator[Engine]:
+    """The configured database, checked to be at this keyd's schema."""
+    engine = make_engine(config.database.url)
+    try:
+        ensure_current(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _vault(ctx: click.Context, config: Config) -> Iterator[VaultClient | None]:
+    """A Vault client only when a Vault source needs one."""
+    wanted = any(isinstance(s, VaultSourceConfig) for s in config.sources)
+    if not wanted or config.vault is None:
+        yield None
+        return
+    with VaultClient(config.vault, app(ctx).clock) as client:
+        yield client
+
+
+@click.command("scan")
+@click.pass_context
+def scan_cmd(ctx: click.Context) -> int:
+    """Scan every configured source into the inventory once."""
+    config = app(ctx).config()
+    with _database(config) as engine, _vault(ctx, config) as vault:
+        report = scan_all(config, engine, app(ctx).clock, vault)
+    click.echo(report.summary())
+    return EXIT_UNAVAILABLE if report.failed else EXIT_OK
+
+
+@click.command("status")
+@click.option("--at", "at_text", metavar="WHEN",
+              help="Evaluate expiry as of an RFC 3339 instant or a date (00:00 at its start "
+                   "in the configured time zone).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
+@click.pass_context
+def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
+    """Show the inventory: keys, where they live, expiry, status, last probe."""
+    config = app(ctx).config()
+    at = parse_at(at_text, config.timezone, app(ctx).clock)
+    with _database(config) as engine:
+        snapshot = inventory_snapshot(engine)
+    warn_before = max(config.alerts.thresholds, default=None)
+    report = (build_status(snapshot, at, config.timezone, warn_before) if warn_before
+              else build_status(snapshot, at, config.timezone))
+    if as_json:
+        echo_json(to_json(report))
+    else:
+        click.echo(render_text(report))
+    return EXIT_OK
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the `keyd` group."""
+    group.add_command(scan_cmd)
+    group.add_command(status_cmd)

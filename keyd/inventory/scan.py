@@ -1,0 +1,107 @@
+"""One pass over every configured source into the inventory (``keyd scan``).
+
+``scan_all(config, engine, clock, vault_client)`` scans each source in
+config order and reconciles it in its own transaction, so one source's
+failure (directory gone, Vault sealed) is recorded for that source only and
+never touches the keys the others found. Reading files and Vault happens
+*outside* any database transaction; only the fold into rows is inside.
+
+Database trouble (``StoreError``) is not a source failure: it propagates,
+because nothing can be recorded anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container
+from dataclasses import dataclass, field
+
+from keyd.clients.vault import VaultClient
+from keyd.clock import Clock
+from keyd.config import Config, DirectorySourceConfig, SourceConfig, VaultSourceConfig
+from keyd.errors import ConfigError, KeydError, StoreError
+from keyd.inventory.reconcile import SourceOutcome, reconcile, record_failure
+from keyd.sources.base import ScanResult
+from keyd.sources.directory import DirectorySource, FileStamp
+from keyd.sources.vault import VaultSource
+from keyd.store.inventory import (
+    Engine,
+    file_stamps,
+    key_counts,
+    known_versions,
+    validated_hashes,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """Per-source outcomes and the inventory's key counts afterwards."""
+
+    sources: tuple[SourceOutcome, ...]
+    key_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> tuple[SourceOutcome, ...]:
+        return tuple(s for s in self.sources if not s.ok)
+
+    @property
+    def keys(self) -> int:
+        """Keys known and not missing."""
+        return sum(n for status, n in self.key_counts.items() if status != "missing")
+
+    def total(self, attribute: str) -> int:
+        return sum(int(getattr(s, attribute)) for s in self.sources)
+
+    def summary(self) -> str:
+        """``3 sources, 42 keys (2 new, 1 changed, 1 missing, 1 invalid);
+        source vault:secret/zitadel/keys failed: Vault is sealed``."""
+        n = len(self.sources)
+        text = (f"{n} source{'s' if n != 1 else ''}, {self.keys} key{'s' if self.keys != 1 else ''}"
+                f" ({self.total('new')} new, {self.total('changed')} changed, "
+                f"{self.total('missing')} missing, {self.total('invalid')} invalid)")
+        for failed in self.failed:
+            text += f"; source {failed.source} failed: {failed.error}"
+        return text
+
+
+def scan_all(config: Config, engine: Engine, clock: Clock,
+             vault_client: VaultClient | None = None) -> ScanReport:
+    """Scan and reconcile every configured source (see the module doc)."""
+    validated = validated_hashes(engine)
+    outcomes = [scan_source(cfg, engine, clock, config, vault_client, validated)
+                for cfg in config.sources]
+    return ScanReport(sources=tuple(outcomes), key_counts=key_counts(engine))
+
+
+def scan_source(cfg: SourceConfig, engine: Engine, clock: Clock, config: Config,
+                vault_client: VaultClient | None,
+                validated: Container[str] = frozenset()) -> SourceOutcome:
+    """Read one source, then reconcile it or record its failure."""
+    try:
+        result = _read(cfg, engine, config, vault_client, validated)
+    except StoreError:
+        raise
+    except KeydError as exc:
+        return record_failure(engine, cfg.name, exc, clock.now())
+    except Exception as exc:  # noqa: BLE001 - a bug in one source must not stop the others
+        log.exception("%s: unexpected error while scanning", cfg.name)
+        problem = f"internal error ({type(exc).__name__}); run with --debug and report it"
+        return record_failure(engine, cfg.name, RuntimeError(problem), clock.now())
+    return reconcile(engine, result, clock.now())
+
+
+def _read(cfg: SourceConfig, engine: Engine, config: Config,
+          vault_client: VaultClient | None, validated: Container[str]) -> ScanResult:
+    if isinstance(cfg, DirectorySourceConfig):
+        stamps = {ref: FileStamp(*stamp) for ref, stamp in file_stamps(engine, cfg.name).items()}
+        return DirectorySource(cfg, config.timezone).scan(stamps, validated)
+    if isinstance(cfg, VaultSourceConfig):
+        if vault_client is None:
+            raise ConfigError(f"source {cfg.name}", "needs a [vault] section (addr and auth) "
+                                                    "to be read")
+        versions = known_versions(engine, cfg.name)
+        return VaultSource(cfg, vault_client, config.timezone).scan(versions, validated)
+    raise ConfigError(f"source {getattr(cfg, 'name', '?')}",
+                      f"unknown source type {type(cfg).__name__}")

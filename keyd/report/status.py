@@ -1,0 +1,169 @@
+"""``keyd status``: the inventory as seen at one instant.
+
+``build_status(snapshot, at, tz)`` turns the store's frozen rows into
+``StatusReport``; ``to_json`` gives the stable ``--json`` schema and
+``render_text`` the table. Pure: the CLI reads the snapshot and the clock.
+
+JSON schema (a list; one object per key, then one per invalid location
+that holds no key, which has ``key_id`` null)::
+
+    {"key_id": str|null, "kind": str|null, "principal": str|null,
+     "fingerprint": str|null, "algorithm": str|null,
+     "status": "active"|"expiring"... see below,
+     "expiry_status": "valid"|"expiring"|"expired"|"never"|"unknown"|null,
+     "expires_at": RFC 3339 UTC|null, "last_usable_day": "YYYY-MM-DD"|null,
+     "seconds_left": int|null, "days_left": int|null,
+     "locations": [{"source", "ref", "status", "error", "warning"}],
+     "last_probe_at": RFC 3339|null, "last_probe_outcome": str|null,
+     "last_ok_at": RFC 3339|null, "last_error": str|null}
+
+``status`` is the inventory status (``active``, ``expired``, ``missing``,
+``invalid``, ``rejected``), except that ``active``/``expired`` are
+re-derived at ``--at`` from the expiry (so ``--at`` in the future shows
+what will have expired); an orphan invalid location has ``invalid``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
+from keyd.report import render
+from keyd.store.inventory import InventorySnapshot, KeyRow, LocationRow
+from keyd.store.models import SourceState
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    row: KeyRow
+    status: str
+    expiry: ExpiryView
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    at: datetime
+    tz: tzinfo
+    keys: tuple[KeyStatus, ...]
+    orphans: tuple[LocationRow, ...]
+    sources: tuple[SourceState, ...]
+
+
+def effective_status(stored: str, expiry: ExpiryView) -> str:
+    if stored in ("active", "expired") and expiry.status != "unknown":
+        return "expired" if expiry.status == "expired" else "active"
+    return stored
+
+
+def build_status(snapshot: InventorySnapshot, at: datetime, tz: tzinfo,
+                 warn_before: timedelta = DEFAULT_WARN_BEFORE) -> StatusReport:
+    keys = []
+    for row in snapshot.keys:
+        view = evaluate(row.expires_at, at, tz, warn_before)
+        keys.append(KeyStatus(row, effective_status(row.status, view), view))
+    return StatusReport(at, tz, tuple(keys), snapshot.orphans, snapshot.sources)
+
+
+# --- JSON ------------------------------------------------------------------
+
+def _iso(value: datetime | None) -> str | None:
+    return render.instant(value) if value is not None else None
+
+
+def _location_json(loc: LocationRow) -> dict[str, Any]:
+    return {"source": loc.source, "ref": loc.ref, "status": loc.status, "error": loc.error,
+            "warning": loc.warning}
+
+
+def key_json(key: KeyStatus) -> dict[str, Any]:
+    row, view = key.row, key.expiry
+    return {
+        "key_id": row.key_id, "kind": row.kind, "principal": row.principal,
+        "fingerprint": row.fingerprint, "algorithm": row.algorithm, "status": key.status,
+        "expiry_status": view.status, "expires_at": _iso(view.expires_at),
+        "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
+        "seconds_left": view.seconds_left, "days_left": view.days_left,
+        "locations": [_location_json(loc) for loc in row.locations],
+        "last_probe_at": _iso(row.last_probe_at), "last_probe_outcome": row.last_probe_outcome,
+        "last_ok_at": _iso(row.last_ok_at), "last_error": row.last_error,
+    }
+
+
+def orphan_json(loc: LocationRow) -> dict[str, Any]:
+    return {
+        "key_id": None, "kind": None, "principal": None, "fingerprint": None,
+        "algorithm": None, "status": "invalid", "expiry_status": None, "expires_at": None,
+        "last_usable_day": None, "seconds_left": None, "days_left": None,
+        "locations": [_location_json(loc)], "last_probe_at": None,
+        "last_probe_outcome": None, "last_ok_at": None, "last_error": loc.error,
+    }
+
+
+def to_json(report: StatusReport) -> list[dict[str, Any]]:
+    return [*(key_json(k) for k in report.keys), *(orphan_json(o) for o in report.orphans)]
+
+
+# --- text --------------------------------------------------------------------
+
+def _expires(view: ExpiryView) -> str:
+    if view.status == "never":
+        return "never"
+    if view.status == "unknown":
+        return "unknown"
+    return render.instant(view.expires_at)
+
+
+def _shown_status(key: KeyStatus) -> str:
+    if key.status == "active" and key.expiry.status == "expiring":
+        return "expiring"
+    return key.status
+
+
+def _sources(row: KeyRow) -> str:
+    present = sorted({loc.source for loc in row.locations if loc.status == "present"})
+    if present:
+        return ", ".join(present)
+    return f"({', '.join(sorted({loc.source for loc in row.locations}))})"
+
+
+def _probe(row: KeyRow, at: datetime) -> str:
+    if row.last_probe_at is None:
+        return "never"
+    return f"{row.last_probe_outcome or '?'} {render.ago(row.last_probe_at, at)}"
+
+
+def render_text(report: StatusReport) -> str:
+    """The table, then problems an operator should look at."""
+    zone = getattr(report.tz, "key", None) or str(report.tz)
+    headers = ["KEY ID", "PRINCIPAL", "SOURCE", "EXPIRES (UTC)", f"LAST DAY ({zone})",
+               "DAYS", "STATUS", "LAST PROBE"]
+    rows = [[k.row.key_id, k.row.principal, _sources(k.row), _expires(k.expiry),
+             render.day(k.expiry.last_usable_day), render.number(k.expiry.days_left),
+             _shown_status(k), _probe(k.row, report.at)] for k in report.keys]
+    parts = [render.table(headers, rows) if rows else
+             "no keys in the inventory (run \"keyd scan\")"]
+    problems = _problems(report)
+    if problems:
+        parts.append("\n".join(problems))
+    return "\n\n".join(parts)
+
+
+def _problems(report: StatusReport) -> list[str]:
+    lines: list[str] = []
+    for key in report.keys:
+        for loc in key.row.locations:
+            if loc.status == "invalid":
+                lines.append(f"  {loc.source}: {loc.ref}: INVALID ({key.row.key_id}): {loc.error}")
+            elif loc.warning and loc.status == "present":
+                lines.append(f"  {loc.source}: {loc.ref}: warning: {loc.warning}")
+        if key.row.last_error:
+            lines.append(f"  key {key.row.key_id}: {key.row.last_error}")
+    for loc in report.orphans:
+        lines.append(f"  {loc.source}: {loc.ref}: INVALID: {loc.error}")
+    for state in report.sources:
+        if state.consecutive_failures:
+            lines.append(f"  source {state.name}: failing ({state.consecutive_failures} scans "
+                         f"in a row): {state.last_error}")
+    return ["Problems:", *lines] if lines else []
