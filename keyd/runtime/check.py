@@ -1,0 +1,230 @@
+"""``keyd check``'s verdict: Nagios plugin convention (0 ok, 1 warning,
+2 critical, 3 unknown), a one-line summary with perfdata, details, and a
+stable JSON document (``schema: "keyd.check/1"``).
+
+Mapping (documented in the README):
+
+* CRITICAL: any present key expired (by the clock, whatever its status
+  column says), rejected by the issuer, or an invalid key file/secret.
+* WARNING: any present key expiring within the *largest* alert threshold
+  (default 30d): the first alert mail is on its way, so the monitor
+  agrees with the mailbox.
+* UNKNOWN: no critical or warning signal, but a configured source failed
+  its last scan, the issuer was unreachable, or a stage of the cycle
+  failed: "all fine" cannot be claimed.
+* OK otherwise. Keys no longer found (``missing``) are not a problem by
+  themselves: that is what a finished rotation looks like. They are
+  counted in the perfdata only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any, Final
+
+from keyd.checks.expiry import evaluate
+from keyd.config import Config
+from keyd.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, EXIT_WARNING
+from keyd.redact import scrub
+from keyd.runtime import wiring
+from keyd.runtime.cycle import CycleReport, Stage, run_cycle
+from keyd.runtime.wiring import Services
+from keyd.store import snapshot
+from keyd.store.snapshot import KeySnapshot, LocationProblem, SourceSnapshot
+from keyd.timeutil import format_duration, isoformat_z
+
+SCHEMA: Final = "keyd.check/1"
+EXIT_FOR: Final = {"ok": EXIT_OK, "warning": EXIT_WARNING, "critical": EXIT_CRITICAL,
+                   "unknown": EXIT_UNKNOWN}
+COUNTERS: Final = ("keys", "expiring", "expired", "rejected", "invalid", "missing",
+                   "source_errors")
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # critical | warning | unknown
+    kind: str  # expired | rejected | invalid | expiring | source | issuer | stage
+    message: str
+    key_id: str | None = None
+    principal: str | None = None
+    expires_at: datetime | None = None
+    seconds_left: int | None = None
+    ref: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"severity": self.severity, "kind": self.kind, "message": self.message,
+                "key_id": self.key_id, "principal": self.principal,
+                "expires_at": isoformat_z(self.expires_at) if self.expires_at else None,
+                "seconds_left": self.seconds_left, "ref": self.ref}
+
+
+@dataclass
+class Verdict:
+    status: str
+    at: datetime
+    warn_within: timedelta
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    problems: list[Problem] = field(default_factory=list)
+    sources: list[SourceSnapshot] = field(default_factory=list)
+    cycle: CycleReport | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FOR[self.status]
+
+    def summary(self) -> str:
+        """``KEYD WARNING - 1 key expiring in 5d, 0 rejected | keys=12 ...``"""
+        perf = " ".join(f"{name}={self.counts[name]}" for name in COUNTERS)
+        return f"KEYD {self.status.upper()} - {self._headline()} | {perf}"
+
+    def details(self) -> list[str]:
+        lines = [f"{p.severity.upper()}: {p.message}" for p in self.problems]
+        if self.cycle is not None and self.cycle.dry_run:
+            lines += [f"dry run: skipped {line}" for line in self.cycle.skipped_side_effects]
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        cycle = self.cycle
+        return {
+            "schema": SCHEMA, "status": self.status, "exit_code": self.exit_code,
+            "summary": self.summary(), "at": isoformat_z(self.at),
+            "dry_run": bool(cycle and cycle.dry_run),
+            "warn_within_seconds": int(self.warn_within.total_seconds()),
+            "counts": dict(self.counts),
+            "problems": [p.to_json() for p in self.problems],
+            "sources": [{"name": s.name, "ok": s.consecutive_failures == 0,
+                         "consecutive_failures": s.consecutive_failures,
+                         "last_error": scrub(s.last_error) if s.last_error else None,
+                         "last_success_at": isoformat_z(s.last_success_at)
+                         if s.last_success_at else None} for s in self.sources],
+            "stages": [s.to_json() for s in cycle.stages] if cycle else [],
+            "skipped_side_effects": list(cycle.skipped_side_effects) if cycle else [],
+        }
+
+    def _headline(self) -> str:
+        c = self.counts
+        expiring = [p for p in self.problems if p.kind == "expiring"]
+        soonest = min((p.seconds_left for p in expiring if p.seconds_left is not None),
+                      default=None)
+        if self.status == "critical":
+            text = f"{c['expired']} expired, {c['rejected']} rejected, {c['invalid']} invalid"
+            return text + (f", {c['expiring']} expiring" if c["expiring"] else "")
+        if self.status == "warning":
+            when = f" in {_left(soonest)}" if soonest is not None else ""
+            noun = "key" if c["expiring"] == 1 else "keys"
+            return f"{c['expiring']} {noun} expiring{when}, {c['rejected']} rejected"
+        if self.status == "unknown":
+            return "; ".join(p.message for p in self.problems if p.severity == "unknown")
+        noun = "key" if c["keys"] == 1 else "keys"
+        return f"{c['keys']} {noun}, none expiring within {format_duration(self.warn_within)}"
+
+
+def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
+          locations: Sequence[LocationProblem], sources: Sequence[SourceSnapshot],
+          cycle: CycleReport | None = None) -> Verdict:
+    """The verdict for this inventory at ``at`` (module docstring)."""
+    warn = max(config.alerts.thresholds, default=timedelta(days=30))
+    configured = {s.name for s in config.sources}
+    verdict = Verdict("ok", at, warn, cycle=cycle,
+                      sources=[s for s in sources if s.name in configured])
+    for key in keys:
+        _judge_key(verdict, key, at, warn, config.timezone)
+    for loc in locations:
+        verdict.counts["invalid"] += 1
+        verdict.problems.append(Problem("critical", "invalid", f"invalid key file {loc.ref} "
+                                        f"({loc.source}): {_clean(loc.error)}", ref=loc.ref))
+    _judge_unknowns(verdict)
+    verdict.status = _status(verdict)
+    order = {"critical": 0, "warning": 1, "unknown": 2}
+    verdict.problems.sort(key=lambda p: (order[p.severity], p.seconds_left or 0))
+    return verdict
+
+
+def _judge_key(verdict: Verdict, key: KeySnapshot, at: datetime, warn: timedelta,
+               tz: tzinfo) -> None:
+    if key.status == "missing":
+        verdict.counts["missing"] += 1
+        return
+    verdict.counts["keys"] += 1
+    view = evaluate(key.expires_at, at, tz, warn_before=warn)
+    who = f"key {key.key_id} ({key.principal})"
+    where = f" [{', '.join(key.refs)}]" if key.refs else ""
+    common: dict[str, Any] = {"key_id": key.key_id, "principal": key.principal,
+                              "expires_at": view.expires_at, "seconds_left": view.seconds_left,
+                              "ref": key.refs[0] if key.refs else None}
+    if key.status == "expired" or view.status == "expired":
+        verdict.counts["expired"] += 1
+        stamp = isoformat_z(view.expires_at) if view.expires_at else "an unknown time"
+        verdict.problems.append(Problem("critical", "expired",
+                                        f"{who} expired at {stamp}{where}", **common))
+    elif key.status == "rejected":
+        verdict.counts["rejected"] += 1
+        verdict.problems.append(Problem("critical", "rejected", f"{who} is rejected by the "
+                                        f"issuer: {_clean(key.last_error)}{where}", **common))
+    elif key.status == "invalid":
+        verdict.counts["invalid"] += 1
+        verdict.problems.append(Problem("critical", "invalid",
+                                        f"{who} is invalid: {_clean(key.last_error)}{where}",
+                                        **common))
+    elif view.status == "expiring" and view.expires_at is not None:
+        verdict.counts["expiring"] += 1
+        verdict.problems.append(Problem(
+            "warning", "expiring",
+            f"{who} expires at {isoformat_z(view.expires_at)} (in {_left(view.seconds_left)}, "
+            f"last usable day {view.last_usable_day}){where}", **common))
+
+
+def _judge_unknowns(verdict: Verdict) -> None:
+    for source in verdict.sources:
+        if source.consecutive_failures:
+            verdict.counts["source_errors"] += 1
+            verdict.problems.append(Problem("unknown", "source", f"source {source.name} "
+                                            f"failing: {_clean(source.last_error)}"))
+    cycle = verdict.cycle
+    if cycle is None:
+        return
+    for stage in cycle.failed:
+        verdict.problems.append(Problem("unknown", "stage",
+                                        f"stage {stage.name} failed: {_clean(stage.error)}"))
+    for stage in cycle.stages:
+        if getattr(stage.result, "issuer_reachable", None) is False:
+            verdict.problems.append(Problem("unknown", "issuer", "issuer unavailable"))
+
+
+def _status(verdict: Verdict) -> str:
+    severities = {p.severity for p in verdict.problems}
+    for status in ("critical", "warning", "unknown"):
+        if status in severities:
+            return status
+    return "ok"
+
+
+def _left(seconds: int | None) -> str:
+    if seconds is None:
+        return "unknown time"
+    if seconds >= 86_400:
+        return f"{seconds // 86_400}d"
+    return format_duration(seconds)
+
+
+def _clean(text: str | None) -> str:
+    return scrub(text).splitlines()[0] if text else "no detail"
+
+
+def run_check(services: Services, stages: Sequence[Stage], *, dry_run: bool = False) -> Verdict:
+    """One full cycle, then the verdict read from what it left behind (in
+    a dry run: from the sandbox, before it is rolled back)."""
+    if not dry_run:
+        report = run_cycle(services, stages)
+        return _verdict_from_db(services, report)
+    with wiring.dry_run(services) as sandboxed:
+        report = run_cycle(sandboxed, stages, dry_run=True)
+        return _verdict_from_db(sandboxed, report)
+
+
+def _verdict_from_db(services: Services, report: CycleReport) -> Verdict:
+    engine = services.engine
+    return judge(services.config, services.clock.now(), snapshot.keys(engine),
+                 snapshot.location_problems(engine), snapshot.sources(engine), report)

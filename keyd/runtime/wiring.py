@@ -1,0 +1,98 @@
+"""Build (and close) everything a cycle needs, once, from the config.
+
+``Services`` is the one bag of long-lived parts: config, clock, database
+engine and the clients that exist for the configured features (``None``
+when a feature is off). The daemon builds it at start and again on
+SIGHUP; ``keyd check`` builds it for one cycle. ``close()`` releases every
+part even when one of them fails to close.
+
+``dry_run(services)`` is the same bag with the engine swapped for a
+rolled-back sandbox (``keyd.store.sandbox``) for ``keyd check --dry-run``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+from keyd.clients.issuer import IssuerClient
+from keyd.clients.smtp import MailSender, SmtpClient
+from keyd.clients.vault import VaultClient
+from keyd.clients.webhook import WebhookClient
+from keyd.clock import Clock
+from keyd.config import Config
+from keyd.report.metrics import KeydMetrics
+from keyd.store.engine import make_engine
+from keyd.store.sandbox import rollback_engine
+from keyd.store.snapshot import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    config: Config
+    clock: Clock
+    engine: Engine
+    vault: VaultClient | None = None
+    issuer: IssuerClient | None = None
+    smtp_factory: Callable[[], MailSender] | None = None
+    webhook: WebhookClient | None = None
+    metrics: KeydMetrics | None = None
+    owned: bool = True  # False for dry-run copies: the original closes the parts
+    owns_engine: bool = True  # False once a reloaded Services took the engine over
+
+    def close(self) -> None:
+        """Close every part; a failing close is logged, the rest still close."""
+        if not self.owned:
+            return
+        parts: list[tuple[str, Callable[[], object]]] = []
+        if self.owns_engine:
+            parts.append(("database", self.engine.dispose))
+        if self.vault is not None:
+            parts.append(("vault", self.vault.close))
+        if self.issuer is not None:
+            parts.append(("issuer", self.issuer.close))
+        if self.webhook is not None:
+            parts.append(("webhook", self.webhook.close))
+        for name, close in parts:
+            try:
+                close()
+            except Exception as exc:  # closing must not stop the others from closing
+                log.warning("closing %s failed: %s", name, exc)
+
+
+def build_services(config: Config, clock: Clock, *, engine: Engine | None = None) -> Services:
+    """Make the parts for ``config``. No network I/O happens here: clients
+    connect lazily, so a dead Vault does not stop the daemon starting.
+
+    ``engine``: reuse this one (a reload keeps the database and its pool);
+    it stays owned by the caller until it moves ``owns_engine`` over."""
+    services = Services(config=config, clock=clock, owns_engine=engine is None,
+                        engine=engine if engine is not None else make_engine(config.database.url))
+    try:
+        if config.vault is not None:
+            services.vault = VaultClient(config.vault, clock)
+        if config.issuer is not None:
+            services.issuer = IssuerClient(
+                config.issuer.url, clock=clock, ca_bundle=config.issuer.ca_bundle,
+                timeout=config.issuer.timeout.total_seconds(),
+                max_connections=max(config.issuer.concurrency, 1))
+        email = config.alerts.email
+        if email is not None:
+            services.smtp_factory = lambda: SmtpClient(email)
+        if config.alerts.webhook is not None:
+            services.webhook = WebhookClient(config.alerts.webhook)
+    except BaseException:
+        services.close()
+        raise
+    return services
+
+
+@contextmanager
+def dry_run(services: Services) -> Iterator[Services]:
+    """``services`` on a rolled-back sandbox engine (nothing is committed)."""
+    with rollback_engine(services.engine) as sandbox:
+        yield replace(services, engine=sandbox, owned=False)
