@@ -81,8 +81,7 @@ class IssuerServer(Registry):
     def __init__(self, *, port: int = 0, admin: bool = False,
                  state_file: Path | str | None = None) -> None:
         super().__init__()
-        self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
-        self._httpd.owner = self
+        self._bind(port)
         self.url = self.issuer = f"http://127.0.0.1:{self._httpd.server_port}"
         self.port = self._httpd.server_port
         self.oauth = IssuerOAuth(self, self.issuer)
@@ -100,10 +99,24 @@ class IssuerServer(Registry):
         self._conns: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
         if self.state_file and self.state_file.exists():
-            self._load_state()
+            try:
+                self._load_state()
+            except Exception:
+                self._httpd.server_close()
+                raise
 
     # -- lifecycle -----------------------------------------------------------
+    def _bind(self, port: int) -> None:
+        self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
+        self._httpd.owner = self
+        self._closed = False
+
     def start(self) -> IssuerServer:
+        """Serve in a background thread; after ``stop()`` this restarts on the
+        same port with the same registry (an "issuer outage" in tests)."""
+        if self._closed:
+            self._bind(self.port)
+            self._stopping.clear()
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                         name=f"issuer-{self.port}", daemon=True)
         self._thread.start()
@@ -123,6 +136,7 @@ class IssuerServer(Registry):
                 except OSError:
                     pass
         self._httpd.server_close()  # joins the connection threads
+        self._closed = True
 
     def __enter__(self) -> IssuerServer:
         return self.start()
@@ -170,12 +184,11 @@ class IssuerServer(Registry):
         with self._lock:
             self.requests_seen += 1
             self.requests_by_path[path] += 1
-        fault = self._take_fault(path)
-        if fault is not None:
-            reply = self._fault(fault)
+        try:
+            fault = self._take_fault(path)
+            reply = self._fault(fault) if fault is not None else "pass"
             if reply != "pass":
                 return reply  # type: ignore[return-value]
-        try:
             return self._route(method, path, headers, body)
         except Exception:
             self.errors.append(traceback.format_exc())

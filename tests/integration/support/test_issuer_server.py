@@ -176,12 +176,16 @@ def test_fault_replies(issuer: IssuerServer, client: httpx.Client, key: MadeKey,
     assert "access_token" not in mint(client, issuer, sign(key, issuer.url)).text
 
 
-def test_close_drops_the_connection(issuer: IssuerServer, client: httpx.Client,
+def test_close_and_outage(issuer: IssuerServer, client: httpx.Client,
                                     key: MadeKey) -> None:
     issuer.fail_next(1, "close")
     with pytest.raises(httpx.RemoteProtocolError):
         mint(client, issuer, sign(key, issuer.url))
     assert mint(client, issuer, sign(key, issuer.url)).status_code == 200
+    issuer.stop()  # an outage: refused, then back on the same URL with the same keys
+    with pytest.raises(httpx.ConnectError):
+        mint(client, issuer, sign(key, issuer.url))
+    assert issuer.start() and mint(client, issuer, sign(key, issuer.url)).status_code == 200
 
 
 def test_hang_delays_one_request_but_not_others(issuer: IssuerServer, key: MadeKey) -> None:
@@ -201,7 +205,7 @@ def test_hang_delays_one_request_but_not_others(issuer: IssuerServer, key: MadeK
     with httpx.Client() as c:
         start = time.monotonic()
         assert mint(c, issuer, sign(key, issuer.url)).status_code == 200
-        assert time.monotonic() - start < 0.5
+        assert time.monotonic() - start < 0.8  # served while the other hangs (1 s)
     thread.join()
     assert results[0][0] == 200 and results[0][1] >= 0.9
 
