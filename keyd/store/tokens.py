@@ -143,7 +143,7 @@ def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None) -> lis
                  .order_by(TokenSink.next_refresh_at, TokenSink.id))
         if limit is not None:
             query = query.limit(limit)
-        pairs = list(session.execute(query).tuples())
+        pairs = [(row[0], row[1]) for row in session.execute(query)]
         pks = [k.id for _, k in pairs]
         locs: dict[int, list[KeyLocation]] = {pk: [] for pk in pks}
         for start in range(0, len(pks), 500):
