@@ -83,9 +83,11 @@ class VaultClient:
         check_auth_config(cfg)
         self._cfg = cfg
         self._clock = clock
-        verify: bool | str = str(cfg.ca_bundle) if cfg.ca_bundle else True
+        verify: bool | str = (str(cfg.ca_bundle) if cfg.ca_bundle else True) if cfg.verify else False
+        if session is not None:
+            session.verify = verify  # hvac prefers a given session's verify over its argument
         self._hvac = hvac.Client(
-            url=cfg.addr, token="", verify=verify if cfg.verify else False,
+            url=cfg.addr, token="", verify=verify,
             timeout=max(1, round(cfg.timeout.total_seconds())),
             namespace=cfg.namespace, session=session,
         )
@@ -326,8 +328,8 @@ class VaultClient:
                 return self._hvac.adapter.list(url)
             except hx.InvalidPath:
                 raise _Unsupported from None  # missing prefix, or no such endpoint: ask LIST
-            except (hx.InvalidRequest, hx.UnsupportedOperation):
-                self._detailed = False
+            except (hx.InvalidRequest, hx.UnsupportedOperation, hx.UnexpectedError):
+                self._detailed = False  # 400/405: HashiCorp Vault has no such endpoint
                 raise _Unsupported from None
 
         try:

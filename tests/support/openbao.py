@@ -10,11 +10,12 @@ skipped (STYLE.md rule 10).
 
 Fixtures, importable into any conftest::
 
-    from tests.support.openbao import openbao, openbao_fresh, kv_prefix  # noqa: F401
+    from tests.support.openbao import kv_prefix, openbao, openbao_fresh  # noqa: F401
 
 * ``openbao`` (session): shared server; use ``kv_prefix`` to keep tests apart.
 * ``openbao_fresh`` (function): a server of its own, for tests that seal it
   or change server-wide settings.
+* ``openbao_tls`` (function): a server of its own on HTTPS with a private CA.
 * ``kv_prefix`` (function): a unique KV path prefix such as ``t-1a2b3c4d``.
 """
 
@@ -97,37 +98,47 @@ class OpenBao:
     workdir: Path
     proc: subprocess.Popen[bytes] = field(repr=False)
     unseal_key: str = field(default="", repr=False)
+    ca_cert: Path | None = None  # with tls=True: the dev CA that signed the server cert
 
     # --- lifecycle ---------------------------------------------------------
 
     @classmethod
-    def start(cls) -> OpenBao:
+    def start(cls, *, tls: bool = False) -> OpenBao:
+        """Start a dev server; ``tls=True`` serves HTTPS with a generated CA
+        (``ca_cert``) that no system trust store knows."""
         last = ""
         for _ in range(3):  # a port can be taken between choosing and binding
             try:
-                return cls._start_once()
+                return cls._start_once(tls)
             except _PortTaken as exc:
                 last = str(exc)
         raise RuntimeError(f"OpenBao did not start: {last}")
 
     @classmethod
-    def _start_once(cls) -> OpenBao:
+    def _start_once(cls, tls: bool) -> OpenBao:
         port = _free_port_pair()
         token = "root-" + secrets.token_hex(12)
         workdir = Path(tempfile.mkdtemp(prefix="keyd-openbao-"))
         log_path = workdir / "server.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         env["HOME"] = str(workdir)  # never touch the user's ~/.vault-token
+        args = [bao_binary(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
+                f"-dev-root-token-id={token}", "-dev-no-store-token"]
+        ca_cert = workdir / "tls" / "vault-ca.pem" if tls else None
+        if tls:
+            (workdir / "tls").mkdir()
+            args += ["-dev-tls", f"-dev-tls-cert-dir={workdir / 'tls'}"]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [bao_binary(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
-                 f"-dev-root-token-id={token}", "-dev-no-store-token"],
+                args,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=workdir, start_new_session=True, preexec_fn=_die_with_parent,
             )
-        addr = f"http://127.0.0.1:{port}"
-        client = hvac.Client(url=addr, token=token, timeout=10)
-        server = cls(addr=addr, root_token=token, client=client, workdir=workdir, proc=proc)
+        addr = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        client = hvac.Client(url=addr, token=token, timeout=10,
+                             verify=str(ca_cert) if ca_cert else True)
+        server = cls(addr=addr, root_token=token, client=client, workdir=workdir, proc=proc,
+                     ca_cert=ca_cert)
         atexit.register(server.stop)
         try:
             server._wait_ready(log_path)
@@ -154,8 +165,9 @@ class OpenBao:
 
     def _healthy(self) -> bool:
         try:
-            resp = requests.get(f"{self.addr}/v1/sys/health", timeout=1)
-        except requests.RequestException:
+            resp = requests.get(f"{self.addr}/v1/sys/health", timeout=1,
+                                verify=str(self.ca_cert) if self.ca_cert else True)
+        except (requests.RequestException, OSError):
             return False
         with resp:
             return resp.status_code == 200
@@ -293,6 +305,13 @@ def openbao() -> Iterator[OpenBao]:
 def openbao_fresh() -> Iterator[OpenBao]:
     """A server of this test's own: seal it, reconfigure it, break it."""
     with OpenBao.start() as server:
+        yield server
+
+
+@pytest.fixture
+def openbao_tls() -> Iterator[OpenBao]:
+    """A server of this test's own speaking HTTPS (CA at ``ca_cert``)."""
+    with OpenBao.start(tls=True) as server:
         yield server
 
 

@@ -10,7 +10,13 @@ import pytest
 
 from keyd.clients.vault import VaultClient
 from keyd.clock import FakeClock
-from tests.support.openbao import OpenBao, kv_prefix, openbao, openbao_fresh  # noqa: F401
+from tests.support.openbao import (  # noqa: F401
+    OpenBao,
+    kv_prefix,
+    openbao,
+    openbao_fresh,
+    openbao_tls,
+)
 
 
 @pytest.fixture

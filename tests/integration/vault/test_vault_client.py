@@ -158,3 +158,17 @@ def test_health_of_an_unsealed_server(root_client: VaultClient) -> None:
     health = root_client.health()
     assert health.initialized and not health.sealed and not health.standby
     assert health.version.startswith("2.")
+
+
+def test_tls_is_verified_against_the_configured_ca(openbao_tls: OpenBao, clock: FakeClock) -> None:
+    assert openbao_tls.ca_cert is not None and openbao_tls.addr.startswith("https://")
+    openbao_tls.kv_put("keys/a", {"x": "1"})
+
+    with VaultClient(openbao_tls.vault_config(), clock) as untrusting:
+        with pytest.raises(VaultUnavailable) as refused:
+            untrusting.read("secret", "keys/a")
+    with VaultClient(openbao_tls.vault_config(ca_bundle=openbao_tls.ca_cert), clock) as trusting:
+        assert trusting.read("secret", "keys/a") is not None
+
+    assert "TLS verification failed" in str(refused.value)
+    assert "vault.ca_bundle" in str(refused.value)
