@@ -12,7 +12,17 @@ from keyd.config import DirectorySourceConfig
 from keyd.sources import keyfile as keyfile_mod
 from keyd.sources.base import Candidate
 from keyd.sources.directory import DirectorySource, DirectoryUnavailable, FileStamp
-from tests.support.keyfiles import PEM_MARKER, ec_pem, write_keyfile
+from tests.support.keys import make_key_file
+
+PEM_MARKER = "PRIVATE KEY-----"
+
+
+def write_keyfile(path: Path, key_id: str, *, mode: int = 0o600, alg: str = "RS256") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    made = make_key_file(path.parent, key_id=key_id, filename=path.name, alg=alg)
+    assert made.path is not None
+    os.chmod(made.path, mode)
+    return made.path
 
 
 @pytest.fixture
@@ -170,7 +180,7 @@ def test_unlistable_subdirectory_fails_the_source(root: Path,
 
 def test_full_validation_only_for_unknown_content(root: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    write_keyfile(root / "a.json", "k1", pem=ec_pem(0))
+    write_keyfile(root / "a.json", "k1", alg="ES256")
     seen: list[str] = []
     real = keyfile_mod.parse_keyfile
 
