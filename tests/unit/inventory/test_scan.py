@@ -1,0 +1,77 @@
+"""scan_all orchestration on a throwaway SQLite database."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from keyd.clock import FakeClock
+from keyd.config import Config, DirectorySourceConfig, VaultSourceConfig
+from keyd.errors import StoreError
+from keyd.inventory import scan as scan_mod
+from keyd.inventory.reconcile import SourceOutcome
+from keyd.inventory.scan import ScanReport, scan_all
+from keyd.store.engine import make_engine
+from keyd.store.migrate import upgrade
+from tests.support.keys import make_key_file
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(f"sqlite:///{tmp_path / 'keyd.db'}")
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+def test_each_source_fails_alone(engine: Engine, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    os.chmod(keys, 0o700)
+    make_key_file(keys, key_id="1", user_id="svc")
+    broken = DirectorySourceConfig(name="buggy", path=keys)
+    config = Config(sources=(
+        DirectorySourceConfig(name="dir", path=keys),
+        VaultSourceConfig(name="vault:secret/k", prefix="k"),  # no [vault]: no client
+        broken,
+    ))
+    real = scan_mod.DirectorySource.scan
+
+    def scan(self: scan_mod.DirectorySource, *a: object, **k: object) -> object:
+        if self.name == "buggy":
+            raise ZeroDivisionError("bug")
+        return real(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan_mod.DirectorySource, "scan", scan)
+    report = scan_all(config, engine, FakeClock(), None)
+    assert [s.ok for s in report.sources] == [True, False, False]
+    assert "needs a [vault] section" in (report.sources[1].error or "")
+    assert "internal error (ZeroDivisionError)" in (report.sources[2].error or "")
+    assert report.keys == 1
+
+
+def test_store_errors_propagate(engine: Engine, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(*a: object, **k: object) -> object:
+        raise StoreError("database x: cannot connect")
+
+    monkeypatch.setattr(scan_mod, "file_stamps", down)
+    config = Config(sources=(DirectorySourceConfig(name="dir", path=tmp_path),))
+    with pytest.raises(StoreError):
+        scan_all(config, engine, FakeClock(), None)
+
+
+def test_summary_wording() -> None:
+    one = ScanReport(sources=(SourceOutcome("dir", new=1),), key_counts={"active": 1})
+    assert one.summary() == "1 source, 1 key (1 new, 0 changed, 0 missing, 0 invalid)"
+    many = ScanReport(
+        sources=(SourceOutcome("a", new=2, invalid=1), SourceOutcome("b", changed=1, missing=1),
+                 SourceOutcome("vault:secret/zitadel/keys", ok=False, error="Vault is sealed")),
+        key_counts={"active": 40, "expired": 2, "missing": 5})
+    assert many.summary() == ("3 sources, 42 keys (2 new, 1 changed, 1 missing, 1 invalid); "
+                              "source vault:secret/zitadel/keys failed: Vault is sealed")
