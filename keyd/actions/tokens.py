@@ -19,7 +19,6 @@ logs, the database, exceptions or metrics.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import random
@@ -31,21 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from keyd.actions import tokenvault as tv
-from keyd.actions.alerts import email_recipients, message_id
 from keyd.actions.filesink import TokenFileError, safe_join, write_atomic
 from keyd.actions.retry import Random, backoff_delay, retry_call
 from keyd.checks.assertion import AssertionSigner
-from keyd.checks.keyload import KeyLoader
+from keyd.checks.keyload import KeyLoader, make_key_loader
 from keyd.checks.mint import mint
 from keyd.checks.probe import RateLimiter
 from keyd.clients.issuer import IssuerClient, TokenResponse
 from keyd.clock import Clock
-from keyd.config import AlertsConfig, TokensConfig
-from keyd.errors import KeydError, VaultConflict
+from keyd.config import AlertsConfig, Config, TokensConfig
+from keyd.errors import ConfigError, KeydError, VaultConflict
 from keyd.redact import scrub
 from keyd.store import tokens as store
 from keyd.store.probes import ProbeTarget
-from keyd.store.tokens import AlertSpec, Assignment, EventSpec, SinkTarget
+from keyd.store.tokens import Assignment, EventSpec, SinkTarget
 from keyd.timeutil import isoformat_z
 
 log = logging.getLogger(__name__)
@@ -108,6 +106,34 @@ class TokenReport:
         for r in self.results:
             out[r.outcome] = out.get(r.outcome, 0) + 1
         return out
+
+
+def build_token_services(config: Config, clock: Clock, client: IssuerClient,
+                         vault: tv.TokenVault | None, *, signer: AssertionSigner | None = None,
+                         limiter: RateLimiter | None = None) -> TokenServices:
+    """``TokenServices`` for ``config`` (``[tokens]``, ``[issuer]`` and
+    ``[vault]`` required). Pass the probe's ``limiter`` so both stages
+    share one request budget at the issuer."""
+    if config.tokens is None:
+        raise ConfigError("tokens", "token write-back is off (no [tokens] section)")
+    if config.issuer is None or vault is None:
+        raise ConfigError("tokens", "token write-back needs [issuer] and [vault]")
+    tv.check_template(config.tokens.path)
+    issuer = config.issuer
+    signer = signer or AssertionSigner(clock, lifetime=issuer.assertion_lifetime,
+                                       skew=issuer.clock_skew)
+    scopes = tuple(dict.fromkeys((*issuer.scopes, *config.tokens.scopes)))
+    return TokenServices(
+        tokens=config.tokens, client=client, signer=signer, vault=vault, clock=clock,
+        load_key=make_key_loader(config.sources, vault, config.timezone), scopes=scopes,
+        policy=TokenPolicy(concurrency=max(1, issuer.concurrency)),
+        limiter=limiter or RateLimiter(issuer.rate_limit, clock), alerts=config.alerts)
+
+
+def plan_lines(report: TokenReport) -> list[str]:
+    """One line per sink a dry run found new or due (for ``keyd check --dry-run``)."""
+    return [f"would {'create' if r.outcome == 'new' else 'refresh'} the token of key "
+            f"{r.key_id} at {r.ref}" for r in report.results]
 
 
 def refresh_at(issued: datetime, ttl: timedelta, rng: Random) -> datetime:
@@ -352,34 +378,10 @@ def _refused(engine: Any, sink: SinkTarget, services: TokenServices,
     message = scrub(str(exc))[:1000]
     new_episode = sink.state != exc.reason
     event = EventSpec(f"token.{exc.reason}", {"problem": message}) if new_episode else None
-    alert = _alert(sink, services, exc.reason, message, now) if new_episode else None
+    alert = (tv.refusal_alert(sink, services.alerts, exc.reason, message, now)
+             if new_episode else None)
     store.record_failed(engine, sink, state=exc.reason, failures=failures,
                         next_refresh_at=next_at, error=message, now=now, event=event, alert=alert)
     log.error("token for %s: %s", sink.key.key_id, message)
     return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, exc.reason, message,
                        sink.vault_version, sink.expires_at, next_at)
-
-
-def _alert(sink: SinkTarget, services: TokenServices, reason: str, message: str,
-           now: datetime) -> AlertSpec | None:
-    alerts = services.alerts
-    if alerts is None:
-        return None
-    fingerprint = "token:" + hashlib.sha256(sink.ref.encode()).hexdigest()[:40]
-    threshold = isoformat_z(now)  # one alert per episode
-    sources = [loc.source for loc in sink.key.locations]
-    targets: list[tuple[str, str]] = []
-    if alerts.email is not None:
-        targets += [("email", a) for a in email_recipients(alerts.email, sink.key.principal,
-                                                            sources)]
-    if alerts.webhook is not None:
-        targets.append(("webhook", alerts.webhook.url))
-    subject = (f"[keyd CRITICAL] token write-back for key {sink.key.key_id} of user "
-               f"{sink.key.principal} refused: {sink.ref} is "
-               f"{'not managed by keyd' if reason == 'unmanaged' else 'written by someone else'}")
-    context = {"key_id": sink.key.key_id, "principal": sink.key.principal, "path": sink.ref,
-               "problem": message, "decided_at": threshold, "kind": reason,
-               "severity": "critical", "threshold": threshold}
-    return AlertSpec(fingerprint=fingerprint, kind=reason, threshold=threshold,
-                     severity="critical", message_id=message_id(fingerprint, reason, threshold),
-                     subject=subject, context=context, targets=targets)

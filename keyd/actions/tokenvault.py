@@ -15,14 +15,18 @@ Ownership rules:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from keyd.actions.alerts import email_recipients, message_id
+from keyd.config import AlertsConfig
 from keyd.errors import ConfigError, VaultError
-from keyd.timeutil import parse_rfc3339
+from keyd.store.tokens import AlertSpec, SinkTarget
+from keyd.timeutil import isoformat_z, parse_rfc3339
 
 MANAGED_BY = "managed-by"
 MANAGED_VALUE = "keyd"
@@ -155,3 +159,29 @@ def judge(current: Current, last_written: int | None, *, adopt: bool, ref: str) 
         f"{ref} version {current.version} was written by someone else (keyd last wrote "
         f"version {last_written}); keyd will not overwrite it. Delete it, or set "
         "tokens.adopt = true", path=ref, reason="conflict")
+
+
+def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, message: str,
+                  now: datetime) -> AlertSpec | None:
+    """The alert (with its outbox targets) for a refused write-back episode;
+    None when no alert channel is configured."""
+    if alerts is None:
+        return None
+    fingerprint = "token:" + hashlib.sha256(sink.ref.encode()).hexdigest()[:40]
+    threshold = isoformat_z(now)  # one alert per episode
+    sources = [loc.source for loc in sink.key.locations]
+    targets: list[tuple[str, str]] = []
+    if alerts.email is not None:
+        targets += [("email", a) for a in email_recipients(alerts.email, sink.key.principal,
+                                                            sources)]
+    if alerts.webhook is not None:
+        targets.append(("webhook", alerts.webhook.url))
+    subject = (f"[keyd CRITICAL] token write-back for key {sink.key.key_id} of user "
+               f"{sink.key.principal} refused: {sink.ref} is "
+               f"{'not managed by keyd' if reason == 'unmanaged' else 'written by someone else'}")
+    context = {"key_id": sink.key.key_id, "principal": sink.key.principal, "path": sink.ref,
+               "problem": message, "decided_at": threshold, "kind": reason,
+               "severity": "critical", "threshold": threshold}
+    return AlertSpec(fingerprint=fingerprint, kind=reason, threshold=threshold,
+                     severity="critical", message_id=message_id(fingerprint, reason, threshold),
+                     subject=subject, context=context, targets=targets)

@@ -39,15 +39,22 @@ from typing import Any
 
 from keyd.actions.retry import Random, backoff_delay, retry_call
 from keyd.checks.assertion import AssertionSigner
-from keyd.checks.keyload import KeyLoader
+from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
 from keyd.checks.mint import mint, prove_application_key
 from keyd.clients.issuer import IssuerClient
 from keyd.clock import Clock
-from keyd.config import IssuerConfig
-from keyd.errors import IssuerBadResponse, IssuerRejected, IssuerUnavailable, KeydError
+from keyd.config import Config, IssuerConfig
+from keyd.errors import (
+    ConfigError,
+    IssuerBadResponse,
+    IssuerRejected,
+    IssuerUnavailable,
+    KeydError,
+)
 from keyd.redact import scrub
 from keyd.sources.keyfile import KIND_APPLICATION, KeyFile
 from keyd.store import probes as store
+from keyd.store.alerts import note_issuer_health
 from keyd.store.probes import ProbeRecord, ProbeTarget
 
 log = logging.getLogger(__name__)
@@ -127,6 +134,23 @@ class ProbeServices:
     def __post_init__(self) -> None:
         if self.limiter is None:
             self.limiter = RateLimiter(self.policy.rate_limit, self.clock)
+
+
+def build_probe_services(config: Config, clock: Clock, client: IssuerClient,
+                         vault: SecretReader | None, *,
+                         on_round: HealthHook | None = note_issuer_health) -> ProbeServices:
+    """``ProbeServices`` for ``config`` (``[issuer]`` required): signer with
+    the configured assertion lifetime and skew, key loader over the
+    configured sources, policy and rate limit from ``[issuer]``, and issuer
+    health recorded for the alerts stage after every round."""
+    issuer = config.issuer
+    if issuer is None:
+        raise ConfigError("issuer", "probes need an [issuer] section with url")
+    signer = AssertionSigner(clock, lifetime=issuer.assertion_lifetime, skew=issuer.clock_skew)
+    return ProbeServices(
+        client=client, signer=signer, clock=clock,
+        load_key=make_key_loader(config.sources, vault, config.timezone),
+        scopes=issuer.scopes, policy=ProbePolicy.from_config(issuer), on_round=on_round)
 
 
 @dataclass(frozen=True)
