@@ -45,7 +45,7 @@ from keyd.store.models import Alert, Key
 from keyd.timeutil import format_duration, isoformat_z
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from keyd.store.alerts import Session
 
 __all__ = ["evaluate_alerts", "note_issuer_health", "message_id", "email_recipients",
            "subject_for_expiry"]
@@ -171,11 +171,11 @@ def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime
     if rung.kind == "expired":
         return _subject(key, "critical", "has expired")
     seconds = int((expires_at - now).total_seconds())
-    if seconds >= 86_400:
-        days = seconds // 86_400
+    if seconds >= 43_200:
+        days = (seconds + 43_200) // 86_400  # nearest: 29d 23h reads "30 days"
         left = f"{days} day" + ("s" if days != 1 else "")
     else:
-        left = f"less than a day ({format_duration(seconds)})"
+        left = format_duration(seconds)  # "5h 12m"
     return _subject(key, rung.severity, f"expires in {left}")
 
 

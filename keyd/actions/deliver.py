@@ -19,6 +19,10 @@ counted as a problem by ``keyd status`` and metrics but is *still retried*
 on a channel succeeds again, that channel's ``failed`` rows are woken up so
 they go out on the next drain.
 
+Unsent ``expiring``/``expired`` alerts that were resolved meanwhile (a
+tighter rung fired, the expiry changed, the key was rotated) are marked
+``superseded`` instead of sent: no burst of stale rungs after an outage.
+
 Digest mode (``alerts.digest``): one e-mail per recipient per drain,
 listing every alert due for that recipient.
 
@@ -47,7 +51,7 @@ from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from keyd.store.alerts import Engine
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class DrainReport:
     failed: int = 0  # deliveries whose attempt failed (still open)
     gave_up: int = 0  # of those, now in state "failed" (retried less often)
     raced: int = 0  # due rows another drainer claimed first
+    superseded: int = 0  # unsent ladder alerts replaced by a tighter rung: dropped
     errors: list[str] = field(default_factory=list)
 
 
@@ -99,6 +104,10 @@ def drain_outbox(engine: Engine, config: Config, clock: Clock,
     claimed: list[OutboxItem] = []
     for item in due:
         with store.transaction(engine) as session:
+            if _superseded(item):
+                store.mark_superseded(session, item.delivery_id)
+                report.superseded += 1
+                continue
             ok = store.claim_delivery(session, item.delivery_id, item.attempts, now, now + LEASE)
         if ok:
             claimed.append(item)
@@ -111,6 +120,13 @@ def drain_outbox(engine: Engine, config: Config, clock: Clock,
         log.info("outbox: %d sent in %d message(s), %d failed (%d given up), %d raced",
                  report.sent, report.messages, report.failed, report.gave_up, report.raced)
     return report
+
+
+def _superseded(item: OutboxItem) -> bool:
+    """An unsent ladder alert that was resolved (a tighter rung, a new expiry
+    or a rotation replaced it) is not sent: after an outage the operator
+    gets the current rung, not a burst of stale ones."""
+    return item.alert.resolved_at is not None and item.alert.kind in ("expiring", "expired")
 
 
 def _send_email(items: list[OutboxItem], config: Config,

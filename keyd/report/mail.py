@@ -16,6 +16,7 @@ usable local day (ZITADEL.md §2), where the key lives and what to do.
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import html
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,10 @@ from keyd.timeutil import isoformat_z
 
 _SEVERITY_ORDER: Final = {"info": 0, "warning": 1, "critical": 2}
 _TAG = "[keyd "
+# CRLF for SMTP; headers up to RFC 5322's hard limit instead of folding at 78,
+# because Python folds a long single-line subject right after "Subject:",
+# which some readers then show with a leading blank.
+_POLICY: Final = email.policy.SMTP.clone(max_line_length=998)
 
 
 def render_message(alerts: Sequence[AlertRecord], *, sender: str,
@@ -90,7 +95,7 @@ class _Block:
 
 def _assemble(subject: str, msgid: str, date: datetime, sender: str, to: Sequence[str],
               intro: str, blocks: Sequence[_Block]) -> EmailMessage:
-    msg = EmailMessage()
+    msg = EmailMessage(policy=_POLICY)
     msg["Subject"] = subject
     msg["From"] = sender
     msg["To"] = ", ".join(to)

@@ -21,8 +21,9 @@ from typing import Any, Final, TypedDict
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.engine import Engine as Engine  # re-exported for typing in actions/
+from sqlalchemy.orm import Session as Session  # re-exported for typing in actions/
+from sqlalchemy.orm import selectinload
 
 from keyd.clock import utc
 from keyd.store.models import Alert, Delivery, Key, State
@@ -31,6 +32,7 @@ from keyd.timeutil import isoformat_z, parse_rfc3339
 PENDING: Final = "pending"
 SENT: Final = "sent"
 FAILED: Final = "failed"
+SUPERSEDED: Final = "superseded"  # never sent: a tighter rung replaced the alert first
 OPEN_STATES: Final = (PENDING, FAILED)  # both are still retried (FAILED less often)
 
 ISSUER_UNAVAILABLE_SINCE: Final = "issuer.unavailable_since"
@@ -207,6 +209,11 @@ def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
                     .execution_options(synchronize_session=False))
 
 
+def mark_superseded(session: Session, delivery_id: int) -> None:
+    session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state != SENT)
+                    .values(state=SUPERSEDED).execution_options(synchronize_session=False))
+
+
 def mark_retry(session: Session, delivery_id: int, *, state: str, next_attempt_at: datetime,
                error: str) -> None:
     """Record a failed attempt; the row stays open (``pending`` or ``failed``)."""
@@ -218,9 +225,9 @@ def mark_retry(session: Session, delivery_id: int, *, state: str, next_attempt_a
 def outbox_summary(session: Session) -> OutboxSummary:
     """Counts for ``keyd status`` and metrics: open deliveries by state, and
     when the oldest still-pending alert was decided (None if none)."""
-    counts = dict(session.execute(select(Delivery.state, func.count())
-                                  .where(Delivery.state.in_(OPEN_STATES))
-                                  .group_by(Delivery.state)).tuples().all())
+    counts: dict[str, int] = {state: int(n) for state, n in session.execute(
+        select(Delivery.state, func.count()).where(Delivery.state.in_(OPEN_STATES))
+        .group_by(Delivery.state))}
     oldest = session.scalar(select(func.min(Alert.created_at))
                             .join(Delivery, Delivery.alert_id == Alert.id)
                             .where(Delivery.state.in_(OPEN_STATES)))
