@@ -40,13 +40,16 @@ from keyd.clients.vault_model import (
     VaultMetadata,
     VaultSecret,
     check_auth_config,
+    health_from,
     list_keys,
     metadata_from,
     norm_prefix,
     num,
-    str_map,
+    secret_from,
+    transport_problem,
     url_path,
     vault_ref,
+    walk_tree,
 )
 from keyd.clock import Clock
 from keyd.config import VaultConfig
@@ -65,8 +68,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_LIST_DEPTH = 32  # folders below the prefix; deeper trees are an operator mistake
-MAX_LIST_ENTRIES = 100_000
 _CAS_MISMATCH = "check-and-set parameter"
 
 
@@ -268,7 +269,7 @@ class VaultClient:
             return VaultUnavailable(f"Vault at {self.addr} failed to {where} "
                                     f"({status}: {detail})", path=ref)
         return VaultUnavailable(f"Vault at {self.addr}: could not {where}: "
-                                f"{_transport_problem(exc, self._cfg)}", path=ref)
+                                f"{transport_problem(exc, self._cfg.timeout)}", path=ref)
 
     def _errors(self, exc: hx.VaultError) -> str:
         errors = exc.errors if isinstance(exc.errors, list) else []
@@ -282,27 +283,16 @@ class VaultClient:
     def list_recursive(self, mount: str, prefix: str) -> list[str]:
         """All secret paths under ``prefix`` (relative to the mount, sorted).
         A missing prefix is an empty list; a denied listing raises."""
-        found: list[str] = []
-        self._walk(mount, norm_prefix(prefix), 0, found)
-        return sorted(found)
+        def folder(name: str) -> list[tuple[str, None]]:
+            def op() -> list[str]:
+                try:
+                    resp = self._hvac.secrets.kv.v2.list_secrets(path=name, mount_point=mount)
+                except hx.InvalidPath:
+                    return []
+                return list_keys(resp)
+            return [(key, None) for key in self._call("list", vault_ref(mount, name), op)]
 
-    def _walk(self, mount: str, folder: str, depth: int, found: list[str]) -> None:
-        def op() -> list[str]:
-            try:
-                resp = self._hvac.secrets.kv.v2.list_secrets(path=folder, mount_point=mount)
-            except hx.InvalidPath:
-                return []
-            return list_keys(resp)
-
-        for key in self._call("list", vault_ref(mount, folder), op):
-            path = f"{folder}/{key}" if folder else key
-            if key.endswith("/"):
-                if depth < MAX_LIST_DEPTH:
-                    self._walk(mount, path.rstrip("/"), depth + 1, found)
-                else:
-                    log.warning("vault: %s is nested too deeply; not listed", vault_ref(mount, path))
-            elif len(found) < MAX_LIST_ENTRIES:
-                found.append(path)
+        return sorted(walk_tree(mount, norm_prefix(prefix), folder))
 
     def list_versions(self, mount: str, prefix: str) -> dict[str, VaultMetadata | None]:
         """Secret paths under ``prefix`` with their metadata when the server
@@ -311,16 +301,14 @@ class VaultClient:
         prefix = norm_prefix(prefix)
         if self._detailed is not False:
             try:
-                found: dict[str, VaultMetadata | None] = {}
-                self._walk_detailed(mount, prefix, 0, found)
+                found = walk_tree(mount, prefix, lambda name: self._detailed_folder(mount, name))
                 self._detailed = True
                 return found
             except _Unsupported:
                 pass
         return dict.fromkeys(self.list_recursive(mount, prefix))
 
-    def _walk_detailed(self, mount: str, folder: str, depth: int,
-                       found: dict[str, VaultMetadata | None]) -> None:
+    def _detailed_folder(self, mount: str, folder: str) -> list[tuple[str, VaultMetadata | None]]:
         url = f"/v1/{url_path(mount)}/detailed-metadata/{url_path(folder)}"
 
         def op() -> Any:
@@ -343,14 +331,8 @@ class VaultClient:
         if not isinstance(info, dict):
             self._detailed = False
             raise _Unsupported
-        for key in list_keys(resp):
-            path = f"{folder}/{key}" if folder else key
-            if key.endswith("/"):
-                if depth < MAX_LIST_DEPTH:
-                    self._walk_detailed(mount, path.rstrip("/"), depth + 1, found)
-            elif len(found) < MAX_LIST_ENTRIES:
-                meta = info.get(key)
-                found[path] = self._metadata(meta) if isinstance(meta, dict) else None
+        return [(key, self._metadata(info[key]) if isinstance(info.get(key), dict) else None)
+                for key in list_keys(resp)]
 
     def read(self, mount: str, path: str) -> VaultSecret | None:
         """The current version, or None if absent, deleted or destroyed."""
@@ -361,18 +343,7 @@ class VaultClient:
             except hx.InvalidPath:
                 return None
 
-        resp = self._call("read", vault_ref(mount, path), op)
-        if resp is None:
-            return None
-        body = resp.get("data") if isinstance(resp, dict) else None
-        if not isinstance(body, dict):
-            raise VaultUnavailable(f"Vault answered an unexpected read of {vault_ref(mount, path)}",
-                                   path=vault_ref(mount, path))
-        data, meta = body.get("data"), body.get("metadata")
-        if not isinstance(data, dict) or not isinstance(meta, dict):
-            return None
-        return VaultSecret(data=data, version=int(num(meta.get("version"))),
-                           custom_metadata=str_map(meta.get("custom_metadata")))
+        return secret_from(self._call("read", vault_ref(mount, path), op), vault_ref(mount, path))
 
     def read_metadata(self, mount: str, path: str) -> VaultMetadata | None:
         """Current version and custom metadata, or None if there is none."""
@@ -392,9 +363,21 @@ class VaultClient:
     def write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int,
                   custom_metadata: Mapping[str, str] | None = None) -> int:
         """Write a new version only if the current one is ``cas`` (0: the
-        secret must not exist); then set ``custom_metadata`` if given.
-        Returns the new version. Raises ``VaultConflict`` on a mismatch."""
+        secret must not exist) and set ``custom_metadata`` if given. Returns
+        the new version; raises ``VaultConflict`` on a mismatch.
+
+        KV v2 stores metadata apart from data, so this is two writes. When
+        creating (cas=0) the metadata goes first: a crash in between leaves
+        an empty secret already marked (e.g. as keyd's), never keyd's data
+        unmarked, which would look like someone else's secret next time.
+        When updating, data goes first so a lost CAS race changes nothing."""
         ref = vault_ref(mount, path)
+        if cas == 0 and custom_metadata is not None:
+            existing = self.read_metadata(mount, path)
+            if existing is not None and existing.current_version > 0:
+                raise VaultConflict(f"cannot create {ref}: it already exists "
+                                    f"(version {existing.current_version})", path=ref)
+            self.write_metadata(mount, path, custom_metadata)
 
         def op() -> Any:
             return self._hvac.secrets.kv.v2.create_or_update_secret(
@@ -405,7 +388,7 @@ class VaultClient:
         version = int(num(body.get("version"))) if isinstance(body, dict) else 0
         if version <= 0:
             raise VaultUnavailable(f"Vault did not report the new version of {ref}", path=ref)
-        if custom_metadata is not None:
+        if cas != 0 and custom_metadata is not None:
             self.write_metadata(mount, path, custom_metadata)
         return version
 
@@ -428,27 +411,10 @@ class VaultClient:
                 body = resp.json()
             except ValueError:
                 body = None
-        if not isinstance(body, dict):
-            raise VaultUnavailable(f"Vault at {self.addr} answered sys/health with no status")
-        return VaultHealth(initialized=bool(body.get("initialized")),
-                           sealed=bool(body.get("sealed")), standby=bool(body.get("standby")),
-                           version=str(body.get("version", "")))
+        return health_from(body, self.addr)
 
 
 # --- helpers -----------------------------------------------------------------
-
-def _transport_problem(exc: BaseException, cfg: VaultConfig) -> str:
-    secs = int(cfg.timeout.total_seconds())
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS verification failed (set vault.ca_bundle to the CA that signed its certificate)"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"no answer within {secs}s"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return "connection failed (is it running and reachable?)"
-    if isinstance(exc, requests.exceptions.RequestException):
-        return f"request failed ({type(exc).__name__})"
-    return f"unexpected answer ({type(exc).__name__})"
-
 
 def _status_of(exc: hx.VaultError) -> str:
     names = {hx.InvalidRequest: "400", hx.InvalidPath: "404", hx.RateLimitExceeded: "429",

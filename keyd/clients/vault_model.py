@@ -6,15 +6,22 @@ import the public names from ``keyd.clients.vault``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
+import requests
+
 from keyd.config import VaultConfig
-from keyd.errors import ConfigError
+from keyd.errors import ConfigError, VaultUnavailable
 from keyd.timeutil import parse_rfc3339
+
+V = TypeVar("V")
+
+MAX_LIST_DEPTH = 32  # folders below the prefix
+MAX_LIST_ENTRIES = 100_000  # secrets under one prefix
 
 TOKEN_HELP = ("supply a new token through vault.token_file, the vault-token credential "
               "or VAULT_TOKEN")
@@ -86,6 +93,69 @@ def metadata_from(body: Mapping[str, Any], now: datetime) -> VaultMetadata:
     return VaultMetadata(current_version=current,
                          custom_metadata=str_map(body.get("custom_metadata")),
                          deleted=deleted, deletion_pending=pending)
+
+
+def walk_tree(mount: str, prefix: str,
+              list_folder: Callable[[str], Iterable[tuple[str, V]]]) -> dict[str, V]:
+    """Every secret under ``prefix``: ``list_folder(folder)`` gives (key,
+    value) pairs where keys ending in ``/`` are subfolders. A tree too deep
+    or too large raises ``VaultUnavailable`` rather than returning part of
+    it: a partial listing would make the rest look deleted."""
+    found: dict[str, V] = {}
+    stack = [(prefix, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        for key, value in list_folder(folder):
+            path = f"{folder}/{key}" if folder else key
+            if not key.endswith("/"):
+                found[path] = value
+            elif depth >= MAX_LIST_DEPTH:
+                raise VaultUnavailable(f"{vault_ref(mount, path)} is nested more than "
+                                       f"{MAX_LIST_DEPTH} folders deep; keyd does not scan it",
+                                       path=vault_ref(mount, prefix))
+            else:
+                stack.append((path.rstrip("/"), depth + 1))
+            if len(found) > MAX_LIST_ENTRIES:
+                raise VaultUnavailable(f"more than {MAX_LIST_ENTRIES} secrets under "
+                                       f"{vault_ref(mount, prefix)}; use a narrower prefix",
+                                       path=vault_ref(mount, prefix))
+    return found
+
+
+def secret_from(resp: object, where: str) -> VaultSecret | None:
+    """A KV v2 read answer (None: absent) → ``VaultSecret``."""
+    if resp is None:
+        return None
+    body = resp.get("data") if isinstance(resp, dict) else None
+    if not isinstance(body, dict):
+        raise VaultUnavailable(f"Vault answered an unexpected read of {where}", path=where)
+    data, meta = body.get("data"), body.get("metadata")
+    if not isinstance(data, dict) or not isinstance(meta, dict):
+        return None
+    return VaultSecret(data=data, version=int(num(meta.get("version"))),
+                       custom_metadata=str_map(meta.get("custom_metadata")))
+
+
+def health_from(body: object, addr: str) -> VaultHealth:
+    if not isinstance(body, dict):
+        raise VaultUnavailable(f"Vault at {addr} answered sys/health with no status")
+    return VaultHealth(initialized=bool(body.get("initialized")),
+                       sealed=bool(body.get("sealed")), standby=bool(body.get("standby")),
+                       version=str(body.get("version", "")))
+
+
+def transport_problem(exc: BaseException, timeout: timedelta) -> str:
+    """Words for a transport failure, never the exception's own text (it
+    can hold URLs and bodies)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS verification failed (set vault.ca_bundle to the CA that signed its certificate)"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"no answer within {int(timeout.total_seconds())}s"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "connection failed (is it running and reachable?)"
+    if isinstance(exc, requests.exceptions.RequestException):
+        return f"request failed ({type(exc).__name__})"
+    return f"unexpected answer ({type(exc).__name__})"
 
 
 def num(value: object) -> float:

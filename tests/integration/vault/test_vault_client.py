@@ -110,6 +110,32 @@ def test_custom_metadata_round_trip_keeps_other_settings(
     assert openbao.kv_metadata(path)["max_versions"] == 7
 
 
+def test_create_never_marks_someone_else_s_secret(
+        openbao: OpenBao, root_client: VaultClient, kv_prefix: str) -> None:
+    path = f"{kv_prefix}/theirs"
+    openbao.kv_put(path, {"owner": "them"})
+    root_client.write_metadata("secret", path, {"owner": "team-x"})
+
+    with pytest.raises(VaultConflict):
+        root_client.write_cas("secret", path, {"v": "1"}, cas=0,
+                              custom_metadata={"managed-by": "keyd"})
+
+    meta = root_client.read_metadata("secret", path)
+    assert meta is not None and meta.custom_metadata == {"owner": "team-x"}
+    assert meta.current_version == 1
+
+
+def test_create_after_a_crash_between_metadata_and_data(
+        root_client: VaultClient, kv_prefix: str) -> None:
+    path = f"{kv_prefix}/half"
+    root_client.write_metadata("secret", path, {"managed-by": "keyd"})  # the crash left this
+
+    assert root_client.write_cas("secret", path, {"v": "1"}, cas=0,
+                                 custom_metadata={"managed-by": "keyd"}) == 1
+    secret = root_client.read("secret", path)
+    assert secret is not None and secret.custom_metadata == {"managed-by": "keyd"}
+
+
 def test_denied_path_is_vault_denied_naming_it(
         openbao: OpenBao, clock: FakeClock, kv_prefix: str,
         caplog: pytest.LogCaptureFixture) -> None:
