@@ -184,8 +184,11 @@ class VaultClient:
         return True
 
     def _refresh(self) -> None:
+        """Renewal is due. The server decides, not keyd's clock: TTLs are
+        whole seconds and clocks skew, so a token keyd thinks dead is still
+        offered for renewal, and looked up before giving up on it."""
         timer = self._timer
-        if timer.remaining(self._clock.now()) > 0 and timer.renewable and not timer.exhausted:
+        if timer.renewable and not timer.exhausted:
             if self._renew() and not timer.due(self._clock.now()):
                 return
             timer.exhausted = True  # refused, or capped by the token's max TTL
@@ -193,12 +196,12 @@ class VaultClient:
             self._login()
             return
         remaining = timer.remaining(self._clock.now())
-        if remaining <= 0:
+        if remaining <= 0 and not (self._lookup_self() and timer.remaining(self._clock.now()) > 0):
             raise VaultAuthFailed(f"keyd's Vault token has expired and cannot be renewed: "
                                   f"{TOKEN_HELP}")
         if not timer.warned:
             log.warning("vault: keyd's token expires in %ds and cannot be renewed: %s",
-                        int(remaining), TOKEN_HELP)
+                        int(timer.remaining(self._clock.now())), TOKEN_HELP)
             timer.warned = True
 
     def _renew(self) -> bool:

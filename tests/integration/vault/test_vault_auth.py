@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from keyd.clients.vault import VaultClient
-from keyd.clock import FakeClock
+from keyd.clock import FakeClock, SystemClock
 from keyd.errors import VaultAuthFailed, VaultDenied
 from keyd.redact import Secret
 from tests.support.openbao import OpenBao, kv_policy
@@ -69,10 +69,15 @@ def test_unrenewable_token_warns_then_fails_clearly_once_expired(
         warnings = [r for r in caplog.records if "cannot be renewed" in r.getMessage()]
         assert len(warnings) == 1  # once, not on every call
 
-        clock.advance(30)
+        clock.advance(30)  # dead by keyd's clock, but OpenBao decides: still alive
+        assert client.read("secret", f"{kv_prefix}/k") is not None
+
+        openbao.revoke_token(token)  # now really dead
+        clock.advance(100)
         with pytest.raises(VaultAuthFailed) as failed:
-            client.read("secret", f"{kv_prefix}/k")
+            client.ensure_token()
     assert "expired" in str(failed.value) and "VAULT_TOKEN" in str(failed.value)
+    assert len([r for r in caplog.records if "cannot be renewed" in r.getMessage()]) == 1
 
 
 def test_revoked_token_with_token_auth_fails_with_a_clear_message(
@@ -138,3 +143,19 @@ def test_approle_with_a_bad_secret_id_fails_clearly(
             client.ensure_token()
     assert "AppRole" in str(failed.value) and "wrong-secret-id" not in str(failed.value)
 
+
+
+@pytest.mark.slow
+def test_real_short_ttl_token_is_really_renewed(
+        openbao: OpenBao, reader: str, kv_prefix: str) -> None:
+    """The one real-time check (one 2 s sleep): with the system clock, a 3 s
+    token is renewed before it dies and OpenBao grants it a fresh TTL."""
+    clock = SystemClock()
+    token = openbao.create_token([reader], ttl="3s")
+    with VaultClient(openbao.vault_config(token), clock) as client:
+        client.ensure_token()
+        clock.sleep(2.0)  # 1 s left < half the TTL: due
+        client.ensure_token()
+        info = openbao.lookup_token(token)
+        assert info.get("last_renewal_time") and info["ttl"] >= 2
+        assert client.read("secret", f"{kv_prefix}/k") is not None
