@@ -110,6 +110,8 @@ def _assemble(subject: str, msgid: str, date: datetime, sender: str, to: Sequenc
         b.html() for b in blocks)
     msg.add_alternative(f"<!DOCTYPE html><html><body>{body}<p>-- <br>keyd</p></body></html>\n",
                         subtype="html")
+    # deterministic boundary: a repeated send is byte-identical, not just same-id
+    msg.set_boundary("keyd-" + hashlib.sha256(msgid.encode()).hexdigest()[:24])
     return msg
 
 
