@@ -1,0 +1,113 @@
+"""keyd.actions.alerts: decisions in the caller's transaction, on SQLite and
+PostgreSQL; exactly-once by the unique constraint."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from keyd.actions.alerts import email_recipients, evaluate_alerts, message_id
+from keyd.config import AlertsConfig, Config, EmailConfig, WebhookConfig
+from keyd.store import alerts as store
+from keyd.store.models import Alert, Delivery, Key, KeyLocation
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+EMAIL = EmailConfig(host="h", from_addr="k@x", to=("ops@x",),
+                    routes=(("u1", ("team@x", "OPS@x")), ("dir", ("keys@x",))))
+CONFIG = Config(alerts=AlertsConfig(email=EMAIL, webhook=WebhookConfig(url="https://h.x/s/t")))
+
+
+def _key(engine: Engine, key_id: str = "k1", principal: str = "u1",
+         expires_at: datetime | None = NOW + timedelta(days=2)) -> None:
+    with store.transaction(engine) as s:
+        key = Key(key_id=key_id, kind="serviceaccount", principal=principal, algorithm="RS256",
+                  fingerprint=key_id * 4, expires_at=expires_at, content_hash="0",
+                  status="active", first_seen=NOW, last_seen=NOW, updated_at=NOW)
+        s.add(key)
+        s.flush()
+        s.add(KeyLocation(source="dir", ref=f"/k/{key_id}.json", key_pk=key.id,
+                          status="present", first_seen=NOW, last_seen=NOW))
+
+
+def _count(engine: Engine, model: type) -> int:
+    with store.transaction(engine) as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_message_id_is_deterministic() -> None:
+    assert message_id("0123456789abcdef0123", "expiring", "7d@2027-01-01T00:00:00Z") == \
+        "<alert-0123456789abcdef-expiring-7d-2027-01-01t00-00-00z@keyd>"
+
+
+def test_recipients_routes_and_dedupe() -> None:
+    assert email_recipients(EMAIL, "u1", ["dir"]) == ["ops@x", "team@x", "keys@x"]
+    assert email_recipients(EMAIL, None) == ["ops@x"]
+
+
+def test_alert_and_deliveries_in_one_transaction(migrated_engine: Engine) -> None:
+    _key(migrated_engine)
+    with store.transaction(migrated_engine) as s:
+        new = evaluate_alerts(s, CONFIG, NOW)
+        assert [(a.kind, a.threshold) for a in new] == [("expiring", "3d@2026-12-03T00:00:00Z")]
+        rows = store.deliveries_for(s, new[0].id)
+        assert sorted((d.channel, d.recipient) for d in rows) == [
+            ("email", "keys@x"), ("email", "ops@x"), ("email", "team@x"),
+            ("webhook", "https://h.x/…")]
+    assert _count(migrated_engine, Alert) == 1 and _count(migrated_engine, Delivery) == 4
+
+
+def test_rollback_takes_both_away(migrated_engine: Engine) -> None:
+    _key(migrated_engine)
+    try:
+        with store.transaction(migrated_engine) as s:
+            assert evaluate_alerts(s, CONFIG, NOW)
+            raise RuntimeError("stage failed")
+    except RuntimeError:
+        pass
+    assert _count(migrated_engine, Alert) == 0 and _count(migrated_engine, Delivery) == 0
+
+
+def test_second_evaluation_inserts_nothing(migrated_engine: Engine) -> None:
+    _key(migrated_engine)
+    for _ in range(3):
+        with store.transaction(migrated_engine) as s:
+            evaluate_alerts(s, CONFIG, NOW)
+    assert _count(migrated_engine, Alert) == 1
+
+
+def test_unique_constraint_not_python_check(migrated_engine: Engine) -> None:
+    """Even a caller that skips the fired-set check cannot insert twice."""
+    kw = dict(fingerprint="f", key_pk=None, kind="expiring", threshold="7d@x",
+              severity="warning", created_at=NOW, message_id="<m>", subject="s", context={})
+    with store.transaction(migrated_engine) as s:
+        assert store.insert_alert(s, **kw) is not None  # type: ignore[arg-type]
+        assert store.insert_alert(s, **kw) is None  # type: ignore[arg-type]
+    with store.transaction(migrated_engine) as s:
+        assert store.insert_alert(s, **kw) is None  # type: ignore[arg-type]
+
+
+def test_no_channels_still_records_the_alert(migrated_engine: Engine) -> None:
+    _key(migrated_engine)
+    with store.transaction(migrated_engine) as s:
+        assert evaluate_alerts(s, Config(), NOW)
+    assert _count(migrated_engine, Delivery) == 0
+
+
+def test_never_expiring_key_has_no_ladder(migrated_engine: Engine) -> None:
+    _key(migrated_engine, expires_at=datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
+    with store.transaction(migrated_engine) as s:
+        assert evaluate_alerts(s, CONFIG, NOW) == []
+
+
+def test_issuer_health_state(migrated_engine: Engine) -> None:
+    with store.transaction(migrated_engine) as s:
+        store.note_issuer_health(s, True, NOW)
+        assert store.issuer_outage(s) is None
+        store.note_issuer_health(s, False, NOW)
+        store.note_issuer_health(s, False, NOW + timedelta(minutes=5))
+        assert store.issuer_outage(s) == NOW
+        store.note_issuer_health(s, True, NOW + timedelta(minutes=9))
+        assert store.issuer_outage(s) is None
+        assert store.issuer_last_recovery(s) == (NOW, NOW + timedelta(minutes=9))
