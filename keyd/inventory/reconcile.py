@@ -35,6 +35,7 @@ from keyd.store.inventory import (
     PRESENT,
     Engine,
     InventoryTx,
+    LocationIndex,
     inventory_tx,
     record_source_failure,
 )
@@ -90,56 +91,110 @@ def record_failure(engine: Engine, source: str, error: BaseException,
     return SourceOutcome(source=source, ok=False, error=state.last_error, events=1)
 
 
+_BATCH = 1000  # candidates per flush: bounds memory on a cold scan of 10^4 files
+
+
+def present_status(status: str, expires_at: datetime | None, last_probe_outcome: str | None,
+                   now: datetime, *, changed: bool) -> str:
+    """Status of a key that has a present location: the issuer's rejection
+    stands until the content changes; otherwise active/expired by expiry."""
+    if not changed and (status == REJECTED or (
+            status in (MISSING, INVALID) and last_probe_outcome == REJECTED)):
+        return REJECTED
+    return EXPIRED if is_expired(expires_at, now) else ACTIVE
+
+
 class _Reconciler:
+    """One source's scan → rows. Unchanged locations take a fast path (no
+    ORM objects, bulk ``last_seen``); everything else is handled in batches
+    of ``_BATCH`` that are flushed and released (``InventoryTx.release``)."""
+
     def __init__(self, tx: InventoryTx, source: str, now: datetime) -> None:
         self.tx = tx
         self.source = source
         self.now = now
         self.out = SourceOutcome(source=source)
-        self.affected: dict[int, Key] = {}  # id(Key) -> Key: keys to settle
-        self.new_keys: set[int] = set()
-        self.present_here: set[int] = set()  # keys with a present location in this source
-        self.changed_keys: set[int] = set()
+        self.new_key_ids: set[str] = set()
+        self.changed_key_ids: set[str] = set()
+        self.affected: set[int] = set()  # key pks whose status must be derived again
+        self.present_here: set[int] = set()  # key pks with a present location here
+        self.unchanged_locs: list[int] = []
+        self.unchanged_keys: set[int] = set()
+        self._pending: list[tuple[Key, bool]] = []  # (key, present here) until flushed
 
     def run(self, candidates: list[Candidate]) -> SourceOutcome:
-        existing = {loc.ref: loc for loc in self.tx.locations(self.source)}
-        keys = self.tx.keys_by_key_id(c.keyfile.key_id for c in candidates if c.keyfile)
-        for cand in candidates:
+        index = self.tx.location_index(self.source)
+        for start in range(0, len(candidates), _BATCH):
+            self._batch(candidates[start:start + _BATCH], index)
+        self._gone(list(index.values()))  # what the scan did not see any more
+        self.tx.touch(self.unchanged_locs, self.unchanged_keys, self.now)
+        self._settle_keys()
+        self._source_ok()
+        self.out.events += self.tx.pending_events
+        self.tx.release()
+        return self.out
+
+    def _batch(self, batch: list[Candidate], index: dict[str, LocationIndex]) -> None:
+        entries = {c.ref: index.pop(c.ref, None) for c in batch}
+        slow: list[Candidate] = []
+        for cand in batch:
+            entry = entries[cand.ref]
             self.out.seen += 1
             self.out.warnings += bool(cand.warning)
-            loc = existing.pop(cand.ref, None)
+            if cand.unchanged and entry is None:
+                log.debug("%s: %s reported unchanged but unknown; re-read next scan",
+                          self.source, cand.ref)
+            elif (cand.unchanged and entry is not None and entry.key_pk is not None
+                  and entry.status == PRESENT and entry.warning == cand.warning):
+                self.out.unchanged += 1
+                self.unchanged_locs.append(entry.id)
+                self.unchanged_keys.add(entry.key_pk)
+                self.present_here.add(entry.key_pk)
+            else:
+                slow.append(cand)
+        if slow:
+            self._slow(slow, entries)
+
+    def _slow(self, slow: list[Candidate], entries: dict[str, LocationIndex | None]) -> None:
+        locs = self.tx.locations_by_id(e.id for c in slow if (e := entries[c.ref]) is not None)
+        keys = self.tx.keys_by_key_id(c.keyfile.key_id for c in slow if c.keyfile)
+        for cand in slow:
+            entry = entries[cand.ref]
+            loc = locs.get(entry.id) if entry is not None else None
             if cand.unchanged:
                 self._unchanged(cand, loc)
             elif cand.keyfile is not None:
                 self._found(cand, cand.keyfile, loc, keys)
             else:
                 self._invalid(cand, loc)
-        for loc in existing.values():
-            self._gone(loc)
-        self._settle_keys()
-        self._source_ok()
-        self.out.events = self.tx.pending_events
-        return self.out
+        self._release()
 
-    def _touch(self, key: Key | None) -> None:
+    def _release(self) -> None:
+        """Flush (new keys get pks), remember pks, write events, forget objects."""
+        self.out.events += self.tx.pending_events
+        self.tx.flush()
+        for key, present in self._pending:
+            self.affected.add(key.id)
+            if present:
+                self.present_here.add(key.id)
+        self._pending.clear()
+        self.tx.release()
+
+    def _touch(self, key: Key | None, *, present: bool = False, seen: bool = False) -> None:
         if key is not None:
-            key.last_seen = self.now
-            self.affected[id(key)] = key
+            if seen:
+                key.last_seen = self.now
+            self._pending.append((key, present))
 
     # --- per location ---------------------------------------------------
 
     def _unchanged(self, cand: Candidate, loc: KeyLocation | None) -> None:
-        if loc is None:  # stamps came from a row a concurrent writer removed
-            log.debug("%s: %s reported unchanged but unknown; re-read next scan",
-                      self.source, cand.ref)
+        if loc is None:
             return
         self.out.unchanged += 1
         loc.last_seen = self.now
-        if loc.warning != cand.warning:
-            loc.warning = cand.warning
-        self._touch(loc.key)
-        if loc.key is not None and loc.status == PRESENT:
-            self.present_here.add(id(loc.key))
+        loc.warning = cand.warning
+        self._touch(loc.key, present=loc.status == PRESENT, seen=True)
 
     def _found(self, cand: Candidate, kf: KeyFile, loc: KeyLocation | None,
                keys: dict[str, Key]) -> None:
@@ -154,16 +209,15 @@ class _Reconciler:
             self._event("location.new", key, ref=cand.ref)
         else:
             if loc.key is not key:
-                old = loc.key
-                self._event("location.replaced", key, ref=cand.ref,
-                            old_key_id=old.key_id if old else None)
-                self._touch(old)
+                if loc.key is not None:  # the file now holds another key
+                    self._event("location.replaced", key, ref=cand.ref,
+                                old_key_id=loc.key.key_id)
+                    self._touch(loc.key)
                 loc.key = key
             if loc.status != PRESENT:
                 self._event("location.returned", key, ref=cand.ref, was=loc.status)
         _fill_location(loc, cand, kf.content_hash, PRESENT, None, self.now)
-        self._touch(key)
-        self.present_here.add(id(key))
+        self._touch(key, present=True, seen=True)
 
     def _invalid(self, cand: Candidate, loc: KeyLocation | None) -> None:
         problem = cand.error.problem if cand.error is not None else "no key and no error"
@@ -177,17 +231,17 @@ class _Reconciler:
         # stamps dropped: an invalid file is re-read every scan (a chmod
         # that fixes it changes no mtime)
         loc.size = loc.mtime_ns = loc.inode = None
-        self._touch_quiet(loc.key)
+        self._touch(loc.key)
 
-    def _touch_quiet(self, key: Key | None) -> None:
-        if key is not None:
-            self.affected[id(key)] = key
-
-    def _gone(self, loc: KeyLocation) -> None:
-        if loc.status != MISSING:
-            self._event("location.missing", loc.key, ref=loc.ref, was=loc.status)
-            loc.status = MISSING
-        self._touch_quiet(loc.key)
+    def _gone(self, entries: list[LocationIndex]) -> None:
+        for start in range(0, len(entries), _BATCH):
+            chunk = entries[start:start + _BATCH]
+            for loc in self.tx.locations_by_id(e.id for e in chunk).values():
+                if loc.status != MISSING:
+                    self._event("location.missing", loc.key, ref=loc.ref, was=loc.status)
+                    loc.status = MISSING
+                self._touch(loc.key)
+            self._release()
 
     # --- keys -------------------------------------------------------------
 
@@ -195,7 +249,7 @@ class _Reconciler:
         key = Key(key_id=kf.key_id, first_seen=self.now, last_seen=self.now, probe_failures=0)
         _fill_key(key, kf, self.now)
         self.tx.add(key)
-        self.new_keys.add(id(key))
+        self.new_key_ids.add(kf.key_id)
         self.out.new += 1
         self._event("key.new", key, ref=cand.ref, type=kf.kind, principal=kf.principal,
                     fingerprint=kf.fingerprint, expires_at=kf.expires_at, status=key.status)
@@ -208,35 +262,38 @@ class _Reconciler:
         key.next_probe_at = None  # re-armed: probe the new content (store.probes contract)
         key.probe_failures = 0
         key.last_error = None
-        if id(key) in self.new_keys:
+        if kf.key_id in self.new_key_ids:
             return  # two files of one new key disagree: the later one wins, no event
-        self.changed_keys.add(id(key))
+        self.changed_key_ids.add(kf.key_id)
         self.out.changed += 1
         self._event("key.changed", key, ref=cand.ref, fingerprint=kf.fingerprint,
                     expires_at=kf.expires_at, **before)
 
     def _settle_keys(self) -> None:
-        """Derive each touched key's status from its locations everywhere."""
-        self.tx.flush()
-        keys = list(self.affected.values())
-        counts = self.tx.location_status_counts(k.id for k in keys)
-        for key in keys:
-            by_status = counts.get(key.id, {})
-            if by_status.get(PRESENT):
-                target = self._present_status(key)
-            elif by_status.get(INVALID) and not by_status.get(MISSING):
-                target = INVALID
-            else:
-                target = MISSING
-            self._transition(key, target)
+        """Derive each touched key's status from its locations everywhere.
+        Keys seen only through unchanged files are checked cheaply first and
+        loaded only if their status has to move (e.g. active → expired)."""
+        for state in self.tx.key_states(self.unchanged_keys - self.affected):
+            target = present_status(state.status, state.expires_at, state.last_probe_outcome,
+                                    self.now, changed=False)
+            if target != state.status:
+                self.affected.add(state.id)
+        pks = sorted(self.affected)
+        for start in range(0, len(pks), _BATCH):
+            chunk = pks[start:start + _BATCH]
+            counts = self.tx.location_status_counts(chunk)
+            for key in self.tx.keys_by_pk(chunk):
+                self._transition(key, self._target(key, counts.get(key.id, {})))
+            self._release()
         self.out.keys = len(self.present_here)
 
-    def _present_status(self, key: Key) -> str:
-        changed = id(key) in self.changed_keys
-        if not changed and (key.status == REJECTED or (
-                key.status in (MISSING, INVALID) and key.last_probe_outcome == REJECTED)):
-            return REJECTED  # the issuer's verdict stands until the content changes
-        return EXPIRED if is_expired(key.expires_at, self.now) else ACTIVE
+    def _target(self, key: Key, by_status: dict[str, int]) -> str:
+        if by_status.get(PRESENT):
+            return present_status(key.status, key.expires_at, key.last_probe_outcome, self.now,
+                                  changed=key.key_id in self.changed_key_ids)
+        if by_status.get(INVALID) and not by_status.get(MISSING):
+            return INVALID
+        return MISSING
 
     def _transition(self, key: Key, target: str) -> None:
         old = key.status
@@ -244,7 +301,7 @@ class _Reconciler:
             return
         key.status = target
         key.updated_at = self.now
-        if id(key) in self.new_keys:
+        if key.key_id in self.new_key_ids:
             return
         if target in (MISSING, INVALID):
             self.out.missing += 1

@@ -20,15 +20,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine as Engine  # re-exported: layers above name it without sqlalchemy
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from keyd.redact import scrub
 from keyd.store.engine import session_scope
 from keyd.store.models import Event, Key, KeyLocation, SourceState
+from keyd.timeutil import isoformat_z
 
 _CHUNK = 500  # bound IN lists (SQLite's variable limit, PostgreSQL plan size)
 
@@ -42,18 +43,52 @@ def _chunks(items: list[Any]) -> Iterator[list[Any]]:
         yield items[i:i + _CHUNK]
 
 
+class LocationIndex(NamedTuple):
+    """A location as the reconciler first sees it: no ORM object yet."""
+
+    id: int
+    key_pk: int | None
+    status: str
+    warning: str | None
+
+
+class KeyState(NamedTuple):
+    """What decides a key's status without loading the ORM object."""
+
+    id: int
+    status: str
+    expires_at: datetime | None
+    last_probe_outcome: str | None
+
+
 class InventoryTx:
-    """The queries and writes one reconcile needs, inside one transaction."""
+    """The queries and writes one reconcile needs, inside one transaction.
+
+    Built for 10^4 locations per source: unchanged rows are never loaded as
+    ORM objects (``location_index``, ``key_states``, ``touch`` work on plain
+    tuples and bulk UPDATEs), and ``release`` flushes, writes the queued
+    events and empties the session so a cold scan's memory stays bounded.
+    """
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self._events: list[tuple[datetime, str, str | None, Key | None, str | None, str | None]] = []
 
-    def locations(self, source: str) -> list[KeyLocation]:
-        """Every location of ``source`` with its key loaded (no N+1)."""
-        stmt = (select(KeyLocation).where(KeyLocation.source == source)
-                .options(selectinload(KeyLocation.key)).order_by(KeyLocation.id))
-        return list(self.session.scalars(stmt))
+    def location_index(self, source: str) -> dict[str, LocationIndex]:
+        """``{ref: LocationIndex}`` for every location of ``source``."""
+        stmt = (select(KeyLocation.ref, KeyLocation.id, KeyLocation.key_pk, KeyLocation.status,
+                       KeyLocation.warning).where(KeyLocation.source == source))
+        return {ref: LocationIndex(id_, key_pk, status, warning)
+                for ref, id_, key_pk, status, warning in self.session.execute(stmt)}
+
+    def locations_by_id(self, ids: Iterable[int]) -> dict[int, KeyLocation]:
+        """ORM locations (with their keys) for the rows that will change."""
+        found: dict[int, KeyLocation] = {}
+        for chunk in _chunks(sorted(set(ids))):
+            stmt = (select(KeyLocation).where(KeyLocation.id.in_(chunk))
+                    .options(selectinload(KeyLocation.key)))
+            found.update((loc.id, loc) for loc in self.session.scalars(stmt))
+        return found
 
     def keys_by_key_id(self, key_ids: Iterable[str]) -> dict[str, Key]:
         wanted = sorted(set(key_ids))
@@ -62,6 +97,34 @@ class InventoryTx:
             for key in self.session.scalars(select(Key).where(Key.key_id.in_(chunk))):
                 found[key.key_id] = key
         return found
+
+    def keys_by_pk(self, pks: Iterable[int]) -> list[Key]:
+        found: list[Key] = []
+        for chunk in _chunks(sorted(set(pks))):
+            found.extend(self.session.scalars(select(Key).where(Key.id.in_(chunk))))
+        return found
+
+    def key_states(self, pks: Iterable[int]) -> list[KeyState]:
+        found: list[KeyState] = []
+        for chunk in _chunks(sorted(set(pks))):
+            stmt = select(Key.id, Key.status, Key.expires_at, Key.last_probe_outcome).where(
+                Key.id.in_(chunk))
+            found.extend(KeyState(*row) for row in self.session.execute(stmt))
+        return found
+
+    def touch(self, location_ids: Iterable[int], key_pks: Iterable[int], at: datetime) -> None:
+        """``last_seen = at`` for unchanged locations and their keys, in bulk."""
+        for model, ids in ((KeyLocation, location_ids), (Key, key_pks)):
+            for chunk in _chunks(sorted(set(ids))):
+                self.session.execute(update(model).where(model.id.in_(chunk))
+                                     .values(last_seen=at)
+                                     .execution_options(synchronize_session=False))
+
+    def release(self) -> None:
+        """Flush, write queued events, and forget every loaded object."""
+        self.session.flush()
+        self.write_events()
+        self.session.expunge_all()
 
     def location_status_counts(self, key_pks: Iterable[int]) -> dict[int, dict[str, int]]:
         """``{key pk: {location status: count}}`` over *all* sources, so a
@@ -90,7 +153,7 @@ class InventoryTx:
         Events are written by ``write_events`` after a flush, so that keys
         created in this transaction already have the pk the event points to.
         """
-        text = json.dumps(detail, sort_keys=True, default=str) if detail else None
+        text = json.dumps(detail, sort_keys=True, default=_json_value) if detail else None
         self._events.append((at, kind, source, key,
                              key.key_id if key is not None else key_id, text))
 
@@ -118,6 +181,13 @@ class InventoryTx:
             state = SourceState(name=name, consecutive_failures=0, error_count=0)
             self.session.add(state)
         return state
+
+
+def _json_value(value: object) -> str:
+    """Event details: instants as RFC 3339 UTC, anything else as text."""
+    if isinstance(value, datetime):
+        return isoformat_z(value)
+    return str(value)
 
 
 @contextmanager

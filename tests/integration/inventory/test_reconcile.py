@@ -113,7 +113,7 @@ def test_changed_content_rearms_and_clears_rejected(migrated_engine: Engine) -> 
         "active", new_exp, 0, None)
     kind, key_id, detail = [e for e in events(migrated_engine) if e[0] == "key.changed"][0]
     assert key_id == "k1" and detail["old_status"] == "rejected"
-    assert detail["old_expires_at"].startswith("2027-01-01")
+    assert detail["old_expires_at"] == "2027-01-01T00:00:00Z"
 
 
 def test_missing_then_returned(migrated_engine: Engine) -> None:
@@ -255,3 +255,16 @@ def test_many_keys_in_one_scan(migrated_engine: Engine, n: int) -> None:
     assert out.new == n and out.keys == n
     out = scan(migrated_engine, *cands[: n // 2])
     assert out.missing == n - n // 2
+
+
+def test_broken_file_fixed_becomes_a_key(migrated_engine: Engine) -> None:
+    scan(migrated_engine, bad("/keys/a.json"))
+    assert locations(migrated_engine)["/keys/a.json"].key_pk is None
+    out = scan(migrated_engine, cand("/keys/a.json", "k1"))
+    assert out.new == 1 and out.invalid == 0
+    loc = locations(migrated_engine)["/keys/a.json"]
+    assert loc.status == "present" and loc.last_error is None
+    assert loc.key_pk == keys(migrated_engine)["k1"].id
+    assert "location.replaced" not in kinds(migrated_engine)
+    returned = [d for k, _, d in events(migrated_engine) if k == "location.returned"]
+    assert returned == [{"ref": "/keys/a.json", "was": "invalid"}]
