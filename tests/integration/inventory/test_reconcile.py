@@ -268,3 +268,17 @@ def test_broken_file_fixed_becomes_a_key(migrated_engine: Engine) -> None:
     assert "location.replaced" not in kinds(migrated_engine)
     returned = [d for k, _, d in events(migrated_engine) if k == "location.returned"]
     assert returned == [{"ref": "/keys/a.json", "was": "invalid"}]
+
+
+def test_unchanged_file_with_new_permission_warning(migrated_engine: Engine) -> None:
+    scan(migrated_engine, cand("/keys/a.json", "k1"))
+    unchanged = Candidate(ref="/keys/a.json", unchanged=True, size=100, mtime_ns=1, inode=7,
+                          warning="key file /keys/a.json is readable by group/other")
+    out = scan(migrated_engine, unchanged, now=NOW + timedelta(hours=1))
+    assert (out.unchanged, out.warnings, out.keys) == (1, 1, 1)
+    loc = locations(migrated_engine)["/keys/a.json"]
+    assert loc.warning == unchanged.warning and loc.last_seen == NOW + timedelta(hours=1)
+    out = scan(migrated_engine, Candidate(ref="/keys/a.json", unchanged=True, size=100,
+                                          mtime_ns=1, inode=7), now=NOW + timedelta(hours=2))
+    assert locations(migrated_engine)["/keys/a.json"].warning is None
+    assert keys(migrated_engine)["k1"].last_seen == NOW + timedelta(hours=2)
