@@ -23,7 +23,7 @@ import json
 import logging
 import random
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,10 +43,13 @@ from keyd.errors import ConfigError, KeydError, VaultConflict
 from keyd.redact import scrub
 from keyd.store import tokens as store
 from keyd.store.probes import ProbeTarget
-from keyd.store.tokens import Assignment, EventSpec, SinkTarget
+from keyd.store.tokens import Assignment, EventSpec, SinkTarget, SinkUpdate
 from keyd.timeutil import isoformat_z
 
 log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 100  # record outcomes in batches (see store.tokens.apply_updates)
+Outcome = tuple["TokenResult", SinkUpdate]
 
 
 @dataclass(frozen=True)
@@ -205,8 +208,18 @@ def refresh_tokens(engine: Any, services: TokenServices, now: datetime, *,
     if not due:
         return report
     workers = max(1, min(services.policy.concurrency, len(due)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-token") as pool:
-        report.results.extend(pool.map(lambda s: refresh_one(engine, s, services), due))
+    pending: list[SinkUpdate] = []
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-token") as pool:
+            for future in as_completed([pool.submit(refresh_one, s, services) for s in due]):
+                result, update = future.result()
+                report.results.append(result)
+                pending.append(update)
+                if len(pending) >= FLUSH_EVERY:
+                    store.apply_updates(engine, pending)
+                    pending = []
+    finally:
+        store.apply_updates(engine, pending)  # what finished is kept even if a worker died
     log.info("token write-back: %s", report.counts())
     return report
 
@@ -227,18 +240,19 @@ def _dry_run(engine: Any, assignments: list[Assignment], now: datetime,
     return report
 
 
-def refresh_one(engine: Any, sink: SinkTarget, services: TokenServices) -> TokenResult:
-    """Refresh one sink and record the outcome. Never raises for issuer,
-    Vault, key or file problems (they become the sink's state)."""
+def refresh_one(sink: SinkTarget, services: TokenServices) -> Outcome:
+    """Refresh one sink; returns the result and the update to record. Never
+    raises for issuer, Vault, key or file problems (they become the sink's
+    state)."""
     try:
-        return _refresh(engine, sink, services)
+        return _refresh(sink, services)
     except tv.TokenTargetRefused as exc:
-        return _refused(engine, sink, services, exc)
+        return _refused(sink, services, exc)
     except KeydError as exc:
-        return _failed(engine, sink, services, exc)
+        return _failed(sink, services, exc)
 
 
-def _refresh(engine: Any, sink: SinkTarget, services: TokenServices) -> TokenResult:
+def _refresh(sink: SinkTarget, services: TokenServices) -> Outcome:
     vault, adopt = services.vault, services.tokens.adopt
     current: tv.Current | None = None
     verdict = "ours"
@@ -246,7 +260,7 @@ def _refresh(engine: Any, sink: SinkTarget, services: TokenServices) -> TokenRes
         current = tv.inspect(vault, sink.mount, sink.path)
         verdict = tv.judge(current, None, adopt=adopt, ref=sink.ref)
         if verdict == "ours" and _still_fresh(current, services):
-            return _keep(engine, sink, services, current, "found keyd's token in place")
+            return _keep(sink, services, current, "found keyd's token in place")
     token = _mint(sink, services)
     cas = current.version if current is not None else sink.vault_version or 0
     try:
@@ -256,9 +270,9 @@ def _refresh(engine: Any, sink: SinkTarget, services: TokenServices) -> TokenRes
         verdict = tv.judge(current, sink.vault_version, adopt=adopt, ref=sink.ref)
         if current.expires_at is not None and current.expires_at >= token.expires_at \
                 and verdict == "ours":
-            return _keep(engine, sink, services, current, "a newer keyd token is in place")
+            return _keep(sink, services, current, "a newer keyd token is in place")
         version = _write(sink, services, token, cas=current.version, verdict=verdict)
-    return _written(engine, sink, services, token, version, verdict)
+    return _written(sink, services, token, version, verdict)
 
 
 def _still_fresh(current: tv.Current, services: TokenServices) -> bool:
@@ -309,20 +323,20 @@ def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, c
     return version
 
 
-def _written(engine: Any, sink: SinkTarget, services: TokenServices, token: TokenResponse,
-             version: int, verdict: str) -> TokenResult:
+def _written(sink: SinkTarget, services: TokenServices, token: TokenResponse,
+             version: int, verdict: str) -> Outcome:
     now = services.clock.now()
     ttl = timedelta(seconds=token.expires_in)
     next_at = refresh_at(token.issued_at, ttl, services.rng)
     note = _write_file(sink, token, services)
     event = EventSpec("token.adopted", {"version": version}) if verdict == "adopt" else None
-    store.record_written(engine, sink, version=version, issued_at=token.issued_at,
-                         expires_at=token.expires_at, next_refresh_at=next_at, now=now,
-                         note=note, event=event)
+    update = store.written(sink, version=version, issued_at=token.issued_at,
+                           expires_at=token.expires_at, next_refresh_at=next_at, now=now,
+                           note=note, event=event)
     log.info("token for %s written to %s version %d (expires %s, refresh %s)", sink.key.key_id,
              sink.ref, version, isoformat_z(token.expires_at), isoformat_z(next_at))
     return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "written", note, version,
-                       token.expires_at, next_at)
+                       token.expires_at, next_at), update
 
 
 def _write_file(sink: SinkTarget, token: TokenResponse, services: TokenServices) -> str | None:
@@ -337,39 +351,38 @@ def _write_file(sink: SinkTarget, token: TokenResponse, services: TokenServices)
     return None
 
 
-def _keep(engine: Any, sink: SinkTarget, services: TokenServices, current: tv.Current,
-          why: str) -> TokenResult:
+def _keep(sink: SinkTarget, services: TokenServices, current: tv.Current,
+          why: str) -> Outcome:
     assert current.issued_at is not None and current.expires_at is not None
     ttl = current.expires_at - current.issued_at
     next_at = refresh_at(current.issued_at, ttl, services.rng)
-    store.record_written(engine, sink, version=current.version, issued_at=current.issued_at,
-                         expires_at=current.expires_at, next_refresh_at=next_at,
-                         now=services.clock.now())
+    update = store.written(sink, version=current.version, issued_at=current.issued_at,
+                           expires_at=current.expires_at, next_refresh_at=next_at,
+                           now=services.clock.now())
     log.info("token for %s: %s at %s version %d", sink.key.key_id, why, sink.ref,
              current.version)
     return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "kept", why,
-                       current.version, current.expires_at, next_at)
+                       current.version, current.expires_at, next_at), update
 
 
-def _failed(engine: Any, sink: SinkTarget, services: TokenServices,
-            exc: KeydError) -> TokenResult:
+def _failed(sink: SinkTarget, services: TokenServices, exc: KeydError) -> Outcome:
     now, policy = services.clock.now(), services.policy
     failures = sink.failures + 1
     delay = max(policy.retry_base.total_seconds() / 2,
                 backoff_delay(failures, policy.retry_base, policy.retry_cap, services.rng))
     next_at = now + timedelta(seconds=delay)
     message = scrub(str(exc))[:1000]
-    store.record_failed(engine, sink, state="failed", failures=failures, next_refresh_at=next_at,
-                        error=message, now=now)
+    update = store.failed(sink, state="failed", failures=failures, next_refresh_at=next_at,
+                          error=message, now=now)
     still = "the old token stays" if sink.expires_at and sink.expires_at > now else "no valid token"
     log.warning("token for %s at %s: attempt failed (%s; %s); retry at %s", sink.key.key_id,
                 sink.ref, message, still, isoformat_z(next_at))
     return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "failed", message,
-                       sink.vault_version, sink.expires_at, next_at)
+                       sink.vault_version, sink.expires_at, next_at), update
 
 
-def _refused(engine: Any, sink: SinkTarget, services: TokenServices,
-             exc: tv.TokenTargetRefused) -> TokenResult:
+def _refused(sink: SinkTarget, services: TokenServices,
+             exc: tv.TokenTargetRefused) -> Outcome:
     now, policy = services.clock.now(), services.policy
     failures = sink.failures + 1
     delay = max(policy.retry_base.total_seconds(),
@@ -380,8 +393,8 @@ def _refused(engine: Any, sink: SinkTarget, services: TokenServices,
     event = EventSpec(f"token.{exc.reason}", {"problem": message}) if new_episode else None
     alert = (tv.refusal_alert(sink, services.alerts, exc.reason, message, now)
              if new_episode else None)
-    store.record_failed(engine, sink, state=exc.reason, failures=failures,
-                        next_refresh_at=next_at, error=message, now=now, event=event, alert=alert)
+    update = store.failed(sink, state=exc.reason, failures=failures, next_refresh_at=next_at,
+                          error=message, now=now, event=event, alert=alert)
     log.error("token for %s: %s", sink.key.key_id, message)
     return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, exc.reason, message,
-                       sink.vault_version, sink.expires_at, next_at)
+                       sink.vault_version, sink.expires_at, next_at), update

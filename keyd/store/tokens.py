@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from keyd.store.alerts import add_deliveries, insert_alert
@@ -109,26 +109,34 @@ def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetim
     """
     changed = 0
     with Session(engine) as session, session.begin():
+        rows = list(session.scalars(select(TokenSink)))
+        by_path = {(r.mount, r.path): r for r in rows}
+        by_key = {r.key_pk: r for r in rows}
         for a in assignments:
-            at_path = session.scalars(select(TokenSink).where(
-                TokenSink.mount == a.mount, TokenSink.path == a.path)).first()
-            of_key = session.scalars(select(TokenSink).where(TokenSink.key_pk == a.key_pk)).first()
+            at_path = by_path.get((a.mount, a.path))
+            of_key = by_key.get(a.key_pk)
             if at_path is not None and at_path.key_pk == a.key_pk:
                 if at_path.file_path != a.file_path:
                     at_path.file_path = a.file_path
                     changed += 1
                 continue
             if of_key is not None:  # the key's path moved: free its old row
+                by_path.pop((of_key.mount, of_key.path), None)
                 session.delete(of_key)
                 session.flush()
             if at_path is not None:  # state pending: re-mark the secret with the new key id
+                by_key.pop(at_path.key_pk, None)
                 at_path.key_pk = a.key_pk
                 at_path.file_path = a.file_path
                 at_path.state, at_path.updated_at = "pending", now
+                session.flush()
             else:
-                session.add(TokenSink(
+                at_path = TokenSink(
                     key_pk=a.key_pk, mount=a.mount, path=a.path, file_path=a.file_path,
-                    state="pending", failures=0, next_refresh_at=now, updated_at=now))
+                    state="pending", failures=0, next_refresh_at=now, updated_at=now)
+                session.add(at_path)
+                by_path[(a.mount, a.path)] = at_path
+            by_key[a.key_pk] = at_path
             changed += 1
     return changed
 
@@ -167,44 +175,60 @@ def all_sinks(engine: Engine) -> list[TokenSink]:
         return found
 
 
-def record_written(engine: Engine, sink: SinkTarget, *, version: int, issued_at: datetime,
-                   expires_at: datetime, next_refresh_at: datetime, now: datetime,
-                   note: str | None = None, event: EventSpec | None = None) -> None:
-    """A token is in Vault at ``version`` (written or found): remember it."""
-    with Session(engine) as session, session.begin():
-        row = session.get(TokenSink, sink.id)
-        if row is None:
-            return
-        row.vault_version, row.issued_at, row.expires_at = version, issued_at, expires_at
-        row.next_refresh_at, row.state, row.failures = next_refresh_at, "ok", 0
-        row.last_error, row.updated_at = note, now
-        if event is not None:
-            _event(session, sink, event, now)
+@dataclass(frozen=True)
+class SinkUpdate:
+    """The outcome of one refresh, to be recorded: new column values, and
+    an event and alert to add in the same transaction."""
+
+    sink: SinkTarget
+    values: Mapping[str, Any]
+    event: EventSpec | None = None
+    alert: AlertSpec | None = None
 
 
-def record_failed(engine: Engine, sink: SinkTarget, *, state: str, failures: int,
-                  next_refresh_at: datetime, error: str, now: datetime,
-                  vault_version: int | None = None, event: EventSpec | None = None,
-                  alert: AlertSpec | None = None) -> None:
-    """A refresh failed: the old token stays; retry at ``next_refresh_at``.
-    ``error`` must already be scrubbed."""
+def written(sink: SinkTarget, *, version: int, issued_at: datetime, expires_at: datetime,
+            next_refresh_at: datetime, now: datetime, note: str | None = None,
+            event: EventSpec | None = None) -> SinkUpdate:
+    """A token is in Vault at ``version`` (written or found)."""
+    return SinkUpdate(sink, {"vault_version": version, "issued_at": issued_at,
+                             "expires_at": expires_at, "next_refresh_at": next_refresh_at,
+                             "state": "ok", "failures": 0, "last_error": note,
+                             "updated_at": now}, event)
+
+
+def failed(sink: SinkTarget, *, state: str, failures: int, next_refresh_at: datetime,
+           error: str, now: datetime, event: EventSpec | None = None,
+           alert: AlertSpec | None = None) -> SinkUpdate:
+    """A refresh failed; the old token stays. ``error`` must be scrubbed."""
+    return SinkUpdate(sink, {"state": state, "failures": failures,
+                             "next_refresh_at": next_refresh_at, "last_error": error,
+                             "updated_at": now}, event, alert)
+
+
+def apply_updates(engine: Engine, updates: Sequence[SinkUpdate]) -> None:
+    """Record refresh outcomes in one transaction. Batching is safe: a
+    crash after a Vault write but before its record is repaired by the next
+    run (the write is recognised as keyd's own)."""
+    if not updates:
+        return
+    # The UPDATEs come first: on SQLite a transaction that reads before it
+    # writes cannot wait for the write lock (SQLITE_BUSY at once, no retry).
     with Session(engine) as session, session.begin():
-        row = session.get(TokenSink, sink.id)
-        if row is None:
-            return
-        row.state, row.failures, row.next_refresh_at = state, failures, next_refresh_at
-        row.last_error, row.updated_at = error, now
-        if vault_version is not None:
-            row.vault_version = vault_version
-        if event is not None:
-            _event(session, sink, event, now)
-        if alert is not None:
-            created = insert_alert(
-                session, fingerprint=alert.fingerprint, key_pk=sink.key.pk, kind=alert.kind,
-                threshold=alert.threshold, severity=alert.severity, created_at=now,
-                message_id=alert.message_id, subject=alert.subject, context=alert.context)
-            if created is not None:
-                add_deliveries(session, created.id, alert.targets, now)
+        session.execute(update(TokenSink), [{"id": u.sink.id, **u.values} for u in updates])
+        for u in updates:
+            if u.event is not None:
+                _event(session, u.sink, u.event, u.values["updated_at"])
+            if u.alert is not None:
+                _alert(session, u.sink, u.alert, u.values["updated_at"])
+
+
+def _alert(session: Session, sink: SinkTarget, alert: AlertSpec, now: datetime) -> None:
+    created = insert_alert(
+        session, fingerprint=alert.fingerprint, key_pk=sink.key.pk, kind=alert.kind,
+        threshold=alert.threshold, severity=alert.severity, created_at=now,
+        message_id=alert.message_id, subject=alert.subject, context=alert.context)
+    if created is not None:
+        add_deliveries(session, created.id, alert.targets, now)
 
 
 def _event(session: Session, sink: SinkTarget, event: EventSpec, now: datetime) -> None:
