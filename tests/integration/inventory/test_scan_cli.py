@@ -39,8 +39,10 @@ def run(config: Path, *args: str) -> int:
     return main(["--config", str(config), *args])
 
 
-def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+                          caplog: pytest.LogCaptureFixture) -> None:
     config, keys = setup
+    caplog.set_level("DEBUG")
     shared = rsa_key()
     a = make_key_file(keys, key_id="100", user_id="svc-a", expires_at=LATER, private_key=shared)
     make_key_file(keys / "copies", key_id="100", user_id="svc-a", expires_at=LATER,
@@ -95,6 +97,9 @@ def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixtur
     assert run(config, "scan") == EXIT_OK
     assert capsys.readouterr().out.strip() == \
         "1 source, 4 keys (0 new, 1 changed, 0 missing, 1 invalid)"
+    assert "PRIVATE KEY" not in caplog.text and "BEGIN" not in caplog.text
+    for db in config.parent.glob("keyd.db*"):  # the database and its WAL
+        assert b"PRIVATE KEY" not in db.read_bytes()
 
 
 def test_failed_source_exits_6_and_keeps_keys(setup: tuple[Path, Path], tmp_path: Path,

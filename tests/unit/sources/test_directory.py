@@ -130,6 +130,7 @@ def test_junk_big_dir_and_unreadable_are_invalid_candidates(
     (root / "empty.json").write_text("")
     with open(root / "big.json", "wb") as fh:
         fh.truncate(50 * 1024 * 1024)  # sparse 50 MB file: refused before reading
+    os.mkfifo(root / "fifo.json")  # must not block the scan
     (root / "dir.json").mkdir()
     write_keyfile(root / "dir.json" / "inner.json", "k-inner")
     write_keyfile(root / "locked.json", "k-locked")
@@ -148,6 +149,7 @@ def test_junk_big_dir_and_unreadable_are_invalid_candidates(
     assert "empty" in problems["empty.json"]
     assert "bytes" in problems["big.json"]
     assert "is a directory" in problems["dir.json"]
+    assert "not a regular file" in problems["fifo.json"]
     assert "permission denied" in problems["locked.json"]
     inner = cands[str(root / "dir.json" / "inner.json")]
     assert inner.keyfile is not None  # a directory named *.json is still descended
