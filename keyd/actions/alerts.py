@@ -22,7 +22,10 @@ What is decided, each at most once (unique (fingerprint, kind, threshold)):
   ``issuer.unavailable_alert_after``; named by the outage start.
 * ``untracked``: a key without an expiry date (pre-2024 file), once.
 
-Keys whose status is ``missing`` or ``invalid`` are not evaluated.
+Keys whose status is ``missing`` or ``invalid`` are not evaluated; a
+missing key's open alerts are resolved (its unsent ladder mail is then
+dropped as superseded). All existing alerts of the evaluated keys are read
+in one query (``AlertIndex``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from keyd.clients.webhook import display_url
 from keyd.config import Config, EmailConfig
 from keyd.redact import scrub
 from keyd.store import alerts as store
-from keyd.store.alerts import note_issuer_health
+from keyd.store.alerts import AlertIndex, note_issuer_health
 from keyd.store.models import Alert, Key
 from keyd.timeutil import format_duration, isoformat_z
 
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 LADDER_KINDS: Final = ("expiring", "expired")
 ISSUER_FINGERPRINT: Final = "issuer"
 SKIPPED_STATUSES: Final = frozenset({"missing", "invalid"})
+OPEN_KINDS: Final = ("expiring", "expired", "rejected", "untracked")
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 
 
@@ -93,12 +97,15 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
     by_principal: dict[str, list[Key]] = defaultdict(list)
     for key in keys:
         by_principal[key.principal].append(key)
+    known = store.AlertIndex.load(session, [k.fingerprint for k in keys] + [ISSUER_FINGERPRINT])
     new: list[Alert] = []
     for key in keys:
         if key.status in SKIPPED_STATUSES:
+            if key.status == "missing":  # gone from every source: nothing left to warn about
+                store.resolve(session, known.unresolved(key.fingerprint, OPEN_KINDS), now)
             continue
-        new.extend(_key_alerts(session, config, key, by_principal[key.principal], now))
-    new.extend(_issuer_alerts(session, config, now))
+        new.extend(_key_alerts(session, config, key, by_principal[key.principal], now, known))
+    new.extend(_issuer_alerts(session, config, now, known))
     if new:
         log.info("decided %d new alert(s): %s", len(new),
                  ", ".join(f"{a.kind}:{a.threshold}" for a in new))
@@ -108,21 +115,21 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
 # -- per key ------------------------------------------------------------------
 
 def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key],
-                now: datetime) -> list[Alert]:
+                now: datetime, known: AlertIndex) -> list[Alert]:
     successor = _successor(key, peers)
     if successor is not None:
-        return _rotated(session, config, key, successor, now)
+        return _rotated(session, config, key, successor, now, known)
     if key.expires_at is None:
         alert = _emit(session, config, key, "untracked", "unknown", "warning", now,
-                      _subject(key, "warning", "has no expiry date: not tracked"))
+                      _subject(key, "warning", "has no expiry date: not tracked"), known)
         return [alert] if alert else []
-    store.resolve(session, store.unresolved(session, key.fingerprint, ("untracked",)), now)
+    store.resolve(session, known.unresolved(key.fingerprint, ("untracked",)), now)
     out: list[Alert] = []
     if not is_never(key.expires_at):
-        ladder_alert = _ladder(session, config, key, key.expires_at, now)
+        ladder_alert = _ladder(session, config, key, key.expires_at, now, known)
         if ladder_alert is not None:
             out.append(ladder_alert)
-    rejected = _rejected(session, config, key, now)
+    rejected = _rejected(session, config, key, now, known)
     if rejected is not None:
         out.append(rejected)
     return out
@@ -146,21 +153,21 @@ def _successor(key: Key, peers: Sequence[Key]) -> Key | None:
 
 
 def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
-            now: datetime) -> Alert | None:
+            now: datetime, known: AlertIndex) -> Alert | None:
     suffix = rung_suffix(expires_at)
-    stale = store.unresolved(session, key.fingerprint, LADDER_KINDS, keep_suffix=suffix)
+    stale = known.unresolved(key.fingerprint, LADDER_KINDS, keep_suffix=suffix)
     if stale:
         log.info("key %s: expiry changed, resolving %d alert(s) of the old expiry",
                  key.key_id, len(stale))
         store.resolve(session, stale, now)
-    fired = store.fired_thresholds(session, key.fingerprint, LADDER_KINDS)
+    fired = known.fired(key.fingerprint, LADDER_KINDS)
     rung = due_rungs(expires_at, config.alerts.thresholds, now, fired)
     if rung is None:
         return None
     alert = _emit(session, config, key, rung.kind, rung.threshold, rung.severity, now,
-                  subject_for_expiry(key, rung, expires_at, now), {"rung": rung.label})
+                  subject_for_expiry(key, rung, expires_at, now), known, {"rung": rung.label})
     if alert is not None:  # the tighter rung supersedes the looser ones
-        older = [a for a in store.unresolved(session, key.fingerprint, LADDER_KINDS)
+        older = [a for a in known.unresolved(key.fingerprint, LADDER_KINDS)
                  if a.id != alert.id]
         store.resolve(session, older, now)
     return alert
@@ -180,33 +187,35 @@ def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime
 
 
 def _rotated(session: Session, config: Config, key: Key, successor: Key,
-             now: datetime) -> list[Alert]:
-    open_ladder = store.unresolved(session, key.fingerprint, LADDER_KINDS)
+             now: datetime, known: AlertIndex) -> list[Alert]:
+    open_ladder = known.unresolved(key.fingerprint, LADDER_KINDS)
     if not open_ladder:
         return []
     store.resolve(session, open_ladder, now)
     extra = {"replaced_by": {"key_id": successor.key_id,
                              "expires_at": _iso(successor.expires_at)}}
     alert = _emit(session, config, key, "rotated", "rotated", "info", now,
-                  _subject(key, "info", f"was replaced by key {successor.key_id}"), extra)
+                  _subject(key, "info", f"was replaced by key {successor.key_id}"), known, extra)
     return [alert] if alert else []
 
 
-def _rejected(session: Session, config: Config, key: Key, now: datetime) -> Alert | None:
+def _rejected(session: Session, config: Config, key: Key, now: datetime,
+              known: AlertIndex) -> Alert | None:
     dead = key.expires_at is not None and now >= key.expires_at
     if key.status != "rejected" or dead:
-        store.resolve(session, store.unresolved(session, key.fingerprint, ("rejected",)), now)
+        store.resolve(session, known.unresolved(key.fingerprint, ("rejected",)), now)
         return None
     episode = f"ok@{isoformat_z(key.last_ok_at)}" if key.last_ok_at else "never-ok"
     extra = {"error": scrub(key.last_error or ""), "outcome": key.last_probe_outcome,
              "last_probe_at": _iso(key.last_probe_at), "last_ok_at": _iso(key.last_ok_at)}
     return _emit(session, config, key, "rejected", episode, "critical", now,
-                 _subject(key, "critical", "is rejected by the issuer"), extra)
+                 _subject(key, "critical", "is rejected by the issuer"), known, extra)
 
 
 # -- issuer episodes ----------------------------------------------------------
 
-def _issuer_alerts(session: Session, config: Config, now: datetime) -> list[Alert]:
+def _issuer_alerts(session: Session, config: Config, now: datetime,
+                   known: AlertIndex) -> list[Alert]:
     if config.issuer is None:
         return []
     url, after = config.issuer.url, config.issuer.unavailable_alert_after
@@ -215,43 +224,50 @@ def _issuer_alerts(session: Session, config: Config, now: datetime) -> list[Aler
     if since is not None and now - since >= after:
         alert = _emit_issuer(session, config, "unavailable", since, "warning", now,
                              f"[keyd WARNING] issuer {url} unavailable for "
-                             f"{format_duration(now - since)}", {"since": isoformat_z(since)})
+                             f"{format_duration(now - since)}", {"since": isoformat_z(since)}, known)
         out.extend([alert] if alert else [])
     recovery = store.issuer_last_recovery(session)
     if recovery is not None:
         start, until = recovery
         threshold = isoformat_z(start)
-        alerted = store.alert_exists(session, ISSUER_FINGERPRINT, "unavailable", threshold)
+        alerted = known.exists(ISSUER_FINGERPRINT, "unavailable", threshold)
         if alerted or until - start >= after:
-            store.resolve(session, store.unresolved(session, ISSUER_FINGERPRINT,
+            store.resolve(session, known.unresolved(ISSUER_FINGERPRINT,
                                                     ("unavailable",)), now)
             alert = _emit_issuer(session, config, "recovered", start, "info", now,
                                  f"[keyd INFO] issuer {url} is reachable again after "
                                  f"{format_duration(until - start)}",
-                                 {"since": threshold, "until": isoformat_z(until)})
+                                 {"since": threshold, "until": isoformat_z(until)}, known)
             out.extend([alert] if alert else [])
     return out
 
 
 def _emit_issuer(session: Session, config: Config, kind: str, since: datetime, severity: str,
-                 now: datetime, subject: str, extra: Mapping[str, Any]) -> Alert | None:
+                 now: datetime, subject: str, extra: Mapping[str, Any],
+                 known: AlertIndex) -> Alert | None:
     assert config.issuer is not None
     threshold = isoformat_z(since)
     context = {"issuer": config.issuer.url, "decided_at": isoformat_z(now),
                "timezone": config.timezone_name, **extra}
-    return _insert(session, config, ISSUER_FINGERPRINT, None, kind, threshold, severity, now,
-                   subject, context, None, ())
+    alert = _insert(session, config, ISSUER_FINGERPRINT, None, kind, threshold, severity, now,
+                    subject, context, None, ())
+    if alert is not None:
+        known.add(alert)
+    return alert
 
 
 # -- shared -------------------------------------------------------------------
 
 def _emit(session: Session, config: Config, key: Key, kind: str, threshold: str,
-          severity: str, now: datetime, subject: str,
+          severity: str, now: datetime, subject: str, known: AlertIndex,
           extra: Mapping[str, Any] | None = None) -> Alert | None:
     context = {**key_facts(key, config, now), **(extra or {})}
     sources = [loc.source for loc in key.locations]
-    return _insert(session, config, key.fingerprint, key.id, kind, threshold, severity, now,
-                   subject, context, key.principal, sources)
+    alert = _insert(session, config, key.fingerprint, key.id, kind, threshold, severity, now,
+                    subject, context, key.principal, sources)
+    if alert is not None:
+        known.add(alert)
+    return alert
 
 
 def _insert(session: Session, config: Config, fingerprint: str, key_pk: int | None, kind: str,

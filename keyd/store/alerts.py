@@ -13,6 +13,7 @@ the lease runs out: never lost.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,27 +135,10 @@ def add_deliveries(session: Session, alert_id: int, targets: Iterable[tuple[str,
     return count
 
 
-def fired_thresholds(session: Session, fingerprint: str, kinds: Sequence[str]) -> set[str]:
-    """Thresholds already recorded for this key fingerprint and kinds."""
-    rows = session.scalars(select(Alert.threshold).where(
-        Alert.fingerprint == fingerprint, Alert.kind.in_(kinds)))
-    return set(rows)
 
 
-def alert_exists(session: Session, fingerprint: str, kind: str, threshold: str) -> bool:
-    return session.scalar(select(func.count()).select_from(Alert).where(
-        Alert.fingerprint == fingerprint, Alert.kind == kind,
-        Alert.threshold == threshold)) != 0
 
 
-def unresolved(session: Session, fingerprint: str, kinds: Sequence[str],
-               keep_suffix: str | None = None) -> list[Alert]:
-    """Open alerts of these kinds, except thresholds ending in ``keep_suffix``."""
-    stmt = select(Alert).where(Alert.fingerprint == fingerprint, Alert.kind.in_(kinds),
-                               Alert.resolved_at.is_(None))
-    if keep_suffix is not None:
-        stmt = stmt.where(~Alert.threshold.endswith(keep_suffix, autoescape=True))
-    return list(session.scalars(stmt.order_by(Alert.id)))
 
 
 def resolve(session: Session, alerts: Iterable[Alert], now: datetime) -> int:
@@ -166,6 +150,44 @@ def resolve(session: Session, alerts: Iterable[Alert], now: datetime) -> int:
             count += 1
     session.flush()
     return count
+
+
+class AlertIndex:
+    """Every alert of the keys under evaluation, loaded in one query, so a
+    pass over N keys costs O(1) reads instead of several per key. A snapshot
+    inside the caller's transaction: exactly-once still rests on the unique
+    constraint at insert time."""
+
+    def __init__(self, rows: Iterable[Alert]) -> None:
+        self._by_fp: dict[str, list[Alert]] = defaultdict(list)
+        for row in rows:
+            self.add(row)
+
+    @classmethod
+    def load(cls, session: Session, fingerprints: Iterable[str]) -> AlertIndex:
+        wanted = sorted(set(fingerprints))
+        rows: list[Alert] = []
+        for start in range(0, len(wanted), 500):
+            rows += session.scalars(select(Alert).where(
+                Alert.fingerprint.in_(wanted[start:start + 500])).order_by(Alert.id))
+        return cls(rows)
+
+    def add(self, alert: Alert) -> None:
+        self._by_fp[alert.fingerprint].append(alert)
+
+    def fired(self, fingerprint: str, kinds: Sequence[str]) -> set[str]:
+        return {a.threshold for a in self._by_fp.get(fingerprint, ()) if a.kind in kinds}
+
+    def exists(self, fingerprint: str, kind: str, threshold: str) -> bool:
+        return any(a.kind == kind and a.threshold == threshold
+                   for a in self._by_fp.get(fingerprint, ()))
+
+    def unresolved(self, fingerprint: str, kinds: Sequence[str],
+                   keep_suffix: str | None = None) -> list[Alert]:
+        """Open alerts of these kinds, except thresholds ending in ``keep_suffix``."""
+        return [a for a in self._by_fp.get(fingerprint, ())
+                if a.kind in kinds and a.resolved_at is None
+                and not (keep_suffix is not None and a.threshold.endswith(keep_suffix))]
 
 
 def alert_candidates(session: Session) -> list[Key]:

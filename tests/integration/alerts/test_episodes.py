@@ -171,3 +171,16 @@ def test_two_daemons_racing_on_postgres(tmp_path: object, smtp_server: SmtpServe
         assert set(counts.values()) == {1}
         assert len(counts) == len(world.alerts())
         assert len(counts) >= 6 * 3
+
+
+def test_missing_key_stops_its_ladder_and_stale_mail(world: AlertWorld) -> None:
+    world.clock.set(EXPIRY - 5 * D)
+    world.add_key("k", "u1")
+    world.server.stop()
+    world.step()  # 7d rung decided, not deliverable
+    world.update_key("k", status="missing")
+    world.server.start()
+    world.run(until=EXPIRY + D, every=timedelta(hours=6))
+    assert world.subjects() == []
+    assert [d.state for d in world.deliveries()] == ["superseded"]
+    assert all(a.resolved_at is not None for a in world.alerts())
