@@ -34,6 +34,7 @@ from keyd.store.inventory import (
     MISSING,
     PRESENT,
     Engine,
+    InventoryConflict,
     InventoryTx,
     LocationIndex,
     inventory_tx,
@@ -44,6 +45,7 @@ from keyd.store.models import Key, KeyLocation
 log = logging.getLogger(__name__)
 
 ACTIVE, EXPIRED, REJECTED = "active", "expired", "rejected"
+_ATTEMPTS = 3
 
 
 @dataclass
@@ -73,9 +75,20 @@ def is_expired(expires_at: datetime | None, now: datetime) -> bool:
 
 
 def reconcile(engine: Engine, result: ScanResult, now: datetime) -> SourceOutcome:
-    """Apply one successful scan in one transaction; returns the counts."""
-    with inventory_tx(engine) as tx:
-        outcome = _Reconciler(tx, result.source, now).run(result.candidates)
+    """Apply one successful scan in one transaction; returns the counts.
+
+    A race with another writer (``InventoryConflict``) rolls back and is
+    retried on a fresh read, at most ``_ATTEMPTS`` times in all.
+    """
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with inventory_tx(engine) as tx:
+                outcome = _Reconciler(tx, result.source, now).run(result.candidates)
+            break
+        except InventoryConflict as exc:
+            if attempt == _ATTEMPTS:
+                raise
+            log.warning("%s: attempt %d: %s; retrying", result.source, attempt, exc)
     log.info("%s: %d locations, %d keys (%d new, %d changed, %d missing, %d invalid)",
              outcome.source, outcome.seen, outcome.keys, outcome.new, outcome.changed,
              outcome.missing, outcome.invalid)

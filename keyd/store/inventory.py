@@ -15,6 +15,7 @@ Two halves:
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,8 +25,10 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Engine as Engine  # re-exported: layers above name it without sqlalchemy
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
+from keyd.errors import StoreError
 from keyd.redact import scrub
 from keyd.store.engine import session_scope
 from keyd.store.models import Event, Key, KeyLocation, SourceState
@@ -190,13 +193,38 @@ def _json_value(value: object) -> str:
     return str(value)
 
 
+class InventoryConflict(StoreError):
+    """Another writer changed the same rows meanwhile (e.g. ``keyd scan`` run
+    by hand while the daemon scans): a unique key id or location was
+    inserted twice. The transaction was rolled back; doing it again reads
+    the other writer's rows and succeeds."""
+
+    retryable = True
+
+
 @contextmanager
 def inventory_tx(engine: Engine) -> Iterator[InventoryTx]:
-    """One transaction: commits when the block ends, rolls back if it raises."""
-    with session_scope(engine) as session:
-        tx = InventoryTx(session)
-        yield tx
-        tx.write_events()
+    """One transaction: commits when the block ends, rolls back if it raises
+    (a unique-constraint race becomes ``InventoryConflict``)."""
+    try:
+        with session_scope(engine) as session:
+            tx = InventoryTx(session)
+            yield tx
+            tx.write_events()
+    except (IntegrityError, OperationalError) as exc:
+        if not _is_conflict(exc):
+            raise
+        detail = scrub(str(exc.orig).strip().splitlines()[0]) if exc.orig else "conflict"
+        raise InventoryConflict(f"inventory changed by another writer: {detail}") from None
+
+
+def _is_conflict(exc: IntegrityError | OperationalError) -> bool:
+    """A unique-constraint race (PostgreSQL), or SQLite refusing to write on
+    a snapshot another connection has moved past (``SQLITE_BUSY_SNAPSHOT``)."""
+    if isinstance(exc, IntegrityError):
+        return True
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def record_source_failure(engine: Engine, name: str, error: str, at: datetime) -> SourceState:

@@ -282,3 +282,28 @@ def test_unchanged_file_with_new_permission_warning(migrated_engine: Engine) -> 
                                           mtime_ns=1, inode=7), now=NOW + timedelta(hours=2))
     assert locations(migrated_engine)["/keys/a.json"].warning is None
     assert keys(migrated_engine)["k1"].last_seen == NOW + timedelta(hours=2)
+
+
+def test_race_with_another_writer_is_retried(migrated_engine: Engine,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyd.store.inventory import InventoryTx
+
+    k = rsa_key()
+    theirs = cand("/other/a.json", "k1", key=k)
+    real = InventoryTx.keys_by_key_id
+    calls = []
+
+    def racing(self: InventoryTx, key_ids: object) -> dict[str, Key]:
+        wanted = list(key_ids)  # type: ignore[call-overload]
+        calls.append(wanted)
+        if len(calls) == 1:  # another writer commits the same key meanwhile
+            scan(migrated_engine, theirs, source="directory:/other")
+            return {}
+        return real(self, wanted)
+
+    monkeypatch.setattr(InventoryTx, "keys_by_key_id", racing)
+    out = scan(migrated_engine, cand("/keys/a.json", "k1", key=k))
+    assert len(calls) >= 3 and out.new == 0  # ours retried and found their key
+    ks = keys(migrated_engine)
+    assert list(ks) == ["k1"]
+    assert {loc.key_pk for loc in locations(migrated_engine).values()} == {ks["k1"].id}
