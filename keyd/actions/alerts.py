@@ -10,8 +10,8 @@ What is decided, each at most once (unique (fingerprint, kind, threshold)):
 * ``expiring`` / ``expired``: the ladder (``checks.ladder``), rung names
   carry the expiry instant; rungs of an old expiry are resolved.
 * ``rotated``: another active key of the same principal expires later
-  while this one still has open ladder alerts → those are resolved and one
-  notice is sent; a superseded key gets no further ladder or rejection
+  while this one still has open alerts (ladder, rejected, untracked) →
+  those are resolved and one notice is sent; a superseded key gets no further ladder or rejection
   alerts (after a rotation the old key is *expected* to be refused).
 * ``rejected``: key status ``rejected`` (set by the probe), once per
   episode; an episode ends with a successful probe, so it is named by the
@@ -188,10 +188,10 @@ def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime
 
 def _rotated(session: Session, config: Config, key: Key, successor: Key,
              now: datetime, known: AlertIndex) -> list[Alert]:
-    open_ladder = known.unresolved(key.fingerprint, LADDER_KINDS)
-    if not open_ladder:
+    open_alerts = known.unresolved(key.fingerprint, OPEN_KINDS)
+    if not open_alerts:  # replaced before anyone was warned: nothing to say
         return []
-    store.resolve(session, open_ladder, now)
+    store.resolve(session, open_alerts, now)
     extra = {"replaced_by": {"key_id": successor.key_id,
                              "expires_at": _iso(successor.expires_at)}}
     alert = _emit(session, config, key, "rotated", "rotated", "info", now,

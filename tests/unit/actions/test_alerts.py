@@ -3,15 +3,20 @@ PostgreSQL; exactly-once by the unique constraint."""
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from keyd.actions.alerts import email_recipients, evaluate_alerts, message_id
+from keyd.checks.ladder import ladder
 from keyd.config import AlertsConfig, Config, EmailConfig, WebhookConfig
 from keyd.store import alerts as store
-from keyd.store.models import Alert, Delivery, Key, KeyLocation
+from keyd.store.engine import make_engine
+from keyd.store.models import Alert, Base, Delivery, Key, KeyLocation
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 EMAIL = EmailConfig(host="h", from_addr="k@x", to=("ops@x",),
@@ -111,3 +116,27 @@ def test_issuer_health_state(migrated_engine: Engine) -> None:
         store.note_issuer_health(s, True, NOW + timedelta(minutes=9))
         assert store.issuer_outage(s) is None
         assert store.issuer_last_recovery(s) == (NOW, NOW + timedelta(minutes=9))
+
+
+@settings(max_examples=40, deadline=None)
+@given(offsets=st.lists(st.integers(-40 * 86_400, 3 * 86_400), min_size=1, max_size=25))
+def test_property_each_rung_once_never_early_through_the_db(offsets: list[int]) -> None:
+    """Any sequence of scan times (also backwards, as after a clock step):
+    each (fingerprint, threshold) row exists at most once and was decided
+    no earlier than its due time."""
+    expires = NOW + timedelta(days=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(f"sqlite:///{tmp}/keyd.db")
+        try:
+            Base.metadata.create_all(engine)
+            _key(engine, expires_at=expires)
+            for offset in offsets:
+                with store.transaction(engine) as s:
+                    evaluate_alerts(s, CONFIG, expires + timedelta(seconds=offset))
+            with store.transaction(engine) as s:
+                rows = list(s.scalars(select(Alert)))
+        finally:
+            engine.dispose()
+    dues = {r.threshold: r.due_at for r in ladder(expires, CONFIG.alerts.thresholds)}
+    assert len({(a.fingerprint, a.threshold) for a in rows}) == len(rows)
+    assert all(a.created_at >= dues[a.threshold] for a in rows)
