@@ -26,7 +26,7 @@ from email.utils import format_datetime
 from typing import Any, Final
 
 from keyd.store.alerts import AlertRecord
-from keyd.timeutil import isoformat_z
+from keyd.timeutil import format_duration, isoformat_z
 
 _SEVERITY_ORDER: Final = {"info": 0, "warning": 1, "critical": 2}
 _TAG = "[keyd "
@@ -149,11 +149,11 @@ def _expiry_facts(ctx: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not ctx.get("expires_at"):
         return [("Expires", "unknown (the key file has no expirationDate)")]
     facts = [("Expires at", f"{ctx['expires_at']} (UTC); the key is dead from this instant"),
-             ("Last usable day", f"{ctx.get('last_usable_day')} ({ctx.get('timezone')})")]
+             ("Last usable day", f"{ctx.get('last_usable_day')} ({ctx.get('timezone')}), the "
+                                 "last calendar day on which the key works")]
     seconds = ctx.get("seconds_left")
     if isinstance(seconds, int) and seconds > 0:
-        facts.append(("Time left", f"{seconds // 86_400} days {seconds % 86_400 // 3600} hours "
-                                   f"(at {ctx.get('decided_at')})"))
+        facts.append(("Time left", f"{format_duration(seconds)} (at {ctx.get('decided_at')})"))
     return facts
 
 
@@ -194,7 +194,7 @@ def _console_steps(ctx: Mapping[str, Any]) -> str:
 
 def _todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
     key_id = ctx.get("key_id")
-    where = "; ".join(_location(loc) for loc in ctx.get("locations") or []) or "its source"
+    where = "; ".join(str(loc.get("ref")) for loc in ctx.get("locations") or []) or "its source"
     if kind == "rotated":
         return [f"Nothing urgent: key {key_id} has a successor. Remove the old key file "
                 f"({where}) once nothing uses it,",
