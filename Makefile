@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check keyd tests bench
+	$(VENV)/bin/ruff check keyd tests bench examples
 	$(VENV)/bin/mypy keyd
 
 # The whole suite: lint, types, unit and integration tests (real OpenBao,
@@ -31,7 +31,7 @@ integration: venv
 	$(VENV)/bin/pytest -q tests/integration
 
 demo: venv
-	$(PY) -m examples.demo
+	$(PY) examples/demo.py
 
 bench: venv
 	$(PY) bench/mint.py

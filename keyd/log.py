@@ -26,7 +26,7 @@ from keyd.redact import scrub
 FORMATS = ("text", "json")
 # Libraries that log every request or job run at INFO; keyd logs what matters
 # about them itself. They speak again at DEBUG.
-CHATTY_LOGGERS = ("httpx", "httpcore", "apscheduler", "hvac", "urllib3")
+CHATTY_LOGGERS = ("httpx", "httpcore", "apscheduler", "hvac", "urllib3", "alembic")
 _BASE_FIELDS = ("ts", "level", "logger", "msg")
 _MARK = "_keyd_handler"  # attribute that identifies our handler (idempotence)
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
