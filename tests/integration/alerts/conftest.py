@@ -9,7 +9,6 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,8 +128,3 @@ class AlertWorld:
 def world(db_url: str, smtp_server: SmtpServer) -> Iterator[AlertWorld]:  # noqa: F811
     upgrade(db_url)
     yield AlertWorld(db_url, smtp_server, make_config(smtp_server))
-
-
-@pytest.fixture
-def tmp_dir(tmp_path: Path) -> Path:
-    return tmp_path

@@ -184,3 +184,18 @@ def test_missing_key_stops_its_ladder_and_stale_mail(world: AlertWorld) -> None:
     assert world.subjects() == []
     assert [d.state for d in world.deliveries()] == ["superseded"]
     assert all(a.resolved_at is not None for a in world.alerts())
+
+
+def test_rotation_after_the_old_key_was_deleted_in_zitadel(world: AlertWorld) -> None:
+    """The usual order: new key made, old key deleted in the console (the
+    probe now sees it rejected), new file deployed: the rejection alert, then
+    one rotated notice that closes it; no further ladder for the old key."""
+    world.clock.set(EXPIRY - 20 * D)
+    world.add_key("old", "u1", status="rejected")
+    world.step()
+    world.add_key("new", "u1", expires_at=EXPIRY + 365 * D)
+    world.run(until=EXPIRY + D, every=timedelta(hours=12))
+    assert world.subjects() == ["[keyd INFO] key old of user u1 expires in 20 days",
+                                "[keyd CRITICAL] key old of user u1 is rejected by the issuer",
+                                "[keyd INFO] key old of user u1 was replaced by key new"]
+    assert all(a.resolved_at is not None for a in world.alerts() if a.kind != "rotated")
