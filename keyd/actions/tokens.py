@@ -313,7 +313,8 @@ def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, c
         vault.write_metadata(sink.mount, sink.path, meta)
     data = _payload(sink, token, services.scopes)
     # metadata only when it may be stale (new, adopted or re-assigned sink)
-    mark = meta if verdict != "ours" or sink.state == "pending" else None
+    mark = meta if verdict == "adopt" or (verdict == "ours" and sink.state == "pending") \
+        else None
     version = vault.write_cas(sink.mount, sink.path, data, cas=cas, custom_metadata=mark)
     back = vault.read(sink.mount, sink.path)
     if back is None or back.version != version or \

@@ -111,22 +111,27 @@ class Current:
 
 
 def inspect(vault: TokenVault, mount: str, path: str) -> Current:
-    """Read the current state of ``mount/path``."""
+    """Read the current state of ``mount/path``: the metadata first (it
+    answers "absent" and "not keyd's" on its own), the data only for a
+    managed secret, whose shape and dates decide what keyd may do."""
+    meta = vault.read_metadata(mount, path)
+    if meta is None:
+        return Current(version=0, readable=False, managed=False, keyd_shaped=False)
+    custom = getattr(meta, "custom_metadata", {}) or {}
+    managed = custom.get(MANAGED_BY) == MANAGED_VALUE
+    version = int(getattr(meta, "current_version", 0) or 0)
+    if getattr(meta, "deleted", False) or not managed:
+        return Current(version=version, readable=not getattr(meta, "deleted", False),
+                       managed=managed, keyd_shaped=False)
     secret = vault.read(mount, path)
-    if secret is None:
-        meta = vault.read_metadata(mount, path)
-        if meta is None:
-            return Current(version=0, readable=False, managed=False, keyd_shaped=False)
-        custom = getattr(meta, "custom_metadata", {}) or {}
-        return Current(version=int(getattr(meta, "current_version", 0) or 0), readable=False,
-                       managed=custom.get(MANAGED_BY) == MANAGED_VALUE, keyd_shaped=False)
+    if secret is None:  # deleted between the two reads
+        return Current(version=version, readable=False, managed=True, keyd_shaped=False)
     data: Mapping[str, Any] = secret.data or {}
-    managed = (secret.custom_metadata or {}).get(MANAGED_BY) == MANAGED_VALUE
     issued, expires = _stamp(data.get("issued_at")), _stamp(data.get("expires_at"))
     token = data.get("access_token")
     shaped = (all(f in data for f in FIELDS) and isinstance(token, str) and bool(token)
               and issued is not None and expires is not None)
-    return Current(version=int(secret.version), readable=True, managed=managed,
+    return Current(version=int(secret.version), readable=True, managed=True,
                    keyd_shaped=shaped, issued_at=issued, expires_at=expires)
 
 

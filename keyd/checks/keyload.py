@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from keyd.config import SourceConfig, VaultSourceConfig
 from keyd.errors import KeydError, KeyFileError
 from keyd.sources.keyfile import KeyFile, parse_keyfile, parse_keyfile_mapping, read_keyfile
+from keyd.sources.vault import extract
 from keyd.store.probes import LocationRef, ProbeTarget
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ def _read_vault(loc: LocationRef, source: VaultSourceConfig, vault: SecretReader
     if secret is None:
         raise KeyFileError(loc.ref, "no longer exists in Vault")
     data: Mapping[str, Any] = getattr(secret, "data", None) or {}
-    value: object = data.get(source.field, data) if source.field else data
-    if isinstance(value, str | bytes):
+    value = extract(data, source.field, loc.ref)  # the same rule as the Vault source
+    if isinstance(value, str):
         return parse_keyfile(value, source=loc.ref, tz=tz, validate="quick")
     return parse_keyfile_mapping(value, source=loc.ref, tz=tz, validate="quick")
 
