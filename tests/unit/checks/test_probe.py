@@ -22,10 +22,10 @@ from keyd.clock import FakeClock
 from keyd.config import DirectorySourceConfig
 from keyd.errors import UsageError
 from keyd.sources.keyfile import read_keyfile
-from keyd.store.engine import make_engine
 from keyd.store.models import Probe
+from tests.support.db import db_url, migrated_engine  # noqa: F401
 from tests.support.keyfiles import PEM_MARKER, rsa_pem, write_keyfile
-from tests.support.keyrows import add_key, create_schema, dump_all, key_row, rows
+from tests.support.keyrows import add_key, dump_all, key_row, rows
 
 ISSUER = "http://127.0.0.1:9"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -87,11 +87,9 @@ def fake() -> FakeIssuer:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[object]:
-    eng = make_engine(f"sqlite:///{tmp_path}/keyd.db")
-    create_schema(eng)
-    yield eng
-    eng.dispose()
+def engine(migrated_engine: object) -> object:  # noqa: F811
+    """Every store-touching test runs on SQLite and PostgreSQL."""
+    return migrated_engine
 
 
 @pytest.fixture
