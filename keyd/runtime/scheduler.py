@@ -108,6 +108,14 @@ class TickScheduler:
                             executor=tick.executor, replace_existing=True,
                             misfire_grace_time=None)
 
+    def once(self, name: str, fn: Callable[[], object], executor: str = WORK) -> None:
+        """Run ``fn`` once, soon, on ``executor`` (e.g. the config swap after
+        SIGHUP, which must not overlap a work tick). Not a registered tick."""
+        tick = Tick(name, fn, interval=1.0, executor=executor, leader_only=False)
+        self.stats.setdefault(name, TickStats())
+        self._sched.add_job(self._runner(tick), id=f"{name}:once", name=name, executor=executor,
+                            replace_existing=True, misfire_grace_time=None)
+
     def start(self) -> None:
         self._sched.start()
 
@@ -119,6 +127,13 @@ class TickScheduler:
         """Stop scheduling and wait up to ``timeout`` seconds for ticks in
         flight. False if some were still running (the caller exits anyway)."""
         if self._sched.running:
+            # APScheduler 3 race: shutdown() flags STOPPED before taking the
+            # job-store lock, so a _process_jobs pass in progress then fails
+            # to remove a one-off job it just submitted. Pause (no new pass),
+            # let the current pass finish (its lock), then shut down.
+            self._sched.pause()
+            with self._sched._jobstores_lock:
+                pass
             self._sched.shutdown(wait=False)
         with self._idle:
             done = self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)

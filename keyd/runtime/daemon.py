@@ -1,0 +1,313 @@
+"""``keyd run``: the long-running daemon under systemd (``Type=notify``).
+
+Start: load config, set up logging, build services, refuse an old schema
+(``SchemaBehind``: "run keyd db upgrade"), take leadership (SQLite: or
+exit with ``LockHeld``; PostgreSQL: or wait as a hot standby), run a first
+scan when leader, start the scheduler and the HTTP server, then
+``READY=1`` with a one-line ``STATUS=``.
+
+Signals (handled on the main thread, which does nothing else):
+* SIGHUP: ``RELOADING=1``, load the config again; an invalid one is
+  logged and the old one kept. A valid one is swapped in on the work
+  thread (so no stage ever sees half of each), then a re-scan runs and
+  ``READY=1`` follows. ``database.url`` and ``http.listen`` need a restart.
+* SIGTERM/SIGINT: ``STOPPING=1``, stop scheduling, wait for ticks in
+  flight (bounded, below systemd's ``TimeoutStopSec``), close, exit 0.
+
+The control tick (its own thread) re-checks leadership, retries it as a
+standby, and pings the watchdog, but only while no work tick has been
+stuck for ``stuck_after``: a wedged daemon is restarted by systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+
+from keyd import __version__
+from keyd.clock import Clock
+from keyd.config import Config
+from keyd.errors import KeydError
+from keyd.inventory.leader import LeaderGuard, make_guard
+from keyd.log import setup_logging
+from keyd.report.http import ObservabilityServer
+from keyd.report.metrics import KeydMetrics
+from keyd.runtime import sdnotify
+from keyd.runtime.check import judge
+from keyd.runtime.cycle import Stage
+from keyd.runtime.scheduler import CONTROL, Tick, TickScheduler
+from keyd.runtime.wiring import Services, build_services
+from keyd.store import snapshot
+from keyd.store.migrate import ensure_current
+
+log = logging.getLogger(__name__)
+
+#: How often each stage's tick looks for due work (seconds).
+DEFAULT_INTERVALS = {"scan": 300.0, "evaluate": 60.0, "probe": 30.0, "tokens": 30.0,
+                     "outbox": 30.0, "prune": 6 * 3600.0}
+
+
+@dataclass
+class DaemonSettings:
+    control_interval: float = 5.0  # leadership re-check / standby retry / watchdog
+    stop_timeout: float = 20.0  # keep below TimeoutStopSec (30 s in keyd.service)
+    stuck_after: float = 900.0  # a work tick running longer stops the watchdog pings
+    intervals: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
+
+
+StagesFor = Callable[[Services], Sequence[Stage]]
+
+
+class Daemon:
+    """One ``keyd run``. ``load()`` reads the config (again on SIGHUP);
+    ``stages_for(services)`` returns the cycle's stages (the ticks)."""
+
+    def __init__(self, load: Callable[[], Config], clock: Clock, stages_for: StagesFor,
+                 settings: DaemonSettings | None = None) -> None:
+        self._load = load
+        self._clock = clock
+        self._stages_for = stages_for
+        self.settings = settings or DaemonSettings()
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._swap = threading.Lock()
+        self._role: str | None = None
+        self._started_mono = clock.monotonic()
+        self.services: Services | None = None
+        self.guard: LeaderGuard | None = None
+        self.scheduler: TickScheduler | None = None
+        self._http: ObservabilityServer | None = None
+
+    # --- lifecycle --------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code (0)."""
+        config = self._load()
+        setup_logging(config.log.format, config.log.level)
+        self._install_signal_handlers()
+        try:
+            self._start(config)
+            sdnotify.ready(self.status_line())
+            log.info("keyd %s running: %s", __version__, self.status_line())
+            self._wait_for_signals()
+        finally:
+            self._stop()
+        return 0
+
+    def _start(self, config: Config) -> None:
+        self.services = build_services(config, self._clock)
+        ensure_current(self.services.engine)
+        self.guard = make_guard(config.database.url)
+        leader = self.guard.acquire()  # LockHeld propagates: a second SQLite daemon exits
+        self._role = "leader" if leader else "standby"
+        self.scheduler = TickScheduler(clock=self._clock, gate=self._is_leader)
+        self.services.metrics = self._metrics(self.services)
+        if config.http.listen:
+            self._http = ObservabilityServer(config.http.listen, self.services.metrics,
+                                             self.healthy, self.ready)
+            self._http.start()
+        if leader:
+            self._first_scan()
+        else:
+            log.info("standby: another keyd leads %s; retrying every %gs",
+                     self.guard.describe(), self.settings.control_interval)
+        self._register_ticks()
+        self.scheduler.start()
+
+    def _stop(self) -> None:
+        sdnotify.stopping()
+        clean = True
+        if self.scheduler is not None and self.scheduler.running:
+            clean = self.scheduler.shutdown(timeout=self.settings.stop_timeout)
+        if self._http is not None:
+            self._http.close()
+        if self.guard is not None:
+            self.guard.close()
+        if self.services is not None:
+            self.services.close()
+        log.info("keyd stopped")
+        if not clean:  # a stuck worker thread would block interpreter exit
+            logging.shutdown()
+            os._exit(0)
+
+    # --- signals ----------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self._signals.put(signum)  # SimpleQueue.put is safe in a signal handler
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handler)
+
+    def _wait_for_signals(self) -> None:
+        while True:
+            try:
+                signum = self._signals.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if signum == signal.SIGHUP:
+                self.reload()
+                continue
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            return
+
+    def request_stop(self) -> None:
+        """Stop as if SIGTERM arrived (for embedding and tests)."""
+        self._signals.put(signal.SIGTERM)
+
+    # --- reload -----------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP (module docstring)."""
+        sdnotify.reloading()
+        old = self.services
+        assert old is not None and self.scheduler is not None
+        try:
+            config = self._load()
+            _check_reloadable(old.config, config)
+        except KeydError as exc:
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            sdnotify.ready(self.status_line())
+            return
+        setup_logging(config.log.format, config.log.level)
+        self.scheduler.once("reload", lambda: self._swap_in(config))
+
+    def _swap_in(self, config: Config) -> None:
+        """On the work thread: no stage is running while services change."""
+        old = self.services
+        assert old is not None and self.scheduler is not None
+        try:
+            new = build_services(config, self._clock, engine=old.engine)
+        except KeydError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+        else:
+            new.metrics = old.metrics
+            with self._swap:
+                new.owns_engine, old.owns_engine = True, False
+                self.services = new
+            old.close()
+            self._register_ticks()
+            log.info("configuration reloaded from %s", config.path)
+            if self._is_leader():
+                self._run_stage("scan")
+        finally:
+            sdnotify.ready(self.status_line())
+
+    # --- ticks ------------------------------------------------------------
+
+    def _register_ticks(self) -> None:
+        assert self.scheduler is not None and self.services is not None
+        self.scheduler.add(Tick("control", self._control, self.settings.control_interval,
+                                executor=CONTROL, leader_only=False))
+        for stage in self._stages_for(self.services):
+            interval = self.settings.intervals.get(stage.name, 60.0)
+            self.scheduler.add(Tick(stage.name, self._stage_runner(stage.name), interval))
+
+    def _stage_runner(self, name: str) -> Callable[[], None]:
+        return lambda: self._run_stage(name)
+
+    def _run_stage(self, name: str) -> None:
+        """Run the current services' stage ``name`` (looked up at call time,
+        so a reload that changed the stages takes effect at the next tick)."""
+        services = self.services
+        assert services is not None
+        for stage in self._stages_for(services):
+            if stage.name == name:
+                stage.run(services)
+                return
+
+    def _first_scan(self) -> None:
+        try:
+            self._run_stage("scan")
+        except Exception as exc:  # the daemon still starts; the scan tick retries
+            log.error("first scan failed (retried by the scan tick): %s", exc,
+                      exc_info=not isinstance(exc, KeydError))
+
+    def _control(self) -> None:
+        guard = self.guard
+        assert guard is not None and self.scheduler is not None
+        was = self._role
+        leader = guard.is_leader() or (guard.standby_possible and guard.acquire())
+        self._role = "leader" if leader else "standby"
+        if was != self._role:
+            log.warning("role changed: %s -> %s", was, self._role)
+            if leader and "scan" in self.scheduler.ticks:
+                self.scheduler.run_soon("scan")  # catch up at once as the new leader
+            sdnotify.status(self.status_line())
+        if not self._work_stuck():
+            sdnotify.watchdog()
+
+    def _work_stuck(self) -> bool:
+        assert self.scheduler is not None
+        now = self._clock.now()
+        for name, stats in self.scheduler.stats.items():
+            if stats.running and stats.last_started is not None and name != "control":
+                if (now - stats.last_started).total_seconds() > self.settings.stuck_after:
+                    log.error("tick %s stuck since %s: no watchdog ping", name,
+                              stats.last_started.isoformat())
+                    return True
+        return False
+
+    def _is_leader(self) -> bool:
+        return self._role == "leader"
+
+    # --- observability ----------------------------------------------------
+
+    def _metrics(self, services: Services) -> KeydMetrics:
+        return KeydMetrics(services.engine, version=__version__,
+                           leader=lambda: None if self._role is None else self._is_leader(),
+                           last_tick=self._last_tick)
+
+    def _last_tick(self) -> datetime | None:
+        if self.scheduler is None:
+            return None
+        done = [s.last_finished for s in self.scheduler.stats.values() if s.last_finished]
+        return max(done, default=None)
+
+    def healthy(self) -> tuple[bool, str]:
+        """``/healthz``: the control tick ran within 3 intervals."""
+        limit = 3 * self.settings.control_interval
+        stats = self.scheduler.stats.get("control") if self.scheduler else None
+        last = stats.last_finished_mono if stats and stats.last_finished_mono else None
+        age = self._clock.monotonic() - (last if last is not None else self._started_mono)
+        if age > limit:
+            return False, f"scheduler has not ticked for {age:.0f}s (limit {limit:.0f}s)"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """``/readyz``: database reachable and the role known."""
+        services = self.services
+        if services is None or self._role is None:
+            return False, {"role": None, "database": "unknown"}
+        if not snapshot.ping(services.engine):
+            return False, {"role": self._role, "database": "unreachable"}
+        return True, {"role": self._role}
+
+    def status_line(self) -> str:
+        """One line for ``STATUS=`` (and ``systemctl status``)."""
+        services = self.services
+        if services is None or self.guard is None:
+            return "starting"
+        if not self._is_leader():
+            return f"standby: another keyd leads {self.guard.describe()}"
+        try:
+            engine = services.engine
+            verdict = judge(services.config, self._clock.now(), snapshot.keys(engine),
+                            snapshot.location_problems(engine), snapshot.sources(engine))
+        except Exception as exc:  # a status line is not worth failing for
+            return f"leader: inventory unreadable ({type(exc).__name__})"
+        c = verdict.counts
+        return (f"leader: {c['keys']} keys, {c['expiring']} expiring, {c['expired']} expired, "
+                f"{c['rejected']} rejected, {c['invalid']} invalid ({verdict.status})")
+
+
+def _check_reloadable(old: Config, new: Config) -> None:
+    if old.database.url != new.database.url:
+        raise KeydError("database.url changed: restart keyd to switch databases")
+    if old.http.listen != new.http.listen:
+        log.warning("http.listen changed: takes effect at the next restart")
