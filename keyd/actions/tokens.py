@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from keyd.actions import tokenvault as tv
 from keyd.actions.filesink import TokenFileError, safe_join, write_atomic
@@ -43,6 +42,7 @@ from keyd.errors import ConfigError, KeydError, VaultConflict
 from keyd.redact import scrub
 from keyd.store import tokens as store
 from keyd.store.probes import ProbeTarget
+from keyd.store.snapshot import Engine
 from keyd.store.tokens import Assignment, EventSpec, SinkTarget, SinkUpdate
 from keyd.timeutil import isoformat_z
 
@@ -185,7 +185,7 @@ def _selected(key: ProbeTarget, cfg: TokensConfig) -> bool:
     return True
 
 
-def refresh_tokens(engine: Any, services: TokenServices, now: datetime, *,
+def refresh_tokens(engine: Engine, services: TokenServices, now: datetime, *,
                    dry_run: bool = False, limit: int | None = None) -> TokenReport:
     """Bring every due token sink up to date at ``now``.
 
@@ -224,7 +224,7 @@ def refresh_tokens(engine: Any, services: TokenServices, now: datetime, *,
     return report
 
 
-def _dry_run(engine: Any, assignments: list[Assignment], now: datetime,
+def _dry_run(engine: Engine, assignments: list[Assignment], now: datetime,
              report: TokenReport, candidates: Sequence[ProbeTarget]) -> TokenReport:
     known = {(s.mount, s.path) for s in store.all_sinks(engine)}
     keys = {k.pk: k for k in candidates}

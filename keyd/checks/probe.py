@@ -56,6 +56,7 @@ from keyd.sources.keyfile import KIND_APPLICATION, KeyFile
 from keyd.store import probes as store
 from keyd.store.alerts import note_issuer_health
 from keyd.store.probes import ProbeRecord, ProbeTarget
+from keyd.store.snapshot import Engine
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class ProbeReport:
         return any(r.outcome != "unavailable" for r in contacted)
 
 
-def probe_due(engine: Any, services: ProbeServices, now: datetime, *,
+def probe_due(engine: Engine, services: ProbeServices, now: datetime, *,
               force_key_id: str | None = None, limit: int | None = None) -> ProbeReport:
     """Probe every active key due at ``now`` (or only ``force_key_id``,
     ignoring its schedule, backoff and any earlier rejection) and record the
@@ -232,7 +233,7 @@ def probe_due(engine: Any, services: ProbeServices, now: datetime, *,
     return report
 
 
-def _flush_last(engine: Any, pending: list[ProbeRecord], report: ProbeReport,
+def _flush_last(engine: Engine, pending: list[ProbeRecord], report: ProbeReport,
                 services: ProbeServices) -> None:
     reachable = report.issuer_reachable
     hook = services.on_round
