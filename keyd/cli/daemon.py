@@ -1,9 +1,118 @@
-"""CLI commands: daemon (being built)."""
+"""``keyd run``, ``keyd check [--dry-run] [--json]`` and ``keyd config check``.
+
+``keyd check`` follows the Nagios plugin convention: exit 0 ok, 1 warning,
+2 critical, 3 unknown; the first line is the summary with perfdata, the
+rest is detail (``keyd.runtime.check`` documents the mapping). Any error
+that stops the check itself (config, database) is reported as
+``KEYD UNKNOWN - <why>`` with exit 3, as monitoring systems expect.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
+
+from keyd.cli.common import AppContext, app, echo_json
+from keyd.config import DEFAULT_CONFIG_PATH, Config, load_config
+from keyd.errors import EXIT_UNKNOWN, KeydError
+from keyd.runtime import configcheck
+from keyd.runtime.check import SCHEMA, run_check
+from keyd.runtime.daemon import Daemon
+from keyd.runtime.stages import cycle_stages, daemon_stages
+from keyd.runtime.wiring import build_services
+from keyd.store.migrate import ensure_current
+
+
+def _config_path(ctx: AppContext) -> Path:
+    return Path(ctx.config_path or os.environ.get("KEYD_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+@click.command(name="run")
+@click.pass_context
+def run_cmd(ctx: click.Context) -> int:
+    """Run the daemon (systemd Type=notify; SIGHUP reloads the config)."""
+    a = app(ctx)
+    path = _config_path(a)
+
+    def load() -> Config:
+        return load_config(path)
+
+    return Daemon(load, a.clock, daemon_stages, log_level="DEBUG" if a.debug else None).run()
+
+
+@click.command(name="check")
+@click.option("--dry-run", is_flag=True,
+              help="Compute everything, change nothing: no mail, no Vault writes, no DB writes "
+                   "(all rolled back); list the side effects skipped.")
+@click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({SCHEMA}).")
+@click.pass_context
+def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> int:
+    """One full cycle, then a monitoring verdict (exit 0 ok, 1 warning,
+    2 critical, 3 unknown)."""
+    a = app(ctx)
+    try:
+        services = build_services(a.config(), a.clock)
+    except KeydError as exc:
+        return _unknown(str(exc), as_json)
+    try:
+        ensure_current(services.engine)
+        verdict = run_check(services, cycle_stages(services), dry_run=dry_run)
+    except KeydError as exc:
+        return _unknown(str(exc), as_json)
+    finally:
+        services.close()
+    if as_json:
+        echo_json(verdict.to_json())
+    else:
+        click.echo(verdict.summary())
+        for line in verdict.details():
+            click.echo(line)
+    return verdict.exit_code
+
+
+def _unknown(why: str, as_json: bool) -> int:
+    summary = f"KEYD UNKNOWN - {why}"
+    if as_json:
+        echo_json({"schema": SCHEMA, "status": "unknown", "exit_code": EXIT_UNKNOWN,
+                   "summary": summary, "error": why})
+    else:
+        click.echo(summary)
+    return EXIT_UNKNOWN
+
+
+@click.group(name="config", help="Inspect keyd's configuration.")
+def config_group() -> None:
+    pass
+
+
+@config_group.command(name="check")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def config_check_cmd(ctx: click.Context, as_json: bool) -> int:
+    """Validate the config and reach every dependency (exit 0 all ok,
+    4 invalid config, 6 a dependency is unreachable)."""
+    config = app(ctx).config()  # ConfigError: exit 4 with file and key named
+    services = build_services(config, app(ctx).clock)
+    try:
+        results = configcheck.check_dependencies(services)
+    finally:
+        services.close()
+    if as_json:
+        echo_json({"config": str(config.path), "warnings": list(config.warnings),
+                   "checks": [r.to_json() for r in results]})
+    else:
+        click.echo(f"config {config.path}: valid")
+        for warning in config.warnings:
+            click.echo(f"  warning: {warning}")
+        for r in results:
+            click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
+    return configcheck.exit_code(results)
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the `keyd` group."""
+    group.add_command(run_cmd)
+    group.add_command(check_cmd)
+    group.add_command(config_group)

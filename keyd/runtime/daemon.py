@@ -70,8 +70,9 @@ class Daemon:
     ``stages_for(services)`` returns the cycle's stages (the ticks)."""
 
     def __init__(self, load: Callable[[], Config], clock: Clock, stages_for: StagesFor,
-                 settings: DaemonSettings | None = None) -> None:
+                 settings: DaemonSettings | None = None, *, log_level: str | None = None) -> None:
         self._load = load
+        self._log_level = log_level  # --debug overrides [log] level
         self._clock = clock
         self._stages_for = stages_for
         self.settings = settings or DaemonSettings()
@@ -89,7 +90,7 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code (0)."""
         config = self._load()
-        setup_logging(config.log.format, config.log.level)
+        setup_logging(config.log.format, self._log_level or config.log.level)
         self._install_signal_handlers()
         try:
             self._start(config)
@@ -174,7 +175,7 @@ class Daemon:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             sdnotify.ready(self.status_line())
             return
-        setup_logging(config.log.format, config.log.level)
+        setup_logging(config.log.format, self._log_level or config.log.level)
         self.scheduler.once("reload", lambda: self._swap_in(config))
 
     def _swap_in(self, config: Config) -> None:

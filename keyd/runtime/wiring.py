@@ -17,12 +17,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+from keyd.actions.tokens import TokenServices, build_token_services
+from keyd.checks.probe import ProbeServices, build_probe_services
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.smtp import MailSender, SmtpClient
 from keyd.clients.vault import VaultClient
 from keyd.clients.webhook import WebhookClient
 from keyd.clock import Clock
 from keyd.config import Config
+from keyd.errors import ConfigError
 from keyd.report.metrics import KeydMetrics
 from keyd.store.engine import make_engine
 from keyd.store.sandbox import rollback_engine
@@ -41,6 +44,8 @@ class Services:
     smtp_factory: Callable[[], MailSender] | None = None
     webhook: WebhookClient | None = None
     metrics: KeydMetrics | None = None
+    probe: ProbeServices | None = None  # with [issuer]
+    tokens: TokenServices | None = None  # with [tokens], [issuer] and [vault]
     owned: bool = True  # False for dry-run copies: the original closes the parts
     owns_engine: bool = True  # False once a reloaded Services took the engine over
 
@@ -80,6 +85,13 @@ def build_services(config: Config, clock: Clock, *, engine: Engine | None = None
                 config.issuer.url, clock=clock, ca_bundle=config.issuer.ca_bundle,
                 timeout=config.issuer.timeout.total_seconds(),
                 max_connections=max(config.issuer.concurrency, 1))
+            services.probe = build_probe_services(config, clock, services.issuer, services.vault)
+        if config.tokens is not None:  # ConfigError here if [issuer] or [vault] is missing
+            if services.issuer is None or services.probe is None:
+                raise ConfigError("tokens", "token write-back needs an [issuer] section")
+            # one limiter: probes and write-back share the issuer's request budget
+            services.tokens = build_token_services(config, clock, services.issuer,
+                                                   services.vault, limiter=services.probe.limiter)
         email = config.alerts.email
         if email is not None:
             services.smtp_factory = lambda: SmtpClient(email)

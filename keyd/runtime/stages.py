@@ -1,0 +1,100 @@
+"""The cycle's stages, composed from the stage modules (DESIGN.md §1):
+
+scan → evaluate (alert ladder) → probe → tokens (write-back) → outbox,
+plus ``prune`` (daemon only). Each adapter takes ``Services``, does its
+stage in its own transaction(s) and returns that stage's report. Stages
+whose feature is not configured are left out (no issuer: no probe; no
+``[tokens]``: no write-back). ``tokens`` and ``outbox`` act outside the
+database, so a dry run asks their ``plan`` instead (``cycle.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Final
+
+from keyd.actions.alerts import evaluate_alerts
+from keyd.actions.deliver import DrainReport, drain_outbox
+from keyd.actions.tokens import TokenReport, plan_lines, refresh_tokens
+from keyd.checks.probe import ProbeReport, probe_due
+from keyd.inventory.scan import ScanReport, scan_all
+from keyd.report.mail import render_message
+from keyd.runtime.cycle import Stage
+from keyd.runtime.wiring import Services
+from keyd.store import alerts as alert_store
+from keyd.store.engine import session_scope
+from keyd.store.prune import prune_probes
+
+log = logging.getLogger(__name__)
+
+PROBE_HISTORY: Final = timedelta(days=30)
+
+
+def cycle_stages(services: Services) -> list[Stage]:
+    """The stages of one full cycle (``keyd check``), in order."""
+    stages = [Stage("scan", scan), Stage("evaluate", evaluate)]
+    if services.probe is not None:
+        stages.append(Stage("probe", probe))
+    if services.tokens is not None:
+        stages.append(Stage("tokens", tokens, side_effects=True, plan=tokens_plan))
+    stages.append(Stage("outbox", outbox, side_effects=True, plan=outbox_plan))
+    return stages
+
+
+def daemon_stages(services: Services) -> list[Stage]:
+    """The daemon's ticks: the cycle's stages plus history pruning."""
+    return [*cycle_stages(services), Stage("prune", prune)]
+
+
+def scan(services: Services) -> ScanReport:
+    report = scan_all(services.config, services.engine, services.clock, services.vault)
+    log.info("scan: %s", report.summary())
+    return report
+
+
+def evaluate(services: Services) -> int:
+    """Decide due alerts (one transaction); returns how many are new."""
+    with session_scope(services.engine) as session:
+        return len(evaluate_alerts(session, services.config, services.clock.now()))
+
+
+def probe(services: Services) -> ProbeReport:
+    assert services.probe is not None
+    report = probe_due(services.engine, services.probe, services.clock.now())
+    if services.metrics is not None:
+        for result in report.results:
+            if result.latency_ms is not None:
+                services.metrics.observe_probe(result.latency_ms / 1000)
+    return report
+
+
+def tokens(services: Services) -> TokenReport:
+    assert services.tokens is not None
+    return refresh_tokens(services.engine, services.tokens, services.clock.now())
+
+
+def tokens_plan(services: Services) -> Sequence[str]:
+    assert services.tokens is not None
+    report = refresh_tokens(services.engine, services.tokens, services.clock.now(), dry_run=True)
+    return plan_lines(report)
+
+
+def outbox(services: Services) -> DrainReport:
+    return drain_outbox(services.engine, services.config, services.clock,
+                        services.smtp_factory, services.webhook, render=render_message)
+
+
+def outbox_plan(services: Services) -> Sequence[str]:
+    with alert_store.transaction(services.engine) as session:
+        due = alert_store.due_deliveries(session, services.clock.now())
+    return [f"would send {item.channel} to {item.recipient}: {item.alert.subject}"
+            for item in due]
+
+
+def prune(services: Services) -> int:
+    deleted = prune_probes(services.engine, services.clock.now() - PROBE_HISTORY)
+    if deleted:
+        log.info("prune: deleted %d probe rows older than %s", deleted, PROBE_HISTORY)
+    return deleted
