@@ -17,8 +17,9 @@ from typing import Final
 
 from keyd.actions.alerts import evaluate_alerts
 from keyd.actions.deliver import DrainReport, drain_outbox
+from keyd.actions.probe import probe_due
 from keyd.actions.tokens import TokenReport, plan_lines, refresh_tokens
-from keyd.checks.probe import ProbeReport, probe_due
+from keyd.checks.probe import ProbeReport
 from keyd.inventory.scan import ScanReport, scan_all
 from keyd.report.mail import render_message
 from keyd.runtime.cycle import Stage

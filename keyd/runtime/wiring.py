@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+from keyd.actions.probe import ProbeServices, build_probe_services
 from keyd.actions.tokens import TokenServices, build_token_services
-from keyd.checks.probe import ProbeServices, build_probe_services
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.smtp import MailSender, SmtpClient
 from keyd.clients.vault import VaultClient

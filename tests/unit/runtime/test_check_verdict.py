@@ -1,0 +1,99 @@
+"""keyd check's verdict: the Nagios mapping, table-driven."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from keyd.config import AlertsConfig, Config, DirectorySourceConfig
+from keyd.runtime.check import judge
+from keyd.runtime.cycle import CycleReport, StageReport
+from keyd.store.snapshot import KeySnapshot, LocationProblem, SourceSnapshot
+
+NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
+SRC = DirectorySourceConfig(name="directory:/keys", path=Path("/keys"))
+CONFIG = Config(sources=(SRC,))
+
+
+def key(key_id: str, *, status: str = "active", left: timedelta | None = timedelta(days=90),
+        error: str | None = None) -> KeySnapshot:
+    return KeySnapshot(key_id, f"user-{key_id}", "serviceaccount", status,
+                       None if left is None else NOW + left, None, None, None, 0, error,
+                       (f"/keys/{key_id}.json",))
+
+
+def source(failures: int = 0) -> SourceSnapshot:
+    return SourceSnapshot(SRC.name, NOW, NOW if not failures else None,
+                          "permission denied" if failures else None, failures, failures)
+
+
+@pytest.mark.parametrize(("keys", "locations", "sources", "status", "headline"), [
+    ([key("a"), key("b", left=None)], [], [source()], "ok",
+     "KEYD OK - 2 keys, none expiring within 30d | keys=2 expiring=0 expired=0 rejected=0 "
+     "invalid=0 missing=0 source_errors=0"),
+    ([key("a", left=timedelta(days=5, hours=1)), key("b")], [], [source()], "warning",
+     "KEYD WARNING - 1 key expiring in 5d, 0 rejected | keys=2 expiring=1 expired=0 "
+     "rejected=0 invalid=0 missing=0 source_errors=0"),
+    ([key("a", left=timedelta(hours=3))], [], [], "warning",
+     "KEYD WARNING - 1 key expiring in 3h, 0 rejected | keys=1 expiring=1 expired=0 "
+     "rejected=0 invalid=0 missing=0 source_errors=0"),
+    ([key("a", left=-timedelta(seconds=1)), key("b", status="rejected", error="invalid_grant"),
+      key("c", left=timedelta(days=2))], [], [source(2)], "critical",
+     "KEYD CRITICAL - 1 expired, 1 rejected, 0 invalid, 1 expiring | keys=3 expiring=1 "
+     "expired=1 rejected=1 invalid=0 missing=0 source_errors=1"),
+    ([key("a")], [LocationProblem(SRC.name, "/keys/bad.json", "invalid", "not JSON")], [],
+     "critical", None),
+    ([key("a")], [], [source(1)], "unknown",
+     "KEYD UNKNOWN - source directory:/keys failing: permission denied | keys=1 expiring=0 "
+     "expired=0 rejected=0 invalid=0 missing=0 source_errors=1"),
+    # a removed, expired key is a finished rotation: not a problem
+    ([key("old", status="missing", left=-timedelta(days=3)), key("new")], [], [], "ok", None),
+])
+def test_mapping(keys: list[KeySnapshot], locations: list[LocationProblem],
+                 sources: list[SourceSnapshot], status: str, headline: str | None) -> None:
+    verdict = judge(CONFIG, NOW, keys, locations, sources)
+    assert verdict.status == status
+    assert verdict.exit_code == {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}[status]
+    if headline:
+        assert verdict.summary() == headline
+
+
+def test_expiry_at_the_instant_is_expired_even_if_status_lags() -> None:
+    verdict = judge(CONFIG, NOW, [key("a", left=timedelta(0))], [], [])
+    assert verdict.status == "critical" and verdict.counts["expired"] == 1
+    assert verdict.details()[0].startswith("CRITICAL: key a (user-a) expired at 2026-03-01T12")
+
+
+def test_failed_stage_and_unreachable_issuer_are_unknown() -> None:
+    class Probe:
+        issuer_reachable = False
+
+    cycle = CycleReport(started=NOW, stages=[
+        StageReport("scan"), StageReport("probe", result=Probe()),
+        StageReport("outbox", ok=False, error="SMTP down")])
+    verdict = judge(CONFIG, NOW, [key("a")], [], [], cycle)
+    assert verdict.status == "unknown"
+    assert "stage outbox failed: SMTP down; issuer unavailable" in verdict.summary()
+
+
+def test_json_schema_is_stable() -> None:
+    cycle = CycleReport(started=NOW, dry_run=True, stages=[StageReport("outbox", skipped=True)],
+                        skipped_side_effects=["outbox: would send email to ops@x: s"])
+    doc = judge(CONFIG, NOW, [key("a", left=timedelta(days=1))], [], [source()], cycle).to_json()
+    assert list(doc) == ["schema", "status", "exit_code", "summary", "at", "dry_run",
+                         "warn_within_seconds", "counts", "problems", "sources", "stages",
+                         "skipped_side_effects"]
+    assert doc["schema"] == "keyd.check/1" and doc["dry_run"] is True
+    assert doc["problems"][0] == {
+        "severity": "warning", "kind": "expiring", "key_id": "a", "principal": "user-a",
+        "expires_at": "2026-03-02T12:00:00Z", "seconds_left": 86400, "ref": "/keys/a.json",
+        "message": doc["problems"][0]["message"]}
+    assert doc["skipped_side_effects"] == ["outbox: would send email to ops@x: s"]
+
+
+def test_largest_threshold_sets_the_warning_window() -> None:
+    config = Config(alerts=AlertsConfig(thresholds=(timedelta(days=7), timedelta(days=2))))
+    assert judge(config, NOW, [key("a", left=timedelta(days=8))], [], []).status == "ok"
+    assert judge(config, NOW, [key("a", left=timedelta(days=6))], [], []).status == "warning"
