@@ -43,10 +43,11 @@ import httpx  # noqa: E402
 import jwt  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
+from keyd.actions.probe import ProbeServices, probe_due
 from keyd.actions.tokens import TokenPolicy, TokenServices, refresh_tokens  # noqa: E402
 from keyd.checks.assertion import AssertionSigner  # noqa: E402
 from keyd.checks.keyload import make_key_loader  # noqa: E402
-from keyd.checks.probe import ProbePolicy, ProbeServices, probe_due  # noqa: E402
+from keyd.checks.probe import ProbePolicy  # noqa: E402
 from keyd.clients.issuer import Discovery, IssuerClient, TokenResponse  # noqa: E402
 from keyd.clients.vault import VaultClient  # noqa: E402
 from keyd.clock import Clock, SystemClock  # noqa: E402

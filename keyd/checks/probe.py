@@ -24,44 +24,25 @@ random share (``jitter``) so that keys first seen together drift apart.
 Probes run in a bounded thread pool over the one shared ``IssuerClient``;
 a ``RateLimiter`` bounds requests per second to the issuer, so one slow
 answer holds one worker, never the round.
+
+This module holds the decisions and value types; the round itself
+(``probe_due``, ``ProbeServices``, ``build_probe_services``) is in
+``keyd.actions.probe`` because it uses the retry helper in ``actions``.
 """
 
 from __future__ import annotations
 
-import logging
-import random
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from keyd.actions.retry import Random, backoff_delay, retry_call
-from keyd.checks.assertion import AssertionSigner
-from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
-from keyd.checks.mint import mint, prove_application_key
-from keyd.clients.issuer import IssuerClient
 from keyd.clock import Clock
-from keyd.config import Config, IssuerConfig
-from keyd.errors import (
-    ConfigError,
-    IssuerBadResponse,
-    IssuerRejected,
-    IssuerUnavailable,
-    KeydError,
-)
-from keyd.redact import scrub
-from keyd.sources.keyfile import KIND_APPLICATION, KeyFile
-from keyd.store import probes as store
-from keyd.store.alerts import note_issuer_health
-from keyd.store.probes import ProbeRecord, ProbeTarget
-from keyd.store.snapshot import Engine
-
-log = logging.getLogger(__name__)
+from keyd.config import IssuerConfig
+from keyd.errors import IssuerRejected, IssuerUnavailable, KeydError
 
 UNREADABLE = "unreadable"
-FLUSH_EVERY = 200  # write results in batches: a killed round loses little
 
 
 @dataclass(frozen=True)
@@ -108,50 +89,7 @@ class RateLimiter:
         if slot > now:
             self._clock.sleep(slot - now)
 
-
 HealthHook = Callable[[Any, bool, datetime], None]  # note_issuer_health(session, ok, now)
-
-
-@dataclass
-class ProbeServices:
-    """Everything a probe round uses. Build once per daemon; thread-safe.
-
-    ``on_round`` is called inside the transaction that records a round in
-    which the issuer was contacted, with whether it was reachable; the
-    daemon passes ``keyd.actions.alerts.note_issuer_health`` (checks may not
-    import actions, so it is injected).
-    """
-
-    client: IssuerClient
-    signer: AssertionSigner
-    clock: Clock
-    load_key: KeyLoader
-    scopes: tuple[str, ...] = ("openid",)
-    policy: ProbePolicy = field(default_factory=ProbePolicy)
-    rng: Random = field(default_factory=random.Random)
-    on_round: HealthHook | None = None
-    limiter: RateLimiter | None = None
-
-    def __post_init__(self) -> None:
-        if self.limiter is None:
-            self.limiter = RateLimiter(self.policy.rate_limit, self.clock)
-
-
-def build_probe_services(config: Config, clock: Clock, client: IssuerClient,
-                         vault: SecretReader | None, *,
-                         on_round: HealthHook | None = note_issuer_health) -> ProbeServices:
-    """``ProbeServices`` for ``config`` (``[issuer]`` required): signer with
-    the configured assertion lifetime and skew, key loader over the
-    configured sources, policy and rate limit from ``[issuer]``, and issuer
-    health recorded for the alerts stage after every round."""
-    issuer = config.issuer
-    if issuer is None:
-        raise ConfigError("issuer", "probes need an [issuer] section with url")
-    signer = AssertionSigner(clock, lifetime=issuer.assertion_lifetime, skew=issuer.clock_skew)
-    return ProbeServices(
-        client=client, signer=signer, clock=clock,
-        load_key=make_key_loader(config.sources, vault, config.timezone),
-        scopes=issuer.scopes, policy=ProbePolicy.from_config(issuer), on_round=on_round)
 
 
 @dataclass(frozen=True)
@@ -198,159 +136,10 @@ class ProbeReport:
             return None
         return any(r.outcome != "unavailable" for r in contacted)
 
-
-def probe_due(engine: Engine, services: ProbeServices, now: datetime, *,
-              force_key_id: str | None = None, limit: int | None = None) -> ProbeReport:
-    """Probe every active key due at ``now`` (or only ``force_key_id``,
-    ignoring its schedule, backoff and any earlier rejection) and record the
-    outcomes: one ``probes`` row per probe, the key's status, ``last_ok_at``,
-    consecutive failures and next due time.
-
-    Raises only for a broken database or an unknown ``force_key_id``
-    (``UsageError``); issuer and key problems are outcomes, not exceptions.
-    """
-    if force_key_id is not None:
-        targets = [store.target_by_key_id(engine, force_key_id)]
-    else:
-        targets = store.due_targets(engine, now, limit=limit)
-    report = ProbeReport(at=now)
-    if not targets:
-        return report
-    log.info("probing %d key(s)", len(targets))
-    pending: list[ProbeRecord] = []
-    workers = min(services.policy.concurrency, len(targets))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-probe") as pool:
-        futures = [pool.submit(probe_one, t, services) for t in targets]
-        for future in as_completed(futures):
-            record, result = future.result()
-            pending.append(record)
-            report.results.append(result)
-            if len(pending) >= FLUSH_EVERY:
-                store.record_probe_results(engine, pending)
-                pending = []
-    _flush_last(engine, pending, report, services)
-    log.info("probe round done: %s", report.counts())
-    return report
-
-
-def _flush_last(engine: Engine, pending: list[ProbeRecord], report: ProbeReport,
-                services: ProbeServices) -> None:
-    reachable = report.issuer_reachable
-    hook = services.on_round
-    after = None
-    if hook is not None and reachable is not None:
-        at = services.clock.now()
-
-        def after(session: Any) -> None:
-            hook(session, reachable, at)
-
-    store.record_probe_results(engine, pending, after=after)
-
-
-def probe_one(target: ProbeTarget, services: ProbeServices) -> tuple[ProbeRecord, ProbeResult]:
-    """Probe one key (fast retries included) and decide its new state.
-    Never raises for issuer or key problems."""
-    clock = services.clock
-    try:
-        keyfile = services.load_key(target)
-    except KeydError as exc:
-        log.warning("probe %s: key file unavailable: %s", target.key_id, exc)
-        return _decide(target, services, clock.now(), UNREADABLE, exc, attempts=0, latency=None)
-    counter = _Attempts(services)
-    try:
-        retry_call(lambda: counter.run(keyfile), attempts=services.policy.fast_attempts,
-                   base=services.policy.fast_base, cap=services.policy.fast_cap,
-                   sleep=clock.sleep, rng=services.rng, what=f"probe {target.key_id}")
-    except (IssuerRejected, IssuerUnavailable, IssuerBadResponse) as exc:
-        return _decide(target, services, clock.now(), _outcome(exc), exc,
-                       attempts=counter.attempts, latency=counter.latency_ms)
-    except KeydError as exc:  # e.g. a key the signer cannot use
-        log.warning("probe %s: %s", target.key_id, exc)
-        return _decide(target, services, clock.now(), UNREADABLE, exc,
-                       attempts=counter.attempts, latency=counter.latency_ms)
-    return _decide(target, services, clock.now(), "ok", None,
-                   attempts=counter.attempts, latency=counter.latency_ms)
-
-
-class _Attempts:
-    """Runs one attempt (rate-limited) and remembers count and latency."""
-
-    def __init__(self, services: ProbeServices) -> None:
-        self.services = services
-        self.attempts = 0
-        self.latency_ms: float | None = None
-
-    def run(self, keyfile: KeyFile) -> None:
-        s = self.services
-        self.attempts += 1
-        if s.limiter is not None:
-            s.limiter.acquire()
-        start = s.clock.monotonic()
-        try:
-            if keyfile.kind == KIND_APPLICATION:
-                prove_application_key(keyfile, s.client, s.signer)
-            else:
-                mint(keyfile, s.client, s.signer, s.scopes)  # the token is dropped unused
-        finally:
-            self.latency_ms = round((s.clock.monotonic() - start) * 1000.0, 3)
-
-
-def _outcome(exc: KeydError) -> str:
+def classify(exc: KeydError) -> str:
+    """The probe outcome an issuer error stands for (ZITADEL.md §4)."""
     if isinstance(exc, IssuerRejected):
         return "rejected"
     if isinstance(exc, IssuerUnavailable):
         return "unavailable"
     return "bad_response"
-
-
-def _decide(target: ProbeTarget, services: ProbeServices, at: datetime, outcome: str,
-            exc: KeydError | None, *, attempts: int, latency: float | None
-            ) -> tuple[ProbeRecord, ProbeResult]:
-    policy, rng = services.policy, services.rng
-    status: str | None = None
-    failures = target.probe_failures + 1
-    next_at: datetime | None
-    if outcome == "ok":
-        failures = 0
-        status = "active" if target.status == "rejected" else None
-        next_at = at + policy.interval - policy.interval * (policy.jitter * rng.random())
-    elif outcome == "rejected":
-        status = "rejected" if target.status in ("active", "rejected") else None
-        next_at = None  # final until the key changes or an operator forces a probe
-    else:
-        cap = min(policy.slow_cap, policy.interval)
-        delay = max(policy.slow_base.total_seconds() / 2,
-                    backoff_delay(failures, policy.slow_base, cap, rng))
-        next_at = at + timedelta(seconds=delay)
-    message = scrub(str(exc))[:1000] if exc is not None else None
-    issuer_exc = exc if isinstance(exc, IssuerRejected | IssuerUnavailable | IssuerBadResponse) \
-        else None
-    diagnosis = exc.diagnosis if isinstance(exc, IssuerRejected) else None
-    status_code = issuer_exc.status if issuer_exc else None
-    error_code = issuer_exc.error_code if issuer_exc else None
-    _log_outcome(target, outcome, diagnosis, message, attempts)
-    record = ProbeRecord(
-        key_pk=target.pk, content_hash=target.content_hash, at=at,
-        outcome=None if outcome == UNREADABLE else outcome, http_status=status_code,
-        error_code=error_code, diagnosis=diagnosis, message=message, latency_ms=latency,
-        attempts=max(attempts, 1), next_probe_at=next_at, failures=failures, status=status,
-        ok=outcome == "ok",
-    )
-    result = ProbeResult(
-        key_id=target.key_id, principal=target.principal, kind=target.kind, outcome=outcome,
-        at=at, diagnosis=diagnosis, message=message, http_status=status_code,
-        error_code=error_code, attempts=attempts, latency_ms=latency, next_probe_at=next_at,
-    )
-    return record, result
-
-
-def _log_outcome(target: ProbeTarget, outcome: str, diagnosis: str | None,
-                 message: str | None, attempts: int) -> None:
-    if outcome == "ok":
-        log.info("probe %s (%s): ok after %d attempt(s)", target.key_id, target.principal, attempts)
-    elif outcome == "rejected":
-        log.warning("probe %s (%s): rejected (%s): %s", target.key_id, target.principal,
-                    diagnosis, message)
-    else:
-        log.warning("probe %s (%s): %s after %d attempt(s): %s", target.key_id,
-                    target.principal, outcome, attempts, message)

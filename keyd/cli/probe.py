@@ -13,7 +13,8 @@ from contextlib import ExitStack
 
 import click
 
-from keyd.checks.probe import ProbeResult, build_probe_services, probe_due
+from keyd.actions.probe import build_probe_services, probe_due
+from keyd.checks.probe import ProbeResult
 from keyd.cli.common import app, echo_json
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.vault import VaultClient

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from keyd.actions.probe import ProbeServices, probe_due
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import make_key_loader
-from keyd.checks.probe import ProbePolicy, ProbeServices, probe_due
+from keyd.checks.probe import ProbePolicy
 from keyd.clients.issuer import IssuerClient
 from keyd.clock import FakeClock
 from keyd.config import DirectorySourceConfig

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from keyd.actions.probe import ProbeServices, probe_due
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import make_key_loader
-from keyd.checks.probe import ProbePolicy, ProbeServices, probe_due
+from keyd.checks.probe import ProbePolicy
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.vault import VaultClient
 from keyd.clock import FakeClock

@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from keyd.actions.probe import ProbeServices, probe_due
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import make_key_loader
-from keyd.checks.probe import ProbePolicy, ProbeServices, RateLimiter, probe_due
+from keyd.checks.probe import ProbePolicy, RateLimiter
 from keyd.clients.issuer import IssuerClient
 from keyd.clock import FakeClock
 from keyd.config import DirectorySourceConfig
