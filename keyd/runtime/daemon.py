@@ -91,6 +91,9 @@ class Daemon:
         """Run until SIGTERM/SIGINT; returns the exit code (0)."""
         config = self._load()
         setup_logging(config.log.format, self._log_level or config.log.level)
+        watchdog = sdnotify.watchdog_interval()
+        if watchdog is not None:  # ping at least three times per watchdog period
+            self.settings.control_interval = min(self.settings.control_interval, watchdog / 3)
         self._install_signal_handlers()
         try:
             self._start(config)
@@ -120,6 +123,16 @@ class Daemon:
                      self.guard.describe(), self.settings.control_interval)
         self._register_ticks()
         self.scheduler.start()
+        if leader:
+            self._catch_up(skip=("scan",))
+
+    def _catch_up(self, skip: tuple[str, ...] = ()) -> None:
+        """Run every work tick once now instead of one interval from now:
+        whatever fell due while no leader was working is done at once."""
+        assert self.scheduler is not None
+        for name, tick in list(self.scheduler.ticks.items()):
+            if tick.leader_only and name not in skip:
+                self.scheduler.run_soon(name)
 
     def _stop(self) -> None:
         sdnotify.stopping()
@@ -196,6 +209,7 @@ class Daemon:
             log.info("configuration reloaded from %s", config.path)
             if self._is_leader():
                 self._run_stage("scan")
+                self._catch_up(skip=("scan",))  # new thresholds, channels: decide now
         finally:
             sdnotify.ready(self.status_line())
 
@@ -237,8 +251,8 @@ class Daemon:
         self._role = "leader" if leader else "standby"
         if was != self._role:
             log.warning("role changed: %s -> %s", was, self._role)
-            if leader and "scan" in self.scheduler.ticks:
-                self.scheduler.run_soon("scan")  # catch up at once as the new leader
+            if leader:
+                self._catch_up()  # the new leader starts with a full pass
             sdnotify.status(self.status_line())
         if not self._work_stuck():
             sdnotify.watchdog()

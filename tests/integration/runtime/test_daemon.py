@@ -1,0 +1,145 @@
+"""``keyd run`` as systemd runs it: a real process, a real notify socket,
+signals. READY/STATUS/WATCHDOG, the HTTP endpoints, the SQLite lock, a
+rejected and an accepted SIGHUP reload, and a clean SIGTERM stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keyd.store.migrate import upgrade
+from tests.support.keys import make_key_file
+
+KEYD = [sys.executable, "-m", "keyd.cli"]
+NOW = datetime.now(UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Notifications:
+    """The notify socket systemd would hold, recording every datagram."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.seen: list[str] = []
+
+    def wait_for(self, prefix: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.seen.append(message)
+            if message.startswith(prefix):
+                return message
+        raise AssertionError(f"no {prefix!r} within {timeout}s; got {self.seen}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, int, Notifications]]:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    db = tmp_path / "keyd.db"
+    upgrade(f"sqlite:///{db}")
+    make_key_file(keys, key_id="100", user_id="svc-a", expires_at=NOW + timedelta(days=200))
+    port = free_port()
+    config = tmp_path / "keyd.toml"
+    config.write_text(config_text(db, keys, port))
+    notes = Notifications(tmp_path / "notify.sock")
+    yield config, keys, port, notes
+    notes.close()
+
+
+def config_text(db: Path, keys: Path, port: int, thresholds: str = '["30d", "7d"]') -> str:
+    return f"""
+[database]
+url = "sqlite:///{db}"
+[[sources]]
+type = "directory"
+path = "{keys}"
+[alerts]
+thresholds = {thresholds}
+[http]
+listen = "127.0.0.1:{port}"
+[log]
+level = "INFO"
+"""
+
+
+def start(config: Path, notes: Notifications, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYD_", "VAULT_"))}
+    env.update(NOTIFY_SOCKET=str(notes.path), WATCHDOG_USEC="1500000")
+    with log.open("wb") as out:
+        return subprocess.Popen([*KEYD, "--config", str(config), "run"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_daemon_lifecycle(setup: tuple[Path, Path, int, Notifications], tmp_path: Path) -> None:
+    config, keys, port, notes = setup
+    log = tmp_path / "keyd.log"
+    proc = start(config, notes, log)
+    try:
+        ready = notes.wait_for("READY=1")
+        assert "STATUS=leader: 1 keys, 0 expiring, 0 expired, 0 rejected, 0 invalid (ok)" in ready
+        notes.wait_for("WATCHDOG=1", timeout=5)  # pinged from the control tick
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/readyz").json() == {"role": "leader"}
+            metrics = http.get("/metrics").text
+            assert 'keyd_key_status{key_id="100",principal="svc-a",status="active"} 1.0' in metrics
+            assert "keyd_leader 1.0" in metrics
+
+        second = subprocess.run([*KEYD, "--config", str(config), "run"], capture_output=True,
+                                timeout=30, env={k: v for k, v in os.environ.items()
+                                                 if k != "NOTIFY_SOCKET"})
+        assert second.returncode == 4
+        assert f"another keyd owns {tmp_path.resolve() / 'keyd.db'} (pid {proc.pid})" in (
+            second.stderr.decode())
+
+        good = config.read_text()
+        config.write_text(good.replace('thresholds = ["30d", "7d"]', 'thresholds = ["7x"]'))
+        proc.send_signal(signal.SIGHUP)
+        assert notes.wait_for("RELOADING=1").split("\n")[1].startswith("MONOTONIC_USEC=")
+        notes.wait_for("READY=1")
+        assert "reload rejected, keeping the running configuration" in log.read_text()
+
+        make_key_file(keys, key_id="200", user_id="svc-b", expires_at=NOW + timedelta(days=3))
+        config.write_text(good)
+        proc.send_signal(signal.SIGHUP)
+        notes.wait_for("RELOADING=1")
+        ready = notes.wait_for("READY=1")
+        assert "leader: 2 keys, 1 expiring" in ready  # re-scanned after the reload
+
+        proc.send_signal(signal.SIGTERM)
+        notes.wait_for("STOPPING=1")
+        assert proc.wait(timeout=25) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert "PRIVATE KEY" not in text
