@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from keyd.actions.retry import Random, backoff_delay
+from keyd.retry import Random, backoff_delay
 from keyd.clients.smtp import MailSender
 from keyd.clients.webhook import WebhookSender
 from keyd.clock import Clock

@@ -1,7 +1,7 @@
 """Run probe rounds (issue "Validation probe"): the side-effect half of
 ``keyd.checks.probe`` (outcome classes, policy, rate limiter, report types
-live there; this module talks to the issuer and the database, and lives in
-``actions`` because it uses the one retry helper, ``keyd.actions.retry``).
+live there; this module talks to the issuer and writes the outcome, which
+is an action on the inventory).
 
 ``probe_due`` selects due keys, probes them in a bounded thread pool over
 the one shared ``IssuerClient`` (fast retries inside the round, full
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from keyd.actions.retry import Random, backoff_delay, retry_call
+from keyd.retry import Random, backoff_delay, retry_call
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
 from keyd.checks.mint import mint, prove_application_key

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from keyd.actions import tokenvault as tv
 from keyd.actions.filesink import TokenFileError, safe_join, write_atomic
-from keyd.actions.retry import Random, backoff_delay, retry_call
+from keyd.retry import Random, backoff_delay, retry_call
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, make_key_loader
 from keyd.checks.mint import mint

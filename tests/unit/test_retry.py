@@ -1,4 +1,4 @@
-"""keyd.actions.retry: full-jitter exponential backoff, injected sleep and rng."""
+"""keyd.retry: full-jitter exponential backoff, injected sleep and rng."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyd.actions.retry import backoff_ceiling, backoff_delay, retry_call
+from keyd.retry import backoff_ceiling, backoff_delay, retry_call
 from keyd.clock import FakeClock
 from keyd.errors import IssuerRejected, IssuerUnavailable
 
@@ -56,7 +56,7 @@ def test_retries_retryable_errors_then_succeeds(caplog: pytest.LogCaptureFixture
             raise IssuerUnavailable("https://issuer", "connection refused")
         return "ok"
 
-    with caplog.at_level(logging.DEBUG, logger="keyd.actions.retry"):
+    with caplog.at_level(logging.DEBUG, logger="keyd.retry"):
         result = retry_call(flaky, attempts=5, base=1.0, cap=300.0, sleep=clock.sleep,
                             rng=FixedRng(0.5), what="token request",
                             on_retry=lambda n, exc, d: seen.append(n))

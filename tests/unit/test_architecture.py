@@ -1,0 +1,104 @@
+"""The house rules that a reviewer would otherwise have to remember
+(STYLE.md rules 1–3): data flows one way, one importer per client
+library, and "now" has one source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "keyd"
+
+# Lower number = lower layer. A module may import its own layer or lower.
+LAYERS = {
+    "clock": 0, "errors": 0, "retry": 0, "redact": 0, "timeutil": 0, "urls": 0, "config": 0,
+    "config_read": 0, "config_build": 0, "log": 0, "__init__": 0,
+    "store": 1, "clients": 1,
+    "sources": 2,
+    "inventory": 3,
+    "checks": 4,
+    "actions": 5,
+    "report": 6,
+    "runtime": 7,
+    "cli": 8,
+}
+
+# third-party module -> the only places allowed to import it
+OWNERS = {
+    "hvac": ("clients/vault.py",),
+    "smtplib": ("clients/smtp.py",),
+    "apscheduler": ("runtime/scheduler.py",),
+    "httpx": ("clients/",),
+    "sqlalchemy": ("store/",),
+    "alembic": ("store/",),
+}
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py"))
+
+
+def layer_of(relative: str) -> int:
+    head = relative.split("/")[0].removesuffix(".py")
+    return LAYERS[head]
+
+
+def imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_layers_never_import_upward(path: Path) -> None:
+    rel = str(path.relative_to(PKG))
+    mine = layer_of(rel)
+    for name in imports(path):
+        if not name.startswith("keyd."):
+            continue
+        target = name.split(".")[1]
+        if target == "cli" and rel.startswith("cli"):
+            continue
+        assert LAYERS.get(target, 0) <= mine, f"keyd/{rel} imports {name}: upward in the flow"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_one_importer_per_client_library(path: Path) -> None:
+    rel = str(path.relative_to(PKG))
+    for name in imports(path):
+        top = name.split(".")[0]
+        owners = OWNERS.get(top)
+        if owners is not None:
+            assert any(rel.startswith(o) for o in owners), f"keyd/{rel} imports {top}"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_clock_has_one_source(path: Path) -> None:
+    rel = str(path.relative_to(PKG))
+    if rel == "clock.py":
+        return
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            owner_name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+            call = f"{owner_name}.{node.func.attr}"
+            assert call not in {"datetime.now", "datetime.utcnow", "time.time", "time.sleep",
+                                "date.today"}, f"keyd/{rel}:{node.lineno} calls {call}()"
+
+
+def test_no_print_outside_the_cli() -> None:
+    for path in modules():
+        rel = str(path.relative_to(PKG))
+        if rel.startswith("cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "print", f"keyd/{rel}:{node.lineno} prints"
