@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint unit integration demo bench migration clean
+.PHONY: venv services test lint unit integration demo bench migration clean
 
 venv: $(STAMP)
 
@@ -19,9 +19,22 @@ lint: venv
 	$(VENV)/bin/ruff check keyd tests bench examples
 	$(VENV)/bin/mypy keyd
 
+# What the integration tests need from the machine, installed/started if
+# missing: PostgreSQL on 127.0.0.1:5432 (a service of this machine kind) and
+# systemd-analyze (for the unit-file checks). OpenBao, aiosmtpd and the test
+# issuer come from the venv and are started by the tests themselves.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { \
+	    echo "make: starting PostgreSQL"; \
+	    pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql | head -n1)" main start; \
+	    for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; }
+	@command -v systemd-analyze >/dev/null || { \
+	    echo "make: installing systemd (for systemd-analyze)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
+
 # The whole suite: lint, types, unit and integration tests (real OpenBao,
 # PostgreSQL, SMTP and authorization server; a missing service fails).
-test: lint
+test: lint services
 	$(VENV)/bin/pytest -q tests
 
 unit: venv
