@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from keyd.store.migrate import upgrade
+from tests.support.db import postgres_database
 from tests.support.keys import make_key_file
 
 KEYD = [sys.executable, "-m", "keyd.cli"]
@@ -143,3 +144,49 @@ def test_daemon_lifecycle(setup: tuple[Path, Path, int, Notifications], tmp_path
     text = log.read_text()
     assert "Traceback" not in text, text
     assert "PRIVATE KEY" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgres_standby_takes_over_when_the_leader_dies(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    make_key_file(keys, key_id="100", user_id="svc-a", expires_at=NOW + timedelta(days=200))
+    with postgres_database() as url:
+        upgrade(url)
+        procs: list[subprocess.Popen[bytes]] = []
+        notes: list[Notifications] = []
+        ports: list[int] = []
+        try:
+            for name in ("a", "b"):
+                ports.append(free_port())
+                config = tmp_path / f"{name}.toml"
+                config.write_text(config_text(tmp_path / "unused.db", keys, ports[-1])
+                                  .replace(f'url = "sqlite:///{tmp_path / "unused.db"}"',
+                                           f'url = "{url}"'))
+                notes.append(Notifications(tmp_path / f"{name}.sock"))
+                procs.append(start(config, notes[-1], tmp_path / f"{name}.log"))
+                ready = notes[-1].wait_for("READY=1")
+                assert ("STATUS=leader" if name == "a" else "STATUS=standby") in ready, ready
+            with httpx.Client(timeout=5) as http:
+                assert http.get(f"http://127.0.0.1:{ports[1]}/readyz").json() == {
+                    "role": "standby"}
+                assert "keyd_leader 0.0" in http.get(f"http://127.0.0.1:{ports[1]}/metrics").text
+
+                procs[0].kill()  # the leader dies without a goodbye: its connection drops
+                procs[0].wait(timeout=10)
+                started = time.monotonic()
+                notes[1].wait_for("STATUS=leader", timeout=15)
+                assert time.monotonic() - started < 10  # "within seconds"
+                assert http.get(f"http://127.0.0.1:{ports[1]}/readyz").json() == {
+                    "role": "leader"}
+            procs[1].send_signal(signal.SIGTERM)
+            assert procs[1].wait(timeout=25) == 0
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            for note in notes:
+                note.close()
+    assert "role changed: standby -> leader" in (tmp_path / "b.log").read_text()
