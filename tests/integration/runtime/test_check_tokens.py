@@ -1,0 +1,66 @@
+"""``keyd check`` with token write-back to a real OpenBao: a dry run lists
+the Vault write it skipped and writes nothing; the real run writes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import hvac.exceptions
+import pytest
+from sqlalchemy.engine import Engine
+
+from keyd.cli import main
+from tests.support.issuer import IssuerServer
+from tests.support.keys import make_key_file
+from tests.support.openbao import OpenBao, kv_prefix, openbao  # noqa: F401
+
+pytestmark = [pytest.mark.issuer, pytest.mark.openbao]
+
+
+def test_dry_run_skips_the_vault_write(tmp_path: Path, db_url: str, migrated_engine: Engine,
+                                       issuer: IssuerServer, openbao: OpenBao,  # noqa: F811
+                                       kv_prefix: str,  # noqa: F811
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(openbao.root_token)
+    token_file.chmod(0o600)
+    config = tmp_path / "keyd.toml"
+    config.write_text(f"""
+[database]
+url = "{db_url}"
+[issuer]
+url = "{issuer.url}"
+timeout = "2s"
+[[sources]]
+type = "directory"
+path = "{keys}"
+[vault]
+addr = "{openbao.addr}"
+auth = "token"
+token_file = "{token_file}"
+[tokens]
+mount = "secret"
+path = "{kv_prefix}/tokens/{{principal}}"
+""")
+    make_key_file(keys, key_id="100", user_id="svc-a", register_with=issuer,
+                  expires_at=datetime.now(UTC) + timedelta(days=200))
+    path = f"{kv_prefix}/tokens/svc-a"
+
+    assert main(["--config", str(config), "check", "--dry-run", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "tokens" in [s["name"] for s in doc["stages"]]
+    assert any(line.startswith("tokens: would create the token of key 100")
+               for line in doc["skipped_side_effects"]), doc["skipped_side_effects"]
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        openbao.client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",
+                                                         raise_on_deleted_version=True)
+
+    assert main(["--config", str(config), "check"]) == 0
+    capsys.readouterr()
+    secret = openbao.client.secrets.kv.v2.read_secret_version(
+        path=path, mount_point="secret", raise_on_deleted_version=True)
+    assert secret["data"]["data"]
