@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
+from typing import Any
 
 from keyd import __version__
 from keyd.clock import Clock
@@ -94,7 +95,7 @@ class Daemon:
         watchdog = sdnotify.watchdog_interval()
         if watchdog is not None:  # ping at least three times per watchdog period
             self.settings.control_interval = min(self.settings.control_interval, watchdog / 3)
-        self._install_signal_handlers()
+        previous = self._install_signal_handlers()
         try:
             self._start(config)
             sdnotify.ready(self.status_line())
@@ -102,6 +103,8 @@ class Daemon:
             self._wait_for_signals()
         finally:
             self._stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return 0
 
     def _start(self, config: Config) -> None:
@@ -152,11 +155,12 @@ class Daemon:
 
     # --- signals ----------------------------------------------------------
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Route signals to the main loop; returns the handlers to restore."""
         def handler(signum: int, _frame: FrameType | None) -> None:
             self._signals.put(signum)  # SimpleQueue.put is safe in a signal handler
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, handler)
+        return {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
 
     def _wait_for_signals(self) -> None:
         while True:
