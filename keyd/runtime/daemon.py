@@ -238,6 +238,8 @@ class Daemon:
         for stage in self._stages_for(services):
             if stage.name == name:
                 stage.run(services)
+                if name == "scan":  # keep `systemctl status` current
+                    sdnotify.status(self.status_line())
                 return
 
     def _first_scan(self) -> None:

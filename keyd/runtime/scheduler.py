@@ -44,6 +44,29 @@ WORK = "work"
 CONTROL = "control"
 
 
+class _Overrun(logging.Filter):
+    """APScheduler warns each time a tick is skipped because the previous
+    run is still going (or started too late). With ``max_instances=1`` and
+    coalescing that is the intended behaviour, not news: demote to DEBUG."""
+
+    NOISE = ("maximum number of running instances reached", "was missed by")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(noise in message for noise in self.NOISE):
+            log.debug("scheduler: %s", message)
+            return False
+        return True
+
+
+def _quiet_overruns() -> None:
+    for name in ("apscheduler.scheduler", f"apscheduler.executors.{WORK}",
+                 f"apscheduler.executors.{CONTROL}"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Overrun) for f in logger.filters):
+            logger.addFilter(_Overrun())
+
+
 @dataclass(frozen=True)
 class Tick:
     """``fn`` every ``interval`` seconds. ``leader_only`` ticks are skipped
@@ -82,6 +105,7 @@ class TickScheduler:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
+        _quiet_overruns()
         self._sched = BackgroundScheduler(
             timezone=UTC,
             jobstores={"default": MemoryJobStore()},

@@ -106,3 +106,26 @@ def test_run_soon_and_bounded_shutdown() -> None:
 def test_rejects_nonsense_interval(sched: TickScheduler) -> None:
     with pytest.raises(ValueError, match="interval"):
         sched.add(Tick("x", lambda: None, interval=0))
+
+
+def test_overrun_warnings_are_demoted(caplog: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow() -> None:
+        started.set()
+        release.wait(5)
+
+    sched = TickScheduler(clock=FakeClock())
+    sched.add(Tick("probe", slow, interval=0.05))
+    with caplog.at_level(logging.DEBUG):
+        sched.start()
+        assert started.wait(3)
+        threading.Event().wait(0.3)  # several intervals pass while the run is busy
+        release.set()
+        sched.shutdown(timeout=3)
+    noisy = [r for r in caplog.records if r.name.startswith("apscheduler")
+             and "maximum number of running instances" in r.getMessage()]
+    assert noisy == []
+    assert any("maximum number of running instances" in r.getMessage()
+               for r in caplog.records if r.name == "keyd.runtime.scheduler")
