@@ -44,8 +44,10 @@ def database_kind(url: str) -> str:
     """``"sqlite"`` or ``"postgresql"`` (a ``ConfigError`` for anything else)."""
     try:
         backend = make_url(url).get_backend_name()
-    except ArgumentError as exc:
-        raise ConfigError("database.url", f"cannot parse the URL: {exc}") from None
+    except ArgumentError:  # the parser's message repeats the URL, password included
+        raise ConfigError("database.url", "cannot be parsed as a database URL") from None
+    if backend == "postgres":
+        backend = "postgresql"
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError("database.url", f"unsupported database {backend!r} "
                           "(use sqlite:///PATH or postgresql+psycopg://...)")
@@ -67,8 +69,11 @@ class AdvisoryLock:
 
     def __init__(self, url: str, key: int = LEADER_LOCK_KEY) -> None:
         self.key = key
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):  # as make_engine: psycopg 3
+            parsed = parsed.set(drivername="postgresql+psycopg")
         self._engine: Engine = create_engine(
-            url, poolclass=NullPool, connect_args=dict(_PG_CONNECT_ARGS),
+            parsed, poolclass=NullPool, connect_args=dict(_PG_CONNECT_ARGS),
             isolation_level="AUTOCOMMIT")
         self._conn: Connection | None = None
         self._held = False

@@ -75,3 +75,11 @@ def test_unreachable_database_means_standby_not_crash() -> None:
         assert guard.is_leader() is False
     finally:
         guard.close()
+
+
+def test_plain_postgresql_url_means_psycopg(pg_url: str) -> None:
+    guard = make_guard(pg_url.replace("postgresql+psycopg://", "postgres://"))
+    try:
+        assert guard.acquire()
+    finally:
+        guard.close()
