@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from keyd.errors import LockHeld
-from keyd.store.locks import AdvisoryLock, database_kind, redacted_url, sqlite_path
+from keyd.store.engine import safe_url
+from keyd.store.locks import AdvisoryLock, database_kind, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class AdvisoryLeaderGuard:
     def __init__(self, url: str, lock: AdvisoryLock | None = None) -> None:
         self._lock = lock or AdvisoryLock(url)
         self._leader = False
-        self._where = redacted_url(url)
+        self._where = safe_url(url)
 
     def acquire(self) -> bool:
         was = self._leader

@@ -146,10 +146,3 @@ class AdvisoryLock:
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
-
-def redacted_url(url: str) -> str:
-    """``url`` with any password masked, safe for logs and STATUS=."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable database URL>"
