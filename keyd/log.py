@@ -115,6 +115,23 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time, so a handler set
+    up under a redirected stderr (tests, a reloading daemon) never writes
+    to a stream that has since been closed."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+
 def setup_logging(fmt: str = "text", level: str | int = "INFO",
                   stream: IO[str] | None = None) -> logging.Handler:
     """Send every log event to ``stream`` (default: ``sys.stderr`` at call
@@ -132,7 +149,8 @@ def setup_logging(fmt: str = "text", level: str | int = "INFO",
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
         root.removeHandler(old)
         old.close()
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler: logging.StreamHandler[IO[str]] = (
+        logging.StreamHandler(stream) if stream is not None else _StderrHandler())
     setattr(handler, _MARK, True)
     handler.addFilter(ScrubFilter())
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())

@@ -41,12 +41,12 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from keyd.retry import Random, backoff_delay
 from keyd.clients.smtp import MailSender
 from keyd.clients.webhook import WebhookSender
 from keyd.clock import Clock
 from keyd.config import Config
 from keyd.errors import KeydError, MailError
+from keyd.retry import Random, backoff_delay
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from keyd.retry import Random, backoff_delay, retry_call
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
 from keyd.checks.mint import mint, prove_application_key
@@ -42,6 +41,7 @@ from keyd.errors import (
     KeydError,
 )
 from keyd.redact import scrub
+from keyd.retry import Random, backoff_delay, retry_call
 from keyd.sources.keyfile import KIND_APPLICATION, KeyFile
 from keyd.store import probes as store
 from keyd.store.alerts import note_issuer_health

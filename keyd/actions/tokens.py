@@ -30,7 +30,6 @@ from pathlib import Path
 
 from keyd.actions import tokenvault as tv
 from keyd.actions.filesink import TokenFileError, safe_join, write_atomic
-from keyd.retry import Random, backoff_delay, retry_call
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, make_key_loader
 from keyd.checks.mint import mint
@@ -40,6 +39,7 @@ from keyd.clock import Clock
 from keyd.config import AlertsConfig, Config, TokensConfig
 from keyd.errors import ConfigError, KeydError, VaultConflict
 from keyd.redact import scrub
+from keyd.retry import Random, backoff_delay, retry_call
 from keyd.store import tokens as store
 from keyd.store.probes import ProbeTarget
 from keyd.store.snapshot import Engine

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyd.retry import backoff_ceiling, backoff_delay, retry_call
 from keyd.clock import FakeClock
 from keyd.errors import IssuerRejected, IssuerUnavailable
+from keyd.retry import backoff_ceiling, backoff_delay, retry_call
 
 
 class FixedRng:
