@@ -162,7 +162,7 @@ def show_tokens(bao: OpenBao) -> None:
 def main() -> int:
     if RUN.exists():
         shutil.rmtree(RUN)
-    (RUN / "keys").mkdir(parents=True)
+    (RUN / "keys").mkdir(parents=True, mode=0o700)
     with ExitStack() as stack:
         banner("Starting OpenBao (dev), the test issuer and a mail catcher on loopback")
         bao = OpenBao.start()

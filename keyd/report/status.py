@@ -152,12 +152,20 @@ def render_text(report: StatusReport) -> str:
 
 def _problems(report: StatusReport) -> list[str]:
     lines: list[str] = []
+    said: set[str] = set()  # a directory's warning is said once, not once per file in it
     for key in report.keys:
         for loc in key.row.locations:
             if loc.status == "invalid":
                 lines.append(f"  {loc.source}: {loc.ref}: INVALID ({key.row.key_id}): {loc.error}")
             elif loc.warning and loc.status == "present":
-                lines.append(f"  {loc.source}: {loc.ref}: warning: {loc.warning}")
+                for part in loc.warning.split("; "):
+                    if part.startswith("its directory "):
+                        text = f"  {loc.source}: warning: directory{part[len('its directory'):]}"
+                    else:
+                        text = f"  {loc.source}: {loc.ref}: warning: {part}"
+                    if text not in said:
+                        said.add(text)
+                        lines.append(text)
         if key.row.last_error:
             lines.append(f"  key {key.row.key_id}: {key.row.last_error}")
     for loc in report.orphans:

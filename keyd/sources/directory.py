@@ -188,8 +188,8 @@ class DirectorySource:
                          inode=stamp.inode, warning=warning)
         if known.get(path) == stamp:
             return replace(seen, unchanged=True)
-        if warning:
-            log.warning("%s", warning)
+        if st.st_mode & _GROUP_OTHER_READ:  # the directory's warning is logged once, below
+            log.warning("key file %s is readable by group/other (chmod 600 it)", path)
         try:
             keyfile = self._parse(path, validated)
         except KeyFileError as exc:
@@ -214,6 +214,10 @@ class DirectorySource:
                 self._dir_modes[directory] = os.stat(directory).st_mode
             except OSError:
                 self._dir_modes[directory] = None
+            first_mode = self._dir_modes[directory]
+            if first_mode is not None and first_mode & _GROUP_OTHER_READ:
+                log.warning("directory %s holding key files is readable by group/other "
+                            "(mode %04o; chmod 700 it)", directory, stat.S_IMODE(first_mode))
         dir_mode = self._dir_modes[directory]
         if dir_mode is not None and dir_mode & _GROUP_OTHER_READ:
             problems.append(f"its directory {directory} is readable by group/other "
