@@ -121,6 +121,29 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """How often ``keyd run`` looks for due work (the work itself is picked
+    from due times in the database). Read at start; a change needs a restart."""
+
+    scan_interval: timedelta = timedelta(minutes=5)
+    evaluate_interval: timedelta = timedelta(minutes=1)
+    probe_tick: timedelta = timedelta(seconds=30)
+    tokens_tick: timedelta = timedelta(seconds=30)
+    outbox_tick: timedelta = timedelta(seconds=30)
+    prune_interval: timedelta = timedelta(hours=6)
+    control_interval: timedelta = timedelta(seconds=5)
+
+    def intervals(self) -> dict[str, float]:
+        """Seconds per daemon tick, by stage name."""
+        return {"scan": self.scan_interval.total_seconds(),
+                "evaluate": self.evaluate_interval.total_seconds(),
+                "probe": self.probe_tick.total_seconds(),
+                "tokens": self.tokens_tick.total_seconds(),
+                "outbox": self.outbox_tick.total_seconds(),
+                "prune": self.prune_interval.total_seconds()}
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"  # text (key=value) | json
     level: str = "INFO"
@@ -138,6 +161,7 @@ class Config:
     tokens: TokensConfig | None = None
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # non-fatal findings while loading (e.g. an unknown KEYD_* variable), for `config check`
     warnings: tuple[str, ...] = ()

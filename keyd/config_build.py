@@ -16,6 +16,7 @@ from typing import Any
 from keyd.config import (
     AlertsConfig,
     Config,
+    DaemonConfig,
     DatabaseConfig,
     DirectorySourceConfig,
     EmailConfig,
@@ -37,7 +38,7 @@ from keyd.urls import check_issuer_url
 SCHEMA: dict[str, dict[str, str]] = {
     "": {"timezone": "str", "database": "table", "issuer": "table", "sources": "tables",
          "vault": "table", "tokens": "table", "alerts": "table", "http": "table",
-         "log": "table"},
+         "daemon": "table", "log": "table"},
     "database": {"url": "str"},
     "issuer": {"url": "str", "scopes": "list", "probe_interval": "duration",
                "ca_bundle": "path", "timeout": "duration", "assertion_lifetime": "duration",
@@ -54,6 +55,9 @@ SCHEMA: dict[str, dict[str, str]] = {
                      "timeout": "duration", "routes": "table"},
     "alerts.webhook": {"url": "str", "timeout": "duration"},
     "http": {"listen": "str"},
+    "daemon": {"scan_interval": "duration", "evaluate_interval": "duration",
+               "probe_tick": "duration", "tokens_tick": "duration", "outbox_tick": "duration",
+               "prune_interval": "duration", "control_interval": "duration"},
     "log": {"format": "str", "level": "str"},
 }
 SOURCE_KEYS: dict[str, tuple[str, ...]] = {
@@ -91,7 +95,7 @@ def build_config(root: Table) -> Config:
             root.fail("timezone", str(exc))
         kw["timezone_name"] = zone_name
     sections = {name: root.table(name) for name in
-                ("database", "issuer", "vault", "tokens", "alerts", "http", "log")}
+                ("database", "issuer", "vault", "tokens", "alerts", "http", "daemon", "log")}
     if (t := sections["database"]) is not None:
         kw["database"] = build_database(t)
     if (t := sections["issuer"]) is not None:
@@ -106,6 +110,8 @@ def build_config(root: Table) -> Config:
         kw["alerts"] = build_alerts(t)
     if (t := sections["http"]) is not None:
         kw["http"] = build_http(t)
+    if (t := sections["daemon"]) is not None:
+        kw["daemon"] = build_daemon(t)
     if (t := sections["log"]) is not None:
         kw["log"] = build_log(t)
     _check_dependencies(root, kw)
@@ -374,6 +380,14 @@ def build_http(t: Table) -> HttpConfig:
     if not 1 <= int(match.group(2)) <= 65535:
         t.fail("listen", f'port {match.group(2)} in "{listen}" is out of range (1 to 65535)')
     return HttpConfig(listen=listen)
+
+
+def build_daemon(t: Table) -> DaemonConfig:
+    t.check_keys(SCHEMA["daemon"])
+    kw: dict[str, Any] = {}
+    for name in SCHEMA["daemon"]:
+        _set(kw, name, t.duration(name, low=timedelta(seconds=1), high=timedelta(days=7)))
+    return DaemonConfig(**kw)
 
 
 def build_log(t: Table) -> LogConfig:

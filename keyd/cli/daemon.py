@@ -19,7 +19,7 @@ from keyd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from keyd.errors import EXIT_UNKNOWN, KeydError
 from keyd.runtime import configcheck
 from keyd.runtime.check import SCHEMA, run_check
-from keyd.runtime.daemon import Daemon
+from keyd.runtime.daemon import Daemon, DaemonSettings
 from keyd.runtime.stages import cycle_stages, daemon_stages
 from keyd.runtime.wiring import build_services
 from keyd.store.migrate import ensure_current
@@ -39,7 +39,11 @@ def run_cmd(ctx: click.Context) -> int:
     def load() -> Config:
         return load_config(path)
 
-    return Daemon(load, a.clock, daemon_stages, log_level="DEBUG" if a.debug else None).run()
+    daemon_cfg = load().daemon  # tick intervals are fixed for the life of the process
+    settings = DaemonSettings(control_interval=daemon_cfg.control_interval.total_seconds(),
+                              intervals=daemon_cfg.intervals())
+    return Daemon(load, a.clock, daemon_stages, settings,
+                  log_level="DEBUG" if a.debug else None).run()
 
 
 @click.command(name="check")

@@ -370,7 +370,7 @@ def all_keys() -> list[tuple[str, str]]:
 def test_example_shows_every_key() -> None:
     text = (ROOT / "examples" / "keyd.toml").read_text()
     for _, key in all_keys():
-        if key in ("database", "issuer", "sources", "vault", "tokens", "alerts", "http", "log",
+        if key in ("database", "issuer", "sources", "vault", "tokens", "alerts", "http", "daemon", "log",
                    "email", "webhook", "routes"):
             assert re.search(rf"^\[+[a-z.]*{key}\]+", text, re.M), key
         else:
@@ -393,3 +393,14 @@ def test_secret_looking_env_var_is_not_an_override_and_not_echoed(
     assert config.vault is None
     assert "KEYD_VAULT_TOKEN" in config.warnings[0]
     assert "ENV-SECRET-MARKER" not in " ".join(config.warnings) + caplog.text
+
+
+def test_daemon_intervals(tmp_path: Path) -> None:
+    path = tmp_path / "keyd.toml"
+    path.write_text('[daemon]\nprobe_tick = "2s"\nscan_interval = "10m"\n')
+    daemon = load_config(path, env={}).daemon
+    assert daemon.intervals()["probe"] == 2.0 and daemon.intervals()["scan"] == 600.0
+    assert daemon.intervals()["outbox"] == 30.0  # default kept
+    path.write_text('[daemon]\noutbox_tick = "100ms"\n')
+    with pytest.raises(ConfigError, match=r"daemon.outbox_tick.*out of range"):
+        load_config(path, env={})
