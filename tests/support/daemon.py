@@ -1,0 +1,73 @@
+"""Run the real ``keyd run`` process as systemd would: a notify socket
+that records every datagram, a config file, a log file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KEYD = [sys.executable, "-m", "keyd.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Notifications:
+    """The notify socket systemd would hold, recording every datagram."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.seen: list[str] = []
+
+    def wait_for(self, prefix: str, timeout: float = 20) -> str:
+        """The next datagram starting with ``prefix`` (or fail with all seen)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.seen.append(message)
+            if message.startswith(prefix):
+                return message
+        raise AssertionError(f"no {prefix!r} within {timeout}s; got {self.seen}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start_keyd(config: Path, notes: Notifications, log: Path, *,
+               watchdog_usec: int = 1_500_000) -> subprocess.Popen[bytes]:
+    """``keyd --config CONFIG run`` with NOTIFY_SOCKET and WATCHDOG_USEC set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYD_", "VAULT_", "BAO_"))}
+    env.update(NOTIFY_SOCKET=str(notes.path), WATCHDOG_USEC=str(watchdog_usec))
+    with log.open("wb") as out:
+        return subprocess.Popen([*KEYD, "--config", str(config), "run"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_until(predicate: object, timeout: float = 30, what: str = "condition") -> None:
+    """Poll ``predicate()`` every 0.2 s until it is true."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
