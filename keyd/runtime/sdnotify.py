@@ -5,6 +5,9 @@ the variable is unset (not started by systemd, or ``Type=simple``). A name
 starting with ``@`` is an abstract socket (leading NUL byte). Failures are
 logged and reported as ``False``: a broken notify socket must never stop
 the daemon itself (systemd will notice the missing READY/WATCHDOG anyway).
+The send never blocks: when the receiver's queue is full (nobody reading;
+``net.unix.max_dgram_qlen`` is small) the datagram is dropped, because a
+stalled control tick would stop the watchdog pings and leadership checks.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.setblocking(False)
             sock.connect(address)
-            sock.sendall(state.encode())
+            sock.send(state.encode())
     except OSError as exc:
         log.warning("sd_notify to %r failed: %s", address.replace("\0", "@"), exc)
         return False

@@ -72,3 +72,15 @@ def test_dead_socket_is_reported_not_raised(tmp_path: Path,
 ])
 def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert sdnotify.watchdog_interval(env) == expected
+
+
+def test_a_full_socket_drops_the_datagram_instead_of_blocking(tmp_path: Path) -> None:
+    """Nobody reads the socket: its small queue fills, and notify() must
+    return False at once rather than stall the control tick."""
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))
+        env = {"NOTIFY_SOCKET": str(path)}
+        results = [sdnotify.notify("STATUS=x" * 100, env) for _ in range(2000)]
+    assert results[0] is True
+    assert results[-1] is False  # dropped, not blocked
