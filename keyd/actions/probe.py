@@ -7,6 +7,10 @@ is an action on the inventory).
 the one shared ``IssuerClient`` (fast retries inside the round, full
 jitter), decides each key's new state and schedule, and records it all in
 batches. A failure never advances the schedule as if it had succeeded.
+
+``plan_probes`` is the dry-run half (``keyd check --dry-run``): it lists
+the keys a round would probe and contacts nobody, because a probe is not
+a read: it mints a real token, which the issuer records.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
@@ -47,10 +51,12 @@ from keyd.store import probes as store
 from keyd.store.alerts import note_issuer_health
 from keyd.store.probes import ProbeRecord, ProbeTarget
 from keyd.store.snapshot import Engine
+from keyd.timeutil import isoformat_z
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 200  # write results in batches: a killed round loses little
+PLAN_CAP: Final = 20  # a dry run names this many due keys, then counts the rest
 
 
 @dataclass
@@ -125,6 +131,25 @@ def probe_due(engine: Engine, services: ProbeServices, now: datetime, *,
     _flush_last(engine, pending, report, services)
     log.info("probe round done: %s", report.counts())
     return report
+
+
+def plan_probes(engine: Engine, issuer_url: str, now: datetime, *,
+                cap: int = PLAN_CAP) -> list[str]:
+    """What ``probe_due`` would do at ``now``, without doing it: a headline
+    with the number of due keys, then the first ``cap`` of them in probe
+    order and how many more. No request reaches the issuer and nothing is
+    written. Empty when no key is due (nothing was skipped)."""
+    total, keys = store.due_preview(engine, now, limit=cap)
+    if not total:
+        return []
+    lines = [f"would probe {total} key(s) at {issuer_url} (skipped: a probe mints a real token)"]
+    for key in keys:
+        last = "never probed" if key.last_probe_at is None else \
+            f"last probe {key.last_probe_outcome or 'unreadable'} at {isoformat_z(key.last_probe_at)}"
+        lines.append(f"would probe key {key.key_id} ({key.principal}): {last}")
+    if total > len(keys):
+        lines.append(f"... and {total - len(keys)} more key(s) due")
+    return lines
 
 
 def _flush_last(engine: Engine, pending: list[ProbeRecord], report: ProbeReport,

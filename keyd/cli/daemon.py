@@ -48,8 +48,10 @@ def run_cmd(ctx: click.Context) -> int:
 
 @click.command(name="check")
 @click.option("--dry-run", is_flag=True,
-              help="Compute everything, change nothing: no mail, no Vault writes, no DB writes "
-                   "(all rolled back); list the side effects skipped.")
+              help="Change nothing: sources are read and alerts decided, then rolled back. "
+                   "Nothing is sent to the issuer (a probe mints a real token), mailed, "
+                   "posted to a webhook or written to Vault; those steps are listed "
+                   "instead, and the verdict uses the stored results of the last real probe.")
 @click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({SCHEMA}).")
 @click.pass_context
 def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> int:

@@ -12,6 +12,11 @@ Mapping (documented in the README):
 * UNKNOWN: no critical or warning signal, but a configured source failed
   its last scan, the issuer was unreachable, or a stage of the cycle
   failed: "all fine" cannot be claimed.
+
+A dry run does not probe (a probe mints a real token), so its verdict
+rests on the stored probe results: the keys' status (``rejected``) and
+last error as the last real probe left them, and the issuer outage the
+last real round recorded (``issuer.unavailable_since``).
 * OK otherwise. Keys no longer found (``missing``) are not a problem by
   themselves: that is what a finished rotation looks like. They are
   counted in the perfdata only.
@@ -31,6 +36,7 @@ from keyd.redact import scrub
 from keyd.runtime import wiring
 from keyd.runtime.cycle import CycleReport, Stage, run_cycle
 from keyd.runtime.wiring import Services
+from keyd.store import alerts as alert_store
 from keyd.store import snapshot
 from keyd.store.snapshot import KeySnapshot, LocationProblem, SourceSnapshot
 from keyd.timeutil import format_duration, isoformat_z
@@ -123,8 +129,11 @@ class Verdict:
 
 def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
           locations: Sequence[LocationProblem], sources: Sequence[SourceSnapshot],
-          cycle: CycleReport | None = None) -> Verdict:
-    """The verdict for this inventory at ``at`` (module docstring)."""
+          cycle: CycleReport | None = None, *,
+          issuer_down_since: datetime | None = None) -> Verdict:
+    """The verdict for this inventory at ``at`` (module docstring).
+    ``issuer_down_since``: a stored outage to report when this cycle did
+    not probe (dry run)."""
     warn = max(config.alerts.thresholds, default=timedelta(days=30))
     configured = {s.name for s in config.sources}
     verdict = Verdict("ok", at, warn, cycle=cycle,
@@ -136,6 +145,10 @@ def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
         verdict.problems.append(Problem("critical", "invalid", f"invalid key file {loc.ref} "
                                         f"({loc.source}): {_clean(loc.error)}", ref=loc.ref))
     _judge_unknowns(verdict)
+    if issuer_down_since is not None:
+        verdict.problems.append(Problem(
+            "unknown", "issuer", f"issuer unavailable since {isoformat_z(issuer_down_since)} "
+            "(last probe round; a dry run does not probe)"))
     verdict.status = _status(verdict)
     order = {"critical": 0, "warning": 1, "unknown": 2}
     verdict.problems.sort(key=lambda p: (order[p.severity], p.seconds_left or 0))
@@ -227,4 +240,16 @@ def run_check(services: Services, stages: Sequence[Stage], *, dry_run: bool = Fa
 def _verdict_from_db(services: Services, report: CycleReport) -> Verdict:
     engine = services.engine
     return judge(services.config, services.clock.now(), snapshot.keys(engine),
-                 snapshot.location_problems(engine), snapshot.sources(engine), report)
+                 snapshot.location_problems(engine), snapshot.sources(engine), report,
+                 issuer_down_since=_stored_outage(services, report))
+
+
+def _stored_outage(services: Services, report: CycleReport) -> datetime | None:
+    """The issuer outage the last real probe round recorded, when this
+    cycle skipped the probe (dry run); None otherwise: a real round
+    reports reachability itself (``issuer_reachable``)."""
+    probe = report.stage("probe")
+    if probe is None or not probe.skipped:
+        return None
+    with alert_store.transaction(services.engine) as session:
+        return alert_store.issuer_outage(session)

@@ -10,11 +10,13 @@ successful stages committed.
 
 Dry run (``keyd check --dry-run``): the services' engine is a sandbox
 whose every commit stays inside one transaction that is rolled back at the
-end (``keyd.store.sandbox``), so scan, alert decisions and probe records
-are computed for real but never persisted. Stages whose effect is outside
-the database (mail, Vault writes) do not ``run``: their ``plan(services)``
-lists what they would have done, and the report carries those lines as
-skipped side effects. A side-effect stage without a plan is skipped whole.
+end (``keyd.store.sandbox``), so the scan and the alert decisions are
+computed for real but never persisted. Stages whose effect is outside the
+database (probe: it mints a real token at the issuer; token write-back:
+mints and writes Vault; outbox: mail and webhooks) do not ``run``: their
+``plan(services)`` lists what they would have done, reading the database
+only, and the report carries those lines as skipped side effects. A
+side-effect stage without a plan is skipped whole.
 """
 
 from __future__ import annotations

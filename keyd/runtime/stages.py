@@ -4,8 +4,10 @@ scan → evaluate (alert ladder) → probe → tokens (write-back) → outbox,
 plus ``prune`` (daemon only). Each adapter takes ``Services``, does its
 stage in its own transaction(s) and returns that stage's report. Stages
 whose feature is not configured are left out (no issuer: no probe; no
-``[tokens]``: no write-back). ``tokens`` and ``outbox`` act outside the
-database, so a dry run asks their ``plan`` instead (``cycle.py``).
+``[tokens]``: no write-back). ``probe``, ``tokens`` and ``outbox`` act
+outside the database (a probe mints a real token at the issuer, which
+records it; write-back writes Vault; the outbox sends mail), so a dry run
+asks their ``plan`` instead (``cycle.py``); plans only read the database.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Final
 
 from keyd.actions.alerts import evaluate_alerts
 from keyd.actions.deliver import DrainReport, drain_outbox
-from keyd.actions.probe import probe_due
+from keyd.actions.probe import plan_probes, probe_due
 from keyd.actions.tokens import TokenReport, plan_lines, refresh_tokens
 from keyd.checks.probe import ProbeReport
 from keyd.inventory.scan import ScanReport, scan_all
@@ -37,7 +39,7 @@ def cycle_stages(services: Services) -> list[Stage]:
     """The stages of one full cycle (``keyd check``), in order."""
     stages = [Stage("scan", scan), Stage("evaluate", evaluate)]
     if services.probe is not None:
-        stages.append(Stage("probe", probe))
+        stages.append(Stage("probe", probe, side_effects=True, plan=probe_plan))
     if services.tokens is not None:
         stages.append(Stage("tokens", tokens, side_effects=True, plan=tokens_plan))
     stages.append(Stage("outbox", outbox, side_effects=True, plan=outbox_plan))
@@ -71,12 +73,20 @@ def probe(services: Services) -> ProbeReport:
     return report
 
 
+def probe_plan(services: Services) -> Sequence[str]:
+    """The due keys a probe round would contact the issuer for (none is)."""
+    assert services.config.issuer is not None
+    return plan_probes(services.engine, services.config.issuer.url, services.clock.now())
+
+
 def tokens(services: Services) -> TokenReport:
     assert services.tokens is not None
     return refresh_tokens(services.engine, services.tokens, services.clock.now())
 
 
 def tokens_plan(services: Services) -> Sequence[str]:
+    """The sinks write-back would create or refresh; ``dry_run=True``
+    neither mints (no issuer request) nor writes Vault or the database."""
     assert services.tokens is not None
     report = refresh_tokens(services.engine, services.tokens, services.clock.now(), dry_run=True)
     return plan_lines(report)

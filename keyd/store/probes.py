@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from keyd.errors import UsageError
@@ -105,21 +105,48 @@ def _locations(session: Session, pks: Sequence[int]) -> dict[int, list[KeyLocati
     return out
 
 
+def _is_due(now: datetime) -> ColumnElement[bool]:
+    """The schedule contract of the module docstring, as one WHERE clause."""
+    return and_(Key.status == PROBED_STATUS,
+                or_(Key.next_probe_at.is_(None), Key.next_probe_at <= now))
+
+
+#: Probe order: never-probed first, then the most overdue.
+_DUE_ORDER = (Key.next_probe_at.is_not(None), Key.next_probe_at, Key.id)
+
+
 def due_targets(engine: Engine, now: datetime, *, limit: int | None = None) -> list[ProbeTarget]:
     """Active keys whose probe is due at ``now``, never-probed first, then
     the most overdue; at most ``limit``."""
     with Session(engine) as session:
-        query = (
-            select(Key)
-            .where(Key.status == PROBED_STATUS)
-            .where(or_(Key.next_probe_at.is_(None), Key.next_probe_at <= now))
-            .order_by(Key.next_probe_at.is_not(None), Key.next_probe_at, Key.id)
-        )
+        query = select(Key).where(_is_due(now)).order_by(*_DUE_ORDER)
         if limit is not None:
             query = query.limit(limit)
         keys = list(session.scalars(query))
         locs = _locations(session, [k.id for k in keys])
         return [_snapshot(k, locs[k.id]) for k in keys]
+
+
+@dataclass(frozen=True)
+class DueKey:
+    """A key a probe round would pick, as ``keyd check --dry-run`` lists it."""
+
+    key_id: str
+    principal: str
+    last_probe_at: datetime | None
+    last_probe_outcome: str | None
+
+
+def due_preview(engine: Engine, now: datetime, *, limit: int) -> tuple[int, list[DueKey]]:
+    """How many keys are due at ``now`` and the first ``limit`` of them in
+    probe order. Read-only: selects nothing but the listed columns and
+    never touches the schedule (a dry run must not look like a probe)."""
+    with Session(engine) as session:
+        total = session.scalar(select(func.count()).select_from(Key).where(_is_due(now))) or 0
+        rows = session.execute(
+            select(Key.key_id, Key.principal, Key.last_probe_at, Key.last_probe_outcome)
+            .where(_is_due(now)).order_by(*_DUE_ORDER).limit(limit))
+        return total, [DueKey(*row) for row in rows]
 
 
 def target_by_key_id(engine: Engine, key_id: str) -> ProbeTarget:

@@ -126,3 +126,10 @@ def test_schema_behind_is_unknown_with_the_fix(db_url: str, tmp_path: Path, keys
     assert check(write_config(tmp_path, db_url, keys)) == 3
     out = capsys.readouterr().out
     assert out.startswith("KEYD UNKNOWN - database ") and "keyd db upgrade" in out
+
+
+def test_help_says_what_a_dry_run_does_not_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Nothing is sent to the issuer (a probe mints a real token)" in text
+    assert "the verdict uses the stored results of the last real probe" in text

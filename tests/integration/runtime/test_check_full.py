@@ -1,5 +1,7 @@
 """``keyd check`` with every stage live: the test issuer (probes), a real
-SMTP server (outbox), on SQLite and PostgreSQL."""
+SMTP server (outbox), on SQLite and PostgreSQL. ``--dry-run`` sends not a
+single request to the issuer (a probe mints a real token): it lists the
+probes it skipped and judges on the stored probe results."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from keyd.cli import main
-from tests.support.issuer import IssuerServer
+from tests.support.issuer import TOKEN_PATH, IssuerServer
 from tests.support.keyfiles import PEM_MARKER
 from tests.support.keyrows import dump_all
 from tests.support.keys import make_key_file
@@ -63,13 +65,19 @@ def test_full_cycle_probes_alerts_and_mails_once(
     assert check(config, "--dry-run", "--json") == 1
     doc = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in doc["stages"]] == ["scan", "evaluate", "probe", "outbox"]
+    assert [s["skipped"] for s in doc["stages"]] == [False, False, True, True]
+    assert doc["skipped_side_effects"][:2] == [
+        f"probe: would probe 1 key(s) at {issuer.url} (skipped: a probe mints a real token)",
+        "probe: would probe key 100 (svc-a): never probed"]
     assert any("would send email to ops@example.org" in line
                for line in doc["skipped_side_effects"])
+    assert issuer.requests_seen == 0 and issuer.tokens_issued == 0  # not even discovery
     assert smtp_server.inbox() == []  # dry run: nothing sent
     assert "100" not in dump_all(migrated_engine)  # ... and nothing kept
 
     assert check(config) == 1
     assert capsys.readouterr().out.startswith("KEYD WARNING - 1 key expiring in 5d")
+    assert issuer.requests_by_path[TOKEN_PATH] == 1 and issuer.tokens_issued == 1  # probed
     assert len(smtp_server.inbox()) == 1
     assert check(config) == 1  # the same alert is never mailed twice
     assert len(smtp_server.inbox()) == 1
@@ -89,3 +97,56 @@ def test_issuer_down_alone_is_unknown(config: Path, issuer: IssuerServer,
     issuer.fail_mode = "503"
     assert check(config) == 3
     assert capsys.readouterr().out.startswith("KEYD UNKNOWN - issuer unavailable")
+
+
+def test_dry_run_judges_on_stored_probe_results(
+        config: Path, issuer: IssuerServer, migrated_engine: Engine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    keys = config.parent / "keys"
+    make_key_file(keys, key_id="200", user_id="svc-b", expires_at=NOW + timedelta(days=90))
+    assert check(config) == 2  # a real probe: not registered at the issuer, rejected
+    assert issuer.requests_by_path[TOKEN_PATH] >= 1
+    capsys.readouterr()
+    seen = issuer.requests_seen
+
+    make_key_file(keys, key_id="300", user_id="svc-c", register_with=issuer,
+                  expires_at=NOW + timedelta(days=90))
+    assert check(config, "--dry-run") == 2  # still rejected: the stored result
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("KEYD CRITICAL - 0 expired, 1 rejected")
+    assert out[1].startswith("CRITICAL: key 200 (svc-b) is rejected by the issuer")
+    assert out[2:4] == [  # the rejected key is out of the schedule; the new one is due
+        f"dry run: skipped probe: would probe 1 key(s) at {issuer.url} "
+        "(skipped: a probe mints a real token)",
+        "dry run: skipped probe: would probe key 300 (svc-c): never probed"]
+    # the rejection alert, decided after the last round, is not mailed either
+    assert out[4:] == ["dry run: skipped outbox: would send email to ops@example.org: "
+                       "[keyd CRITICAL] key 200 of user svc-b is rejected by the issuer"]
+    assert issuer.requests_seen == seen  # the dry run asked the issuer nothing
+
+    issuer.fail_mode = "503"
+    assert check(config) == 2  # key 300 probed for real: issuer down, 200 still rejected
+    capsys.readouterr()
+    (keys / "200.json").unlink()  # only the outage is left
+    seen = issuer.requests_seen
+    assert check(config, "--dry-run", "--json") == 3
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["summary"].startswith("KEYD UNKNOWN - issuer unavailable since ")
+    assert "(last probe round; a dry run does not probe)" in doc["summary"]
+    assert [p["kind"] for p in doc["problems"]] == ["issuer"]
+    assert issuer.requests_seen == seen
+
+
+def test_dry_run_lists_at_most_20_due_keys(config: Path, issuer: IssuerServer,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    for n in range(23):
+        make_key_file(config.parent / "keys", key_id=f"{500 + n}", user_id=f"svc-{n}",
+                      alg="ES256", expires_at=NOW + timedelta(days=90))
+    assert check(config, "--dry-run", "--json") == 0
+    lines = json.loads(capsys.readouterr().out)["skipped_side_effects"]
+    assert lines[0] == (f"probe: would probe 23 key(s) at {issuer.url} "
+                        "(skipped: a probe mints a real token)")
+    assert lines[1:21] == [f"probe: would probe key {500 + n} (svc-{n}): never probed"
+                           for n in range(20)]
+    assert lines[21:] == ["probe: ... and 3 more key(s) due"]
+    assert issuer.requests_seen == 0

@@ -1,5 +1,6 @@
 """``keyd check`` with token write-back to a real OpenBao: a dry run lists
-the Vault write it skipped and writes nothing; the real run writes."""
+the probe and the Vault write it skipped, mints no token and writes
+nothing; the real run probes, mints and writes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from keyd.cli import main
-from tests.support.issuer import IssuerServer
+from tests.support.issuer import TOKEN_PATH, IssuerServer
 from tests.support.keys import make_key_file
 from tests.support.openbao import OpenBao, kv_prefix, openbao  # noqa: F401
 
@@ -55,12 +56,15 @@ path = "{kv_prefix}/tokens/{{principal}}"
     assert "tokens" in [s["name"] for s in doc["stages"]]
     assert any(line.startswith("tokens: would create the token of key 100")
                for line in doc["skipped_side_effects"]), doc["skipped_side_effects"]
+    assert "probe: would probe key 100 (svc-a): never probed" in doc["skipped_side_effects"]
+    assert issuer.requests_seen == 0 and issuer.tokens_issued == 0  # nothing minted
     with pytest.raises(hvac.exceptions.InvalidPath):
         openbao.client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",
                                                          raise_on_deleted_version=True)
 
     assert main(["--config", str(config), "check"]) == 0
     capsys.readouterr()
+    assert issuer.requests_by_path[TOKEN_PATH] == 2  # one probe, one token written back
     secret = openbao.client.secrets.kv.v2.read_secret_version(
         path=path, mount_point="secret", raise_on_deleted_version=True)
     assert secret["data"]["data"]

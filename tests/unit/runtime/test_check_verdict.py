@@ -97,3 +97,18 @@ def test_largest_threshold_sets_the_warning_window() -> None:
     config = Config(alerts=AlertsConfig(thresholds=(timedelta(days=7), timedelta(days=2))))
     assert judge(config, NOW, [key("a", left=timedelta(days=8))], [], []).status == "ok"
     assert judge(config, NOW, [key("a", left=timedelta(days=6))], [], []).status == "warning"
+
+
+def test_dry_run_reports_the_stored_issuer_outage() -> None:
+    """A dry run does not probe: an outage the last real round recorded
+    makes the verdict unknown, but never hides a warning."""
+    since = NOW - timedelta(minutes=20)
+    verdict = judge(CONFIG, NOW, [key("a")], [], [], issuer_down_since=since)
+    assert verdict.status == "unknown"
+    assert verdict.summary().startswith(
+        "KEYD UNKNOWN - issuer unavailable since 2026-03-01T11:40:00Z (last probe round; "
+        "a dry run does not probe) | ")
+    soon = judge(CONFIG, NOW, [key("a", left=timedelta(days=2))], [], [],
+                 issuer_down_since=since)
+    assert soon.status == "warning"
+    assert [p.kind for p in soon.problems] == ["expiring", "issuer"]
