@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,43 +16,12 @@ import httpx
 import pytest
 
 from keyd.store.migrate import upgrade
+from tests.support.daemon import KEYD, Notifications, free_port
+from tests.support.daemon import start_keyd as start
 from tests.support.db import postgres_database
 from tests.support.keys import make_key_file
 
-KEYD = [sys.executable, "-m", "keyd.cli"]
 NOW = datetime.now(UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Notifications:
-    """The notify socket systemd would hold, recording every datagram."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.seen: list[str] = []
-
-    def wait_for(self, prefix: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
-            try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
-                break
-            self.seen.append(message)
-            if message.startswith(prefix):
-                return message
-        raise AssertionError(f"no {prefix!r} within {timeout}s; got {self.seen}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -86,14 +53,6 @@ listen = "127.0.0.1:{port}"
 [log]
 level = "INFO"
 """
-
-
-def start(config: Path, notes: Notifications, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYD_", "VAULT_"))}
-    env.update(NOTIFY_SOCKET=str(notes.path), WATCHDOG_USEC="1500000")
-    with log.open("wb") as out:
-        return subprocess.Popen([*KEYD, "--config", str(config), "run"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
