@@ -129,7 +129,15 @@ class AdvisoryLock:
         return int(row[0]) if row else None
 
     def close(self) -> None:
-        """Release (by closing the session) and dispose of the engine."""
+        """Release and dispose of the engine. The unlock is explicit: closing
+        the session also releases the lock, but only once the server backend
+        has finished exiting, so a standby asking right away could still be
+        refused; a clean stop hands over at once."""
+        if self._held and self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+            except SQLAlchemyError:  # the session is gone, and with it the lock
+                pass
         self._drop()
         self._engine.dispose()
 
