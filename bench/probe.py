@@ -18,8 +18,9 @@ the first round, CAS write + read-back on a refresh round) vs N bare
 sequential hvac writes of the same payload. Target: keyd ≤ 1.5 × bare.
 
 The RSA keys come from a pool of 32 (generation is slow); key ids and
-principals are distinct. Usage: python bench/probe.py [--keys 1000]
-[--naive-keys 1000] [--concurrency 8] [--skip-vault]
+principals are distinct. HTTP requests per sink are counted for both
+sides of part 2. Usage: python bench/probe.py [--keys 1000]
+[--naive-keys 1000] [--concurrency 8] [--skip-vault | --vault-only]
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 import jwt  # noqa: E402
+import requests  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from keyd.actions.probe import ProbeServices, probe_due
@@ -136,7 +140,43 @@ class StubIssuer:
                              "openid", self.clock.now())
 
 
-def bench_vault(engine: Any, keydir: Path, n: int, concurrency: int) -> dict[str, float]:
+class RequestCounter:
+    """Counts HTTP requests sent through ``requests`` (hvac's transport), by
+    method and KV v2 endpoint, so the Vault figures can be explained."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._send = requests.Session.send
+
+    def __enter__(self) -> RequestCounter:
+        counts, send = self.counts, self._send
+
+        def counting(session: requests.Session, request: Any, **kw: Any) -> Any:
+            parts = urlsplit(request.url).path.split("/")  # /v1/<mount>/<endpoint>/...
+            what = "/".join(parts[2:]) if parts[2:3] == ["auth"] else "/".join(parts[3:4])
+            counts[f"{request.method} {what}"] += 1
+            return send(session, request, **kw)
+
+        requests.Session.send = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        requests.Session.send = self._send  # type: ignore[method-assign]
+
+    def per(self, n: int) -> str:
+        total = sum(self.counts.values())
+        detail = ", ".join(f"{k} {v / n:g}" for k, v in sorted(self.counts.items()))
+        return f"{total / n:g} requests each: {detail}"
+
+
+def timed(fn: Any) -> tuple[float, RequestCounter]:
+    with RequestCounter() as counter:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start, counter
+
+
+def bench_vault(engine: Any, keydir: Path, n: int, concurrency: int) -> dict[str, Any]:
     clock = SystemClock()
     with OpenBao.start() as bao, VaultClient(bao.vault_config(), clock) as vault:
         services = TokenServices(
@@ -144,24 +184,55 @@ def bench_vault(engine: Any, keydir: Path, n: int, concurrency: int) -> dict[str
             signer=AssertionSigner(clock), vault=vault, clock=clock,
             load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None, UTC),
             policy=TokenPolicy(concurrency=concurrency), rng=random.Random(1))
-        start = time.perf_counter()
-        first = refresh_tokens(engine, services, clock.now())
-        t_first = time.perf_counter() - start
-        assert first.counts() == {"written": n}, first.counts()
-        start = time.perf_counter()
-        again = refresh_tokens(engine, services, clock.now() + timedelta(hours=9))
-        t_again = time.perf_counter() - start
-        assert again.counts() == {"written": n}, again.counts()
-        payload = {"access_token": "zat_" + "x" * 50, "token_type": "Bearer",
+        out: dict[str, Any] = {}
+        rounds = [("first", clock.now()), ("refresh", clock.now() + timedelta(hours=9))]
+        for name, at in rounds:
+            report: list[Any] = []
+            out[name] = timed(lambda at=at, report=report: report.append(
+                refresh_tokens(engine, services, at)))
+            assert report[0].counts() == {"written": n}, report[0].counts()
+        # the same payload shape keyd writes (a 57-character token, a 18-digit key id)
+        payload = {"access_token": "zat_bench_000001_" + "x" * 40, "token_type": "Bearer",
                    "expires_at": "2030-01-01T00:00:00Z", "issued_at": "2029-12-31T12:00:00Z",
-                   "key_id": "k", "scope": "openid"}
+                   "key_id": "3" * 18, "scope": "openid"}
+        kv = bao.client.secrets.kv.v2  # hvac's defaults: one keep-alive session
         bao.client.adapter.close()
-        start = time.perf_counter()
-        for i in range(n):
-            bao.client.secrets.kv.v2.create_or_update_secret(
-                path=f"bench/bare/{i}", secret=payload, mount_point="secret")
-        t_bare = time.perf_counter() - start
-    return {"first": t_first, "refresh": t_again, "bare": t_bare}
+
+        def bare(prefix: str) -> None:
+            for i in range(n):
+                kv.create_or_update_secret(path=f"bench/{prefix}/{i}", secret=payload,
+                                           mount_point="secret")
+
+        out["bare"] = timed(lambda: bare("bare"))
+        bao.client.adapter.session.trust_env = False  # what keyd's session does (vault.py)
+        out["bare_pinned"] = timed(lambda: bare("pinned"))
+    return out
+
+
+def print_vault(v: dict[str, Any], n: int, concurrency: int) -> None:
+    (t_first, c_first), (t_again, c_again) = v["first"], v["refresh"]
+    (t_bare, c_bare), (t_pinned, _) = v["bare"], v["bare_pinned"]
+    print(f"vault: keyd first write  {n} sinks in {t_first:.2f}s ({t_first / t_bare:.2f}x bare; "
+          f"{c_first.per(n)})")
+    print(f"vault: keyd refresh      {n} sinks in {t_again:.2f}s ({t_again / t_bare:.2f}x bare; "
+          f"target <= 1.5x; {c_again.per(n)}; pool of {concurrency})")
+    print(f"vault: bare hvac writes  {n} in {t_bare:.2f}s (sequential, hvac defaults; "
+          f"{c_bare.per(n)})")
+    print(f"vault: bare, env pinned  {n} in {t_pinned:.2f}s (hvac with trust_env off, as keyd; "
+          f"refresh = {t_again / t_pinned:.2f}x this)")
+
+
+def run_probes(engine: Any, keys: list[Any], url: str, keydir: Path,
+               args: argparse.Namespace) -> None:
+    t_keyd, counts = bench_keyd(engine, url, keydir, args.concurrency)
+    t_naive, ok = bench_naive(keys[:args.naive_keys], url)
+    keyd_rate, naive_rate = args.keys / t_keyd, args.naive_keys / t_naive
+    print(f"probe: keyd  {args.keys} keys in {t_keyd:.2f}s = {keyd_rate:.0f} keys/s "
+          f"({counts}, concurrency {args.concurrency})")
+    print(f"probe: naive {args.naive_keys} keys in {t_naive:.2f}s = "
+          f"{naive_rate:.1f} keys/s ({ok} ok, sequential, PEM per assertion, "
+          "new connection per request)")
+    print(f"probe: ratio {keyd_rate / naive_rate:.1f}x (target >= 10x)")
 
 
 def main() -> None:
@@ -170,6 +241,8 @@ def main() -> None:
     parser.add_argument("--naive-keys", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-vault", action="store_true")
+    parser.add_argument("--vault-only", action="store_true",
+                        help="skip the probe part (keys are still registered and inventoried)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     proc, url = start_issuer()
@@ -178,22 +251,11 @@ def main() -> None:
             keydir = Path(tmp) / "keys"
             keys = make_keys(args.keys, keydir, url)
             engine = inventory(Path(tmp) / "keyd.db", keys, SystemClock())
-            t_keyd, counts = bench_keyd(engine, url, keydir, args.concurrency)
-            t_naive, ok = bench_naive(keys[:args.naive_keys], url)
-            keyd_rate, naive_rate = args.keys / t_keyd, args.naive_keys / t_naive
-            print(f"probe: keyd  {args.keys} keys in {t_keyd:.2f}s = {keyd_rate:.0f} keys/s "
-                  f"({counts}, concurrency {args.concurrency})")
-            print(f"probe: naive {args.naive_keys} keys in {t_naive:.2f}s = "
-                  f"{naive_rate:.1f} keys/s ({ok} ok, sequential, PEM per assertion, "
-                  "new connection per request)")
-            print(f"probe: ratio {keyd_rate / naive_rate:.1f}x (target >= 10x)")
+            if not args.vault_only:
+                run_probes(engine, keys, url, keydir, args)
             if not args.skip_vault:
                 v = bench_vault(engine, keydir, args.keys, args.concurrency)
-                print(f"vault: keyd first write  {args.keys} sinks in {v['first']:.2f}s "
-                      f"({v['first'] / v['bare']:.2f}x bare)")
-                print(f"vault: keyd refresh      {args.keys} sinks in {v['refresh']:.2f}s "
-                      f"({v['refresh'] / v['bare']:.2f}x bare; target <= 1.5x)")
-                print(f"vault: bare hvac writes  {args.keys} in {v['bare']:.2f}s (sequential)")
+                print_vault(v, args.keys, args.concurrency)
             engine.dispose()
     finally:
         proc.terminate()

@@ -191,8 +191,10 @@ def refresh_tokens(engine: Engine, services: TokenServices, now: datetime, *,
 
     First the sink rows are made to match the config (every active,
     selected service-user key gets one), then each due sink is refreshed in
-    a bounded pool; each sink's outcome is committed on its own, so a crash
-    loses at most the sink in flight. ``dry_run`` writes nothing (neither
+    a bounded pool; outcomes are committed in batches of ``FLUSH_EVERY``
+    (one transaction each, not one per sink: on SQLite each commit is an
+    fsync), so a crash loses at most the records of one batch, which the
+    next run repairs from Vault. ``dry_run`` writes nothing (neither
     DB nor Vault) and reports which sinks are new or due. Raises only for
     an unusable template (``TokenPathError``) or a broken database.
     """
@@ -204,7 +206,7 @@ def refresh_tokens(engine: Engine, services: TokenServices, now: datetime, *,
     if dry_run:
         return _dry_run(engine, assignments, now, report, candidates)
     store.ensure_sinks(engine, assignments, now)
-    due = store.due_sinks(engine, now, limit=limit)
+    due = store.due_sinks(engine, now, limit=limit, keys={k.pk: k for k in candidates})
     if not due:
         return report
     workers = max(1, min(services.policy.concurrency, len(due)))

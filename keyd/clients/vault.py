@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _CAS_MISMATCH = "check-and-set parameter"
+POOL_SIZE = 16  # keep-alive connections kept per server; at least the token write-back pool
 
 
 class _Unsupported(Exception):
@@ -80,13 +81,20 @@ class VaultClient:
     token handling (one lock); close() when done."""
 
     def __init__(self, cfg: VaultConfig, clock: Clock, *,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None,
+                 max_connections: int = POOL_SIZE) -> None:
         check_auth_config(cfg)
         self._cfg = cfg
         self._clock = clock
         verify: bool | str = (str(cfg.ca_bundle) if cfg.ca_bundle else True) if cfg.verify else False
-        if session is not None:
-            session.verify = verify  # hvac prefers a given session's verify over its argument
+        if session is None:
+            session = requests.Session()
+            pooled = requests.adapters.HTTPAdapter(pool_connections=1,
+                                                   pool_maxsize=max(1, max_connections))
+            session.mount("https://", pooled)
+            session.mount("http://", pooled)
+        verify = _pin_environment(session, cfg.addr, verify)
+        session.verify = verify  # hvac prefers a given session's verify over its argument
         self._hvac = hvac.Client(
             url=cfg.addr, token="", verify=verify,
             timeout=max(1, round(cfg.timeout.total_seconds())),
@@ -418,6 +426,24 @@ class VaultClient:
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _pin_environment(session: requests.Session, addr: str, verify: bool | str) -> bool | str:
+    """Resolve what requests would take from the environment (proxy
+    variables and ``no_proxy`` for ``addr``, ``REQUESTS_CA_BUNDLE`` when
+    ``verify`` is plain True) once, pin it on ``session`` and stop
+    consulting the environment per request. Same behaviour, but requests
+    otherwise re-scans ``os.environ`` on every call, which was a fifth of
+    keyd's client CPU per Vault request (bench/probe.py). Netrc
+    credentials are no longer attached: keyd authenticates with
+    X-Vault-Token, never with basic auth."""
+    if not session.trust_env:
+        return verify
+    settings = session.merge_environment_settings(addr, {}, None, verify, None)
+    session.proxies.update(settings.get("proxies") or {})
+    session.trust_env = False
+    pinned: bool | str = settings.get("verify", verify)
+    return pinned
+
 
 def _status_of(exc: hx.VaultError) -> str:
     names = {hx.InvalidRequest: "400", hx.InvalidPath: "404", hx.RateLimitExceeded: "429",

@@ -4,8 +4,8 @@ token sink, which sinks are due, and what a refresh did.
 The ``tokens`` table says where each key's fresh token lives and which
 KV v2 version keyd last wrote there (for check-and-set). It never holds
 the token. Rows go out as frozen snapshots (refreshes run in worker
-threads); every write is its own short transaction so that a crash loses
-at most the sink being written (the next run repairs it from Vault).
+threads); outcomes are recorded in short batched transactions, and what a
+crash loses is repaired from Vault by the next run.
 """
 
 from __future__ import annotations
@@ -89,15 +89,25 @@ def _target(key: Key, locations: Sequence[KeyLocation]) -> ProbeTarget:
 
 def token_candidates(engine: Engine) -> list[ProbeTarget]:
     """Active service-user keys with their present locations (application
-    keys cannot mint tokens for themselves)."""
+    keys cannot mint tokens for themselves). Plain rows, not ORM objects:
+    this runs every round over every key."""
     with Session(engine) as session:
-        keys = list(session.scalars(
-            select(Key).where(Key.status == "active", Key.kind == SERVICE_KIND).order_by(Key.id)))
-        locs: dict[int, list[KeyLocation]] = {k.id: [] for k in keys}
-        for loc in session.scalars(select(KeyLocation).where(KeyLocation.status == "present")):
+        keys = list(session.execute(
+            select(Key.id, Key.key_id, Key.kind, Key.principal, Key.status, Key.content_hash,
+                   Key.expires_at, Key.probe_failures, Key.next_probe_at)
+            .where(Key.status == "active", Key.kind == SERVICE_KIND).order_by(Key.id)))
+        locs: dict[int, list[LocationRef]] = {k.id: [] for k in keys}
+        for loc in session.execute(select(KeyLocation.key_pk, KeyLocation.source,
+                                          KeyLocation.ref)
+                                   .where(KeyLocation.status == "present")
+                                   .order_by(KeyLocation.id)):
             if loc.key_pk in locs:
-                locs[loc.key_pk].append(loc)
-        return [_target(k, locs[k.id]) for k in keys]
+                locs[loc.key_pk].append(LocationRef(loc.source, loc.ref))
+        return [ProbeTarget(
+            pk=k.id, key_id=k.key_id, kind=k.kind, principal=k.principal, status=k.status,
+            content_hash=k.content_hash, expires_at=k.expires_at,
+            probe_failures=k.probe_failures or 0, next_probe_at=k.next_probe_at,
+            locations=tuple(locs[k.id])) for k in keys]
 
 
 def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetime) -> int:
@@ -141,29 +151,47 @@ def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetim
     return changed
 
 
-def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None) -> list[SinkTarget]:
-    """Sinks due at ``now`` whose key is active, most overdue first."""
+def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None,
+              keys: Mapping[int, ProbeTarget] | None = None) -> list[SinkTarget]:
+    """Sinks due at ``now`` whose key is active, most overdue first.
+
+    ``keys`` (the round's ``token_candidates`` by pk) saves loading every
+    key and location a second time; a key missing from it (activated in
+    between) is loaded here."""
+    sink = TokenSink
     with Session(engine) as session:
-        query = (select(TokenSink, Key).join(Key, Key.id == TokenSink.key_pk)
+        query = (select(sink.id, sink.key_pk, sink.mount, sink.path, sink.file_path,
+                        sink.vault_version, sink.issued_at, sink.expires_at,
+                        sink.next_refresh_at, sink.state, sink.failures)
+                 .join(Key, Key.id == sink.key_pk)
                  .where(Key.status == "active", Key.kind == SERVICE_KIND)
-                 .where(or_(TokenSink.next_refresh_at.is_(None),
-                            TokenSink.next_refresh_at <= now))
-                 .order_by(TokenSink.next_refresh_at, TokenSink.id))
+                 .where(or_(sink.next_refresh_at.is_(None), sink.next_refresh_at <= now))
+                 .order_by(sink.next_refresh_at, sink.id))
         if limit is not None:
             query = query.limit(limit)
-        pairs = [(row[0], row[1]) for row in session.execute(query)]
-        pks = [k.id for _, k in pairs]
-        locs: dict[int, list[KeyLocation]] = {pk: [] for pk in pks}
-        for start in range(0, len(pks), 500):
-            for loc in session.scalars(select(KeyLocation).where(
-                    KeyLocation.key_pk.in_(pks[start:start + 500]))):
-                if loc.key_pk is not None:
-                    locs[loc.key_pk].append(loc)
+        rows = list(session.execute(query))
+        known = dict(keys or {})
+        missing = sorted({r.key_pk for r in rows} - known.keys())
+        known.update(_load_targets(session, missing))
         return [SinkTarget(
-            id=s.id, key=_target(k, locs[k.id]), mount=s.mount, path=s.path,
-            file_path=s.file_path, vault_version=s.vault_version, issued_at=s.issued_at,
-            expires_at=s.expires_at, next_refresh_at=s.next_refresh_at, state=s.state,
-            failures=s.failures or 0) for s, k in pairs]
+            id=r.id, key=known[r.key_pk], mount=r.mount, path=r.path, file_path=r.file_path,
+            vault_version=r.vault_version, issued_at=r.issued_at, expires_at=r.expires_at,
+            next_refresh_at=r.next_refresh_at, state=r.state, failures=r.failures or 0)
+            for r in rows]
+
+
+def _load_targets(session: Session, pks: Sequence[int]) -> dict[int, ProbeTarget]:
+    """Keys by pk with their present locations, 500 at a time."""
+    out: dict[int, ProbeTarget] = {}
+    for start in range(0, len(pks), 500):
+        chunk = pks[start:start + 500]
+        locs: dict[int, list[KeyLocation]] = {pk: [] for pk in chunk}
+        for loc in session.scalars(select(KeyLocation).where(KeyLocation.key_pk.in_(chunk))):
+            if loc.key_pk is not None:
+                locs[loc.key_pk].append(loc)
+        for key in session.scalars(select(Key).where(Key.id.in_(chunk))):
+            out[key.id] = _target(key, locs[key.id])
+    return out
 
 
 def all_sinks(engine: Engine) -> list[TokenSink]:
