@@ -21,6 +21,7 @@ from keyd.actions.probe import ProbeServices, build_probe_services
 from keyd.actions.tokens import TokenServices, build_token_services
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.smtp import MailSender, SmtpClient
+from keyd.clients.vault import POOL_SIZE as VAULT_POOL_SIZE
 from keyd.clients.vault import VaultClient
 from keyd.clients.webhook import WebhookClient
 from keyd.clock import Clock
@@ -79,7 +80,10 @@ def build_services(config: Config, clock: Clock, *, engine: Engine | None = None
                         engine=engine if engine is not None else make_engine(config.database.url))
     try:
         if config.vault is not None:
-            services.vault = VaultClient(config.vault, clock)
+            # one keep-alive connection per write-back/probe worker, never fewer than the default
+            workers = config.issuer.concurrency if config.issuer is not None else 1
+            services.vault = VaultClient(config.vault, clock,
+                                         max_connections=max(workers, VAULT_POOL_SIZE))
         if config.issuer is not None:
             services.issuer = IssuerClient(
                 config.issuer.url, clock=clock, ca_bundle=config.issuer.ca_bundle,
