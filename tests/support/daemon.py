@@ -71,3 +71,45 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(timeout=10)
+
+
+FAST_TICKS = """[daemon]
+scan_interval = "1s"
+evaluate_interval = "1s"
+probe_tick = "1s"
+tokens_tick = "1s"
+outbox_tick = "1s"
+control_interval = "1s"
+"""
+
+
+def write_config(path: Path, *, db_url: str, keys: Path, issuer_url: str | None = None,
+                 vault: tuple[str, str] | None = None, tokens_path: str | None = None,
+                 smtp: tuple[str, int] | None = None, http_port: int | None = None,
+                 fast_ticks: bool = False, head: str = "", issuer_extra: str = "",
+                 extra: str = "") -> Path:
+    """A keyd.toml with the sections the arguments ask for. ``vault`` is
+    (addr, token): the token goes to a 0600 ``vault-token`` file beside
+    the config, as an operator would do (never into the TOML). ``head``
+    holds top-level keys, ``issuer_extra`` lines for [issuer], ``extra``
+    further sections."""
+    parts = [head, f'[database]\nurl = "{db_url}"\n',
+             f'[[sources]]\ntype = "directory"\npath = "{keys}"\n']
+    if issuer_url:
+        parts.append(f'[issuer]\nurl = "{issuer_url}"\n{issuer_extra}')
+    if vault:
+        token_file = path.parent / "vault-token"
+        token_file.write_text(vault[1])
+        token_file.chmod(0o600)
+        parts.append(f'[vault]\naddr = "{vault[0]}"\ntoken_file = "{token_file}"\n')
+    if tokens_path:
+        parts.append(f'[tokens]\nmount = "secret"\npath = "{tokens_path}"\n')
+    if smtp:
+        parts.append(f'[alerts.email]\nhost = "{smtp[0]}"\nport = {smtp[1]}\nsecurity = "none"\n'
+                     'from = "keyd@test.example"\nto = ["ops@test.example"]\n')
+    if http_port:
+        parts.append(f'[http]\nlisten = "127.0.0.1:{http_port}"\n')
+    if fast_ticks:
+        parts.append(FAST_TICKS)
+    path.write_text("\n".join([*parts, extra]))
+    return path

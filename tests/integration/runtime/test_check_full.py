@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from keyd.cli import main
+from tests.support.daemon import write_config
 from tests.support.issuer import TOKEN_PATH, IssuerServer
 from tests.support.keyfiles import PEM_MARKER
 from tests.support.keyrows import dump_all
@@ -29,25 +30,10 @@ def config(tmp_path: Path, db_url: str, migrated_engine: Engine, issuer: IssuerS
            smtp_server: SmtpServer) -> Path:  # noqa: F811
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
-    path = tmp_path / "keyd.toml"
-    path.write_text(f"""
-[database]
-url = "{db_url}"
-[issuer]
-url = "{issuer.url}"
-timeout = "2s"
-[[sources]]
-type = "directory"
-path = "{keys}"
-[alerts]
-thresholds = ["14d", "7d"]
-[alerts.email]
-host = "{smtp_server.host}"
-port = {smtp_server.port}
-security = "none"
-from = "keyd@example.org"
-to = ["ops@example.org"]
-""")
+    path = write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys,
+                        issuer_url=issuer.url, issuer_extra='timeout = "2s"\n',
+                        smtp=(smtp_server.host, smtp_server.port),
+                        extra='[alerts]\nthresholds = ["14d", "7d"]\n')
     return path
 
 
@@ -69,7 +55,7 @@ def test_full_cycle_probes_alerts_and_mails_once(
     assert doc["skipped_side_effects"][:2] == [
         f"probe: would probe 1 key(s) at {issuer.url} (skipped: a probe mints a real token)",
         "probe: would probe key 100 (svc-a): never probed"]
-    assert any("would send email to ops@example.org" in line
+    assert any("would send email to ops@test.example" in line
                for line in doc["skipped_side_effects"])
     assert issuer.requests_seen == 0 and issuer.tokens_issued == 0  # not even discovery
     assert smtp_server.inbox() == []  # dry run: nothing sent
@@ -120,7 +106,7 @@ def test_dry_run_judges_on_stored_probe_results(
         "(skipped: a probe mints a real token)",
         "dry run: skipped probe: would probe key 300 (svc-c): never probed"]
     # the rejection alert, decided after the last round, is not mailed either
-    assert out[4:] == ["dry run: skipped outbox: would send email to ops@example.org: "
+    assert out[4:] == ["dry run: skipped outbox: would send email to ops@test.example: "
                        "[keyd CRITICAL] key 200 of user svc-b is rejected by the issuer"]
     assert issuer.requests_seen == seen  # the dry run asked the issuer nothing
 

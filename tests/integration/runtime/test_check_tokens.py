@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from keyd.cli import main
+from tests.support.daemon import write_config
 from tests.support.issuer import TOKEN_PATH, IssuerServer
 from tests.support.keys import make_key_file
 from tests.support.openbao import OpenBao, kv_prefix, openbao  # noqa: F401
@@ -26,27 +27,10 @@ def test_dry_run_skips_the_vault_write(tmp_path: Path, db_url: str, migrated_eng
                                        capsys: pytest.CaptureFixture[str]) -> None:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
-    token_file = tmp_path / "vault-token"
-    token_file.write_text(openbao.root_token)
-    token_file.chmod(0o600)
-    config = tmp_path / "keyd.toml"
-    config.write_text(f"""
-[database]
-url = "{db_url}"
-[issuer]
-url = "{issuer.url}"
-timeout = "2s"
-[[sources]]
-type = "directory"
-path = "{keys}"
-[vault]
-addr = "{openbao.addr}"
-auth = "token"
-token_file = "{token_file}"
-[tokens]
-mount = "secret"
-path = "{kv_prefix}/tokens/{{principal}}"
-""")
+    config = write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys,
+                          issuer_url=issuer.url, issuer_extra='timeout = "2s"\n',
+                          vault=(openbao.addr, openbao.root_token),
+                          tokens_path=f"{kv_prefix}/tokens/{{principal}}")
     make_key_file(keys, key_id="100", user_id="svc-a", register_with=issuer,
                   expires_at=datetime.now(UTC) + timedelta(days=200))
     path = f"{kv_prefix}/tokens/svc-a"

@@ -15,7 +15,14 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from keyd.store.migrate import upgrade
-from tests.support.daemon import Notifications, free_port, start_keyd, stop, wait_until
+from tests.support.daemon import (
+    Notifications,
+    free_port,
+    start_keyd,
+    stop,
+    wait_until,
+    write_config,
+)
 from tests.support.db import postgres_database
 from tests.support.issuer import IssuerServer
 from tests.support.keys import make_key_file
@@ -27,50 +34,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.openbao, pytes
 NOW = datetime.now(UTC)
 
 
-def write_config(tmp_path: Path, db_url: str, keys: Path, issuer: IssuerServer, bao: OpenBao,
-                 smtp: SmtpServer, prefix: str) -> Path:
-    token_file = tmp_path / "vault-token"
-    token_file.write_text(bao.root_token)
-    token_file.chmod(0o600)
-    config = tmp_path / "keyd.toml"
-    config.write_text(f"""
-timezone = "Europe/Zurich"
-[database]
-url = "{db_url}"
-[issuer]
-url = "{issuer.url}"
-[[sources]]
-type = "directory"
-path = "{keys}"
-[[sources]]
-type = "vault"
-mount = "secret"
-prefix = "{prefix}/keys"
-[vault]
-addr = "{bao.addr}"
-token_file = "{token_file}"
-[tokens]
-mount = "secret"
-path = "{prefix}/tokens/{{principal}}"
-[alerts.email]
-host = "{smtp.host}"
-port = {smtp.port}
-security = "none"
-from = "keyd@e2e.example"
-to = ["ops@e2e.example"]
-[http]
-listen = "127.0.0.1:{free_port()}"
-[daemon]
-scan_interval = "1s"
-evaluate_interval = "1s"
-probe_tick = "1s"
-tokens_tick = "1s"
-outbox_tick = "1s"
-control_interval = "1s"
-[log]
-level = "DEBUG"
-""")
-    return config
+def e2e_config(tmp_path: Path, db_url: str, keys: Path, issuer: IssuerServer, bao: OpenBao,
+               smtp: SmtpServer, prefix: str) -> Path:
+    return write_config(
+        tmp_path / "keyd.toml", db_url=db_url, keys=keys, issuer_url=issuer.url,
+        vault=(bao.addr, bao.root_token), tokens_path=f"{prefix}/tokens/{{principal}}",
+        smtp=(smtp.host, smtp.port), http_port=free_port(), fast_ticks=True,
+        head='timezone = "Europe/Zurich"\n',
+        extra=f'[[sources]]\ntype = "vault"\nmount = "secret"\nprefix = "{prefix}/keys"\n'
+              '[log]\nlevel = "DEBUG"\n')
 
 
 def test_keyd_run_end_to_end(tmp_path: Path, issuer: IssuerServer, openbao: OpenBao,  # noqa: F811
@@ -89,7 +61,7 @@ def test_keyd_run_end_to_end(tmp_path: Path, issuer: IssuerServer, openbao: Open
     log = tmp_path / "keyd.log"
     with postgres_database() as db_url:
         upgrade(db_url)
-        config = write_config(tmp_path, db_url, keys, issuer, openbao, smtp_server, prefix)
+        config = e2e_config(tmp_path, db_url, keys, issuer, openbao, smtp_server, prefix)
         proc = start_keyd(config, notes, log)
         try:
             ready = notes.wait_for("READY=1", timeout=30)

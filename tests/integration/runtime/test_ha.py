@@ -41,7 +41,7 @@ from sqlalchemy import Engine, create_engine, text
 from keyd.checks.ladder import due_rungs
 from keyd.store.migrate import upgrade
 from keyd.timeutil import parse_duration
-from tests.support.daemon import free_port, start_keyd, stop, wait_until
+from tests.support.daemon import free_port, start_keyd, stop, wait_until, write_config
 from tests.support.db import postgres_database
 from tests.support.issuer import IssuerServer
 from tests.support.keys import MadeKey, make_key_file
@@ -154,49 +154,14 @@ def parse_write(msg: str) -> tuple[str, str, int]:
     return words[2], words[5], int(words[7])
 
 
-def write_config(tmp_path: Path, name: str, port: int, *, db_url: str, keys: Path,
-                 issuer: IssuerServer, bao: OpenBao, smtp: SmtpServer, prefix: str) -> Path:
-    token_file = tmp_path / "vault-token"
-    if not token_file.exists():
-        token_file.write_text(bao.root_token)
-        token_file.chmod(0o600)
-    config = tmp_path / f"{name}.toml"
-    config.write_text(f"""
-[database]
-url = "{db_url}"
-[issuer]
-url = "{issuer.url}"
-[[sources]]
-type = "directory"
-path = "{keys}"
-[vault]
-addr = "{bao.addr}"
-token_file = "{token_file}"
-[tokens]
-mount = "secret"
-path = "{prefix}/{{principal}}"
-[alerts]
-thresholds = {json.dumps(THRESHOLDS)}
-[alerts.email]
-host = "{smtp.host}"
-port = {smtp.port}
-security = "none"
-from = "keyd@ha.example"
-to = ["ops@ha.example"]
-[http]
-listen = "127.0.0.1:{port}"
-[daemon]
-scan_interval = "1s"
-evaluate_interval = "1s"
-probe_tick = "1s"
-tokens_tick = "1s"
-outbox_tick = "1s"
-control_interval = "1s"
-[log]
-level = "INFO"
-format = "json"
-""")
-    return config
+def daemon_config(tmp_path: Path, name: str, port: int, *, db_url: str, keys: Path,
+                  issuer: IssuerServer, bao: OpenBao, smtp: SmtpServer, prefix: str) -> Path:
+    return write_config(
+        tmp_path / f"{name}.toml", db_url=db_url, keys=keys, issuer_url=issuer.url,
+        vault=(bao.addr, bao.root_token), tokens_path=f"{prefix}/{{principal}}",
+        smtp=(smtp.host, smtp.port), http_port=port, fast_ticks=True,
+        extra=f'[alerts]\nthresholds = {json.dumps(THRESHOLDS)}\n'
+              '[log]\nlevel = "INFO"\nformat = "json"\n')
 
 
 def role(http: httpx.Client, daemon: Daemon) -> object:
@@ -274,7 +239,7 @@ def test_three_daemons_one_leader_failover_without_duplicates(
         engine = create_engine(db_url)
         try:
             for daemon in cluster:
-                config = write_config(tmp_path, daemon.name, daemon.port, db_url=db_url,
+                config = daemon_config(tmp_path, daemon.name, daemon.port, db_url=db_url,
                                       keys=keys, issuer=issuer, bao=openbao, smtp=smtp_server,
                                       prefix=prefix)
                 daemon.proc = start_keyd(config, daemon.notes, daemon.log, watchdog_usec=0)
