@@ -6,9 +6,10 @@ are the only commands that do, and they never log it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import click
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE, evaluate
 from keyd.checks.mint import mint, prove_application_key
-from keyd.cli.common import app, echo_json, parse_at, parse_tz
+from keyd.cli.common import AppContext, app, echo_json, parse_at, parse_tz
 from keyd.clients.issuer import IssuerClient
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, KeyFileError, UsageError
 from keyd.sources.keyfile import KIND_APPLICATION, KeyFile, read_keyfile
@@ -51,6 +52,16 @@ def inspect_row(path: str, keyfile: KeyFile | None, error: KeyFileError | None,
     }
 
 
+def _zone(ctx: AppContext, tz_name: str | None) -> tzinfo:
+    """``--tz``, else the timezone of a config the operator named, else UTC
+    (inspect needs no config, so the default path is never read)."""
+    if tz_name is not None:
+        return parse_tz(tz_name)
+    if ctx.config_path or os.environ.get("KEYD_CONFIG"):
+        return ctx.config().timezone
+    return UTC
+
+
 def _human(row: dict[str, Any]) -> str:
     if row["status"] == "invalid":
         return f"{row['path']}: INVALID: {row['error']}"
@@ -77,19 +88,20 @@ def _left(seconds: int | None) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("--at", "at_text", metavar="WHEN",
               help="Evaluate as of an RFC 3339 instant or a date (00:00 at its start in --tz).")
-@click.option("--tz", "tz_name", default="UTC", show_default=True,
-              help="Time zone for bare dates and the last usable day.")
+@click.option("--tz", "tz_name", default=None,
+              help="Time zone for bare dates and the last usable day [default: the config's "
+                   "timezone when --config/KEYD_CONFIG is given, else UTC].")
 @click.option("--warn-before", default="30d", show_default=True,
               help="Status 'expiring' within this time of expiry.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (stable schema).")
 @click.pass_context
-def inspect_cmd(ctx: click.Context, files: Sequence[str], at_text: str | None, tz_name: str,
-                warn_before: str, as_json: bool) -> int:
+def inspect_cmd(ctx: click.Context, files: Sequence[str], at_text: str | None,
+                tz_name: str | None, warn_before: str, as_json: bool) -> int:
     """Parse key files and show how long each has left (no config needed).
 
     Exit 0 if every file is a usable key file, 2 if any is invalid.
     """
-    tz = parse_tz(tz_name)
+    tz = _zone(app(ctx), tz_name)
     at = parse_at(at_text, tz, app(ctx).clock)
     warn = _duration("--warn-before", warn_before) if warn_before else DEFAULT_WARN_BEFORE
     rows = []
