@@ -14,8 +14,9 @@ Target: keyd ≥ 10 × naive.
 Part 2, Vault write-backs to an OpenBao dev server: keyd's
 ``refresh_tokens`` for N sinks (tokens from a stub issuer, so only signing
 and the Vault work are timed: inspect + mark + CAS write + read-back on
-the first round, CAS write + read-back on a refresh round) vs N bare
-sequential hvac writes of the same payload. Target: keyd ≤ 1.5 × bare.
+the first round, CAS write per sink + one detailed-metadata listing per
+folder as the read-back on a refresh round) vs N bare sequential hvac
+writes of the same payload. Target: keyd ≤ 1.5 × bare.
 
 The RSA keys come from a pool of 32 (generation is slow); key ids and
 principals are distinct. HTTP requests per sink are counted for both

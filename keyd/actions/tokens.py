@@ -8,7 +8,15 @@ Per sink (one row in ``tokens`` per target path):
   what is there (``tokenvault.judge``): keyd's own lost write is taken
   over, a foreign write or an unmanaged secret is refused (event + alert)
   unless ``tokens.adopt``;
-- read back, record the version; the file sink follows Vault.
+- read back, record the version; the file sink follows Vault. A round
+  first does all its CAS writes, then reads them back with ONE OpenBao
+  detailed-metadata listing per folder: KV v2 versions are immutable and
+  the write was check-and-set, so "current version is still the N the
+  write returned" proves Vault serves what keyd wrote
+  (``tokenvault.listed``). Where the listing cannot tell (HashiCorp Vault,
+  no ``list`` in the policy, no entry, a pending deletion) the secret is
+  read back. A read-back showing another version is handled like a CAS
+  mismatch (``_recover``: look, judge, write once more).
 - On failure the old token stays in place and the sink retries with
   backoff; a token is never replaced by an older or empty one.
 
@@ -22,11 +30,12 @@ import fnmatch
 import json
 import logging
 import random
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from keyd.actions import tokenvault as tv
 from keyd.actions.filesink import TokenFileError, safe_join, write_atomic
@@ -47,9 +56,12 @@ from keyd.store.tokens import Assignment, EventSpec, SinkTarget, SinkUpdate
 from keyd.timeutil import isoformat_z
 
 log = logging.getLogger(__name__)
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 FLUSH_EVERY = 100  # record outcomes in batches (see store.tokens.apply_updates)
 Outcome = tuple["TokenResult", SinkUpdate]
+Listing = Mapping[str, object] | None  # one folder's detailed listing (None: not available)
 
 
 @dataclass(frozen=True)
@@ -190,13 +202,16 @@ def refresh_tokens(engine: Engine, services: TokenServices, now: datetime, *,
     """Bring every due token sink up to date at ``now``.
 
     First the sink rows are made to match the config (every active,
-    selected service-user key gets one), then each due sink is refreshed in
-    a bounded pool; outcomes are committed in batches of ``FLUSH_EVERY``
-    (one transaction each, not one per sink: on SQLite each commit is an
-    fsync), so a crash loses at most the records of one batch, which the
-    next run repairs from Vault. ``dry_run`` writes nothing (neither
-    DB nor Vault) and reports which sinks are new or due. Raises only for
-    an unusable template (``TokenPathError``) or a broken database.
+    selected service-user key gets one), then each due sink is minted and
+    written in a bounded pool, then the writes are read back (one listing
+    per folder, see module doc) and recorded. Outcomes are committed in
+    batches of ``FLUSH_EVERY`` (one transaction each, not one per sink: on
+    SQLite each commit is an fsync), so a crash loses at most the records
+    of the writes not yet read back plus one batch, which the next run
+    repairs from Vault (keyd's own unrecorded write is recognised). ``dry_run``
+    writes nothing (neither DB nor Vault) and reports which sinks are new
+    or due. Raises only for an unusable template (``TokenPathError``) or a
+    broken database.
     """
     report = TokenReport(at=now, dry_run=dry_run)
     candidates = store.token_candidates(engine)
@@ -209,21 +224,39 @@ def refresh_tokens(engine: Engine, services: TokenServices, now: datetime, *,
     due = store.due_sinks(engine, now, limit=limit, keys={k.pk: k for k in candidates})
     if not due:
         return report
-    workers = max(1, min(services.policy.concurrency, len(due)))
     pending: list[SinkUpdate] = []
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-token") as pool:
-            for future in as_completed([pool.submit(refresh_one, s, services) for s in due]):
-                result, update = future.result()
-                report.results.append(result)
-                pending.append(update)
-                if len(pending) >= FLUSH_EVERY:
-                    store.apply_updates(engine, pending)
-                    pending = []
+        for result, update in _round(due, services):
+            report.results.append(result)
+            pending.append(update)
+            if len(pending) >= FLUSH_EVERY:
+                store.apply_updates(engine, pending)
+                pending = []
     finally:
         store.apply_updates(engine, pending)  # what finished is kept even if a worker died
     log.info("token write-back: %s", report.counts())
     return report
+
+
+def _round(due: Sequence[SinkTarget], services: TokenServices) -> Iterator[Outcome]:
+    """Mint and write every due sink in a bounded pool, then read all the
+    writes back (one listing per folder, module doc); outcomes as they come."""
+    workers = max(1, min(services.policy.concurrency, len(due)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-token") as pool:
+        unconfirmed: list[Written] = []
+        for step in _pooled(pool, lambda s: write_one(s, services), due):
+            if isinstance(step, Written):
+                unconfirmed.append(step)
+            else:
+                yield step
+        listings = tv.folder_listings(services.vault, [w.folder for w in unconfirmed])
+        yield from _pooled(pool, lambda w: confirm_one(w, listings.get(w.folder), services),
+                           unconfirmed)
+
+
+def _pooled(pool: Executor, fn: Callable[[_In], _Out], items: Iterable[_In]) -> Iterator[_Out]:
+    for future in as_completed([pool.submit(fn, item) for item in items]):
+        yield future.result()
 
 
 def _dry_run(engine: Engine, assignments: list[Assignment], now: datetime,
@@ -242,19 +275,61 @@ def _dry_run(engine: Engine, assignments: list[Assignment], now: datetime,
     return report
 
 
-def refresh_one(sink: SinkTarget, services: TokenServices) -> Outcome:
-    """Refresh one sink; returns the result and the update to record. Never
-    raises for issuer, Vault, key or file problems (they become the sink's
-    state)."""
+@dataclass(frozen=True)
+class Written:
+    """A CAS write Vault accepted as ``version``, not yet read back."""
+
+    sink: SinkTarget
+    token: TokenResponse
+    version: int
+    verdict: str
+
+    @property
+    def folder(self) -> tuple[str, str]:
+        return tv.folder_of(self.sink.mount, self.sink.path)
+
+
+def write_one(sink: SinkTarget, services: TokenServices) -> Outcome | Written:
+    """Mint and write one sink; a ``Written`` still to be read back
+    (``confirm_one``), or the final outcome. Never raises for issuer,
+    Vault, key or file problems (they become the sink's state)."""
+    return _guarded(sink, services, lambda: _refresh(sink, services))
+
+
+def confirm_one(written: Written, listing: Listing, services: TokenServices) -> Outcome:
+    """Read back one write and record it: the folder ``listing`` decides
+    when it can (``tokenvault.listed``), else the secret is read. Another
+    version in place is handled like a CAS mismatch (``_recover``)."""
+    sink, token, version = written.sink, written.token, written.version
+
+    def confirm() -> Outcome:
+        entry = listing.get(sink.path.rpartition("/")[2]) if listing is not None else None
+        seen = tv.listed(entry, version=version, key_id=sink.key.key_id)
+        if seen == "unknown":
+            try:
+                tv.read_back(services.vault, sink.mount, sink.path, version=version,
+                             access_token=token.access_token)
+                seen = "same"
+            except VaultConflict:
+                seen = "changed"
+        if seen == "changed":
+            return _recover(sink, services, token)
+        return _written(sink, services, token, version, written.verdict)
+
+    return _guarded(sink, services, confirm)
+
+
+def _guarded(sink: SinkTarget, services: TokenServices,
+             step: Callable[[], _Out]) -> _Out | Outcome:
     try:
-        return _refresh(sink, services)
+        return step()
     except tv.TokenTargetRefused as exc:
         return _refused(sink, services, exc)
     except KeydError as exc:
         return _failed(sink, services, exc)
 
 
-def _refresh(sink: SinkTarget, services: TokenServices) -> Outcome:
+def _refresh(sink: SinkTarget, services: TokenServices) -> Outcome | Written:
     vault, adopt = services.vault, services.tokens.adopt
     current: tv.Current | None = None
     verdict = "ours"
@@ -268,12 +343,23 @@ def _refresh(sink: SinkTarget, services: TokenServices) -> Outcome:
     try:
         version = _write(sink, services, token, cas=cas, verdict=verdict)
     except VaultConflict:
-        current = tv.inspect(vault, sink.mount, sink.path)
-        verdict = tv.judge(current, sink.vault_version, adopt=adopt, ref=sink.ref)
-        if current.expires_at is not None and current.expires_at >= token.expires_at \
-                and verdict == "ours":
-            return _keep(sink, services, current, "a newer keyd token is in place")
-        version = _write(sink, services, token, cas=current.version, verdict=verdict)
+        return _recover(sink, services, token)
+    return Written(sink, token, version, verdict)
+
+
+def _recover(sink: SinkTarget, services: TokenServices, token: TokenResponse) -> Outcome:
+    """What is at the path is not what keyd expected (a CAS mismatch, or
+    the read-back shows another version): look at it, judge it, keep a
+    newer keyd token, else write once more against what is there and read
+    that write back per secret (a second mismatch fails the attempt)."""
+    current = tv.inspect(services.vault, sink.mount, sink.path)
+    verdict = tv.judge(current, sink.vault_version, adopt=services.tokens.adopt, ref=sink.ref)
+    if current.expires_at is not None and current.expires_at >= token.expires_at \
+            and verdict == "ours":
+        return _keep(sink, services, current, "a newer keyd token is in place")
+    version = _write(sink, services, token, cas=current.version, verdict=verdict)
+    tv.read_back(services.vault, sink.mount, sink.path, version=version,
+                 access_token=token.access_token)
     return _written(sink, services, token, version, verdict)
 
 
@@ -309,6 +395,7 @@ def _payload(sink: SinkTarget, token: TokenResponse, scopes: Sequence[str]) -> d
 
 def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, cas: int,
            verdict: str) -> int:
+    """The CAS write (and keyd's mark where needed); returns the new version."""
     vault = services.vault
     meta = {tv.MANAGED_BY: tv.MANAGED_VALUE, tv.KEY_ID: sink.key.key_id}
     if verdict == "new":  # mark it ours before the first version exists (module doc)
@@ -317,13 +404,7 @@ def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, c
     # metadata only when it may be stale (new, adopted or re-assigned sink)
     mark = meta if verdict == "adopt" or (verdict == "ours" and sink.state == "pending") \
         else None
-    version = vault.write_cas(sink.mount, sink.path, data, cas=cas, custom_metadata=mark)
-    back = vault.read(sink.mount, sink.path)
-    if back is None or back.version != version or \
-            (back.data or {}).get("access_token") != data["access_token"]:
-        raise VaultConflict(f"read-back of {sink.ref} does not show keyd's write "
-                            f"(version {version})", path=sink.ref)
-    return version
+    return vault.write_cas(sink.mount, sink.path, data, cas=cas, custom_metadata=mark)
 
 
 def _written(sink: SinkTarget, services: TokenServices, token: TokenResponse,

@@ -11,20 +11,28 @@ Ownership rules:
   is still keyd's if it has keyd's shape (a write whose recording was lost
   in a crash, or another keyd daemon); otherwise someone else wrote it:
   a *conflict*, refused unless ``tokens.adopt``.
+
+Read-back: KV v2 versions are immutable and keyd writes with
+check-and-set, so once a write returned version N, metadata saying the
+current version is still N (live, keyd's mark and key id) proves Vault
+serves exactly what keyd wrote. ``listed`` judges one entry of an OpenBao
+detailed-metadata folder listing that way; where it cannot tell, the
+caller reads the secret back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from keyd.actions.alerts import email_recipients, message_id
 from keyd.config import AlertsConfig
-from keyd.errors import ConfigError, VaultError
+from keyd.errors import ConfigError, KeydError, VaultConflict, VaultError
+from keyd.redact import Secret
 from keyd.store.tokens import AlertSpec, SinkTarget
 from keyd.timeutil import isoformat_z, parse_rfc3339
 
@@ -45,6 +53,7 @@ class TokenVault(Protocol):
                   custom_metadata: Mapping[str, str] | None = None) -> int: ...
     def write_metadata(self, mount: str, path: str,
                        custom_metadata: Mapping[str, str]) -> None: ...
+    def folder_versions(self, mount: str, folder: str) -> Mapping[str, Any] | None: ...
 
 
 class TokenPathError(ConfigError):
@@ -142,6 +151,54 @@ def _stamp(value: object) -> datetime | None:
         return parse_rfc3339(value)
     except ValueError:
         return None
+
+
+def listed(meta: Any, *, version: int, key_id: str) -> str:
+    """What one detailed-metadata listing entry says about keyd's write of
+    ``version``: ``same`` (current version is that one, live, marked as
+    keyd's for ``key_id``: Vault serves what keyd wrote), ``changed`` (another
+    version is current, or it is deleted: someone wrote after keyd) or
+    ``unknown`` (no entry, a deletion pending, or the mark differs: read
+    the secret back to decide, as without a listing)."""
+    if meta is None or getattr(meta, "deletion_pending", False):
+        return "unknown"
+    if int(getattr(meta, "current_version", 0) or 0) != version or getattr(meta, "deleted", False):
+        return "changed"
+    custom = getattr(meta, "custom_metadata", {}) or {}
+    if custom.get(MANAGED_BY) != MANAGED_VALUE or custom.get(KEY_ID) != key_id:
+        return "unknown"
+    return "same"
+
+
+def folder_of(mount: str, path: str) -> tuple[str, str]:
+    """(mount, folder) of a secret path: what one listing covers."""
+    return mount, path.rpartition("/")[0]
+
+
+def folder_listings(vault: TokenVault, places: Iterable[tuple[str, str]]
+                    ) -> dict[tuple[str, str], Mapping[str, Any] | None]:
+    """One detailed-metadata listing per distinct (mount, folder); None
+    where the server or the policy does not offer it, or the listing failed
+    (the per-secret read-backs then meet the problem and each sink records it)."""
+    def one(mount: str, folder: str) -> Mapping[str, Any] | None:
+        try:
+            return vault.folder_versions(mount, folder)
+        except KeydError:
+            return None
+
+    return {where: one(*where) for where in dict.fromkeys(places)}
+
+
+def read_back(vault: TokenVault, mount: str, path: str, *, version: int,
+              access_token: Secret) -> None:
+    """Per-secret read-back: ``VaultConflict`` unless Vault serves keyd's
+    write of ``version`` (that version, that token)."""
+    back = vault.read(mount, path)
+    if back is None or back.version != version or \
+            (back.data or {}).get("access_token") != access_token.reveal():
+        ref = f"{mount}/{path}"
+        raise VaultConflict(f"read-back of {ref} does not show keyd's write "
+                            f"(version {version})", path=ref)
 
 
 def judge(current: Current, last_written: int | None, *, adopt: bool, ref: str) -> str:

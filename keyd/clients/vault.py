@@ -73,7 +73,13 @@ POOL_SIZE = 16  # keep-alive connections kept per server; at least the token wri
 
 
 class _Unsupported(Exception):
-    """OpenBao's detailed-metadata listing is not available here."""
+    """OpenBao's detailed-metadata listing is not available here; ``server``:
+    not on this server at all (no such endpoint, or an odd answer), as
+    opposed to a missing folder or a policy denying that folder."""
+
+    def __init__(self, *, server: bool = False, denied: bool = False) -> None:
+        self.server, self.denied = server, denied
+        super().__init__()
 
 
 class VaultClient:
@@ -104,6 +110,8 @@ class VaultClient:
         self._token: Secret | None = None
         self._timer = TokenTimer()
         self._detailed: bool | None = None  # OpenBao detailed-metadata listing works?
+        self._no_detailed = False  # the server has no detailed-metadata listing at all
+        self._denied_folders: set[tuple[str, str]] = set()  # detailed listing denied there
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -310,14 +318,42 @@ class VaultClient:
         can give it in the listing (OpenBao ``detailed-metadata``: one call
         per folder instead of one per secret), else mapped to ``None``."""
         prefix = norm_prefix(prefix)
-        if self._detailed is not False:
+        if self._detailed is not False and not self._no_detailed:
             try:
                 found = walk_tree(mount, prefix, lambda name: self._detailed_folder(mount, name))
                 self._detailed = True
                 return found
-            except _Unsupported:
-                pass
+            except _Unsupported as exc:
+                self._no_detailed = self._no_detailed or exc.server
+                if exc.server or exc.denied:
+                    self._detailed = False  # no endpoint, odd answer or denied: plain LIST
         return dict.fromkeys(self.list_recursive(mount, prefix))
+
+    def folder_versions(self, mount: str, folder: str) -> dict[str, VaultMetadata | None] | None:
+        """The entries of ONE folder (not recursive; subfolders end in ``/``)
+        with their metadata, from a single OpenBao ``detailed-metadata``
+        listing: how token write-back reads back a whole round of writes.
+        None when that listing is not available (HashiCorp Vault, a policy
+        without ``list`` there, a missing folder, an outage): the caller
+        then reads each secret. A denied folder is not asked again."""
+        folder = norm_prefix(folder)
+        if self._no_detailed or (mount, folder) in self._denied_folders:
+            return None
+        try:
+            found = dict(self._detailed_folder(mount, folder))
+        except _Unsupported as exc:
+            if exc.server:
+                self._no_detailed = True
+            elif exc.denied:
+                self._denied_folders.add((mount, folder))
+            return None
+        except VaultAuthFailed:
+            raise
+        except VaultError as exc:
+            log.info("vault: detailed listing of %s failed (%s); reading per secret",
+                     vault_ref(mount, folder), exc)
+            return None
+        return found
 
     def _detailed_folder(self, mount: str, folder: str) -> list[tuple[str, VaultMetadata | None]]:
         url = f"/v1/{url_path(mount)}/detailed-metadata/{url_path(folder)}"
@@ -328,20 +364,17 @@ class VaultClient:
             except hx.InvalidPath:
                 raise _Unsupported from None  # missing prefix, or no such endpoint: ask LIST
             except (hx.InvalidRequest, hx.UnsupportedOperation, hx.UnexpectedError):
-                self._detailed = False  # 400/405: HashiCorp Vault has no such endpoint
-                raise _Unsupported from None
+                raise _Unsupported(server=True) from None  # 400/405: HashiCorp Vault
 
         try:
             resp = self._call("list", vault_ref(mount, folder), op)
         except VaultAuthFailed:
             raise
-        except VaultDenied:
-            self._detailed = False  # policies written for metadata/ only: use plain LIST
-            raise _Unsupported from None
+        except VaultDenied:  # policies written for metadata/ only
+            raise _Unsupported(denied=True) from None
         info = resp.get("data", {}).get("key_info") if isinstance(resp, dict) else None
         if not isinstance(info, dict):
-            self._detailed = False
-            raise _Unsupported
+            raise _Unsupported(server=True)
         return [(key, self._metadata(info[key]) if isinstance(info.get(key), dict) else None)
                 for key in list_keys(resp)]
 

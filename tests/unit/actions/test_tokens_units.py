@@ -12,7 +12,15 @@ import pytest
 
 from keyd.actions.filesink import TokenFileError, safe_join, write_atomic
 from keyd.actions.tokens import plan_sinks, refresh_at
-from keyd.actions.tokenvault import Current, TokenPathError, TokenTargetRefused, judge, render_path
+from keyd.actions.tokenvault import (
+    Current,
+    TokenPathError,
+    TokenTargetRefused,
+    judge,
+    listed,
+    render_path,
+)
+from keyd.clients.vault_model import VaultMetadata
 from keyd.config import TokensConfig
 from keyd.store.probes import LocationRef, ProbeTarget
 
@@ -73,6 +81,23 @@ def test_judge():
     # managed but soft-deleted: keyd may write again
     assert judge(cur(version=5, readable=False, keyd_shaped=False), 3, adopt=False,
                  ref="r") == "ours"
+
+
+def test_listed_read_back_entry():
+    mark = {"managed-by": "keyd", "key-id": "k1"}
+
+    def meta(version: int = 4, **kw: object) -> VaultMetadata:
+        values: dict = {"current_version": version, "custom_metadata": mark, **kw}
+        return VaultMetadata(**values)
+
+    assert listed(meta(), version=4, key_id="k1") == "same"
+    assert listed(meta(5), version=4, key_id="k1") == "changed"  # someone wrote after keyd
+    assert listed(meta(deleted=True), version=4, key_id="k1") == "changed"
+    # cannot tell from the listing: read the secret back
+    assert listed(None, version=4, key_id="k1") == "unknown"
+    assert listed(meta(deletion_pending=True), version=4, key_id="k1") == "unknown"
+    assert listed(meta(), version=4, key_id="k2") == "unknown"
+    assert listed(meta(custom_metadata={}), version=4, key_id="k1") == "unknown"
 
 
 def target(pk: int, principal: str, key_id: str, expires: datetime | None,
