@@ -129,7 +129,7 @@ class Daemon:
 
     def token_writes(self) -> list[Write]:
         return [Write(self.name, e["ts"], *parse_write(e["msg"])) for e in self.events()
-                if e.get("logger") == "keyd.actions.tokens" and " written to " in e["msg"]]
+                if e.get("logger") == "keyd.actions.tokensink" and " written to " in e["msg"]]
 
     def sent_mails(self) -> list[str]:
         return [e["msg"].split()[3] for e in self.events()
