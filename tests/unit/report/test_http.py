@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +12,6 @@ from sqlalchemy.engine import Engine
 from keyd.errors import ConfigError
 from keyd.report.http import ObservabilityServer, parse_listen
 from keyd.report.metrics import KeydMetrics
-from keyd.store.engine import make_engine
-from keyd.store.models import Base
 
 
 class State:
@@ -26,14 +23,6 @@ class State:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         return self.role is not None, {"role": self.role}
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 'keyd.db'}")
-    Base.metadata.create_all(eng)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,17 +14,9 @@ from sqlalchemy.orm import Session
 
 from keyd.report.metrics import KeydMetrics
 from keyd.store.engine import make_engine
-from keyd.store.models import Alert, Base, Delivery, Key, SourceState, TokenSink
+from keyd.store.models import Alert, Delivery, Key, SourceState, TokenSink
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 'keyd.db'}")
-    Base.metadata.create_all(eng)
-    yield eng
-    eng.dispose()
 
 
 def _key(key_id: str, status: str = "active", expires: datetime | None = None) -> Key:
