@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from keyd.config import Config, DirectorySourceConfig, VaultSourceConfig, load_config
-from keyd.config_build import SCHEMA, SOURCE_KEYS
+from keyd.config.schema import SCHEMA, SOURCE_KEYS
 from keyd.errors import EXIT_CONFIG, ConfigError
 from keyd.redact import Secret
 
@@ -385,6 +385,28 @@ def test_reference_documents_every_key() -> None:
             continue
         dotted = f"{section}.{key}" if section else key
         assert f"| `{dotted}` |" in text, dotted
+
+
+def dotted_keys() -> set[str]:
+    return {f"{section}.{key}" if section else key for section, key in all_keys()}
+
+
+def test_reference_names_only_declared_keys() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `([a-z_.]+)` \|", text, re.M)
+    assert len(rows) > 50
+    assert sorted(set(rows) - dotted_keys()) == []
+
+
+def test_example_names_only_declared_keys() -> None:
+    section, named = "", []
+    for line in (ROOT / "examples" / "keyd.toml").read_text().splitlines():
+        if header := re.match(r"^\[+([a-z.]+)\]+", line):
+            section = header.group(1)
+        elif section != "alerts.email.routes" and (found := re.match(r"^#? ?(\w+) = ", line)):
+            named.append(f"{section}.{found.group(1)}" if section else found.group(1))
+    assert len(named) > 50
+    assert sorted(set(named) - dotted_keys()) == []
 
 
 def test_secret_looking_env_var_is_not_an_override_and_not_echoed(

@@ -2,8 +2,8 @@
 read credential files, and typed access that names file and key in every
 error (STYLE.md rule 4).
 
-Nothing here knows what keyd's sections mean; ``keyd.config_build`` does.
-The split keeps each module small and lets the schema live in one place.
+Nothing here knows keyd's sections: the declarations in
+``keyd.config.model`` do, and ``keyd.config.build`` reads them with this.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
+from keyd.config.spec import SCALAR_KINDS
 from keyd.errors import ConfigError
 from keyd.redact import Secret
 from keyd.timeutil import parse_duration
@@ -35,13 +36,24 @@ FORBIDDEN_SECRET_KEYS = {
 MAX_SECRET_BYTES = 64 * 1024  # a token or password; anything bigger is a wrong path
 
 _TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
-               "false": False, "no": False, "off": False, "0": False}
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-               list: "a list", dict: "a table"}
-
-# Kinds of scalar keys, used for env overrides and type checks.
-SCALAR_KINDS = ("str", "int", "float", "bool", "duration", "path")
+_BOOL_WORDS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a table",
+}
 
 
 @dataclass
@@ -68,8 +80,11 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(str(path), "no such config file; point keyd at yours with "
-                          "--config PATH or the KEYD_CONFIG environment variable") from None
+        raise ConfigError(
+            str(path),
+            "no such config file; point keyd at yours with "
+            "--config PATH or the KEYD_CONFIG environment variable",
+        ) from None
     except IsADirectoryError:
         raise ConfigError(str(path), "is a directory, not a config file") from None
     except OSError as exc:
@@ -135,9 +150,12 @@ class Table:
         allowed = list(allowed)
         for key in self.data:
             if key in FORBIDDEN_SECRET_KEYS and key not in allowed:
-                self.fail(key, "secrets are never read from the config file; use "
-                          f"{FORBIDDEN_SECRET_KEYS[key]} = PATH or a systemd credential "
-                          "($CREDENTIALS_DIRECTORY), see docs/configuration.md")
+                self.fail(
+                    key,
+                    "secrets are never read from the config file; use "
+                    f"{FORBIDDEN_SECRET_KEYS[key]} = PATH or a systemd credential "
+                    "($CREDENTIALS_DIRECTORY), see docs/configuration.md",
+                )
         unknown = [k for k in self.data if k not in allowed]
         known = f"known keys here: {', '.join(sorted(allowed))}"
         if len(unknown) == 1:
@@ -146,8 +164,7 @@ class Table:
             hints = ", ".join(f'"{k}"{suggest(k, allowed)}' for k in unknown)
             self.fail(None, f"unknown keys {hints}; {known}")
 
-    def _typed(self, key: str, kind: type, index: int | None = None,
-               value: object = None) -> Any:
+    def _typed(self, key: str, kind: type, index: int | None = None, value: object = None) -> Any:
         if index is None:
             value = self.data.get(key)
         if value is None:
@@ -180,8 +197,7 @@ class Table:
 
     def integer(self, key: str, *, low: int | None = None, high: int | None = None) -> int | None:
         value: int | None = self._typed(key, int)
-        if value is not None and ((low is not None and value < low)
-                                  or (high is not None and value > high)):
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
             self.fail(key, f"{value} is out of range ({_range(low, high)})")
         return value
 
@@ -195,17 +211,27 @@ class Table:
         value: bool | None = self._typed(key, bool)
         return value
 
-    def duration(self, key: str, *, positive: bool = True, low: timedelta | None = None,
-                 high: timedelta | None = None, index: int | None = None,
-                 value: object = None) -> timedelta | None:
+    def duration(
+        self,
+        key: str,
+        *,
+        positive: bool = True,
+        low: timedelta | None = None,
+        high: timedelta | None = None,
+        index: int | None = None,
+        value: object = None,
+    ) -> timedelta | None:
         text: str | None = self._typed(key, str, index, value)
         if text is None:
             return None
         try:
             delta = parse_duration(text)
         except ValueError:
-            self.fail(key, f'"{text}" is not a duration (a number and ms, s, m, h, d or w, '
-                      'e.g. "90s", "6h", "30d")', index)
+            self.fail(
+                key,
+                f'"{text}" is not a duration (a number and ms, s, m, h, d or w, e.g. "90s", "6h", "30d")',
+                index,
+            )
         if positive and delta <= timedelta(0):
             self.fail(key, f'"{text}" must be longer than 0', index)
         if (low is not None and delta < low) or (high is not None and delta > high):
@@ -267,6 +293,7 @@ def _fmt(value: object) -> str:
 
 # -- environment overrides ---------------------------------------------------
 
+
 def env_name(section: str, key: str) -> str:
     """``("alerts.email", "host")`` → ``KEYD_ALERTS_EMAIL_HOST``."""
     parts = [*(section.split(".") if section else []), key]
@@ -285,9 +312,9 @@ def override_map(schema: Mapping[str, Mapping[str, str]]) -> dict[str, tuple[str
     return out
 
 
-def apply_env_overrides(raw: dict[str, Any], ctx: Context,
-                        schema: Mapping[str, Mapping[str, str]],
-                        ignore: Iterable[str] = ()) -> None:
+def apply_env_overrides(
+    raw: dict[str, Any], ctx: Context, schema: Mapping[str, Mapping[str, str]], ignore: Iterable[str] = ()
+) -> None:
     """Overwrite scalars in ``raw`` from ``KEYD_<SECTION>_<KEY>`` variables.
 
     Values are converted to the key's type here, so a bad value is reported
@@ -310,8 +337,9 @@ def apply_env_overrides(raw: dict[str, Any], ctx: Context,
         for part in section.split(".") if section else ():
             nxt = table.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(ctx.where(section), "expected a table, got "
-                                  f"{type_name(nxt)} (needed for {name})")
+                raise ConfigError(
+                    ctx.where(section), f"expected a table, got {type_name(nxt)} (needed for {name})"
+                )
             table = nxt
         table[key] = convert_env(name, ctx.env[name], kind)
         ctx.origins[f"{section}.{key}" if section else key] = name
@@ -339,6 +367,7 @@ def convert_env(name: str, text: str, kind: str) -> object:
 
 # -- secrets -------------------------------------------------------------------
 
+
 def read_secret_file(path: Path, where: str) -> Secret:
     """A secret file's content without its trailing newline. Errors name the
     key and the path, never the content."""
@@ -348,8 +377,9 @@ def read_secret_file(path: Path, where: str) -> Secret:
     except FileNotFoundError:
         raise ConfigError(where, f"secret file {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(where, f"cannot read secret file {path}: "
-                          f"{exc.strerror or type(exc).__name__}") from None
+        raise ConfigError(
+            where, f"cannot read secret file {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
     if len(data) > MAX_SECRET_BYTES:
         raise ConfigError(where, f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes")
     try:
@@ -361,8 +391,7 @@ def read_secret_file(path: Path, where: str) -> Secret:
     return Secret(text)
 
 
-def resolve_secret(table: Table, file_key: str, credential: str,
-                   env_var: str | None = None) -> Secret | None:
+def resolve_secret(table: Table, file_key: str, credential: str, env_var: str | None = None) -> Secret | None:
     """The secret for ``file_key``: the named file; else the systemd
     credential ``$CREDENTIALS_DIRECTORY/<credential>`` if present; else
     ``env_var`` (only the Vault token uses one); else ``None``."""
