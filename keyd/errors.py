@@ -147,6 +147,14 @@ class StoreError(KeydError):
     retryable = True
 
 
+class DriverMissing(StoreError):
+    """The database URL needs a driver this installation lacks (psycopg for
+    PostgreSQL comes with the ``keyd[postgres]`` extra). Retrying cannot help."""
+
+    exit_code = EXIT_CONFIG
+    retryable = False
+
+
 class SchemaBehind(StoreError):
     """The database schema is older than this keyd: run ``keyd db upgrade``."""
 

@@ -25,6 +25,7 @@ Engines connect lazily: ``make_engine`` does no network I/O.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from keyd.errors import StoreError
+from keyd.errors import DriverMissing, StoreError
 from keyd.redact import scrub
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def make_engine(url: str) -> Engine:
     if backend == "sqlite":
         engine = _sqlite_engine(parsed)
     elif backend == "postgresql":
+        require_postgres_driver(parsed)
         engine = _postgres_engine(parsed)
     else:
         raise StoreError(
@@ -75,6 +77,19 @@ def make_engine(url: str) -> Engine:
         )
     event.listen(engine, "handle_error", _connection_errors)
     return engine
+
+
+def require_postgres_driver(url: str | URL) -> None:
+    """Raise ``DriverMissing`` unless psycopg 3 can be imported. It is the
+    ``keyd[postgres]`` extra (SQLite-only hosts do without it), so a plain
+    ``pip install keyd`` would otherwise fail deep in SQLAlchemy with
+    ``No module named 'psycopg'``."""
+    if importlib.util.find_spec("psycopg") is None:
+        raise DriverMissing(
+            f"database {safe_url(url)}: PostgreSQL needs the psycopg driver, which this "
+            "keyd was installed without: install keyd[postgres] "
+            "(pip install 'keyd[postgres]', or pipx install 'keyd[postgres]'; "
+            "the Debian package includes it)")
 
 
 def _parse(url: str) -> URL:

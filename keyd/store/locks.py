@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from keyd.errors import ConfigError
+from keyd.store.engine import require_postgres_driver
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class AdvisoryLock:
         parsed = make_url(url)
         if parsed.drivername in ("postgresql", "postgres"):  # as make_engine: psycopg 3
             parsed = parsed.set(drivername="postgresql+psycopg")
+        require_postgres_driver(parsed)
         self._engine: Engine = create_engine(
             parsed, poolclass=NullPool, connect_args=dict(_PG_CONNECT_ARGS),
             isolation_level="AUTOCOMMIT")
