@@ -104,6 +104,71 @@ class IssuerBadResponse(IssuerError):
     exit_code = EXIT_BAD_RESPONSE
 
 
+class ZitadelApiError(KeydError):
+    """Base of ZITADEL key-API failures (docs/zitadel.md §5). Carries the
+    call (``AddKey``, ``ListKeys``, ``RemoveKey``), the user, key and
+    organization it concerned, and the HTTP status; the message names them."""
+
+    def __init__(
+        self,
+        call: str,
+        problem: str,
+        *,
+        user_id: str | None = None,
+        key_id: str | None = None,
+        organization_id: str | None = None,
+        status: int | None = None,
+        zitadel_error: str | None = None,
+    ) -> None:
+        self.call, self.problem, self.status = call, problem, status
+        self.user_id, self.key_id, self.organization_id = user_id, key_id, organization_id
+        self.zitadel_error = zitadel_error  # e.g. "Errors.AuthNKey.ExpireBeforeNow"
+        about = [
+            f"{name} {value}"
+            for name, value in (("user", user_id), ("key", key_id), ("organization", organization_id))
+            if value
+        ]
+        target = f" ({', '.join(about)})" if about else ""
+        super().__init__(f"ZITADEL {call}{target}: {problem}")
+
+
+class ZitadelApiTransient(ZitadelApiError):
+    """Retrying later can help: unreachable, timeout, 429/5xx, a garbled answer."""
+
+    retryable = True
+    exit_code = EXIT_UNAVAILABLE
+
+
+class ZitadelApiUnavailable(ZitadelApiTransient):
+    """Connection error, timeout, total deadline passed, 429 or 5xx."""
+
+
+class ZitadelApiBadResponse(ZitadelApiTransient):
+    """An answer that is not what the API documents (HTML, wrong shape)."""
+
+    exit_code = EXIT_BAD_RESPONSE
+
+
+class ZitadelApiPermanent(ZitadelApiError):
+    """Retrying the same call cannot help until someone changes something."""
+
+
+class ZitadelApiDenied(ZitadelApiPermanent):
+    """401/403, or keyd's own service user cannot authenticate: the message
+    says which user lacks which permission on which organization."""
+
+    exit_code = EXIT_CONFIG
+
+
+class ZitadelApiNotFound(ZitadelApiPermanent):
+    """404: the user does not exist (or is not a machine user)."""
+
+
+class ZitadelApiRejected(ZitadelApiPermanent):
+    """400 and other refusals of the request itself (an expiry in the past:
+    ``Errors.AuthNKey.ExpireBeforeNow``; an invalid public key)."""
+
+
 class VaultError(KeydError):
     """Base of Vault failures. ``path`` is mount/path where relevant."""
 

@@ -16,7 +16,10 @@ Standalone (for ``make demo``)::
 
 prints its URL on the first stdout line and serves until SIGTERM, with an
 admin API: ``POST /_admin/keys`` (JSON: principal, key_id, public_key_pem,
-expires_at, kind), ``DELETE /_admin/keys/{key_id}``, ``GET /_admin/stats``.
+expires_at, kind), ``POST /_admin/users`` (JSON: user_id, org, roles:
+[[role, org or null]], for the key API), ``DELETE /_admin/keys/{key_id}``,
+``GET /_admin/stats``. The user service v2 key API (AddKey, ListKeys,
+RemoveKey with ZITADEL's authorization) is served by ``zitadel_api.py``.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from tests.support.issuer_oauth import FormRequest, IssuerOAuth, Registry
+from tests.support.zitadel_api import DEFAULT_ORG, KeyAPI
 
 log = logging.getLogger(__name__)
 
 TOKEN_PATH, INTROSPECT_PATH = "/oauth/v2/token", "/oauth/v2/introspect"
 DISCOVERY_PATH, JWKS_PATH = "/.well-known/openid-configuration", "/oauth/v2/keys"
-FAULT_MODES = {"503", "502", "504", "hang", "garbage", "no_token", "oversized", "close"}
+FAULT_MODES = {"503", "502", "504", "500", "hang", "garbage", "no_token", "oversized", "close",
+               "bad_page", "pass"}
 REJECTIONS = {"invalid_grant", "invalid_client", "unauthorized_client"}
 OLD_STYLE = {"error": "server_error", "error_description": "Errors.Internal"}  # ZITADEL.md §4
 NEW_STYLE = {"error": "invalid_grant", "error_description": "invalid assertion"}
@@ -85,6 +90,7 @@ class IssuerServer(Registry):
         self.url = self.issuer = f"http://127.0.0.1:{self._httpd.server_port}"
         self.port = self._httpd.server_port
         self.oauth = IssuerOAuth(self, self.issuer)
+        self.key_api = KeyAPI(self)  # the user service v2 key API (zitadel_api.py)
         self.admin, self.state_file = admin, Path(state_file) if state_file else None
         self.reject_style, self.fail_mode = "400", None
         self.hang_seconds = 30.0
@@ -150,20 +156,31 @@ class IssuerServer(Registry):
 
     # -- faults --------------------------------------------------------------
     def fail_next(self, n: int, mode: str) -> None:
-        """The next ``n`` requests to ``fault_paths`` fail with ``mode``."""
+        """The next ``n`` requests to ``fault_paths`` fail with ``mode``
+        ("pass" answers normally: ``fail_next(2, "pass"); fail_next(1,
+        "garbage")`` spoils the third request). A path in ``fault_paths``
+        ending in ``*`` is a prefix (``"/v2/users/*"``)."""
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; one of {sorted(FAULT_MODES)}")
         with self._lock:
             self._faults.extend([mode] * n)
 
     def _take_fault(self, path: str) -> str | None:
-        if path not in self.fault_paths:
+        if not any(path == p or (p.endswith("*") and path.startswith(p[:-1]))
+                   for p in self.fault_paths):
             return None
         with self._lock:
             return self._faults.popleft() if self._faults else self.fail_mode
 
     def _fault(self, mode: str) -> Reply | str:
         """A faulty reply, or "pass" to answer normally (after a hang)."""
+        if mode == "pass":
+            return "pass"
+        if mode == "500":
+            return _json(500, {"code": 13, "message": "Errors.Internal", "details": []})
+        if mode == "bad_page":  # well-formed JSON, wrong shape (a key without an id)
+            return _json(200, {"pagination": {"totalResult": "1000000"},
+                               "result": [{"userId": "1", "creationDate": "yesterday"}]})
         if mode in ("502", "503", "504"):
             return int(mode), "text/html", b"<html><body>Bad Gateway</body></html>"
         if mode == "hang":
@@ -208,6 +225,8 @@ class IssuerServer(Registry):
             if payload.get("error") == "invalid_client":
                 status = 401
             return _json(status, payload)
+        if self.key_api.handles(path):
+            return self.key_api.respond(method, path, headers, body)
         if self.admin and path.startswith("/_admin/"):
             return self._admin(method, path, body)
         return _json(404, {"error": "not_found", "error_description": f"{method} {path}"})
@@ -252,6 +271,16 @@ class IssuerServer(Registry):
             except (ValueError, KeyError, TypeError) as exc:
                 return _json(400, {"error": "invalid_request", "error_description": str(exc)})
             return _json(201, {"key_id": spec["key_id"]})
+        if method == "POST" and path == "/_admin/users":
+            try:
+                spec = json.loads(body)
+                self.key_api.add_user(spec["user_id"], spec.get("org") or DEFAULT_ORG)
+                for role, org in spec.get("roles", []):
+                    self.key_api.grant(spec["user_id"], role, org)
+            except (ValueError, KeyError, TypeError) as exc:
+                return _json(400, {"error": "invalid_request", "error_description": str(exc)})
+            self._save_state()
+            return _json(201, {"user_id": spec["user_id"]})
         if method == "DELETE" and path.startswith("/_admin/keys/"):
             self.remove_key(path.removeprefix("/_admin/keys/"))
             return 204, "application/json", b""
@@ -274,10 +303,12 @@ class IssuerServer(Registry):
         if self.state_file is None:
             return
         keys = [{"principal": k.principal, "key_id": k.key_id, "public_key_pem": k.public_pem,
-                 "kind": k.kind, "expires_at": k.expires_at and k.expires_at.isoformat()}
+                 "kind": k.kind, "expires_at": k.expires_at and k.expires_at.isoformat(),
+                 "created_at": k.created_at.isoformat()}
                 for k in self.keys()]
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": keys, "token_lifetime": self.token_lifetime}))
+        tmp.write_text(json.dumps({"keys": keys, "token_lifetime": self.token_lifetime,
+                                   "key_api": self.key_api.state()}))
         os.replace(tmp, self.state_file)
 
     def _load_state(self) -> None:
@@ -285,9 +316,11 @@ class IssuerServer(Registry):
         state = json.loads(self.state_file.read_text())
         self.token_lifetime = int(state.get("token_lifetime", self.token_lifetime))
         for k in state.get("keys", []):
-            expires = k.get("expires_at")
+            expires, created = k.get("expires_at"), k.get("created_at")
             Registry.add_key(self, k["principal"], k["key_id"], k["public_key_pem"],
-                             datetime.fromisoformat(expires) if expires else None, k["kind"])
+                             datetime.fromisoformat(expires) if expires else None, k["kind"],
+                             datetime.fromisoformat(created) if created else None)
+        self.key_api.load_state(state.get("key_api", {}))
 
 
 class _HTTPServer(ThreadingHTTPServer):

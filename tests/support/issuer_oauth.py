@@ -81,6 +81,7 @@ class RegisteredKey:
     public_pem: str
     expires_at: datetime | None
     jwk: Key
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class Registry:
             self._principals.setdefault(user_id, Principal(user_id, SERVICE))
 
     def add_key(self, principal: str, key_id: str, public_key: Any,
-                expires_at: datetime | None = None, kind: str = SERVICE) -> None:
+                expires_at: datetime | None = None, kind: str = SERVICE,
+                created_at: datetime | None = None) -> None:
         """Register a public key (cryptography object or PEM; a private key is
         reduced to its public half) for ``principal``, creating it if new."""
         if kind not in (SERVICE, APPLICATION):
@@ -157,12 +159,19 @@ class Registry:
         pem, jwk = load_public_key(public_key, key_id)
         with self._lock:
             self._principals.setdefault(principal, Principal(principal, kind))
-            self._keys[key_id] = RegisteredKey(key_id, principal, kind, pem, expires_at, jwk)
+            old = self._keys.get(key_id)
+            created = created_at or (old.created_at if old is not None else self.now())
+            self._keys[key_id] = RegisteredKey(key_id, principal, kind, pem, expires_at, jwk,
+                                               created)
 
     def remove_key(self, key_id: str) -> None:
         """Forget a key; succeeds when it is already gone (as ZITADEL does)."""
         with self._lock:
             self._keys.pop(key_id, None)
+
+    def created_at(self, key_id: str) -> datetime:
+        with self._lock:
+            return self._keys[key_id].created_at
 
     def set_token_lifetime(self, seconds: int) -> None:
         self.token_lifetime = int(seconds)
