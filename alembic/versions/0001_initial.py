@@ -153,6 +153,46 @@ def upgrade() -> None:
         batch_op.create_index("ix_probes_key_pk_at", ["key_pk", "at"], unique=False)
 
     op.create_table(
+        "rotations",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("old_key_id", sa.String(length=128), nullable=False),
+        sa.Column("old_key_pk", sa.Integer(), nullable=True),
+        sa.Column("principal", sa.String(length=255), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.String(length=16), nullable=False),
+        sa.Column("algorithm", sa.String(length=16), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("new_key_id", sa.String(length=128), nullable=True),
+        sa.Column("new_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("old_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("register_started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("targets", sa.Text(), nullable=True),
+        sa.Column("planned_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("registered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("proven_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("hook_done_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("retire_after", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("failed_step", sa.String(length=16), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["old_key_pk"], ["keys.id"], name=op.f("fk_rotations_old_key_pk_keys"), ondelete="SET NULL"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rotations")),
+        sa.UniqueConstraint("old_key_id", name=op.f("uq_rotations_old_key_id")),
+    )
+    with op.batch_alter_table("rotations", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_rotations_new_key_id"), ["new_key_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_rotations_next_attempt_at"), ["next_attempt_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_rotations_old_key_pk"), ["old_key_pk"], unique=False)
+        batch_op.create_index(batch_op.f("ix_rotations_principal"), ["principal"], unique=False)
+        batch_op.create_index(batch_op.f("ix_rotations_state"), ["state"], unique=False)
+
+    op.create_table(
         "tokens",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("key_pk", sa.Integer(), nullable=False),
@@ -216,6 +256,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_tokens_next_refresh_at"))
 
     op.drop_table("tokens")
+    with op.batch_alter_table("rotations", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_rotations_state"))
+        batch_op.drop_index(batch_op.f("ix_rotations_principal"))
+        batch_op.drop_index(batch_op.f("ix_rotations_old_key_pk"))
+        batch_op.drop_index(batch_op.f("ix_rotations_next_attempt_at"))
+        batch_op.drop_index(batch_op.f("ix_rotations_new_key_id"))
+
+    op.drop_table("rotations")
     with op.batch_alter_table("probes", schema=None) as batch_op:
         batch_op.drop_index("ix_probes_key_pk_at")
 

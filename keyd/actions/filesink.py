@@ -39,11 +39,14 @@ def safe_join(base: Path, relative: str) -> Path:
     return base.joinpath(*parts)
 
 
-def write_atomic(path: Path, content: bytes) -> None:
-    """Replace ``path`` with ``content`` atomically, mode 0600.
+def write_atomic(
+    path: Path, content: bytes, *, mode: int = FILE_MODE, owner: tuple[int, int] | None = None
+) -> None:
+    """Replace ``path`` with ``content`` atomically, ``mode`` (0600) and,
+    when given, ``owner`` (uid, gid; a rotated key file keeps its owner).
 
     Raises ``TokenFileError``; on any failure the old file is untouched.
-    Empty content is refused: a reader must never find an empty token file.
+    Empty content is refused: a reader must never find an empty file.
     """
     if not content:
         raise TokenFileError(path, "refusing to write an empty token file")
@@ -55,7 +58,9 @@ def write_atomic(path: Path, content: bytes) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
         try:
-            os.fchmod(fd, FILE_MODE)  # O_CREAT honours umask; an old tmp may have other bits
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(fd, *owner)  # before the mode: chown may clear set-id bits
+            os.fchmod(fd, mode)  # O_CREAT honours umask; an old tmp may have other bits
             view = memoryview(content)
             while view:
                 written = os.write(fd, view)

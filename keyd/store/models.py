@@ -211,6 +211,52 @@ class TokenSink(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Rotation(Base):
+    """One rotation of a service-user key (docs/architecture.md, "Rotation").
+
+    ``old_key_id`` is unique: one row per key ever rotated, so two daemons
+    can never rotate one key twice; a rotation that starts over keeps its
+    row and counts ``attempt``. State machine: planned → registered →
+    proven → published → retired, or failed. Never a private key: the new
+    pair lives in memory until it is written to the old key's locations.
+    """
+
+    __tablename__ = "rotations"
+    __table_args__ = (UniqueConstraint("old_key_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    old_key_id: Mapped[str] = mapped_column(String(128))
+    old_key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"),
+                                                    index=True)
+    principal: Mapped[str] = mapped_column(String(255), index=True)
+    # planned | registered | proven | published | retired | failed
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(String(16))  # due | manual | never_expiring
+    algorithm: Mapped[str] = mapped_column(String(16))  # RSA-2048 ... EC-P256
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    new_key_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    new_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    old_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # set just before AddKey: a key of this user with new_expires_at created
+    # after it may be keyd's, unrecorded (crash) and must be removed
+    register_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # JSON list of the locations to publish to, with what keyd scanned there
+    targets: Mapped[str | None] = mapped_column(Text)
+    planned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    proven_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    hook_done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retire_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    # why it failed or is blocked: proof | conflict | permission | hook | register | ...
+    failed_step: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 class Event(Base):
     """Append-only audit log of lifecycle transitions."""
 
