@@ -24,9 +24,9 @@ from keyd.clients.vault import VaultClient
 from keyd.config import Config, VaultSourceConfig
 from keyd.errors import EXIT_OK, EXIT_UNAVAILABLE
 from keyd.inventory.scan import scan_all
-from keyd.report.status import build_status, render_text, to_json
+from keyd.report.status import load_status, render_text, to_json
 from keyd.store.engine import make_engine
-from keyd.store.inventory import Engine, inventory_snapshot
+from keyd.store.inventory import Engine
 from keyd.store.migrate import ensure_current
 
 
@@ -74,10 +74,7 @@ def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
     config = app(ctx).config()
     at = parse_at(at_text, config.timezone, app(ctx).clock)
     with _database(config) as engine:
-        snapshot = inventory_snapshot(engine)
-    warn_before = max(config.alerts.thresholds, default=None)
-    report = (build_status(snapshot, at, config.timezone, warn_before) if warn_before
-              else build_status(snapshot, at, config.timezone))
+        report = load_status(engine, config, at)
     if as_json:
         echo_json(to_json(report))
     else:

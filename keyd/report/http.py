@@ -1,25 +1,45 @@
-"""A small observability HTTP server (stdlib ``ThreadingHTTPServer``).
+"""keyd's HTTP server (stdlib ``ThreadingHTTPServer``): the status page,
+its JSON twin, Prometheus metrics and health.
 
-``GET /metrics`` (Prometheus), ``/healthz`` (200 while the scheduler is
-ticking, else 503: for liveness checks) and ``/readyz`` (200 with
-``{"role": "leader"|"standby"}`` once the database answers and the role is
-known, else 503). Listens on ``[http] listen``, loopback by default: it
-exposes key ids and principals, so put a proxy with auth in front before
-binding anything wider. Read-only; nothing here changes state.
+* ``GET /`` — the status page (``keyd.report.pages``); ``GET /keys/{key_id}``
+  — one key (the id percent-encoded); ``GET /api/v1/status`` — exactly the
+  document ``keyd status --json`` prints (one builder,
+  ``keyd.report.status.load_status``).
+* ``GET /metrics`` — Prometheus; ``/healthz`` (200 while the scheduler is
+  ticking, else 503: for liveness checks) and ``/readyz`` (200 with
+  ``{"role": "leader"|"standby"}`` once the database answers and the role
+  is known, else 503).
+
+Access: with ``http.auth_token_file`` every path except ``/healthz`` and
+``/readyz`` (which show no inventory, and which liveness probes must reach)
+needs ``Authorization: Bearer <token>`` — or HTTP Basic with the token as
+the password, so a browser can log in — compared in constant time;
+``http.metrics_public = true`` leaves ``/metrics`` open for a scraper
+without credentials. Config load refuses a non-loopback ``http.listen``
+without a token. Read-only: nothing here changes state; responses are
+gzip-compressed when the client accepts it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
+import hmac
 import json
 import logging
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Final, Protocol
+from urllib.parse import unquote
 
 from keyd.errors import ConfigError
+from keyd.redact import Secret
 from keyd.report.metrics import KeydMetrics
+from keyd.report.web import CONTENT_SECURITY_POLICY
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +47,58 @@ log = logging.getLogger(__name__)
 Health = Callable[[], tuple[bool, str]]
 Ready = Callable[[], tuple[bool, dict[str, Any]]]
 
+OPEN_PATHS: Final = ("/healthz", "/readyz")
+GZIP_MIN: Final = 1024  # smaller bodies are not worth compressing
+HTML: Final = "text/html; charset=utf-8"
+JSON: Final = "application/json"
+
+
+class Views(Protocol):
+    """What the page routes need (``keyd.runtime.views.StatusViews``)."""
+
+    def index(self) -> str: ...
+
+    def key(self, key_id: str) -> str | None: ...
+
+    def status(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Access:
+    """``token``: required when set; ``metrics_public``: ``/metrics`` without it."""
+
+    token: Secret | None = None
+    metrics_public: bool = False
+
+    def allows(self, path: str, authorization: str | None) -> bool:
+        if self.token is None or path in OPEN_PATHS:
+            return True
+        if path == "/metrics" and self.metrics_public:
+            return True
+        given = _credential(authorization or "")
+        return hmac.compare_digest(given.encode(), self.token.reveal().encode())
+
+
+def _credential(header: str) -> str:
+    """The token from ``Bearer <token>`` or from Basic's password part."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return ""
+
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``"127.0.0.1:9464"`` or ``"[::1]:9464"`` → (host, port)."""
     host, sep, port = listen.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("http.listen", f"{listen!r} is not HOST:PORT (e.g. \"127.0.0.1:9464\")")
+        raise ConfigError("http.listen", f'{listen!r} is not HOST:PORT (e.g. "127.0.0.1:9464")')
     return host, int(port)
 
 
@@ -42,6 +107,8 @@ class _Server(ThreadingHTTPServer):
     metrics: KeydMetrics
     healthy: Health
     ready: Ready
+    views: Views | None
+    access: Access
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,27 +120,62 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
         path = self.path.split("?", 1)[0]
         try:
-            if path == "/metrics":
-                body, content_type = self.server.metrics.render()
-                self._send(200, body, content_type)
-            elif path == "/healthz":
-                ok, reason = self.server.healthy()
-                self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain")
-            elif path == "/readyz":
-                ok, data = self.server.ready()
-                self._send(200 if ok else 503, json.dumps(data).encode() + b"\n",
-                           "application/json")
-            else:
-                self._send(404, b"not found\n", "text/plain")
+            if not self.server.access.allows(path, self.headers.get("Authorization")):
+                self._send(
+                    401,
+                    b"authorization required\n",
+                    "text/plain",
+                    extra={"WWW-Authenticate": 'Bearer realm="keyd", Basic realm="keyd"'},
+                )
+                return
+            self._route(path)
         except Exception:  # never let a handler bug kill the server thread quietly
             log.exception("http: error serving %s", path)
             self._send(500, b"internal error\n", "text/plain")
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _route(self, path: str) -> None:
+        views = self.server.views
+        if path == "/metrics":
+            body, content_type = self.server.metrics.render()
+            self._send(200, body, content_type)
+        elif path == "/healthz":
+            ok, reason = self.server.healthy()
+            self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain")
+        elif path == "/readyz":
+            ok, data = self.server.ready()
+            self._send(200 if ok else 503, json.dumps(data).encode() + b"\n", JSON)
+        elif views is not None and path == "/":
+            self._send(200, views.index().encode(), HTML)
+        elif views is not None and path == "/api/v1/status":
+            self._send(200, json.dumps(views.status(), indent=2).encode() + b"\n", JSON)
+        elif views is not None and path.startswith("/keys/") and len(path) > len("/keys/"):
+            page = _key_page(views, path[len("/keys/") :])
+            if page is None:
+                self._send(404, b"no such key\n", "text/plain")
+            else:
+                self._send(200, page.encode(), HTML)
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
+        headers = {
+            "Content-Type": content_type,
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            **(extra or {}),
+        }
+        if content_type == HTML:
+            headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        if len(body) >= GZIP_MIN:
+            headers["Vary"] = "Accept-Encoding"
+            if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+                body = gzip.compress(body, compresslevel=6)
+                headers["Content-Encoding"] = "gzip"
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -84,10 +186,43 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http: %s " + format, self.address_string(), *args)
 
 
-class ObservabilityServer:
-    """Serves in a background thread from ``start()`` until ``close()``."""
+def _key_page(views: Views, quoted: str) -> str | None:
+    try:
+        key_id = unquote(quoted, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return views.key(key_id)
 
-    def __init__(self, listen: str, metrics: KeydMetrics, healthy: Health, ready: Ready) -> None:
+
+def _accepts_gzip(header: str) -> bool:
+    """``gzip`` listed in Accept-Encoding with a q-value above 0."""
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
+class ObservabilityServer:
+    """Serves in a background thread from ``start()`` until ``close()``.
+    Without ``views`` only ``/metrics`` and health are served."""
+
+    def __init__(
+        self,
+        listen: str,
+        metrics: KeydMetrics,
+        healthy: Health,
+        ready: Ready,
+        *,
+        views: Views | None = None,
+        access: Access | None = None,
+    ) -> None:
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("_Server", (_Server,), {"address_family": family})
@@ -98,8 +233,11 @@ class ObservabilityServer:
         self._server.metrics = metrics
         self._server.healthy = healthy
         self._server.ready = ready
-        self._thread = threading.Thread(target=self._server.serve_forever, name="keyd-http",
-                                        kwargs={"poll_interval": 0.5}, daemon=True)
+        self._server.views = views
+        self._server.access = access or Access()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="keyd-http", kwargs={"poll_interval": 0.5}, daemon=True
+        )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -108,7 +246,8 @@ class ObservabilityServer:
 
     def start(self) -> None:
         self._thread.start()
-        log.info("http: serving /metrics, /healthz, /readyz on %s:%d", *self.address)
+        pages = "/, /keys/…, /api/v1/status, " if self._server.views is not None else ""
+        log.info("http: serving %s/metrics, /healthz, /readyz on %s:%d", pages, *self.address)
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -30,9 +30,11 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
+from keyd.config import Config
 from keyd.report import render
-from keyd.store.inventory import InventorySnapshot, KeyRow, LocationRow
+from keyd.store.inventory import Engine, InventorySnapshot, KeyRow, LocationRow, inventory_snapshot
 from keyd.store.models import SourceState
+from keyd.store.views import key_snapshot
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,17 @@ def build_status(snapshot: InventorySnapshot, at: datetime, tz: tzinfo,
         view = evaluate(row.expires_at, at, tz, warn_before)
         keys.append(KeyStatus(row, effective_status(row.status, view), view))
     return StatusReport(at, tz, tuple(keys), snapshot.orphans, snapshot.sources)
+
+
+def load_status(engine: Engine, config: Config, at: datetime, *,
+                key_id: str | None = None) -> StatusReport:
+    """The inventory at ``at`` as the configuration judges it (``expiring``:
+    within the largest alert threshold); only ``key_id`` when given. The one
+    builder behind both ``keyd status --json`` and ``GET /api/v1/status``
+    (and the status page), so they cannot drift."""
+    warn_before = max(config.alerts.thresholds, default=DEFAULT_WARN_BEFORE)
+    rows = inventory_snapshot(engine) if key_id is None else key_snapshot(engine, key_id)
+    return build_status(rows, at, config.timezone, warn_before)
 
 
 # --- JSON ------------------------------------------------------------------
@@ -115,7 +128,9 @@ def _expires(view: ExpiryView) -> str:
     return render.instant(view.expires_at)
 
 
-def _shown_status(key: KeyStatus) -> str:
+def shown_status(key: KeyStatus) -> str:
+    """The status people see: ``expiring`` for an active key inside the
+    warning window, else the inventory status."""
     if key.status == "active" and key.expiry.status == "expiring":
         return "expiring"
     return key.status
@@ -141,37 +156,39 @@ def render_text(report: StatusReport) -> str:
                "DAYS", "STATUS", "LAST PROBE"]
     rows = [[k.row.key_id, k.row.principal, _sources(k.row), _expires(k.expiry),
              render.day(k.expiry.last_usable_day), render.number(k.expiry.days_left),
-             _shown_status(k), _probe(k.row, report.at)] for k in report.keys]
+             shown_status(k), _probe(k.row, report.at)] for k in report.keys]
     parts = [render.table(headers, rows) if rows else
              "no keys in the inventory (run \"keyd scan\")"]
-    problems = _problems(report)
-    if problems:
-        parts.append("\n".join(problems))
+    lines = problems(report)
+    if lines:
+        parts.append("\n".join(["Problems:", *(f"  {line}" for line in lines)]))
     return "\n\n".join(parts)
 
 
-def _problems(report: StatusReport) -> list[str]:
+def problems(report: StatusReport) -> list[str]:
+    """What an operator should look at: invalid files, permission warnings,
+    probe errors, failing sources (one line each)."""
     lines: list[str] = []
     said: set[str] = set()  # a directory's warning is said once, not once per file in it
     for key in report.keys:
         for loc in key.row.locations:
             if loc.status == "invalid":
-                lines.append(f"  {loc.source}: {loc.ref}: INVALID ({key.row.key_id}): {loc.error}")
+                lines.append(f"{loc.source}: {loc.ref}: INVALID ({key.row.key_id}): {loc.error}")
             elif loc.warning and loc.status == "present":
                 for part in loc.warning.split("; "):
                     if part.startswith("its directory "):
-                        text = f"  {loc.source}: warning: directory{part[len('its directory'):]}"
+                        text = f"{loc.source}: warning: directory{part[len('its directory'):]}"
                     else:
-                        text = f"  {loc.source}: {loc.ref}: warning: {part}"
+                        text = f"{loc.source}: {loc.ref}: warning: {part}"
                     if text not in said:
                         said.add(text)
                         lines.append(text)
         if key.row.last_error:
-            lines.append(f"  key {key.row.key_id}: {key.row.last_error}")
+            lines.append(f"key {key.row.key_id}: {key.row.last_error}")
     for loc in report.orphans:
-        lines.append(f"  {loc.source}: {loc.ref}: INVALID: {loc.error}")
+        lines.append(f"{loc.source}: {loc.ref}: INVALID: {loc.error}")
     for state in report.sources:
         if state.consecutive_failures:
-            lines.append(f"  source {state.name}: failing ({state.consecutive_failures} scans "
+            lines.append(f"source {state.name}: failing ({state.consecutive_failures} scans "
                          f"in a row): {state.last_error}")
-    return ["Problems:", *lines] if lines else []
+    return lines

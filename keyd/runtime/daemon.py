@@ -44,6 +44,7 @@ from keyd.runtime import sdnotify
 from keyd.runtime.check import judge
 from keyd.runtime.cycle import Stage
 from keyd.runtime.scheduler import CONTROL, Tick, TickScheduler
+from keyd.runtime.views import StatusViews
 from keyd.runtime.wiring import Services, build_services
 from keyd.store import snapshot
 from keyd.store.migrate import ensure_current
@@ -117,7 +118,8 @@ class Daemon:
         self.services.metrics = self._metrics(self.services)
         if config.http.listen:
             self._http = ObservabilityServer(config.http.listen, self.services.metrics,
-                                             self.healthy, self.ready)
+                                             self.healthy, self.ready,
+                                             views=StatusViews(self._current_services))
             self._http.start()
         if leader:
             self._first_scan()
@@ -283,6 +285,11 @@ class Daemon:
         return KeydMetrics(services.engine, version=__version__,
                            leader=lambda: None if self._role is None else self._is_leader(),
                            last_tick=self._last_tick)
+
+    def _current_services(self) -> Services:
+        services = self.services
+        assert services is not None  # the HTTP server starts after the services
+        return services
 
     def _last_tick(self) -> datetime | None:
         if self.scheduler is None:

@@ -1,0 +1,337 @@
+"""The status page (``GET /``) and one key's page (``GET /keys/{key_id}``).
+
+Rendered on the server from frozen rows (``IndexPage``/``KeyPage``, put
+together by ``keyd.runtime.views``): a summary line with the same verdict
+as ``keyd check``, the expiry timeline (``keyd.report.timeline``), the key
+table with the columns of ``keyd status`` plus token write-back, problems
+(invalid files, permission warnings, failing sources, refused token
+paths) and the last audit events. Read-only: no form, no action.
+
+Never shown: key material, tokens, webhook URLs (the store does not even
+read them for the page). Every text from files, Vault or remote servers is
+escaped (``web.e``); error texts are also scrubbed of anything shaped like
+a token or a PEM (``keyd.redact.scrub``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from keyd.redact import scrub
+from keyd.report import render
+from keyd.report.status import KeyStatus, StatusReport, problems, shown_status
+from keyd.report.timeline import key_href, render_timeline
+from keyd.report.web import Row, cell, document, e, facts, legend, table
+from keyd.store.probes import ProbeHistoryRow
+from keyd.store.snapshot import TokenSnapshot
+from keyd.store.views import AlertRow, EventRow, SinkRow
+
+#: Token sink states that are a refusal keyd reports (it will not write there).
+REFUSED: Final = ("unmanaged", "conflict")
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    report: StatusReport
+    verdict: str  # ok | warning | critical | unknown (``keyd check``)
+    summary: str  # ``keyd check``'s one line
+    thresholds: tuple[timedelta, ...]
+    tokens: Mapping[str, TokenSnapshot]  # by key id
+    events: Sequence[EventRow]
+    version: str
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    key: KeyStatus
+    at: datetime
+    zone: str
+    probes: Sequence[ProbeHistoryRow]
+    alerts: Sequence[AlertRow]
+    events: Sequence[EventRow]
+    sink: SinkRow | None
+    version: str
+
+
+def _zone(report: StatusReport) -> str:
+    return getattr(report.tz, "key", None) or str(report.tz)
+
+
+def _clean(text: str | None) -> str:
+    return scrub(text) if text else ""
+
+
+def render_index(page: IndexPage) -> str:
+    report = page.report
+    body = [
+        "<header><h1>keyd</h1>",
+        f'<p class="summary verdict-{e(page.verdict)}" id="summary">{e(page.summary)}</p>',
+        f'<p class="muted">as of {e(render.instant(report.at))}; last usable days in '
+        f"{e(_zone(report))}</p></header>",
+        '<main><section aria-labelledby="h-timeline"><h2 id="h-timeline">Expiry timeline</h2>',
+        render_timeline(report, page.thresholds),
+        legend(),
+        "</section>",
+        '<section aria-labelledby="h-keys"><h2 id="h-keys">Keys</h2>',
+        '<label for="filter-keys">Filter keys</label>'
+        '<input id="filter-keys" type="search" data-filter="keys" autocomplete="off">',
+        _key_table(page),
+        "</section>",
+        '<section aria-labelledby="h-problems"><h2 id="h-problems">Problems</h2>',
+        _problems(page),
+        "</section>",
+        '<section aria-labelledby="h-events"><h2 id="h-events">Recent events</h2>',
+        _events(page.events, "events", "The last audit events, newest first"),
+        "</section></main>",
+        f"<footer>keyd {e(page.version)}</footer>",
+    ]
+    return document("keyd status", "\n".join(body), script=True)
+
+
+def _key_table(page: IndexPage) -> str:
+    report = page.report
+    headers = [
+        "Key",
+        "Principal",
+        "Sources",
+        "Expires (UTC)",
+        f"Last usable day ({_zone(report)})",
+        "Days left",
+        "Status",
+        "Last probe",
+        "Token write-back",
+    ]
+    rows: list[Row] = []
+    for key in report.keys:
+        row, view = key.row, key.expiry
+        status = shown_status(key)
+        token = page.tokens.get(row.key_id)
+        rows.append(
+            (
+                {"data-key-id": row.key_id},
+                [
+                    f'<td data-field="key_id" class="wrap"><a href="{e(key_href(row.key_id))}">'
+                    f"{e(row.key_id)}</a></td>",
+                    cell(row.principal, field="principal"),
+                    cell(_sources(key), field="sources", css="wrap"),
+                    cell(_expires(key), field="expires_at"),
+                    cell(render.day(view.last_usable_day), field="last_usable_day"),
+                    cell(
+                        render.number(view.days_left),
+                        field="days_left",
+                        css="num",
+                        sort=view.seconds_left if view.seconds_left is not None else 10**12,
+                    ),
+                    cell(status, field="status", css=f"status s-{status}"),
+                    cell(_probe(key, report.at), field="last_probe"),
+                    cell(token.state if token else "-", field="token_state"),
+                ],
+            )
+        )
+    if not rows:
+        return "<p>No keys in the inventory yet (the first scan has not run).</p>"
+    return table("keys", f"{len(rows)} keys", headers, rows, sortable=True)
+
+
+def _sources(key: KeyStatus) -> str:
+    present = sorted({loc.source for loc in key.row.locations if loc.status == "present"})
+    return ", ".join(present) or f"({', '.join(sorted({loc.source for loc in key.row.locations}))})"
+
+
+def _expires(key: KeyStatus) -> str:
+    if key.expiry.status in ("never", "unknown"):
+        return key.expiry.status
+    return render.instant(key.expiry.expires_at)
+
+
+def _probe(key: KeyStatus, at: datetime) -> str:
+    if key.row.last_probe_at is None:
+        return "never"
+    return f"{key.row.last_probe_outcome or '?'} {render.ago(key.row.last_probe_at, at)}"
+
+
+def _problems(page: IndexPage) -> str:
+    lines = [scrub(line) for line in problems(page.report)]
+    for key_id, token in sorted(page.tokens.items()):
+        if token.state in REFUSED:
+            lines.append(
+                f"token path {token.sink} for key {key_id}: refused ({token.state}): "
+                "keyd will not overwrite a secret it does not manage"
+            )
+        elif token.state == "failed":
+            lines.append(f"token path {token.sink} for key {key_id}: write-back failing")
+    if not lines:
+        return "<p>None.</p>"
+    return '<ul class="problems">' + "".join(f"<li>{e(line)}</li>" for line in lines) + "</ul>"
+
+
+def _detail(detail: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in detail.items())
+
+
+def _events(events: Sequence[EventRow], table_id: str, caption: str) -> str:
+    if not events:
+        return "<p>No events yet.</p>"
+    rows: list[Row] = []
+    for ev in events:
+        key = f'<a href="{e(key_href(ev.key_id))}">{e(ev.key_id)}</a>' if ev.key_id else "-"
+        rows.append(
+            (
+                {},
+                [
+                    cell(render.instant(ev.at), css="when"),
+                    f'<td class="wrap">{key}</td>',
+                    e(ev.kind),
+                    cell(ev.source or "-", css="wrap"),
+                    cell(scrub(_detail(ev.detail)), css="wrap"),
+                ],
+            )
+        )
+    return table(table_id, caption, ["When (UTC)", "Key", "Event", "Source", "Detail"], rows)
+
+
+# --- one key --------------------------------------------------------------
+
+
+def render_key(page: KeyPage) -> str:
+    key, row = page.key, page.key.row
+    status = shown_status(key)
+    view = key.expiry
+    summary = facts(
+        [
+            ("Principal", e(row.principal)),
+            ("Kind", e(row.kind)),
+            ("Algorithm", e(row.algorithm)),
+            ("Fingerprint", f"<code>{e(row.fingerprint)}</code>"),
+            ("Status", f'<span class="status s-{e(status)}">{e(status)}</span>'),
+            ("Expires (UTC)", e(_expires(key))),
+            (f"Last usable day ({page.zone})", e(render.day(view.last_usable_day))),
+            ("Days left", e(render.number(view.days_left))),
+            ("First seen", e(render.instant(row.first_seen))),
+            ("Last probe", e(_probe(key, page.at))),
+            ("Last error", e(_clean(row.last_error) or "-")),
+        ]
+    )
+    body = [
+        '<header><p><a href="/">&larr; all keys</a></p>',
+        f"<h1>Key <code>{e(row.key_id)}</code></h1></header><main>",
+        summary,
+        '<h2 id="h-locations">Locations</h2>',
+        _locations(key),
+        '<h2 id="h-token">Token write-back</h2>',
+        _sink(page.sink),
+        '<h2 id="h-probes">Probe history</h2>',
+        _probes(page.probes),
+        '<h2 id="h-alerts">Alerts sent</h2>',
+        _alerts(page.alerts),
+        '<h2 id="h-key-events">Events</h2>',
+        _events(page.events, "key-events", "This key's audit events, newest first"),
+        f"</main><footer>keyd {e(page.version)} · as of {e(render.instant(page.at))}</footer>",
+    ]
+    return document(f"keyd: key {row.key_id}", "\n".join(body))
+
+
+def _locations(key: KeyStatus) -> str:
+    rows: list[Row] = [
+        (
+            {},
+            [
+                e(loc.source),
+                f"<code>{e(loc.ref)}</code>",
+                e(loc.status),
+                e(_clean(loc.error) or "-"),
+                e(loc.warning or "-"),
+                e(render.instant(loc.last_seen)),
+            ],
+        )
+        for loc in key.row.locations
+    ]
+    return table(
+        "locations",
+        "Where the key file was found",
+        ["Source", "Location", "Status", "Error", "Warning", "Last seen (UTC)"],
+        rows,
+    )
+
+
+def _sink(sink: SinkRow | None) -> str:
+    if sink is None:
+        return "<p>No token write-back for this key.</p>"
+    return facts(
+        [
+            ("Vault path", f"<code>{e(sink.mount)}/{e(sink.path)}</code>"),
+            ("File", f"<code>{e(sink.file_path)}</code>" if sink.file_path else "-"),
+            ("State", e(sink.state)),
+            ("Issued (UTC)", e(render.instant(sink.issued_at))),
+            ("Token expires (UTC)", e(render.instant(sink.expires_at))),
+            ("Next refresh (UTC)", e(render.instant(sink.next_refresh_at))),
+            ("Failures in a row", e(sink.failures)),
+            ("Last error", e(_clean(sink.last_error) or "-")),
+        ]
+    )
+
+
+def _probes(probes: Sequence[ProbeHistoryRow]) -> str:
+    if not probes:
+        return "<p>Not probed yet.</p>"
+    rows: list[Row] = [
+        (
+            {},
+            [
+                cell(render.instant(p.at), css="when"),
+                e(p.outcome),
+                e(render.number(p.http_status)),
+                e(p.error_code or "-"),
+                e(p.diagnosis or "-"),
+                e(_clean(p.message) or "-"),
+                e(f"{p.latency_ms:.0f} ms" if p.latency_ms is not None else "-"),
+                e(p.attempts),
+            ],
+        )
+        for p in probes
+    ]
+    return table(
+        "probes",
+        "The latest validation probes, newest first",
+        ["When (UTC)", "Outcome", "HTTP", "Error", "Diagnosis", "Message", "Latency", "Attempts"],
+        rows,
+    )
+
+
+def _alerts(alerts: Sequence[AlertRow]) -> str:
+    if not alerts:
+        return "<p>No alerts for this key.</p>"
+    rows: list[Row] = []
+    for a in alerts:
+        sent = (
+            "; ".join(
+                f"{d.channel}: {d.state} "
+                + (render.instant(d.sent_at) if d.sent_at else f"({d.attempts} attempts)")
+                for d in a.deliveries
+            )
+            or "-"
+        )
+        rows.append(
+            (
+                {},
+                [
+                    cell(render.instant(a.created_at), css="when"),
+                    e(a.kind),
+                    e(a.threshold),
+                    e(a.severity),
+                    e(a.subject),
+                    e(render.instant(a.resolved_at)),
+                    e(sent),
+                ],
+            )
+        )
+    return table(
+        "alerts",
+        "Alerts decided for this key, newest first",
+        ["When (UTC)", "Kind", "Rung", "Severity", "Subject", "Resolved", "Deliveries"],
+        rows,
+    )
