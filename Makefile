@@ -20,9 +20,11 @@ lint: venv
 	$(VENV)/bin/mypy keyd
 
 # What the integration tests need from the machine, installed/started if
-# missing: PostgreSQL on 127.0.0.1:5432 (a service of this machine kind) and
-# systemd-analyze (for the unit-file checks). OpenBao, aiosmtpd and the test
-# issuer come from the venv and are started by the tests themselves.
+# missing: PostgreSQL on 127.0.0.1:5432 (a service of this machine kind),
+# systemd-analyze (for the unit-file checks) and Debian's chromium +
+# chromium-driver (the status page's browser tests). OpenBao, aiosmtpd and
+# the test issuer come from the venv and are started by the tests themselves.
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq
 services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || { \
 	    echo "make: starting PostgreSQL"; \
@@ -30,7 +32,10 @@ services:
 	    for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; }
 	@command -v systemd-analyze >/dev/null || { \
 	    echo "make: installing systemd (for systemd-analyze)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
+	    apt-get update -qq && $(APT_INSTALL) systemd; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { \
+	    echo "make: installing chromium and chromium-driver (for the status page tests)"; \
+	    apt-get -o DPkg::Lock::Timeout=600 update -qq && $(APT_INSTALL) chromium chromium-driver; }
 
 # The whole suite: lint, types, unit and integration tests (real OpenBao,
 # PostgreSQL, SMTP and authorization server; a missing service fails).
