@@ -49,6 +49,7 @@ from keyd.errors import KeydError, MailError
 from keyd.retry import Random, backoff_delay
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
+from keyd.vocab import DeliveryState
 
 if TYPE_CHECKING:
     from keyd.store.alerts import Engine
@@ -211,7 +212,7 @@ class _Outcomes:
                 store.mark_retry(session, item.delivery_id, state=state, next_attempt_at=when,
                                  error=str(exc))
                 self.report.failed += 1
-                self.report.gave_up += state == store.FAILED
+                self.report.gave_up += state == DeliveryState.FAILED
                 log.warning("%s alert %s to %s: attempt %d failed: %s; next attempt at %s "
                             "(%s)", item.channel, item.alert.message_id, item.recipient,
                             item.attempts + 1, exc, when.isoformat(), state)
@@ -219,8 +220,8 @@ class _Outcomes:
 
     def _next(self, attempt: int, retryable: bool, now: datetime) -> tuple[str, datetime]:
         if attempt >= MAX_ATTEMPTS:
-            return store.FAILED, now + FAILED_RETRY
+            return DeliveryState.FAILED, now + FAILED_RETRY
         if not retryable:
-            return store.FAILED, now + CAP
+            return DeliveryState.FAILED, now + CAP
         delay = backoff_delay(attempt, BASE, CAP, self.rng)
-        return store.PENDING, now + timedelta(seconds=max(delay, 1.0))
+        return DeliveryState.PENDING, now + timedelta(seconds=max(delay, 1.0))

@@ -30,9 +30,6 @@ from datetime import datetime
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import NEVER_YEAR, KeyFile
 from keyd.store.inventory import (
-    INVALID,
-    MISSING,
-    PRESENT,
     Engine,
     InventoryConflict,
     InventoryTx,
@@ -41,10 +38,10 @@ from keyd.store.inventory import (
     record_source_failure,
 )
 from keyd.store.models import Key, KeyLocation
+from keyd.vocab import KeyStatus, LocationStatus, ProbeOutcome
 
 log = logging.getLogger(__name__)
 
-ACTIVE, EXPIRED, REJECTED = "active", "expired", "rejected"
 _ATTEMPTS = 3
 
 
@@ -111,10 +108,11 @@ def present_status(status: str, expires_at: datetime | None, last_probe_outcome:
                    now: datetime, *, changed: bool) -> str:
     """Status of a key that has a present location: the issuer's rejection
     stands until the content changes; otherwise active/expired by expiry."""
-    if not changed and (status == REJECTED or (
-            status in (MISSING, INVALID) and last_probe_outcome == REJECTED)):
-        return REJECTED
-    return EXPIRED if is_expired(expires_at, now) else ACTIVE
+    if not changed and (status == KeyStatus.REJECTED or (
+            status in (KeyStatus.MISSING, KeyStatus.INVALID)
+            and last_probe_outcome == ProbeOutcome.REJECTED)):
+        return KeyStatus.REJECTED
+    return KeyStatus.EXPIRED if is_expired(expires_at, now) else KeyStatus.ACTIVE
 
 
 class _Reconciler:
@@ -158,7 +156,7 @@ class _Reconciler:
                 log.debug("%s: %s reported unchanged but unknown; re-read next scan",
                           self.source, cand.ref)
             elif (cand.unchanged and entry is not None and entry.key_pk is not None
-                  and entry.status == PRESENT and entry.warning == cand.warning):
+                  and entry.status == LocationStatus.PRESENT and entry.warning == cand.warning):
                 self.out.unchanged += 1
                 self.unchanged_locs.append(entry.id)
                 self.unchanged_keys.add(entry.key_pk)
@@ -207,7 +205,7 @@ class _Reconciler:
         self.out.unchanged += 1
         loc.last_seen = self.now
         loc.warning = cand.warning
-        self._touch(loc.key, present=loc.status == PRESENT, seen=True)
+        self._touch(loc.key, present=loc.status == LocationStatus.PRESENT, seen=True)
 
     def _found(self, cand: Candidate, kf: KeyFile, loc: KeyLocation | None,
                keys: dict[str, Key]) -> None:
@@ -227,9 +225,9 @@ class _Reconciler:
                                 old_key_id=loc.key.key_id)
                     self._touch(loc.key)
                 loc.key = key
-            if loc.status != PRESENT:
+            if loc.status != LocationStatus.PRESENT:
                 self._event("location.returned", key, ref=cand.ref, was=loc.status)
-        _fill_location(loc, cand, kf.content_hash, PRESENT, None, self.now)
+        _fill_location(loc, cand, kf.content_hash, LocationStatus.PRESENT, None, self.now)
         self._touch(key, present=True, seen=True)
 
     def _invalid(self, cand: Candidate, loc: KeyLocation | None) -> None:
@@ -238,9 +236,9 @@ class _Reconciler:
         if loc is None:
             loc = KeyLocation(source=self.source, ref=cand.ref, first_seen=self.now)
             self.tx.add(loc)
-        if loc.status != INVALID or loc.last_error != problem:
+        if loc.status != LocationStatus.INVALID or loc.last_error != problem:
             self._event("location.invalid", loc.key, ref=cand.ref, error=problem)
-        _fill_location(loc, cand, None, INVALID, problem, self.now)
+        _fill_location(loc, cand, None, LocationStatus.INVALID, problem, self.now)
         # stamps dropped: an invalid file is re-read every scan (a chmod
         # that fixes it changes no mtime)
         loc.size = loc.mtime_ns = loc.inode = None
@@ -250,9 +248,9 @@ class _Reconciler:
         for start in range(0, len(entries), _BATCH):
             chunk = entries[start:start + _BATCH]
             for loc in self.tx.locations_by_id(e.id for e in chunk).values():
-                if loc.status != MISSING:
+                if loc.status != LocationStatus.MISSING:
                     self._event("location.missing", loc.key, ref=loc.ref, was=loc.status)
-                    loc.status = MISSING
+                    loc.status = LocationStatus.MISSING
                 self._touch(loc.key)
             self._release()
 
@@ -301,12 +299,12 @@ class _Reconciler:
         self.out.keys = len(self.present_here)
 
     def _target(self, key: Key, by_status: dict[str, int]) -> str:
-        if by_status.get(PRESENT):
+        if by_status.get(LocationStatus.PRESENT):
             return present_status(key.status, key.expires_at, key.last_probe_outcome, self.now,
                                   changed=key.key_id in self.changed_key_ids)
-        if by_status.get(INVALID) and not by_status.get(MISSING):
-            return INVALID
-        return MISSING
+        if by_status.get(LocationStatus.INVALID) and not by_status.get(LocationStatus.MISSING):
+            return KeyStatus.INVALID
+        return KeyStatus.MISSING
 
     def _transition(self, key: Key, target: str) -> None:
         old = key.status
@@ -316,14 +314,14 @@ class _Reconciler:
         key.updated_at = self.now
         if key.key_id in self.new_key_ids:
             return
-        if target in (MISSING, INVALID):
+        if target in (KeyStatus.MISSING, KeyStatus.INVALID):
             self.out.missing += 1
             kind = f"key.{target}"
-        elif old in (MISSING, INVALID):
+        elif old in (KeyStatus.MISSING, KeyStatus.INVALID):
             self.out.returned += 1
             kind = "key.returned"
         else:
-            kind = "key.expired" if target == EXPIRED else "key.status"
+            kind = "key.expired" if target == KeyStatus.EXPIRED else "key.status"
         self._event(kind, key, was=old, status=target)
 
     def _source_ok(self) -> None:
@@ -347,7 +345,7 @@ def _fill_key(key: Key, kf: KeyFile, now: datetime) -> None:
     key.fingerprint = kf.fingerprint
     key.expires_at = kf.expires_at
     key.content_hash = kf.content_hash
-    key.status = EXPIRED if is_expired(kf.expires_at, now) else ACTIVE
+    key.status = KeyStatus.EXPIRED if is_expired(kf.expires_at, now) else KeyStatus.ACTIVE
     key.updated_at = now
 
 

@@ -29,12 +29,9 @@ from sqlalchemy.orm import selectinload
 from keyd.clock import utc
 from keyd.store.models import Alert, Delivery, Key, State
 from keyd.timeutil import isoformat_z, parse_rfc3339
+from keyd.vocab import DeliveryState
 
-PENDING: Final = "pending"
-SENT: Final = "sent"
-FAILED: Final = "failed"
-SUPERSEDED: Final = "superseded"  # never sent: a tighter rung replaced the alert first
-OPEN_STATES: Final = (PENDING, FAILED)  # both are still retried (FAILED less often)
+OPEN_STATES: Final = (DeliveryState.PENDING, DeliveryState.FAILED)  # both are still retried
 
 ISSUER_UNAVAILABLE_SINCE: Final = "issuer.unavailable_since"
 ISSUER_LAST_RECOVERY: Final = "issuer.last_recovery"
@@ -128,7 +125,7 @@ def add_deliveries(session: Session, alert_id: int, targets: Iterable[tuple[str,
     count = 0
     for channel, recipient in targets:
         stmt = _insert(session, Delivery).values(
-            alert_id=alert_id, channel=channel, recipient=recipient, state=PENDING,
+            alert_id=alert_id, channel=channel, recipient=recipient, state=DeliveryState.PENDING,
             attempts=0, next_attempt_at=now,
         ).on_conflict_do_nothing(index_elements=["alert_id", "channel", "recipient"])
         count += _rowcount(session.execute(stmt))
@@ -227,19 +224,19 @@ def claim_delivery(session: Session, delivery_id: int, attempts_seen: int, now: 
 
 def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
     session.execute(update(Delivery).where(Delivery.id == delivery_id)
-                    .values(state=SENT, sent_at=now, last_error=None)
+                    .values(state=DeliveryState.SENT, sent_at=now, last_error=None)
                     .execution_options(synchronize_session=False))
 
 
 def mark_superseded(session: Session, delivery_id: int) -> None:
-    session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state != SENT)
-                    .values(state=SUPERSEDED).execution_options(synchronize_session=False))
+    session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENT)
+                    .values(state=DeliveryState.SUPERSEDED).execution_options(synchronize_session=False))
 
 
 def mark_retry(session: Session, delivery_id: int, *, state: str, next_attempt_at: datetime,
                error: str) -> None:
     """Record a failed attempt; the row stays open (``pending`` or ``failed``)."""
-    session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state != SENT)
+    session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENT)
                     .values(state=state, next_attempt_at=next_attempt_at, last_error=error)
                     .execution_options(synchronize_session=False))
 
@@ -253,7 +250,8 @@ def outbox_summary(session: Session) -> OutboxSummary:
     oldest = session.scalar(select(func.min(Alert.created_at))
                             .join(Delivery, Delivery.alert_id == Alert.id)
                             .where(Delivery.state.in_(OPEN_STATES)))
-    return {"pending": int(counts.get(PENDING, 0)), "failed": int(counts.get(FAILED, 0)),
+    return {"pending": int(counts.get(DeliveryState.PENDING, 0)),
+            "failed": int(counts.get(DeliveryState.FAILED, 0)),
             "oldest_pending_at": None if oldest is None else utc(oldest)}
 
 
@@ -328,7 +326,7 @@ def wake_failed(session: Session, channel: str, now: datetime) -> int:
     """A send on ``channel`` just worked: make its ``failed`` rows due now
     (they wait a day otherwise). The attempt count is kept."""
     result = session.execute(
-        update(Delivery).where(Delivery.channel == channel, Delivery.state == FAILED,
+        update(Delivery).where(Delivery.channel == channel, Delivery.state == DeliveryState.FAILED,
                                Delivery.next_attempt_at > now)
         .values(next_attempt_at=now).execution_options(synchronize_session=False))
     return _rowcount(result)

@@ -33,13 +33,9 @@ from keyd.redact import scrub
 from keyd.store.engine import session_scope
 from keyd.store.models import Event, Key, KeyLocation, SourceState
 from keyd.timeutil import isoformat_z
+from keyd.vocab import LocationStatus
 
 _CHUNK = 500  # bound IN lists (SQLite's variable limit, PostgreSQL plan size)
-
-PRESENT = "present"
-MISSING = "missing"
-INVALID = "invalid"
-
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
     for i in range(0, len(items), _CHUNK):
@@ -256,7 +252,7 @@ def file_stamps(engine: Engine, source: str) -> dict[str, tuple[int, int, int]]:
     """``{path: (size, mtime_ns, inode)}`` of the *present* locations that hold
     a key; invalid and missing locations are always re-read."""
     stmt = (select(KeyLocation.ref, KeyLocation.size, KeyLocation.mtime_ns, KeyLocation.inode)
-            .where(KeyLocation.source == source, KeyLocation.status == PRESENT,
+            .where(KeyLocation.source == source, KeyLocation.status == LocationStatus.PRESENT,
                    KeyLocation.key_pk.is_not(None)))
     with session_scope(engine) as session:
         return {ref: (size, mtime, inode) for ref, size, mtime, inode in session.execute(stmt)
@@ -266,7 +262,7 @@ def file_stamps(engine: Engine, source: str) -> dict[str, tuple[int, int, int]]:
 def known_versions(engine: Engine, source: str) -> dict[str, int]:
     """``{mount/path: KV version}`` of the present Vault locations holding a key."""
     stmt = (select(KeyLocation.ref, KeyLocation.version)
-            .where(KeyLocation.source == source, KeyLocation.status == PRESENT,
+            .where(KeyLocation.source == source, KeyLocation.status == LocationStatus.PRESENT,
                    KeyLocation.key_pk.is_not(None), KeyLocation.version.is_not(None)))
     with session_scope(engine) as session:
         return {ref: int(version) for ref, version in session.execute(stmt)
@@ -336,7 +332,7 @@ def inventory_snapshot(engine: Engine) -> InventorySnapshot:
         key_rows = tuple(_key_row(k) for k in keys)
         orphans = session.scalars(
             select(KeyLocation).where(KeyLocation.key_pk.is_(None),
-                                      KeyLocation.status == INVALID)
+                                      KeyLocation.status == LocationStatus.INVALID)
             .order_by(KeyLocation.source, KeyLocation.ref))
         orphan_rows = tuple(_location_row(loc, None) for loc in orphans)
         states = session.scalars(select(SourceState).order_by(SourceState.name))

@@ -67,7 +67,7 @@ class Key(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key_id: Mapped[str] = mapped_column(String(128), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # serviceaccount | application
+    kind: Mapped[str] = mapped_column(String(16))  # vocab.KeyKind
     principal: Mapped[str] = mapped_column(String(255), index=True)  # userId or clientId
     algorithm: Mapped[str] = mapped_column(String(8))  # RS256 | ES256
     key_size: Mapped[int | None] = mapped_column(Integer)
@@ -76,8 +76,7 @@ class Key(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # SHA-256 of the parsed key-file content; changes re-arm probes and alerts.
     content_hash: Mapped[str] = mapped_column(String(64))
-    # active | expired | missing | invalid | rejected
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # vocab.KeyStatus
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -85,7 +84,7 @@ class Key(Base):
     next_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     probe_failures: Mapped[int] = mapped_column(Integer, default=0)
     last_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_probe_outcome: Mapped[str | None] = mapped_column(String(16))
+    last_probe_outcome: Mapped[str | None] = mapped_column(String(16))  # vocab.ProbeOutcome
     last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
 
@@ -106,7 +105,7 @@ class KeyLocation(Base):
     source: Mapped[str] = mapped_column(String(255), index=True)  # configured source name
     ref: Mapped[str] = mapped_column(String(1024))  # file path or mount/path in Vault
     key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
-    status: Mapped[str] = mapped_column(String(16))  # present | missing | invalid
+    status: Mapped[str] = mapped_column(String(16))  # vocab.LocationStatus
     # change detection: files (size, mtime_ns, inode), Vault (KV version)
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
@@ -143,7 +142,7 @@ class Probe(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key_pk: Mapped[int] = mapped_column(ForeignKey("keys.id", ondelete="CASCADE"))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
-    outcome: Mapped[str] = mapped_column(String(16))  # ok | rejected | unavailable | bad_response
+    outcome: Mapped[str] = mapped_column(String(16))  # vocab.ProbeOutcome (never UNREADABLE)
     http_status: Mapped[int | None] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64))
     diagnosis: Mapped[str | None] = mapped_column(String(64))
@@ -162,10 +161,9 @@ class Alert(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
-    # expiring | expired | rotated | rejected | unavailable | recovered | untracked | test
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))  # vocab.AlertKind
     threshold: Mapped[str] = mapped_column(String(64))  # "30d", "expired", episode id, ...
-    severity: Mapped[str] = mapped_column(String(16))  # info | warning | critical
+    severity: Mapped[str] = mapped_column(String(16))  # vocab.Severity
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     message_id: Mapped[str] = mapped_column(String(255))  # deterministic RFC 5322 Message-ID
     subject: Mapped[str] = mapped_column(Text)
@@ -181,9 +179,9 @@ class Delivery(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
-    channel: Mapped[str] = mapped_column(String(16))  # email | webhook
+    channel: Mapped[str] = mapped_column(String(16))  # vocab.Channel
     recipient: Mapped[str] = mapped_column(String(512))  # address list or URL
-    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | sent | failed
+    state: Mapped[str] = mapped_column(String(16), index=True)  # vocab.DeliveryState
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -205,7 +203,7 @@ class TokenSink(Base):
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_refresh_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    state: Mapped[str] = mapped_column(String(16))  # ok | pending | failed | unmanaged | conflict
+    state: Mapped[str] = mapped_column(String(16))  # vocab.SinkState
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

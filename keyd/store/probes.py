@@ -26,9 +26,7 @@ from sqlalchemy.orm import Session
 
 from keyd.errors import UsageError
 from keyd.store.models import Key, KeyLocation, Probe
-
-PROBED_STATUS = "active"
-OUTCOMES = ("ok", "rejected", "unavailable", "bad_response")
+from keyd.vocab import KeyStatus, LocationStatus
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ def _locations(session: Session, pks: Sequence[int]) -> dict[int, list[KeyLocati
         rows = session.scalars(
             select(KeyLocation)
             .where(KeyLocation.key_pk.in_(pks[start:start + 500]))
-            .where(KeyLocation.status == "present")
+            .where(KeyLocation.status == LocationStatus.PRESENT)
             .order_by(KeyLocation.id)
         )
         for loc in rows:
@@ -107,7 +105,7 @@ def _locations(session: Session, pks: Sequence[int]) -> dict[int, list[KeyLocati
 
 def _is_due(now: datetime) -> ColumnElement[bool]:
     """The schedule contract of the module docstring, as one WHERE clause."""
-    return and_(Key.status == PROBED_STATUS,
+    return and_(Key.status == KeyStatus.ACTIVE,
                 or_(Key.next_probe_at.is_(None), Key.next_probe_at <= now))
 
 

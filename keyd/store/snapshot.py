@@ -20,7 +20,9 @@ from sqlalchemy.engine import Engine as Engine  # re-exported: layers above stor
 from sqlalchemy.engine import Result
 from sqlalchemy.exc import SQLAlchemyError
 
+from keyd.store.alerts import OPEN_STATES
 from keyd.store.models import Delivery, Key, KeyLocation, SourceState, TokenSink
+from keyd.vocab import LocationStatus
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def location_problems(engine: Engine) -> list[LocationProblem]:
     with engine.connect() as conn:
         result = conn.execute(
             select(KeyLocation.source, KeyLocation.ref, KeyLocation.status, KeyLocation.last_error)
-            .where(KeyLocation.key_pk.is_(None), KeyLocation.status == "invalid")
+            .where(KeyLocation.key_pk.is_(None), KeyLocation.status == LocationStatus.INVALID)
             .order_by(KeyLocation.source, KeyLocation.ref))
         return [LocationProblem(*row) for row in _rows(result, "key_locations", tuple)]
 
@@ -134,7 +136,7 @@ def open_deliveries(engine: Engine) -> int:
     """Outbox rows not yet sent (pending or failed-and-retrying)."""
     with engine.connect() as conn:
         count = conn.execute(select(func.count()).select_from(Delivery)
-                             .where(Delivery.state.in_(("pending", "failed")))).scalar_one()
+                             .where(Delivery.state.in_(OPEN_STATES))).scalar_one()
     return int(count)
 
 

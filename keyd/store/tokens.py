@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session
 from keyd.store.alerts import add_deliveries, insert_alert
 from keyd.store.models import Event, Key, KeyLocation, TokenSink
 from keyd.store.probes import LocationRef, ProbeTarget
-
-SERVICE_KIND = "serviceaccount"
+from keyd.vocab import KeyKind, KeyStatus, LocationStatus, SinkState
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def _target(key: Key, locations: Sequence[KeyLocation]) -> ProbeTarget:
         status=key.status, content_hash=key.content_hash, expires_at=key.expires_at,
         probe_failures=key.probe_failures or 0, next_probe_at=key.next_probe_at,
         locations=tuple(LocationRef(loc.source, loc.ref) for loc in locations
-                        if loc.status == "present"),
+                        if loc.status == LocationStatus.PRESENT),
     )
 
 
@@ -95,11 +94,11 @@ def token_candidates(engine: Engine) -> list[ProbeTarget]:
         keys = list(session.execute(
             select(Key.id, Key.key_id, Key.kind, Key.principal, Key.status, Key.content_hash,
                    Key.expires_at, Key.probe_failures, Key.next_probe_at)
-            .where(Key.status == "active", Key.kind == SERVICE_KIND).order_by(Key.id)))
+            .where(Key.status == KeyStatus.ACTIVE, Key.kind == KeyKind.SERVICE_ACCOUNT).order_by(Key.id)))
         locs: dict[int, list[LocationRef]] = {k.id: [] for k in keys}
         for loc in session.execute(select(KeyLocation.key_pk, KeyLocation.source,
                                           KeyLocation.ref)
-                                   .where(KeyLocation.status == "present")
+                                   .where(KeyLocation.status == LocationStatus.PRESENT)
                                    .order_by(KeyLocation.id)):
             if loc.key_pk in locs:
                 locs[loc.key_pk].append(LocationRef(loc.source, loc.ref))
@@ -138,12 +137,12 @@ def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetim
                 by_key.pop(at_path.key_pk, None)
                 at_path.key_pk = a.key_pk
                 at_path.file_path = a.file_path
-                at_path.state, at_path.updated_at = "pending", now
+                at_path.state, at_path.updated_at = SinkState.PENDING, now
                 session.flush()
             else:
                 at_path = TokenSink(
                     key_pk=a.key_pk, mount=a.mount, path=a.path, file_path=a.file_path,
-                    state="pending", failures=0, next_refresh_at=now, updated_at=now)
+                    state=SinkState.PENDING, failures=0, next_refresh_at=now, updated_at=now)
                 session.add(at_path)
                 by_path[(a.mount, a.path)] = at_path
             by_key[a.key_pk] = at_path
@@ -164,7 +163,7 @@ def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None,
                         sink.vault_version, sink.issued_at, sink.expires_at,
                         sink.next_refresh_at, sink.state, sink.failures)
                  .join(Key, Key.id == sink.key_pk)
-                 .where(Key.status == "active", Key.kind == SERVICE_KIND)
+                 .where(Key.status == KeyStatus.ACTIVE, Key.kind == KeyKind.SERVICE_ACCOUNT)
                  .where(or_(sink.next_refresh_at.is_(None), sink.next_refresh_at <= now))
                  .order_by(sink.next_refresh_at, sink.id))
         if limit is not None:
@@ -220,7 +219,7 @@ def written(sink: SinkTarget, *, version: int, issued_at: datetime, expires_at: 
     """A token is in Vault at ``version`` (written or found)."""
     return SinkUpdate(sink, {"vault_version": version, "issued_at": issued_at,
                              "expires_at": expires_at, "next_refresh_at": next_refresh_at,
-                             "state": "ok", "failures": 0, "last_error": note,
+                             "state": SinkState.OK, "failures": 0, "last_error": note,
                              "updated_at": now}, event)
 
 

@@ -1,0 +1,105 @@
+"""keyd's vocabulary: every state, outcome and kind, named once.
+
+Each is a ``StrEnum``, so a member *is* its string: it is stored in the
+database, written to JSON, logged and used as a metric label exactly as the
+bare string was (no migration), and a value read back from the database
+compares equal to its member (``row.status == KeyStatus.ACTIVE``). Adding a
+value is adding a member here; the column comments in
+``keyd/store/models.py`` point at these classes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class KeyStatus(StrEnum):
+    """``keys.status``: where a key stands in its lifecycle."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    MISSING = "missing"  # no longer found in any source
+    INVALID = "invalid"
+    REJECTED = "rejected"  # the issuer refused it (probe)
+
+
+class LocationStatus(StrEnum):
+    """``key_locations.status``: one place a key file was found."""
+
+    PRESENT = "present"
+    MISSING = "missing"
+    INVALID = "invalid"  # cannot be parsed; the location has no key
+
+
+class KeyKind(StrEnum):
+    """``keys.kind``: the ``type`` field of a ZITADEL key file (docs/zitadel.md §1)."""
+
+    SERVICE_ACCOUNT = "serviceaccount"
+    APPLICATION = "application"
+
+
+class ExpiryStatus(StrEnum):
+    """A key's expiry at one instant (``keyd.checks.expiry``)."""
+
+    VALID = "valid"
+    EXPIRING = "expiring"
+    EXPIRED = "expired"
+    NEVER = "never"  # 9999-12-31T23:59:59Z
+    UNKNOWN = "unknown"  # no expiry in the file
+
+
+class ProbeOutcome(StrEnum):
+    """``probes.outcome`` / ``keys.last_probe_outcome``: one mint attempt."""
+
+    OK = "ok"
+    REJECTED = "rejected"
+    UNAVAILABLE = "unavailable"
+    BAD_RESPONSE = "bad_response"
+    UNREADABLE = "unreadable"  # the key file could not be read: never stored, never sent
+
+
+class AlertKind(StrEnum):
+    """``alerts.kind``."""
+
+    EXPIRING = "expiring"
+    EXPIRED = "expired"
+    ROTATED = "rotated"
+    REJECTED = "rejected"
+    UNAVAILABLE = "unavailable"
+    RECOVERED = "recovered"
+    UNTRACKED = "untracked"
+    TEST = "test"
+
+
+class Severity(StrEnum):
+    """``alerts.severity`` and the verdict of ``keyd check``."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Channel(StrEnum):
+    """``deliveries.channel``."""
+
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+
+
+class DeliveryState(StrEnum):
+    """``deliveries.state``: an outbox row."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # still retried, less often
+    SUPERSEDED = "superseded"  # never sent: a tighter rung replaced the alert first
+
+
+class SinkState(StrEnum):
+    """``tokens.state``: a token write-back sink."""
+
+    OK = "ok"
+    PENDING = "pending"
+    FAILED = "failed"
+    UNMANAGED = "unmanaged"  # the secret exists and keyd did not create it
+    CONFLICT = "conflict"  # someone else wrote the secret since keyd did
