@@ -56,9 +56,11 @@ def test_lifetimes_zitadel_would_reject_are_refused() -> None:
         AssertionSigner(FakeClock(NOW), lifetime=timedelta(seconds=1))
 
 
-def test_ec_key_cannot_sign_rs256() -> None:
+@pytest.mark.parametrize(("private", "alg"), [(EC, "RS256"), (EC, "PS256"), (RSA, "ES256")])
+def test_a_key_signs_only_its_own_algorithms(private: Any, alg: str) -> None:
+    # Refused with keyd's own error before PyJWT sees the key.
     with pytest.raises(UsageError, match="does not fit"):
-        AssertionSigner(FakeClock(NOW)).sign(keyfile(EC), AUD, algorithm="RS256")
+        AssertionSigner(FakeClock(NOW)).sign(keyfile(private), AUD, algorithm=alg)
 
 
 def test_diagnosis() -> None:
