@@ -19,9 +19,16 @@ from pathlib import Path
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.mint import mint
 from keyd.clients.issuer import IssuerClient, TokenResponse
-from keyd.clients.zitadel import API_SCOPES
+from keyd.clients.zitadel import API_SCOPES, ZitadelKeyAPI
 from keyd.clock import Clock
-from keyd.errors import IssuerError, KeyFileError, ZitadelApiDenied, ZitadelApiUnavailable
+from keyd.config import Config
+from keyd.errors import (
+    ConfigError,
+    IssuerError,
+    KeyFileError,
+    ZitadelApiDenied,
+    ZitadelApiUnavailable,
+)
 from keyd.redact import Secret
 from keyd.sources.keyfile import KIND_SERVICE, read_keyfile
 
@@ -88,3 +95,21 @@ class ApiTokenProvider:
 
 def _renew_at(token: TokenResponse) -> datetime:
     return token.issued_at + (token.expires_at - token.issued_at) * REUSE_SHARE
+
+
+def key_api_for(config: Config, issuer: IssuerClient, clock: Clock, *,
+                credential: Path | None = None) -> ZitadelKeyAPI:
+    """The key-API client for ``config``: base URL ``issuer.url``, keyd's
+    token from ``credential`` (a source's own) or ``rotation.credential``.
+    The caller closes it."""
+    credential = credential or (config.rotation.credential if config.rotation else None)
+    if config.issuer is None or credential is None:
+        raise ConfigError("rotation.credential", "ZITADEL's key API needs [issuer] and the key "
+                          "file of keyd's own service user (rotation.credential or the "
+                          "systemd credential zitadel-api-key)")
+    signer = AssertionSigner(clock, lifetime=config.issuer.assertion_lifetime,
+                             skew=config.issuer.clock_skew)
+    tokens = ApiTokenProvider(credential, issuer, signer, clock)
+    timeout = config.issuer.timeout.total_seconds()
+    return ZitadelKeyAPI(config.issuer.url, tokens, clock=clock, timeout=timeout,
+                         deadline=3 * timeout, ca_bundle=config.issuer.ca_bundle)

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from keyd.config.model import (
+    CRED_ZITADEL_API_KEY,
     SMTP_DEFAULT_PORTS,
     Config,
     DirectorySourceConfig,
     EmailConfig,
+    RotationConfig,
     SourceConfig,
     VaultConfig,
     VaultSourceConfig,
@@ -221,7 +223,21 @@ def _finish_email(t: Table, kw: dict[str, Any]) -> None:
         kw["password"] = password
 
 
+def _finish_rotation(t: Table, kw: dict[str, Any]) -> None:
+    """``credential`` absent: the systemd credential, if provided."""
+    if kw.get("credential") is None:
+        kw["credential"] = credential_file(t, CRED_ZITADEL_API_KEY)
+
+
+def credential_file(t: Table, name: str) -> Path | None:
+    """``$CREDENTIALS_DIRECTORY/<name>`` when systemd provides it."""
+    cred_dir = t.ctx.env.get("CREDENTIALS_DIRECTORY")
+    path = Path(cred_dir) / name if cred_dir else None
+    return path if path is not None and path.is_file() else None
+
+
 FINISH: dict[type, Finish] = {
+    RotationConfig: _finish_rotation,
     Config: _finish_config,
     DirectorySourceConfig: _finish_directory,
     VaultSourceConfig: _finish_vault_source,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 from datetime import timedelta
+from pathlib import Path
 
 from keyd.config.read import Table
 from keyd.timeutil import get_zone
@@ -148,3 +149,14 @@ def log_level(t: Table, key: str, value: str) -> str:
     if value.upper() not in LOG_LEVELS:
         t.fail(key, f'"{value}" is not a log level ({", ".join(LOG_LEVELS)})')
     return value.upper()
+
+
+def key_file_path(t: Table, key: str, path: Path) -> Path:
+    """A key file is named, never inlined: the TOML holds no key material."""
+    text = str(path)
+    if "{" in text or "\n" in text or "PRIVATE KEY" in text:
+        t.fail(key, "must be the path of a key file (or leave it out and provide the systemd "
+                    "credential), never the key itself")
+    if not path.is_file():
+        t.fail(key, f"{path} does not exist or is not a file")
+    return path

@@ -24,6 +24,7 @@ CRED_VAULT_TOKEN = "vault-token"
 CRED_VAULT_ROLE_ID = "vault-role-id"
 CRED_VAULT_SECRET_ID = "vault-secret-id"
 CRED_SMTP_PASSWORD = "smtp-password"
+CRED_ZITADEL_API_KEY = "zitadel-api-key"  # keyd's own service-user key file
 
 _SECOND = timedelta(seconds=1)
 _WEEK = timedelta(days=7)
@@ -226,6 +227,18 @@ class AlertsConfig:
 
 
 @section
+class RotationConfig:
+    """Rotation through ZITADEL's key API, as keyd's own service user."""
+
+    credential: Path | None = key(
+        "path",
+        default=None,
+        check=checks.key_file_path,
+        doc="key file of keyd's own service user for ZITADEL's API",
+    )
+
+
+@section
 class HttpConfig:
     listen: str | None = key(
         "str", default=None, check=checks.listen, doc='"host:port" of /metrics and health; none = no server'
@@ -296,6 +309,9 @@ class Config:
     )
     alerts: AlertsConfig = key(
         "table", default_factory=AlertsConfig, section=AlertsConfig, doc="thresholds and delivery"
+    )
+    rotation: RotationConfig | None = key(
+        "table", default=None, section=RotationConfig, doc="ZITADEL key API access; absent = off"
     )
     http: HttpConfig = key(
         "table", default_factory=HttpConfig, section=HttpConfig, doc="metrics and health server"

@@ -349,7 +349,8 @@ def test_unreadable_credential_is_named_without_content(tmp_path: Path) -> None:
 # -- the shipped example and the reference stay complete -----------------------
 
 def example_env(tmp_path: Path) -> dict[str, str]:
-    return creds(tmp_path, vault_role_id="role", vault_secret_id="secret", smtp_password="pw")
+    return creds(tmp_path, vault_role_id="role", vault_secret_id="secret", smtp_password="pw",
+                 zitadel_api_key="{}")
 
 
 def test_example_loads_cleanly(tmp_path: Path) -> None:
@@ -359,6 +360,8 @@ def test_example_loads_cleanly(tmp_path: Path) -> None:
     assert config.alerts.email is not None and config.alerts.email.password == Secret("pw")
     assert config.alerts.webhook is not None and config.http.listen is not None
     assert [s.type for s in config.sources] == ["directory", "vault"]
+    assert config.rotation is not None
+    assert config.rotation.credential == tmp_path / "credentials" / "zitadel-api-key"
 
 
 def all_keys() -> list[tuple[str, str]]:
@@ -371,7 +374,7 @@ def test_example_shows_every_key() -> None:
     text = (ROOT / "examples" / "keyd.toml").read_text()
     for _, key in all_keys():
         if key in ("database", "issuer", "sources", "vault", "tokens", "alerts", "http", "daemon", "log",
-                   "email", "webhook", "routes"):
+                   "email", "webhook", "routes", "rotation"):
             assert re.search(rf"^\[+[a-z.]*{key}\]+", text, re.M), key
         else:
             assert re.search(rf"^#? ?{key} = ", text, re.M), key
@@ -426,3 +429,18 @@ def test_daemon_intervals(tmp_path: Path) -> None:
     path.write_text('[daemon]\noutbox_tick = "100ms"\n')
     with pytest.raises(ConfigError, match=r"daemon.outbox_tick.*out of range"):
         load_config(path, env={})
+
+
+def test_rotation_credential_is_a_path_or_the_systemd_credential(tmp_path: Path) -> None:
+    keyfile = tmp_path / "keyd-sa.json"
+    keyfile.write_text("{}")
+    path = write(tmp_path, f'[rotation]\ncredential = "{keyfile}"\n')
+    config = load_config(path, creds(tmp_path, zitadel_api_key="{}"))
+    assert config.rotation is not None and config.rotation.credential == keyfile  # file first
+    config = load_config(write(tmp_path, "[rotation]\n"), {})
+    assert config.rotation is not None and config.rotation.credential is None
+    with pytest.raises(ConfigError, match="rotation.credential: .*does not exist"):
+        load_config(write(tmp_path, '[rotation]\ncredential = "nope.json"\n'), {})
+    inline = '[rotation]\ncredential = """{"type": "serviceaccount", "key": "-----BEGIN"}"""\n'
+    with pytest.raises(ConfigError, match="rotation.credential: must be the path of a key file"):
+        load_config(write(tmp_path, inline), {})

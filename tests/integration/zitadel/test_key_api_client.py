@@ -236,3 +236,21 @@ def test_faults_are_transient_errors(
     with pytest.raises(ZitadelApiUnavailable, match="timed out"):
         client.list_keys(user_id=user)
     assert len(client.list_keys(user_id=user)) == 7
+
+
+def test_key_api_for_builds_the_client_from_config(
+    issuer: IssuerServer, issuer_client: IssuerClient, clock: FakeClock, tmp_path: Path
+) -> None:
+    from keyd.checks.apitoken import key_api_for
+    from keyd.config import load_config
+    from keyd.errors import ConfigError
+
+    manager = make_api_user(issuer, tmp_path)
+    toml = tmp_path / "keyd.toml"
+    toml.write_text(f'[issuer]\nurl = "{issuer.url}"\n[rotation]\ncredential = "{manager.path}"\n')
+    user = service_user(issuer, keys=2)
+    with key_api_for(load_config(toml, {}), issuer_client, clock) as client:
+        assert len(client.list_keys(user_id=user)) == 2
+    toml.write_text(f'[issuer]\nurl = "{issuer.url}"\n')
+    with pytest.raises(ConfigError, match="rotation.credential"):
+        key_api_for(load_config(toml, {}), issuer_client, clock)
