@@ -19,8 +19,9 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from keyd.sources.keyfile import KIND_SERVICE, KeyFile, parse_keyfile
+from keyd.sources.keyfile import KeyFile, parse_keyfile
 from keyd.timeutil import isoformat_z
+from keyd.vocab import KeyKind
 
 #: ``rotation.algorithm`` values. RSA keys are written as PKCS#1
 #: (``RSA PRIVATE KEY``, what ZITADEL hands out), EC P-256 as SEC1.
@@ -86,7 +87,7 @@ class KeyDocument:
     def fields(self) -> dict[str, Any]:
         """The key-file JSON object (holds the private key)."""
         return {
-            "type": KIND_SERVICE,
+            "type": KeyKind.SERVICE_ACCOUNT,
             "keyId": self.key_id,
             "key": self.key.private_pem(),
             "expirationDate": isoformat_z(self.expires_at.astimezone(UTC)),

@@ -26,7 +26,6 @@ from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
 from keyd.checks.mint import mint, prove_application_key
 from keyd.checks.probe import (
-    UNREADABLE,
     HealthHook,
     ProbePolicy,
     ProbeReport,
@@ -46,12 +45,13 @@ from keyd.errors import (
 )
 from keyd.redact import scrub
 from keyd.retry import Random, backoff_delay, retry_call
-from keyd.sources.keyfile import KIND_APPLICATION, KeyFile
+from keyd.sources.keyfile import KeyFile
 from keyd.store import probes as store
 from keyd.store.alerts import note_issuer_health
 from keyd.store.probes import ProbeRecord, ProbeTarget
 from keyd.store.snapshot import Engine
 from keyd.timeutil import isoformat_z
+from keyd.vocab import KeyKind, ProbeOutcome
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def probe_one(target: ProbeTarget, services: ProbeServices) -> tuple[ProbeRecord
         keyfile = services.load_key(target)
     except KeydError as exc:
         log.warning("probe %s: key file unavailable: %s", target.key_id, exc)
-        return _decide(target, services, clock.now(), UNREADABLE, exc, attempts=0, latency=None)
+        return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, exc, attempts=0, latency=None)
     counter = _Attempts(services)
     try:
         retry_call(lambda: counter.run(keyfile), attempts=services.policy.fast_attempts,
@@ -185,7 +185,7 @@ def probe_one(target: ProbeTarget, services: ProbeServices) -> tuple[ProbeRecord
                        attempts=counter.attempts, latency=counter.latency_ms)
     except KeydError as exc:  # e.g. a key the signer cannot use
         log.warning("probe %s: %s", target.key_id, exc)
-        return _decide(target, services, clock.now(), UNREADABLE, exc,
+        return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, exc,
                        attempts=counter.attempts, latency=counter.latency_ms)
     return _decide(target, services, clock.now(), "ok", None,
                    attempts=counter.attempts, latency=counter.latency_ms)
@@ -206,7 +206,7 @@ class _Attempts:
             s.limiter.acquire()
         start = s.clock.monotonic()
         try:
-            if keyfile.kind == KIND_APPLICATION:
+            if keyfile.kind == KeyKind.APPLICATION:
                 prove_application_key(keyfile, s.client, s.signer)
             else:
                 mint(keyfile, s.client, s.signer, s.scopes)  # the token is dropped unused
@@ -241,7 +241,7 @@ def _decide(target: ProbeTarget, services: ProbeServices, at: datetime, outcome:
     _log_outcome(target, outcome, diagnosis, message, attempts)
     record = ProbeRecord(
         key_pk=target.pk, content_hash=target.content_hash, at=at,
-        outcome=None if outcome == UNREADABLE else outcome, http_status=status_code,
+        outcome=None if outcome == ProbeOutcome.UNREADABLE else outcome, http_status=status_code,
         error_code=error_code, diagnosis=diagnosis, message=message, latency_ms=latency,
         attempts=max(attempts, 1), next_probe_at=next_at, failures=failures, status=status,
         ok=outcome == "ok",

@@ -30,7 +30,8 @@ from keyd.errors import (
     ZitadelApiUnavailable,
 )
 from keyd.redact import Secret
-from keyd.sources.keyfile import KIND_SERVICE, read_keyfile
+from keyd.sources.keyfile import read_keyfile
+from keyd.vocab import KeyKind
 
 REUSE_SHARE = 2 / 3
 
@@ -72,7 +73,7 @@ class ApiTokenProvider:
             raise ZitadelApiDenied(
                 call, f"keyd's API credential (rotation.credential) is unusable: {exc}"
             ) from None
-        if key.kind != KIND_SERVICE:
+        if key.kind != KeyKind.SERVICE_ACCOUNT:
             raise ZitadelApiDenied(
                 call,
                 f"rotation.credential {self.credential} is an {key.kind} key; keyd needs a service-user key",

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import Final, Literal
+from typing import Final
 
 from keyd.clock import utc
 from keyd.sources.keyfile import NEVER_YEAR, Expiry
-
-ExpiryStatus = Literal["valid", "expiring", "expired", "never", "unknown"]
+from keyd.vocab import ExpiryStatus
 
 DEFAULT_WARN_BEFORE: Final = timedelta(days=30)
 _US: Final = timedelta(microseconds=1)
@@ -58,9 +57,9 @@ class ExpiryView:
     @property
     def usable(self) -> bool | None:
         """True/False when known; None when the expiry is unknown."""
-        if self.status == "unknown":
+        if self.status == ExpiryStatus.UNKNOWN:
             return None
-        return self.status != "expired"
+        return self.status != ExpiryStatus.EXPIRED
 
 
 def days_left(seconds_left: int | None) -> int | None:
@@ -104,16 +103,16 @@ def evaluate(expiry: Expiry | datetime | None, at: datetime, tz: tzinfo = UTC,
         raise ValueError("evaluate() needs an aware 'at' instant")
     expires_at = expiry.at if isinstance(expiry, Expiry) else expiry
     if expires_at is None:
-        return ExpiryView("unknown", None, None, None)
+        return ExpiryView(ExpiryStatus.UNKNOWN, None, None, None)
     expires_at = utc(expires_at)
     if is_never(expires_at):
-        return ExpiryView("never", None, expires_at, None)
+        return ExpiryView(ExpiryStatus.NEVER, None, expires_at, None)
     left = seconds_until(expires_at, at)
     status: ExpiryStatus
     if utc(at) >= expires_at:
-        status = "expired"
+        status = ExpiryStatus.EXPIRED
     elif expires_at - utc(at) <= warn_before:
-        status = "expiring"
+        status = ExpiryStatus.EXPIRING
     else:
-        status = "valid"
+        status = ExpiryStatus.VALID
     return ExpiryView(status, left, expires_at, last_usable_day(expires_at, tz))

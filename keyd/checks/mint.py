@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from keyd.checks.assertion import AssertionSigner
 from keyd.clients.issuer import IssuerClient, TokenResponse
 from keyd.errors import IssuerRejected
-from keyd.sources.keyfile import KIND_APPLICATION, KeyFile
+from keyd.sources.keyfile import KeyFile
+from keyd.vocab import KeyKind
 
 SKEW_SUSPECT = timedelta(seconds=30)
 
@@ -42,7 +43,7 @@ def mint(key: KeyFile, client: IssuerClient, signer: AssertionSigner,
 def prove_application_key(key: KeyFile, client: IssuerClient, signer: AssertionSigner) -> None:
     """Application keys prove themselves as a client assertion at the
     introspection endpoint (ZITADEL.md §1)."""
-    if key.kind != KIND_APPLICATION:
+    if key.kind != KeyKind.APPLICATION:
         raise ValueError("prove_application_key needs an application key")
     assertion = signer.sign(key, client.discover().issuer)
     try:

@@ -41,8 +41,7 @@ from typing import Any
 from keyd.clock import Clock
 from keyd.config import IssuerConfig
 from keyd.errors import IssuerRejected, IssuerUnavailable, KeydError
-
-UNREADABLE = "unreadable"
+from keyd.vocab import ProbeOutcome
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,7 @@ class ProbeReport:
     def issuer_reachable(self) -> bool | None:
         """None if the issuer was not contacted; else whether any probe got
         an answer from it (a rejection is an answer)."""
-        contacted = [r for r in self.results if r.outcome != UNREADABLE]
+        contacted = [r for r in self.results if r.outcome != ProbeOutcome.UNREADABLE]
         if not contacted:
             return None
         return any(r.outcome != "unavailable" for r in contacted)

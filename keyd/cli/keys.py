@@ -21,8 +21,9 @@ from keyd.checks.mint import mint, prove_application_key
 from keyd.cli.common import AppContext, app, echo_json, parse_at, parse_tz
 from keyd.clients.issuer import IssuerClient
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, KeyFileError, UsageError
-from keyd.sources.keyfile import KIND_APPLICATION, KeyFile, read_keyfile
+from keyd.sources.keyfile import KeyFile, read_keyfile
 from keyd.timeutil import isoformat_z, parse_duration
+from keyd.vocab import KeyKind
 
 
 def _duration(option: str, value: str) -> timedelta:
@@ -162,7 +163,7 @@ def mint_cmd(ctx: click.Context, file: str, issuer: str, scopes: Sequence[str],
     signer = AssertionSigner(clock)
     with IssuerClient(issuer, clock=clock, timeout=_duration("--timeout", timeout).total_seconds(),
                       ca_bundle=Path(ca_bundle) if ca_bundle else None) as client:
-        if keyfile.kind == KIND_APPLICATION:
+        if keyfile.kind == KeyKind.APPLICATION:
             prove_application_key(keyfile, client, signer)
             click.echo(f"{file}: application key {keyfile.key_id} accepted by {issuer}", err=True)
             return EXIT_OK

@@ -33,13 +33,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from keyd.errors import KeyFileError
 from keyd.timeutil import parse_when
+from keyd.vocab import KeyKind
 
 MAX_FILE_BYTES = 1 << 20  # a ZITADEL key file is ~2 KB; refuse anything over 1 MiB
 NEVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 NEVER_YEAR = 9999
 
-KIND_SERVICE = "serviceaccount"
-KIND_APPLICATION = "application"
 
 Validation = Literal["full", "quick", "none"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -208,12 +207,12 @@ def parse_keyfile_mapping(obj: object, *, source: str, tz: tzinfo = UTC,
     """Parse an already-decoded key file (Vault secrets arrive as fields)."""
     if not isinstance(obj, Mapping):
         raise KeyFileError(source, f"is not a key file: expected a JSON object, found {_type(obj)}")
-    kind = obj.get("type", KIND_SERVICE if "userId" in obj else None)
+    kind = obj.get("type", KeyKind.SERVICE_ACCOUNT if "userId" in obj else None)
     if kind is None:
         raise KeyFileError(source, "missing field 'type' (expected \"serviceaccount\" or \"application\")")
     if not isinstance(kind, str):
         raise KeyFileError(source, f"field 'type' must be a string, not {_type(kind)}")
-    if kind not in (KIND_SERVICE, KIND_APPLICATION):
+    if kind not in (KeyKind.SERVICE_ACCOUNT, KeyKind.APPLICATION):
         shown = kind[:40]
         raise KeyFileError(
             source, f"unknown key type {shown!r} (expected \"serviceaccount\" or \"application\")"
@@ -221,7 +220,7 @@ def parse_keyfile_mapping(obj: object, *, source: str, tz: tzinfo = UTC,
     key_id = _field(obj, source, "keyId")
     assert key_id is not None
     app_id: str | None = None
-    if kind == KIND_SERVICE:
+    if kind == KeyKind.SERVICE_ACCOUNT:
         principal = _field(obj, source, "userId")
     else:
         principal = _field(obj, source, "clientId", "clientID")

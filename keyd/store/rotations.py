@@ -23,12 +23,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keyd.store.models import Event, Key, KeyLocation, Probe, Rotation
+from keyd.vocab import KeyKind, KeyStatus
 
 PLANNED, REGISTERED, PROVEN, PUBLISHED = "planned", "registered", "proven", "published"
 RETIRED, FAILED = "retired", "failed"
 STATES: Final = (PLANNED, REGISTERED, PROVEN, PUBLISHED, RETIRED, FAILED)
 OPEN_STATES: Final = (PLANNED, REGISTERED, PROVEN, PUBLISHED)
-SERVICE_KIND: Final = "serviceaccount"
 NEVER_FROM: Final = datetime(9999, 1, 1, tzinfo=UTC)  # ZITADEL's "no expiry" (docs/zitadel.md §1)
 _TEXT_LIMIT: Final = 2000
 
@@ -141,7 +141,7 @@ def candidates(engine: Engine, *, expiring_before: datetime, seen_before: dateti
         keys = list(
             session.execute(
                 select(Key.id, Key.key_id, Key.principal, Key.expires_at, Key.first_seen)
-                .where(Key.status == "active", Key.kind == SERVICE_KIND, due, ~taken)
+                .where(Key.status == KeyStatus.ACTIVE, Key.kind == KeyKind.SERVICE_ACCOUNT, due, ~taken)
                 .order_by(Key.expires_at, Key.id)
             )
         )
