@@ -21,6 +21,7 @@ from keyd.config.model import (
     Config,
     DirectorySourceConfig,
     EmailConfig,
+    HttpConfig,
     RotationConfig,
     SourceConfig,
     VaultConfig,
@@ -31,6 +32,7 @@ from keyd.config.schema import SCHEMA
 from keyd.config.spec import Key, key_named, keys_of, source_type
 from keyd.redact import Secret
 from keyd.timeutil import get_zone
+from keyd.urls import is_loopback_host
 
 # Not overrides: the config path itself (DESIGN.md §5).
 ENV_NOT_OVERRIDES = ("KEYD_CONFIG",)
@@ -236,6 +238,31 @@ def credential_file(t: Table, name: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+MIN_HTTP_TOKEN = 16
+
+
+def _finish_http(t: Table, kw: dict[str, Any]) -> None:
+    """A token, when configured, guards every address; an address off
+    loopback is refused without one (the page names keys and principals)."""
+    token = secret(t, HttpConfig, "auth_token")
+    cred = key_named(HttpConfig, "auth_token").credential
+    if token is not None and len(token.reveal().strip()) < MIN_HTTP_TOKEN:
+        t.fail(
+            "auth_token_file",
+            f"the token is shorter than {MIN_HTTP_TOKEN} characters; make one with `openssl rand -hex 32`",
+        )
+    listen = kw.get("listen")
+    if listen is not None and token is None and not is_loopback_host(listen.rpartition(":")[0]):
+        t.fail(
+            "listen",
+            f'"{listen}" is not a loopback address: set auth_token_file (or provide the '
+            f"systemd credential {cred}) so the status page, its API and /metrics need a "
+            "token, or listen on 127.0.0.1 / [::1]",
+        )
+    if token is not None:
+        kw["auth_token"] = Secret(token.reveal().strip())
+
+
 FINISH: dict[type, Finish] = {
     RotationConfig: _finish_rotation,
     Config: _finish_config,
@@ -243,4 +270,5 @@ FINISH: dict[type, Finish] = {
     VaultSourceConfig: _finish_vault_source,
     VaultConfig: _finish_vault,
     EmailConfig: _finish_email,
+    HttpConfig: _finish_http,
 }

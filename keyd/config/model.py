@@ -25,6 +25,7 @@ CRED_VAULT_ROLE_ID = "vault-role-id"
 CRED_VAULT_SECRET_ID = "vault-secret-id"
 CRED_SMTP_PASSWORD = "smtp-password"
 CRED_ZITADEL_API_KEY = "zitadel-api-key"  # keyd's own service-user key file
+CRED_HTTP_TOKEN = "http-auth-token"
 
 _SECOND = timedelta(seconds=1)
 _WEEK = timedelta(days=7)
@@ -241,8 +242,19 @@ class RotationConfig:
 @section
 class HttpConfig:
     listen: str | None = key(
-        "str", default=None, check=checks.listen, doc='"host:port" of /metrics and health; none = no server'
+        "str",
+        default=None,
+        check=checks.listen,
+        doc='"host:port" of the status page, /metrics and health; none = no server',
     )
+    auth_token: Secret | None = key(
+        "secret",
+        default=None,
+        toml="auth_token_file",
+        credential=CRED_HTTP_TOKEN,
+        doc="file holding the token every request needs; required off loopback",
+    )
+    metrics_public: bool = key("bool", default=False, doc="/metrics answers without the token")
 
 
 def _tick(default: timedelta, doc: str) -> timedelta:

@@ -240,6 +240,15 @@ class ObservabilityServer:
         )
 
     @property
+    def access(self) -> Access:
+        return self._server.access
+
+    @access.setter
+    def access(self, access: Access) -> None:
+        """Swap the access rule (SIGHUP); the next request sees it."""
+        self._server.access = access
+
+    @property
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)

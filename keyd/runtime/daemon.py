@@ -38,7 +38,7 @@ from keyd.config import Config
 from keyd.errors import KeydError
 from keyd.inventory.leader import LeaderGuard, make_guard
 from keyd.log import setup_logging
-from keyd.report.http import ObservabilityServer
+from keyd.report.http import Access, ObservabilityServer
 from keyd.report.metrics import KeydMetrics
 from keyd.runtime import sdnotify
 from keyd.runtime.check import judge
@@ -119,7 +119,8 @@ class Daemon:
         if config.http.listen:
             self._http = ObservabilityServer(config.http.listen, self.services.metrics,
                                              self.healthy, self.ready,
-                                             views=StatusViews(self._current_services))
+                                             views=StatusViews(self._current_services),
+                                             access=_access(config))
             self._http.start()
         if leader:
             self._first_scan()
@@ -211,6 +212,8 @@ class Daemon:
                 new.owns_engine, old.owns_engine = True, False
                 self.services = new
             old.close()
+            if self._http is not None:  # a new token or metrics_public applies at once
+                self._http.access = _access(config)
             self._register_ticks()
             log.info("configuration reloaded from %s", config.path)
             if self._is_leader():
@@ -332,6 +335,10 @@ class Daemon:
         c = verdict.counts
         return (f"leader: {c['keys']} keys, {c['expiring']} expiring, {c['expired']} expired, "
                 f"{c['rejected']} rejected, {c['invalid']} invalid ({verdict.status})")
+
+
+def _access(config: Config) -> Access:
+    return Access(config.http.auth_token, config.http.metrics_public)
 
 
 def _check_reloadable(old: Config, new: Config) -> None:
