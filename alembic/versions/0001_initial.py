@@ -67,7 +67,8 @@ def upgrade() -> None:
     op.create_table(
         "alerts",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("about", sa.String(length=160), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=True),
         sa.Column("key_pk", sa.Integer(), nullable=True),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("threshold", sa.String(length=64), nullable=False),
@@ -81,9 +82,7 @@ def upgrade() -> None:
             ["key_pk"], ["keys.id"], name=op.f("fk_alerts_key_pk_keys"), ondelete="SET NULL"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alerts")),
-        sa.UniqueConstraint(
-            "fingerprint", "kind", "threshold", name=op.f("uq_alerts_fingerprint_kind_threshold")
-        ),
+        sa.UniqueConstraint("about", "kind", "threshold", name=op.f("uq_alerts_about_kind_threshold")),
     )
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_alerts_key_pk"), ["key_pk"], unique=False)

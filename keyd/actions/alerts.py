@@ -5,7 +5,9 @@ transaction and, for every alert it decides, inserts the ``alerts`` row and
 its ``deliveries`` outbox rows together (a transactional outbox): either
 both are committed or neither. Sending is ``deliver.drain_outbox``'s job.
 
-What is decided, each at most once (unique (fingerprint, kind, threshold)):
+What is decided, each at most once (unique (about, kind, threshold), where
+``about`` is the key id: two key ids sharing one key pair each have their
+own alerts; the fingerprint is only an attribute):
 
 * ``expiring`` / ``expired``: the ladder (``checks.ladder``), rung names
   carry the expiry instant; rungs of an old expiry are resolved.
@@ -56,16 +58,19 @@ __all__ = ["evaluate_alerts", "note_issuer_health", "message_id", "email_recipie
 log = logging.getLogger(__name__)
 
 LADDER_KINDS: Final = ("expiring", "expired")
-ISSUER_FINGERPRINT: Final = "issuer"
+ISSUER: Final = "issuer"
 SKIPPED_STATUSES: Final = frozenset({"missing", "invalid"})
 OPEN_KINDS: Final = ("expiring", "expired", "rejected", "untracked")
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 
 
-def message_id(fingerprint: str, kind: str, threshold: str) -> str:
-    """Deterministic RFC 5322 Message-ID, so a repeated send folds into one."""
+def message_id(about: str, kind: str, threshold: str) -> str:
+    """Deterministic RFC 5322 Message-ID, so a repeated send folds into one.
+    ``about`` is the key id (or ``issuer``, ``token:…``), slugged like the
+    threshold so that no key-file text can break the header."""
+    who = _SLUG_RE.sub("-", about.lower()).strip("-")[:40] or "x"
     slug = _SLUG_RE.sub("-", threshold.lower()).strip("-") or "x"
-    return f"<alert-{fingerprint[:16]}-{kind}-{slug}@keyd>"
+    return f"<alert-{who}-{kind}-{slug}@keyd>"
 
 
 def email_recipients(email: EmailConfig, principal: str | None,
@@ -97,12 +102,12 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
     by_principal: dict[str, list[Key]] = defaultdict(list)
     for key in keys:
         by_principal[key.principal].append(key)
-    known = store.AlertIndex.load(session, [k.fingerprint for k in keys] + [ISSUER_FINGERPRINT])
+    known = store.AlertIndex.load(session, [_about(k) for k in keys] + [ISSUER])
     new: list[Alert] = []
     for key in keys:
         if key.status in SKIPPED_STATUSES:
             if key.status == "missing":  # gone from every source: nothing left to warn about
-                store.resolve(session, known.unresolved(key.fingerprint, OPEN_KINDS), now)
+                store.resolve(session, known.unresolved(_about(key), OPEN_KINDS), now)
             continue
         new.extend(_key_alerts(session, config, key, by_principal[key.principal], now, known))
     new.extend(_issuer_alerts(session, config, now, known))
@@ -123,7 +128,7 @@ def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key]
         alert = _emit(session, config, key, "untracked", "unknown", "warning", now,
                       _subject(key, "warning", "has no expiry date: not tracked"), known)
         return [alert] if alert else []
-    store.resolve(session, known.unresolved(key.fingerprint, ("untracked",)), now)
+    store.resolve(session, known.unresolved(_about(key), ("untracked",)), now)
     out: list[Alert] = []
     if not is_never(key.expires_at):
         ladder_alert = _ladder(session, config, key, key.expires_at, now, known)
@@ -155,19 +160,19 @@ def _successor(key: Key, peers: Sequence[Key]) -> Key | None:
 def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
             now: datetime, known: AlertIndex) -> Alert | None:
     suffix = rung_suffix(expires_at)
-    stale = known.unresolved(key.fingerprint, LADDER_KINDS, keep_suffix=suffix)
+    stale = known.unresolved(_about(key), LADDER_KINDS, keep_suffix=suffix)
     if stale:
         log.info("key %s: expiry changed, resolving %d alert(s) of the old expiry",
                  key.key_id, len(stale))
         store.resolve(session, stale, now)
-    fired = known.fired(key.fingerprint, LADDER_KINDS)
+    fired = known.fired(_about(key), LADDER_KINDS)
     rung = due_rungs(expires_at, config.alerts.thresholds, now, fired)
     if rung is None:
         return None
     alert = _emit(session, config, key, rung.kind, rung.threshold, rung.severity, now,
                   subject_for_expiry(key, rung, expires_at, now), known, {"rung": rung.label})
     if alert is not None:  # the tighter rung supersedes the looser ones
-        older = [a for a in known.unresolved(key.fingerprint, LADDER_KINDS)
+        older = [a for a in known.unresolved(_about(key), LADDER_KINDS)
                  if a.id != alert.id]
         store.resolve(session, older, now)
     return alert
@@ -188,7 +193,7 @@ def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime
 
 def _rotated(session: Session, config: Config, key: Key, successor: Key,
              now: datetime, known: AlertIndex) -> list[Alert]:
-    open_alerts = known.unresolved(key.fingerprint, OPEN_KINDS)
+    open_alerts = known.unresolved(_about(key), OPEN_KINDS)
     if not open_alerts:  # replaced before anyone was warned: nothing to say
         return []
     store.resolve(session, open_alerts, now)
@@ -203,7 +208,7 @@ def _rejected(session: Session, config: Config, key: Key, now: datetime,
               known: AlertIndex) -> Alert | None:
     dead = key.expires_at is not None and now >= key.expires_at
     if key.status != "rejected" or dead:
-        store.resolve(session, known.unresolved(key.fingerprint, ("rejected",)), now)
+        store.resolve(session, known.unresolved(_about(key), ("rejected",)), now)
         return None
     episode = f"ok@{isoformat_z(key.last_ok_at)}" if key.last_ok_at else "never-ok"
     extra = {"error": scrub(key.last_error or ""), "outcome": key.last_probe_outcome,
@@ -230,9 +235,9 @@ def _issuer_alerts(session: Session, config: Config, now: datetime,
     if recovery is not None:
         start, until = recovery
         threshold = isoformat_z(start)
-        alerted = known.exists(ISSUER_FINGERPRINT, "unavailable", threshold)
+        alerted = known.exists(ISSUER, "unavailable", threshold)
         if alerted or until - start >= after:
-            store.resolve(session, known.unresolved(ISSUER_FINGERPRINT,
+            store.resolve(session, known.unresolved(ISSUER,
                                                     ("unavailable",)), now)
             alert = _emit_issuer(session, config, "recovered", start, "info", now,
                                  f"[keyd INFO] issuer {url} is reachable again after "
@@ -249,7 +254,7 @@ def _emit_issuer(session: Session, config: Config, kind: str, since: datetime, s
     threshold = isoformat_z(since)
     context = {"issuer": config.issuer.url, "decided_at": isoformat_z(now),
                "timezone": config.timezone_name, **extra}
-    alert = _insert(session, config, ISSUER_FINGERPRINT, None, kind, threshold, severity, now,
+    alert = _insert(session, config, ISSUER, None, kind, threshold, severity, now,
                     subject, context, None, ())
     if alert is not None:
         known.add(alert)
@@ -263,20 +268,21 @@ def _emit(session: Session, config: Config, key: Key, kind: str, threshold: str,
           extra: Mapping[str, Any] | None = None) -> Alert | None:
     context = {**key_facts(key, config, now), **(extra or {})}
     sources = [loc.source for loc in key.locations]
-    alert = _insert(session, config, key.fingerprint, key.id, kind, threshold, severity, now,
-                    subject, context, key.principal, sources)
+    alert = _insert(session, config, _about(key), key.id, kind, threshold, severity, now,
+                    subject, context, key.principal, sources, key.fingerprint)
     if alert is not None:
         known.add(alert)
     return alert
 
 
-def _insert(session: Session, config: Config, fingerprint: str, key_pk: int | None, kind: str,
+def _insert(session: Session, config: Config, about: str, key_pk: int | None, kind: str,
             threshold: str, severity: str, now: datetime, subject: str,
             context: Mapping[str, Any], principal: str | None,
-            sources: Sequence[str]) -> Alert | None:
+            sources: Sequence[str], fingerprint: str | None = None) -> Alert | None:
     alert = store.insert_alert(
-        session, fingerprint=fingerprint, key_pk=key_pk, kind=kind, threshold=threshold,
-        severity=severity, created_at=now, message_id=message_id(fingerprint, kind, threshold),
+        session, about=about, fingerprint=fingerprint, key_pk=key_pk, kind=kind,
+        threshold=threshold, severity=severity, created_at=now,
+        message_id=message_id(about, kind, threshold),
         subject=subject, context={**context, "kind": kind, "severity": severity,
                                   "threshold": threshold})
     if alert is None:
@@ -308,6 +314,11 @@ def key_facts(key: Key, config: Config, now: datetime) -> dict[str, Any]:
         "locations": [{"source": loc.source, "ref": loc.ref, "status": loc.status}
                       for loc in locations],
     }
+
+
+def _about(key: Key) -> str:
+    """Alerts belong to a key id (``alerts.about``), not to its key pair."""
+    return store.key_about(key.key_id)
 
 
 def _subject(key: Key, severity: str, what: str) -> str:

@@ -229,7 +229,7 @@ def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, me
     None when no alert channel is configured."""
     if alerts is None:
         return None
-    fingerprint = "token:" + hashlib.sha256(sink.ref.encode()).hexdigest()[:40]
+    about = "token:" + hashlib.sha256(sink.ref.encode()).hexdigest()[:40]
     threshold = isoformat_z(now)  # one alert per episode
     sources = [loc.source for loc in sink.key.locations]
     targets: list[tuple[str, str]] = []
@@ -244,6 +244,6 @@ def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, me
     context = {"key_id": sink.key.key_id, "principal": sink.key.principal, "path": sink.ref,
                "problem": message, "decided_at": threshold, "kind": reason,
                "severity": "critical", "threshold": threshold}
-    return AlertSpec(fingerprint=fingerprint, kind=reason, threshold=threshold,
-                     severity="critical", message_id=message_id(fingerprint, reason, threshold),
+    return AlertSpec(about=about, kind=reason, threshold=threshold,
+                     severity="critical", message_id=message_id(about, reason, threshold),
                      subject=subject, context=context, targets=targets)

@@ -1,7 +1,7 @@
 """All SQL for alerts, the delivery outbox and small persisted facts.
 
 Exactly-once is the database's job, not Python's: ``insert_alert`` relies
-on the unique constraint ``(fingerprint, kind, threshold)`` with
+on the unique constraint ``(about, kind, threshold)`` with
 ``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), so a second scan, a
 restart or a second daemon racing on the same PostgreSQL inserts nothing
 and gets ``None`` back. Deliveries are claimed with a compare-and-set
@@ -42,7 +42,8 @@ class AlertRecord:
     """A detached snapshot of an ``alerts`` row, ``context`` decoded."""
 
     id: int
-    fingerprint: str
+    about: str
+    fingerprint: str | None
     key_pk: int | None
     kind: str
     threshold: str
@@ -55,9 +56,9 @@ class AlertRecord:
 
     @classmethod
     def of(cls, row: Alert) -> AlertRecord:
-        return cls(row.id, row.fingerprint, row.key_pk, row.kind, row.threshold, row.severity,
-                   row.created_at, row.message_id, row.subject, json.loads(row.context),
-                   row.resolved_at)
+        return cls(row.id, row.about, row.fingerprint, row.key_pk, row.kind, row.threshold,
+                   row.severity, row.created_at, row.message_id, row.subject,
+                   json.loads(row.context), row.resolved_at)
 
 
 @dataclass(frozen=True)
@@ -102,19 +103,29 @@ def _rowcount(result: object) -> int:
 
 # -- alerts -----------------------------------------------------------------
 
-def insert_alert(session: Session, *, fingerprint: str, key_pk: int | None, kind: str,
+def key_about(key_id: str) -> str:
+    """The ``about`` of a key's alerts: its key id, prefixed so that no key
+    id from a file can collide with ``issuer`` or ``token:…``."""
+    return "key:" + key_id
+
+
+def insert_alert(session: Session, *, about: str, key_pk: int | None, kind: str,
                  threshold: str, severity: str, created_at: datetime, message_id: str,
-                 subject: str, context: Mapping[str, Any]) -> Alert | None:
-    """Insert one alert unless (fingerprint, kind, threshold) exists.
+                 subject: str, context: Mapping[str, Any],
+                 fingerprint: str | None = None) -> Alert | None:
+    """Insert one alert unless (about, kind, threshold) exists.
+
+    ``about`` is the key id (or ``issuer``, ``token:…``); ``fingerprint``,
+    the key's public-key fingerprint, is only an attribute.
 
     Returns the new row, or None when it already existed (fired before, or
     another daemon won the race). Never raises IntegrityError for that.
     """
     stmt = _insert(session, Alert).values(
-        fingerprint=fingerprint, key_pk=key_pk, kind=kind, threshold=threshold,
+        about=about, fingerprint=fingerprint, key_pk=key_pk, kind=kind, threshold=threshold,
         severity=severity, created_at=created_at, message_id=message_id, subject=subject,
         context=json.dumps(dict(context), sort_keys=True, default=str),
-    ).on_conflict_do_nothing(index_elements=["fingerprint", "kind", "threshold"])
+    ).on_conflict_do_nothing(index_elements=["about", "kind", "threshold"])
     new_id = session.execute(stmt.returning(Alert.id)).scalar_one_or_none()
     return None if new_id is None else session.get(Alert, new_id)
 
@@ -156,33 +167,33 @@ class AlertIndex:
     constraint at insert time."""
 
     def __init__(self, rows: Iterable[Alert]) -> None:
-        self._by_fp: dict[str, list[Alert]] = defaultdict(list)
+        self._by_about: dict[str, list[Alert]] = defaultdict(list)
         for row in rows:
             self.add(row)
 
     @classmethod
-    def load(cls, session: Session, fingerprints: Iterable[str]) -> AlertIndex:
-        wanted = sorted(set(fingerprints))
+    def load(cls, session: Session, abouts: Iterable[str]) -> AlertIndex:
+        wanted = sorted(set(abouts))
         rows: list[Alert] = []
         for start in range(0, len(wanted), 500):
             rows += session.scalars(select(Alert).where(
-                Alert.fingerprint.in_(wanted[start:start + 500])).order_by(Alert.id))
+                Alert.about.in_(wanted[start:start + 500])).order_by(Alert.id))
         return cls(rows)
 
     def add(self, alert: Alert) -> None:
-        self._by_fp[alert.fingerprint].append(alert)
+        self._by_about[alert.about].append(alert)
 
-    def fired(self, fingerprint: str, kinds: Sequence[str]) -> set[str]:
-        return {a.threshold for a in self._by_fp.get(fingerprint, ()) if a.kind in kinds}
+    def fired(self, about: str, kinds: Sequence[str]) -> set[str]:
+        return {a.threshold for a in self._by_about.get(about, ()) if a.kind in kinds}
 
-    def exists(self, fingerprint: str, kind: str, threshold: str) -> bool:
+    def exists(self, about: str, kind: str, threshold: str) -> bool:
         return any(a.kind == kind and a.threshold == threshold
-                   for a in self._by_fp.get(fingerprint, ()))
+                   for a in self._by_about.get(about, ()))
 
-    def unresolved(self, fingerprint: str, kinds: Sequence[str],
+    def unresolved(self, about: str, kinds: Sequence[str],
                    keep_suffix: str | None = None) -> list[Alert]:
         """Open alerts of these kinds, except thresholds ending in ``keep_suffix``."""
-        return [a for a in self._by_fp.get(fingerprint, ())
+        return [a for a in self._by_about.get(about, ())
                 if a.kind in kinds and a.resolved_at is None
                 and not (keep_suffix is not None and a.threshold.endswith(keep_suffix))]
 

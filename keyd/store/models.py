@@ -152,14 +152,20 @@ class Probe(Base):
 
 
 class Alert(Base):
-    """One decided alert. Unique per (fingerprint, kind, threshold) so that
-    no restart, reload or second daemon can send it twice (issue 5)."""
+    """One decided alert. Unique per (about, kind, threshold) so that no
+    restart, reload or second daemon can send it twice.
+
+    ``about`` is what the alert is about: a key's *key id* (one key pair
+    may back several key ids, ZITADEL accepting a caller-supplied public
+    key, and each key id has its own ladder), ``issuer``, or ``token:…``
+    for a token path. The key's public-key fingerprint is an attribute."""
 
     __tablename__ = "alerts"
-    __table_args__ = (UniqueConstraint("fingerprint", "kind", "threshold"),)
+    __table_args__ = (UniqueConstraint("about", "kind", "threshold"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(String(64))
+    about: Mapped[str] = mapped_column(String(160))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # vocab.AlertKind
     threshold: Mapped[str] = mapped_column(String(64))  # "30d", "expired", episode id, ...

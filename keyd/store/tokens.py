@@ -66,7 +66,7 @@ class EventSpec:
 class AlertSpec:
     """An alert to queue with its outbox rows in the same transaction."""
 
-    fingerprint: str
+    about: str  # what the alert is about: ``token:<hash of the path>``
     kind: str
     threshold: str
     severity: str
@@ -251,7 +251,7 @@ def apply_updates(engine: Engine, updates: Sequence[SinkUpdate]) -> None:
 
 def _alert(session: Session, sink: SinkTarget, alert: AlertSpec, now: datetime) -> None:
     created = insert_alert(
-        session, fingerprint=alert.fingerprint, key_pk=sink.key.pk, kind=alert.kind,
+        session, about=alert.about, key_pk=sink.key.pk, kind=alert.kind,
         threshold=alert.threshold, severity=alert.severity, created_at=now,
         message_id=alert.message_id, subject=alert.subject, context=alert.context)
     if created is not None:

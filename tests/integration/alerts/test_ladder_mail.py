@@ -36,7 +36,7 @@ def test_forty_days_of_ladder(world: AlertWorld) -> None:
     inbox = world.inbox()
     assert all(r.rcpt_tos == ("ops@example.org",) for r in inbox)
     ids = [str(r.message["Message-ID"]) for r in inbox]
-    assert ids[2] == f"<alert-{world.alerts()[2].fingerprint[:16]}-expiring-7d-2026-12-31t23-00-00z@keyd>"
+    assert ids[2] == f"<alert-key-{KEY}-expiring-7d-2026-12-31t23-00-00z@keyd>"
     assert len(set(ids)) == 6
 
     msg = inbox[3].message  # the 3-day warning

@@ -27,8 +27,8 @@ def a_key(key_id: str = "k1", expires_at: datetime | None = NEVER) -> Key:
 
 
 def an_alert(threshold: str = "7d") -> Alert:
-    return Alert(fingerprint="f" * 64, kind="expiring", threshold=threshold, severity="warning",
-                 created_at=T0, message_id="<m@keyd>", subject="s", context="{}")
+    return Alert(about="key:k1", fingerprint="f" * 64, kind="expiring", threshold=threshold,
+                 severity="warning", created_at=T0, message_id="<m@keyd>", subject="s", context="{}")
 
 
 def test_datetimes_round_trip_as_aware_utc(migrated_engine: Engine) -> None:
@@ -70,7 +70,7 @@ def test_ordering_by_time_is_chronological(migrated_engine: Engine) -> None:
     assert due == ["early"]
 
 
-def test_alert_is_unique_per_fingerprint_kind_threshold(migrated_engine: Engine) -> None:
+def test_alert_is_unique_per_about_kind_threshold(migrated_engine: Engine) -> None:
     with session_scope(migrated_engine) as session:
         session.add(an_alert("7d"))
     with session_scope(migrated_engine) as session:

@@ -42,8 +42,8 @@ def _count(engine: Engine, model: type) -> int:
 
 
 def test_message_id_is_deterministic() -> None:
-    assert message_id("0123456789abcdef0123", "expiring", "7d@2027-01-01T00:00:00Z") == \
-        "<alert-0123456789abcdef-expiring-7d-2027-01-01t00-00-00z@keyd>"
+    assert message_id("key:2891\r\nBcc: x", "expiring", "7d@2027-01-01T00:00:00Z") == \
+        "<alert-key-2891-bcc-x-expiring-7d-2027-01-01t00-00-00z@keyd>"
 
 
 def test_recipients_routes_and_dedupe() -> None:
@@ -84,7 +84,7 @@ def test_second_evaluation_inserts_nothing(migrated_engine: Engine) -> None:
 
 def test_unique_constraint_not_python_check(migrated_engine: Engine) -> None:
     """Even a caller that skips the fired-set check cannot insert twice."""
-    kw = dict(fingerprint="f", key_pk=None, kind="expiring", threshold="7d@x",
+    kw = dict(about="key:k", key_pk=None, kind="expiring", threshold="7d@x",
               severity="warning", created_at=NOW, message_id="<m>", subject="s", context={})
     with store.transaction(migrated_engine) as s:
         assert store.insert_alert(s, **kw) is not None  # type: ignore[arg-type]
@@ -122,7 +122,7 @@ def test_issuer_health_state(migrated_engine: Engine) -> None:
 @given(offsets=st.lists(st.integers(-40 * 86_400, 3 * 86_400), min_size=1, max_size=25))
 def test_property_each_rung_once_never_early_through_the_db(offsets: list[int]) -> None:
     """Any sequence of scan times (also backwards, as after a clock step):
-    each (fingerprint, threshold) row exists at most once and was decided
+    each (about, threshold) row exists at most once and was decided
     no earlier than its due time."""
     expires = NOW + timedelta(days=2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,5 +138,5 @@ def test_property_each_rung_once_never_early_through_the_db(offsets: list[int]) 
         finally:
             engine.dispose()
     dues = {r.threshold: r.due_at for r in ladder(expires, CONFIG.alerts.thresholds)}
-    assert len({(a.fingerprint, a.threshold) for a in rows}) == len(rows)
+    assert len({(a.about, a.threshold) for a in rows}) == len(rows)
     assert all(a.created_at >= dues[a.threshold] for a in rows)

@@ -52,7 +52,7 @@ def _queue(engine: Engine, n: int = 1, recipients: Sequence[str] = ("ops@example
     with store.transaction(engine) as s:
         for i in range(n):
             alert = store.insert_alert(
-                s, fingerprint=f"fp{i}", key_pk=None, kind="expiring", threshold=f"7d@{i}",
+                s, about=f"fp{i}", key_pk=None, kind="expiring", threshold=f"7d@{i}",
                 severity="warning", created_at=NOW, message_id=f"<alert-fp{i}@keyd>",
                 subject=f"[keyd WARNING] key {i} expires in 7 days", context={"key_id": str(i)})
             assert alert is not None
@@ -120,7 +120,7 @@ def test_budget_then_failed_and_woken_by_a_success(migrated_engine: Engine) -> N
 def _queue_other(engine: Engine, now: datetime) -> None:
     with store.transaction(engine) as s:
         alert = store.insert_alert(
-            s, fingerprint="other", key_pk=None, kind="expiring", threshold="1d@x",
+            s, about="other", key_pk=None, kind="expiring", threshold="1d@x",
             severity="critical", created_at=now, message_id="<alert-other@keyd>",
             subject="s", context={})
         assert alert is not None

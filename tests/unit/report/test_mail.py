@@ -20,7 +20,7 @@ def _record(id: int = 1, kind: str = "expiring", severity: str = "critical",
                "timezone": "Europe/Zurich", "seconds_left": 3 * 86400, "decided_at": "x",
                "locations": [{"source": "vault:secret/zitadel", "ref": "secret/zitadel/<a&b>",
                               "status": "present"}], **ctx}
-    return AlertRecord(id, "ab" * 32, 1, kind, f"3d@{id}", severity, AT,
+    return AlertRecord(id, "key:292834923480293", "ab" * 32, 1, kind, f"3d@{id}", severity, AT,
                        f"<alert-{id}@keyd>", f"[keyd {severity.upper()}] key "
                        f"292834923480293 of user 292834923480001 expires in 3 days <b>",
                        context, None)
@@ -67,7 +67,7 @@ def test_application_key_console_path() -> None:
 
 
 def test_issuer_alert() -> None:
-    rec = AlertRecord(1, "issuer", None, "unavailable", "t", "warning", AT, "<a@keyd>",
+    rec = AlertRecord(1, "issuer", None, None, "unavailable", "t", "warning", AT, "<a@keyd>",
                       "[keyd WARNING] issuer https://i.example unavailable for 35m",
                       {"issuer": "https://i.example", "since": "2026-12-24T22:25:00Z"}, None)
     plain, _ = _bodies(render_message([rec], sender="k@x", to=["o@x"]))

@@ -36,7 +36,7 @@ def seed(engine: Engine) -> None:
                         failures=0))
         s.add(SourceState(name="directory:/etc/keyd/keys", error_count=3,
                           consecutive_failures=1, last_error="boom"))
-        alert = Alert(fingerprint="f" * 64, key_pk=good.id, kind="expiring", threshold="7d",
+        alert = Alert(about="key:good", key_pk=good.id, kind="expiring", threshold="7d",
                       severity="warning", created_at=NOW, message_id="<m@keyd>", subject="s",
                       context="{}")
         s.add(alert)
