@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from keyd.text import path_text, storable
+
 # CLI exit codes (documented in `keyd --help`).
 EXIT_OK = 0
 EXIT_WARNING = 1  # `keyd check`: a key needs attention soon
@@ -59,8 +61,8 @@ class KeyFileError(KeydError):
     """
 
     def __init__(self, source: str | Path, problem: str) -> None:
-        self.source = str(source)
-        self.problem = problem
+        self.source = path_text(str(source))  # a non-UTF-8 file name stays storable
+        self.problem = storable(problem)
         super().__init__(f"{self.source}: {problem}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -57,9 +58,39 @@ def get_zone(name: str) -> tzinfo:
         raise ValueError(f"{name!r} is not a known time zone (e.g. \"Europe/Zurich\")") from exc
 
 
+# The instants a ``datetime`` can hold, as aware UTC. Key files may carry
+# Go's zero time (0001-01-01T00:00:00Z) or the "never" sentinel in year
+# 9999: arithmetic and zone conversions near these ends saturate here
+# instead of raising OverflowError deep inside a stage.
+EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
+LATEST: Final = datetime.max.replace(tzinfo=UTC)
+
+
+def shift(instant: datetime, delta: timedelta) -> datetime:
+    """``instant + delta``, clamped to [``EARLIEST``, ``LATEST``]."""
+    try:
+        return instant + delta
+    except OverflowError:
+        return EARLIEST if delta < timedelta(0) else LATEST
+
+
+def local_date(instant: datetime, tz: tzinfo) -> date:
+    """The calendar date of ``instant`` in ``tz``; at the ends of the range,
+    where the local date is not representable, the nearest one that is."""
+    try:
+        return instant.astimezone(tz).date()
+    except (OverflowError, ValueError):
+        return date.min if instant.year < 2 else date.max
+
+
 def midnight(day: date, tz: tzinfo) -> datetime:
-    """00:00 at the *start* of ``day`` in ``tz``, as UTC (ZITADEL.md §2)."""
-    return datetime.combine(day, time(0, 0), tzinfo=tz).astimezone(UTC)
+    """00:00 at the *start* of ``day`` in ``tz``, as UTC (ZITADEL.md §2).
+    ``0001-01-01`` in a zone east of UTC begins before the first instant a
+    ``datetime`` holds: it saturates to ``EARLIEST``."""
+    try:
+        return datetime.combine(day, time(0, 0), tzinfo=tz).astimezone(UTC)
+    except (OverflowError, ValueError):
+        return EARLIEST if day.year < 2 else LATEST
 
 
 def parse_rfc3339(text: str) -> datetime:

@@ -46,10 +46,12 @@ from keyd.clients.webhook import WebhookSender
 from keyd.clock import Clock
 from keyd.config import Config
 from keyd.errors import KeydError, MailError
+from keyd.redact import scrub
 from keyd.retry import Random, backoff_delay
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
 from keyd.vocab import DeliveryState
+from keyd.text import escape
 
 if TYPE_CHECKING:
     from keyd.store.alerts import Engine
@@ -86,6 +88,17 @@ class DrainReport:
 class _NotConfigured(KeydError):
     def __init__(self, channel: str) -> None:
         super().__init__(f"{channel} alerts are queued but [alerts.{channel}] is not configured")
+
+
+class Undeliverable(KeydError):
+    """One delivery cannot be rendered or sent for a reason that a retry
+    cannot fix (a bug, or data no message can carry). It is marked
+    ``failed`` with this reason; every other delivery goes on."""
+
+    def __init__(self, channel: str, step: str, exc: BaseException) -> None:
+        detail = escape(scrub(str(exc)))[:200]
+        super().__init__(f"{channel} alert cannot be {step}: {type(exc).__name__}"
+                         + (f": {detail}" if detail else ""))
 
 
 def drain_outbox(engine: Engine, config: Config, clock: Clock,
@@ -151,12 +164,21 @@ def _send_email(items: list[OutboxItem], config: Config,
                 continue
             recipient = group[0].recipient
             try:
-                sender = sender or smtp_factory()
                 message = render([i.alert for i in group], sender=email.from_addr, to=[recipient])
+            except Exception as exc:  # noqa: BLE001 - one poison alert never blocks the rest
+                log.exception("cannot render alert e-mail to %s", escape(recipient))
+                out.failed(group, Undeliverable("email", "rendered", exc))
+                continue
+            try:
+                sender = sender or smtp_factory()
                 sender.send(message, [recipient])
             except MailError as exc:
                 out.failed(group, exc)
                 down = exc if exc.stage in _CONNECTION_STAGES else None
+                continue
+            except Exception as exc:  # noqa: BLE001 - as above: recorded on this delivery
+                log.exception("cannot send alert e-mail to %s", escape(recipient))
+                out.failed(group, Undeliverable("email", "sent", exc))
                 continue
             out.sent(group, "email")
     finally:
@@ -174,6 +196,10 @@ def _send_webhooks(items: list[OutboxItem], webhook: WebhookSender | None,
             webhook.post(webhook_payload(item.alert))
         except KeydError as exc:
             out.failed([item], exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one poison alert never blocks the rest
+            log.exception("cannot post alert %s to the webhook", escape(item.alert.message_id))
+            out.failed([item], Undeliverable("webhook", "posted", exc))
             continue
         out.sent([item], "webhook")
 

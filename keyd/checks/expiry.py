@@ -29,6 +29,7 @@ from typing import Final
 
 from keyd.clock import utc
 from keyd.sources.keyfile import NEVER_YEAR, Expiry
+from keyd.timeutil import local_date, shift
 from keyd.vocab import ExpiryStatus
 
 DEFAULT_WARN_BEFORE: Final = timedelta(days=30)
@@ -80,7 +81,7 @@ def is_never(expires_at: datetime) -> bool:
 
 def last_usable_day(expires_at: datetime, tz: tzinfo = UTC) -> date:
     """Local calendar date of the last microsecond before ``expires_at``."""
-    return (utc(expires_at) - _US).astimezone(tz).date()
+    return local_date(shift(utc(expires_at), -_US), tz)
 
 
 def seconds_until(expires_at: datetime, at: datetime) -> int:

@@ -29,7 +29,7 @@ from typing import Final, Literal
 
 from keyd.checks.expiry import is_never
 from keyd.clock import utc
-from keyd.timeutil import isoformat_z
+from keyd.timeutil import isoformat_z, shift
 
 RungKind = Literal["expiring", "expired"]
 Severity = Literal["info", "warning", "critical"]
@@ -88,7 +88,7 @@ def ladder(expires_at: datetime, thresholds: Iterable[timedelta]) -> list[Rung]:
         return []
     suffix = rung_suffix(expires_at)
     befores = sorted({t for t in thresholds if t > timedelta(0)}, reverse=True)
-    rungs = [Rung(threshold_label(b), threshold_label(b) + suffix, expires_at - b, b,
+    rungs = [Rung(threshold_label(b), threshold_label(b) + suffix, shift(expires_at, -b), b,
                   "expiring", severity_for(b)) for b in befores]
     rungs.append(Rung(EXPIRED, EXPIRED + suffix, expires_at, timedelta(0), "expired", "critical"))
     return rungs

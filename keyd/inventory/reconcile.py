@@ -24,9 +24,10 @@ instead when the scan itself failed. Rules:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
+from keyd.errors import KeyFileError
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import NEVER_YEAR, KeyFile
 from keyd.store.inventory import (
@@ -175,7 +176,13 @@ class _Reconciler:
             if cand.unchanged:
                 self._unchanged(cand, loc)
             elif cand.keyfile is not None:
-                self._found(cand, cand.keyfile, loc, keys)
+                try:
+                    self._found(cand, cand.keyfile, loc, keys)
+                except Exception as exc:  # noqa: BLE001 - one location never stops the scan
+                    log.exception("%s: %s: unexpected error", self.source, cand.ref)
+                    self._invalid(replace(cand, keyfile=None, error=KeyFileError(
+                        cand.ref, f"internal error while recording it ({type(exc).__name__}); "
+                                  "run with --debug and report it")), loc)
             else:
                 self._invalid(cand, loc)
         self._release()

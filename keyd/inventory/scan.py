@@ -86,10 +86,21 @@ def scan_source(cfg: SourceConfig, engine: Engine, clock: Clock, config: Config,
     except KeydError as exc:
         return record_failure(engine, cfg.name, exc, clock.now())
     except Exception as exc:  # noqa: BLE001 - a bug in one source must not stop the others
-        log.exception("%s: unexpected error while scanning", cfg.name)
-        problem = f"internal error ({type(exc).__name__}); run with --debug and report it"
-        return record_failure(engine, cfg.name, RuntimeError(problem), clock.now())
-    return reconcile(engine, result, clock.now())
+        return _internal(engine, cfg.name, "scanning", exc, clock)
+    try:
+        return reconcile(engine, result, clock.now())
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded on this source; the others go on
+        return _internal(engine, cfg.name, "recording the scan", exc, clock)
+
+
+def _internal(engine: Engine, source: str, doing: str, exc: Exception,
+              clock: Clock) -> SourceOutcome:
+    log.exception("%s: unexpected error while %s", source, doing)
+    problem = (f"internal error while {doing} ({type(exc).__name__}); run with --debug "
+               "and report it")
+    return record_failure(engine, source, RuntimeError(problem), clock.now())
 
 
 def _read(cfg: SourceConfig, engine: Engine, config: Config,

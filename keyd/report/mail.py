@@ -26,6 +26,7 @@ from email.utils import format_datetime
 from typing import Any, Final
 
 from keyd.store.alerts import AlertRecord
+from keyd.text import escape
 from keyd.timeutil import format_duration, isoformat_z
 
 _SEVERITY_ORDER: Final = {"info": 0, "warning": 1, "critical": 2}
@@ -76,14 +77,17 @@ class _Block:
 
     def plain(self) -> str:
         width = max((len(k) for k, _ in self.facts), default=0)
-        out = [self.headline, ""] + [f"  {k + ':':<{width + 1}} {v}" for k, v in self.facts]
+        out = [escape(self.headline), ""] + [f"  {k + ':':<{width + 1}} {escape(v)}"
+                                             for k, v in self.facts]
         if self.todo:
-            out += ["", "What to do:"] + [f"  {n}. {step}" for n, step in
+            out += ["", "What to do:"] + [f"  {n}. {escape(step)}" for n, step in
                                           enumerate(self.todo, 1)]
         return "\n".join(out)
 
     def html(self) -> str:
-        e = html.escape
+        def e(text: str) -> str:
+            return html.escape(escape(text))
+
         rows = "".join(f"<tr><th align=\"left\">{e(k)}</th><td>{e(v)}</td></tr>"
                        for k, v in self.facts)
         out = f"<h3>{e(self.headline)}</h3><table>{rows}</table>"
@@ -96,7 +100,8 @@ class _Block:
 def _assemble(subject: str, msgid: str, date: datetime, sender: str, to: Sequence[str],
               intro: str, blocks: Sequence[_Block]) -> EmailMessage:
     msg = EmailMessage(policy=_POLICY)
-    msg["Subject"] = subject
+    # Facts come from key files: a CR/LF in a key id must not end the header.
+    msg["Subject"] = escape(subject)
     msg["From"] = sender
     msg["To"] = ", ".join(to)
     msg["Date"] = format_datetime(date)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from keyd.errors import KeyFileError
 from keyd.sources.keyfile import KeyFile
+from keyd.text import storable
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Candidate:
     mtime_ns: int | None = None
     inode: int | None = None
     warning: str | None = None
+
+    def __post_init__(self) -> None:
+        # The ref is the location's identity in the database, which stores
+        # it escaped (``keyd.text.storable``): compare it in that form too.
+        object.__setattr__(self, "ref", storable(self.ref))
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from keyd.config import DirectorySourceConfig
 from keyd.errors import EXIT_UNAVAILABLE, KeydError, KeyFileError
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import KeyFile, Validation, parse_keyfile, read_bounded
+from keyd.text import path_text
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ class DirectorySource:
     def _candidate(self, path: str, root_real: str, known: Mapping[str, FileStamp],
                    validated: Container[str]) -> Candidate | None:
         """Never raises: every problem becomes an invalid candidate."""
+        if (shown := path_text(path)) != path:  # not UTF-8: the name cannot be stored
+            return _invalid(shown, "the file name is not valid UTF-8 (rename the file)")
         is_link = os.path.islink(path)
         if is_link:
             target = os.path.realpath(path)

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from keyd.errors import KeyFileError
+from keyd.text import unsafe_char
 from keyd.timeutil import parse_when
 from keyd.vocab import KeyKind
 
@@ -191,6 +192,10 @@ def _field(obj: Mapping[str, Any], source: str, *names: str, required: bool = Tr
                 raise KeyFileError(source, f"field {name!r} must be a string, not {_type(value)}")
             if not value.strip():
                 raise KeyFileError(source, f"field {name!r} is empty")
+            if name != "key" and (bad := unsafe_char(value)) is not None:
+                raise KeyFileError(source, f"field {name!r} contains the control or "
+                                           f"non-text character {bad}; ZITADEL ids are "
+                                           "plain text")
             return value
     if required:
         raise KeyFileError(source, f"missing field {names[0]!r}")

@@ -41,6 +41,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from keyd.errors import DriverMissing, StoreError
 from keyd.redact import scrub
+from keyd.text import storable
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def make_engine(url: str) -> Engine:
             '(use "sqlite:////path/keyd.db" or "postgresql+psycopg://user@host/db")'
         )
     event.listen(engine, "handle_error", _connection_errors)
+    event.listen(engine, "before_cursor_execute", _storable_parameters, retval=True)
     return engine
 
 
@@ -90,6 +92,26 @@ def require_postgres_driver(url: str | URL) -> None:
             "keyd was installed without: install keyd[postgres] "
             "(pip install 'keyd[postgres]', or pipx install 'keyd[postgres]'; "
             "the Debian package includes it)")
+
+
+def _storable_parameters(_conn: Connection, _cursor: Any, statement: str, parameters: Any,
+                         _context: Any, _executemany: bool) -> tuple[str, Any]:
+    """Every text bound to a statement goes through ``text.storable``: a NUL
+    (PostgreSQL refuses it) or a lone surrogate (SQLite's UTF-8 encoder
+    refuses it) in a file name, an error message or an event detail is kept
+    escaped instead of aborting the whole transaction. ``parameters`` is one
+    row (dict or sequence) or, for executemany, a sequence of rows."""
+    return statement, _storable(parameters)
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_storable(v) for v in value)
+    return value
 
 
 def _parse(url: str) -> URL:

@@ -120,3 +120,17 @@ def test_properties(expires_at: datetime, at: datetime, tz: ZoneInfo, warn_days:
 def test_seconds_until_antisymmetric_around_zero(a: datetime, b: datetime) -> None:
     s = seconds_until(a, b)
     assert (s > 0) == (b < a)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo", "America/New_York"])
+def test_the_ends_of_the_calendar_saturate(zone: str) -> None:
+    from keyd.checks.ladder import ladder
+    from keyd.timeutil import EARLIEST, get_zone, midnight
+
+    tz = get_zone(zone)
+    zero = datetime(1, 1, 1, tzinfo=UTC)  # Go's zero time
+    view = evaluate(zero, datetime(2026, 1, 1, tzinfo=UTC), tz)
+    assert view.status == "expired" and view.last_usable_day is not None
+    assert [r.due_at for r in ladder(zero, [timedelta(days=30)])] == [EARLIEST, zero]
+    assert midnight(date(1, 1, 1), tz) >= EARLIEST
+    assert evaluate(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), zero, tz).status == "never"

@@ -7,16 +7,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from keyd.clock import FakeClock
 from keyd.config import Config, DirectorySourceConfig, VaultSourceConfig
 from keyd.errors import StoreError
+from keyd.inventory import reconcile as reconcile_mod
 from keyd.inventory import scan as scan_mod
 from keyd.inventory.reconcile import SourceOutcome
 from keyd.inventory.scan import ScanReport, scan_all
+from keyd.sources.keyfile import KeyFile
 from keyd.store.engine import make_engine
 from keyd.store.migrate import upgrade
+from keyd.store.models import KeyLocation
 from tests.support.keys import make_key_file
 
 
@@ -51,8 +55,46 @@ def test_each_source_fails_alone(engine: Engine, tmp_path: Path,
     report = scan_all(config, engine, FakeClock(), None)
     assert [s.ok for s in report.sources] == [True, False, False]
     assert "needs a [vault] section" in (report.sources[1].error or "")
-    assert "internal error (ZeroDivisionError)" in (report.sources[2].error or "")
+    assert "internal error while scanning (ZeroDivisionError)" in (report.sources[2].error or "")
     assert report.keys == 1
+
+
+def test_a_bug_while_recording_one_location_makes_it_invalid(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    make_key_file(keys, key_id="1", user_id="svc", filename="a.json")
+    make_key_file(keys, key_id="2", user_id="svc-bug", filename="b.json")
+    real = reconcile_mod._fill_key
+
+    def fill(key: object, kf: KeyFile, now: object) -> None:
+        if kf.principal == "svc-bug":
+            raise KeyError("bug")
+        real(key, kf, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reconcile_mod, "_fill_key", fill)
+    config = Config(sources=(DirectorySourceConfig(name="dir", path=keys),))
+    report = scan_all(config, engine, FakeClock(), None)
+    (outcome,) = report.sources
+    assert outcome.ok and outcome.new == 1 and outcome.invalid == 1
+    with Session(engine) as s:
+        errors = {loc.ref.rsplit("/", 1)[1]: loc.last_error for loc in s.scalars(
+            select(KeyLocation))}
+    assert errors == {"a.json": None, "b.json": "internal error while recording it (KeyError); "
+                                                "run with --debug and report it"}
+
+
+def test_a_bug_while_recording_a_source_fails_that_source(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a: object, **k: object) -> object:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(scan_mod, "reconcile", broken)
+    config = Config(sources=(DirectorySourceConfig(name="dir", path=tmp_path),))
+    (outcome,) = scan_all(config, engine, FakeClock(), None).sources
+    assert not outcome.ok
+    assert outcome.error == ("internal error while recording the scan (ZeroDivisionError); "
+                             "run with --debug and report it")
 
 
 def test_store_errors_propagate(engine: Engine, tmp_path: Path,
