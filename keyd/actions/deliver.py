@@ -50,8 +50,8 @@ from keyd.redact import scrub
 from keyd.retry import Random, backoff_delay
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
-from keyd.vocab import DeliveryState
 from keyd.text import escape
+from keyd.vocab import DeliveryState
 
 if TYPE_CHECKING:
     from keyd.store.alerts import Engine
