@@ -10,7 +10,9 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_PART = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)"
+_DURATION_RE = re.compile(rf"^\s*(?:{_PART}\s*)+$")
+_PART_RE = re.compile(_PART)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # RFC 3339: date 'T' time, optional fraction of any length, Z or ±hh:mm.
@@ -19,18 +21,32 @@ _RFC3339_RE = re.compile(
 )
 
 
-def parse_duration(text: str) -> timedelta:
-    """``"90s"``, ``"5m"``, ``"6h"``, ``"30d"``, ``"2w"``, ``"250ms"``.
+# Longest duration keyd accepts: a century. Anything longer is a typo, and
+# "now + duration" must stay a representable instant.
+MAX_DURATION: Final = timedelta(days=36_525)
 
-    Raises ``ValueError`` with the offending text; callers wrap it in a
+
+class DurationOutOfRange(ValueError):
+    """A well-formed duration longer than ``MAX_DURATION``."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"90s"``, ``"5m"``, ``"6h"``, ``"30d"``, ``"2w"``, ``"250ms"``, and
+    compounds of them, largest unit first or not: ``"1h30m"``, ``"1d12h"``.
+
+    Raises ``ValueError`` with the offending text (``DurationOutOfRange``
+    for one longer than ``MAX_DURATION``); callers wrap it in a
     ``ConfigError`` that names the file and key.
     """
     if not isinstance(text, str):
         raise ValueError(f"{text!r} is not a duration (expected a string like \"6h\")")
-    match = _DURATION_RE.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (use a number and s, m, h, d or w: \"6h\")")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    if len(text) > 64 or not _DURATION_RE.match(text):
+        raise ValueError(f"{text!r} is not a duration (use a number and s, m, h, d or w: "
+                         "\"6h\", \"1h30m\")")
+    seconds = sum(float(number) * _UNITS[unit] for number, unit in _PART_RE.findall(text))
+    if seconds > MAX_DURATION.total_seconds():
+        raise DurationOutOfRange(f"{text!r} is longer than {MAX_DURATION.days} days")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta | float) -> str:
@@ -52,10 +68,13 @@ def get_zone(name: str) -> tzinfo:
     """A ``ZoneInfo`` by IANA name; ``ValueError`` names the bad zone."""
     if name.upper() == "UTC":
         return UTC
+    shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}… ({len(name)} characters)"
+    if len(name) > 255:  # IANA names are short; a long one makes the OS refuse the path
+        raise ValueError(f"{shown} is not a known time zone (e.g. \"Europe/Zurich\")")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"{name!r} is not a known time zone (e.g. \"Europe/Zurich\")") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(f"{shown} is not a known time zone (e.g. \"Europe/Zurich\")") from exc
 
 
 # The instants a ``datetime`` can hold, as aware UTC. Key files may carry

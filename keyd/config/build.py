@@ -259,6 +259,13 @@ def _finish_http(t: Table, kw: dict[str, Any]) -> None:
             f"systemd credential {cred}) so the status page, its API and /metrics need a "
             "token, or listen on 127.0.0.1 / [::1]",
         )
+    if listen is not None and token is not None and not is_loopback_host(listen.rpartition(":")[0]):
+        public = "/metrics, " if kw.get("metrics_public") else ""
+        t.ctx.warn(
+            f'{t.where("listen")}: "{listen}" is not a loopback address: the token guards the '
+            f"page and its API, but {public}/healthz and /readyz answer anyone who can reach "
+            "it; firewall the port or listen on 127.0.0.1 behind a proxy"
+        )
     if token is not None:
         kw["auth_token"] = Secret(token.reveal().strip())
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import Any, NoReturn
 from keyd.config.spec import SCALAR_KINDS
 from keyd.errors import ConfigError
 from keyd.redact import Secret
-from keyd.timeutil import parse_duration
+from keyd.timeutil import DurationOutOfRange, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ _BOOL_WORDS = {
     "off": False,
     "0": False,
 }
+DURATION_HINT = 'a number and ms, s, m, h, d or w, or several: "90s", "6h", "30d", "1h30m"'
 _TYPE_NAMES = {
     bool: "a boolean",
     int: "an integer",
@@ -226,12 +229,10 @@ class Table:
             return None
         try:
             delta = parse_duration(text)
+        except DurationOutOfRange as exc:
+            self.fail(key, str(exc), index)
         except ValueError:
-            self.fail(
-                key,
-                f'"{text}" is not a duration (a number and ms, s, m, h, d or w, e.g. "90s", "6h", "30d")',
-                index,
-            )
+            self.fail(key, f'"{text}" is not a duration ({DURATION_HINT})', index)
         if positive and delta <= timedelta(0):
             self.fail(key, f'"{text}" must be longer than 0', index)
         if (low is not None and delta < low) or (high is not None and delta > high):
@@ -247,6 +248,8 @@ class Table:
         path = path if path.is_absolute() else self.ctx.base_dir / path
         if must_exist and not path.exists():
             self.fail(key, f"{path} does not exist")
+        if must_exist and not (path.is_file() or path.is_dir()):
+            self.fail(key, f"{path} is not a regular file (a FIFO or device would block start-up)")
         return path
 
     def string_list(self, key: str, *, nonempty: bool = False) -> list[str] | None:
@@ -360,8 +363,10 @@ def convert_env(name: str, text: str, kind: str) -> object:
     if kind == "duration":
         try:
             parse_duration(text)
+        except DurationOutOfRange as exc:
+            raise ConfigError(name, str(exc)) from None
         except ValueError:
-            raise ConfigError(name, f'"{text}" is not a duration (e.g. "90s", "6h")') from None
+            raise ConfigError(name, f'"{text}" is not a duration ({DURATION_HINT})') from None
     return text
 
 
@@ -372,10 +377,12 @@ def read_secret_file(path: Path, where: str) -> Secret:
     """A secret file's content without its trailing newline. Errors name the
     key and the path, never the content."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_SECRET_BYTES + 1)
+        data = _read_regular(path)
     except FileNotFoundError:
         raise ConfigError(where, f"secret file {path} does not exist") from None
+    except _NotRegular:
+        raise ConfigError(where, f"secret file {path} is not a regular file (a FIFO, "
+                                 "device or directory would block or mislead start-up)") from None
     except OSError as exc:
         raise ConfigError(
             where, f"cannot read secret file {path}: {exc.strerror or type(exc).__name__}"
@@ -389,6 +396,29 @@ def read_secret_file(path: Path, where: str) -> Secret:
     if not text.strip():
         raise ConfigError(where, f"secret file {path} is empty")
     return Secret(text)
+
+
+class _NotRegular(Exception):
+    pass
+
+
+def _read_regular(path: Path) -> bytes:
+    """At most ``MAX_SECRET_BYTES + 1`` bytes of a regular file. Opened
+    non-blocking and checked with fstat before reading, so a FIFO (or a
+    device) given as a credential fails at once instead of hanging."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotRegular(str(path))
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_SECRET_BYTES and (chunk := os.read(fd, MAX_SECRET_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def resolve_secret(table: Table, file_key: str, credential: str, env_var: str | None = None) -> Secret | None:

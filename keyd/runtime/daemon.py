@@ -195,6 +195,10 @@ class Daemon:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             sdnotify.ready(self.status_line())
             return
+        except Exception:  # noqa: BLE001 - a bug in loading must not kill a working daemon
+            log.exception("reload failed unexpectedly, keeping the running configuration")
+            sdnotify.ready(self.status_line())
+            return
         setup_logging(config.log.format, self._log_level or config.log.level)
         self.scheduler.once("reload", lambda: self._swap_in(config))
 
@@ -206,6 +210,8 @@ class Daemon:
             new = build_services(config, self._clock, engine=old.engine)
         except KeydError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+        except Exception:  # noqa: BLE001 - as in reload(): the old services keep running
+            log.exception("reload failed unexpectedly, keeping the running configuration")
         else:
             new.metrics = old.metrics
             with self._swap:

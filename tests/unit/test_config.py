@@ -199,7 +199,7 @@ def test_relative_config_path_is_named_as_given(tmp_path: Path,
     with pytest.raises(ConfigError) as info:
         load_config(Path("keyd.toml"), {})
     assert str(info.value) == ('keyd.toml: alerts.thresholds[2]: "7x" is not a duration '
-                               '(a number and ms, s, m, h, d or w, e.g. "90s", "6h", "30d")')
+                               '(a number and ms, s, m, h, d or w, or several: "90s", "6h", "30d", "1h30m")')
 
 
 def test_several_unknown_keys_are_all_named(tmp_path: Path) -> None:
