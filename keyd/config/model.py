@@ -255,6 +255,9 @@ class HttpConfig:
         doc="file holding the token every request needs; required off loopback",
     )
     metrics_public: bool = key("bool", default=False, doc="/metrics answers without the token")
+    metrics_per_key: bool = key(
+        "bool", default=False, doc="/metrics adds per-key probe, status and token series"
+    )
 
 
 def _tick(default: timedelta, doc: str) -> timedelta:
@@ -274,6 +277,7 @@ class DaemonConfig:
     outbox_tick: timedelta = _tick(timedelta(seconds=30), "send pending deliveries")
     prune_interval: timedelta = _tick(timedelta(hours=6), "delete old probe history")
     control_interval: timedelta = _tick(timedelta(seconds=5), "leadership, watchdog")
+    metrics_interval: timedelta = _tick(timedelta(seconds=15), "refresh the /metrics snapshot")
 
     def intervals(self) -> dict[str, float]:
         """Seconds per daemon tick, by stage name."""
@@ -284,6 +288,7 @@ class DaemonConfig:
             "tokens": self.tokens_tick.total_seconds(),
             "outbox": self.outbox_tick.total_seconds(),
             "prune": self.prune_interval.total_seconds(),
+            "metrics": self.metrics_interval.total_seconds(),
         }
 
 

@@ -1,19 +1,33 @@
-"""Prometheus metrics, read from the database at scrape time.
+"""Prometheus metrics from a snapshot the daemon refreshes, not the scrape.
 
 ``KeydMetrics`` owns its own ``CollectorRegistry`` (never the global one,
 so tests and two daemons in one process cannot collide). The inventory
-metrics come from a custom collector that queries ``keyd.store.snapshot``
-on each scrape, so they always show what the database says, on leader and
-standby alike. A row that cannot be turned into a sample is logged and
-skipped; a database that cannot be reached yields ``keyd_db_up 0`` and
-the in-process metrics. Labels carry key ids, principals, source names and
-Vault paths, never key material or tokens.
+part of ``/metrics`` is built by ``refresh()``, which the daemon calls on
+its own tick: it first asks the database for a cheap change marker
+(``keyd.store.snapshot.change_marker``) and rebuilds and renders the
+inventory families only when something changed. A scrape then returns
+the rendered bytes plus the few in-process series (leader, last tick,
+probe latency): no SQL, whatever the size of the inventory. Before the
+first refresh a scrape refreshes once itself (``keyd check``, tests).
+
+Cardinality: per key only what alerting needs, by default two series
+(``keyd_key_expiration_timestamp_seconds`` and ``keyd_key_status_code``);
+everything else is an aggregate. ``per_key=True`` (``http.metrics_per_key``)
+adds the per-key detail: last probe success, the one-hot
+``keyd_key_status{status}`` and each token sink's expiry.
+
+A row that cannot be turned into a sample is logged and skipped; a
+database that cannot be reached yields ``keyd_db_up 0`` and the in-process
+metrics. Labels carry key ids, principals, source names and Vault paths,
+never key material or tokens.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, TypeVar
 
@@ -29,12 +43,25 @@ from prometheus_client.registry import Collector
 
 from keyd.store import snapshot
 from keyd.store.snapshot import Engine
+from keyd.vocab import KeyStatus
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-KEY_STATUSES: Final = ("active", "expired", "missing", "invalid", "rejected")
+KEY_STATUSES: Final = tuple(KeyStatus)
+#: ``keyd_key_status_code``: 0 is the only healthy value (docs/daemon.md).
+STATUS_CODES: Final[dict[str, int]] = {KeyStatus.ACTIVE: 0, KeyStatus.EXPIRED: 1, KeyStatus.REJECTED: 2,
+                       KeyStatus.INVALID: 3, KeyStatus.MISSING: 4}
+UNKNOWN_STATUS_CODE: Final = 9  # a status a newer keyd wrote
 PROBE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LABELS: Final = ["key_id", "principal"]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    marker: tuple[object, ...] | None  # None: the database did not answer
+    families: tuple[Metric, ...]
+    body: bytes  # the families rendered once, at refresh time
 
 
 class KeydMetrics:
@@ -46,25 +73,67 @@ class KeydMetrics:
 
     def __init__(self, engine: Engine, *, version: str,
                  leader: Callable[[], bool | None] = lambda: None,
-                 last_tick: Callable[[], datetime | None] = lambda: None) -> None:
+                 last_tick: Callable[[], datetime | None] = lambda: None,
+                 per_key: bool = False) -> None:
+        self._engine = engine
+        self.per_key = per_key
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.probe_duration = Histogram(
             "keyd_probe_duration_seconds", "Duration of validation probes (token requests)",
             buckets=PROBE_BUCKETS, registry=self.registry)
-        self.registry.register(InventoryCollector(engine, version, leader, last_tick))
+        self.registry.register(_RuntimeCollector(version, leader, last_tick))
 
     def observe_probe(self, seconds: float) -> None:
         self.probe_duration.observe(max(seconds, 0.0))
 
+    def refresh(self, *, force: bool = False) -> bool:
+        """Rebuild the inventory snapshot if the database changed since the
+        last one (or ``force``); True if it was rebuilt. Never raises for a
+        database problem: the snapshot then says ``keyd_db_up 0``."""
+        with self._lock:
+            previous = self._snapshot
+            try:
+                marker: tuple[object, ...] | None = snapshot.change_marker(self._engine)
+                if not force and previous is not None and previous.marker == marker:
+                    return False
+                families = _inventory(self._engine, self.per_key)
+            except Exception as exc:  # the scrape must answer even without a database
+                log.error("metrics: cannot read the inventory: %s", exc)
+                marker, families = None, []
+            db_up = GaugeMetricFamily("keyd_db_up",
+                                      "1 if the inventory database answered the last refresh",
+                                      value=0 if marker is None else 1)
+            all_families = (db_up, *families)
+            self._snapshot = _Snapshot(marker, all_families, _render(all_families))
+            return True
+
+    def families(self) -> tuple[Metric, ...]:
+        """The inventory families of the current snapshot (refreshed once
+        if there is none yet)."""
+        return self._current().families
+
     def render(self) -> tuple[bytes, str]:
-        """The exposition body and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The exposition body and its content type: the in-process series
+        rendered now, the inventory as rendered at the last refresh."""
+        inventory = self._current().body
+        return generate_latest(self.registry) + inventory, CONTENT_TYPE_LATEST
+
+    def _current(self) -> _Snapshot:
+        current = self._snapshot
+        if current is None:
+            self.refresh()
+            current = self._snapshot
+        assert current is not None
+        return current
 
 
-class InventoryCollector(Collector):
-    def __init__(self, engine: Engine, version: str, leader: Callable[[], bool | None],
+class _RuntimeCollector(Collector):
+    """What this process knows, read at scrape time (no database)."""
+
+    def __init__(self, version: str, leader: Callable[[], bool | None],
                  last_tick: Callable[[], datetime | None]) -> None:
-        self._engine = engine
         self._version = version
         self._leader = leader
         self._last_tick = last_tick
@@ -73,24 +142,6 @@ class InventoryCollector(Collector):
         build = InfoMetricFamily("keyd_build", "keyd build information")
         build.add_metric([], {"version": self._version})
         yield build
-        yield from self._runtime()
-        db_up = GaugeMetricFamily("keyd_db_up", "1 if the inventory database answered this scrape")
-        families: list[Metric] = []
-        try:
-            families = [*_key_families(snapshot.keys(self._engine)),
-                        _token_family(snapshot.tokens(self._engine)),
-                        _source_family(snapshot.sources(self._engine)),
-                        GaugeMetricFamily("keyd_alerts_pending", "Alert deliveries not yet sent",
-                                          value=snapshot.open_deliveries(self._engine))]
-        except Exception as exc:  # the scrape must answer even without a database
-            log.error("metrics: cannot read the inventory: %s", exc)
-            db_up.add_metric([], 0)
-        else:
-            db_up.add_metric([], 1)
-        yield db_up
-        yield from families
-
-    def _runtime(self) -> Iterator[Metric]:
         leader = self._leader()
         if leader is not None:
             yield GaugeMetricFamily("keyd_leader", "1 if this daemon is the active leader",
@@ -102,23 +153,82 @@ class InventoryCollector(Collector):
                                     value=tick.timestamp())
 
 
-def _key_families(rows: list[snapshot.KeySnapshot]) -> list[Metric]:
-    labels = ["key_id", "principal"]
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = tuple(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def _render(families: Iterable[Metric]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+def _inventory(engine: Engine, per_key: bool) -> list[Metric]:
+    families = [*_key_families(snapshot.key_series(engine)),
+                *_aggregate_families(snapshot.aggregates(engine)),
+                _source_family(snapshot.sources(engine))]
+    if per_key:
+        families += [*_key_detail(snapshot.keys(engine)),
+                     _token_family(snapshot.tokens(engine))]
+    return families
+
+
+def _key_families(rows: list[snapshot.KeySeries]) -> list[Metric]:
     expires = GaugeMetricFamily("keyd_key_expiration_timestamp_seconds",
-                                "When the key expires (absent when unknown)", labels=labels)
-    last_ok = GaugeMetricFamily("keyd_key_last_probe_success_timestamp_seconds",
-                                "Last successful validation probe", labels=labels)
-    status = GaugeMetricFamily("keyd_key_status", "1 for the key's current status",
-                               labels=[*labels, "status"])
+                                "When the key expires (absent when unknown)", labels=LABELS)
+    code = GaugeMetricFamily("keyd_key_status_code",
+                             "The key's status: 0 active, 1 expired, 2 rejected, 3 invalid, "
+                             "4 missing", labels=LABELS)
     for row in _each(rows, "key"):
         ids = [row.key_id, row.principal]
         if row.expires_at is not None:
             expires.add_metric(ids, row.expires_at.timestamp())
+        code.add_metric(ids, STATUS_CODES.get(row.status, UNKNOWN_STATUS_CODE))
+    return [expires, code]
+
+
+def _aggregate_families(agg: snapshot.Aggregates) -> list[Metric]:
+    keys = GaugeMetricFamily("keyd_keys", "Keys by status", labels=["status"])
+    for status in sorted({*KEY_STATUSES, *agg.keys_by_status}):
+        keys.add_metric([status], agg.keys_by_status.get(status, 0))
+    tokens = GaugeMetricFamily("keyd_tokens", "Token write-back sinks by state", labels=["state"])
+    for state, count in sorted(agg.tokens_by_state.items()):
+        tokens.add_metric([state], count)
+    out: list[Metric] = [keys, tokens]
+    if agg.oldest_probe_ok is not None:
+        out.append(GaugeMetricFamily(
+            "keyd_key_last_probe_success_oldest_timestamp_seconds",
+            "The oldest last successful probe among active keys",
+            value=agg.oldest_probe_ok.timestamp()))
+    out.append(GaugeMetricFamily("keyd_keys_without_probe_success",
+                                 "Active keys no probe has proven yet",
+                                 value=agg.never_probe_ok))
+    if agg.earliest_token_expiry is not None:
+        out.append(GaugeMetricFamily(
+            "keyd_token_expiration_earliest_timestamp_seconds",
+            "When the first written-back access token expires",
+            value=agg.earliest_token_expiry.timestamp()))
+    out.append(GaugeMetricFamily("keyd_alerts_pending", "Alert deliveries not yet sent",
+                                 value=agg.open_deliveries))
+    return out
+
+
+def _key_detail(rows: list[snapshot.KeySnapshot]) -> list[Metric]:
+    last_ok = GaugeMetricFamily("keyd_key_last_probe_success_timestamp_seconds",
+                                "Last successful validation probe", labels=LABELS)
+    status = GaugeMetricFamily("keyd_key_status", "1 for the key's current status",
+                               labels=[*LABELS, "status"])
+    for row in _each(rows, "key"):
+        ids = [row.key_id, row.principal]
         if row.last_ok_at is not None:
             last_ok.add_metric(ids, row.last_ok_at.timestamp())
         for name in {*KEY_STATUSES, row.status}:
             status.add_metric([*ids, name], 1 if name == row.status else 0)
-    return [expires, last_ok, status]
+    return [last_ok, status]
 
 
 def _token_family(rows: list[snapshot.TokenSnapshot]) -> Metric:

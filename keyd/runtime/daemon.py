@@ -43,7 +43,7 @@ from keyd.report.metrics import KeydMetrics
 from keyd.runtime import sdnotify
 from keyd.runtime.check import judge
 from keyd.runtime.cycle import Stage
-from keyd.runtime.scheduler import CONTROL, Tick, TickScheduler
+from keyd.runtime.scheduler import CONTROL, SNAPSHOT, Tick, TickScheduler
 from keyd.runtime.views import StatusViews
 from keyd.runtime.wiring import Services, build_services
 from keyd.store import snapshot
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: How often each stage's tick looks for due work (seconds).
 DEFAULT_INTERVALS = {"scan": 300.0, "evaluate": 60.0, "probe": 30.0, "tokens": 30.0,
-                     "outbox": 30.0, "prune": 6 * 3600.0}
+                     "outbox": 30.0, "prune": 6 * 3600.0, "metrics": 15.0}
 
 
 @dataclass
@@ -214,6 +214,10 @@ class Daemon:
             log.exception("reload failed unexpectedly, keeping the running configuration")
         else:
             new.metrics = old.metrics
+            if new.metrics is not None and new.metrics.per_key != config.http.metrics_per_key:
+                new.metrics.per_key = config.http.metrics_per_key
+                self.scheduler.once("metrics", lambda: self._refresh_metrics(force=True),
+                                    executor=SNAPSHOT)
             with self._swap:
                 new.owns_engine, old.owns_engine = True, False
                 self.services = new
@@ -234,6 +238,9 @@ class Daemon:
         assert self.scheduler is not None and self.services is not None
         self.scheduler.add(Tick("control", self._control, self.settings.control_interval,
                                 executor=CONTROL, leader_only=False))
+        self.scheduler.add(Tick("metrics", self._refresh_metrics,
+                                self.settings.intervals.get("metrics", 15.0),
+                                executor=SNAPSHOT, leader_only=False))
         for stage in self._stages_for(self.services):
             interval = self.settings.intervals.get(stage.name, 60.0)
             self.scheduler.add(Tick(stage.name, self._stage_runner(stage.name), interval))
@@ -293,7 +300,14 @@ class Daemon:
     def _metrics(self, services: Services) -> KeydMetrics:
         return KeydMetrics(services.engine, version=__version__,
                            leader=lambda: None if self._role is None else self._is_leader(),
-                           last_tick=self._last_tick)
+                           last_tick=self._last_tick,
+                           per_key=services.config.http.metrics_per_key)
+
+    def _refresh_metrics(self, *, force: bool = False) -> None:
+        """The snapshot tick (leader and standby alike: both serve /metrics)."""
+        services = self.services
+        if services is not None and services.metrics is not None:
+            services.metrics.refresh(force=force)
 
     def _current_services(self) -> Services:
         services = self.services

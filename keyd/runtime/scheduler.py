@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 WORK = "work"
 CONTROL = "control"
+SNAPSHOT = "snapshot"  # the /metrics snapshot: neither waits for nor delays work
 
 
 class _Overrun(logging.Filter):
@@ -60,8 +61,8 @@ class _Overrun(logging.Filter):
 
 
 def _quiet_overruns() -> None:
-    for name in ("apscheduler.scheduler", f"apscheduler.executors.{WORK}",
-                 f"apscheduler.executors.{CONTROL}"):
+    for name in ("apscheduler.scheduler", *(f"apscheduler.executors.{n}"
+                                            for n in (WORK, CONTROL, SNAPSHOT))):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Overrun) for f in logger.filters):
             logger.addFilter(_Overrun())
@@ -109,7 +110,8 @@ class TickScheduler:
         self._sched = BackgroundScheduler(
             timezone=UTC,
             jobstores={"default": MemoryJobStore()},
-            executors={WORK: ThreadPoolExecutor(1), CONTROL: ThreadPoolExecutor(1)},
+            executors={WORK: ThreadPoolExecutor(1), CONTROL: ThreadPoolExecutor(1),
+                       SNAPSHOT: ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1},
         )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import func, select, text
@@ -100,6 +100,73 @@ def keys(engine: Engine) -> list[KeySnapshot]:
             Key.last_error).order_by(Key.key_id))
         return [KeySnapshot(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9] or 0, r[10],
                             tuple(refs.get(r[0], ()))) for r in _rows(result, "keys", tuple)]
+
+
+@dataclass(frozen=True)
+class KeySeries:
+    """What ``/metrics`` exports per key by default: expiry and status."""
+
+    key_id: str
+    principal: str
+    status: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Aggregates:
+    """Inventory-wide figures for ``/metrics``, each one SQL aggregate."""
+
+    keys_by_status: dict[str, int]
+    oldest_probe_ok: datetime | None  # min last_ok_at over active keys that have one
+    never_probe_ok: int  # active keys without any successful probe
+    tokens_by_state: dict[str, int]
+    earliest_token_expiry: datetime | None
+    open_deliveries: int
+
+
+def key_series(engine: Engine) -> list[KeySeries]:
+    """Every key's id, principal, status and expiry: four columns, no join."""
+    with engine.connect() as conn:
+        result = conn.execute(select(Key.key_id, Key.principal, Key.status, Key.expires_at)
+                              .order_by(Key.key_id))
+        return [KeySeries(*row) for row in _rows(result, "keys", tuple)]
+
+
+def aggregates(engine: Engine) -> Aggregates:
+    with engine.connect() as conn:
+        by_status = {str(s): int(n) for s, n in conn.execute(
+            select(Key.status, func.count()).group_by(Key.status))}
+        active = Key.status == "active"
+        oldest_ok = conn.execute(select(func.min(Key.last_ok_at)).where(active)).scalar()
+        never_ok = conn.execute(select(func.count()).select_from(Key).where(
+            active, Key.last_ok_at.is_(None))).scalar_one()
+        by_state = {str(s): int(n) for s, n in conn.execute(
+            select(TokenSink.state, func.count()).group_by(TokenSink.state))}
+        earliest = conn.execute(select(func.min(TokenSink.expires_at))).scalar()
+    return Aggregates(by_status, _utc(oldest_ok), int(never_ok), by_state, _utc(earliest),
+                      open_deliveries(engine))
+
+
+def change_marker(engine: Engine) -> tuple[object, ...]:
+    """A cheap fingerprint of everything ``/metrics`` shows: it differs
+    whenever a key, token sink, source state or open delivery changed
+    (every writer stamps ``updated_at`` / ``last_attempt_at``; rows are
+    never deleted, so counts only grow). Indexed maxima and counts only."""
+    with engine.connect() as conn:
+        keys = conn.execute(select(func.count(), func.max(Key.updated_at))).one()
+        sinks = conn.execute(select(func.count(), func.max(TokenSink.updated_at))).one()
+        states = conn.execute(select(func.max(SourceState.last_attempt_at),
+                                     func.sum(SourceState.error_count))).one()
+        deliveries = conn.execute(select(func.count()).select_from(Delivery).where(
+            Delivery.state.in_(("pending", "failed")))).scalar_one()
+    return (*keys, *sinks, *states, deliveries)
+
+
+def _utc(value: Any) -> datetime | None:
+    """Aggregates bypass the column type on SQLite (a naive value or text)."""
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
 def location_problems(engine: Engine) -> list[LocationProblem]:

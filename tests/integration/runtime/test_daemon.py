@@ -69,7 +69,7 @@ def test_daemon_lifecycle(setup: tuple[Path, Path, int, Notifications], tmp_path
             assert http.get("/healthz").status_code == 200
             assert http.get("/readyz").json() == {"role": "leader"}
             metrics = http.get("/metrics").text
-            assert 'keyd_key_status{key_id="100",principal="svc-a",status="active"} 1.0' in metrics
+            assert 'keyd_key_status_code{key_id="100",principal="svc-a"} 0.0' in metrics
             assert "keyd_leader 1.0" in metrics
 
         second = subprocess.run([*KEYD, "--config", str(config), "run"], capture_output=True,

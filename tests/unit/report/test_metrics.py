@@ -1,4 +1,4 @@
-"""/metrics content, read from the database at scrape time."""
+"""/metrics content: a snapshot refreshed from the database, served by scrapes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import event, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -55,23 +55,31 @@ def samples(metrics: KeydMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]]
     return out
 
 
-def test_inventory_metrics(engine: Engine) -> None:
+def test_default_series_two_per_key_the_rest_aggregates(engine: Engine) -> None:
     seed(engine)
     metrics = KeydMetrics(engine, version="0.1.0", leader=lambda: True, last_tick=lambda: NOW)
     metrics.observe_probe(0.2)
     got = samples(metrics)
     k1 = {("key_id", "k1"), ("principal", "user-k1")}
+    k2 = {("key_id", "k2"), ("principal", "user-k2")}
     assert got[("keyd_key_expiration_timestamp_seconds", frozenset(k1))] == (
         NOW + timedelta(days=5)).timestamp()
     assert ("keyd_key_expiration_timestamp_seconds",
             frozenset({("key_id", "k3"), ("principal", "user-k3")})) not in got  # unknown expiry
-    assert got[("keyd_key_last_probe_success_timestamp_seconds", frozenset(k1))] == (
+    assert got[("keyd_key_status_code", frozenset(k1))] == 0
+    assert got[("keyd_key_status_code", frozenset(k2))] == 2  # rejected
+    per_key = [name for name, labels in got if dict(labels).get("key_id")]
+    assert sorted(set(per_key)) == ["keyd_key_expiration_timestamp_seconds",
+                                    "keyd_key_status_code"]
+    assert len(per_key) <= 2 * 3
+    assert got[("keyd_keys", frozenset({("status", "active")}))] == 2
+    assert got[("keyd_keys", frozenset({("status", "rejected")}))] == 1
+    assert got[("keyd_keys", frozenset({("status", "missing")}))] == 0
+    assert got[("keyd_key_last_probe_success_oldest_timestamp_seconds", frozenset())] == (
         NOW - timedelta(hours=1)).timestamp()
-    k2 = {("key_id", "k2"), ("principal", "user-k2")}
-    assert got[("keyd_key_status", frozenset(k2 | {("status", "rejected")}))] == 1
-    assert got[("keyd_key_status", frozenset(k2 | {("status", "active")}))] == 0
-    assert got[("keyd_token_expiration_timestamp_seconds",
-                frozenset(k1 | {("sink", "secret/zitadel/tokens/user-k1")}))] == (
+    assert got[("keyd_keys_without_probe_success", frozenset())] == 0
+    assert got[("keyd_tokens", frozenset({("state", "ok")}))] == 1
+    assert got[("keyd_token_expiration_earliest_timestamp_seconds", frozenset())] == (
         NOW + timedelta(hours=12)).timestamp()
     assert got[("keyd_source_errors_total",
                 frozenset({("source", "directory:/etc/keyd/keys")}))] == 3
@@ -83,6 +91,52 @@ def test_inventory_metrics(engine: Engine) -> None:
     assert got[("keyd_probe_duration_seconds_count", frozenset())] == 1
 
 
+def test_per_key_detail_behind_the_option(engine: Engine) -> None:
+    seed(engine)
+    got = samples(KeydMetrics(engine, version="0.1.0", per_key=True))
+    k1 = {("key_id", "k1"), ("principal", "user-k1")}
+    k2 = {("key_id", "k2"), ("principal", "user-k2")}
+    assert got[("keyd_key_last_probe_success_timestamp_seconds", frozenset(k1))] == (
+        NOW - timedelta(hours=1)).timestamp()
+    assert got[("keyd_key_status", frozenset(k2 | {("status", "rejected")}))] == 1
+    assert got[("keyd_key_status", frozenset(k2 | {("status", "active")}))] == 0
+    assert got[("keyd_token_expiration_timestamp_seconds",
+                frozenset(k1 | {("sink", "secret/zitadel/tokens/user-k1")}))] == (
+        NOW + timedelta(hours=12)).timestamp()
+    assert got[("keyd_key_status_code", frozenset(k1))] == 0  # the defaults stay
+
+
+def test_a_scrape_reads_the_snapshot_not_the_database(engine: Engine) -> None:
+    """After a refresh, scrapes issue no SQL; a refresh with nothing
+    changed issues only the change-marker queries and rebuilds nothing;
+    a change shows after the next refresh."""
+    seed(engine)
+    metrics = KeydMetrics(engine, version="0.1.0")
+    assert metrics.refresh() is True
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            body, _ = metrics.render()
+        assert statements == []
+        assert metrics.refresh() is False  # nothing changed
+        queries = [s for s in statements if s.startswith("SELECT")]
+        assert len(queries) == 4 and all("count" in q or "max" in q for q in queries)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    with Session(engine) as s, s.begin():
+        s.execute(update(Key).where(Key.key_id == "k3")
+                  .values(status="missing", updated_at=NOW + timedelta(minutes=1)))
+    k3 = frozenset({("key_id", "k3"), ("principal", "user-k3")})
+    assert samples(metrics)[("keyd_key_status_code", k3)] == 0  # the snapshot, until...
+    assert metrics.refresh() is True
+    assert samples(metrics)[("keyd_key_status_code", k3)] == 4
+
+
 def test_one_bad_row_does_not_break_metrics(engine: Engine,
                                             caplog: pytest.LogCaptureFixture) -> None:
     seed(engine)
@@ -92,8 +146,8 @@ def test_one_bad_row_does_not_break_metrics(engine: Engine,
     with caplog.at_level(logging.ERROR):
         got = samples(metrics)
     names = {name for name, _ in got}
-    assert ("keyd_key_status", frozenset({("key_id", "k1"), ("principal", "user-k1"),
-                                          ("status", "active")})) in got
+    assert ("keyd_key_status_code", frozenset({("key_id", "k1"),
+                                               ("principal", "user-k1")})) in got
     assert not any(dict(labels).get("key_id") == "k2" for _, labels in got)
     assert "keyd_leader" not in names  # unknown yet: not exported as 0
     assert any("unreadable keys row" in r.getMessage() for r in caplog.records)

@@ -13,8 +13,11 @@ from keyd.report import metrics
 RULES = Path(__file__).resolve().parents[3] / "examples" / "prometheus-rules.yml"
 EXPORTED = {
     "keyd_build_info", "keyd_leader", "keyd_last_tick_timestamp_seconds", "keyd_db_up",
-    "keyd_key_expiration_timestamp_seconds", "keyd_key_last_probe_success_timestamp_seconds",
-    "keyd_key_status", "keyd_token_expiration_timestamp_seconds", "keyd_source_errors_total",
+    "keyd_key_expiration_timestamp_seconds", "keyd_key_status_code", "keyd_keys",
+    "keyd_key_last_probe_success_oldest_timestamp_seconds", "keyd_keys_without_probe_success",
+    "keyd_tokens", "keyd_token_expiration_earliest_timestamp_seconds",
+    "keyd_key_last_probe_success_timestamp_seconds", "keyd_key_status",
+    "keyd_token_expiration_timestamp_seconds", "keyd_source_errors_total",
     "keyd_alerts_pending", "keyd_probe_duration_seconds",
 }
 
