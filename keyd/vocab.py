@@ -20,7 +20,8 @@ class KeyStatus(StrEnum):
     EXPIRED = "expired"
     MISSING = "missing"  # no longer found in any source
     INVALID = "invalid"
-    REJECTED = "rejected"  # the issuer refused it (probe)
+    REJECTED = "rejected"  # the issuer refused it (probe), or ZITADEL no longer lists it
+    UNHELD = "unheld"  # ZITADEL lists it, but no file or Vault location holds it
 
 
 class LocationStatus(StrEnum):
@@ -29,6 +30,12 @@ class LocationStatus(StrEnum):
     PRESENT = "present"
     MISSING = "missing"
     INVALID = "invalid"  # cannot be parsed; the location has no key
+
+
+class LocationKind(StrEnum):
+    """``key_locations.kind``: NULL for key files (directory, Vault)."""
+
+    ZITADEL = "zitadel"  # listed by a zitadel source: metadata only
 
 
 class KeyKind(StrEnum):
@@ -68,6 +75,8 @@ class AlertKind(StrEnum):
     UNAVAILABLE = "unavailable"
     RECOVERED = "recovered"
     UNTRACKED = "untracked"
+    UNHELD = "unheld"  # ZITADEL lists a key no location holds
+    POLICY = "policy"  # never-expiring, too long a lifetime, too many keys per user
     TEST = "test"
 
 

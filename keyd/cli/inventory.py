@@ -20,11 +20,14 @@ from contextlib import contextmanager
 import click
 
 from keyd.cli.common import app, echo_json, parse_at
+from keyd.clients.issuer import IssuerClient
 from keyd.clients.vault import VaultClient
-from keyd.config import Config, VaultSourceConfig
+from keyd.clients.zitadel import ZitadelKeyAPI
+from keyd.config import Config, VaultSourceConfig, ZitadelSourceConfig
 from keyd.errors import EXIT_OK, EXIT_UNAVAILABLE
 from keyd.inventory.scan import scan_all
 from keyd.report.status import load_status, render_text, to_json
+from keyd.runtime.wiring import zitadel_key_apis
 from keyd.store.engine import make_engine
 from keyd.store.inventory import Engine
 from keyd.store.migrate import ensure_current
@@ -52,13 +55,32 @@ def _vault(ctx: click.Context, config: Config) -> Iterator[VaultClient | None]:
         yield client
 
 
+@contextmanager
+def _key_apis(ctx: click.Context, config: Config) -> Iterator[dict[str, ZitadelKeyAPI]]:
+    """Key-API clients only when a zitadel source needs them."""
+    if config.issuer is None or not any(isinstance(s, ZitadelSourceConfig)
+                                        for s in config.sources):
+        yield {}
+        return
+    clock = app(ctx).clock
+    with IssuerClient(config.issuer.url, clock=clock, ca_bundle=config.issuer.ca_bundle,
+                      timeout=config.issuer.timeout.total_seconds()) as issuer:
+        apis = zitadel_key_apis(config, issuer, clock)
+        try:
+            yield apis
+        finally:
+            for api in apis.values():
+                api.close()
+
+
 @click.command("scan")
 @click.pass_context
 def scan_cmd(ctx: click.Context) -> int:
     """Scan every configured source into the inventory once."""
     config = app(ctx).config()
-    with _database(config) as engine, _vault(ctx, config) as vault:
-        report = scan_all(config, engine, app(ctx).clock, vault)
+    with _database(config) as engine, _vault(ctx, config) as vault, \
+            _key_apis(ctx, config) as key_apis:
+        report = scan_all(config, engine, app(ctx).clock, vault, key_apis=key_apis)
     click.echo(report.summary())
     return EXIT_UNAVAILABLE if report.failed else EXIT_OK
 

@@ -71,6 +71,7 @@ from keyd.config.model import (
     VaultConfig,
     VaultSourceConfig,
     WebhookConfig,
+    ZitadelSourceConfig,
 )
 
 __all__ = [
@@ -92,5 +93,6 @@ __all__ = [
     "VaultConfig",
     "VaultSourceConfig",
     "WebhookConfig",
+    "ZitadelSourceConfig",
     "load_config",
 ]

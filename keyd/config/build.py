@@ -26,6 +26,7 @@ from keyd.config.model import (
     SourceConfig,
     VaultConfig,
     VaultSourceConfig,
+    ZitadelSourceConfig,
 )
 from keyd.config.read import Context, Table, apply_env_overrides, read_toml, resolve_secret, suggest
 from keyd.config.schema import SCHEMA
@@ -128,7 +129,7 @@ def build_sources(root: Table, key: str, kinds: tuple[type, ...]) -> tuple[Sourc
     for t in root.tables(key):
         kind = t.need_string("type")
         if kind not in variants:
-            t.fail("type", f'unknown source type "{kind}"; use "directory" or "vault"')
+            t.fail("type", f'unknown source type "{kind}"; use "directory", "vault" or "zitadel"')
         source: SourceConfig = build_section(variants[kind], t)
         if source.name in seen:
             t.fail(
@@ -143,6 +144,15 @@ def build_sources(root: Table, key: str, kinds: tuple[type, ...]) -> tuple[Sourc
 
 def _finish_directory(t: Table, kw: dict[str, Any]) -> None:
     kw.setdefault("name", f"directory:{kw['path']}")
+
+
+def _finish_zitadel_source(t: Table, kw: dict[str, Any]) -> None:
+    """Organizations or users, not both, not neither."""
+    orgs, users = kw.get("organizations", ()), kw.get("users", ())
+    if bool(orgs) == bool(users):
+        t.fail("organizations" if orgs else None, "a zitadel source lists either organizations "
+               "or users (a non-empty list of ids), not both")
+    kw.setdefault("name", "zitadel:" + ",".join(orgs or users))
 
 
 def _finish_vault_source(t: Table, kw: dict[str, Any]) -> None:
@@ -164,6 +174,8 @@ def _finish_config(root: Table, kw: dict[str, Any]) -> None:
                 root.fail("sources", "a vault source needs a [vault] section (addr, auth)", i)
         if kw.get("tokens") is not None:
             root.fail("tokens", "token write-back needs a [vault] section (addr, auth)")
+    kw["sources"] = sources = tuple(_zitadel_credential(root, kw, s, i)
+                                    for i, s in enumerate(sources))
     tokens = kw.get("tokens")
     if tokens is not None and kw.get("issuer") is None:
         root.fail("tokens", "token write-back needs an [issuer] section to mint tokens")
@@ -177,6 +189,23 @@ def _finish_config(root: Table, kw: dict[str, Any]) -> None:
                 f"{suggest(selector, names)}; names: {', '.join(names) or 'none'}",
                 i,
             )
+
+
+def _zitadel_credential(root: Table, kw: dict[str, Any], source: SourceConfig,
+                        i: int) -> SourceConfig:
+    """A zitadel source needs [issuer] and keyd's key file: its own, else
+    rotation.credential, else the systemd credential."""
+    if not isinstance(source, ZitadelSourceConfig):
+        return source
+    if kw.get("issuer") is None:
+        root.fail("sources", "a zitadel source needs an [issuer] section (its url is ZITADEL's API)", i)
+    rotation = kw.get("rotation")
+    credential = (source.credential or (rotation.credential if rotation is not None else None)
+                  or credential_file(root, CRED_ZITADEL_API_KEY))
+    if credential is None:
+        root.fail("sources", "a zitadel source needs keyd's own key file: credential here, "
+                  "rotation.credential, or the systemd credential zitadel-api-key", i)
+    return replace(source, credential=credential)
 
 
 def _finish_vault(t: Table, kw: dict[str, Any]) -> None:
@@ -275,6 +304,7 @@ FINISH: dict[type, Finish] = {
     Config: _finish_config,
     DirectorySourceConfig: _finish_directory,
     VaultSourceConfig: _finish_vault_source,
+    ZitadelSourceConfig: _finish_zitadel_source,
     VaultConfig: _finish_vault,
     EmailConfig: _finish_email,
     HttpConfig: _finish_http,

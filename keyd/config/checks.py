@@ -160,3 +160,13 @@ def key_file_path(t: Table, key: str, path: Path) -> Path:
     if not path.is_file():
         t.fail(key, f"{path} does not exist or is not a file")
     return path
+
+
+_ZITADEL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+
+
+def zitadel_ids(t: Table, key: str, ids: tuple[str, ...]) -> tuple[str, ...]:
+    for i, value in enumerate(ids):
+        if not _ZITADEL_ID_RE.match(value):
+            t.fail(key, f'"{value}" is not a ZITADEL id (digits, letters, _ or -)', i)
+    return tuple(dict.fromkeys(ids))

@@ -107,8 +107,33 @@ class VaultSourceConfig:
     type: str = key("str", default="vault", doc="kind of source")
 
 
-SourceConfig = DirectorySourceConfig | VaultSourceConfig
-SOURCE_VARIANTS: tuple[type[SourceConfig], ...] = (DirectorySourceConfig, VaultSourceConfig)
+@section
+class ZitadelSourceConfig:
+    """Keys ZITADEL lists for service users (ListKeys, docs/zitadel.md §5):
+    locations of kind ``zitadel``, metadata only."""
+
+    name: str = key("str", doc='inventory name; default "zitadel:<organizations or users>"')
+    organizations: tuple[str, ...] = key(
+        "list", default=(), nonempty=False, check=checks.zitadel_ids, doc="organization ids to list"
+    )
+    users: tuple[str, ...] = key(
+        "list", default=(), nonempty=False, check=checks.zitadel_ids, doc="service-user ids to list"
+    )
+    credential: Path | None = key(
+        "path", default=None, check=checks.key_file_path, doc="own key file; default rotation.credential"
+    )
+    interval: timedelta = key(
+        "duration", default=timedelta(hours=1), low=timedelta(minutes=1), doc="how often keyd run lists"
+    )
+    type: str = key("str", default="zitadel", doc="kind of source")
+
+
+SourceConfig = DirectorySourceConfig | VaultSourceConfig | ZitadelSourceConfig
+SOURCE_VARIANTS: tuple[type[SourceConfig], ...] = (
+    DirectorySourceConfig,
+    VaultSourceConfig,
+    ZitadelSourceConfig,
+)
 
 
 @section
@@ -223,6 +248,18 @@ class AlertsConfig:
         doc="alert when a key has this little time left",
     )
     digest: bool = key("bool", default=False, doc="one mail per run instead of per key")
+    unheld_ladder: bool = key(
+        "bool", default=False, doc="run the expiry ladder for keys only ZITADEL knows"
+    )
+    never_expiring: bool = key(
+        "bool", default=False, doc="flag keys ZITADEL lists that never expire"
+    )
+    max_lifetime: timedelta | None = key(
+        "duration", default=None, doc="flag keys ZITADEL lists that live longer"
+    )
+    max_keys_per_user: int | None = key(
+        "int", default=None, low=1, high=10_000, doc="flag users with more live keys in ZITADEL"
+    )
     email: EmailConfig | None = key("table", default=None, section=EmailConfig, doc="e-mail delivery")
     webhook: WebhookConfig | None = key("table", default=None, section=WebhookConfig, doc="webhook delivery")
 

@@ -31,6 +31,7 @@ from keyd.errors import KeyFileError
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import NEVER_YEAR, KeyFile
 from keyd.store.inventory import (
+    LISTED,
     Engine,
     InventoryConflict,
     InventoryTx,
@@ -63,6 +64,8 @@ class SourceOutcome:
     invalid: int = 0  # locations currently invalid in this source
     warnings: int = 0  # locations with a permission warning
     events: int = 0
+    unheld: int = 0  # (zitadel) listed keys no file or Vault location holds
+    gone: int = 0  # (zitadel) held keys ZITADEL no longer lists: rejected, "removed"
 
 
 def is_expired(expires_at: datetime | None, now: datetime) -> bool:
@@ -114,6 +117,19 @@ def present_status(status: str, expires_at: datetime | None, last_probe_outcome:
             and last_probe_outcome == ProbeOutcome.REJECTED)):
         return KeyStatus.REJECTED
     return KeyStatus.EXPIRED if is_expired(expires_at, now) else KeyStatus.ACTIVE
+
+
+def derive_status(key: Key, by_status: dict[str, int], now: datetime, *, changed: bool) -> str:
+    """A key's status from its locations everywhere (``location_status_counts``):
+    a present key file decides; a key only a zitadel source lists is ``unheld``."""
+    if by_status.get(LocationStatus.PRESENT):
+        return present_status(key.status, key.expires_at, key.last_probe_outcome, now,
+                              changed=changed)
+    if by_status.get(LISTED):
+        return KeyStatus.UNHELD
+    if by_status.get(LocationStatus.INVALID) and not by_status.get(LocationStatus.MISSING):
+        return KeyStatus.INVALID
+    return KeyStatus.MISSING
 
 
 class _Reconciler:
@@ -306,12 +322,7 @@ class _Reconciler:
         self.out.keys = len(self.present_here)
 
     def _target(self, key: Key, by_status: dict[str, int]) -> str:
-        if by_status.get(LocationStatus.PRESENT):
-            return present_status(key.status, key.expires_at, key.last_probe_outcome, self.now,
-                                  changed=key.key_id in self.changed_key_ids)
-        if by_status.get(LocationStatus.INVALID) and not by_status.get(LocationStatus.MISSING):
-            return KeyStatus.INVALID
-        return KeyStatus.MISSING
+        return derive_status(key, by_status, self.now, changed=key.key_id in self.changed_key_ids)
 
     def _transition(self, key: Key, target: str) -> None:
         old = key.status
@@ -332,16 +343,22 @@ class _Reconciler:
         self._event(kind, key, was=old, status=target)
 
     def _source_ok(self) -> None:
-        state = self.tx.source_state(self.source)
-        if state.consecutive_failures:
-            self._event("source.recovered", None, after_failures=state.consecutive_failures,
-                        last_error=state.last_error)
-        state.last_attempt_at = state.last_success_at = self.now
-        state.last_error = None
-        state.consecutive_failures = 0
+        mark_source_ok(self.tx, self.source, self.now)
 
     def _event(self, kind: str, key: Key | None, **detail: object) -> None:
         self.tx.event(self.now, kind, source=self.source, key=key, detail=dict(detail))
+
+
+def mark_source_ok(tx: InventoryTx, source: str, now: datetime) -> None:
+    """A successful scan: the source's state is reset (``source.recovered``)."""
+    state = tx.source_state(source)
+    if state.consecutive_failures:
+        tx.event(now, "source.recovered", source=source,
+                 detail={"after_failures": state.consecutive_failures,
+                         "last_error": state.last_error})
+    state.last_attempt_at = state.last_success_at = now
+    state.last_error = None
+    state.consecutive_failures = 0
 
 
 def _fill_key(key: Key, kf: KeyFile, now: datetime) -> None:
@@ -350,9 +367,10 @@ def _fill_key(key: Key, kf: KeyFile, now: datetime) -> None:
     key.algorithm = kf.algorithm
     key.key_size = kf.key_size
     key.fingerprint = kf.fingerprint
-    key.expires_at = kf.expires_at
+    if kf.expires_at is not None or key.expiry_source != "zitadel":
+        key.expires_at, key.expiry_source = kf.expires_at, None  # else keep ZITADEL's expiry
     key.content_hash = kf.content_hash
-    key.status = KeyStatus.EXPIRED if is_expired(kf.expires_at, now) else KeyStatus.ACTIVE
+    key.status = KeyStatus.EXPIRED if is_expired(key.expires_at, now) else KeyStatus.ACTIVE
     key.updated_at = now
 
 

@@ -13,22 +13,33 @@ because nothing can be recorded anyway.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from keyd.clients.vault import VaultClient
+from keyd.clients.zitadel import ZitadelKeyAPI
 from keyd.clock import Clock
-from keyd.config import Config, DirectorySourceConfig, SourceConfig, VaultSourceConfig
+from keyd.config import (
+    Config,
+    DirectorySourceConfig,
+    SourceConfig,
+    VaultSourceConfig,
+    ZitadelSourceConfig,
+)
 from keyd.errors import ConfigError, KeydError, StoreError
 from keyd.inventory.reconcile import SourceOutcome, reconcile, record_failure
+from keyd.inventory.zitadel import reconcile_zitadel
 from keyd.sources.base import ScanResult
 from keyd.sources.directory import DirectorySource, FileStamp
 from keyd.sources.vault import VaultSource
+from keyd.sources.zitadel import ZitadelListing, ZitadelSource
 from keyd.store.inventory import (
     Engine,
     file_stamps,
     key_counts,
     known_versions,
+    last_attempts,
     validated_hashes,
 )
 
@@ -61,26 +72,47 @@ class ScanReport:
         text = (f"{n} source{'s' if n != 1 else ''}, {self.keys} key{'s' if self.keys != 1 else ''}"
                 f" ({self.total('new')} new, {self.total('changed')} changed, "
                 f"{self.total('missing')} missing, {self.total('invalid')} invalid)")
+        unheld, gone = self.total("unheld"), self.total("gone")
+        if unheld or gone:
+            text += f"; ZITADEL: {unheld} unheld, {gone} gone"
         for failed in self.failed:
             text += f"; source {failed.source} failed: {failed.error}"
         return text
 
 
 def scan_all(config: Config, engine: Engine, clock: Clock,
-             vault_client: VaultClient | None = None) -> ScanReport:
-    """Scan and reconcile every configured source (see the module doc)."""
+             vault_client: VaultClient | None = None, *,
+             key_apis: Mapping[str, ZitadelKeyAPI] | None = None,
+             due_only: bool = False) -> ScanReport:
+    """Scan and reconcile every configured source (see the module doc).
+
+    ``key_apis``: the key-API client of each zitadel source, by name.
+    ``due_only`` (the daemon): a zitadel source is read only when its
+    ``interval`` has passed since its last attempt; file and Vault sources
+    are always read. ``keyd scan`` and ``keyd check`` read everything."""
     validated = validated_hashes(engine)
-    outcomes = [scan_source(cfg, engine, clock, config, vault_client, validated)
-                for cfg in config.sources]
+    attempts = last_attempts(engine) if due_only else {}
+    outcomes = [scan_source(cfg, engine, clock, config, vault_client, validated,
+                            key_apis=key_apis)
+                for cfg in config.sources if not _not_due(cfg, attempts, clock.now())]
     return ScanReport(sources=tuple(outcomes), key_counts=key_counts(engine))
+
+
+def _not_due(cfg: SourceConfig, attempts: Mapping[str, datetime], now: datetime) -> bool:
+    last = attempts.get(cfg.name)
+    return isinstance(cfg, ZitadelSourceConfig) and last is not None and now < last + cfg.interval
 
 
 def scan_source(cfg: SourceConfig, engine: Engine, clock: Clock, config: Config,
                 vault_client: VaultClient | None,
-                validated: Container[str] = frozenset()) -> SourceOutcome:
+                validated: Container[str] = frozenset(), *,
+                key_apis: Mapping[str, ZitadelKeyAPI] | None = None) -> SourceOutcome:
     """Read one source, then reconcile it or record its failure."""
     try:
-        result = _read(cfg, engine, config, vault_client, validated)
+        if isinstance(cfg, ZitadelSourceConfig):
+            listing = _list_zitadel(cfg, key_apis)
+        else:
+            result = _read(cfg, engine, config, vault_client, validated)
     except StoreError:
         raise
     except KeydError as exc:
@@ -88,6 +120,8 @@ def scan_source(cfg: SourceConfig, engine: Engine, clock: Clock, config: Config,
     except Exception as exc:  # noqa: BLE001 - a bug in one source must not stop the others
         return _internal(engine, cfg.name, "scanning", exc, clock)
     try:
+        if isinstance(cfg, ZitadelSourceConfig):
+            return reconcile_zitadel(engine, listing, clock.now())
         return reconcile(engine, result, clock.now())
     except StoreError:
         raise
@@ -101,6 +135,15 @@ def _internal(engine: Engine, source: str, doing: str, exc: Exception,
     problem = (f"internal error while {doing} ({type(exc).__name__}); run with --debug "
                "and report it")
     return record_failure(engine, source, RuntimeError(problem), clock.now())
+
+
+def _list_zitadel(cfg: ZitadelSourceConfig,
+                  key_apis: Mapping[str, ZitadelKeyAPI] | None) -> ZitadelListing:
+    api = (key_apis or {}).get(cfg.name)
+    if api is None:
+        raise ConfigError(f"source {cfg.name}", "needs [issuer] and keyd's own key file "
+                                                "(credential) to call ZITADEL's API")
+    return ZitadelSource(cfg, api).list_all()
 
 
 def _read(cfg: SourceConfig, engine: Engine, config: Config,

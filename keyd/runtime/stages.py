@@ -47,14 +47,22 @@ def cycle_stages(services: Services) -> list[Stage]:
 
 
 def daemon_stages(services: Services) -> list[Stage]:
-    """The daemon's ticks: the cycle's stages plus history pruning."""
-    return [*cycle_stages(services), Stage("prune", prune)]
+    """The daemon's ticks: the cycle's stages plus history pruning; its scan
+    reads a zitadel source only when that source's interval has passed."""
+    stages = [Stage("scan", daemon_scan) if s.name == "scan" else s
+              for s in cycle_stages(services)]
+    return [*stages, Stage("prune", prune)]
 
 
-def scan(services: Services) -> ScanReport:
-    report = scan_all(services.config, services.engine, services.clock, services.vault)
+def scan(services: Services, *, due_only: bool = False) -> ScanReport:
+    report = scan_all(services.config, services.engine, services.clock, services.vault,
+                      key_apis=services.key_apis, due_only=due_only)
     log.info("scan: %s", report.summary())
     return report
+
+
+def daemon_scan(services: Services) -> ScanReport:
+    return scan(services, due_only=True)
 
 
 def evaluate(services: Services) -> int:

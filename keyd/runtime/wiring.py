@@ -15,17 +15,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from keyd.actions.probe import ProbeServices, build_probe_services
 from keyd.actions.tokens import TokenServices, build_token_services
+from keyd.checks.apitoken import key_api_for
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.smtp import MailSender, SmtpClient
 from keyd.clients.vault import POOL_SIZE as VAULT_POOL_SIZE
 from keyd.clients.vault import VaultClient
 from keyd.clients.webhook import WebhookClient
+from keyd.clients.zitadel import ZitadelKeyAPI
 from keyd.clock import Clock
-from keyd.config import Config
+from keyd.config import Config, ZitadelSourceConfig
 from keyd.errors import ConfigError
 from keyd.report.metrics import KeydMetrics
 from keyd.store.engine import make_engine
@@ -47,6 +49,7 @@ class Services:
     metrics: KeydMetrics | None = None
     probe: ProbeServices | None = None  # with [issuer]
     tokens: TokenServices | None = None  # with [tokens], [issuer] and [vault]
+    key_apis: dict[str, ZitadelKeyAPI] = field(default_factory=dict)  # zitadel sources, by name
     owned: bool = True  # False for dry-run copies: the original closes the parts
     owns_engine: bool = True  # False once a reloaded Services took the engine over
 
@@ -63,6 +66,7 @@ class Services:
             parts.append(("issuer", self.issuer.close))
         if self.webhook is not None:
             parts.append(("webhook", self.webhook.close))
+        parts += [(f"source {name}", api.close) for name, api in self.key_apis.items()]
         for name, close in parts:
             try:
                 close()
@@ -96,6 +100,8 @@ def build_services(config: Config, clock: Clock, *, engine: Engine | None = None
             # one limiter: probes and write-back share the issuer's request budget
             services.tokens = build_token_services(config, clock, services.issuer,
                                                    services.vault, limiter=services.probe.limiter)
+        if services.issuer is not None:
+            services.key_apis = zitadel_key_apis(config, services.issuer, clock)
         email = config.alerts.email
         if email is not None:
             services.smtp_factory = lambda: SmtpClient(email)
@@ -105,6 +111,13 @@ def build_services(config: Config, clock: Clock, *, engine: Engine | None = None
         services.close()
         raise
     return services
+
+
+def zitadel_key_apis(config: Config, issuer: IssuerClient, clock: Clock) -> dict[str, ZitadelKeyAPI]:
+    """One key-API client per zitadel source (its own credential), by name.
+    No network I/O: tokens are minted on the first call."""
+    return {source.name: key_api_for(config, issuer, clock, credential=source.credential)
+            for source in config.sources if isinstance(source, ZitadelSourceConfig)}
 
 
 @contextmanager

@@ -31,9 +31,11 @@ from sqlalchemy.orm import Session, selectinload
 from keyd.errors import StoreError
 from keyd.redact import scrub
 from keyd.store.engine import session_scope
-from keyd.store.models import Event, Key, KeyLocation, SourceState
+from keyd.store.models import Event, Key, KeyLocation, Probe, SourceState
 from keyd.timeutil import isoformat_z
-from keyd.vocab import LocationStatus
+from keyd.vocab import LocationKind, LocationStatus
+
+LISTED = "listed"  # location_status_counts: present in a zitadel source's listing
 
 _CHUNK = 500  # bound IN lists (SQLite's variable limit, PostgreSQL plan size)
 
@@ -131,13 +133,29 @@ class InventoryTx:
         self.session.flush()
         counts: dict[int, dict[str, int]] = defaultdict(dict)
         for chunk in _chunks(sorted(set(key_pks))):
-            stmt = (select(KeyLocation.key_pk, KeyLocation.status, func.count())
+            stmt = (select(KeyLocation.key_pk, KeyLocation.status, KeyLocation.kind, func.count())
                     .where(KeyLocation.key_pk.in_(chunk))
-                    .group_by(KeyLocation.key_pk, KeyLocation.status))
-            for pk, status, n in self.session.execute(stmt):
-                if pk is not None:
-                    counts[pk][status] = n
+                    .group_by(KeyLocation.key_pk, KeyLocation.status, KeyLocation.kind))
+            for pk, status, kind, n in self.session.execute(stmt):
+                if pk is None:
+                    continue
+                if kind == LocationKind.ZITADEL:  # listed by ZITADEL: not a key file
+                    status = LISTED if status == LocationStatus.PRESENT else "unlisted"
+                counts[pk][status] = counts[pk].get(status, 0) + n
         return counts
+
+    def held_keys_of(self, principals: Iterable[str]) -> list[Key]:
+        """Keys of these principals that a key file (not a listing) holds."""
+        held = (select(KeyLocation.key_pk).where(KeyLocation.status == LocationStatus.PRESENT,
+                                                 KeyLocation.kind.is_(None)))
+        found: list[Key] = []
+        for chunk in _chunks(sorted(set(principals))):
+            found.extend(self.session.scalars(
+                select(Key).where(Key.principal.in_(chunk), Key.id.in_(held))))
+        return found
+
+    def add_probe(self, row: Probe) -> None:
+        self.session.add(row)
 
     def add(self, row: Key | KeyLocation) -> None:
         self.session.add(row)
@@ -279,6 +297,13 @@ def validated_hashes(engine: Engine) -> frozenset[str]:
         return frozenset(h for h in [*keys, *locs] if h)
 
 
+def last_attempts(engine: Engine) -> dict[str, datetime]:
+    """``{source name: last scan attempt}`` (a source's own interval)."""
+    with session_scope(engine) as session:
+        stmt = select(SourceState.name, SourceState.last_attempt_at)
+        return {name: at for name, at in session.execute(stmt) if at is not None}
+
+
 def key_counts(engine: Engine) -> dict[str, int]:
     """``{status: number of keys}``."""
     with session_scope(engine) as session:
@@ -297,6 +322,7 @@ class LocationRow:
     warning: str | None
     last_seen: datetime
     key_id: str | None
+    kind: str | None = None  # None: a key file; "zitadel": a zitadel source's listing
 
 
 @dataclass(frozen=True)
@@ -315,6 +341,15 @@ class KeyRow:
     last_ok_at: datetime | None
     last_error: str | None
     locations: tuple[LocationRow, ...]
+    expiry_source: str | None = None  # None: the key file; "zitadel": a zitadel listing
+    zitadel_created_at: datetime | None = None
+    diagnosis: str | None = None  # of the last rejection ("removed": ZITADEL no longer lists it)
+
+    @property
+    def held(self) -> bool:
+        """A key file (directory or Vault) holds it, as opposed to a listing only."""
+        return any(loc.kind is None and loc.status == LocationStatus.PRESENT
+                   for loc in self.locations)
 
 
 @dataclass(frozen=True)
@@ -327,9 +362,10 @@ class InventorySnapshot:
 def inventory_snapshot(engine: Engine) -> InventorySnapshot:
     """Everything ``keyd status`` shows, as frozen rows, in one read."""
     with session_scope(engine) as session:
-        keys = session.scalars(select(Key).options(selectinload(Key.locations))
-                               .order_by(Key.principal, Key.key_id))
-        key_rows = tuple(_key_row(k) for k in keys)
+        keys = list(session.scalars(select(Key).options(selectinload(Key.locations))
+                                    .order_by(Key.principal, Key.key_id)))
+        diagnoses = _diagnoses(session, keys)
+        key_rows = tuple(_key_row(k, diagnoses.get(k.id)) for k in keys)
         orphans = session.scalars(
             select(KeyLocation).where(KeyLocation.key_pk.is_(None),
                                       KeyLocation.status == LocationStatus.INVALID)
@@ -342,10 +378,10 @@ def inventory_snapshot(engine: Engine) -> InventorySnapshot:
 
 def _location_row(loc: KeyLocation, key_id: str | None) -> LocationRow:
     return LocationRow(source=loc.source, ref=loc.ref, status=loc.status, error=loc.last_error,
-                       warning=loc.warning, last_seen=loc.last_seen, key_id=key_id)
+                       warning=loc.warning, last_seen=loc.last_seen, key_id=key_id, kind=loc.kind)
 
 
-def _key_row(key: Key) -> KeyRow:
+def _key_row(key: Key, diagnosis: str | None = None) -> KeyRow:
     locations = tuple(_location_row(loc, key.key_id)
                       for loc in sorted(key.locations, key=lambda x: (x.source, x.ref)))
     return KeyRow(
@@ -353,5 +389,20 @@ def _key_row(key: Key) -> KeyRow:
         algorithm=key.algorithm, status=key.status, expires_at=key.expires_at,
         first_seen=key.first_seen, last_seen=key.last_seen, last_probe_at=key.last_probe_at,
         last_probe_outcome=key.last_probe_outcome, last_ok_at=key.last_ok_at,
-        last_error=key.last_error, locations=locations,
+        last_error=key.last_error, locations=locations, expiry_source=key.expiry_source,
+        zitadel_created_at=key.zitadel_created_at,
+        diagnosis=diagnosis,
     )
+
+
+def _diagnoses(session: Session, keys: Iterable[Key]) -> dict[int, str]:
+    """The diagnosis of each rejected key's latest probe row."""
+    pks = [k.id for k in keys if k.status == "rejected"]
+    out: dict[int, str] = {}
+    for chunk in _chunks(pks):
+        stmt = (select(Probe.key_pk, Probe.diagnosis).where(Probe.key_pk.in_(chunk))
+                .order_by(Probe.key_pk, Probe.at.desc(), Probe.id.desc()))
+        for pk, diagnosis in session.execute(stmt):
+            if pk not in out and diagnosis:
+                out[pk] = diagnosis
+    return out

@@ -74,6 +74,10 @@ class Key(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)  # SHA-256 of public key
     # NULL = unknown (pre-2024 file); 9999-12-31T23:59:59Z = never (ZITADEL.md §1)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # where expires_at came from: NULL = the key file, "zitadel" = a zitadel source's
+    # listing (a file without expirationDate, or a key only ZITADEL knows)
+    expiry_source: Mapped[str | None] = mapped_column(String(16))
+    zitadel_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # ListKeys creationDate
     # SHA-256 of the parsed key-file content; changes re-arm probes and alerts.
     content_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), index=True)  # vocab.KeyStatus
@@ -105,6 +109,9 @@ class KeyLocation(Base):
     source: Mapped[str] = mapped_column(String(255), index=True)  # configured source name
     ref: Mapped[str] = mapped_column(String(1024))  # file path or mount/path in Vault
     key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
+    # NULL = a key file (directory or Vault); "zitadel" = a key a zitadel source lists
+    # (metadata only: never key material, never read for signing or published to)
+    kind: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))  # vocab.LocationStatus
     # change detection: files (size, mtime_ns, inode), Vault (KV version)
     size: Mapped[int | None] = mapped_column(BigInteger)

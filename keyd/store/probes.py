@@ -95,6 +95,7 @@ def _locations(session: Session, pks: Sequence[int]) -> dict[int, list[KeyLocati
             select(KeyLocation)
             .where(KeyLocation.key_pk.in_(pks[start:start + 500]))
             .where(KeyLocation.status == LocationStatus.PRESENT)
+            .where(KeyLocation.kind.is_(None))  # a zitadel listing holds no key material
             .order_by(KeyLocation.id)
         )
         for loc in rows:

@@ -107,6 +107,7 @@ def _stamps(session: Session, pks: Sequence[int]) -> dict[int, list[LocationStam
             KeyLocation.version,
         )
         .where(KeyLocation.status == "present", KeyLocation.key_pk.in_(pks))
+        .where(KeyLocation.kind.is_(None))  # never publish to a zitadel listing
         .order_by(KeyLocation.id)
     )
     for row in rows:

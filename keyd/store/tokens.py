@@ -82,7 +82,7 @@ def _target(key: Key, locations: Sequence[KeyLocation]) -> ProbeTarget:
         status=key.status, content_hash=key.content_hash, expires_at=key.expires_at,
         probe_failures=key.probe_failures or 0, next_probe_at=key.next_probe_at,
         locations=tuple(LocationRef(loc.source, loc.ref) for loc in locations
-                        if loc.status == LocationStatus.PRESENT),
+                        if loc.status == LocationStatus.PRESENT and loc.kind is None),
     )
 
 
@@ -98,7 +98,8 @@ def token_candidates(engine: Engine) -> list[ProbeTarget]:
         locs: dict[int, list[LocationRef]] = {k.id: [] for k in keys}
         for loc in session.execute(select(KeyLocation.key_pk, KeyLocation.source,
                                           KeyLocation.ref)
-                                   .where(KeyLocation.status == LocationStatus.PRESENT)
+                                   .where(KeyLocation.status == LocationStatus.PRESENT,
+                                          KeyLocation.kind.is_(None))
                                    .order_by(KeyLocation.id)):
             if loc.key_pk in locs:
                 locs[loc.key_pk].append(LocationRef(loc.source, loc.ref))

@@ -1,0 +1,216 @@
+"""The zitadel source against the real test server and a real directory,
+on SQLite and PostgreSQL: unheld, gone, expiry filled for an old file,
+a 403 and a garbage page mid-listing as source errors that change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from keyd.clients.issuer import IssuerClient
+from keyd.clock import FakeClock
+from keyd.config import Config, load_config
+from keyd.inventory.scan import ScanReport, scan_all
+from keyd.runtime.wiring import zitadel_key_apis
+from keyd.store.engine import session_scope
+from keyd.store.inventory import KeyRow, inventory_snapshot
+from keyd.store.models import Probe
+from tests.support.issuer import IssuerServer
+from tests.support.keys import MadeKey, make_key_file
+from tests.support.zitadel_api import DEFAULT_ORG, SEARCH_PATH, make_api_user
+
+pytestmark = pytest.mark.issuer
+T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+ORG_B = "200000000000000002"
+
+
+@dataclass
+class World:
+    issuer: IssuerServer
+    clock: FakeClock
+    engine: Engine
+    keys: Path
+    tmp: Path
+    api_user: MadeKey
+
+    def config(
+        self, source: str = f'organizations = ["{DEFAULT_ORG}"]', credential: Path | None = None
+    ) -> Config:
+        toml = self.tmp / "keyd.toml"
+        toml.write_text(f"""
+[issuer]
+url = "{self.issuer.url}"
+[rotation]
+credential = "{credential or self.api_user.path}"
+[[sources]]
+type = "directory"
+path = "{self.keys}"
+name = "files"
+[[sources]]
+type = "zitadel"
+name = "zitadel"
+{source}
+""")
+        return load_config(toml, {})
+
+    def scan(self, config: Config | None = None, page_size: int | None = None) -> ScanReport:
+        config = config or self.config()
+        with IssuerClient(self.issuer.url, clock=self.clock) as issuer:
+            apis = zitadel_key_apis(config, issuer, self.clock)
+            for api in apis.values():
+                api.page_size = page_size or api.page_size
+            try:
+                return scan_all(config, self.engine, self.clock, key_apis=apis)
+            finally:
+                for api in apis.values():
+                    api.close()
+
+    def rows(self) -> dict[str, KeyRow]:
+        return {k.key_id: k for k in inventory_snapshot(self.engine).keys}
+
+    def user(self, org: str = DEFAULT_ORG) -> str:
+        user = make_key_file(None, register_with=self.issuer).principal  # one unheld key
+        self.issuer.key_api.add_user(user, org)
+        return user
+
+    def held(
+        self,
+        user: str,
+        *,
+        expires_at: datetime | None = T0 + timedelta(days=90),
+        listed_expiry: datetime | None = None,
+    ) -> MadeKey:
+        """A key file in the directory whose key ZITADEL also lists."""
+        made = make_key_file(self.keys, user_id=user, expires_at=expires_at)
+        self.issuer.add_key(user, made.key_id, made.private_key, listed_expiry or expires_at)
+        return made
+
+
+@pytest.fixture
+def world(issuer: IssuerServer, migrated_engine: Engine, tmp_path: Path) -> Iterator[World]:
+    clock = FakeClock(T0)
+    issuer.now = clock.now
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    yield World(issuer, clock, migrated_engine, keys, tmp_path, make_api_user(issuer, tmp_path))
+
+
+def test_unheld_held_expiry_fill_and_gone(world: World) -> None:
+    user = world.user()
+    unheld = next(k.key_id for k in world.issuer.keys() if k.principal == user)
+    held = world.held(user)
+    zitadel_expiry = T0 + timedelta(days=200)
+    old = world.held(world.user(), expires_at=None, listed_expiry=zitadel_expiry)
+    doomed = world.held(user)
+    report = world.scan()
+    assert not report.failed, report.summary()
+    rows = world.rows()
+    assert rows[unheld].status == "unheld" and not rows[unheld].held
+    assert [(loc.kind, loc.source) for loc in rows[unheld].locations] == [("zitadel", "zitadel")]
+    assert rows[unheld].expires_at is not None and rows[unheld].expiry_source == "zitadel"
+    assert rows[held.key_id].status == "active" and rows[held.key_id].held
+    assert {loc.kind for loc in rows[held.key_id].locations} == {None, "zitadel"}
+    assert rows[held.key_id].expiry_source is None
+    assert rows[old.key_id].expires_at == zitadel_expiry
+    assert rows[old.key_id].expiry_source == "zitadel"
+    assert rows[world.api_user.key_id].status == "unheld"  # keyd's own key: in ZITADEL only
+    assert "unheld" in report.summary()
+
+    world.issuer.remove_key(doomed.key_id)  # removed in the console; its file lingers
+    report = world.scan()
+    assert "1 gone" in report.summary()
+    gone = world.rows()[doomed.key_id]
+    assert gone.status == "rejected" and gone.diagnosis == "removed" and gone.held
+    assert gone.last_error is not None and "no longer lists" in gone.last_error
+    with session_scope(world.engine) as session:
+        probe = session.scalars(select(Probe).where(Probe.diagnosis == "removed")).one()
+        assert probe.attempts == 0 and probe.outcome == "rejected"
+    assert world.issuer.attempts_by_key[doomed.key_id] == 0  # no probe was sent
+    world.scan()  # stays rejected, no second probe row or event storm
+    with session_scope(world.engine) as session:
+        assert len(session.scalars(select(Probe)).all()) == 1
+
+    (world.keys / f"{old.key_id}.json").unlink()  # the old file is gone, ZITADEL still lists it
+    world.scan()
+    assert world.rows()[old.key_id].status == "unheld"
+
+
+def test_listing_by_users_sees_only_those_users(world: World) -> None:
+    mine, other = world.user(), world.user()
+    held = world.held(mine)
+    report = world.scan(world.config(f'users = ["{mine}"]'))
+    assert not report.failed
+    rows = world.rows()
+    assert {r.principal for r in rows.values() if r.status == "unheld"} == {mine}
+    assert other not in {r.principal for r in rows.values()}
+    world.issuer.remove_key(held.key_id)
+    world.scan(world.config(f'users = ["{mine}"]'))
+    assert world.rows()[held.key_id].diagnosis == "removed"
+
+
+def test_a_user_without_keys_left_is_still_covered_in_its_organization(world: World) -> None:
+    user = world.user()
+    for k in world.issuer.keys():
+        if k.principal == user:
+            world.issuer.remove_key(k.key_id)  # only the held key stays
+    held = world.held(user)
+    world.scan()
+    world.issuer.remove_key(held.key_id)  # its last key: the user lists nothing now
+    world.scan()
+    assert world.rows()[held.key_id].status == "rejected"
+
+
+def snapshot(world: World) -> list[tuple[object, ...]]:
+    return [
+        (
+            r.key_id,
+            r.status,
+            r.expires_at,
+            r.expiry_source,
+            r.last_error,
+            tuple((loc.source, loc.status) for loc in r.locations),
+        )
+        for r in world.rows().values()
+    ]
+
+
+def test_403_is_a_source_error_that_changes_no_key(world: World, tmp_path: Path) -> None:
+    user = world.user()
+    doomed = world.held(user)
+    world.scan()
+    before = snapshot(world)
+    world.issuer.remove_key(doomed.key_id)
+    outsider = make_api_user(world.issuer, tmp_path / "outsider", role="ORG_OWNER_VIEWER", org=ORG_B)
+    assert outsider.path is not None
+    report = world.scan(world.config(credential=outsider.path))
+    failed = [s for s in report.sources if not s.ok]
+    assert [s.source for s in failed] == ["zitadel"]
+    assert "lacks user.read on organization" in str(failed[0].error)
+    assert snapshot(world) == before  # nothing gone, nothing unheld changed
+    state = next(s for s in inventory_snapshot(world.engine).sources if s.name == "zitadel")
+    assert state.consecutive_failures == 1 and "ORG_USER_MANAGER" in (state.last_error or "")
+
+
+def test_garbage_page_mid_listing_changes_nothing(world: World) -> None:
+    user = world.user()
+    for _ in range(5):
+        world.held(user)
+    doomed = world.held(user)
+    world.scan(page_size=2)
+    before = snapshot(world)
+    world.issuer.remove_key(doomed.key_id)
+    world.issuer.fault_paths = {SEARCH_PATH}
+    world.issuer.fail_next(1, "pass")
+    world.issuer.fail_next(1, "garbage")
+    report = world.scan(page_size=2)
+    assert [s.source for s in report.failed] == ["zitadel"]
+    assert "HTML" in str(report.failed[0].error)
+    assert snapshot(world) == before
+    report = world.scan(page_size=2)  # the next complete listing applies
+    assert not report.failed and world.rows()[doomed.key_id].status == "rejected"
