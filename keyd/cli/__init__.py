@@ -22,6 +22,7 @@ from keyd.cli import alerts, daemon, db, inventory, keys, probe
 from keyd.cli.common import AppContext
 from keyd.errors import EXIT_CONFIG, KeydError
 from keyd.log import setup_logging
+from keyd.report.render import line
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeydError as exc:
         if debug:
             logging.getLogger("keyd").exception("error")
-        click.echo(f"keyd: {exc}", err=True)
+        click.echo(line(f"keyd: {exc}"), err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)

@@ -17,6 +17,7 @@ import click
 from keyd.cli.common import AppContext, app, echo_json
 from keyd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from keyd.errors import EXIT_UNKNOWN, KeydError
+from keyd.report.render import line
 from keyd.runtime import configcheck
 from keyd.runtime.check import SCHEMA, run_check
 from keyd.runtime.daemon import Daemon, DaemonSettings
@@ -111,9 +112,9 @@ def config_check_cmd(ctx: click.Context, as_json: bool) -> int:
     else:
         click.echo(f"config {config.path}: valid")
         for warning in config.warnings:
-            click.echo(f"  warning: {warning}")
+            click.echo(line(f"  warning: {warning}"))
         for r in results:
-            click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
+            click.echo(line(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}"))
     return configcheck.exit_code(results)
 
 

@@ -26,6 +26,7 @@ from keyd.clients.zitadel import ZitadelKeyAPI
 from keyd.config import Config, VaultSourceConfig, ZitadelSourceConfig
 from keyd.errors import EXIT_OK, EXIT_UNAVAILABLE
 from keyd.inventory.scan import scan_all
+from keyd.report.render import line
 from keyd.report.status import load_status, render_text, to_json
 from keyd.runtime.wiring import zitadel_key_apis
 from keyd.store.engine import make_engine
@@ -81,7 +82,7 @@ def scan_cmd(ctx: click.Context) -> int:
     with _database(config) as engine, _vault(ctx, config) as vault, \
             _key_apis(ctx, config) as key_apis:
         report = scan_all(config, engine, app(ctx).clock, vault, key_apis=key_apis)
-    click.echo(report.summary())
+    click.echo(line(report.summary()))
     return EXIT_UNAVAILABLE if report.failed else EXIT_OK
 
 

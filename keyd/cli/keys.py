@@ -21,6 +21,7 @@ from keyd.checks.mint import mint, prove_application_key
 from keyd.cli.common import AppContext, app, echo_json, parse_at, parse_tz
 from keyd.clients.issuer import IssuerClient
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, KeyFileError, UsageError
+from keyd.report.render import line
 from keyd.sources.keyfile import KeyFile, read_keyfile
 from keyd.timeutil import isoformat_z, parse_duration
 from keyd.vocab import KeyKind
@@ -65,15 +66,15 @@ def _zone(ctx: AppContext, tz_name: str | None) -> tzinfo:
 
 def _human(row: dict[str, Any]) -> str:
     if row["status"] == "invalid":
-        return f"{row['path']}: INVALID: {row['error']}"
+        return line(f"{row['path']}: INVALID: {row['error']}")
     expiry = {"never": "never expires", "unknown": "expiry unknown (no expirationDate in file)"}.get(
         row["status"],
         f"expires {row['expires_at']} (last usable day {row['last_usable_day']}), "
         f"{_left(row['seconds_left'])}",
     )
-    return (f"{row['path']}: {row['status'].upper()}: {row['kind']} key {row['key_id']} of "
-            f"{row['principal']}, {row['algorithm']} {row['key_size']} bit, {expiry}\n"
-            f"    fingerprint sha256:{row['fingerprint']}")
+    return (line(f"{row['path']}: {row['status'].upper()}: {row['kind']} key {row['key_id']} of "
+                 f"{row['principal']}, {row['algorithm']} {row['key_size']} bit, {expiry}")
+            + f"\n    fingerprint sha256:{row['fingerprint']}")
 
 
 def _left(seconds: int | None) -> str:

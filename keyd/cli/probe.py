@@ -26,6 +26,7 @@ from keyd.errors import (
     EXIT_UNAVAILABLE,
     ConfigError,
 )
+from keyd.report.render import line
 from keyd.store.engine import make_engine
 from keyd.store.migrate import ensure_current
 from keyd.timeutil import isoformat_z
@@ -47,7 +48,7 @@ def render(result: ProbeResult) -> str:
         lines.append(f"  {result.message}")
     if result.next_probe_at is not None:
         lines.append(f"  next probe: {isoformat_z(result.next_probe_at)}")
-    return "\n".join(lines)
+    return "\n".join(line(text) for text in lines)
 
 
 @click.command("probe")

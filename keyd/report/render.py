@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 
+from keyd.text import escape
 from keyd.timeutil import format_duration, isoformat_z
 
 DASH = "-"
@@ -17,13 +18,20 @@ DASH = "-"
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, gap: int = 2) -> str:
     """Left-aligned columns sized to their widest cell; no trailing spaces."""
-    matrix = [list(headers), *([str(c) for c in row] for row in rows)]
+    matrix = [list(headers), *([escape(str(c)) for c in row] for row in rows)]
     widths = [max(len(r[i]) if i < len(r) else 0 for r in matrix) for i in range(len(headers))]
     lines = []
     for row in matrix:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
         lines.append((" " * gap).join(cells).rstrip())
     return "\n".join(lines)
+
+
+def line(text: str) -> str:
+    """One line for a person (a terminal, a Nagios check): control
+    characters from key files, file names or Vault paths are escaped
+    (``keyd.text.escape``), so a value cannot forge another line."""
+    return escape(text)
 
 
 def instant(value: datetime | None) -> str:

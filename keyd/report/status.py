@@ -191,4 +191,4 @@ def problems(report: StatusReport) -> list[str]:
         if state.consecutive_failures:
             lines.append(f"source {state.name}: failing ({state.consecutive_failures} scans "
                          f"in a row): {state.last_error}")
-    return lines
+    return [render.line(text) for text in lines]

@@ -33,6 +33,7 @@ from keyd.checks.expiry import evaluate
 from keyd.config import Config
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, EXIT_WARNING
 from keyd.redact import scrub
+from keyd.report.render import line
 from keyd.runtime import wiring
 from keyd.runtime.cycle import CycleReport, Stage, run_cycle
 from keyd.runtime.wiring import Services
@@ -83,13 +84,13 @@ class Verdict:
     def summary(self) -> str:
         """``KEYD WARNING - 1 key expiring in 5d, 0 rejected | keys=12 ...``"""
         perf = " ".join(f"{name}={self.counts[name]}" for name in COUNTERS)
-        return f"KEYD {self.status.upper()} - {self._headline()} | {perf}"
+        return line(f"KEYD {self.status.upper()} - {self._headline()} | {perf}")
 
     def details(self) -> list[str]:
         lines = [f"{p.severity.upper()}: {p.message}" for p in self.problems]
         if self.cycle is not None and self.cycle.dry_run:
-            lines += [f"dry run: skipped {line}" for line in self.cycle.skipped_side_effects]
-        return lines
+            lines += [f"dry run: skipped {text}" for text in self.cycle.skipped_side_effects]
+        return [line(text) for text in lines]
 
     def to_json(self) -> dict[str, Any]:
         cycle = self.cycle

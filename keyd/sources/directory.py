@@ -17,7 +17,8 @@ Contract:
   operator-readable ``KeyFileError``; never an exception.
 * Symlinks are followed only when their target resolves inside the root.
   Symlinked *directories* are not descended (no loops, no duplicates).
-* A file or its directory readable by group/other gets a ``warning`` (and
+* A file or its directory readable by other users, or by a group that is
+  not keyd's own (``exposure``), gets a ``warning`` (and
   a log line); keyd still uses it.
 * Incremental: a file whose (size, mtime_ns, inode) equals ``known[ref]``
   is not opened (``Candidate.unchanged``).
@@ -38,6 +39,7 @@ PEM shared by many files load once per process.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import stat
@@ -54,7 +56,6 @@ from keyd.text import path_text
 
 log = logging.getLogger(__name__)
 
-_GROUP_OTHER_READ = stat.S_IRGRP | stat.S_IROTH
 
 
 class DirectoryUnavailable(KeydError):
@@ -90,7 +91,7 @@ class DirectorySource:
         while pattern.startswith("**/"):
             pattern = pattern[3:]
         self._pattern = pattern or "*"
-        self._dir_modes: dict[str, int | None] = {}
+        self._dir_modes: dict[str, str | None] = {}  # directory -> its exposure
 
     @property
     def name(self) -> str:
@@ -108,7 +109,7 @@ class DirectorySource:
         found = [c for c in candidates if c is not None]
         exposed = sum(1 for c in found if c.warning)
         if exposed:
-            log.warning("%s: %d key file(s) readable by group/other (see keyd status)",
+            log.warning("%s: %d key file(s) readable beyond keyd's group (see keyd status)",
                         self.name, exposed)
         return ScanResult(source=self.name, candidates=found)
 
@@ -186,13 +187,13 @@ class DirectorySource:
         if not stat.S_ISREG(st.st_mode):
             return _invalid(path, "is not a regular file")
         stamp = FileStamp(st.st_size, st.st_mtime_ns, st.st_ino)
-        warning = self._exposure(path, st.st_mode)
+        warning = self._exposure(path, st)
         seen = Candidate(ref=path, size=stamp.size, mtime_ns=stamp.mtime_ns,
                          inode=stamp.inode, warning=warning)
         if known.get(path) == stamp:
             return replace(seen, unchanged=True)
-        if st.st_mode & _GROUP_OTHER_READ:  # the directory's warning is logged once, below
-            log.warning("key file %s is readable by group/other (chmod 600 it)", path)
+        if warning and warning.startswith("key file"):  # a directory's is logged once
+            log.warning("%s", warning.split("; its directory")[0])
         try:
             keyfile = self._parse(path, validated)
         except KeyFileError as exc:
@@ -205,27 +206,47 @@ class DirectorySource:
         level: Validation = "quick" if cheap.content_hash in validated else "full"
         return parse_keyfile(data, source=path, tz=self.tz, validate=level)
 
-    def _exposure(self, path: str, mode: int) -> str | None:
-        """Advisory text when the file or its directory is group/other-readable."""
+    def _exposure(self, path: str, st: os.stat_result) -> str | None:
+        """Advisory text when the file or its directory is readable beyond
+        keyd's own group (see ``exposure``); the directory's once per scan."""
         problems: list[str] = []
-        if mode & _GROUP_OTHER_READ:
-            problems.append(f"key file {path} is readable by group/other "
-                            f"(mode {stat.S_IMODE(mode):04o}; chmod 600 it)")
+        mine = exposure(st.st_mode, st.st_gid)
+        if mine:
+            problems.append(f"key file {path} is {mine}")
         directory = os.path.dirname(path) or "."
         if directory not in self._dir_modes:
             try:
-                self._dir_modes[directory] = os.stat(directory).st_mode
+                dst = os.stat(directory)
+                self._dir_modes[directory] = exposure(dst.st_mode, dst.st_gid)
             except OSError:
                 self._dir_modes[directory] = None
-            first_mode = self._dir_modes[directory]
-            if first_mode is not None and first_mode & _GROUP_OTHER_READ:
-                log.warning("directory %s holding key files is readable by group/other "
-                            "(mode %04o; chmod 700 it)", directory, stat.S_IMODE(first_mode))
-        dir_mode = self._dir_modes[directory]
-        if dir_mode is not None and dir_mode & _GROUP_OTHER_READ:
-            problems.append(f"its directory {directory} is readable by group/other "
-                            f"(mode {stat.S_IMODE(dir_mode):04o}; chmod 700 it)")
+            if self._dir_modes[directory]:
+                log.warning("directory %s holding key files is %s", directory,
+                            self._dir_modes[directory])
+        if self._dir_modes[directory]:
+            problems.append(f"its directory {directory} is {self._dir_modes[directory]}")
         return "; ".join(problems) or None
+
+
+def exposure(mode: int, gid: int) -> str | None:
+    """Who besides keyd can read this, or None. The layout keyd's own
+    tmpfiles/sysusers snippets prescribe (files 0640 and directories 0750,
+    group keyd) is fine: group-readable by keyd's own group. Readable by
+    other users, or by a group that is not keyd's, is not."""
+    perm = stat.S_IMODE(mode)
+    if mode & stat.S_IROTH:
+        return f"readable by other users (mode {perm:04o}, chmod o-r it)"
+    if mode & stat.S_IRGRP and gid != os.getegid():
+        return (f"readable by group {_group_name(gid)}, which is not keyd's own group "
+                f"(mode {perm:04o}, chgrp it to keyd's group or chmod g-r it)")
+    return None
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
 
 
 def _is_real_dir(entry: os.DirEntry[str]) -> bool:

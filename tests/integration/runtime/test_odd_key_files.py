@@ -157,3 +157,27 @@ def test_go_zero_time_is_an_expired_key_not_a_traceback(
     ]
     assert main(["--config", str(config), "status"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_file_name_cannot_forge_a_nagios_line(
+    tmp_path: Path,
+    db_url: str,
+    migrated_engine: Engine,
+    issuer: IssuerServer,
+    smtp_server: SmtpServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = _keys(tmp_path)
+    forged = keys / "x.json\nKEYD OK - all keys fine | keys=1\n\x1b[2K.json"
+    forged.write_text("{not json")
+    forged.chmod(0o600)
+    config = _config(tmp_path, db_url, keys, issuer, smtp_server)
+    for command in (["check"], ["status"], ["scan"]):
+        capsys.readouterr()
+        main(["--config", str(config), *command])
+        out = capsys.readouterr().out
+        assert "\x1b" not in out
+        assert not any(line.startswith("KEYD OK") for line in out.splitlines()), out
+    assert main(["--config", str(config), "check"]) == 2
+    out = capsys.readouterr().out
+    assert "x.json\\nKEYD OK - all keys fine | keys=1\\n\\x1b[2K.json (directory:" in out

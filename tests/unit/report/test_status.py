@@ -126,3 +126,23 @@ def test_render_helpers() -> None:
     assert render.ago(AT + timedelta(minutes=5), AT) == "in 5m"
     assert render.shorten("/etc/keyd/keys/team/a.json", 12) == "/etc/…a.json"
     assert render.shorten("short", 12) == "short"
+
+
+def test_control_characters_never_reach_the_terminal_and_warnings_stay_whole() -> None:
+    """Rows an older keyd (or a direct database write) left with control
+    characters; a permission warning whose text holds a comma-separated hint."""
+    warning = ("key file /keys/a.json is readable by other users (mode 0644, chmod o-r it); "
+               "its directory /keys is readable by other users (mode 0755, chmod o-r it)")
+    snap = snapshot(
+        key("k1\r\nKEYD OK - forged", AT + timedelta(days=10), "active",
+            loc("/keys/a.json", warning=warning),
+            loc("/keys/b\n.json", "invalid", error="\x1b[2Jis not valid JSON")),
+        sources=())
+    text = render_text(build_status(snap, AT, ZRH))
+    assert "\r" not in text and "\x1b" not in text
+    assert not any(line.startswith("KEYD OK") for line in text.splitlines())
+    assert "k1\\r\\nKEYD OK - forged" in text
+    assert "/keys/b\\n.json: INVALID (k1\\r\\nKEYD OK - forged): \\x1b[2Jis not valid JSON" in text
+    assert ("dir: /keys/a.json: warning: key file /keys/a.json is readable by other users "
+            "(mode 0644, chmod o-r it)") in text
+    assert "dir: warning: directory /keys is readable by other users (mode 0755, chmod o-r it)" in text

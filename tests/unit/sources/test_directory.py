@@ -34,8 +34,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def source(root: Path, pattern: str = "*.json") -> DirectorySource:
-    return DirectorySource(DirectorySourceConfig(name=f"directory:{root}", path=root,
-                                                 pattern=pattern))
+    return DirectorySource(DirectorySourceConfig(name=f"directory:{root}", path=root, pattern=pattern))
 
 
 def by_ref(cands: list[Candidate]) -> dict[str, Candidate]:
@@ -65,21 +64,43 @@ def test_double_star_prefix_and_path_pattern(root: Path) -> None:
     assert [c.ref for c in source(root, "x/*.json").scan().candidates] == [str(root / "x/a.json")]
 
 
-def test_group_readable_file_and_directory_warn_but_are_used(
-        root: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_readable_by_others_warns_but_is_used(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_keyfile(root / "a.json", "k1", mode=0o644)
     write_keyfile(root / "b.json", "k2")
     caplog.set_level(logging.WARNING)
     cands = by_ref(source(root).scan().candidates)
     a, b = cands[str(root / "a.json")], cands[str(root / "b.json")]
-    assert a.keyfile is not None and a.warning and "readable by group/other" in a.warning
-    assert "0644" in a.warning
+    assert a.keyfile is not None
+    assert a.warning == (f"key file {root / 'a.json'} is readable by other users (mode 0644, chmod o-r it)")
     assert b.warning is None
-    assert "readable by group/other" in caplog.text
+    assert "readable by other users" in caplog.text
     os.chmod(root, 0o755)
     b2 = by_ref(source(root).scan().candidates)[str(root / "b.json")]
-    assert b2.keyfile is not None and b2.warning and "directory" in b2.warning
+    assert b2.keyfile is not None
+    assert b2.warning == f"its directory {root} is readable by other users (mode 0755, chmod o-r it)"
     assert PEM_MARKER not in caplog.text
+
+
+def test_the_layout_keyds_snippets_prescribe_is_fine(root: Path) -> None:
+    """tmpfiles: directories 0750 root:keyd; sysusers: files 0640, group keyd."""
+    os.chmod(root, 0o750)
+    os.chown(root, -1, os.getegid())
+    write_keyfile(root / "a.json", "k1", mode=0o640)
+    os.chown(root / "a.json", -1, os.getegid())
+    (cand,) = source(root).scan().candidates
+    assert cand.keyfile is not None and cand.warning is None
+
+
+def test_readable_by_another_group_warns(root: Path) -> None:
+    other = os.getegid() + 4242  # a gid nobody uses: not keyd's own group
+    write_keyfile(root / "a.json", "k1", mode=0o640)
+    os.chown(root / "a.json", -1, other)
+    (cand,) = source(root).scan().candidates
+    assert cand.warning == (
+        f"key file {root / 'a.json'} is readable by group gid {other}, "
+        "which is not keyd's own group (mode 0640, chgrp it to keyd's group "
+        "or chmod g-r it)"
+    )
 
 
 def test_symlink_inside_root_followed_outside_refused(root: Path, tmp_path: Path) -> None:
@@ -124,7 +145,8 @@ def test_unchanged_file_is_not_read(root: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_junk_big_dir_and_unreadable_are_invalid_candidates(
-        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (root / "junk.json").write_text("{not json")
     (root / "list.json").write_text("[1, 2]")
     (root / "empty.json").write_text("")
@@ -165,8 +187,7 @@ def test_source_failures_raise(tmp_path: Path) -> None:
     assert info.value.retryable
 
 
-def test_unlistable_subdirectory_fails_the_source(root: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unlistable_subdirectory_fails_the_source(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_keyfile(root / "sub" / "a.json", "k1")
     real = os.scandir
 
@@ -180,8 +201,7 @@ def test_unlistable_subdirectory_fails_the_source(root: Path,
         source(root).scan()
 
 
-def test_full_validation_only_for_unknown_content(root: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_validation_only_for_unknown_content(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_keyfile(root / "a.json", "k1", alg="ES256")
     seen: list[str] = []
     real = keyfile_mod.parse_keyfile
