@@ -112,3 +112,24 @@ class SinkState(StrEnum):
     FAILED = "failed"
     UNMANAGED = "unmanaged"  # the secret exists and keyd did not create it
     CONFLICT = "conflict"  # someone else wrote the secret since keyd did
+
+
+class TokenOutcome(StrEnum):
+    """What one write-back round did with one sink (``keyd check --json``)."""
+
+    WRITTEN = "written"
+    KEPT = "kept"  # the token in place is still fresh
+    FAILED = "failed"
+    UNMANAGED = "unmanaged"
+    CONFLICT = "conflict"
+    DUE = "due"  # dry run: would refresh
+    NEW = "new"  # dry run: would create
+
+
+class CheckStatus(StrEnum):
+    """The verdict of ``keyd check`` (monitoring-plugin style, one exit code each)."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"

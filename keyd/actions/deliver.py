@@ -51,7 +51,7 @@ from keyd.retry import Random, backoff_delay
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
 from keyd.text import escape
-from keyd.vocab import DeliveryState
+from keyd.vocab import AlertKind, Channel, DeliveryState
 
 if TYPE_CHECKING:
     from keyd.store.alerts import Engine
@@ -128,8 +128,8 @@ def drain_outbox(engine: Engine, config: Config, clock: Clock,
         else:
             report.raced += 1
     out = _Outcomes(engine, clock, rng, report)
-    _send_email([i for i in claimed if i.channel == "email"], config, smtp_factory, render, out)
-    _send_webhooks([i for i in claimed if i.channel == "webhook"], webhook, out)
+    _send_email([i for i in claimed if i.channel == Channel.EMAIL], config, smtp_factory, render, out)
+    _send_webhooks([i for i in claimed if i.channel == Channel.WEBHOOK], webhook, out)
     if claimed:
         log.info("outbox: %d sent in %d message(s), %d failed (%d given up), %d raced",
                  report.sent, report.messages, report.failed, report.gave_up, report.raced)
@@ -140,7 +140,7 @@ def _superseded(item: OutboxItem) -> bool:
     """An unsent ladder alert that was resolved (a tighter rung, a new expiry
     or a rotation replaced it) is not sent: after an outage the operator
     gets the current rung, not a burst of stale ones."""
-    return item.alert.resolved_at is not None and item.alert.kind in ("expiring", "expired")
+    return item.alert.resolved_at is not None and item.alert.kind in (AlertKind.EXPIRING, AlertKind.EXPIRED)
 
 
 def _send_email(items: list[OutboxItem], config: Config,
@@ -150,7 +150,7 @@ def _send_email(items: list[OutboxItem], config: Config,
         return
     email = config.alerts.email
     if email is None or smtp_factory is None:
-        out.failed(items, _NotConfigured("email"))
+        out.failed(items, _NotConfigured(Channel.EMAIL))
         return
     groups: dict[str, list[OutboxItem]] = defaultdict(list)
     for item in items:  # digest: one message per recipient; else one per delivery
@@ -178,9 +178,9 @@ def _send_email(items: list[OutboxItem], config: Config,
                 continue
             except Exception as exc:  # noqa: BLE001 - as above: recorded on this delivery
                 log.exception("cannot send alert e-mail to %s", escape(recipient))
-                out.failed(group, Undeliverable("email", "sent", exc))
+                out.failed(group, Undeliverable(Channel.EMAIL, "sent", exc))
                 continue
-            out.sent(group, "email")
+            out.sent(group, Channel.EMAIL)
     finally:
         if sender is not None:
             sender.close()
@@ -190,7 +190,7 @@ def _send_webhooks(items: list[OutboxItem], webhook: WebhookSender | None,
                    out: _Outcomes) -> None:
     for item in items:
         if webhook is None:
-            out.failed([item], _NotConfigured("webhook"))
+            out.failed([item], _NotConfigured(Channel.WEBHOOK))
             continue
         try:
             webhook.post(webhook_payload(item.alert))
@@ -199,9 +199,9 @@ def _send_webhooks(items: list[OutboxItem], webhook: WebhookSender | None,
             continue
         except Exception as exc:  # noqa: BLE001 - one poison alert never blocks the rest
             log.exception("cannot post alert %s to the webhook", escape(item.alert.message_id))
-            out.failed([item], Undeliverable("webhook", "posted", exc))
+            out.failed([item], Undeliverable(Channel.WEBHOOK, "posted", exc))
             continue
-        out.sent([item], "webhook")
+        out.sent([item], Channel.WEBHOOK)
 
 
 def webhook_payload(alert: AlertRecord) -> dict[str, Any]:

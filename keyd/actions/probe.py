@@ -51,7 +51,7 @@ from keyd.store.alerts import note_issuer_health
 from keyd.store.probes import ProbeRecord, ProbeTarget
 from keyd.store.snapshot import Engine
 from keyd.timeutil import isoformat_z
-from keyd.vocab import KeyKind, ProbeOutcome
+from keyd.vocab import KeyKind, KeyStatus, ProbeOutcome
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def probe_one(target: ProbeTarget, services: ProbeServices) -> tuple[ProbeRecord
         log.warning("probe %s: %s", target.key_id, exc)
         return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, exc,
                        attempts=counter.attempts, latency=counter.latency_ms)
-    return _decide(target, services, clock.now(), "ok", None,
+    return _decide(target, services, clock.now(), ProbeOutcome.OK, None,
                    attempts=counter.attempts, latency=counter.latency_ms)
 
 
@@ -220,12 +220,13 @@ def _decide(target: ProbeTarget, services: ProbeServices, at: datetime, outcome:
     status: str | None = None
     failures = target.probe_failures + 1
     next_at: datetime | None
-    if outcome == "ok":
+    if outcome == ProbeOutcome.OK:
         failures = 0
-        status = "active" if target.status == "rejected" else None
+        status = KeyStatus.ACTIVE if target.status == KeyStatus.REJECTED else None
         next_at = at + policy.interval - policy.interval * (policy.jitter * rng.random())
-    elif outcome == "rejected":
-        status = "rejected" if target.status in ("active", "rejected") else None
+    elif outcome == ProbeOutcome.REJECTED:
+        status = (KeyStatus.REJECTED if target.status in (KeyStatus.ACTIVE, KeyStatus.REJECTED)
+                  else None)
         next_at = None  # final until the key changes or an operator forces a probe
     else:
         cap = min(policy.slow_cap, policy.interval)
@@ -244,7 +245,7 @@ def _decide(target: ProbeTarget, services: ProbeServices, at: datetime, outcome:
         outcome=None if outcome == ProbeOutcome.UNREADABLE else outcome, http_status=status_code,
         error_code=error_code, diagnosis=diagnosis, message=message, latency_ms=latency,
         attempts=max(attempts, 1), next_probe_at=next_at, failures=failures, status=status,
-        ok=outcome == "ok",
+        ok=outcome == ProbeOutcome.OK,
     )
     result = ProbeResult(
         key_id=target.key_id, principal=target.principal, kind=target.kind, outcome=outcome,
@@ -256,9 +257,9 @@ def _decide(target: ProbeTarget, services: ProbeServices, at: datetime, outcome:
 
 def _log_outcome(target: ProbeTarget, outcome: str, diagnosis: str | None,
                  message: str | None, attempts: int) -> None:
-    if outcome == "ok":
+    if outcome == ProbeOutcome.OK:
         log.info("probe %s (%s): ok after %d attempt(s)", target.key_id, target.principal, attempts)
-    elif outcome == "rejected":
+    elif outcome == ProbeOutcome.REJECTED:
         log.warning("probe %s (%s): rejected (%s): %s", target.key_id, target.principal,
                     diagnosis, message)
     else:

@@ -57,6 +57,7 @@ from keyd.store import tokens as store
 from keyd.store.probes import ProbeTarget
 from keyd.store.snapshot import Engine
 from keyd.store.tokens import Assignment, SinkTarget, SinkUpdate
+from keyd.vocab import TokenOutcome
 
 __all__ = ["TokenPolicy", "TokenReport", "TokenResult", "TokenServices", "build_token_services",
            "plan_lines", "plan_sinks", "refresh_at", "refresh_tokens"]
@@ -106,7 +107,7 @@ def build_token_services(config: Config, clock: Clock, client: IssuerClient,
 
 def plan_lines(report: TokenReport) -> list[str]:
     """One line per sink a dry run found new or due (for ``keyd check --dry-run``)."""
-    return [f"would {'create' if r.outcome == 'new' else 'refresh'} the token of key "
+    return [f"would {'create' if r.outcome == TokenOutcome.NEW else 'refresh'} the token of key "
             f"{r.key_id} at {r.ref}" for r in report.results]
 
 
@@ -221,9 +222,9 @@ def _dry_run(engine: Engine, assignments: list[Assignment], now: datetime,
         if (a.mount, a.path) not in known:
             key = keys[a.key_pk]
             report.results.append(TokenResult(key_id=key.key_id, principal=key.principal,
-                                              ref=f"{a.mount}/{a.path}", outcome="new"))
+                                              ref=f"{a.mount}/{a.path}", outcome=TokenOutcome.NEW))
     for s in store.due_sinks(engine, now):
         report.results.append(TokenResult(key_id=s.key.key_id, principal=s.key.principal,
-                                          ref=s.ref, outcome="due", vault_version=s.vault_version,
+                                          ref=s.ref, outcome=TokenOutcome.DUE, vault_version=s.vault_version,
                                           expires_at=s.expires_at))
     return report

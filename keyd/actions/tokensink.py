@@ -33,6 +33,7 @@ from keyd.retry import Random, backoff_delay, retry_call
 from keyd.store import tokens as store
 from keyd.store.tokens import EventSpec, SinkTarget, SinkUpdate
 from keyd.timeutil import isoformat_z
+from keyd.vocab import SinkState, TokenOutcome
 
 log = logging.getLogger(__name__)
 _Out = TypeVar("_Out")
@@ -75,7 +76,7 @@ class TokenResult:
     key_id: str
     principal: str
     ref: str  # mount/path
-    outcome: str  # written | kept | failed | unmanaged | conflict | due | new
+    outcome: str  # vocab.TokenOutcome
     message: str | None = None
     vault_version: int | None = None
     expires_at: datetime | None = None
@@ -218,7 +219,7 @@ def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, c
         vault.write_metadata(sink.mount, sink.path, meta)
     data = _payload(sink, token, services.scopes)
     # metadata only when it may be stale (new, adopted or re-assigned sink)
-    mark = meta if verdict == "adopt" or (verdict == "ours" and sink.state == "pending") \
+    mark = meta if verdict == "adopt" or (verdict == "ours" and sink.state == SinkState.PENDING) \
         else None
     return vault.write_cas(sink.mount, sink.path, data, cas=cas, custom_metadata=mark)
 
@@ -235,7 +236,7 @@ def _written(sink: SinkTarget, services: TokenServices, token: TokenResponse,
                            note=note, event=event)
     log.info("token for %s written to %s version %d (expires %s, refresh %s)", sink.key.key_id,
              sink.ref, version, isoformat_z(token.expires_at), isoformat_z(next_at))
-    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "written", note, version,
+    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, TokenOutcome.WRITTEN, note, version,
                        token.expires_at, next_at), update
 
 
@@ -261,7 +262,7 @@ def _keep(sink: SinkTarget, services: TokenServices, current: tv.Current,
                            now=services.clock.now())
     log.info("token for %s: %s at %s version %d", sink.key.key_id, why, sink.ref,
              current.version)
-    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "kept", why,
+    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, TokenOutcome.KEPT, why,
                        current.version, current.expires_at, next_at), update
 
 
@@ -272,12 +273,12 @@ def _failed(sink: SinkTarget, services: TokenServices, exc: KeydError) -> Outcom
                 backoff_delay(failures, policy.retry_base, policy.retry_cap, services.rng))
     next_at = now + timedelta(seconds=delay)
     message = scrub(str(exc))[:1000]
-    update = store.failed(sink, state="failed", failures=failures, next_refresh_at=next_at,
+    update = store.failed(sink, state=SinkState.FAILED, failures=failures, next_refresh_at=next_at,
                           error=message, now=now)
     still = "the old token stays" if sink.expires_at and sink.expires_at > now else "no valid token"
     log.warning("token for %s at %s: attempt failed (%s; %s); retry at %s", sink.key.key_id,
                 sink.ref, message, still, isoformat_z(next_at))
-    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, "failed", message,
+    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, TokenOutcome.FAILED, message,
                        sink.vault_version, sink.expires_at, next_at), update
 
 

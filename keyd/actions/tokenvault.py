@@ -35,6 +35,7 @@ from keyd.errors import ConfigError, KeydError, VaultConflict, VaultError
 from keyd.redact import Secret
 from keyd.store.tokens import AlertSpec, SinkTarget
 from keyd.timeutil import isoformat_z, parse_rfc3339
+from keyd.vocab import Channel, Severity, SinkState
 
 MANAGED_BY = "managed-by"
 MANAGED_VALUE = "keyd"
@@ -212,7 +213,7 @@ def judge(current: Current, last_written: int | None, *, adopt: bool, ref: str) 
         raise TokenTargetRefused(
             f"{ref} exists and is not managed by keyd (no custom_metadata {MANAGED_BY}="
             f"{MANAGED_VALUE}); keyd will not overwrite it. Remove it, choose another "
-            "tokens.path, or set tokens.adopt = true", path=ref, reason="unmanaged")
+            "tokens.path, or set tokens.adopt = true", path=ref, reason=SinkState.UNMANAGED)
     if (current.version == last_written or not current.readable or current.keyd_shaped):
         return "ours"
     if adopt:
@@ -220,7 +221,7 @@ def judge(current: Current, last_written: int | None, *, adopt: bool, ref: str) 
     raise TokenTargetRefused(
         f"{ref} version {current.version} was written by someone else (keyd last wrote "
         f"version {last_written}); keyd will not overwrite it. Delete it, or set "
-        "tokens.adopt = true", path=ref, reason="conflict")
+        "tokens.adopt = true", path=ref, reason=SinkState.CONFLICT)
 
 
 def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, message: str,
@@ -234,16 +235,16 @@ def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, me
     sources = [loc.source for loc in sink.key.locations]
     targets: list[tuple[str, str]] = []
     if alerts.email is not None:
-        targets += [("email", a) for a in email_recipients(alerts.email, sink.key.principal,
+        targets += [(Channel.EMAIL, a) for a in email_recipients(alerts.email, sink.key.principal,
                                                             sources)]
     if alerts.webhook is not None:
-        targets.append(("webhook", alerts.webhook.url))
+        targets.append((Channel.WEBHOOK, alerts.webhook.url))
     subject = (f"[keyd CRITICAL] token write-back for key {sink.key.key_id} of user "
                f"{sink.key.principal} refused: {sink.ref} is "
                f"{'not managed by keyd' if reason == 'unmanaged' else 'written by someone else'}")
     context = {"key_id": sink.key.key_id, "principal": sink.key.principal, "path": sink.ref,
                "problem": message, "decided_at": threshold, "kind": reason,
-               "severity": "critical", "threshold": threshold}
+               "severity": Severity.CRITICAL, "threshold": threshold}
     return AlertSpec(about=about, kind=reason, threshold=threshold,
-                     severity="critical", message_id=message_id(about, reason, threshold),
+                     severity=Severity.CRITICAL, message_id=message_id(about, reason, threshold),
                      subject=subject, context=context, targets=targets)

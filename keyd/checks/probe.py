@@ -133,12 +133,12 @@ class ProbeReport:
         contacted = [r for r in self.results if r.outcome != ProbeOutcome.UNREADABLE]
         if not contacted:
             return None
-        return any(r.outcome != "unavailable" for r in contacted)
+        return any(r.outcome != ProbeOutcome.UNAVAILABLE for r in contacted)
 
-def classify(exc: KeydError) -> str:
+def classify(exc: KeydError) -> ProbeOutcome:
     """The probe outcome an issuer error stands for (ZITADEL.md §4)."""
     if isinstance(exc, IssuerRejected):
-        return "rejected"
+        return ProbeOutcome.REJECTED
     if isinstance(exc, IssuerUnavailable):
-        return "unavailable"
-    return "bad_response"
+        return ProbeOutcome.UNAVAILABLE
+    return ProbeOutcome.BAD_RESPONSE

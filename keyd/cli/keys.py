@@ -24,7 +24,7 @@ from keyd.errors import EXIT_CRITICAL, EXIT_OK, KeyFileError, UsageError
 from keyd.report.render import line
 from keyd.sources.keyfile import KeyFile, read_keyfile
 from keyd.timeutil import isoformat_z, parse_duration
-from keyd.vocab import KeyKind
+from keyd.vocab import KeyKind, LocationStatus
 
 
 def _duration(option: str, value: str) -> timedelta:
@@ -40,7 +40,7 @@ def inspect_row(path: str, keyfile: KeyFile | None, error: KeyFileError | None,
     if keyfile is None:
         return {"path": path, "kind": None, "key_id": None, "principal": None,
                 "algorithm": None, "key_size": None, "fingerprint": None, "expires_at": None,
-                "status": "invalid", "seconds_left": None, "last_usable_day": None,
+                "status": LocationStatus.INVALID, "seconds_left": None, "last_usable_day": None,
                 "error": error.problem if error else "unknown error"}
     view = evaluate(keyfile.expiry, at, tz, warn_before)
     return {
@@ -65,7 +65,7 @@ def _zone(ctx: AppContext, tz_name: str | None) -> tzinfo:
 
 
 def _human(row: dict[str, Any]) -> str:
-    if row["status"] == "invalid":
+    if row["status"] == LocationStatus.INVALID:
         return line(f"{row['path']}: INVALID: {row['error']}")
     expiry = {"never": "never expires", "unknown": "expiry unknown (no expirationDate in file)"}.get(
         row["status"],
@@ -118,7 +118,7 @@ def inspect_cmd(ctx: click.Context, files: Sequence[str], at_text: str | None,
     else:
         for row in rows:
             click.echo(_human(row))
-    return EXIT_CRITICAL if any(r["status"] == "invalid" for r in rows) else EXIT_OK
+    return EXIT_CRITICAL if any(r["status"] == LocationStatus.INVALID for r in rows) else EXIT_OK
 
 
 @click.command("jwt")

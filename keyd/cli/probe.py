@@ -30,9 +30,12 @@ from keyd.report.render import line
 from keyd.store.engine import make_engine
 from keyd.store.migrate import ensure_current
 from keyd.timeutil import isoformat_z
+from keyd.vocab import ProbeOutcome
 
-EXIT_BY_OUTCOME = {"ok": EXIT_OK, "rejected": EXIT_REJECTED, "unavailable": EXIT_UNAVAILABLE,
-                   "bad_response": EXIT_BAD_RESPONSE, "unreadable": EXIT_UNAVAILABLE}
+EXIT_BY_OUTCOME: dict[str, int] = {ProbeOutcome.OK: EXIT_OK, ProbeOutcome.REJECTED: EXIT_REJECTED,
+                                   ProbeOutcome.UNAVAILABLE: EXIT_UNAVAILABLE,
+                                   ProbeOutcome.BAD_RESPONSE: EXIT_BAD_RESPONSE,
+                                   ProbeOutcome.UNREADABLE: EXIT_UNAVAILABLE}
 
 
 def render(result: ProbeResult) -> str:

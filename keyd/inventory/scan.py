@@ -42,6 +42,7 @@ from keyd.store.inventory import (
     last_attempts,
     validated_hashes,
 )
+from keyd.vocab import KeyStatus
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class ScanReport:
     @property
     def keys(self) -> int:
         """Keys known and not missing."""
-        return sum(n for status, n in self.key_counts.items() if status != "missing")
+        return sum(n for status, n in self.key_counts.items() if status != KeyStatus.MISSING)
 
     def total(self, attribute: str) -> int:
         return sum(int(getattr(s, attribute)) for s in self.sources)

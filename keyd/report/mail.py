@@ -28,8 +28,9 @@ from typing import Any, Final
 from keyd.store.alerts import AlertRecord
 from keyd.text import escape
 from keyd.timeutil import format_duration, isoformat_z
+from keyd.vocab import AlertKind, KeyKind, LocationStatus, Severity
 
-_SEVERITY_ORDER: Final = {"info": 0, "warning": 1, "critical": 2}
+_SEVERITY_ORDER: Final[dict[str, int]] = {severity: rank for rank, severity in enumerate(Severity)}
 _TAG = "[keyd "
 # CRLF for SMTP; headers up to RFC 5322's hard limit instead of folding at 78,
 # because Python folds a long single-line subject right after "Subject:",
@@ -129,17 +130,17 @@ def _headline(alert: AlertRecord) -> str:
 
 def _block(alert: AlertRecord) -> _Block:
     ctx = alert.context
-    if alert.kind in ("unavailable", "recovered"):
+    if alert.kind in (AlertKind.UNAVAILABLE, AlertKind.RECOVERED):
         return _issuer_block(alert, ctx)
     facts: list[tuple[str, str]] = [("Severity", alert.severity.upper()),
                                     ("Key id", str(ctx.get("key_id"))),
                                     (_who(ctx).capitalize(), str(ctx.get("principal")))]
     facts += _expiry_facts(ctx)
-    if alert.kind == "rotated":
+    if alert.kind == AlertKind.ROTATED:
         new = ctx.get("replaced_by") or {}
         facts.append(("Replaced by", f"key {new.get('key_id')} (expires "
                                      f"{new.get('expires_at') or 'unknown'})"))
-    if alert.kind == "rejected":
+    if alert.kind == AlertKind.REJECTED:
         facts.append(("Issuer said", str(ctx.get("error") or "key revoked or unknown")))
         facts.append(("Last probe", str(ctx.get("last_probe_at") or "?")))
     for n, loc in enumerate(ctx.get("locations") or [], 1):
@@ -165,7 +166,7 @@ def _expiry_facts(ctx: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _issuer_block(alert: AlertRecord, ctx: Mapping[str, Any]) -> _Block:
     facts = [("Severity", alert.severity.upper()), ("Issuer", str(ctx.get("issuer"))),
              ("Unavailable since", str(ctx.get("since")))]
-    if alert.kind == "recovered":
+    if alert.kind == AlertKind.RECOVERED:
         facts.append(("Reachable again at", str(ctx.get("until"))))
         todo: list[str] = []
     else:
@@ -178,19 +179,19 @@ def _issuer_block(alert: AlertRecord, ctx: Mapping[str, Any]) -> _Block:
 
 
 def _who(ctx: Mapping[str, Any]) -> str:
-    return "app" if ctx.get("key_kind") == "application" else "user"
+    return "app" if ctx.get("key_kind") == KeyKind.APPLICATION else "user"
 
 
 def _location(loc: Mapping[str, Any]) -> str:
     source, ref = str(loc.get("source", "")), str(loc.get("ref", ""))
     where = f"Vault {ref}" if source.startswith("vault") else f"file {ref}"
     status = loc.get("status")
-    return f"{where} (source {source}{'' if status == 'present' else f', {status}'})"
+    return f"{where} (source {source}{'' if status == LocationStatus.PRESENT else f', {status}'})"
 
 
 def _console_steps(ctx: Mapping[str, Any]) -> str:
     principal = ctx.get("principal")
-    if ctx.get("key_kind") == "application":
+    if ctx.get("key_kind") == KeyKind.APPLICATION:
         return (f"ZITADEL console → Projects → <project> → Applications → {principal} → Keys → "
                 "New, and download the key JSON")
     return (f"ZITADEL console → Users → Service Users → {principal} → Keys → New, and download "
@@ -200,7 +201,7 @@ def _console_steps(ctx: Mapping[str, Any]) -> str:
 def _todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
     key_id = ctx.get("key_id")
     where = "; ".join(str(loc.get("ref")) for loc in ctx.get("locations") or []) or "its source"
-    if kind == "rotated":
+    if kind == AlertKind.ROTATED:
         return [f"Nothing urgent: key {key_id} has a successor. Remove the old key file "
                 f"({where}) once nothing uses it,",
                 f"then delete key {key_id} in the ZITADEL console (…→ Keys).",
@@ -210,10 +211,10 @@ def _todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
              "Check the new file with `keyd inspect NEW.json`; `keyd status` shows the "
              "inventory after the next scan.",
              f"Delete the old key {key_id} in the console once nothing uses it."]
-    if kind == "untracked":
+    if kind == AlertKind.UNTRACKED:
         steps.insert(0, "This key file has no expirationDate (created before 2024): keyd "
                         "cannot tell when it expires. Replace it with a new key.")
-    if kind == "rejected":
+    if kind == AlertKind.REJECTED:
         steps.insert(0, "The issuer refuses this key (revoked, deleted or unknown). Services "
                         "using it cannot get tokens.")
     return steps

@@ -29,9 +29,10 @@ from keyd.report.web import Row, cell, document, e, facts, legend, table
 from keyd.store.probes import ProbeHistoryRow
 from keyd.store.snapshot import TokenSnapshot
 from keyd.store.views import AlertRow, EventRow, SinkRow
+from keyd.vocab import SinkState
 
 #: Token sink states that are a refusal keyd reports (it will not write there).
-REFUSED: Final = ("unmanaged", "conflict")
+REFUSED: Final = (SinkState.UNMANAGED, SinkState.CONFLICT)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def _problems(page: IndexPage) -> str:
                 f"token path {token.sink} for key {key_id}: refused ({token.state}): "
                 "keyd will not overwrite a secret it does not manage"
             )
-        elif token.state == "failed":
+        elif token.state == SinkState.FAILED:
             lines.append(f"token path {token.sink} for key {key_id}: write-back failing")
     if not lines:
         return "<p>None.</p>"

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
+from keyd import vocab
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
 from keyd.config import Config
 from keyd.report import render
@@ -54,8 +55,9 @@ class StatusReport:
 
 
 def effective_status(stored: str, expiry: ExpiryView) -> str:
-    if stored in ("active", "expired") and expiry.status != "unknown":
-        return "expired" if expiry.status == "expired" else "active"
+    lifecycle = vocab.KeyStatus
+    if stored in (lifecycle.ACTIVE, lifecycle.EXPIRED) and expiry.status != vocab.ExpiryStatus.UNKNOWN:
+        return lifecycle.EXPIRED if expiry.status == vocab.ExpiryStatus.EXPIRED else lifecycle.ACTIVE
     return stored
 
 
@@ -107,7 +109,7 @@ def key_json(key: KeyStatus) -> dict[str, Any]:
 def orphan_json(loc: LocationRow) -> dict[str, Any]:
     return {
         "key_id": None, "kind": None, "principal": None, "fingerprint": None,
-        "algorithm": None, "status": "invalid", "expiry_status": None, "expires_at": None,
+        "algorithm": None, "status": vocab.LocationStatus.INVALID, "expiry_status": None, "expires_at": None,
         "last_usable_day": None, "seconds_left": None, "days_left": None,
         "locations": [_location_json(loc)], "last_probe_at": None,
         "last_probe_outcome": None, "last_ok_at": None, "last_error": loc.error,
@@ -121,9 +123,9 @@ def to_json(report: StatusReport) -> list[dict[str, Any]]:
 # --- text --------------------------------------------------------------------
 
 def _expires(view: ExpiryView) -> str:
-    if view.status == "never":
+    if view.status == vocab.ExpiryStatus.NEVER:
         return "never"
-    if view.status == "unknown":
+    if view.status == vocab.ExpiryStatus.UNKNOWN:
         return "unknown"
     return render.instant(view.expires_at)
 
@@ -131,13 +133,13 @@ def _expires(view: ExpiryView) -> str:
 def shown_status(key: KeyStatus) -> str:
     """The status people see: ``expiring`` for an active key inside the
     warning window, else the inventory status."""
-    if key.status == "active" and key.expiry.status == "expiring":
-        return "expiring"
+    if key.status == vocab.KeyStatus.ACTIVE and key.expiry.status == vocab.ExpiryStatus.EXPIRING:
+        return vocab.ExpiryStatus.EXPIRING
     return key.status
 
 
 def _sources(row: KeyRow) -> str:
-    present = sorted({loc.source for loc in row.locations if loc.status == "present"})
+    present = sorted({loc.source for loc in row.locations if loc.status == vocab.LocationStatus.PRESENT})
     if present:
         return ", ".join(present)
     return f"({', '.join(sorted({loc.source for loc in row.locations}))})"
@@ -172,9 +174,9 @@ def problems(report: StatusReport) -> list[str]:
     said: set[str] = set()  # a directory's warning is said once, not once per file in it
     for key in report.keys:
         for loc in key.row.locations:
-            if loc.status == "invalid":
+            if loc.status == vocab.LocationStatus.INVALID:
                 lines.append(f"{loc.source}: {loc.ref}: INVALID ({key.row.key_id}): {loc.error}")
-            elif loc.warning and loc.status == "present":
+            elif loc.warning and loc.status == vocab.LocationStatus.PRESENT:
                 for part in loc.warning.split("; "):
                     if part.startswith("its directory "):
                         text = f"{loc.source}: warning: directory{part[len('its directory'):]}"

@@ -41,17 +41,19 @@ from keyd.store import alerts as alert_store
 from keyd.store import snapshot
 from keyd.store.snapshot import KeySnapshot, LocationProblem, SourceSnapshot
 from keyd.timeutil import format_duration, isoformat_z
+from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus
 
 SCHEMA: Final = "keyd.check/1"
-EXIT_FOR: Final = {"ok": EXIT_OK, "warning": EXIT_WARNING, "critical": EXIT_CRITICAL,
-                   "unknown": EXIT_UNKNOWN}
+EXIT_FOR: Final[dict[str, int]] = {CheckStatus.OK: EXIT_OK, CheckStatus.WARNING: EXIT_WARNING,
+                                   CheckStatus.CRITICAL: EXIT_CRITICAL,
+                                   CheckStatus.UNKNOWN: EXIT_UNKNOWN}
 COUNTERS: Final = ("keys", "expiring", "expired", "rejected", "invalid", "missing",
                    "source_errors")
 
 
 @dataclass(frozen=True)
 class Problem:
-    severity: str  # critical | warning | unknown
+    severity: str  # vocab.CheckStatus, never OK
     kind: str  # expired | rejected | invalid | expiring | source | issuer | stage
     message: str
     key_id: str | None = None
@@ -112,18 +114,18 @@ class Verdict:
 
     def _headline(self) -> str:
         c = self.counts
-        expiring = [p for p in self.problems if p.kind == "expiring"]
+        expiring = [p for p in self.problems if p.kind == ExpiryStatus.EXPIRING]
         soonest = min((p.seconds_left for p in expiring if p.seconds_left is not None),
                       default=None)
-        if self.status == "critical":
+        if self.status == CheckStatus.CRITICAL:
             text = f"{c['expired']} expired, {c['rejected']} rejected, {c['invalid']} invalid"
             return text + (f", {c['expiring']} expiring" if c["expiring"] else "")
-        if self.status == "warning":
+        if self.status == CheckStatus.WARNING:
             when = f" in {_left(soonest)}" if soonest is not None else ""
             noun = "key" if c["expiring"] == 1 else "keys"
             return f"{c['expiring']} {noun} expiring{when}, {c['rejected']} rejected"
-        if self.status == "unknown":
-            return "; ".join(p.message for p in self.problems if p.severity == "unknown")
+        if self.status == CheckStatus.UNKNOWN:
+            return "; ".join(p.message for p in self.problems if p.severity == CheckStatus.UNKNOWN)
         noun = "key" if c["keys"] == 1 else "keys"
         return f"{c['keys']} {noun}, none expiring within {format_duration(self.warn_within)}"
 
@@ -137,28 +139,29 @@ def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
     not probe (dry run)."""
     warn = max(config.alerts.thresholds, default=timedelta(days=30))
     configured = {s.name for s in config.sources}
-    verdict = Verdict("ok", at, warn, cycle=cycle,
+    verdict = Verdict(CheckStatus.OK, at, warn, cycle=cycle,
                       sources=[s for s in sources if s.name in configured])
     for key in keys:
         _judge_key(verdict, key, at, warn, config.timezone)
     for loc in locations:
         verdict.counts["invalid"] += 1
-        verdict.problems.append(Problem("critical", "invalid", f"invalid key file {loc.ref} "
-                                        f"({loc.source}): {_clean(loc.error)}", ref=loc.ref))
+        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.INVALID,
+                                        f"invalid key file {loc.ref} ({loc.source}): "
+                                        f"{_clean(loc.error)}", ref=loc.ref))
     _judge_unknowns(verdict)
     if issuer_down_since is not None:
         verdict.problems.append(Problem(
-            "unknown", "issuer", f"issuer unavailable since {isoformat_z(issuer_down_since)} "
+            CheckStatus.UNKNOWN, "issuer", f"issuer unavailable since {isoformat_z(issuer_down_since)} "
             "(last probe round; a dry run does not probe)"))
     verdict.status = _status(verdict)
-    order = {"critical": 0, "warning": 1, "unknown": 2}
+    order: dict[str, int] = {CheckStatus.CRITICAL: 0, CheckStatus.WARNING: 1, CheckStatus.UNKNOWN: 2}
     verdict.problems.sort(key=lambda p: (order[p.severity], p.seconds_left or 0))
     return verdict
 
 
 def _judge_key(verdict: Verdict, key: KeySnapshot, at: datetime, warn: timedelta,
                tz: tzinfo) -> None:
-    if key.status == "missing":
+    if key.status == KeyStatus.MISSING:
         verdict.counts["missing"] += 1
         return
     verdict.counts["keys"] += 1
@@ -168,24 +171,24 @@ def _judge_key(verdict: Verdict, key: KeySnapshot, at: datetime, warn: timedelta
     common: dict[str, Any] = {"key_id": key.key_id, "principal": key.principal,
                               "expires_at": view.expires_at, "seconds_left": view.seconds_left,
                               "ref": key.refs[0] if key.refs else None}
-    if key.status == "expired" or view.status == "expired":
+    if key.status == KeyStatus.EXPIRED or view.status == ExpiryStatus.EXPIRED:
         verdict.counts["expired"] += 1
         stamp = isoformat_z(view.expires_at) if view.expires_at else "an unknown time"
-        verdict.problems.append(Problem("critical", "expired",
+        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.EXPIRED,
                                         f"{who} expired at {stamp}{where}", **common))
-    elif key.status == "rejected":
+    elif key.status == KeyStatus.REJECTED:
         verdict.counts["rejected"] += 1
-        verdict.problems.append(Problem("critical", "rejected", f"{who} is rejected by the "
+        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.REJECTED, f"{who} is rejected by the "
                                         f"issuer: {_clean(key.last_error)}{where}", **common))
-    elif key.status == "invalid":
+    elif key.status == KeyStatus.INVALID:
         verdict.counts["invalid"] += 1
-        verdict.problems.append(Problem("critical", "invalid",
+        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.INVALID,
                                         f"{who} is invalid: {_clean(key.last_error)}{where}",
                                         **common))
-    elif view.status == "expiring" and view.expires_at is not None:
+    elif view.status == ExpiryStatus.EXPIRING and view.expires_at is not None:
         verdict.counts["expiring"] += 1
         verdict.problems.append(Problem(
-            "warning", "expiring",
+            CheckStatus.WARNING, ExpiryStatus.EXPIRING,
             f"{who} expires at {isoformat_z(view.expires_at)} (in {_left(view.seconds_left)}, "
             f"last usable day {view.last_usable_day}){where}", **common))
 
@@ -194,25 +197,25 @@ def _judge_unknowns(verdict: Verdict) -> None:
     for source in verdict.sources:
         if source.consecutive_failures:
             verdict.counts["source_errors"] += 1
-            verdict.problems.append(Problem("unknown", "source", f"source {source.name} "
+            verdict.problems.append(Problem(CheckStatus.UNKNOWN, "source", f"source {source.name} "
                                             f"failing: {_clean(source.last_error)}"))
     cycle = verdict.cycle
     if cycle is None:
         return
     for stage in cycle.failed:
-        verdict.problems.append(Problem("unknown", "stage",
+        verdict.problems.append(Problem(CheckStatus.UNKNOWN, "stage",
                                         f"stage {stage.name} failed: {_clean(stage.error)}"))
     for stage in cycle.stages:
         if getattr(stage.result, "issuer_reachable", None) is False:
-            verdict.problems.append(Problem("unknown", "issuer", "issuer unavailable"))
+            verdict.problems.append(Problem(CheckStatus.UNKNOWN, "issuer", "issuer unavailable"))
 
 
 def _status(verdict: Verdict) -> str:
     severities = {p.severity for p in verdict.problems}
-    for status in ("critical", "warning", "unknown"):
+    for status in (CheckStatus.CRITICAL, CheckStatus.WARNING, CheckStatus.UNKNOWN):
         if status in severities:
             return status
-    return "ok"
+    return CheckStatus.OK
 
 
 def _left(seconds: int | None) -> str:
