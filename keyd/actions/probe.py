@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from keyd import progress
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
 from keyd.checks.mint import mint, prove_application_key
@@ -119,15 +120,18 @@ def probe_due(engine: Engine, services: ProbeServices, now: datetime, *,
     log.info("probing %d key(s)", len(targets))
     pending: list[ProbeRecord] = []
     workers = min(services.policy.concurrency, len(targets))
+    progress.begin("probing", len(targets), "keys")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-probe") as pool:
         futures = [pool.submit(probe_one, t, services) for t in targets]
         for future in as_completed(futures):
             record, result = future.result()
+            progress.advance("probing")
             pending.append(record)
             report.results.append(result)
             if len(pending) >= FLUSH_EVERY:
                 store.record_probe_results(engine, pending)
                 pending = []
+    progress.end("probing")
     _flush_last(engine, pending, report, services)
     log.info("probe round done: %s", report.counts())
     return report

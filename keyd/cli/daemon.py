@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from keyd.cli.common import AppContext, app, echo_json
+from keyd.cli.progress import terminal_progress
 from keyd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from keyd.errors import EXIT_UNKNOWN, KeydError
 from keyd.report.render import line
@@ -54,8 +55,9 @@ def run_cmd(ctx: click.Context) -> int:
                    "posted to a webhook or written to Vault; those steps are listed "
                    "instead, and the verdict uses the stored results of the last real probe.")
 @click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({SCHEMA}).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr.")
 @click.pass_context
-def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> int:
+def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool, quiet: bool) -> int:
     """One full cycle, then a monitoring verdict (exit 0 ok, 1 warning,
     2 critical, 3 unknown)."""
     a = app(ctx)
@@ -65,7 +67,8 @@ def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> int:
         return _unknown(str(exc), as_json)
     try:
         ensure_current(services.engine)
-        verdict = run_check(services, cycle_stages(services), dry_run=dry_run)
+        with terminal_progress(a.clock, quiet=quiet, as_json=as_json):
+            verdict = run_check(services, cycle_stages(services), dry_run=dry_run)
     except KeydError as exc:
         return _unknown(str(exc), as_json)
     finally:

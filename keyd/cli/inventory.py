@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import click
 
 from keyd.cli.common import app, echo_json, parse_at
+from keyd.cli.progress import terminal_progress
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.vault import VaultClient
 from keyd.clients.zitadel import ZitadelKeyAPI
@@ -75,13 +76,15 @@ def _key_apis(ctx: click.Context, config: Config) -> Iterator[dict[str, ZitadelK
 
 
 @click.command("scan")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr.")
 @click.pass_context
-def scan_cmd(ctx: click.Context) -> int:
+def scan_cmd(ctx: click.Context, quiet: bool) -> int:
     """Scan every configured source into the inventory once."""
     config = app(ctx).config()
+    clock = app(ctx).clock
     with _database(config) as engine, _vault(ctx, config) as vault, \
-            _key_apis(ctx, config) as key_apis:
-        report = scan_all(config, engine, app(ctx).clock, vault, key_apis=key_apis)
+            _key_apis(ctx, config) as key_apis, terminal_progress(clock, quiet=quiet, as_json=False):
+        report = scan_all(config, engine, clock, vault, key_apis=key_apis)
     click.echo(line(report.summary()))
     return EXIT_UNAVAILABLE if report.failed else EXIT_OK
 

@@ -16,6 +16,7 @@ import click
 from keyd.actions.probe import build_probe_services, probe_due
 from keyd.checks.probe import ProbeResult
 from keyd.cli.common import app, echo_json
+from keyd.cli.progress import terminal_progress
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.vault import VaultClient
 from keyd.config import VaultSourceConfig
@@ -57,8 +58,9 @@ def render(result: ProbeResult) -> str:
 @click.command("probe")
 @click.argument("key_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr.")
 @click.pass_context
-def probe_cmd(ctx: click.Context, key_id: str, as_json: bool) -> int:
+def probe_cmd(ctx: click.Context, key_id: str, as_json: bool, quiet: bool) -> int:
     """Probe KEY_ID now, ignoring its schedule, backoff and earlier rejection."""
     state = app(ctx)
     config = state.config()
@@ -76,7 +78,8 @@ def probe_cmd(ctx: click.Context, key_id: str, as_json: bool) -> int:
             config.issuer.url, clock=state.clock, ca_bundle=config.issuer.ca_bundle,
             timeout=config.issuer.timeout.total_seconds()))
         services = build_probe_services(config, state.clock, client, vault)
-        report = probe_due(engine, services, state.clock.now(), force_key_id=key_id)
+        with terminal_progress(state.clock, quiet=quiet, as_json=as_json):
+            report = probe_due(engine, services, state.clock.now(), force_key_id=key_id)
     [result] = report.results
     if as_json:
         echo_json(result.to_json())

@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, tzinfo
 from fnmatch import fnmatchcase
 
+from keyd import progress
 from keyd.config import DirectorySourceConfig
 from keyd.errors import EXIT_UNAVAILABLE, KeydError, KeyFileError
 from keyd.sources.base import Candidate, ScanResult
@@ -104,8 +105,14 @@ class DirectorySource:
         self._dir_modes = {}
         self._check_root()
         root_real = os.path.realpath(self.root)
-        candidates = [self._candidate(path, root_real, known, validated)
-                      for path in self._matching_paths()]
+        paths = list(self._matching_paths())
+        task = f"reading {self.name}"
+        progress.begin(task, len(paths), "files")
+        candidates = []
+        for path in paths:
+            candidates.append(self._candidate(path, root_real, known, validated))
+            progress.advance(task)
+        progress.end(task)
         found = [c for c in candidates if c is not None]
         exposed = sum(1 for c in found if c.warning)
         if exposed:

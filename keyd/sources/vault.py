@@ -35,6 +35,7 @@ from collections.abc import Container, Mapping
 from datetime import UTC, tzinfo
 from typing import Any
 
+from keyd import progress
 from keyd.clients.vault import VaultClient, VaultMetadata, VaultSecret
 from keyd.clients.vault_model import norm_prefix, vault_ref
 from keyd.config import VaultSourceConfig
@@ -73,10 +74,14 @@ class VaultSource:
         maps ``<mount>/<path>`` to the KV version the inventory holds."""
         listing = self._client.list_versions(self._mount, self._prefix)
         candidates: list[Candidate] = []
+        task = f"reading {self.name}"
+        progress.begin(task, len(listing), "secrets")
         for path in sorted(listing):
             found = self._candidate(path, listing[path], known_versions, validated)
             if found is not None:
                 candidates.append(found)
+            progress.advance(task)
+        progress.end(task)
         unchanged = sum(1 for c in candidates if c.unchanged)
         log.debug("%s: %d secret(s), %d unchanged, %d invalid", self.name, len(candidates),
                   unchanged, sum(1 for c in candidates if c.error))

@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[2] / "keyd"
 LAYERS = {
     "clock": 0, "errors": 0, "retry": 0, "redact": 0, "text": 0, "timeutil": 0, "urls": 0,
     "vocab": 0, "config": 0,
-    "log": 0, "__init__": 0,
+    "log": 0, "__init__": 0, "progress": 0,
     "store": 1, "clients": 1,
     "sources": 2,
     "inventory": 3,
