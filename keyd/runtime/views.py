@@ -78,7 +78,7 @@ class StatusViews:
                 at=now,
                 zone=zone,
                 probes=probe_history(engine, pk, limit=PROBE_HISTORY),
-                alerts=views.alerts_for(engine, pk),
+                alerts=views.alerts_for(engine, pk, key_id),
                 events=views.recent_events(engine, key_id=key_id),
                 sink=views.sink_for(engine, pk),
                 version=__version__,

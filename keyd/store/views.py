@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload
 
@@ -111,8 +111,9 @@ def key_pk(engine: Engine, key_id: str) -> int | None:
     return int(pk) if pk is not None else None
 
 
-def alerts_for(engine: Engine, pk: int, *, limit: int = 50) -> list[AlertRow]:
-    """One key's alerts, newest first, each with its delivery rows."""
+def alerts_for(engine: Engine, pk: int, key_id: str, *, limit: int = 50) -> list[AlertRow]:
+    """One key's alerts (about its key id, or tied to its row, e.g. a
+    refused token path), newest first, each with its delivery rows."""
     with engine.connect() as conn:
         alerts = list(
             conn.execute(
@@ -125,7 +126,7 @@ def alerts_for(engine: Engine, pk: int, *, limit: int = 50) -> list[AlertRow]:
                     Alert.subject,
                     Alert.resolved_at,
                 )
-                .where(Alert.key_pk == pk)
+                .where(or_(Alert.about == key_id, Alert.key_pk == pk))
                 .order_by(Alert.created_at.desc(), Alert.id.desc())
                 .limit(limit)
             )

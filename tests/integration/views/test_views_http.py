@@ -39,9 +39,11 @@ def inventory(tmp_path: Path, db_url: str) -> Path:
     write_keyfile(keys / "b.json", "key/b <i>", "svc-b", expires=AT + timedelta(days=3))
     write_keyfile(keys / "c.json", "key-c", "svc-c", expires=AT - timedelta(days=1))
     config = tmp_path / "keyd.toml"
-    config.write_text(f'timezone = "Europe/Zurich"\n[database]\nurl = "{db_url}"\n'
-                      f'[[sources]]\ntype = "directory"\npath = "{keys}"\n'
-                      '[alerts]\nthresholds = ["30d", "7d", "1d"]\n')
+    config.write_text(
+        f'timezone = "Europe/Zurich"\n[database]\nurl = "{db_url}"\n'
+        f'[[sources]]\ntype = "directory"\npath = "{keys}"\n'
+        '[alerts]\nthresholds = ["30d", "7d", "1d"]\n'
+    )
     assert main(["--config", str(config), "db", "upgrade"]) == 0
     assert main(["--config", str(config), "scan"]) == 0
     return config
@@ -54,26 +56,70 @@ def _history(config: Path) -> None:
         with Session(services.engine) as session, session.begin():
             pk = views.key_pk(services.engine, "key/b <i>")
             assert pk is not None
-            session.add_all([
-                Probe(key_pk=pk, at=AT - timedelta(hours=2), outcome="unavailable",
-                      message=f"issuer said 503 with {TOKEN}", latency_ms=12.0, attempts=3),
-                Probe(key_pk=pk, at=AT - timedelta(hours=1), outcome="ok", latency_ms=8.0),
-                TokenSink(key_pk=pk, mount="secret", path="zitadel/tokens/svc-b", state="conflict",
-                          updated_at=AT, last_error="another writer holds version 7"),
-            ])
-            alert = Alert(fingerprint="f" * 64, key_pk=pk, kind="expiring", threshold="7d@x",
-                          severity="warning", created_at=AT - timedelta(minutes=5),
-                          message_id="<m@keyd>", subject="key expires in 3 days", context="{}")
+            session.add_all(
+                [
+                    Probe(
+                        key_pk=pk,
+                        at=AT - timedelta(hours=2),
+                        outcome="unavailable",
+                        message=f"issuer said 503 with {TOKEN}",
+                        latency_ms=12.0,
+                        attempts=3,
+                    ),
+                    Probe(key_pk=pk, at=AT - timedelta(hours=1), outcome="ok", latency_ms=8.0),
+                    TokenSink(
+                        key_pk=pk,
+                        mount="secret",
+                        path="zitadel/tokens/svc-b",
+                        state="conflict",
+                        updated_at=AT,
+                        last_error="another writer holds version 7",
+                    ),
+                ]
+            )
+            alert = Alert(
+                about="key/b <i>",
+                fingerprint="f" * 64,
+                key_pk=pk,
+                kind="expiring",
+                threshold="7d@x",
+                severity="warning",
+                created_at=AT - timedelta(minutes=5),
+                message_id="<m@keyd>",
+                subject="key expires in 3 days",
+                context="{}",
+            )
             session.add(alert)
             session.flush()
-            session.add_all([
-                Delivery(alert_id=alert.id, channel="email", recipient="ops@example.org",
-                         state="sent", attempts=1, next_attempt_at=AT, sent_at=AT),
-                Delivery(alert_id=alert.id, channel="webhook", recipient=HOOK, state="failed",
-                         attempts=4, next_attempt_at=AT, last_error=f"POST {HOOK}: 500"),
-                Event(at=AT, key_id="key/b <i>", kind="token.refused", source=None,
-                      detail=json.dumps({"path": "zitadel/tokens/svc-b"})),
-            ])
+            session.add_all(
+                [
+                    Delivery(
+                        alert_id=alert.id,
+                        channel="email",
+                        recipient="ops@example.org",
+                        state="sent",
+                        attempts=1,
+                        next_attempt_at=AT,
+                        sent_at=AT,
+                    ),
+                    Delivery(
+                        alert_id=alert.id,
+                        channel="webhook",
+                        recipient=HOOK,
+                        state="failed",
+                        attempts=4,
+                        next_attempt_at=AT,
+                        last_error=f"POST {HOOK}: 500",
+                    ),
+                    Event(
+                        at=AT,
+                        key_id="key/b <i>",
+                        kind="token.refused",
+                        source=None,
+                        detail=json.dumps({"path": "zitadel/tokens/svc-b"}),
+                    ),
+                ]
+            )
     finally:
         services.close()
 
@@ -82,9 +128,13 @@ def _history(config: Path) -> None:
 def client(inventory: Path) -> Iterator[httpx.Client]:
     _history(inventory)
     services = build_services(load_config(inventory), FakeClock(AT))
-    server = ObservabilityServer("127.0.0.1:0", KeydMetrics(services.engine, version="t"),
-                                 lambda: (True, "ok"), lambda: (True, {}),
-                                 views=StatusViews(lambda: services))
+    server = ObservabilityServer(
+        "127.0.0.1:0",
+        KeydMetrics(services.engine, version="t"),
+        lambda: (True, "ok"),
+        lambda: (True, {}),
+        views=StatusViews(lambda: services),
+    )
     server.start()
     host, port = server.address
     try:
@@ -95,8 +145,9 @@ def client(inventory: Path) -> Iterator[httpx.Client]:
         services.close()
 
 
-def test_api_is_keyd_status_json(inventory: Path, client: httpx.Client,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_api_is_keyd_status_json(
+    inventory: Path, client: httpx.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     assert main(["--config", str(inventory), "status", "--json", "--at", isoformat_z(AT)]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -116,17 +167,26 @@ def test_index_and_key_pages(client: httpx.Client) -> None:
     assert "token.refused" in index.text
     page = client.get("/keys/" + quote("key/b <i>", safe=""))
     assert page.status_code == 200
-    for text in ("unavailable", "issuer said 503 with [redacted]", "8 ms",
-                 "key expires in 3 days", "email: sent", "webhook: failed (4 attempts)",
-                 "secret/zitadel/tokens/svc-b", "another writer holds version 7"):
+    for text in (
+        "unavailable",
+        "issuer said 503 with [redacted]",
+        "8 ms",
+        "key expires in 3 days",
+        "email: sent",
+        "webhook: failed (4 attempts)",
+        "secret/zitadel/tokens/svc-b",
+        "another writer holds version 7",
+    ):
         assert text in page.text, text
     assert client.get("/keys/nope").status_code == 404
     assert client.get("/keys/%ff%fe").status_code == 404
 
 
 def test_pages_never_show_secrets(client: httpx.Client) -> None:
-    bodies = [client.get(p).text for p in ("/", "/api/v1/status", "/keys/key-a",
-                                           "/keys/" + quote("key/b <i>", safe=""))]
+    bodies = [
+        client.get(p).text
+        for p in ("/", "/api/v1/status", "/keys/key-a", "/keys/" + quote("key/b <i>", safe=""))
+    ]
     for body in bodies:
         assert PEM_MARKER not in body
         assert TOKEN not in body
