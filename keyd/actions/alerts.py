@@ -23,6 +23,9 @@ own alerts; the fingerprint is only an attribute):
   ``note_issuer_health`` (re-exported here), alerted once the outage lasts
   ``issuer.unavailable_alert_after``; named by the outage start.
 * ``untracked``: a key without an expiry date (pre-2024 file), once.
+* ``unheld`` and ``policy``: from zitadel sources' listings (``findings``);
+  a key ZITADEL no longer lists is ``rejected`` (diagnosis ``removed``)
+  and alerted as rejections are, with its own subject.
 
 Keys whose status is ``missing`` or ``invalid`` are not evaluated; a
 missing key's open alerts are resolved (its unsent ladder mail is then
@@ -39,6 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from keyd.actions.findings import zitadel_alerts
 from keyd.checks.expiry import evaluate, is_never
 from keyd.checks.ladder import Rung, due_rungs, rung_suffix
 from keyd.clients.webhook import display_url
@@ -104,12 +108,17 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
         by_principal[key.principal].append(key)
     known = store.AlertIndex.load(session, [_about(k) for k in keys] + [ISSUER])
     new: list[Alert] = []
+    removed = store.removed_keys(session, [k.id for k in keys if k.status == "rejected"])
     for key in keys:
         if key.status in SKIPPED_STATUSES:
             if key.status == "missing":  # gone from every source: nothing left to warn about
                 store.resolve(session, known.unresolved(_about(key), OPEN_KINDS), now)
             continue
-        new.extend(_key_alerts(session, config, key, by_principal[key.principal], now, known))
+        if key.status == "unheld" and not config.alerts.unheld_ladder:
+            continue  # only ZITADEL knows it: its notice comes from findings
+        new.extend(_key_alerts(session, config, key, by_principal[key.principal], now, known,
+                               removed=key.id in removed))
+    new.extend(zitadel_alerts(session, config, keys, now, known, _emit, _about))
     new.extend(_issuer_alerts(session, config, now, known))
     if new:
         log.info("decided %d new alert(s): %s", len(new),
@@ -120,7 +129,7 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
 # -- per key ------------------------------------------------------------------
 
 def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key],
-                now: datetime, known: AlertIndex) -> list[Alert]:
+                now: datetime, known: AlertIndex, *, removed: bool = False) -> list[Alert]:
     successor = _successor(key, peers)
     if successor is not None:
         return _rotated(session, config, key, successor, now, known)
@@ -134,7 +143,7 @@ def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key]
         ladder_alert = _ladder(session, config, key, key.expires_at, now, known)
         if ladder_alert is not None:
             out.append(ladder_alert)
-    rejected = _rejected(session, config, key, now, known)
+    rejected = _rejected(session, config, key, now, known, removed=removed)
     if rejected is not None:
         out.append(rejected)
     return out
@@ -205,7 +214,7 @@ def _rotated(session: Session, config: Config, key: Key, successor: Key,
 
 
 def _rejected(session: Session, config: Config, key: Key, now: datetime,
-              known: AlertIndex) -> Alert | None:
+              known: AlertIndex, *, removed: bool = False) -> Alert | None:
     dead = key.expires_at is not None and now >= key.expires_at
     if key.status != "rejected" or dead:
         store.resolve(session, known.unresolved(_about(key), ("rejected",)), now)
@@ -213,8 +222,11 @@ def _rejected(session: Session, config: Config, key: Key, now: datetime,
     episode = f"ok@{isoformat_z(key.last_ok_at)}" if key.last_ok_at else "never-ok"
     extra = {"error": scrub(key.last_error or ""), "outcome": key.last_probe_outcome,
              "last_probe_at": _iso(key.last_probe_at), "last_ok_at": _iso(key.last_ok_at)}
+    what = ("was removed in ZITADEL; its key file remains" if removed  # a zitadel source
+            else "is rejected by the issuer")
+    extra["diagnosis"] = "removed" if removed else None
     return _emit(session, config, key, "rejected", episode, "critical", now,
-                 _subject(key, "critical", "is rejected by the issuer"), known, extra)
+                 _subject(key, "critical", what), known, extra)
 
 
 # -- issuer episodes ----------------------------------------------------------

@@ -51,7 +51,7 @@ T = TypeVar("T")
 KEY_STATUSES: Final = tuple(KeyStatus)
 #: ``keyd_key_status_code``: 0 is the only healthy value (docs/daemon.md).
 STATUS_CODES: Final[dict[str, int]] = {KeyStatus.ACTIVE: 0, KeyStatus.EXPIRED: 1, KeyStatus.REJECTED: 2,
-                       KeyStatus.INVALID: 3, KeyStatus.MISSING: 4}
+                       KeyStatus.INVALID: 3, KeyStatus.MISSING: 4, KeyStatus.UNHELD: 5}
 UNKNOWN_STATUS_CODE: Final = 9  # a status a newer keyd wrote
 PROBE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LABELS: Final = ["key_id", "principal"]
@@ -182,7 +182,8 @@ def _key_families(rows: list[snapshot.KeySeries]) -> list[Metric]:
                                 "When the key expires (absent when unknown)", labels=LABELS)
     code = GaugeMetricFamily("keyd_key_status_code",
                              "The key's status: 0 active, 1 expired, 2 rejected, 3 invalid, "
-                             "4 missing", labels=LABELS)
+                             "4 missing, 5 unheld (listed by ZITADEL, held nowhere)",
+                             labels=LABELS)
     for row in _each(rows, "key"):
         ids = [row.key_id, row.principal]
         if row.expires_at is not None:

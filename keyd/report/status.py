@@ -13,14 +13,24 @@ that holds no key, which has ``key_id`` null)::
      "expiry_status": "valid"|"expiring"|"expired"|"never"|"unknown"|null,
      "expires_at": RFC 3339 UTC|null, "last_usable_day": "YYYY-MM-DD"|null,
      "seconds_left": int|null, "days_left": int|null,
-     "locations": [{"source", "ref", "status", "error", "warning"}],
+     "locations": [{"source", "ref", "status", "error", "warning", "kind"}],
      "last_probe_at": RFC 3339|null, "last_probe_outcome": str|null,
-     "last_ok_at": RFC 3339|null, "last_error": str|null}
+     "last_ok_at": RFC 3339|null, "last_error": str|null,
+     "held": bool|null, "expiry_source": "file"|"zitadel"|null,
+     "diagnosis": str|null, "zitadel_created_at": RFC 3339|null}
 
 ``status`` is the inventory status (``active``, ``expired``, ``missing``,
-``invalid``, ``rejected``), except that ``active``/``expired`` are
-re-derived at ``--at`` from the expiry (so ``--at`` in the future shows
+``invalid``, ``rejected``, ``unheld``), except that ``active``/``expired``
+are re-derived at ``--at`` from the expiry (so ``--at`` in the future shows
 what will have expired); an orphan invalid location has ``invalid``.
+``held``: a key file (directory or Vault) holds the key; false for a key
+only a zitadel source lists (``unheld``). A location's ``kind`` is
+``"file"`` (a key file or Vault secret) or ``"zitadel"`` (a listing:
+metadata only). ``expiry_source``: where ``expires_at`` comes from
+(``zitadel`` for a file without ``expirationDate`` that ZITADEL lists, or
+an unheld key). ``diagnosis`` of a ``rejected`` key: ``removed`` when
+ZITADEL no longer lists it, else the probe's (``expired``, ``clock_skew``,
+``malformed``, ``revoked_or_unknown``).
 """
 
 from __future__ import annotations
@@ -89,7 +99,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def _location_json(loc: LocationRow) -> dict[str, Any]:
     return {"source": loc.source, "ref": loc.ref, "status": loc.status, "error": loc.error,
-            "warning": loc.warning}
+            "warning": loc.warning, "kind": loc.kind or "file"}
 
 
 def key_json(key: KeyStatus) -> dict[str, Any]:
@@ -103,7 +113,15 @@ def key_json(key: KeyStatus) -> dict[str, Any]:
         "locations": [_location_json(loc) for loc in row.locations],
         "last_probe_at": _iso(row.last_probe_at), "last_probe_outcome": row.last_probe_outcome,
         "last_ok_at": _iso(row.last_ok_at), "last_error": row.last_error,
+        "held": row.held, "expiry_source": _expiry_source(row), "diagnosis": row.diagnosis,
+        "zitadel_created_at": _iso(row.zitadel_created_at),
     }
+
+
+def _expiry_source(row: KeyRow) -> str | None:
+    if row.expires_at is None:
+        return None
+    return row.expiry_source or "file"
 
 
 def orphan_json(loc: LocationRow) -> dict[str, Any]:
@@ -113,6 +131,7 @@ def orphan_json(loc: LocationRow) -> dict[str, Any]:
         "last_usable_day": None, "seconds_left": None, "days_left": None,
         "locations": [_location_json(loc)], "last_probe_at": None,
         "last_probe_outcome": None, "last_ok_at": None, "last_error": loc.error,
+        "held": None, "expiry_source": None, "diagnosis": None, "zitadel_created_at": None,
     }
 
 
@@ -122,12 +141,11 @@ def to_json(report: StatusReport) -> list[dict[str, Any]]:
 
 # --- text --------------------------------------------------------------------
 
-def _expires(view: ExpiryView) -> str:
-    if view.status == vocab.ExpiryStatus.NEVER:
-        return "never"
+def _expires(view: ExpiryView, row: KeyRow | None = None) -> str:
     if view.status == vocab.ExpiryStatus.UNKNOWN:
         return "unknown"
-    return render.instant(view.expires_at)
+    text = "never" if view.status == vocab.ExpiryStatus.NEVER else render.instant(view.expires_at)
+    return f"{text} (zitadel)" if row is not None and row.expiry_source == "zitadel" else text
 
 
 def shown_status(key: KeyStatus) -> str:
@@ -135,6 +153,8 @@ def shown_status(key: KeyStatus) -> str:
     warning window, else the inventory status."""
     if key.status == vocab.KeyStatus.ACTIVE and key.expiry.status == vocab.ExpiryStatus.EXPIRING:
         return vocab.ExpiryStatus.EXPIRING
+    if key.status == vocab.KeyStatus.REJECTED and key.row.diagnosis == "removed":
+        return "rejected (removed)"
     return key.status
 
 
@@ -156,9 +176,13 @@ def render_text(report: StatusReport) -> str:
     zone = getattr(report.tz, "key", None) or str(report.tz)
     headers = ["KEY ID", "PRINCIPAL", "SOURCE", "EXPIRES (UTC)", f"LAST DAY ({zone})",
                "DAYS", "STATUS", "LAST PROBE"]
-    rows = [[k.row.key_id, k.row.principal, _sources(k.row), _expires(k.expiry),
+    rows = [[k.row.key_id, k.row.principal, _sources(k.row), _expires(k.expiry, k.row),
              render.day(k.expiry.last_usable_day), render.number(k.expiry.days_left),
              shown_status(k), _probe(k.row, report.at)] for k in report.keys]
+    if any(loc.kind for k in report.keys for loc in k.row.locations):  # a zitadel source
+        headers.append("HELD")
+        for row, key in zip(rows, report.keys, strict=True):
+            row.append("yes" if key.row.held else "no")
     parts = [render.table(headers, rows) if rows else
              "no keys in the inventory (run \"keyd scan\")"]
     lines = problems(report)

@@ -19,7 +19,10 @@ last error as the last real probe left them, and the issuer outage the
 last real round recorded (``issuer.unavailable_since``).
 * OK otherwise. Keys no longer found (``missing``) are not a problem by
   themselves: that is what a finished rotation looks like. They are
-  counted in the perfdata only.
+  counted in the perfdata only, as are ``unheld`` keys (ZITADEL lists
+  them, no file holds them: each gets one alert). ``gone`` counts the
+  rejected keys ZITADEL no longer lists (CRITICAL as every rejection);
+  a policy finding of a zitadel source is a WARNING.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
 
+from keyd.actions.findings import policy_findings
 from keyd.checks.expiry import evaluate
-from keyd.config import Config
+from keyd.config import Config, ZitadelSourceConfig
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, EXIT_WARNING
 from keyd.redact import scrub
 from keyd.report.render import line
@@ -48,7 +52,7 @@ EXIT_FOR: Final[dict[str, int]] = {CheckStatus.OK: EXIT_OK, CheckStatus.WARNING:
                                    CheckStatus.CRITICAL: EXIT_CRITICAL,
                                    CheckStatus.UNKNOWN: EXIT_UNKNOWN}
 COUNTERS: Final = ("keys", "expiring", "expired", "rejected", "invalid", "missing",
-                   "source_errors")
+                   "source_errors", "unheld", "gone")
 
 
 @dataclass(frozen=True)
@@ -130,10 +134,18 @@ class Verdict:
         return f"{c['keys']} {noun}, none expiring within {format_duration(self.warn_within)}"
 
 
+@dataclass(frozen=True)
+class PolicyFinding:
+    key_id: str
+    principal: str
+    text: str  # "never expires", "lives 730d (limit 400d)", ...
+
+
 def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
           locations: Sequence[LocationProblem], sources: Sequence[SourceSnapshot],
           cycle: CycleReport | None = None, *,
-          issuer_down_since: datetime | None = None) -> Verdict:
+          issuer_down_since: datetime | None = None, gone: frozenset[str] = frozenset(),
+          policy: Sequence[PolicyFinding] = ()) -> Verdict:
     """The verdict for this inventory at ``at`` (module docstring).
     ``issuer_down_since``: a stored outage to report when this cycle did
     not probe (dry run)."""
@@ -142,7 +154,11 @@ def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
     verdict = Verdict(CheckStatus.OK, at, warn, cycle=cycle,
                       sources=[s for s in sources if s.name in configured])
     for key in keys:
-        _judge_key(verdict, key, at, warn, config.timezone)
+        _judge_key(verdict, key, at, warn, config.timezone, removed=key.key_id in gone)
+    for finding in policy:
+        verdict.problems.append(Problem(
+            CheckStatus.WARNING, "policy", f"key {finding.key_id} ({finding.principal}) {finding.text} "
+            "(policy, as ZITADEL lists it)", key_id=finding.key_id, principal=finding.principal))
     for loc in locations:
         verdict.counts["invalid"] += 1
         verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.INVALID,
@@ -160,9 +176,12 @@ def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
 
 
 def _judge_key(verdict: Verdict, key: KeySnapshot, at: datetime, warn: timedelta,
-               tz: tzinfo) -> None:
+               tz: tzinfo, *, removed: bool = False) -> None:
     if key.status == KeyStatus.MISSING:
         verdict.counts["missing"] += 1
+        return
+    if key.status == KeyStatus.UNHELD:  # only ZITADEL knows it: nothing here can expire or fail
+        verdict.counts["unheld"] += 1
         return
     verdict.counts["keys"] += 1
     view = evaluate(key.expires_at, at, tz, warn_before=warn)
@@ -178,8 +197,10 @@ def _judge_key(verdict: Verdict, key: KeySnapshot, at: datetime, warn: timedelta
                                         f"{who} expired at {stamp}{where}", **common))
     elif key.status == KeyStatus.REJECTED:
         verdict.counts["rejected"] += 1
-        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.REJECTED, f"{who} is rejected by the "
-                                        f"issuer: {_clean(key.last_error)}{where}", **common))
+        verdict.counts["gone"] += removed
+        what = "was removed in ZITADEL" if removed else "is rejected by the issuer"
+        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.REJECTED, f"{who} {what}: "
+                                        f"{_clean(key.last_error)}{where}", **common))
     elif key.status == KeyStatus.INVALID:
         verdict.counts["invalid"] += 1
         verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.INVALID,
@@ -242,10 +263,25 @@ def run_check(services: Services, stages: Sequence[Stage], *, dry_run: bool = Fa
 
 
 def _verdict_from_db(services: Services, report: CycleReport) -> Verdict:
-    engine = services.engine
-    return judge(services.config, services.clock.now(), snapshot.keys(engine),
+    engine, now = services.engine, services.clock.now()
+    gone, policy = _zitadel_findings(services, now)
+    return judge(services.config, now, snapshot.keys(engine),
                  snapshot.location_problems(engine), snapshot.sources(engine), report,
-                 issuer_down_since=_stored_outage(services, report))
+                 issuer_down_since=_stored_outage(services, report), gone=gone, policy=policy)
+
+
+def _zitadel_findings(services: Services, now: datetime
+                      ) -> tuple[frozenset[str], list[PolicyFinding]]:
+    """Keys ZITADEL no longer lists, and the policy findings of what it lists."""
+    if not any(isinstance(s, ZitadelSourceConfig) for s in services.config.sources):
+        return frozenset(), []
+    with alert_store.transaction(services.engine) as session:
+        keys = alert_store.alert_candidates(session)
+        removed = alert_store.removed_keys(session, [k.id for k in keys if k.status == "rejected"])
+        gone = frozenset(k.key_id for k in keys if k.id in removed)
+        found = [PolicyFinding(f.key.key_id, f.key.principal, f.text)
+                 for f in policy_findings(services.config, keys, now)]
+    return gone, found
 
 
 def _stored_outage(services: Services, report: CycleReport) -> datetime | None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session as Session  # re-exported for typing in actio
 from sqlalchemy.orm import selectinload
 
 from keyd.clock import utc
+from keyd.store.inventory import latest_diagnoses
 from keyd.store.models import Alert, Delivery, Key, State
 from keyd.timeutil import isoformat_z, parse_rfc3339
 from keyd.vocab import DeliveryState
@@ -196,6 +197,12 @@ class AlertIndex:
         return [a for a in self._by_about.get(about, ())
                 if a.kind in kinds and a.resolved_at is None
                 and not (keep_suffix is not None and a.threshold.endswith(keep_suffix))]
+
+
+def removed_keys(session: Session, pks: Sequence[int]) -> set[int]:
+    """Of these rejected keys, those whose latest probe row says ZITADEL
+    no longer lists them (diagnosis ``removed``, written by a zitadel source)."""
+    return {pk for pk, d in latest_diagnoses(session, pks).items() if d == "removed"}
 
 
 def alert_candidates(session: Session) -> list[Key]:

@@ -364,7 +364,7 @@ def inventory_snapshot(engine: Engine) -> InventorySnapshot:
     with session_scope(engine) as session:
         keys = list(session.scalars(select(Key).options(selectinload(Key.locations))
                                     .order_by(Key.principal, Key.key_id)))
-        diagnoses = _diagnoses(session, keys)
+        diagnoses = latest_diagnoses(session, [k.id for k in keys if k.status == "rejected"])
         key_rows = tuple(_key_row(k, diagnoses.get(k.id)) for k in keys)
         orphans = session.scalars(
             select(KeyLocation).where(KeyLocation.key_pk.is_(None),
@@ -395,14 +395,12 @@ def _key_row(key: Key, diagnosis: str | None = None) -> KeyRow:
     )
 
 
-def _diagnoses(session: Session, keys: Iterable[Key]) -> dict[int, str]:
-    """The diagnosis of each rejected key's latest probe row."""
-    pks = [k.id for k in keys if k.status == "rejected"]
-    out: dict[int, str] = {}
-    for chunk in _chunks(pks):
+def latest_diagnoses(session: Session, pks: Iterable[int]) -> dict[int, str | None]:
+    """The diagnosis of each key's latest probe row (keys without one: absent)."""
+    out: dict[int, str | None] = {}
+    for chunk in _chunks(sorted(set(pks))):
         stmt = (select(Probe.key_pk, Probe.diagnosis).where(Probe.key_pk.in_(chunk))
                 .order_by(Probe.key_pk, Probe.at.desc(), Probe.id.desc()))
         for pk, diagnosis in session.execute(stmt):
-            if pk not in out and diagnosis:
-                out[pk] = diagnosis
+            out.setdefault(pk, diagnosis)
     return out

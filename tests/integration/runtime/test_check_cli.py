@@ -69,7 +69,7 @@ def test_exit_codes_follow_the_inventory(migrated_engine: Engine, db_url: str, t
     assert check(config) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == ("KEYD WARNING - 1 key expiring in 5d, 0 rejected | keys=2 expiring=1 "
-                      "expired=0 rejected=0 invalid=0 missing=0 source_errors=0")
+                      "expired=0 rejected=0 invalid=0 missing=0 source_errors=0 unheld=0 gone=0")
     assert out[1].startswith("WARNING: key 200 (svc-b) expires at ")
 
     (keys / "junk.json").write_text("not json")

@@ -54,9 +54,10 @@ def test_json_schema_and_values() -> None:
         "last_usable_day": "2026-05-31", "seconds_left": 30 * 86400 + 10 * 3600,
         "days_left": 30,
         "locations": [{"source": "dir", "ref": "/keys/k1.json", "status": "present",
-                       "error": None, "warning": None}],
+                       "error": None, "warning": None, "kind": "file"}],
         "last_probe_at": "2026-05-01T09:00:00Z", "last_probe_outcome": "ok",
         "last_ok_at": "2026-05-01T09:00:00Z", "last_error": None,
+        "held": True, "expiry_source": "file", "diagnosis": None, "zitadel_created_at": None,
     }
     assert rows[1]["expiry_status"] == "never" and rows[1]["seconds_left"] is None
     assert rows[1]["expires_at"] == "9999-12-31T23:59:59Z"

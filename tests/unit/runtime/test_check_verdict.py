@@ -32,22 +32,22 @@ def source(failures: int = 0) -> SourceSnapshot:
 @pytest.mark.parametrize(("keys", "locations", "sources", "status", "headline"), [
     ([key("a"), key("b", left=None)], [], [source()], "ok",
      "KEYD OK - 2 keys, none expiring within 30d | keys=2 expiring=0 expired=0 rejected=0 "
-     "invalid=0 missing=0 source_errors=0"),
+     "invalid=0 missing=0 source_errors=0 unheld=0 gone=0"),
     ([key("a", left=timedelta(days=5, hours=1)), key("b")], [], [source()], "warning",
      "KEYD WARNING - 1 key expiring in 5d, 0 rejected | keys=2 expiring=1 expired=0 "
-     "rejected=0 invalid=0 missing=0 source_errors=0"),
+     "rejected=0 invalid=0 missing=0 source_errors=0 unheld=0 gone=0"),
     ([key("a", left=timedelta(hours=3))], [], [], "warning",
      "KEYD WARNING - 1 key expiring in 3h, 0 rejected | keys=1 expiring=1 expired=0 "
-     "rejected=0 invalid=0 missing=0 source_errors=0"),
+     "rejected=0 invalid=0 missing=0 source_errors=0 unheld=0 gone=0"),
     ([key("a", left=-timedelta(seconds=1)), key("b", status="rejected", error="invalid_grant"),
       key("c", left=timedelta(days=2))], [], [source(2)], "critical",
      "KEYD CRITICAL - 1 expired, 1 rejected, 0 invalid, 1 expiring | keys=3 expiring=1 "
-     "expired=1 rejected=1 invalid=0 missing=0 source_errors=1"),
+     "expired=1 rejected=1 invalid=0 missing=0 source_errors=1 unheld=0 gone=0"),
     ([key("a")], [LocationProblem(SRC.name, "/keys/bad.json", "invalid", "not JSON")], [],
      "critical", None),
     ([key("a")], [], [source(1)], "unknown",
      "KEYD UNKNOWN - source directory:/keys failing: permission denied | keys=1 expiring=0 "
-     "expired=0 rejected=0 invalid=0 missing=0 source_errors=1"),
+     "expired=0 rejected=0 invalid=0 missing=0 source_errors=1 unheld=0 gone=0"),
     # a removed, expired key is a finished rotation: not a problem
     ([key("old", status="missing", left=-timedelta(days=3)), key("new")], [], [], "ok", None),
 ])
