@@ -136,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, path: str) -> None:
         views = self.server.views
         if path == "/metrics":
-            body, content_type = self.server.metrics.render()
+            body, content_type = self.server.metrics.render(self.headers.get("Accept"))
             self._send(200, body, content_type)
         elif path == "/healthz":
             ok, reason = self.server.healthy()

@@ -31,19 +31,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, TypeVar
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from keyd.store import snapshot
 from keyd.store.snapshot import Engine
-from keyd.vocab import KeyStatus
+from keyd.vocab import KeyStatus, LocationStatus, ProbeOutcome, SinkState
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +62,15 @@ STATUS_CODES: Final[dict[str, int]] = {KeyStatus.ACTIVE: 0, KeyStatus.EXPIRED: 1
 UNKNOWN_STATUS_CODE: Final = 9  # a status a newer keyd wrote
 PROBE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LABELS: Final = ["key_id", "principal"]
+OPENMETRICS: Final = "application/openmetrics-text"
+EOF_LINE: Final = b"# EOF\n"
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     marker: tuple[object, ...] | None  # None: the database did not answer
     families: tuple[Metric, ...]
-    body: bytes  # the families rendered once, at refresh time
+    bodies: dict[str, bytes]  # by content type: rendered once per format, on first use
 
 
 class KeydMetrics:
@@ -83,10 +92,19 @@ class KeydMetrics:
         self.probe_duration = Histogram(
             "keyd_probe_duration_seconds", "Duration of validation probes (token requests)",
             buckets=PROBE_BUCKETS, registry=self.registry)
+        self.probes = Counter("keyd_probes", "Validation probes by outcome (this process)",
+                              ["outcome"], registry=self.registry)
+        for outcome in ProbeOutcome:  # every outcome from 0, so rate() sees the first one
+            self.probes.labels(outcome)
+        for standard in (ProcessCollector, PlatformCollector, GCCollector):
+            standard(registry=self.registry)  # process_*, python_info, python_gc_*
         self.registry.register(_RuntimeCollector(version, leader, last_tick))
 
-    def observe_probe(self, seconds: float) -> None:
-        self.probe_duration.observe(max(seconds, 0.0))
+    def observe_probe(self, outcome: str, seconds: float | None) -> None:
+        """One probe result: counted by outcome; its latency when it has one."""
+        self.probes.labels(outcome).inc()
+        if seconds is not None:
+            self.probe_duration.observe(max(seconds, 0.0))
 
     def refresh(self, *, force: bool = False) -> bool:
         """Rebuild the inventory snapshot if the database changed since the
@@ -105,8 +123,7 @@ class KeydMetrics:
             db_up = GaugeMetricFamily("keyd_db_up",
                                       "1 if the inventory database answered the last refresh",
                                       value=0 if marker is None else 1)
-            all_families = (db_up, *families)
-            self._snapshot = _Snapshot(marker, all_families, _render(all_families))
+            self._snapshot = _Snapshot(marker, (db_up, *families), {})
             return True
 
     def families(self) -> tuple[Metric, ...]:
@@ -114,11 +131,22 @@ class KeydMetrics:
         if there is none yet)."""
         return self._current().families
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition body and its content type: the in-process series
-        rendered now, the inventory as rendered at the last refresh."""
-        inventory = self._current().body
-        return generate_latest(self.registry) + inventory, CONTENT_TYPE_LATEST
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type for an ``Accept`` header,
+        as prometheus-client negotiates it (OpenMetrics when asked, else the
+        text format): the in-process series rendered now, the inventory as
+        rendered once per format for the current snapshot."""
+        encoder, content_type = choose_encoder(accept or "")
+        current = self._current()
+        with self._lock:
+            inventory = current.bodies.get(content_type)
+            if inventory is None:
+                inventory = current.bodies[content_type] = _render(current.families, encoder)
+        live = encoder(self.registry)
+        if content_type.startswith(OPENMETRICS):  # one "# EOF", at the very end
+            return live.removesuffix(EOF_LINE) + inventory.removesuffix(EOF_LINE) + EOF_LINE, \
+                content_type
+        return live + inventory, content_type
 
     def _current(self) -> _Snapshot:
         current = self._snapshot
@@ -161,10 +189,10 @@ class _Families(Collector):
         return self._families
 
 
-def _render(families: Iterable[Metric]) -> bytes:
+def _render(families: Iterable[Metric], encoder: Callable[[CollectorRegistry], bytes]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families))
-    return generate_latest(registry)
+    return encoder(registry)
 
 
 def _inventory(engine: Engine, per_key: bool) -> list[Metric]:
@@ -172,8 +200,7 @@ def _inventory(engine: Engine, per_key: bool) -> list[Metric]:
                 *_aggregate_families(snapshot.aggregates(engine)),
                 _source_family(snapshot.sources(engine))]
     if per_key:
-        families += [*_key_detail(snapshot.keys(engine)),
-                     _token_family(snapshot.tokens(engine))]
+        families += [*_key_detail(snapshot.keys(engine)), *_token_families(snapshot.tokens(engine))]
     return families
 
 
@@ -197,8 +224,8 @@ def _aggregate_families(agg: snapshot.Aggregates) -> list[Metric]:
     for status in sorted({*KEY_STATUSES, *agg.keys_by_status}):
         keys.add_metric([status], agg.keys_by_status.get(status, 0))
     tokens = GaugeMetricFamily("keyd_tokens", "Token write-back sinks by state", labels=["state"])
-    for state, count in sorted(agg.tokens_by_state.items()):
-        tokens.add_metric([state], count)
+    for state in sorted({*SinkState, *agg.tokens_by_state}):
+        tokens.add_metric([state], agg.tokens_by_state.get(state, 0))
     out: list[Metric] = [keys, tokens]
     if agg.oldest_probe_ok is not None:
         out.append(GaugeMetricFamily(
@@ -213,9 +240,24 @@ def _aggregate_families(agg: snapshot.Aggregates) -> list[Metric]:
             "keyd_token_expiration_earliest_timestamp_seconds",
             "When the first written-back access token expires",
             value=agg.earliest_token_expiry.timestamp()))
-    out.append(GaugeMetricFamily("keyd_alerts_pending", "Alert deliveries not yet sent",
-                                 value=agg.open_deliveries))
+    out.append(GaugeMetricFamily("keyd_alert_deliveries_unsent",
+                                 "Alert deliveries (mail, webhook) not sent yet: pending or "
+                                 "failed and retrying", value=agg.open_deliveries))
+    out.append(_location_family(agg.locations))
     return out
+
+
+def _location_family(counts: dict[tuple[str, str], int]) -> Metric:
+    """Key-file locations by source and status; ``status="invalid"`` counts
+    the files and secrets that cannot be read or parsed (the x509
+    exporter's read-errors idea), per source, so a broken directory shows."""
+    family = GaugeMetricFamily("keyd_locations", "Key-file locations by source and status "
+                               "(invalid: unreadable or unparsable)", labels=["source", "status"])
+    sources = sorted({source for source, _ in counts})
+    for source in sources:
+        for status in sorted({*LocationStatus, *(st for src, st in counts if src == source)}):
+            family.add_metric([source, status], counts.get((source, status), 0))
+    return family
 
 
 def _key_detail(rows: list[snapshot.KeySnapshot]) -> list[Metric]:
@@ -232,14 +274,20 @@ def _key_detail(rows: list[snapshot.KeySnapshot]) -> list[Metric]:
     return [last_ok, status]
 
 
-def _token_family(rows: list[snapshot.TokenSnapshot]) -> Metric:
-    family = GaugeMetricFamily("keyd_token_expiration_timestamp_seconds",
-                               "When the access token written back to Vault expires",
-                               labels=["key_id", "principal", "sink"])
+def _token_families(rows: list[snapshot.TokenSnapshot]) -> list[Metric]:
+    labels = ["key_id", "principal", "sink"]
+    expires = GaugeMetricFamily("keyd_token_expiration_timestamp_seconds",
+                                "When the access token written back to Vault expires",
+                                labels=labels)
+    state = GaugeMetricFamily("keyd_token_state", "1 for the token sink's current state",
+                              labels=[*labels, "state"])
     for row in _each(rows, "token"):
+        ids = [row.key_id, row.principal, row.sink]
         if row.expires_at is not None:
-            family.add_metric([row.key_id, row.principal, row.sink], row.expires_at.timestamp())
-    return family
+            expires.add_metric(ids, row.expires_at.timestamp())
+        for name in sorted({*SinkState, row.state}):
+            state.add_metric([*ids, name], 1 if name == row.state else 0)
+    return [expires, state]
 
 
 def _source_family(rows: list[snapshot.SourceSnapshot]) -> Metric:

@@ -76,8 +76,8 @@ def probe(services: Services) -> ProbeReport:
     report = probe_due(services.engine, services.probe, services.clock.now())
     if services.metrics is not None:
         for result in report.results:
-            if result.latency_ms is not None:
-                services.metrics.observe_probe(result.latency_ms / 1000)
+            seconds = result.latency_ms / 1000 if result.latency_ms is not None else None
+            services.metrics.observe_probe(result.outcome, seconds)
     return report
 
 

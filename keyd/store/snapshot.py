@@ -122,6 +122,7 @@ class Aggregates:
     tokens_by_state: dict[str, int]
     earliest_token_expiry: datetime | None
     open_deliveries: int
+    locations: dict[tuple[str, str], int]  # (source, status) -> locations
 
 
 def key_series(engine: Engine) -> list[KeySeries]:
@@ -143,8 +144,11 @@ def aggregates(engine: Engine) -> Aggregates:
         by_state = {str(s): int(n) for s, n in conn.execute(
             select(TokenSink.state, func.count()).group_by(TokenSink.state))}
         earliest = conn.execute(select(func.min(TokenSink.expires_at))).scalar()
+        locations = {(str(src), str(st)): int(n) for src, st, n in conn.execute(
+            select(KeyLocation.source, KeyLocation.status, func.count())
+            .group_by(KeyLocation.source, KeyLocation.status))}
     return Aggregates(by_status, _utc(oldest_ok), int(never_ok), by_state, _utc(earliest),
-                      open_deliveries(engine))
+                      open_deliveries(engine), locations)
 
 
 def change_marker(engine: Engine) -> tuple[object, ...]:

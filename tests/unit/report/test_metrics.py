@@ -58,7 +58,7 @@ def samples(metrics: KeydMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]]
 def test_default_series_two_per_key_the_rest_aggregates(engine: Engine) -> None:
     seed(engine)
     metrics = KeydMetrics(engine, version="0.1.0", leader=lambda: True, last_tick=lambda: NOW)
-    metrics.observe_probe(0.2)
+    metrics.observe_probe("ok", 0.2)
     got = samples(metrics)
     k1 = {("key_id", "k1"), ("principal", "user-k1")}
     k2 = {("key_id", "k2"), ("principal", "user-k2")}
@@ -83,7 +83,7 @@ def test_default_series_two_per_key_the_rest_aggregates(engine: Engine) -> None:
         NOW + timedelta(hours=12)).timestamp()
     assert got[("keyd_source_errors_total",
                 frozenset({("source", "directory:/etc/keyd/keys")}))] == 3
-    assert got[("keyd_alerts_pending", frozenset())] == 1
+    assert got[("keyd_alert_deliveries_unsent", frozenset())] == 1
     assert got[("keyd_leader", frozenset())] == 1
     assert got[("keyd_db_up", frozenset())] == 1
     assert got[("keyd_build_info", frozenset({("version", "0.1.0")}))] == 1
@@ -165,5 +165,5 @@ def test_database_down_still_answers(tmp_path: Path) -> None:
 
 def test_own_registry_per_instance(engine: Engine) -> None:
     a, b = KeydMetrics(engine, version="1"), KeydMetrics(engine, version="2")
-    a.observe_probe(1)
+    a.observe_probe("ok", 1)
     assert samples(b)[("keyd_probe_duration_seconds_count", frozenset())] == 0

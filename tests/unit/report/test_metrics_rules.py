@@ -18,7 +18,8 @@ EXPORTED = {
     "keyd_tokens", "keyd_token_expiration_earliest_timestamp_seconds",
     "keyd_key_last_probe_success_timestamp_seconds", "keyd_key_status",
     "keyd_token_expiration_timestamp_seconds", "keyd_source_errors_total",
-    "keyd_alerts_pending", "keyd_probe_duration_seconds",
+    "keyd_alert_deliveries_unsent", "keyd_probe_duration_seconds", "keyd_locations",
+    "keyd_probes_total", "keyd_token_state",
 }
 
 
