@@ -40,11 +40,18 @@ def upgrade() -> None:
         sa.Column("last_probe_outcome", sa.String(length=16), nullable=True),
         sa.Column("last_ok_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column(
+            "next_alert_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("'1970-01-01 00:00:00'"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_keys")),
         sa.UniqueConstraint("key_id", name=op.f("uq_keys_key_id")),
     )
     with op.batch_alter_table("keys", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_keys_fingerprint"), ["fingerprint"], unique=False)
+        batch_op.create_index(batch_op.f("ix_keys_next_alert_at"), ["next_alert_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_keys_next_probe_at"), ["next_probe_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_keys_principal"), ["principal"], unique=False)
         batch_op.create_index(batch_op.f("ix_keys_status"), ["status"], unique=False)
@@ -290,6 +297,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_keys_status"))
         batch_op.drop_index(batch_op.f("ix_keys_principal"))
         batch_op.drop_index(batch_op.f("ix_keys_next_probe_at"))
+        batch_op.drop_index(batch_op.f("ix_keys_next_alert_at"))
         batch_op.drop_index(batch_op.f("ix_keys_fingerprint"))
 
     op.drop_table("keys")

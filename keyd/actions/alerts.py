@@ -31,6 +31,14 @@ Keys whose status is ``missing`` or ``invalid`` are not evaluated; a
 missing key's open alerts are resolved (its unsent ladder mail is then
 dropped as superseded). All existing alerts of the evaluated keys are read
 in one query (``AlertIndex``).
+
+Driven by due times, not by scanning every key: each key carries
+``next_alert_at``, the due time of its next rung (``next_alert_at()``),
+or "now" once something alert-relevant changed (a new key, its status,
+expiry, principal or content; a probe's verdict). A tick reads only the
+keys whose instant has passed, through that column's index, plus the other
+keys of their principals; with nothing due it costs the same at 100 keys
+as at 100,000. Changed thresholds make every key due once.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from keyd.actions.findings import zitadel_alerts
 from keyd.checks.expiry import evaluate, is_never
-from keyd.checks.ladder import Rung, due_rungs, rung_suffix
+from keyd.checks.ladder import Rung, due_rungs, ladder, rung_suffix
 from keyd.clients.webhook import display_url
 from keyd.config import Config, EmailConfig
 from keyd.redact import scrub
@@ -102,7 +110,8 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
     daemon inserted first is not returned and gets no deliveries here).
     Does not commit.
     """
-    keys = store.alert_candidates(session)
+    store.rearm_if_schedule_changed(session, _schedule(config), now)
+    keys = store.alert_candidates(session, now)
     by_principal: dict[str, list[Key]] = defaultdict(list)
     for key in keys:
         by_principal[key.principal].append(key)
@@ -119,11 +128,31 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
         new.extend(_key_alerts(session, config, key, by_principal[key.principal], now, known,
                                removed=key.id in removed))
     new.extend(zitadel_alerts(session, config, keys, now, known, _emit, _about))
+    store.schedule_alerts(session, {k.id: next_alert_at(k, config, now) for k in keys})
     new.extend(_issuer_alerts(session, config, now, known))
     if new:
         log.info("decided %d new alert(s): %s", len(new),
                  ", ".join(f"{a.kind}:{a.threshold}" for a in new))
     return new
+
+
+def next_alert_at(key: Key, config: Config, now: datetime) -> datetime:
+    """When ``key`` must be looked at again, unless it changes before: the
+    due time of its next rung still ahead. Changes (status, expiry, a new
+    key of the same principal) make it due at once by themselves
+    (``keys.next_alert_at``), so a key with no rung ahead waits for one."""
+    if key.status in SKIPPED_STATUSES or key.expires_at is None or is_never(key.expires_at):
+        return store.ALERT_NEVER
+    ahead = [r.due_at for r in ladder(key.expires_at, config.alerts.thresholds) if r.due_at > now]
+    return min(ahead, default=store.ALERT_NEVER)
+
+
+def _schedule(config: Config) -> str:
+    """What the stored due times and decisions depend on in the config: the
+    thresholds and the zitadel-source rules."""
+    rules = config.alerts
+    return repr((sorted(int(t.total_seconds()) for t in rules.thresholds), rules.unheld_ladder,
+                 rules.never_expiring, rules.max_lifetime, rules.max_keys_per_user))
 
 
 # -- per key ------------------------------------------------------------------

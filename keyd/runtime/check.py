@@ -276,7 +276,7 @@ def _zitadel_findings(services: Services, now: datetime
     if not any(isinstance(s, ZitadelSourceConfig) for s in services.config.sources):
         return frozenset(), []
     with alert_store.transaction(services.engine) as session:
-        keys = alert_store.alert_candidates(session)
+        keys = alert_store.all_keys(session)
         removed = alert_store.removed_keys(session, [k.id for k in keys if k.status == "rejected"])
         gone = frozenset(k.key_id for k in keys if k.id in removed)
         found = [PolicyFinding(f.key.key_id, f.key.principal, f.text)

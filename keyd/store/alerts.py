@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypedDict
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine as Engine  # re-exported for typing in actions/
 from sqlalchemy.orm import Session as Session  # re-exported for typing in actions/
@@ -28,7 +28,8 @@ from sqlalchemy.orm import selectinload
 
 from keyd.clock import utc
 from keyd.store.inventory import latest_diagnoses
-from keyd.store.models import Alert, Delivery, Key, State
+from keyd.store.models import ALERT_NEVER as ALERT_NEVER  # re-exported for actions/
+from keyd.store.models import ALERT_NOW, Alert, Delivery, Key, State
 from keyd.timeutil import isoformat_z, parse_rfc3339
 from keyd.vocab import DeliveryState
 
@@ -205,10 +206,47 @@ def removed_keys(session: Session, pks: Sequence[int]) -> set[int]:
     return {pk for pk, d in latest_diagnoses(session, pks).items() if d == "removed"}
 
 
-def alert_candidates(session: Session) -> list[Key]:
-    """Every key row with its locations (the alert evaluation's input)."""
+def all_keys(session: Session) -> list[Key]:
+    """Every key row with its locations (``keyd check``'s zitadel findings)."""
     return list(session.scalars(select(Key).options(selectinload(Key.locations))
                                 .order_by(Key.id)))
+
+
+ALERT_SCHEDULE: Final = "alerts.schedule"  # what the stored next_alert_at were computed for
+
+
+def alert_candidates(session: Session, now: datetime) -> list[Key]:
+    """The alert evaluation's input: keys whose ``next_alert_at`` has come
+    (one range query on its index; changed keys carry ``ALERT_NOW``), plus
+    every other key of their principals (a new key can supersede an old
+    one), with their locations. Empty, in one query, when nothing is due."""
+    principals = sorted(set(session.scalars(
+        select(Key.principal).where(Key.next_alert_at <= now))))
+    keys: list[Key] = []
+    for start in range(0, len(principals), 500):
+        keys += session.scalars(select(Key).options(selectinload(Key.locations))
+                                .where(Key.principal.in_(principals[start:start + 500])))
+    return sorted(keys, key=lambda k: k.id)
+
+
+def schedule_alerts(session: Session, next_at: Mapping[int, datetime]) -> None:
+    """Store each evaluated key's next evaluation instant (batched)."""
+    rows = [{"pk": pk, "at": at} for pk, at in next_at.items()]
+    if rows:
+        table = Key.__table__
+        session.execute(update(table).where(table.c.id == bindparam("pk"))  # type: ignore[arg-type]
+                        .values(next_alert_at=bindparam("at")), rows)
+
+
+def rearm_if_schedule_changed(session: Session, schedule: str, now: datetime) -> bool:
+    """When the thresholds (``schedule``) differ from those the stored due
+    times were computed for, make every key due now; True if it did."""
+    if get_state(session, ALERT_SCHEDULE) == schedule:
+        return False
+    session.execute(update(Key).values(next_alert_at=ALERT_NOW)
+                    .execution_options(synchronize_session=False))
+    set_state(session, ALERT_SCHEDULE, schedule, now)
+    return True
 
 
 # -- outbox -----------------------------------------------------------------

@@ -8,7 +8,7 @@ Changing a model means regenerating the migration (README: "Schema changes").
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
@@ -20,8 +20,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
+    inspect,
+    text,
+    update,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -54,6 +58,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+#: ``keys.next_alert_at``: evaluate at the next tick / nothing scheduled.
+ALERT_NOW: Final = datetime(1970, 1, 1, tzinfo=UTC)
+ALERT_NEVER: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -91,8 +100,27 @@ class Key(Base):
     last_probe_outcome: Mapped[str | None] = mapped_column(String(16))  # vocab.ProbeOutcome
     last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # When the alert evaluation must look at this key next: the due time of
+    # its next rung (computed by the evaluation), ALERT_NOW when something
+    # alert-relevant changed (new key, status, expiry, principal, content:
+    # set by the ORM hook below; Core writers set it themselves), NEVER when
+    # nothing will be due. Evaluation reads only ``next_alert_at <= now``.
+    next_alert_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, index=True, default=lambda: ALERT_NOW,
+        server_default=text("'1970-01-01 00:00:00'"))
 
     locations: Mapped[list[KeyLocation]] = relationship(back_populates="key")
+
+
+#: Changes to these make a key due for alert evaluation at once.
+ALERT_FIELDS: Final = ("status", "expires_at", "principal", "content_hash", "kind")
+
+
+@event.listens_for(Key, "before_update")
+def _alert_rearm(_mapper: object, _connection: object, key: Key) -> None:
+    state = inspect(key)
+    if any(state.attrs[name].history.has_changes() for name in ALERT_FIELDS):
+        key.next_alert_at = ALERT_NOW
 
 
 class KeyLocation(Base):
@@ -125,6 +153,22 @@ class KeyLocation(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
 
     key: Mapped[Key | None] = relationship(back_populates="locations")
+
+
+@event.listens_for(KeyLocation, "after_insert")
+@event.listens_for(KeyLocation, "after_update")
+def _location_rearm(_mapper: object, connection: Connection, loc: KeyLocation) -> None:
+    """A location that appears, moves or changes status can change what is
+    alerted (rotation, zitadel findings, routes): its keys are due now."""
+    state = inspect(loc)
+    changed = [state.attrs[name].history for name in ("status", "key_pk")]
+    if not any(h.has_changes() for h in changed):
+        return
+    pks = {loc.key_pk, *state.attrs["key_pk"].history.deleted} - {None}
+    if pks:
+        table = Key.__table__
+        connection.execute(update(table).where(table.c.id.in_(pks))  # type: ignore[arg-type]
+                           .values(next_alert_at=ALERT_NOW))
 
 
 class SourceState(Base):

@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from keyd.errors import UsageError
-from keyd.store.models import Key, KeyLocation, Probe
+from keyd.store.models import ALERT_NOW, Key, KeyLocation, Probe
 from keyd.vocab import KeyStatus, LocationStatus
 
 
@@ -188,6 +188,7 @@ def record_probe_results(engine: Engine, records: Sequence[ProbeRecord], *,
                 values["last_ok_at"] = rec.at
             if rec.status is not None:
                 values["status"] = rec.status
+                values["next_alert_at"] = ALERT_NOW  # a new verdict: evaluate alerts now
             session.execute(
                 update(Key)
                 .where(Key.id == rec.key_pk, Key.content_hash == rec.content_hash)

@@ -24,7 +24,7 @@ from keyd.report.mail import render_message
 from keyd.store.alerts import transaction
 from keyd.store.engine import make_engine
 from keyd.store.migrate import upgrade
-from keyd.store.models import Alert, Delivery, Key, KeyLocation
+from keyd.store.models import ALERT_NOW, Alert, Delivery, Key, KeyLocation
 from keyd.timeutil import get_zone
 from tests.support.db import db_url  # noqa: F401
 from tests.support.smtp import Received, SmtpServer, smtp_server  # noqa: F401
@@ -78,8 +78,10 @@ class AlertWorld:
         return int(self.engine_do(add))
 
     def update_key(self, key_id: str, **values: Any) -> None:
+        """A Core write, as the probe stage does: it re-arms the alert
+        evaluation itself (``keys.next_alert_at``), as every writer must."""
         self.engine_do(lambda s: s.execute(update(Key).where(Key.key_id == key_id)
-                                           .values(**values)))
+                                           .values(next_alert_at=ALERT_NOW, **values)))
 
     def evaluate(self) -> list[str]:
         return list(self.engine_do(lambda s: [a.threshold for a in evaluate_alerts(
