@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -27,6 +27,7 @@ from keyd.report.status import KeyStatus, StatusReport, problems, shown_status
 from keyd.report.timeline import key_href, render_timeline
 from keyd.report.web import Row, cell, document, e, facts, legend, table
 from keyd.store.probes import ProbeHistoryRow
+from keyd.store.rotations import RotationRow
 from keyd.store.snapshot import TokenSnapshot
 from keyd.store.views import AlertRow, EventRow, SinkRow
 from keyd.vocab import SinkState
@@ -44,6 +45,7 @@ class IndexPage:
     tokens: Mapping[str, TokenSnapshot]  # by key id
     events: Sequence[EventRow]
     version: str
+    rotations: Mapping[str, str] = field(default_factory=dict)  # key id -> ``rotation_labels``
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class KeyPage:
     events: Sequence[EventRow]
     sink: SinkRow | None
     version: str
+    rotation: RotationRow | None = None  # the rotation of this key, or the one that made it
 
 
 def _zone(report: StatusReport) -> str:
@@ -105,6 +108,7 @@ def _key_table(page: IndexPage) -> str:
         "Status",
         "Last probe",
         "Token write-back",
+        "Rotation",
     ]
     rows: list[Row] = []
     for key in report.keys:
@@ -130,6 +134,7 @@ def _key_table(page: IndexPage) -> str:
                     cell(status, field="status", css=f"status s-{status}"),
                     cell(_probe(key, report.at), field="last_probe"),
                     cell(token.state if token else "-", field="token_state"),
+                    cell(page.rotations.get(row.key_id, "-"), field="rotation", css="wrap"),
                 ],
             )
         )
@@ -225,6 +230,8 @@ def render_key(page: KeyPage) -> str:
         _locations(key),
         '<h2 id="h-token">Token write-back</h2>',
         _sink(page.sink),
+        '<h2 id="h-rotation">Rotation</h2>',
+        _rotation(page.rotation, row.key_id),
         '<h2 id="h-probes">Probe history</h2>',
         _probes(page.probes),
         '<h2 id="h-alerts">Alerts sent</h2>',
@@ -272,6 +279,39 @@ def _sink(sink: SinkRow | None) -> str:
             ("Next refresh (UTC)", e(render.instant(sink.next_refresh_at))),
             ("Failures in a row", e(sink.failures)),
             ("Last error", e(_clean(sink.last_error) or "-")),
+        ]
+    )
+
+
+def rotation_labels(rows: Sequence[RotationRow]) -> dict[str, str]:
+    """The table's rotation column: the old key shows the rotation's state
+    (and its new key), the new key where it came from."""
+    labels: dict[str, str] = {}
+    for r in rows:
+        text = r.state + (f" ({r.failed_step})" if r.failed_step else "")
+        labels[r.old_key_id] = text + (f" → {r.new_key_id}" if r.new_key_id else "")
+        if r.new_key_id:
+            labels.setdefault(r.new_key_id, f"new, replaces {r.old_key_id} ({r.state})")
+    return labels
+
+
+def _rotation(r: RotationRow | None, key_id: str) -> str:
+    if r is None:
+        return "<p>Not rotated by keyd.</p>"
+    role = "this key is being replaced" if r.old_key_id == key_id else "this key replaces"
+    return facts(
+        [
+            ("Role", e(role)),
+            ("Old key", e(r.old_key_id)),
+            ("New key", e(r.new_key_id or "-")),
+            ("State", e(r.state)),
+            ("Reason", e(r.reason)),
+            ("Attempt", e(r.attempt)),
+            ("Planned (UTC)", e(render.instant(r.planned_at))),
+            ("Published (UTC)", e(render.instant(r.published_at))),
+            ("Finished (UTC)", e(render.instant(r.finished_at))),
+            ("Failed step", e(r.failed_step or "-")),
+            ("Last error", e(_clean(r.last_error) or "-")),
         ]
     )
 

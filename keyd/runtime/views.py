@@ -16,12 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from keyd import __version__
-from keyd.report.pages import IndexPage, KeyPage, render_index, render_key
+from keyd.report.pages import IndexPage, KeyPage, render_index, render_key, rotation_labels
 from keyd.report.status import load_status, to_json
 from keyd.runtime.check import judge
 from keyd.runtime.wiring import Services
 from keyd.store import alerts as alert_store
-from keyd.store import snapshot, views
+from keyd.store import rotations, snapshot, views
 from keyd.store.probes import probe_history
 
 PROBE_HISTORY = 50
@@ -58,6 +58,7 @@ class StatusViews:
             tokens={t.key_id: t for t in snapshot.tokens(engine)},
             events=views.recent_events(engine),
             version=__version__,
+            rotations=rotation_labels(rotations.all_rotations(engine)),
         )
         return render_index(page)
 
@@ -82,5 +83,6 @@ class StatusViews:
                 events=views.recent_events(engine, key_id=key_id),
                 sink=views.sink_for(engine, pk),
                 version=__version__,
+                rotation=views.rotation_of(engine, key_id),
             )
         )

@@ -21,7 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload
 
 from keyd.store.inventory import InventorySnapshot, _key_row
-from keyd.store.models import Alert, Delivery, Event, Key, TokenSink
+from keyd.store.models import Alert, Delivery, Event, Key, Rotation, TokenSink
+from keyd.store.rotations import RotationRow
 
 #: The page shows this many audit events (newest first).
 RECENT_EVENTS = 100
@@ -161,3 +162,13 @@ def sink_for(engine: Engine, pk: int) -> SinkRow | None:
             ).where(TokenSink.key_pk == pk)
         ).one_or_none()
     return SinkRow(*row) if row is not None else None
+
+
+def rotation_of(engine: Engine, key_id: str) -> RotationRow | None:
+    """The rotation replacing ``key_id``, else the one that created it."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(Rotation).where(or_(Rotation.old_key_id == key_id, Rotation.new_key_id == key_id))
+        ).all()
+        mine = sorted(rows, key=lambda r: r.old_key_id != key_id)  # the old key's own first
+        return RotationRow.of(mine[0]) if mine else None

@@ -23,7 +23,7 @@ from keyd.report.metrics import KeydMetrics
 from keyd.runtime.views import StatusViews
 from keyd.runtime.wiring import build_services
 from keyd.store import views
-from keyd.store.models import Alert, Delivery, Event, Probe, TokenSink
+from keyd.store.models import Alert, Delivery, Event, Probe, Rotation, TokenSink
 from keyd.timeutil import isoformat_z
 from tests.support.keyfiles import PEM_MARKER, write_keyfile
 
@@ -111,6 +111,18 @@ def _history(config: Path) -> None:
                         next_attempt_at=AT,
                         last_error=f"POST {HOOK}: 500",
                     ),
+                    Rotation(
+                        old_key_id="key-c",
+                        principal="svc-c",
+                        state="failed",
+                        reason="due",
+                        algorithm="RSA-2048",
+                        new_key_id="key-d",
+                        planned_at=AT,
+                        updated_at=AT,
+                        failed_step="proof",
+                        last_error=f"token {TOKEN} refused",
+                    ),
                     Event(
                         at=AT,
                         key_id="key/b <i>",
@@ -178,6 +190,9 @@ def test_index_and_key_pages(client: httpx.Client) -> None:
         "another writer holds version 7",
     ):
         assert text in page.text, text
+    assert "failed (proof) → key-d" in index.text  # the rotation column
+    rotated = client.get("/keys/key-c").text
+    assert "this key is being replaced" in rotated and "token [redacted] refused" in rotated
     assert client.get("/keys/nope").status_code == 404
     assert client.get("/keys/%ff%fe").status_code == 404
 
@@ -185,7 +200,7 @@ def test_index_and_key_pages(client: httpx.Client) -> None:
 def test_pages_never_show_secrets(client: httpx.Client) -> None:
     bodies = [
         client.get(p).text
-        for p in ("/", "/api/v1/status", "/keys/key-a", "/keys/" + quote("key/b <i>", safe=""))
+        for p in ("/", "/api/v1/status", "/keys/key-a", "/keys/key-c", "/keys/" + quote("key/b <i>", safe=""))
     ]
     for body in bodies:
         assert PEM_MARKER not in body
