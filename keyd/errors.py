@@ -92,10 +92,22 @@ class IssuerRejected(IssuerError):
 
 
 class IssuerUnavailable(IssuerError):
-    """Connection error, timeout or 502/503/504: never the key's fault."""
+    """Connection error, timeout or 502/503/504: never the key's fault.
+    The message always says so ("issuer unavailable: …"), whatever the
+    caller (``keyd mint`` against a stopped issuer used to print only
+    "discovery … failed: ConnectError")."""
 
     retryable = True
     exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, issuer: str, message: str, *, status: int | None = None,
+                 error_code: str | None = None) -> None:
+        if not message.startswith(_UNAVAILABLE):
+            message = _UNAVAILABLE + message
+        super().__init__(issuer, message, status=status, error_code=error_code)
+
+
+_UNAVAILABLE = "issuer unavailable: "
 
 
 class IssuerBadResponse(IssuerError):
@@ -217,6 +229,15 @@ class StoreError(KeydError):
 class DriverMissing(StoreError):
     """The database URL needs a driver this installation lacks (psycopg for
     PostgreSQL comes with the ``keyd[postgres]`` extra). Retrying cannot help."""
+
+    exit_code = EXIT_CONFIG
+    retryable = False
+
+
+class DatabaseUnusable(StoreError):
+    """``database.url`` names something keyd can never use: an unsupported
+    backend (``mysql://``), or a file that is not a SQLite database. A
+    configuration error, not an outage: retrying cannot help."""
 
     exit_code = EXIT_CONFIG
     retryable = False

@@ -155,6 +155,17 @@ def parse_when(text: str, tz: tzinfo = UTC) -> datetime:
     return parse_rfc3339(text)
 
 
+def rfc3339_z(dt: datetime) -> str:
+    """The instant as it is, in UTC with a ``Z``: a fraction only when there
+    is one, without trailing zeros (``12:00:00.5Z``). For showing expiry
+    instants: ``12:00:00.5Z`` is not ``12:00:00Z``, the key still works at
+    12:00:00. Identities (rung names, episode ids) keep ``isoformat_z``."""
+    text = dt.astimezone(UTC).isoformat().replace("+00:00", "")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text + "Z"
+
+
 def isoformat_z(dt: datetime) -> str:
     """RFC 3339 in UTC with a ``Z`` suffix and whole seconds (stable for --json)."""
     return dt.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

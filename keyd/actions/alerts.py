@@ -51,7 +51,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from keyd.actions.findings import zitadel_alerts
-from keyd.checks.expiry import evaluate, is_never
+from keyd.checks.expiry import evaluate, is_never, seconds_until, time_left
 from keyd.checks.ladder import Rung, due_rungs, ladder, rung_suffix
 from keyd.clients.webhook import display_url
 from keyd.config import Config, EmailConfig
@@ -59,7 +59,7 @@ from keyd.redact import scrub
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertIndex, note_issuer_health
 from keyd.store.models import Alert, Key
-from keyd.timeutil import format_duration, isoformat_z
+from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 
 if TYPE_CHECKING:
     from keyd.store.alerts import Session
@@ -220,13 +220,7 @@ def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime
     """``[keyd CRITICAL] key 29… of user 29… expires in 1 day``."""
     if rung.kind == "expired":
         return _subject(key, "critical", "has expired")
-    seconds = int((expires_at - now).total_seconds())
-    if seconds >= 43_200:
-        days = (seconds + 43_200) // 86_400  # nearest: 29d 23h reads "30 days"
-        left = f"{days} day" + ("s" if days != 1 else "")
-    else:
-        left = format_duration(seconds)  # "5h 12m"
-    return _subject(key, rung.severity, f"expires in {left}")
+    return _subject(key, rung.severity, f"expires in {time_left(seconds_until(expires_at, now))}")
 
 
 def _rotated(session: Session, config: Config, key: Key, successor: Key,
@@ -348,7 +342,8 @@ def key_facts(key: Key, config: Config, now: datetime) -> dict[str, Any]:
     return {
         "key_id": key.key_id, "principal": key.principal, "key_kind": key.kind,
         "fingerprint": key.fingerprint, "status": key.status,
-        "expires_at": _iso(key.expires_at), "never_expires": view.status == "never",
+        "expires_at": rfc3339_z(key.expires_at) if key.expires_at else None,
+        "never_expires": view.status == "never",
         "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
         "timezone": config.timezone_name, "seconds_left": view.seconds_left,
         "days_left": view.days_left, "decided_at": isoformat_z(now),

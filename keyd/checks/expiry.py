@@ -29,7 +29,7 @@ from typing import Final
 
 from keyd.clock import utc
 from keyd.sources.keyfile import NEVER_YEAR, Expiry
-from keyd.timeutil import local_date, shift
+from keyd.timeutil import format_duration, local_date, shift
 from keyd.vocab import ExpiryStatus
 
 DEFAULT_WARN_BEFORE: Final = timedelta(days=30)
@@ -72,6 +72,16 @@ def days_left(seconds_left: int | None) -> int | None:
     if seconds_left is None:
         return None
     return seconds_left // _DAY_SECONDS
+
+
+def time_left(seconds: int) -> str:
+    """Time left for people: whole days rounded down, as ``days_left`` and
+    the status table count them ("4 days" at 4d 23h), else ``"5h 12m"``.
+    One rule, so a subject never says 5 days where the table says 4."""
+    days = days_left(seconds) or 0
+    if days >= 1:
+        return f"{days} day" + ("s" if days != 1 else "")
+    return format_duration(seconds)
 
 
 def is_never(expires_at: datetime) -> bool:

@@ -23,7 +23,7 @@ from keyd.clients.issuer import IssuerClient
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, KeyFileError, UsageError
 from keyd.report.render import line
 from keyd.sources.keyfile import KeyFile, read_keyfile
-from keyd.timeutil import isoformat_z, parse_duration
+from keyd.timeutil import isoformat_z, parse_duration, rfc3339_z
 from keyd.vocab import KeyKind, LocationStatus
 
 
@@ -47,7 +47,7 @@ def inspect_row(path: str, keyfile: KeyFile | None, error: KeyFileError | None,
         "path": path, "kind": keyfile.kind, "key_id": keyfile.key_id,
         "principal": keyfile.principal, "algorithm": keyfile.algorithm,
         "key_size": keyfile.key_size, "fingerprint": keyfile.fingerprint,
-        "expires_at": isoformat_z(view.expires_at) if view.expires_at else None,
+        "expires_at": rfc3339_z(view.expires_at) if view.expires_at else None,
         "status": view.status, "seconds_left": view.seconds_left,
         "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
         "error": None,

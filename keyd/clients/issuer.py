@@ -197,7 +197,7 @@ class IssuerClient:
                 self.url, f"{what} at {url} failed: {type(exc).__name__}: {scrub(str(exc))[:200]}"
             ) from None
         if status in UNAVAILABLE_STATUS:
-            raise IssuerUnavailable(self.url, f"{what} at {url}: issuer unavailable (HTTP {status})",
+            raise IssuerUnavailable(self.url, f"{what} at {url} answered HTTP {status}",
                                     status=status)
         return _Answer(status, bytes(body), ctype, date)
 

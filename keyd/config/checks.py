@@ -38,6 +38,10 @@ def database_url(t: Table, key: str, url: str) -> str:
             f'"{url}" is not a database URL (e.g. "sqlite:////var/lib/keyd/keyd.db" '
             'or "postgresql+psycopg://keyd@db/keyd")',
         )
+    scheme = url.split("://", 1)[0].lower()
+    if scheme.split("+", 1)[0] not in ("sqlite", "postgresql", "postgres"):
+        t.fail(key, f'"{scheme}" is not a database keyd supports (use "sqlite:////var/lib/keyd/keyd.db" '
+                    'or "postgresql+psycopg://keyd@db/keyd")')
     userinfo = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
     if ":" in userinfo:
         t.fail(
@@ -103,6 +107,10 @@ def token_template(t: Table, key: str, template: str) -> str:
         )
     if template.startswith("/"):
         t.fail(key, f'"{template}" must not start with "/" (it is relative to the mount)')
+    segments = template.split("/")
+    if any(s in ("", ".", "..") for s in segments) or any(c.isspace() for c in template):
+        t.fail(key, f'"{template}" must be a plain relative path: no "..", ".", empty '
+                    "segments or spaces (it names a Vault secret and, with file_dir, a file)")
     return template
 
 

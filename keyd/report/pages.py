@@ -151,7 +151,7 @@ def _sources(key: KeyStatus) -> str:
 def _expires(key: KeyStatus) -> str:
     if key.expiry.status in ("never", "unknown"):
         return key.expiry.status
-    return render.instant(key.expiry.expires_at)
+    return render.expiry(key.expiry.expires_at)
 
 
 def _probe(key: KeyStatus, at: datetime) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 
 from keyd.text import escape
-from keyd.timeutil import format_duration, isoformat_z
+from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 
 DASH = "-"
 
@@ -37,6 +37,11 @@ def line(text: str) -> str:
 def instant(value: datetime | None) -> str:
     """``2027-01-01T00:00:00Z`` or ``-``."""
     return isoformat_z(value) if value is not None else DASH
+
+
+def expiry(value: datetime | None) -> str:
+    """An expiry instant exactly, fraction included (``12:00:00.5Z``), or ``-``."""
+    return rfc3339_z(value) if value is not None else DASH
 
 
 def day(value: date | None) -> str:

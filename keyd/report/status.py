@@ -46,6 +46,7 @@ from keyd.report import render
 from keyd.store.inventory import Engine, InventorySnapshot, KeyRow, LocationRow, inventory_snapshot
 from keyd.store.models import SourceState
 from keyd.store.views import key_snapshot
+from keyd.timeutil import rfc3339_z
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def key_json(key: KeyStatus) -> dict[str, Any]:
     return {
         "key_id": row.key_id, "kind": row.kind, "principal": row.principal,
         "fingerprint": row.fingerprint, "algorithm": row.algorithm, "status": key.status,
-        "expiry_status": view.status, "expires_at": _iso(view.expires_at),
+        "expiry_status": view.status,
+        "expires_at": rfc3339_z(view.expires_at) if view.expires_at else None,
         "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
         "seconds_left": view.seconds_left, "days_left": view.days_left,
         "locations": [_location_json(loc) for loc in row.locations],
@@ -144,7 +146,7 @@ def to_json(report: StatusReport) -> list[dict[str, Any]]:
 def _expires(view: ExpiryView, row: KeyRow | None = None) -> str:
     if view.status == vocab.ExpiryStatus.UNKNOWN:
         return "unknown"
-    text = "never" if view.status == vocab.ExpiryStatus.NEVER else render.instant(view.expires_at)
+    text = "never" if view.status == vocab.ExpiryStatus.NEVER else render.expiry(view.expires_at)
     return f"{text} (zitadel)" if row is not None and row.expiry_source == "zitadel" else text
 
 

@@ -44,7 +44,7 @@ from keyd.runtime.wiring import Services
 from keyd.store import alerts as alert_store
 from keyd.store import snapshot
 from keyd.store.snapshot import KeySnapshot, LocationProblem, SourceSnapshot
-from keyd.timeutil import format_duration, isoformat_z
+from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus
 
 SCHEMA: Final = "keyd.check/1"
@@ -69,7 +69,7 @@ class Problem:
     def to_json(self) -> dict[str, Any]:
         return {"severity": self.severity, "kind": self.kind, "message": self.message,
                 "key_id": self.key_id, "principal": self.principal,
-                "expires_at": isoformat_z(self.expires_at) if self.expires_at else None,
+                "expires_at": rfc3339_z(self.expires_at) if self.expires_at else None,
                 "seconds_left": self.seconds_left, "ref": self.ref}
 
 

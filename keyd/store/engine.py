@@ -39,7 +39,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from keyd.errors import DriverMissing, StoreError
+from keyd.errors import DatabaseUnusable, DriverMissing, StoreError
 from keyd.redact import scrub
 from keyd.text import storable
 
@@ -72,7 +72,7 @@ def make_engine(url: str) -> Engine:
         require_postgres_driver(parsed)
         engine = _postgres_engine(parsed)
     else:
-        raise StoreError(
+        raise DatabaseUnusable(
             f"database {safe_url(parsed)}: unsupported backend {backend!r} "
             '(use "sqlite:////path/keyd.db" or "postgresql+psycopg://user@host/db")'
         )
@@ -197,6 +197,14 @@ def _connection_errors(ctx: ExceptionContext) -> BaseException | None:
     if ctx.is_pre_ping:
         return None  # the pool handles this by reconnecting
     orig = ctx.original_exception
+    url = ctx.engine.url if ctx.engine is not None else None
+    where = safe_url(url) if url is not None else ctx.dialect.name
+    if getattr(orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        error: StoreError = DatabaseUnusable(
+            f"database {where}: the file is not a usable SQLite database ({orig}); "
+            "point database.url at keyd's database file, or move this file away")
+        error.__cause__ = orig
+        return error
     if ctx.connection is None:
         problem = "cannot connect"
     elif ctx.is_disconnect:
@@ -205,8 +213,6 @@ def _connection_errors(ctx: ExceptionContext) -> BaseException | None:
         problem = f"still locked by another process after {SQLITE_BUSY_TIMEOUT_MS // 1000}s"
     else:
         return None
-    url = ctx.engine.url if ctx.engine is not None else None
-    where = safe_url(url) if url is not None else ctx.dialect.name
     detail = scrub(str(orig).strip().splitlines()[0]) if str(orig).strip() else type(orig).__name__
     error = StoreError(f"database {where}: {problem}: {detail}")
     error.__cause__ = orig

@@ -135,3 +135,20 @@ def test_listen_off_loopback_is_warned_about(tmp_path: Path, listen: str, warned
         (text,) = warnings
         assert text.startswith(f'{path}: http.listen: "{listen}" is not a loopback address')
         assert "/healthz and /readyz answer anyone" in text
+
+
+@pytest.mark.parametrize("path", ["zitadel/../{principal}", "../{key_id}", "a//{principal}",
+                                  "a/./{key_id}", "tokens/{principal} x"])
+def test_a_token_path_that_is_not_plain_is_refused_at_load(tmp_path: Path, path: str) -> None:
+    text = (ISSUER + '[vault]\naddr = "https://vault.example"\n'
+            f'[tokens]\npath = "{path}"\n')
+    err = _error(tmp_path, text, {"VAULT_TOKEN": "hvs.x"})
+    assert err.where.endswith("keyd.toml: tokens.path")
+    assert "must be a plain relative path" in err.problem
+
+
+@pytest.mark.parametrize("url", ["mysql://keyd@db/keyd", "mssql+pyodbc://db/keyd"])
+def test_an_unsupported_database_is_a_config_error(tmp_path: Path, url: str) -> None:
+    err = _error(tmp_path, f'[database]\nurl = "{url}"\n')
+    assert err.where.endswith("keyd.toml: database.url")
+    assert "is not a database keyd supports" in err.problem

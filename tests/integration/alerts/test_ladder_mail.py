@@ -19,11 +19,13 @@ USER = "292834923480001"
 
 def _expected_subjects() -> list[str]:
     who = f"key {KEY} of user {USER}"
-    return [f"[keyd INFO] {who} expires in 30 days",
-            f"[keyd WARNING] {who} expires in 14 days",
-            f"[keyd WARNING] {who} expires in 7 days",
-            f"[keyd CRITICAL] {who} expires in 3 days",
-            f"[keyd CRITICAL] {who} expires in 1 day",
+    # Each rung is due at 23:00 and decided at the next 6-hourly step, an
+    # hour later: whole days left, rounded down as `keyd status` counts them.
+    return [f"[keyd INFO] {who} expires in 29 days",
+            f"[keyd WARNING] {who} expires in 13 days",
+            f"[keyd WARNING] {who} expires in 6 days",
+            f"[keyd CRITICAL] {who} expires in 2 days",
+            f"[keyd CRITICAL] {who} expires in 23h",
             f"[keyd CRITICAL] {who} has expired"]
 
 
@@ -102,7 +104,7 @@ def test_expiry_change_rearms_the_ladder(world: AlertWorld) -> None:
     old = [a for a in world.alerts() if a.threshold.endswith("@2026-12-31T23:00:00Z")]
     assert old and all(a.resolved_at is not None for a in old)
     world.run(until=new_expiry - 29 * D, every=timedelta(hours=6))
-    assert world.subjects()[-1].endswith("expires in 30 days")
+    assert world.subjects()[-1].endswith("expires in 29 days")
     assert world.alerts()[-1].threshold == "30d@2027-03-01T23:00:00Z"
 
 

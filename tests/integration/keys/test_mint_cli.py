@@ -100,6 +100,19 @@ def test_connection_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     key = make_key_file(tmp_path, expires_at=LATER)
     code, _, err = run(capsys, "mint", str(key.path), "--issuer", "http://127.0.0.1:9")
     assert code == EXIT_UNAVAILABLE and "ConnectError" in err
+    # a stopped issuer says so in words, not only in an exception name
+    assert err.startswith("keyd: issuer unavailable: discovery at http://127.0.0.1:9/")
+
+
+def test_a_stopped_issuer_is_unavailable(issuer: IssuerServer, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    key = make_key_file(tmp_path, expires_at=LATER, register_with=issuer)
+    url = issuer.url
+    issuer.stop()
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "mint", str(key.path), "--issuer", url, *extra)
+        assert code == EXIT_UNAVAILABLE and out == ""
+        assert err.startswith("keyd: issuer unavailable: "), err
 
 
 def test_jwt_output_is_accepted_by_the_issuer(issuer: IssuerServer, tmp_path: Path,

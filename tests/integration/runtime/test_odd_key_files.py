@@ -109,7 +109,7 @@ def test_text_the_database_cannot_store_is_one_invalid_location(
     out = capsys.readouterr().out
     assert "\r" not in out and "\x00" not in out
     subjects = [str(r.message["Subject"]) for r in smtp_server.inbox()]
-    assert subjects == [f"[keyd WARNING] key {GOOD} of user svc-good expires in 5 days"]
+    assert subjects == [f"[keyd WARNING] key {GOOD} of user svc-good expires in 4 days"]
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_go_zero_time_is_an_expired_key_not_a_traceback(
     subjects = sorted(str(r.message["Subject"]) for r in smtp_server.inbox())
     assert subjects == [
         "[keyd CRITICAL] key 100 of user svc-zero has expired",
-        f"[keyd WARNING] key {GOOD} of user svc-good expires in 5 days",
+        f"[keyd WARNING] key {GOOD} of user svc-good expires in 4 days",
     ]
     assert main(["--config", str(config), "status"]) == 0
     assert "Traceback" not in capsys.readouterr().err

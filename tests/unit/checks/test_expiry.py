@@ -134,3 +134,18 @@ def test_the_ends_of_the_calendar_saturate(zone: str) -> None:
     assert [r.due_at for r in ladder(zero, [timedelta(days=30)])] == [EARLIEST, zero]
     assert midnight(date(1, 1, 1), tz) >= EARLIEST
     assert evaluate(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), zero, tz).status == "never"
+
+
+@given(st.integers(min_value=1, max_value=400 * 86_400))
+def test_people_read_the_same_day_count_everywhere(seconds: int) -> None:
+    """The mail subject ("expires in 4 days") and the status table's DAYS
+    column count days the same way (4d 13h is 4 days, not 5)."""
+    from keyd.checks.expiry import time_left
+
+    words = time_left(seconds)
+    days = days_left(seconds)
+    assert days is not None
+    if days >= 1:
+        assert words == f"{days} day" + ("s" if days != 1 else "")
+    else:
+        assert "day" not in words
