@@ -192,7 +192,7 @@ def _judge_key(verdict: Verdict, key: KeySnapshot, at: datetime, warn: timedelta
                               "ref": key.refs[0] if key.refs else None}
     if key.status == KeyStatus.EXPIRED or view.status == ExpiryStatus.EXPIRED:
         verdict.counts["expired"] += 1
-        stamp = isoformat_z(view.expires_at) if view.expires_at else "an unknown time"
+        stamp = rfc3339_z(view.expires_at) if view.expires_at else "an unknown time"
         verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.EXPIRED,
                                         f"{who} expired at {stamp}{where}", **common))
     elif key.status == KeyStatus.REJECTED:
@@ -210,7 +210,7 @@ def _judge_key(verdict: Verdict, key: KeySnapshot, at: datetime, warn: timedelta
         verdict.counts["expiring"] += 1
         verdict.problems.append(Problem(
             CheckStatus.WARNING, ExpiryStatus.EXPIRING,
-            f"{who} expires at {isoformat_z(view.expires_at)} (in {_left(view.seconds_left)}, "
+            f"{who} expires at {rfc3339_z(view.expires_at)} (in {_left(view.seconds_left)}, "
             f"last usable day {view.last_usable_day}){where}", **common))
 
 
