@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Final
 
 from keyd.errors import KeyFileError
 from keyd.sources.base import Candidate, ScanResult
@@ -45,6 +46,7 @@ from keyd.vocab import KeyStatus, LocationStatus, ProbeOutcome
 log = logging.getLogger(__name__)
 
 _ATTEMPTS = 3
+SOURCE_HEARTBEAT: Final = timedelta(minutes=15)
 
 
 @dataclass
@@ -134,7 +136,7 @@ def derive_status(key: Key, by_status: dict[str, int], now: datetime, *, changed
 
 class _Reconciler:
     """One source's scan → rows. Unchanged locations take a fast path (no
-    ORM objects, bulk ``last_seen``); everything else is handled in batches
+    ORM objects, no write at all); everything else is handled in batches
     of ``_BATCH`` that are flushed and released (``InventoryTx.release``)."""
 
     def __init__(self, tx: InventoryTx, source: str, now: datetime) -> None:
@@ -146,7 +148,6 @@ class _Reconciler:
         self.changed_key_ids: set[str] = set()
         self.affected: set[int] = set()  # key pks whose status must be derived again
         self.present_here: set[int] = set()  # key pks with a present location here
-        self.unchanged_locs: list[int] = []
         self.unchanged_keys: set[int] = set()
         self._pending: list[tuple[Key, bool]] = []  # (key, present here) until flushed
 
@@ -155,7 +156,6 @@ class _Reconciler:
         for start in range(0, len(candidates), _BATCH):
             self._batch(candidates[start:start + _BATCH], index)
         self._gone(list(index.values()))  # what the scan did not see any more
-        self.tx.touch(self.unchanged_locs, self.unchanged_keys, self.now)
         self._settle_keys()
         self._source_ok()
         self.out.events += self.tx.pending_events
@@ -175,7 +175,6 @@ class _Reconciler:
             elif (cand.unchanged and entry is not None and entry.key_pk is not None
                   and entry.status == LocationStatus.PRESENT and entry.warning == cand.warning):
                 self.out.unchanged += 1
-                self.unchanged_locs.append(entry.id)
                 self.unchanged_keys.add(entry.key_pk)
                 self.present_here.add(entry.key_pk)
             else:
@@ -261,10 +260,9 @@ class _Reconciler:
             self.tx.add(loc)
         if loc.status != LocationStatus.INVALID or loc.last_error != problem:
             self._event("location.invalid", loc.key, ref=cand.ref, error=problem)
-        _fill_location(loc, cand, None, LocationStatus.INVALID, problem, self.now)
         # stamps dropped: an invalid file is re-read every scan (a chmod
         # that fixes it changes no mtime)
-        loc.size = loc.mtime_ns = loc.inode = None
+        _fill_location(loc, cand, None, LocationStatus.INVALID, problem, self.now, stamps=False)
         self._touch(loc.key)
 
     def _gone(self, entries: list[LocationIndex]) -> None:
@@ -307,7 +305,9 @@ class _Reconciler:
         """Derive each touched key's status from its locations everywhere.
         Keys seen only through unchanged files are checked cheaply first and
         loaded only if their status has to move (e.g. active → expired)."""
-        for state in self.tx.key_states(self.unchanged_keys - self.affected):
+        for state in self.tx.unsettled_key_states(self.now):
+            if state.id not in self.unchanged_keys or state.id in self.affected:
+                continue
             target = present_status(state.status, state.expires_at, state.last_probe_outcome,
                                     self.now, changed=False)
             if target != state.status:
@@ -350,12 +350,20 @@ class _Reconciler:
 
 
 def mark_source_ok(tx: InventoryTx, source: str, now: datetime) -> None:
-    """A successful scan: the source's state is reset (``source.recovered``)."""
+    """A successful scan: the source's state is reset (``source.recovered``).
+
+    Unchanged rows are never rewritten (no per-row ``last_seen``): a present
+    location was seen at its source's ``last_success_at``, a heartbeat
+    written at most every ``SOURCE_HEARTBEAT`` while nothing else changes,
+    so a warm scan of an unchanged tree writes nothing at all."""
     state = tx.source_state(source)
     if state.consecutive_failures:
         tx.event(now, "source.recovered", source=source,
                  detail={"after_failures": state.consecutive_failures,
                          "last_error": state.last_error})
+    elif (state.last_success_at is not None and state.last_error is None
+          and timedelta(0) <= now - state.last_success_at < SOURCE_HEARTBEAT):
+        return
     state.last_attempt_at = state.last_success_at = now
     state.last_error = None
     state.consecutive_failures = 0
@@ -375,11 +383,15 @@ def _fill_key(key: Key, kf: KeyFile, now: datetime) -> None:
 
 
 def _fill_location(loc: KeyLocation, cand: Candidate, content_hash: str | None, status: str,
-                   error: str | None, now: datetime) -> None:
-    loc.status = status
-    loc.size, loc.mtime_ns, loc.inode = cand.size, cand.mtime_ns, cand.inode
-    loc.version = cand.version
-    loc.content_hash = content_hash
-    loc.last_error = error
-    loc.warning = cand.warning
+                   error: str | None, now: datetime, *, stamps: bool = True) -> None:
+    """Set what the scan found; a row already saying exactly that is left
+    unwritten (its ``last_seen`` is its source's last successful scan)."""
+    found = (status, *((cand.size, cand.mtime_ns, cand.inode) if stamps else (None,) * 3),
+             cand.version, content_hash, error, cand.warning)
+    if loc.last_seen is not None and found == (loc.status, loc.size, loc.mtime_ns, loc.inode,
+                                               loc.version, loc.content_hash, loc.last_error,
+                                               loc.warning):
+        return
+    (loc.status, loc.size, loc.mtime_ns, loc.inode, loc.version, loc.content_hash,
+     loc.last_error, loc.warning) = found
     loc.last_seen = now

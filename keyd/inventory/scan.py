@@ -81,6 +81,20 @@ class ScanReport:
         return text
 
 
+class _Validated(Container[str]):
+    """``validated_hashes``, read on the first lookup: a warm scan where no
+    file is new or changed never reads the (inventory-sized) hash lists."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._hashes: frozenset[str] | None = None
+
+    def __contains__(self, content_hash: object) -> bool:
+        if self._hashes is None:
+            self._hashes = validated_hashes(self._engine)
+        return content_hash in self._hashes
+
+
 def scan_all(config: Config, engine: Engine, clock: Clock,
              vault_client: VaultClient | None = None, *,
              key_apis: Mapping[str, ZitadelKeyAPI] | None = None,
@@ -91,7 +105,7 @@ def scan_all(config: Config, engine: Engine, clock: Clock,
     ``due_only`` (the daemon): a zitadel source is read only when its
     ``interval`` has passed since its last attempt; file and Vault sources
     are always read. ``keyd scan`` and ``keyd check`` read everything."""
-    validated = validated_hashes(engine)
+    validated = _Validated(engine)  # read only if some file is new or changed
     attempts = last_attempts(engine) if due_only else {}
     outcomes = [scan_source(cfg, engine, clock, config, vault_client, validated,
                             key_apis=key_apis)

@@ -109,8 +109,8 @@ class DirectorySource:
         task = f"reading {self.name}"
         progress.begin(task, len(paths), "files")
         candidates = []
-        for path in paths:
-            candidates.append(self._candidate(path, root_real, known, validated))
+        for path, is_link in paths:
+            candidates.append(self._candidate(path, is_link, root_real, known, validated))
             progress.advance(task)
         progress.end(task)
         found = [c for c in candidates if c is not None]
@@ -141,7 +141,7 @@ class DirectorySource:
             return fnmatchcase(rel, self._pattern)
         return fnmatchcase(name, self._pattern)
 
-    def _matching_paths(self) -> Iterator[str]:
+    def _matching_paths(self) -> Iterator[tuple[str, bool]]:
         """Matching entries in a stable order; raises when a directory
         cannot be listed (a partial listing must not look like deletions)."""
         stack = [""]
@@ -162,19 +162,19 @@ class DirectorySource:
             for entry in entries:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 if self._matches(rel, entry.name):
-                    yield entry.path
+                    yield entry.path, _is_link(entry)  # from the listing: no extra lstat
                 if not entry.name.startswith(".") and _is_real_dir(entry):
                     subdirs.append(rel)
             stack.extend(reversed(subdirs))
 
     # --- one file ----------------------------------------------------------
 
-    def _candidate(self, path: str, root_real: str, known: Mapping[str, FileStamp],
+    def _candidate(self, path: str, is_link: bool, root_real: str,
+                   known: Mapping[str, FileStamp],
                    validated: Container[str]) -> Candidate | None:
         """Never raises: every problem becomes an invalid candidate."""
         if (shown := path_text(path)) != path:  # not UTF-8: the name cannot be stored
             return _invalid(shown, "the file name is not valid UTF-8 (rename the file)")
-        is_link = os.path.islink(path)
         if is_link:
             target = os.path.realpath(path)
             if os.path.commonpath([target, root_real]) != root_real:
@@ -254,6 +254,13 @@ def _group_name(gid: int) -> str:
         return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
     except KeyError:
         return f"gid {gid}"
+
+
+def _is_link(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def _is_real_dir(entry: os.DirEntry[str]) -> bool:

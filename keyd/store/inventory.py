@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine as Engine  # re-exported: layers above name it without sqlalchemy
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, not_, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
@@ -33,7 +33,7 @@ from keyd.redact import scrub
 from keyd.store.engine import session_scope
 from keyd.store.models import Event, Key, KeyLocation, Probe, SourceState
 from keyd.timeutil import isoformat_z
-from keyd.vocab import LocationKind, LocationStatus
+from keyd.vocab import KeyStatus, LocationKind, LocationStatus
 
 LISTED = "listed"  # location_status_counts: present in a zitadel source's listing
 
@@ -105,21 +105,18 @@ class InventoryTx:
             found.extend(self.session.scalars(select(Key).where(Key.id.in_(chunk))))
         return found
 
-    def key_states(self, pks: Iterable[int]) -> list[KeyState]:
-        found: list[KeyState] = []
-        for chunk in _chunks(sorted(set(pks))):
-            stmt = select(Key.id, Key.status, Key.expires_at, Key.last_probe_outcome).where(
-                Key.id.in_(chunk))
-            found.extend(KeyState(*row) for row in self.session.execute(stmt))
-        return found
-
-    def touch(self, location_ids: Iterable[int], key_pks: Iterable[int], at: datetime) -> None:
-        """``last_seen = at`` for unchanged locations and their keys, in bulk."""
-        for model, ids in ((KeyLocation, location_ids), (Key, key_pks)):
-            for chunk in _chunks(sorted(set(ids))):
-                self.session.execute(update(model).where(model.id.in_(chunk))
-                                     .values(last_seen=at)
-                                     .execution_options(synchronize_session=False))
+    def unsettled_key_states(self, now: datetime) -> list[KeyState]:
+        """Keys whose status may have to move without any file changing:
+        all but the settled ones (rejected; active and not yet expired;
+        expired). One query, few rows: a warm scan reads no key row it has
+        no reason to touch and writes nothing."""
+        settled = or_(Key.status == KeyStatus.REJECTED,
+                      and_(Key.status == KeyStatus.ACTIVE,
+                           or_(Key.expires_at.is_(None), Key.expires_at > now)),
+                      and_(Key.status == KeyStatus.EXPIRED, Key.expires_at <= now))
+        stmt = select(Key.id, Key.status, Key.expires_at, Key.last_probe_outcome).where(
+            not_(settled))
+        return [KeyState(*row) for row in self.session.execute(stmt)]
 
     def release(self) -> None:
         """Flush, write queued events, and forget every loaded object."""
@@ -365,29 +362,41 @@ def inventory_snapshot(engine: Engine) -> InventorySnapshot:
         keys = list(session.scalars(select(Key).options(selectinload(Key.locations))
                                     .order_by(Key.principal, Key.key_id)))
         diagnoses = latest_diagnoses(session, [k.id for k in keys if k.status == "rejected"])
-        key_rows = tuple(_key_row(k, diagnoses.get(k.id)) for k in keys)
+        states = list(session.scalars(select(SourceState).order_by(SourceState.name)))
+        seen = {s.name: s.last_success_at for s in states if s.last_success_at is not None}
+        key_rows = tuple(_key_row(k, diagnoses.get(k.id), seen) for k in keys)
         orphans = session.scalars(
             select(KeyLocation).where(KeyLocation.key_pk.is_(None),
                                       KeyLocation.status == LocationStatus.INVALID)
             .order_by(KeyLocation.source, KeyLocation.ref))
         orphan_rows = tuple(_location_row(loc, None) for loc in orphans)
-        states = session.scalars(select(SourceState).order_by(SourceState.name))
         return InventorySnapshot(key_rows, orphan_rows,
                                  tuple(_detached_state(s) for s in states))
 
 
-def _location_row(loc: KeyLocation, key_id: str | None) -> LocationRow:
+def _location_row(loc: KeyLocation, key_id: str | None,
+                  seen: Mapping[str, datetime] | None = None) -> LocationRow:
+    """``last_seen``: a present location was seen at its source's last
+    successful scan (the scan does not rewrite unchanged rows)."""
+    last_seen = loc.last_seen
+    scanned = (seen or {}).get(loc.source)
+    if (loc.status in (LocationStatus.PRESENT, LocationStatus.INVALID)
+            and scanned is not None and scanned > last_seen):
+        last_seen = scanned
     return LocationRow(source=loc.source, ref=loc.ref, status=loc.status, error=loc.last_error,
-                       warning=loc.warning, last_seen=loc.last_seen, key_id=key_id, kind=loc.kind)
+                       warning=loc.warning, last_seen=last_seen, key_id=key_id, kind=loc.kind)
 
 
-def _key_row(key: Key, diagnosis: str | None = None) -> KeyRow:
-    locations = tuple(_location_row(loc, key.key_id)
+def _key_row(key: Key, diagnosis: str | None = None,
+             seen: Mapping[str, datetime] | None = None) -> KeyRow:
+    locations = tuple(_location_row(loc, key.key_id, seen)
                       for loc in sorted(key.locations, key=lambda x: (x.source, x.ref)))
+    last_seen = max([key.last_seen, *(loc.last_seen for loc in locations
+                                      if loc.status == LocationStatus.PRESENT)])
     return KeyRow(
         key_id=key.key_id, kind=key.kind, principal=key.principal, fingerprint=key.fingerprint,
         algorithm=key.algorithm, status=key.status, expires_at=key.expires_at,
-        first_seen=key.first_seen, last_seen=key.last_seen, last_probe_at=key.last_probe_at,
+        first_seen=key.first_seen, last_seen=last_seen, last_probe_at=key.last_probe_at,
         last_probe_outcome=key.last_probe_outcome, last_ok_at=key.last_ok_at,
         last_error=key.last_error, locations=locations, expiry_source=key.expiry_source,
         zitadel_created_at=key.zitadel_created_at,

@@ -14,6 +14,7 @@ from keyd.errors import KeyFileError, VaultUnavailable
 from keyd.inventory.reconcile import SourceOutcome, is_expired, reconcile, record_failure
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import parse_keyfile
+from keyd.store.inventory import inventory_snapshot
 from keyd.store.models import Event, Key, KeyLocation, SourceState
 from tests.support.keys import make_key_file, rsa_key
 
@@ -195,15 +196,19 @@ def test_source_failure_leaves_everything_and_recovers(migrated_engine: Engine) 
         assert (state.consecutive_failures, state.error_count, state.last_error) == (0, 2, None)
 
 
-def test_unchanged_only_refreshes_last_seen_and_expiry(migrated_engine: Engine) -> None:
+def test_unchanged_only_moves_the_expiry_status(migrated_engine: Engine) -> None:
+    """No per-row ``last_seen`` rewrite: the row keeps the instant its content
+    was read; ``keyd status`` shows the source's last successful scan."""
     scan(migrated_engine, cand("/keys/a.json", "k1", expires_at=NOW + timedelta(days=1)))
     later = NOW + timedelta(days=2)
     out = scan(migrated_engine, Candidate(ref="/keys/a.json", unchanged=True, size=100,
                                           mtime_ns=1, inode=7), now=later)
     assert (out.unchanged, out.keys, out.new) == (1, 1, 0)
     key = keys(migrated_engine)["k1"]
-    assert key.status == "expired" and key.last_seen == later
+    assert key.status == "expired" and key.last_seen == NOW
     assert kinds(migrated_engine)[-1] == "key.expired"
+    (row,) = inventory_snapshot(migrated_engine).keys
+    assert row.last_seen == later and row.locations[0].last_seen == later
 
 
 def test_key_present_in_another_source_is_not_missing(migrated_engine: Engine) -> None:
