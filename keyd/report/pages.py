@@ -34,6 +34,10 @@ from keyd.vocab import SinkState
 
 #: Token sink states that are a refusal keyd reports (it will not write there).
 REFUSED: Final = (SinkState.UNMANAGED, SinkState.CONFLICT)
+#: The key table lists at most this many keys, the most urgent ones; the
+#: timeline still has a mark for every key, /api/v1/status every key's row.
+TABLE_LIMIT: Final = 1000
+_URGENCY: Final = {"expired": 0, "rejected": 0, "invalid": 0, "expiring": 1, "active": 2}
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ def _key_table(page: IndexPage) -> str:
         "Rotation",
     ]
     rows: list[Row] = []
-    for key in report.keys:
+    shown = _most_urgent(report.keys, TABLE_LIMIT)
+    for key in shown:
         row, view = key.row, key.expiry
         status = shown_status(key)
         token = page.tokens.get(row.key_id)
@@ -140,7 +145,26 @@ def _key_table(page: IndexPage) -> str:
         )
     if not rows:
         return "<p>No keys in the inventory yet (the first scan has not run).</p>"
-    return table("keys", f"{len(rows)} keys", headers, rows, sortable=True)
+    caption = f"{len(rows)} keys"
+    if len(shown) < len(report.keys):
+        caption = (f"{len(shown):,} of {len(report.keys):,} keys: those that need attention first "
+                   "(expired, rejected, invalid, then expiring soonest); every key is in "
+                   "/api/v1/status and on the timeline")
+    return table("keys", caption, headers, rows, sortable=True)
+
+
+def _most_urgent(keys: Sequence[KeyStatus], limit: int) -> Sequence[KeyStatus]:
+    """All keys when they fit; else the ``limit`` most urgent, in table order."""
+    if len(keys) <= limit:
+        return keys
+
+    def urgency(item: tuple[int, KeyStatus]) -> tuple[int, float]:
+        key = item[1]
+        left = key.expiry.seconds_left
+        return _URGENCY.get(shown_status(key), 3), left if left is not None else float("inf")
+
+    chosen = sorted(sorted(enumerate(keys), key=urgency)[:limit], key=lambda item: item[0])
+    return [key for _, key in chosen]
 
 
 def _sources(key: KeyStatus) -> str:

@@ -174,9 +174,9 @@ def _mark(mark: _Mark, lane_top: int) -> str:
         )
     title = f"{key.row.key_id} ({key.row.principal}): {status}, {when}"
     y = lane_top + 6 + STEP / 2 + mark.row * STEP
+    # href: percent-encoded, so only "&"-free ASCII; kept small: one mark per key
     return (
-        f'<a href="{escape(key_href(key.row.key_id))}">'
+        f'<a href="{key_href(key.row.key_id)}">'
         f'<circle class="mark s-{escape(status)}{shape}" data-key-id="{escape(key.row.key_id)}" '
-        f'data-status="{escape(status)}" cx="{mark.x:.1f}" cy="{y:.1f}" r="{RADIUS}">'
-        f"<title>{escape(title)}</title></circle></a>"
+        f'cx="{mark.x:.1f}" cy="{y:.1f}" r="{RADIUS}"><title>{escape(title)}</title></circle></a>'
     )

@@ -27,9 +27,14 @@ def marks(svg: str) -> dict[str, ET.Element]:
 
 def test_one_mark_per_key_placed_by_expiry() -> None:
     snap = snapshot(
-        key("past", AT - timedelta(days=400)), key("gone", AT - timedelta(seconds=1), "missing"),
-        key("d1", AT + timedelta(hours=12)), key("d15", AT + timedelta(days=15)),
-        key("late", AT + timedelta(days=3000)), key("never", NEVER), key("nodate", None))
+        key("past", AT - timedelta(days=400)),
+        key("gone", AT - timedelta(seconds=1), "missing"),
+        key("d1", AT + timedelta(hours=12)),
+        key("d15", AT + timedelta(days=15)),
+        key("late", AT + timedelta(days=3000)),
+        key("never", NEVER),
+        key("nodate", None),
+    )
     found = marks(render_timeline(build_status(snap, AT, UTC), DAYS))
     assert set(found) == {"past", "gone", "d1", "d15", "late", "never", "nodate"}
     x = {k: float(c.attrib["cx"]) for k, c in found.items()}
@@ -40,17 +45,17 @@ def test_one_mark_per_key_placed_by_expiry() -> None:
     assert x["d15"] == pytest.approx(X_NOW + (X_END - X_NOW) * 0.5, abs=0.1)
     assert y["never"] == y["nodate"] > max(y["past"], y["d1"], y["late"])  # own lane
     assert "undated" in found["never"].attrib["class"]
-    assert found["past"].attrib["data-status"] == "expired"
-    assert found["gone"].attrib["data-status"] == "missing"
+    assert "s-expired" in found["past"].attrib["class"].split()
+    assert "s-missing" in found["gone"].attrib["class"].split()
 
 
 def test_title_names_the_last_usable_day_in_the_zone() -> None:
     dies = datetime(2026, 5, 31, 22, 0, tzinfo=UTC)  # 2026-06-01 00:00 in Zurich
-    svg = render_timeline(build_status(snapshot(key("k1", dies)), AT, ZoneInfo("Europe/Zurich")),
-                          DAYS)
+    svg = render_timeline(build_status(snapshot(key("k1", dies)), AT, ZoneInfo("Europe/Zurich")), DAYS)
     title = marks(svg)["k1"].find(f"{SVG}title")
     assert title is not None and title.text == (
-        "k1 (svc-k1): active, expires 2026-05-31T22:00:00Z, last usable day 2026-05-31")
+        "k1 (svc-k1): active, expires 2026-05-31T22:00:00Z, last usable day 2026-05-31"
+    )
 
 
 def test_many_keys_on_one_day_all_get_marks() -> None:
@@ -75,13 +80,24 @@ HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
 def test_everything_from_files_is_escaped() -> None:
     snap = snapshot(
-        key(HOSTILE, AT + timedelta(days=3), principal=HOSTILE,
-            locations=(loc(HOSTILE, "invalid", error=HOSTILE, warning=HOSTILE,
-                           key_id=HOSTILE),),
-            last_error=HOSTILE),
-        orphans=(loc("/k/" + HOSTILE, "invalid", error=HOSTILE, key_id=None),))
-    page = IndexPage(report=build_status(snap, AT, UTC), verdict="critical", summary=HOSTILE,
-                     thresholds=tuple(DAYS), tokens={}, events=(), version="t")
+        key(
+            HOSTILE,
+            AT + timedelta(days=3),
+            principal=HOSTILE,
+            locations=(loc(HOSTILE, "invalid", error=HOSTILE, warning=HOSTILE, key_id=HOSTILE),),
+            last_error=HOSTILE,
+        ),
+        orphans=(loc("/k/" + HOSTILE, "invalid", error=HOSTILE, key_id=None),),
+    )
+    page = IndexPage(
+        report=build_status(snap, AT, UTC),
+        verdict="critical",
+        summary=HOSTILE,
+        thresholds=tuple(DAYS),
+        tokens={},
+        events=(),
+        version="t",
+    )
     html = render_index(page)
     assert "<script>alert" not in html and "<img" not in html
     assert html.count("<script>") == 1  # the page's own
@@ -91,7 +107,7 @@ def test_everything_from_files_is_escaped() -> None:
 
 
 def _hex(value: str) -> tuple[float, float, float]:
-    return tuple(int(value[i:i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
+    return tuple(int(value[i : i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
 
 
 def _luminance(color: str) -> float:
@@ -120,3 +136,32 @@ def test_csp_allows_exactly_the_inline_blocks() -> None:
     policy = web.CONTENT_SECURITY_POLICY
     assert "default-src 'none'" in policy and "unsafe-inline" not in policy
     assert policy.count("'sha256-") == 2
+
+
+def test_big_inventories_list_the_most_urgent_keys_and_mark_every_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from keyd.report import pages
+
+    monkeypatch.setattr(pages, "TABLE_LIMIT", 3)
+    snap = snapshot(
+        key("a-fine", AT + timedelta(days=300)),
+        key("b-soon", AT + timedelta(days=2)),
+        key("c-dead", AT - timedelta(days=1)),
+        key("d-later", AT + timedelta(days=9)),
+        key("e-fine", AT + timedelta(days=200)),
+    )
+    page = IndexPage(
+        report=build_status(snap, AT, UTC),
+        verdict="critical",
+        summary="s",
+        thresholds=tuple(DAYS),
+        tokens={},
+        events=(),
+        version="t",
+    )
+    html = render_index(page)
+    rows = re.findall(r'<tr data-key-id="([^"]+)"', html)
+    assert rows == ["b-soon", "c-dead", "d-later"]  # the urgent ones, in table order
+    assert "3 of 5 keys: those that need attention first" in html
+    assert len(marks(render_timeline(page.report, DAYS))) == 5
