@@ -28,11 +28,12 @@ from keyd.runtime.cycle import Stage
 from keyd.runtime.wiring import Services
 from keyd.store import alerts as alert_store
 from keyd.store.engine import session_scope
-from keyd.store.prune import prune_probes
+from keyd.store.prune import PruneReport, prune_history
 
 log = logging.getLogger(__name__)
 
 PROBE_HISTORY: Final = timedelta(days=30)
+EVENT_HISTORY: Final = timedelta(days=365)
 
 
 def cycle_stages(services: Services) -> list[Stage]:
@@ -43,15 +44,16 @@ def cycle_stages(services: Services) -> list[Stage]:
     if services.tokens is not None:
         stages.append(Stage("tokens", tokens, side_effects=True, plan=tokens_plan))
     stages.append(Stage("outbox", outbox, side_effects=True, plan=outbox_plan))
+    # last: bounded history in every mode (a dry run skips it: VACUUM is outside its sandbox)
+    stages.append(Stage("prune", prune, side_effects=True, plan=prune_plan))
     return stages
 
 
 def daemon_stages(services: Services) -> list[Stage]:
-    """The daemon's ticks: the cycle's stages plus history pruning; its scan
-    reads a zitadel source only when that source's interval has passed."""
-    stages = [Stage("scan", daemon_scan) if s.name == "scan" else s
-              for s in cycle_stages(services)]
-    return [*stages, Stage("prune", prune)]
+    """The daemon's ticks: the cycle's stages (history pruning included);
+    its scan reads a zitadel source only when that source's interval has passed."""
+    return [Stage("scan", daemon_scan) if s.name == "scan" else s
+            for s in cycle_stages(services)]
 
 
 def scan(services: Services, *, due_only: bool = False) -> ScanReport:
@@ -112,8 +114,16 @@ def outbox_plan(services: Services) -> Sequence[str]:
             for item in due]
 
 
-def prune(services: Services) -> int:
-    deleted = prune_probes(services.engine, services.clock.now() - PROBE_HISTORY)
-    if deleted:
-        log.info("prune: deleted %d probe rows older than %s", deleted, PROBE_HISTORY)
-    return deleted
+def prune_plan(services: Services) -> Sequence[str]:
+    """Housekeeping has nothing to show in a dry run: it lists nothing."""
+    return []
+
+
+def prune(services: Services) -> PruneReport:
+    now = services.clock.now()
+    report = prune_history(services.engine, probes_before=now - PROBE_HISTORY,
+                           events_before=now - EVENT_HISTORY)
+    if report.probes or report.events:
+        log.info("prune: deleted %d probe rows older than %s and %d events older than %s",
+                 report.probes, PROBE_HISTORY, report.events, EVENT_HISTORY)
+    return report

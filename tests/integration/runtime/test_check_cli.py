@@ -108,7 +108,7 @@ def test_dry_run_changes_nothing_and_lists_skipped_effects(
     doc = json.loads(capsys.readouterr().out)
     assert doc["schema"] == "keyd.check/1" and doc["dry_run"] is True
     assert doc["counts"]["expired"] == 1 and doc["status"] == "critical"
-    assert [s["name"] for s in doc["stages"]] == ["scan", "evaluate", "outbox"]
+    assert [s["name"] for s in doc["stages"]] == ["scan", "evaluate", "outbox", "prune"]
     assert doc["skipped_side_effects"] == [
         "outbox: would send email to ops@example.org: " + doc["skipped_side_effects"][0]
         .split(": ", 2)[2]]

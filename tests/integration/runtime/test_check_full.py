@@ -50,8 +50,8 @@ def test_full_cycle_probes_alerts_and_mails_once(
 
     assert check(config, "--dry-run", "--json") == 1
     doc = json.loads(capsys.readouterr().out)
-    assert [s["name"] for s in doc["stages"]] == ["scan", "evaluate", "probe", "outbox"]
-    assert [s["skipped"] for s in doc["stages"]] == [False, False, True, True]
+    assert [s["name"] for s in doc["stages"]] == ["scan", "evaluate", "probe", "outbox", "prune"]
+    assert [s["skipped"] for s in doc["stages"]] == [False, False, True, True, True]
     assert doc["skipped_side_effects"][:2] == [
         f"probe: would probe 1 key(s) at {issuer.url} (skipped: a probe mints a real token)",
         "probe: would probe key 100 (svc-a): never probed"]
