@@ -46,8 +46,9 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from keyd.actions.findings import zitadel_alerts
@@ -55,6 +56,7 @@ from keyd.checks.expiry import evaluate, is_never, seconds_until, time_left
 from keyd.checks.ladder import Rung, due_rungs, ladder, rung_suffix
 from keyd.clients.webhook import display_url
 from keyd.config import Config, EmailConfig
+from keyd.errors import StoreError
 from keyd.redact import scrub
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertIndex, note_issuer_health
@@ -125,15 +127,42 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
             continue
         if key.status == "unheld" and not config.alerts.unheld_ladder:
             continue  # only ZITADEL knows it: its notice comes from findings
-        new.extend(_key_alerts(session, config, key, by_principal[key.principal], now, known,
-                               removed=key.id in removed))
+        new.extend(_isolated(session, key, now, partial(
+            _key_alerts, session, config, key, by_principal[key.principal], now, known,
+            removed=key.id in removed)))
     new.extend(zitadel_alerts(session, config, keys, now, known, _emit, _about))
-    store.schedule_alerts(session, {k.id: next_alert_at(k, config, now) for k in keys})
+    store.schedule_alerts(session, {k.id: _next_or_soon(k, config, now) for k in keys})
     new.extend(_issuer_alerts(session, config, now, known))
     if new:
         log.info("decided %d new alert(s): %s", len(new),
                  ", ".join(f"{a.kind}:{a.threshold}" for a in new))
     return new
+
+
+def _isolated(session: Session, key: Key, now: datetime,
+              decide: Callable[[], list[Alert]]) -> list[Alert]:
+    """One key's decisions; an unexpected error is recorded on that key
+    (log, ``alert.error`` event) and the stage goes on with the others.
+    Database errors still end the stage: its transaction rolls back whole."""
+    try:
+        return decide()
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one key never blinds the others
+        log.exception("alerts for key %s: unexpected error", key.key_id)
+        store.record_key_error(session, key, now, f"internal error while deciding alerts "
+                                                  f"({type(exc).__name__}); run with --debug")
+        return []
+
+
+def _next_or_soon(key: Key, config: Config, now: datetime) -> datetime:
+    """``next_alert_at``, or in an hour when that cannot be computed (the
+    key is then tried again, not forgotten)."""
+    try:
+        return next_alert_at(key, config, now)
+    except Exception:  # noqa: BLE001 - as in _isolated
+        log.exception("alerts for key %s: cannot schedule", key.key_id)
+        return now + timedelta(hours=1)
 
 
 def next_alert_at(key: Key, config: Config, now: datetime) -> datetime:

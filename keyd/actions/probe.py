@@ -176,7 +176,10 @@ def probe_one(target: ProbeTarget, services: ProbeServices) -> tuple[ProbeRecord
     clock = services.clock
     try:
         keyfile = services.load_key(target)
-    except KeydError as exc:
+    except Exception as exc:  # noqa: BLE001 - KeydError, or a surprise: this key only
+        if not isinstance(exc, KeydError):
+            log.exception("probe %s: unexpected error reading the key", target.key_id)
+            exc = KeydError(f"internal error while reading the key ({type(exc).__name__})")
         log.warning("probe %s: key file unavailable: %s", target.key_id, exc)
         return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, exc, attempts=0, latency=None)
     counter = _Attempts(services)
@@ -190,6 +193,12 @@ def probe_one(target: ProbeTarget, services: ProbeServices) -> tuple[ProbeRecord
     except KeydError as exc:  # e.g. a key the signer cannot use
         log.warning("probe %s: %s", target.key_id, exc)
         return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, exc,
+                       attempts=counter.attempts, latency=counter.latency_ms)
+    except Exception as exc:  # noqa: BLE001 - one key's surprise never ends the round
+        log.exception("probe %s: unexpected error", target.key_id)
+        error = KeydError(f"internal error while probing ({type(exc).__name__}); run with "
+                          "--debug and report it")
+        return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, error,
                        attempts=counter.attempts, latency=counter.latency_ms)
     return _decide(target, services, clock.now(), ProbeOutcome.OK, None,
                    attempts=counter.attempts, latency=counter.latency_ms)

@@ -144,6 +144,11 @@ def _guarded(sink: SinkTarget, services: TokenServices,
         return _refused(sink, services, exc)
     except KeydError as exc:
         return _failed(sink, services, exc)
+    except Exception as exc:  # noqa: BLE001 - one sink's surprise never ends the round
+        log.exception("token sink %s: unexpected error", sink.ref)
+        return _failed(sink, services, KeydError(
+            f"internal error while refreshing ({type(exc).__name__}); run with --debug and "
+            "report it"))
 
 
 def _refresh(sink: SinkTarget, services: TokenServices) -> Outcome | Written:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import selectinload
 from keyd.clock import utc
 from keyd.store.inventory import latest_diagnoses
 from keyd.store.models import ALERT_NEVER as ALERT_NEVER  # re-exported for actions/
-from keyd.store.models import ALERT_NOW, Alert, Delivery, Key, State
+from keyd.store.models import ALERT_NOW, Alert, Delivery, Event, Key, State
 from keyd.timeutil import isoformat_z, parse_rfc3339
 from keyd.vocab import DeliveryState
 
@@ -386,3 +386,11 @@ def wake_failed(session: Session, channel: str, now: datetime) -> int:
                                Delivery.next_attempt_at > now)
         .values(next_attempt_at=now).execution_options(synchronize_session=False))
     return _rowcount(result)
+
+
+def record_key_error(session: Session, key: Key, now: datetime, problem: str) -> None:
+    """One key could not be judged this time (a bug, or data nothing can
+    handle): an ``alert.error`` event on that key with the reason, so it
+    shows in the audit trail while the stage goes on with the others."""
+    session.add(Event(at=now, key_pk=key.id, key_id=key.key_id, kind="alert.error",
+                      source=None, detail=json.dumps({"error": problem})))
