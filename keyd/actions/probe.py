@@ -49,7 +49,8 @@ from keyd.retry import Random, backoff_delay, retry_call
 from keyd.sources.keyfile import KeyFile
 from keyd.store import probes as store
 from keyd.store.alerts import note_issuer_health
-from keyd.store.probes import ProbeRecord, ProbeTarget
+from keyd.store.keys import KeyRecord
+from keyd.store.probes import ProbeRecord
 from keyd.store.snapshot import Engine
 from keyd.timeutil import isoformat_z
 from keyd.vocab import KeyKind, KeyStatus, ProbeOutcome
@@ -170,7 +171,7 @@ def _flush_last(engine: Engine, pending: list[ProbeRecord], report: ProbeReport,
     store.record_probe_results(engine, pending, after=after)
 
 
-def probe_one(target: ProbeTarget, services: ProbeServices) -> tuple[ProbeRecord, ProbeResult]:
+def probe_one(target: KeyRecord, services: ProbeServices) -> tuple[ProbeRecord, ProbeResult]:
     """Probe one key (fast retries included) and decide its new state.
     Never raises for issuer or key problems."""
     clock = services.clock
@@ -226,7 +227,7 @@ class _Attempts:
         finally:
             self.latency_ms = round((s.clock.monotonic() - start) * 1000.0, 3)
 
-def _decide(target: ProbeTarget, services: ProbeServices, at: datetime, outcome: str,
+def _decide(target: KeyRecord, services: ProbeServices, at: datetime, outcome: str,
             exc: KeydError | None, *, attempts: int, latency: float | None
             ) -> tuple[ProbeRecord, ProbeResult]:
     policy, rng = services.policy, services.rng
@@ -268,7 +269,7 @@ def _decide(target: ProbeTarget, services: ProbeServices, at: datetime, outcome:
     return record, result
 
 
-def _log_outcome(target: ProbeTarget, outcome: str, diagnosis: str | None,
+def _log_outcome(target: KeyRecord, outcome: str, diagnosis: str | None,
                  message: str | None, attempts: int) -> None:
     if outcome == ProbeOutcome.OK:
         log.info("probe %s (%s): ok after %d attempt(s)", target.key_id, target.principal, attempts)

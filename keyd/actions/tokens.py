@@ -54,7 +54,7 @@ from keyd.clock import Clock
 from keyd.config import Config, TokensConfig
 from keyd.errors import ConfigError
 from keyd.store import tokens as store
-from keyd.store.probes import ProbeTarget
+from keyd.store.keys import KeyRecord
 from keyd.store.snapshot import Engine
 from keyd.store.tokens import Assignment, SinkTarget, SinkUpdate
 from keyd.vocab import TokenOutcome
@@ -111,13 +111,13 @@ def plan_lines(report: TokenReport) -> list[str]:
             f"{r.key_id} at {r.ref}" for r in report.results]
 
 
-def plan_sinks(candidates: Sequence[ProbeTarget], cfg: TokensConfig
+def plan_sinks(candidates: Sequence[KeyRecord], cfg: TokensConfig
                ) -> tuple[list[Assignment], list[str]]:
     """Which key feeds which path. Selectors narrow the keys; when several
     keys of one principal map to one path (rotation overlap), the one that
     expires last wins (unknown expiry counts as earliest)."""
     tv.check_template(cfg.path)
-    best: dict[str, tuple[ProbeTarget, str]] = {}
+    best: dict[str, tuple[KeyRecord, str]] = {}
     errors: list[str] = []
     for key in candidates:
         if not _selected(key, cfg):
@@ -139,16 +139,16 @@ def plan_sinks(candidates: Sequence[ProbeTarget], cfg: TokensConfig
     return out, errors
 
 
-def _rank(key: ProbeTarget) -> tuple[float, str]:
+def _rank(key: KeyRecord) -> tuple[float, str]:
     return (key.expires_at.timestamp() if key.expires_at else 0.0, key.key_id)
 
 
-def _selected(key: ProbeTarget, cfg: TokensConfig) -> bool:
+def _selected(key: KeyRecord, cfg: TokensConfig) -> bool:
     if cfg.principals and key.principal not in cfg.principals:
         return False
     if cfg.sources:
         return any(loc.source == sel or fnmatch.fnmatch(loc.ref, sel)
-                   for loc in key.locations for sel in cfg.sources)
+                   for loc in key.files for sel in cfg.sources)
     return True
 
 
@@ -215,7 +215,7 @@ def _pooled(pool: Executor, fn: Callable[[_In], _Out], items: Iterable[_In]) -> 
 
 
 def _dry_run(engine: Engine, assignments: list[Assignment], now: datetime,
-             report: TokenReport, candidates: Sequence[ProbeTarget]) -> TokenReport:
+             report: TokenReport, candidates: Sequence[KeyRecord]) -> TokenReport:
     known = {(s.mount, s.path) for s in store.all_sinks(engine)}
     keys = {k.pk: k for k in candidates}
     for a in assignments:

@@ -232,7 +232,7 @@ def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, me
         return None
     about = "token:" + hashlib.sha256(sink.ref.encode()).hexdigest()[:40]
     threshold = isoformat_z(now)  # one alert per episode
-    sources = [loc.source for loc in sink.key.locations]
+    sources = [loc.source for loc in sink.key.files]
     targets: list[tuple[str, str]] = []
     if alerts.email is not None:
         targets += [(Channel.EMAIL, a) for a in email_recipients(alerts.email, sink.key.principal,

@@ -18,7 +18,7 @@ from keyd.config import SourceConfig, VaultSourceConfig
 from keyd.errors import KeydError, KeyFileError
 from keyd.sources.keyfile import KeyFile, parse_keyfile, parse_keyfile_mapping, read_keyfile
 from keyd.sources.vault import extract
-from keyd.store.probes import LocationRef, ProbeTarget
+from keyd.store.keys import KeyRecord, Location
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class SecretReader(Protocol):
         """The secret (``.data`` mapping) or None when it does not exist."""
 
 
-KeyLoader = Callable[[ProbeTarget], KeyFile]
+KeyLoader = Callable[[KeyRecord], KeyFile]
 
 
 class KeyUnavailable(KeydError):
@@ -45,7 +45,7 @@ class KeyUnavailable(KeydError):
         super().__init__(f"key {key_id}: cannot load the key file ({detail})")
 
 
-def _read_vault(loc: LocationRef, source: VaultSourceConfig, vault: SecretReader | None,
+def _read_vault(loc: Location, source: VaultSourceConfig, vault: SecretReader | None,
                 tz: tzinfo) -> KeyFile:
     if vault is None:
         raise KeyFileError(loc.ref, "is in Vault, but no [vault] is configured")
@@ -61,7 +61,7 @@ def _read_vault(loc: LocationRef, source: VaultSourceConfig, vault: SecretReader
     return parse_keyfile_mapping(value, source=loc.ref, tz=tz, validate="quick")
 
 
-def _read_one(loc: LocationRef, sources: Mapping[str, SourceConfig], vault: SecretReader | None,
+def _read_one(loc: Location, sources: Mapping[str, SourceConfig], vault: SecretReader | None,
               tz: tzinfo) -> KeyFile:
     source = sources.get(loc.source)
     if isinstance(source, VaultSourceConfig):
@@ -71,7 +71,7 @@ def _read_one(loc: LocationRef, sources: Mapping[str, SourceConfig], vault: Secr
     return read_keyfile(loc.ref, tz=tz, validate="quick")
 
 
-def load_keyfile_for(key: ProbeTarget, locations: Sequence[LocationRef],
+def load_keyfile_for(key: KeyRecord, locations: Sequence[Location],
                      sources: Sequence[SourceConfig], vault: SecretReader | None,
                      tz: tzinfo) -> KeyFile:
     """The ``KeyFile`` for ``key``, from the first of ``locations`` that
@@ -102,8 +102,8 @@ def make_key_loader(sources: Sequence[SourceConfig], vault: SecretReader | None,
     """A ``KeyLoader`` bound to the configured sources (for ``ProbeServices``)."""
     frozen = tuple(sources)
 
-    def load(target: ProbeTarget) -> KeyFile:
-        return load_keyfile_for(target, target.locations, frozen, vault, tz)
+    def load(target: KeyRecord) -> KeyFile:
+        return load_keyfile_for(target, target.files, frozen, vault, tz)
 
     return load
 

@@ -49,6 +49,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from keyd.store import snapshot
+from keyd.store.keys import KeyRecord
 from keyd.store.snapshot import Engine
 from keyd.vocab import KeyStatus, LocationStatus, ProbeOutcome, SinkState
 
@@ -260,7 +261,7 @@ def _location_family(counts: dict[tuple[str, str], int]) -> Metric:
     return family
 
 
-def _key_detail(rows: list[snapshot.KeySnapshot]) -> list[Metric]:
+def _key_detail(rows: list[KeyRecord]) -> list[Metric]:
     last_ok = GaugeMetricFamily("keyd_key_last_probe_success_timestamp_seconds",
                                 "Last successful validation probe", labels=LABELS)
     status = GaugeMetricFamily("keyd_key_status", "1 for the key's current status",

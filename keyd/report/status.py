@@ -43,7 +43,8 @@ from keyd import vocab
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
 from keyd.config import Config
 from keyd.report import render
-from keyd.store.inventory import Engine, InventorySnapshot, KeyRow, LocationRow, inventory_snapshot
+from keyd.store.inventory import Engine, InventorySnapshot, inventory_snapshot
+from keyd.store.keys import KeyRecord, Location
 from keyd.store.models import SourceState
 from keyd.store.views import key_snapshot
 from keyd.timeutil import rfc3339_z
@@ -51,7 +52,7 @@ from keyd.timeutil import rfc3339_z
 
 @dataclass(frozen=True)
 class KeyStatus:
-    row: KeyRow
+    row: KeyRecord
     status: str
     expiry: ExpiryView
 
@@ -61,7 +62,7 @@ class StatusReport:
     at: datetime
     tz: tzinfo
     keys: tuple[KeyStatus, ...]
-    orphans: tuple[LocationRow, ...]
+    orphans: tuple[Location, ...]
     sources: tuple[SourceState, ...]
 
 
@@ -98,7 +99,7 @@ def _iso(value: datetime | None) -> str | None:
     return render.instant(value) if value is not None else None
 
 
-def _location_json(loc: LocationRow) -> dict[str, Any]:
+def _location_json(loc: Location) -> dict[str, Any]:
     return {"source": loc.source, "ref": loc.ref, "status": loc.status, "error": loc.error,
             "warning": loc.warning, "kind": loc.kind or "file"}
 
@@ -120,13 +121,13 @@ def key_json(key: KeyStatus) -> dict[str, Any]:
     }
 
 
-def _expiry_source(row: KeyRow) -> str | None:
+def _expiry_source(row: KeyRecord) -> str | None:
     if row.expires_at is None:
         return None
     return row.expiry_source or "file"
 
 
-def orphan_json(loc: LocationRow) -> dict[str, Any]:
+def orphan_json(loc: Location) -> dict[str, Any]:
     return {
         "key_id": None, "kind": None, "principal": None, "fingerprint": None,
         "algorithm": None, "status": vocab.LocationStatus.INVALID, "expiry_status": None, "expires_at": None,
@@ -143,7 +144,7 @@ def to_json(report: StatusReport) -> list[dict[str, Any]]:
 
 # --- text --------------------------------------------------------------------
 
-def _expires(view: ExpiryView, row: KeyRow | None = None) -> str:
+def _expires(view: ExpiryView, row: KeyRecord | None = None) -> str:
     if view.status == vocab.ExpiryStatus.UNKNOWN:
         return "unknown"
     text = "never" if view.status == vocab.ExpiryStatus.NEVER else render.expiry(view.expires_at)
@@ -160,14 +161,14 @@ def shown_status(key: KeyStatus) -> str:
     return key.status
 
 
-def _sources(row: KeyRow) -> str:
+def _sources(row: KeyRecord) -> str:
     present = sorted({loc.source for loc in row.locations if loc.status == vocab.LocationStatus.PRESENT})
     if present:
         return ", ".join(present)
     return f"({', '.join(sorted({loc.source for loc in row.locations}))})"
 
 
-def _probe(row: KeyRow, at: datetime) -> str:
+def _probe(row: KeyRecord, at: datetime) -> str:
     if row.last_probe_at is None:
         return "never"
     return f"{row.last_probe_outcome or '?'} {render.ago(row.last_probe_at, at)}"

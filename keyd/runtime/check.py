@@ -43,7 +43,8 @@ from keyd.runtime.cycle import CycleReport, Stage, run_cycle
 from keyd.runtime.wiring import Services
 from keyd.store import alerts as alert_store
 from keyd.store import snapshot
-from keyd.store.snapshot import KeySnapshot, LocationProblem, SourceSnapshot
+from keyd.store.keys import KeyRecord
+from keyd.store.snapshot import LocationProblem, SourceSnapshot
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus
 
@@ -141,7 +142,7 @@ class PolicyFinding:
     text: str  # "never expires", "lives 730d (limit 400d)", ...
 
 
-def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
+def judge(config: Config, at: datetime, keys: Sequence[KeyRecord],
           locations: Sequence[LocationProblem], sources: Sequence[SourceSnapshot],
           cycle: CycleReport | None = None, *,
           issuer_down_since: datetime | None = None, gone: frozenset[str] = frozenset(),
@@ -175,7 +176,7 @@ def judge(config: Config, at: datetime, keys: Sequence[KeySnapshot],
     return verdict
 
 
-def _judge_key(verdict: Verdict, key: KeySnapshot, at: datetime, warn: timedelta,
+def _judge_key(verdict: Verdict, key: KeyRecord, at: datetime, warn: timedelta,
                tz: tzinfo, *, removed: bool = False) -> None:
     if key.status == KeyStatus.MISSING:
         verdict.counts["missing"] += 1

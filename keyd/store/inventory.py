@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, selectinload
 from keyd.errors import StoreError
 from keyd.redact import scrub
 from keyd.store.engine import session_scope
+from keyd.store.keys import LOCATION_COLUMNS, KeyRecord, Location, key_records, location
 from keyd.store.models import Event, Key, KeyLocation, Probe, SourceState
 from keyd.timeutil import isoformat_z
 from keyd.vocab import KeyStatus, LocationKind, LocationStatus
@@ -311,97 +312,27 @@ def key_counts(engine: Engine) -> dict[str, int]:
 # --- read side: the inventory for reports ----------------------------------
 
 @dataclass(frozen=True)
-class LocationRow:
-    source: str
-    ref: str
-    status: str  # present | missing | invalid
-    error: str | None
-    warning: str | None
-    last_seen: datetime
-    key_id: str | None
-    kind: str | None = None  # None: a key file; "zitadel": a zitadel source's listing
-
-
-@dataclass(frozen=True)
-class KeyRow:
-    key_id: str
-    kind: str
-    principal: str
-    fingerprint: str
-    algorithm: str
-    status: str
-    expires_at: datetime | None
-    first_seen: datetime
-    last_seen: datetime
-    last_probe_at: datetime | None
-    last_probe_outcome: str | None
-    last_ok_at: datetime | None
-    last_error: str | None
-    locations: tuple[LocationRow, ...]
-    expiry_source: str | None = None  # None: the key file; "zitadel": a zitadel listing
-    zitadel_created_at: datetime | None = None
-    diagnosis: str | None = None  # of the last rejection ("removed": ZITADEL no longer lists it)
-
-    @property
-    def held(self) -> bool:
-        """A key file (directory or Vault) holds it, as opposed to a listing only."""
-        return any(loc.kind is None and loc.status == LocationStatus.PRESENT
-                   for loc in self.locations)
-
-
-@dataclass(frozen=True)
 class InventorySnapshot:
-    keys: tuple[KeyRow, ...]
-    orphans: tuple[LocationRow, ...]  # invalid locations holding no key
+    keys: tuple[KeyRecord, ...]
+    orphans: tuple[Location, ...]  # invalid locations holding no key
     sources: tuple[SourceState, ...]
 
 
 def inventory_snapshot(engine: Engine) -> InventorySnapshot:
-    """Everything ``keyd status`` shows, as frozen rows, in one read."""
+    """Everything ``keyd status`` shows, as frozen records, in one read."""
     with session_scope(engine) as session:
-        keys = list(session.scalars(select(Key).options(selectinload(Key.locations))
-                                    .order_by(Key.principal, Key.key_id)))
-        diagnoses = latest_diagnoses(session, [k.id for k in keys if k.status == "rejected"])
         states = list(session.scalars(select(SourceState).order_by(SourceState.name)))
         seen = {s.name: s.last_success_at for s in states if s.last_success_at is not None}
-        key_rows = tuple(_key_row(k, diagnoses.get(k.id), seen) for k in keys)
-        orphans = session.scalars(
-            select(KeyLocation).where(KeyLocation.key_pk.is_(None),
-                                      KeyLocation.status == LocationStatus.INVALID)
+        keys = key_records(session, order_by=(Key.principal, Key.key_id), seen=seen)
+        diagnoses = latest_diagnoses(session, [k.pk for k in keys if k.status == KeyStatus.REJECTED])
+        records = tuple(replace(k, diagnosis=diagnoses[k.pk]) if diagnoses.get(k.pk) else k
+                        for k in keys)
+        orphans = session.execute(
+            select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.is_(None),
+                                            KeyLocation.status == LocationStatus.INVALID)
             .order_by(KeyLocation.source, KeyLocation.ref))
-        orphan_rows = tuple(_location_row(loc, None) for loc in orphans)
-        return InventorySnapshot(key_rows, orphan_rows,
+        return InventorySnapshot(records, tuple(location(loc, None) for loc in orphans),
                                  tuple(_detached_state(s) for s in states))
-
-
-def _location_row(loc: KeyLocation, key_id: str | None,
-                  seen: Mapping[str, datetime] | None = None) -> LocationRow:
-    """``last_seen``: a present location was seen at its source's last
-    successful scan (the scan does not rewrite unchanged rows)."""
-    last_seen = loc.last_seen
-    scanned = (seen or {}).get(loc.source)
-    if (loc.status in (LocationStatus.PRESENT, LocationStatus.INVALID)
-            and scanned is not None and scanned > last_seen):
-        last_seen = scanned
-    return LocationRow(source=loc.source, ref=loc.ref, status=loc.status, error=loc.last_error,
-                       warning=loc.warning, last_seen=last_seen, key_id=key_id, kind=loc.kind)
-
-
-def _key_row(key: Key, diagnosis: str | None = None,
-             seen: Mapping[str, datetime] | None = None) -> KeyRow:
-    locations = tuple(_location_row(loc, key.key_id, seen)
-                      for loc in sorted(key.locations, key=lambda x: (x.source, x.ref)))
-    last_seen = max([key.last_seen, *(loc.last_seen for loc in locations
-                                      if loc.status == LocationStatus.PRESENT)])
-    return KeyRow(
-        key_id=key.key_id, kind=key.kind, principal=key.principal, fingerprint=key.fingerprint,
-        algorithm=key.algorithm, status=key.status, expires_at=key.expires_at,
-        first_seen=key.first_seen, last_seen=last_seen, last_probe_at=key.last_probe_at,
-        last_probe_outcome=key.last_probe_outcome, last_ok_at=key.last_ok_at,
-        last_error=key.last_error, locations=locations, expiry_source=key.expiry_source,
-        zitadel_created_at=key.zitadel_created_at,
-        diagnosis=diagnosis,
-    )
 
 
 def latest_diagnoses(session: Session, pks: Iterable[int]) -> dict[int, str | None]:

@@ -25,33 +25,9 @@ from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from keyd.errors import UsageError
-from keyd.store.models import ALERT_NOW, Key, KeyLocation, Probe
-from keyd.vocab import KeyStatus, LocationStatus
-
-
-@dataclass(frozen=True)
-class LocationRef:
-    """Where the key file lives: the configured source name and the file
-    path or Vault ``mount/path``."""
-
-    source: str
-    ref: str
-
-
-@dataclass(frozen=True)
-class ProbeTarget:
-    """A key to probe: what the probe needs, never key material."""
-
-    pk: int
-    key_id: str
-    kind: str
-    principal: str
-    status: str
-    content_hash: str
-    expires_at: datetime | None
-    probe_failures: int
-    next_probe_at: datetime | None
-    locations: tuple[LocationRef, ...]
+from keyd.store.keys import KeyRecord, key_records
+from keyd.store.models import ALERT_NOW, Key, Probe
+from keyd.vocab import KeyStatus
 
 
 @dataclass(frozen=True)
@@ -79,31 +55,6 @@ class ProbeRecord:
     ok: bool
 
 
-def _snapshot(key: Key, locations: Sequence[KeyLocation]) -> ProbeTarget:
-    return ProbeTarget(
-        pk=key.id, key_id=key.key_id, kind=key.kind, principal=key.principal,
-        status=key.status, content_hash=key.content_hash, expires_at=key.expires_at,
-        probe_failures=key.probe_failures or 0, next_probe_at=key.next_probe_at,
-        locations=tuple(LocationRef(loc.source, loc.ref) for loc in locations),
-    )
-
-
-def _locations(session: Session, pks: Sequence[int]) -> dict[int, list[KeyLocation]]:
-    out: dict[int, list[KeyLocation]] = {pk: [] for pk in pks}
-    for start in range(0, len(pks), 500):  # bound the IN list
-        rows = session.scalars(
-            select(KeyLocation)
-            .where(KeyLocation.key_pk.in_(pks[start:start + 500]))
-            .where(KeyLocation.status == LocationStatus.PRESENT)
-            .where(KeyLocation.kind.is_(None))  # a zitadel listing holds no key material
-            .order_by(KeyLocation.id)
-        )
-        for loc in rows:
-            if loc.key_pk is not None:
-                out[loc.key_pk].append(loc)
-    return out
-
-
 def _is_due(now: datetime) -> ColumnElement[bool]:
     """The schedule contract of the module docstring, as one WHERE clause."""
     return and_(Key.status == KeyStatus.ACTIVE,
@@ -114,49 +65,31 @@ def _is_due(now: datetime) -> ColumnElement[bool]:
 _DUE_ORDER = (Key.next_probe_at.is_not(None), Key.next_probe_at, Key.id)
 
 
-def due_targets(engine: Engine, now: datetime, *, limit: int | None = None) -> list[ProbeTarget]:
+def due_targets(engine: Engine, now: datetime, *, limit: int | None = None) -> list[KeyRecord]:
     """Active keys whose probe is due at ``now``, never-probed first, then
     the most overdue; at most ``limit``."""
     with Session(engine) as session:
-        query = select(Key).where(_is_due(now)).order_by(*_DUE_ORDER)
-        if limit is not None:
-            query = query.limit(limit)
-        keys = list(session.scalars(query))
-        locs = _locations(session, [k.id for k in keys])
-        return [_snapshot(k, locs[k.id]) for k in keys]
+        return key_records(session, _is_due(now), order_by=_DUE_ORDER, limit=limit)
 
 
-@dataclass(frozen=True)
-class DueKey:
-    """A key a probe round would pick, as ``keyd check --dry-run`` lists it."""
-
-    key_id: str
-    principal: str
-    last_probe_at: datetime | None
-    last_probe_outcome: str | None
-
-
-def due_preview(engine: Engine, now: datetime, *, limit: int) -> tuple[int, list[DueKey]]:
+def due_preview(engine: Engine, now: datetime, *, limit: int) -> tuple[int, list[KeyRecord]]:
     """How many keys are due at ``now`` and the first ``limit`` of them in
-    probe order. Read-only: selects nothing but the listed columns and
-    never touches the schedule (a dry run must not look like a probe)."""
+    probe order. Read-only: never touches the schedule (a dry run must not
+    look like a probe)."""
     with Session(engine) as session:
         total = session.scalar(select(func.count()).select_from(Key).where(_is_due(now))) or 0
-        rows = session.execute(
-            select(Key.key_id, Key.principal, Key.last_probe_at, Key.last_probe_outcome)
-            .where(_is_due(now)).order_by(*_DUE_ORDER).limit(limit))
-        return total, [DueKey(*row) for row in rows]
+        return total, key_records(session, _is_due(now), order_by=_DUE_ORDER, limit=limit)
 
 
-def target_by_key_id(engine: Engine, key_id: str) -> ProbeTarget:
+def target_by_key_id(engine: Engine, key_id: str) -> KeyRecord:
     """One key by its ZITADEL key id, whatever its status or schedule
     (``keyd probe KEY_ID`` ignores backoff and rejection)."""
     with Session(engine) as session:
-        key = session.scalars(select(Key).where(Key.key_id == key_id)).first()
-        if key is None:
-            raise UsageError("KEY_ID", f"no key with id {key_id!r} in the inventory "
-                             "(run `keyd scan`, or see `keyd status`)")
-        return _snapshot(key, _locations(session, [key.id])[key.id])
+        found = key_records(session, Key.key_id == key_id)
+    if not found:
+        raise UsageError("KEY_ID", f"no key with id {key_id!r} in the inventory "
+                         "(run `keyd scan`, or see `keyd status`)")
+    return found[0]
 
 
 def record_probe_results(engine: Engine, records: Sequence[ProbeRecord], *,

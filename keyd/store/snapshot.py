@@ -21,6 +21,7 @@ from sqlalchemy.engine import Result
 from sqlalchemy.exc import SQLAlchemyError
 
 from keyd.store.alerts import OPEN_STATES
+from keyd.store.keys import KEY_COLUMNS, LOCATION_COLUMNS, KeyRecord, key_record
 from keyd.store.models import Delivery, Key, KeyLocation, SourceState, TokenSink
 from keyd.vocab import LocationStatus
 
@@ -28,21 +29,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MAX_BAD_ROWS: Final = 1000  # give up on a table that is entirely unreadable
-
-
-@dataclass(frozen=True)
-class KeySnapshot:
-    key_id: str
-    principal: str
-    kind: str
-    status: str
-    expires_at: datetime | None
-    last_ok_at: datetime | None
-    last_probe_at: datetime | None
-    last_probe_outcome: str | None
-    probe_failures: int
-    last_error: str | None
-    refs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,21 +71,16 @@ def ping(engine: Engine) -> bool:
     return True
 
 
-def keys(engine: Engine) -> list[KeySnapshot]:
-    """Every key row with the refs of its present locations."""
-    refs: dict[int, list[str]] = {}
+def keys(engine: Engine) -> list[KeyRecord]:
+    """Every key with its locations (unreadable rows skipped, see ``_rows``)."""
+    locations: dict[int, list[Any]] = {}
     with engine.connect() as conn:
-        for pk, ref in _rows(conn.execute(
-                select(KeyLocation.key_pk, KeyLocation.ref)
-                .where(KeyLocation.key_pk.is_not(None))
-                .order_by(KeyLocation.source, KeyLocation.ref)), "key_locations", tuple):
-            refs.setdefault(pk, []).append(ref)
-        result = conn.execute(select(
-            Key.id, Key.key_id, Key.principal, Key.kind, Key.status, Key.expires_at,
-            Key.last_ok_at, Key.last_probe_at, Key.last_probe_outcome, Key.probe_failures,
-            Key.last_error).order_by(Key.key_id))
-        return [KeySnapshot(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9] or 0, r[10],
-                            tuple(refs.get(r[0], ()))) for r in _rows(result, "keys", tuple)]
+        for loc in _rows(conn.execute(select(*LOCATION_COLUMNS)
+                                      .where(KeyLocation.key_pk.is_not(None))),
+                         "key_locations", lambda row: row):
+            locations.setdefault(loc.key_pk, []).append(loc)
+        result = conn.execute(select(*KEY_COLUMNS).order_by(Key.key_id))
+        return list(_rows(result, "keys", lambda r: key_record(r, locations.get(r.id, ()))))
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from keyd.store.alerts import add_deliveries, insert_alert
-from keyd.store.models import Event, Key, KeyLocation, TokenSink
-from keyd.store.probes import LocationRef, ProbeTarget
-from keyd.vocab import KeyKind, KeyStatus, LocationStatus, SinkState
+from keyd.store.keys import KeyRecord, key_records
+from keyd.store.models import Event, Key, TokenSink
+from keyd.vocab import KeyKind, KeyStatus, SinkState
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SinkTarget:
     """A due sink with the key that feeds it (never a token)."""
 
     id: int
-    key: ProbeTarget
+    key: KeyRecord
     mount: str
     path: str
     file_path: str | None
@@ -76,38 +76,13 @@ class AlertSpec:
     targets: Sequence[tuple[str, str]]
 
 
-def _target(key: Key, locations: Sequence[KeyLocation]) -> ProbeTarget:
-    return ProbeTarget(
-        pk=key.id, key_id=key.key_id, kind=key.kind, principal=key.principal,
-        status=key.status, content_hash=key.content_hash, expires_at=key.expires_at,
-        probe_failures=key.probe_failures or 0, next_probe_at=key.next_probe_at,
-        locations=tuple(LocationRef(loc.source, loc.ref) for loc in locations
-                        if loc.status == LocationStatus.PRESENT and loc.kind is None),
-    )
-
-
-def token_candidates(engine: Engine) -> list[ProbeTarget]:
-    """Active service-user keys with their present locations (application
-    keys cannot mint tokens for themselves). Plain rows, not ORM objects:
-    this runs every round over every key."""
+def token_candidates(engine: Engine) -> list[KeyRecord]:
+    """Active service-user keys with their locations (application keys
+    cannot mint tokens for themselves). Plain rows, not ORM objects: this
+    runs every round over every key."""
     with Session(engine) as session:
-        keys = list(session.execute(
-            select(Key.id, Key.key_id, Key.kind, Key.principal, Key.status, Key.content_hash,
-                   Key.expires_at, Key.probe_failures, Key.next_probe_at)
-            .where(Key.status == KeyStatus.ACTIVE, Key.kind == KeyKind.SERVICE_ACCOUNT).order_by(Key.id)))
-        locs: dict[int, list[LocationRef]] = {k.id: [] for k in keys}
-        for loc in session.execute(select(KeyLocation.key_pk, KeyLocation.source,
-                                          KeyLocation.ref)
-                                   .where(KeyLocation.status == LocationStatus.PRESENT,
-                                          KeyLocation.kind.is_(None))
-                                   .order_by(KeyLocation.id)):
-            if loc.key_pk in locs:
-                locs[loc.key_pk].append(LocationRef(loc.source, loc.ref))
-        return [ProbeTarget(
-            pk=k.id, key_id=k.key_id, kind=k.kind, principal=k.principal, status=k.status,
-            content_hash=k.content_hash, expires_at=k.expires_at,
-            probe_failures=k.probe_failures or 0, next_probe_at=k.next_probe_at,
-            locations=tuple(locs[k.id])) for k in keys]
+        return key_records(session, Key.status == KeyStatus.ACTIVE,
+                           Key.kind == KeyKind.SERVICE_ACCOUNT)
 
 
 def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetime) -> int:
@@ -152,7 +127,7 @@ def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetim
 
 
 def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None,
-              keys: Mapping[int, ProbeTarget] | None = None) -> list[SinkTarget]:
+              keys: Mapping[int, KeyRecord] | None = None) -> list[SinkTarget]:
     """Sinks due at ``now`` whose key is active, most overdue first.
 
     ``keys`` (the round's ``token_candidates`` by pk) saves loading every
@@ -180,17 +155,11 @@ def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None,
             for r in rows]
 
 
-def _load_targets(session: Session, pks: Sequence[int]) -> dict[int, ProbeTarget]:
-    """Keys by pk with their present locations, 500 at a time."""
-    out: dict[int, ProbeTarget] = {}
+def _load_targets(session: Session, pks: Sequence[int]) -> dict[int, KeyRecord]:
+    """Keys by pk with their locations, 500 at a time (bounded IN lists)."""
+    out: dict[int, KeyRecord] = {}
     for start in range(0, len(pks), 500):
-        chunk = pks[start:start + 500]
-        locs: dict[int, list[KeyLocation]] = {pk: [] for pk in chunk}
-        for loc in session.scalars(select(KeyLocation).where(KeyLocation.key_pk.in_(chunk))):
-            if loc.key_pk is not None:
-                locs[loc.key_pk].append(loc)
-        for key in session.scalars(select(Key).where(Key.id.in_(chunk))):
-            out[key.id] = _target(key, locs[key.id])
+        out.update((k.pk, k) for k in key_records(session, Key.id.in_(pks[start:start + 500])))
     return out
 
 

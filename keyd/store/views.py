@@ -18,9 +18,10 @@ from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from keyd.store.inventory import InventorySnapshot, _key_row
+from keyd.store.inventory import InventorySnapshot
+from keyd.store.keys import key_records
 from keyd.store.models import Alert, Delivery, Event, Key, Rotation, TokenSink
 from keyd.store.rotations import RotationRow
 
@@ -99,11 +100,7 @@ def key_snapshot(engine: Engine, key_id: str) -> InventorySnapshot:
     """``inventory_snapshot`` narrowed to one key (no key: empty), so one
     key's page does not read the whole inventory."""
     with Session(engine) as session:
-        key = session.scalars(
-            select(Key).options(selectinload(Key.locations)).where(Key.key_id == key_id)
-        ).one_or_none()
-        rows = (_key_row(key),) if key is not None else ()
-    return InventorySnapshot(rows, (), ())
+        return InventorySnapshot(tuple(key_records(session, Key.key_id == key_id)), (), ())
 
 
 def key_pk(engine: Engine, key_id: str) -> int | None:

@@ -17,7 +17,8 @@ from keyd.clock import FakeClock
 from keyd.config import Config, load_config
 from keyd.inventory.scan import ScanReport, scan_all
 from keyd.runtime.wiring import zitadel_key_apis
-from keyd.store.inventory import KeyRow, inventory_snapshot
+from keyd.store.inventory import inventory_snapshot
+from keyd.store.keys import KeyRecord
 from tests.support.issuer import IssuerServer
 from tests.support.keys import MadeKey, make_key_file
 from tests.support.zitadel_api import DEFAULT_ORG, make_api_user
@@ -72,7 +73,7 @@ url = "{self.engine.url.render_as_string(hide_password=False)}"
                 for api in apis.values():
                     api.close()
 
-    def rows(self) -> dict[str, KeyRow]:
+    def rows(self) -> dict[str, KeyRecord]:
         return {k.key_id: k for k in inventory_snapshot(self.engine).keys}
 
     def user(self, org: str = DEFAULT_ORG) -> str:

@@ -22,7 +22,7 @@ from keyd.actions.tokenvault import (
 )
 from keyd.clients.vault_model import VaultMetadata
 from keyd.config import TokensConfig
-from keyd.store.probes import LocationRef, ProbeTarget
+from keyd.store.keys import KeyRecord, Location
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -101,10 +101,10 @@ def test_listed_read_back_entry():
 
 
 def target(pk: int, principal: str, key_id: str, expires: datetime | None,
-           source: str = "dir", ref: str = "/k/x.json") -> ProbeTarget:
-    return ProbeTarget(pk=pk, key_id=key_id, kind="serviceaccount", principal=principal,
-                       status="active", content_hash="h", expires_at=expires, probe_failures=0,
-                       next_probe_at=None, locations=(LocationRef(source, ref),))
+           source: str = "dir", ref: str = "/k/x.json") -> KeyRecord:
+    return KeyRecord(pk=pk, key_id=key_id, kind="serviceaccount", principal=principal,
+                     status="active", content_hash="h", expires_at=expires,
+                     locations=(Location(source, ref),))
 
 
 def test_plan_sinks_selectors_and_rotation(tmp_path):

@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 from keyd.report import render
 from keyd.report.status import build_status, effective_status, render_text, to_json
 from keyd.sources.keyfile import NEVER
-from keyd.store.inventory import InventorySnapshot, KeyRow, LocationRow
+from keyd.store.inventory import InventorySnapshot
+from keyd.store.keys import KeyRecord, Location
 from keyd.store.models import SourceState
 
 AT = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -16,23 +17,23 @@ ZRH = ZoneInfo("Europe/Zurich")
 
 
 def loc(ref: str, status: str = "present", *, error: str | None = None,
-        warning: str | None = None, key_id: str | None = "k1", source: str = "dir") -> LocationRow:
-    return LocationRow(source=source, ref=ref, status=status, error=error, warning=warning,
+        warning: str | None = None, key_id: str | None = "k1", source: str = "dir") -> Location:
+    return Location(source=source, ref=ref, status=status, error=error, warning=warning,
                        last_seen=AT, key_id=key_id)
 
 
 def key(key_id: str, expires_at: datetime | None, status: str = "active",
-        *locations: LocationRow, **kw: object) -> KeyRow:
+        *locations: Location, **kw: object) -> KeyRecord:
     fields: dict[str, object] = dict(
-        key_id=key_id, kind="serviceaccount", principal=f"svc-{key_id}", fingerprint="ab" * 32,
+        pk=1, key_id=key_id, kind="serviceaccount", principal=f"svc-{key_id}", fingerprint="ab" * 32,
         algorithm="RS256", status=status, expires_at=expires_at, first_seen=AT, last_seen=AT,
         last_probe_at=None, last_probe_outcome=None, last_ok_at=None, last_error=None,
         locations=locations or (loc(f"/keys/{key_id}.json", key_id=key_id),))
     fields.update(kw)
-    return KeyRow(**fields)  # type: ignore[arg-type]
+    return KeyRecord(**fields)  # type: ignore[arg-type]
 
 
-def snapshot(*keys: KeyRow, orphans: tuple[LocationRow, ...] = (),
+def snapshot(*keys: KeyRecord, orphans: tuple[Location, ...] = (),
              sources: tuple[SourceState, ...] = ()) -> InventorySnapshot:
     return InventorySnapshot(tuple(keys), orphans, sources)
 

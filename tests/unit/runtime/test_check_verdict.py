@@ -10,7 +10,8 @@ import pytest
 from keyd.config import AlertsConfig, Config, DirectorySourceConfig
 from keyd.runtime.check import judge
 from keyd.runtime.cycle import CycleReport, StageReport
-from keyd.store.snapshot import KeySnapshot, LocationProblem, SourceSnapshot
+from keyd.store.keys import KeyRecord, Location
+from keyd.store.snapshot import LocationProblem, SourceSnapshot
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 SRC = DirectorySourceConfig(name="directory:/keys", path=Path("/keys"))
@@ -18,10 +19,10 @@ CONFIG = Config(sources=(SRC,))
 
 
 def key(key_id: str, *, status: str = "active", left: timedelta | None = timedelta(days=90),
-        error: str | None = None) -> KeySnapshot:
-    return KeySnapshot(key_id, f"user-{key_id}", "serviceaccount", status,
-                       None if left is None else NOW + left, None, None, None, 0, error,
-                       (f"/keys/{key_id}.json",))
+        error: str | None = None) -> KeyRecord:
+    return KeyRecord(pk=1, key_id=key_id, kind="serviceaccount", principal=f"user-{key_id}",
+                     status=status, expires_at=None if left is None else NOW + left,
+                     last_error=error, locations=(Location(SRC.name, f"/keys/{key_id}.json"),))
 
 
 def source(failures: int = 0) -> SourceSnapshot:
@@ -51,7 +52,7 @@ def source(failures: int = 0) -> SourceSnapshot:
     # a removed, expired key is a finished rotation: not a problem
     ([key("old", status="missing", left=-timedelta(days=3)), key("new")], [], [], "ok", None),
 ])
-def test_mapping(keys: list[KeySnapshot], locations: list[LocationProblem],
+def test_mapping(keys: list[KeyRecord], locations: list[LocationProblem],
                  sources: list[SourceSnapshot], status: str, headline: str | None) -> None:
     verdict = judge(CONFIG, NOW, keys, locations, sources)
     assert verdict.status == status

@@ -1,0 +1,154 @@
+"""A key and where it lives, as one frozen value: what every reader above
+the store gets instead of ORM objects (probe, write-back, status, check).
+
+``key_record`` is the one builder (from a ``keys`` row and its location
+rows); ``key_records`` is the one query behind it: plain column rows, no ORM
+objects, locations fetched 500 keys at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from keyd.store.models import Key, KeyLocation
+from keyd.vocab import LocationStatus
+
+_CHUNK = 500  # bound IN lists (SQLite's variable limit, PostgreSQL plan size)
+
+
+@dataclass(frozen=True)
+class Location:
+    """One place a key file (or a zitadel listing) was found."""
+
+    source: str  # configured source name
+    ref: str  # file path or Vault mount/path
+    status: str = LocationStatus.PRESENT  # vocab.LocationStatus
+    kind: str | None = None  # None: a key file; "zitadel": a zitadel source's listing
+    error: str | None = None
+    warning: str | None = None
+    last_seen: datetime | None = None
+    key_id: str | None = None  # None: an invalid file that holds no key
+
+    @property
+    def holds_file(self) -> bool:
+        """A key file that is there now: what probes and write-back read."""
+        return self.status == LocationStatus.PRESENT and self.kind is None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One ``keys`` row with its locations (sorted by source, ref). Never key
+    material: the file is read again, through ``files``, when needed."""
+
+    pk: int
+    key_id: str
+    kind: str  # vocab.KeyKind
+    principal: str
+    status: str  # vocab.KeyStatus
+    fingerprint: str = ""
+    algorithm: str = ""
+    content_hash: str = ""
+    expires_at: datetime | None = None
+    expiry_source: str | None = None  # None: the key file; "zitadel": a zitadel listing
+    zitadel_created_at: datetime | None = None
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    next_probe_at: datetime | None = None
+    probe_failures: int = 0
+    last_probe_at: datetime | None = None
+    last_probe_outcome: str | None = None  # vocab.ProbeOutcome
+    last_ok_at: datetime | None = None
+    last_error: str | None = None
+    locations: tuple[Location, ...] = ()
+    diagnosis: str | None = None  # of the last rejection, where the reader asked for it
+
+    @property
+    def files(self) -> tuple[Location, ...]:
+        """The present key files, in order: where the key can be read from."""
+        return tuple(loc for loc in self.locations if loc.holds_file)
+
+    @property
+    def held(self) -> bool:
+        """A key file (directory or Vault) holds it, as opposed to a listing only."""
+        return any(loc.holds_file for loc in self.locations)
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return tuple(loc.ref for loc in self.locations)
+
+
+KEY_COLUMNS: tuple[Any, ...] = (
+    Key.id, Key.key_id, Key.kind, Key.principal, Key.status, Key.fingerprint, Key.algorithm,
+    Key.content_hash, Key.expires_at, Key.expiry_source, Key.zitadel_created_at, Key.first_seen,
+    Key.last_seen, Key.next_probe_at, Key.probe_failures, Key.last_probe_at,
+    Key.last_probe_outcome, Key.last_ok_at, Key.last_error)
+LOCATION_COLUMNS: tuple[Any, ...] = (
+    KeyLocation.key_pk, KeyLocation.source, KeyLocation.ref, KeyLocation.status,
+    KeyLocation.kind, KeyLocation.last_error, KeyLocation.warning, KeyLocation.last_seen)
+
+
+def key_record(row: Any, locations: Iterable[Any] = (),
+               seen: Mapping[str, datetime] | None = None) -> KeyRecord:
+    """The record of a row of ``KEY_COLUMNS`` (or a ``Key``) and rows of
+    ``LOCATION_COLUMNS`` (or ``KeyLocation``s). ``seen``: each source's last
+    successful scan (see ``location``); the key was last seen when its
+    latest present location was."""
+    places = tuple(sorted((location(loc, row.key_id, seen) for loc in locations),
+                          key=lambda loc: (loc.source, loc.ref)))
+    last_seen = row.last_seen
+    if last_seen is not None:
+        last_seen = max([last_seen, *(loc.last_seen for loc in places
+                                      if loc.status == LocationStatus.PRESENT and loc.last_seen)])
+    return KeyRecord(
+        pk=row.id, key_id=row.key_id, kind=row.kind, principal=row.principal,
+        status=row.status, fingerprint=row.fingerprint, algorithm=row.algorithm,
+        content_hash=row.content_hash, expires_at=row.expires_at,
+        expiry_source=row.expiry_source, zitadel_created_at=row.zitadel_created_at,
+        first_seen=row.first_seen, last_seen=last_seen, next_probe_at=row.next_probe_at,
+        probe_failures=row.probe_failures or 0, last_probe_at=row.last_probe_at,
+        last_probe_outcome=row.last_probe_outcome, last_ok_at=row.last_ok_at,
+        last_error=row.last_error, locations=places)
+
+
+def location(row: Any, key_id: str | None,
+             seen: Mapping[str, datetime] | None = None) -> Location:
+    """A row of ``LOCATION_COLUMNS`` or a ``KeyLocation``. A present (or
+    invalid) location was seen at its source's last successful scan in
+    ``seen``: the scan does not rewrite unchanged rows."""
+    last_seen = row.last_seen
+    scanned = (seen or {}).get(row.source)
+    if (row.status in (LocationStatus.PRESENT, LocationStatus.INVALID)
+            and scanned is not None and (last_seen is None or scanned > last_seen)):
+        last_seen = scanned
+    return Location(source=row.source, ref=row.ref, status=row.status, kind=row.kind,
+                    error=row.last_error, warning=row.warning, last_seen=last_seen,
+                    key_id=key_id)
+
+
+def key_records(session: Session, *where: ColumnElement[bool], order_by: Sequence[Any] = (Key.id,),
+                limit: int | None = None,
+                seen: Mapping[str, datetime] | None = None) -> list[KeyRecord]:
+    """The keys matching ``where``, in ``order_by`` order, at most ``limit``
+    (``seen``: see ``key_record``)."""
+    stmt = select(*KEY_COLUMNS).where(*where).order_by(*order_by)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    rows = list(session.execute(stmt))
+    locations = locations_of(session, [r.id for r in rows])
+    return [key_record(r, locations.get(r.id, ()), seen) for r in rows]
+
+
+def locations_of(session: Session, pks: Sequence[int]) -> dict[int, list[Any]]:
+    """Location rows by key pk, ``_CHUNK`` keys per query."""
+    out: dict[int, list[Any]] = {}
+    for start in range(0, len(pks), _CHUNK):
+        stmt = select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.in_(pks[start:start + _CHUNK]))
+        for loc in session.execute(stmt):
+            out.setdefault(loc.key_pk, []).append(loc)
+    return out
