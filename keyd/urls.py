@@ -1,9 +1,38 @@
-"""Issuer URL rules shared by config and clients: https, except loopback."""
+"""URL rules shared by config, store and clients: service URLs are https
+except on loopback; ``judge_database_url`` is the one reading of a
+database URL (which backend, whether it carries a password)."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
+from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+_DB_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+]*)://")
+#: Database dialects keyd runs on, by the name before any ``+driver``.
+DATABASE_BACKENDS = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+DATABASE_URL_EXAMPLES = '"sqlite:////var/lib/keyd/keyd.db" or "postgresql+psycopg://keyd@db/keyd"'
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    scheme: str  # as written: "postgresql+psycopg"
+    dialect: str  # before any "+driver", lower case: "postgresql", "mysql"
+    backend: str | None  # "sqlite" or "postgresql"; None: a database keyd does not run on
+    has_password: bool  # user:password@ in the authority
+
+
+def judge_database_url(url: str) -> DatabaseURL | None:
+    """What ``url`` is, or None when it is not a URL at all (no ``scheme://``)."""
+    match = _DB_SCHEME_RE.match(url)
+    if match is None:
+        return None
+    scheme = match.group(1)
+    dialect = scheme.split("+", 1)[0].lower()
+    userinfo = url[match.end():].split("/", 1)[0].rpartition("@")[0]
+    return DatabaseURL(scheme=scheme, dialect=dialect, backend=DATABASE_BACKENDS.get(dialect),
+                       has_password=":" in userinfo)
 
 
 def is_loopback_host(host: str) -> bool:

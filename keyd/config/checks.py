@@ -15,11 +15,10 @@ from pathlib import Path
 
 from keyd.config.read import Table
 from keyd.timeutil import get_zone
-from keyd.urls import check_issuer_url
+from keyd.urls import DATABASE_URL_EXAMPLES, check_issuer_url, judge_database_url
 
 TOKEN_PATH_FIELDS = ("principal", "key_id")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_DB_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+]*://")
 _LISTEN_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(\d+)$")
 
 
@@ -32,23 +31,15 @@ def zone(t: Table, key: str, name: str) -> str:
 
 
 def database_url(t: Table, key: str, url: str) -> str:
-    if not _DB_URL_RE.match(url):
-        t.fail(
-            key,
-            f'"{url}" is not a database URL (e.g. "sqlite:////var/lib/keyd/keyd.db" '
-            'or "postgresql+psycopg://keyd@db/keyd")',
-        )
-    scheme = url.split("://", 1)[0].lower()
-    if scheme.split("+", 1)[0] not in ("sqlite", "postgresql", "postgres"):
-        t.fail(key, f'"{scheme}" is not a database keyd supports (use "sqlite:////var/lib/keyd/keyd.db" '
-                    'or "postgresql+psycopg://keyd@db/keyd")')
-    userinfo = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
-    if ":" in userinfo:
-        t.fail(
-            key,
-            "must not contain a password (secrets never sit in the config); "
-            "for PostgreSQL use a password file (PGPASSFILE or ~/.pgpass)",
-        )
+    judged = judge_database_url(url)
+    if judged is None:
+        t.fail(key, f'"{url}" is not a database URL (e.g. {DATABASE_URL_EXAMPLES})')
+    if judged.backend is None:
+        t.fail(key, f'"{judged.scheme.lower()}" is not a database keyd supports '
+                    f"(use {DATABASE_URL_EXAMPLES})")
+    if judged.has_password:
+        t.fail(key, "must not contain a password (secrets never sit in the config); "
+                    "for PostgreSQL use a password file (PGPASSFILE or ~/.pgpass)")
     return url
 
 

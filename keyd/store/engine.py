@@ -42,6 +42,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from keyd.errors import DatabaseUnusable, DriverMissing, StoreError
 from keyd.redact import scrub
 from keyd.text import storable
+from keyd.urls import judge_database_url
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def make_engine(url: str) -> Engine:
     backend, SQLite directory that cannot be created).
     """
     parsed = _parse(url)
-    backend = parsed.get_backend_name()
+    judged = judge_database_url(url)
+    backend = judged.backend if judged is not None else None
     if backend == "sqlite":
         engine = _sqlite_engine(parsed)
     elif backend == "postgresql":
@@ -73,7 +75,7 @@ def make_engine(url: str) -> Engine:
         engine = _postgres_engine(parsed)
     else:
         raise DatabaseUnusable(
-            f"database {safe_url(parsed)}: unsupported backend {backend!r} "
+            f"database {safe_url(parsed)}: unsupported backend {parsed.get_backend_name()!r} "
             '(use "sqlite:////path/keyd.db" or "postgresql+psycopg://user@host/db")'
         )
     event.listen(engine, "handle_error", _connection_errors)

@@ -16,11 +16,12 @@ from typing import Final
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from keyd.errors import ConfigError
 from keyd.store.engine import require_postgres_driver
+from keyd.urls import judge_database_url
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,13 @@ _PG_CONNECT_ARGS: Final = {
 
 def database_kind(url: str) -> str:
     """``"sqlite"`` or ``"postgresql"`` (a ``ConfigError`` for anything else)."""
-    try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:  # the parser's message repeats the URL, password included
-        raise ConfigError("database.url", "cannot be parsed as a database URL") from None
-    if backend == "postgres":
-        backend = "postgresql"
-    if backend not in ("sqlite", "postgresql"):
-        raise ConfigError("database.url", f"unsupported database {backend!r} "
+    judged = judge_database_url(url)
+    if judged is None:  # never repeat the URL: it may hold a password
+        raise ConfigError("database.url", "cannot be parsed as a database URL")
+    if judged.backend is None:
+        raise ConfigError("database.url", f"unsupported database {judged.dialect!r} "
                           "(use sqlite:///PATH or postgresql+psycopg://...)")
-    return backend
+    return judged.backend
 
 
 def sqlite_path(url: str) -> Path | None:
