@@ -152,6 +152,7 @@ class _Reconciler:
         self._pending: list[tuple[Key, bool]] = []  # (key, present here) until flushed
 
     def run(self, candidates: list[Candidate]) -> SourceOutcome:
+        candidates = _one_per_ref(candidates, self.source)
         index = self.tx.location_index(self.source)
         for start in range(0, len(candidates), _BATCH):
             self._batch(candidates[start:start + _BATCH], index)
@@ -367,6 +368,22 @@ def mark_source_ok(tx: InventoryTx, source: str, now: datetime) -> None:
     state.last_attempt_at = state.last_success_at = now
     state.last_error = None
     state.consecutive_failures = 0
+
+
+def _one_per_ref(candidates: list[Candidate], source: str) -> list[Candidate]:
+    """Two names can share one stored ref (``bad\xff.json`` and a file
+    literally named ``bad\\xff.json``): the first one seen stands for both,
+    instead of a unique-constraint failure that would lose the whole scan."""
+    seen: set[str] = set()
+    kept: list[Candidate] = []
+    for cand in candidates:
+        if cand.ref in seen:
+            log.warning("%s: %s: seen twice (names that differ only in undecodable bytes); "
+                        "keeping the first", source, cand.ref)
+            continue
+        seen.add(cand.ref)
+        kept.append(cand)
+    return kept
 
 
 def _fill_key(key: Key, kf: KeyFile, now: datetime) -> None:

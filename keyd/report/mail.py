@@ -137,13 +137,13 @@ def _block(alert: AlertRecord) -> _Block:
                                     (_who(ctx).capitalize(), str(ctx.get("principal")))]
     facts += _expiry_facts(ctx)
     if alert.kind == AlertKind.ROTATED:
-        new = ctx.get("replaced_by") or {}
+        new = _mapping(ctx.get("replaced_by"))
         facts.append(("Replaced by", f"key {new.get('key_id')} (expires "
                                      f"{new.get('expires_at') or 'unknown'})"))
     if alert.kind == AlertKind.REJECTED:
         facts.append(("Issuer said", str(ctx.get("error") or "key revoked or unknown")))
         facts.append(("Last probe", str(ctx.get("last_probe_at") or "?")))
-    for n, loc in enumerate(ctx.get("locations") or [], 1):
+    for n, loc in enumerate(_locations(ctx), 1):
         facts.append((f"Location {n}", _location(loc)))
     facts.append(("Fingerprint", f"SHA-256 {ctx.get('fingerprint')}"))
     return _Block(_headline(alert), facts, _todo(alert.kind, ctx))
@@ -182,6 +182,17 @@ def _who(ctx: Mapping[str, Any]) -> str:
     return "app" if ctx.get("key_kind") == KeyKind.APPLICATION else "user"
 
 
+def _mapping(value: object) -> Mapping[str, Any]:
+    """The renderer is total: a context written by an older keyd (or
+    damaged) renders as "?" facts, never as an exception."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _locations(ctx: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    found = ctx.get("locations")
+    return [_mapping(loc) for loc in found] if isinstance(found, list) else []
+
+
 def _location(loc: Mapping[str, Any]) -> str:
     source, ref = str(loc.get("source", "")), str(loc.get("ref", ""))
     where = f"Vault {ref}" if source.startswith("vault") else f"file {ref}"
@@ -200,7 +211,7 @@ def _console_steps(ctx: Mapping[str, Any]) -> str:
 
 def _todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
     key_id = ctx.get("key_id")
-    where = "; ".join(str(loc.get("ref")) for loc in ctx.get("locations") or []) or "its source"
+    where = "; ".join(str(loc.get("ref")) for loc in _locations(ctx)) or "its source"
     if kind == AlertKind.ROTATED:
         return [f"Nothing urgent: key {key_id} has a successor. Remove the old key file "
                 f"({where}) once nothing uses it,",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -38,3 +40,35 @@ def test_unstorable_text_is_escaped_and_the_scan_goes_on(migrated_engine: Engine
     # the next scan finds the same (escaped) row: no duplicate, no new event
     again = scan(migrated_engine, bad, good, source="vault:secret/\x00zitadel", now=NOW + timedelta(hours=1))
     assert again.ok and again.invalid == 1 and again.events == 0
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    refs=st.lists(
+        st.text(st.characters(codec=None), min_size=1, max_size=30), min_size=1, max_size=4, unique=True
+    ),
+    problem=st.text(st.characters(codec=None), max_size=60),
+)
+def test_any_text_in_refs_and_errors_is_stored(
+    migrated_engine: Engine, refs: list[str], problem: str
+) -> None:
+    """Arbitrary text (surrogates, NUL, controls) through the store: the
+    scan is recorded, the rows come back, nothing but keyd errors escape."""
+    cands = [Candidate(ref=ref, error=KeyFileError(ref, problem or "x")) for ref in refs]
+    out = scan(migrated_engine, *cands, source="vault:any")
+    assert out.ok
+    with Session(migrated_engine) as s:
+        stored = set(s.scalars(select(KeyLocation.ref).where(KeyLocation.source == "vault:any")))
+    assert {c.ref for c in cands} <= stored
+
+
+def test_two_names_for_one_stored_ref_do_not_lose_the_scan(migrated_engine: Engine) -> None:
+    good = cand("/keys/good.json", "100")
+    first = Candidate(ref="/keys/bad\x00", error=KeyFileError("/keys/bad\x00", "junk"))
+    second = Candidate(ref="/keys/bad\\x00", error=KeyFileError("/keys/bad\\x00", "junk"))
+    out = scan(migrated_engine, first, second, good)
+    assert out.ok and out.new == 1 and out.invalid == 1
