@@ -115,7 +115,7 @@ def probe_due(engine: Engine, services: ProbeServices, now: datetime, *,
         targets = [store.target_by_key_id(engine, force_key_id)]
     else:
         targets = store.due_targets(engine, now, limit=limit)
-    report = ProbeReport(at=now)
+    report = ProbeReport(at=now, more=limit is not None and len(targets) >= limit)
     if not targets:
         return report
     log.info("probing %d key(s)", len(targets))

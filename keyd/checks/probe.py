@@ -58,6 +58,13 @@ class ProbePolicy:
     slow_base: timedelta = timedelta(minutes=1)  # across rounds, per key
     slow_cap: timedelta = timedelta(hours=1)  # never beyond ``interval``
 
+    def chunk(self, slice_seconds: float) -> int:
+        """How many probes fit in one slice of the work thread at the rate
+        limit (at least one per worker)."""
+        if self.rate_limit <= 0:
+            return max(self.concurrency, 500)
+        return max(self.concurrency, int(self.rate_limit * slice_seconds))
+
     @classmethod
     def from_config(cls, cfg: IssuerConfig) -> ProbePolicy:
         return cls(interval=cfg.probe_interval, concurrency=max(1, cfg.concurrency),
@@ -119,6 +126,9 @@ class ProbeReport:
 
     at: datetime
     results: list[ProbeResult] = field(default_factory=list)
+    #: a chunked round stopped at its slice with keys still due (the daemon
+    #: runs the next chunk at once, after whatever else is queued)
+    more: bool = False
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

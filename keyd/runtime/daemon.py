@@ -255,7 +255,9 @@ class Daemon:
         assert services is not None
         for stage in self._stages_for(services):
             if stage.name == name:
-                stage.run(services)
+                result = stage.run(services)
+                if getattr(result, "more", False) and self.scheduler is not None:
+                    self.scheduler.run_next(name)  # next chunk, after what is queued
                 if name == "scan":  # keep `systemctl status` current
                     sdnotify.status(self.status_line())
                 return

@@ -106,6 +106,7 @@ class TickScheduler:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
+        self._chunks = 0
         _quiet_overruns()
         self._sched = BackgroundScheduler(
             timezone=UTC,
@@ -125,6 +126,17 @@ class TickScheduler:
             self._runner(tick), IntervalTrigger(seconds=tick.interval, timezone=UTC),
             id=tick.name, name=tick.name, executor=tick.executor, replace_existing=True,
             misfire_grace_time=max(1, int(tick.interval)))
+
+    def run_next(self, name: str) -> None:
+        """Queue the next chunk of tick ``name`` from inside its current run:
+        it runs once the work thread is free, after the ticks already queued
+        (mail, alerts), never concurrently. Alternating job ids, because a
+        one-off with the id of the run in progress would be refused."""
+        self._chunks += 1
+        tick = self.ticks[name]
+        self._sched.add_job(self._runner(tick), id=f"{name}:chunk{self._chunks % 2}",
+                            name=f"{name} (next chunk)", executor=tick.executor,
+                            replace_existing=True, misfire_grace_time=None)
 
     def run_soon(self, name: str) -> None:
         """Run tick ``name`` once as soon as its executor is free (e.g. the

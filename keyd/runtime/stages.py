@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Final
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PROBE_HISTORY: Final = timedelta(days=30)
 EVENT_HISTORY: Final = timedelta(days=365)
+PROBE_SLICE: Final = timedelta(seconds=10)  # the longest a probe tick holds the work thread
 
 
 def cycle_stages(services: Services) -> list[Stage]:
@@ -52,7 +54,8 @@ def cycle_stages(services: Services) -> list[Stage]:
 def daemon_stages(services: Services) -> list[Stage]:
     """The daemon's ticks: the cycle's stages (history pruning included);
     its scan reads a zitadel source only when that source's interval has passed."""
-    return [Stage("scan", daemon_scan) if s.name == "scan" else s
+    daemon = {"scan": daemon_scan, "probe": probe_chunk}
+    return [replace(s, run=daemon[s.name]) if s.name in daemon else s
             for s in cycle_stages(services)]
 
 
@@ -74,8 +77,20 @@ def evaluate(services: Services) -> int:
 
 
 def probe(services: Services) -> ProbeReport:
+    """A whole round (``keyd check``)."""
+    return _probe(services, None)
+
+
+def probe_chunk(services: Services) -> ProbeReport:
+    """The daemon's probe tick: at most one slice of the work thread
+    (``PROBE_SLICE`` at the rate limit); ``more`` when keys are still due."""
     assert services.probe is not None
-    report = probe_due(services.engine, services.probe, services.clock.now())
+    return _probe(services, services.probe.policy.chunk(PROBE_SLICE.total_seconds()))
+
+
+def _probe(services: Services, limit: int | None) -> ProbeReport:
+    assert services.probe is not None
+    report = probe_due(services.engine, services.probe, services.clock.now(), limit=limit)
     if services.metrics is not None:
         for result in report.results:
             seconds = result.latency_ms / 1000 if result.latency_ms is not None else None

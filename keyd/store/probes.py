@@ -17,11 +17,12 @@ an operator forces a probe (``keyd probe KEY_ID``).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from keyd.errors import UsageError
@@ -99,36 +100,49 @@ def record_probe_results(engine: Engine, records: Sequence[ProbeRecord], *,
     A key whose content changed while it was probed (another file now
     carries its id) keeps its new state: the history row is still written,
     the key row is not touched. ``after(session)`` runs inside the same
-    transaction (issuer-health bookkeeping).
+    transaction (issuer-health bookkeeping). Batched: one multi-row INSERT
+    for the history and one executemany UPDATE per set of columns, not a
+    statement (and an ORM object) per probe.
     """
+    history = [{"key_pk": rec.key_pk, "at": rec.at, "outcome": rec.outcome,
+                "http_status": rec.http_status, "error_code": rec.error_code,
+                "diagnosis": rec.diagnosis, "message": rec.message,
+                "latency_ms": rec.latency_ms, "attempts": rec.attempts}
+               for rec in records if rec.outcome is not None]
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = defaultdict(list)
+    for rec in records:
+        values = _key_values(rec)
+        groups[tuple(values)].append({"b_pk": rec.key_pk, "b_hash": rec.content_hash,
+                                      **{f"b_{k}": v for k, v in values.items()}})
+    keys = Key.__table__
     with Session(engine) as session, session.begin():
-        for rec in records:
-            if rec.outcome is not None:
-                session.add(Probe(
-                    key_pk=rec.key_pk, at=rec.at, outcome=rec.outcome,
-                    http_status=rec.http_status, error_code=rec.error_code,
-                    diagnosis=rec.diagnosis, message=rec.message,
-                    latency_ms=rec.latency_ms, attempts=rec.attempts,
-                ))
-            values: dict[str, object] = {
-                "next_probe_at": rec.next_probe_at, "probe_failures": rec.failures,
-                "last_error": None if rec.ok else rec.message, "updated_at": rec.at,
-            }
-            if rec.outcome is not None:
-                values["last_probe_at"] = rec.at
-                values["last_probe_outcome"] = rec.outcome
-            if rec.ok:
-                values["last_ok_at"] = rec.at
-            if rec.status is not None:
-                values["status"] = rec.status
-                values["next_alert_at"] = ALERT_NOW  # a new verdict: evaluate alerts now
-            session.execute(
-                update(Key)
-                .where(Key.id == rec.key_pk, Key.content_hash == rec.content_hash)
-                .values(**values)
-            )
+        if history:  # one multi-row INSERT
+            session.execute(insert(Probe), history)
+        for columns, rows in groups.items():  # one executemany UPDATE per shape
+            stmt = (update(keys)  # type: ignore[arg-type]
+                    .where(keys.c.id == bindparam("b_pk"),
+                           keys.c.content_hash == bindparam("b_hash"))
+                    .values({c: bindparam(f"b_{c}") for c in columns}))
+            session.execute(stmt, rows)
         if after is not None:
             after(session)
+
+
+def _key_values(rec: ProbeRecord) -> dict[str, object]:
+    """The key columns one probe outcome sets."""
+    values: dict[str, object] = {
+        "next_probe_at": rec.next_probe_at, "probe_failures": rec.failures,
+        "last_error": None if rec.ok else rec.message, "updated_at": rec.at,
+    }
+    if rec.outcome is not None:
+        values["last_probe_at"] = rec.at
+        values["last_probe_outcome"] = rec.outcome
+    if rec.ok:
+        values["last_ok_at"] = rec.at
+    if rec.status is not None:
+        values["status"] = rec.status
+        values["next_alert_at"] = ALERT_NOW  # a new verdict: evaluate alerts now
+    return values
 
 
 @dataclass(frozen=True)

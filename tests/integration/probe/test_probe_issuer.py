@@ -180,3 +180,32 @@ def test_no_secret_in_logs_or_db(world, caplog):
     assert world.issuer.issued_tokens
     for marker in ["zat_", "eyJ", "PRIVATE KEY", *world.issuer.issued_tokens]:
         assert marker not in text
+
+
+def test_a_round_in_chunks_with_batched_writes(world):
+    """The daemon probes in chunks (``limit``, ``more``); each flush is one
+    multi-row INSERT and one executemany UPDATE per shape, not a statement
+    per probe (measured before: 0.53 ms/probe in record_probe_results, 21x a
+    batched Core write)."""
+    from sqlalchemy import event
+
+    for i in range(9):
+        world.add(key_id=f"90{i}", alg="ES256")
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, params, context, executemany):
+        statements.append(" ".join(statement.split()[:3]).upper())
+
+    event.listen(world.engine, "before_cursor_execute", record)
+    try:
+        first = world.run(limit=5)
+        assert len(first.results) == 5 and first.more
+        second = world.run(limit=5)
+        assert len(second.results) == 4 and not second.more
+    finally:
+        event.remove(world.engine, "before_cursor_execute", record)
+    assert world.run(limit=5).results == []  # all scheduled ahead now
+    # per flush (one per chunk here): one INSERT into probes, one UPDATE of keys
+    assert statements.count("INSERT INTO PROBES") == 2
+    assert statements.count("UPDATE KEYS SET") == 2
+    assert len(rows(world.engine, Probe)) == 9
