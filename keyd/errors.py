@@ -4,6 +4,51 @@ Every error keyd raises on purpose subclasses ``KeydError``: it carries
 data, formats its own message, says whether retrying can help
 (``retryable``) and which exit code the CLI uses. Callers branch on types
 and attributes, never on message text. Messages never contain secrets.
+
+The tree (classes defined in another module name it; the rest live here;
+tests/unit/test_errors_tree.py keeps this list complete)::
+
+    KeydError
+    ├── ConfigError
+    │   ├── UsageError
+    │   └── TokenPathError            actions/tokenvault.py
+    ├── KeyFileError
+    ├── KeyUnavailable                checks/keyload.py
+    ├── DirectoryUnavailable          sources/directory.py
+    ├── IssuerError
+    │   ├── IssuerRejected
+    │   ├── IssuerUnavailable
+    │   └── IssuerBadResponse
+    ├── ZitadelApiError
+    │   ├── ZitadelApiTransient
+    │   │   ├── ZitadelApiUnavailable
+    │   │   └── ZitadelApiBadResponse
+    │   └── ZitadelApiPermanent
+    │       ├── ZitadelApiDenied
+    │       ├── ZitadelApiNotFound
+    │       └── ZitadelApiRejected
+    ├── VaultError
+    │   ├── VaultUnavailable
+    │   ├── VaultDenied
+    │   │   └── VaultAuthFailed
+    │   ├── VaultConflict
+    │   ├── VaultUnmanaged
+    │   └── TokenTargetRefused        actions/tokenvault.py
+    ├── StoreError
+    │   ├── DriverMissing
+    │   ├── DatabaseUnusable
+    │   ├── SchemaBehind
+    │   ├── SchemaAhead
+    │   └── InventoryConflict         store/inventory.py
+    ├── LockHeld
+    ├── MailError
+    ├── WebhookError                  clients/webhook.py
+    ├── Undeliverable                 actions/deliver.py
+    ├── _NotConfigured                actions/deliver.py
+    ├── TokenFileError                actions/filesink.py
+    ├── PublishConflict               actions/publish.py
+    ├── PublishError                  actions/publish.py
+    └── HookFailed                    actions/hooks.py
 """
 
 from __future__ import annotations
