@@ -80,16 +80,13 @@ def retry_call(
     rng: Random,
     retry_on: Callable[[BaseException], bool] = _is_retryable,
     what: str = "operation",
-    on_retry: Callable[[int, BaseException, float], None] | None = None,
 ) -> T:
     """Call ``fn`` until it succeeds, at most ``attempts`` times.
 
     After a failure for which ``retry_on(exc)`` is true and attempts remain,
     sleep ``backoff_delay(n, base, cap, rng)`` via ``sleep`` and try again.
     The last exception (or the first non-retryable one) is re-raised
-    unchanged, so callers keep branching on its type. ``on_retry(attempt,
-    exc, delay)`` is called before each sleep (e.g. to count attempts).
-    ``what`` names the operation in the log lines.
+    unchanged, so callers keep branching on its type. ``what`` names the operation in the log lines.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
@@ -106,8 +103,6 @@ def retry_call(
             delay = backoff_delay(attempt, base, cap, rng)
             log.info("%s: attempt %d/%d failed (%s); retrying in %.2fs",
                      what, attempt, attempts, _describe(exc), delay)
-            if on_retry is not None:
-                on_retry(attempt, exc, delay)
             sleep(delay)
             attempt += 1
 

@@ -81,7 +81,7 @@ class CycleReport:
 def run_cycle(services: Services, stages: Sequence[Stage], *,
               dry_run: bool = False) -> CycleReport:
     """Run ``stages`` in order against ``services`` (already sandboxed by
-    the caller for a dry run: see ``keyd.runtime.wiring.dry_run_services``)."""
+    the caller for a dry run: see ``keyd.runtime.wiring.dry_run``)."""
     report = CycleReport(started=services.clock.now(), dry_run=dry_run)
     for stage in stages:
         report.stages.append(_run_stage(services, stage, dry_run, report))

@@ -311,11 +311,6 @@ def outbox_summary(session: Session) -> OutboxSummary:
             "oldest_pending_at": None if oldest is None else utc(oldest)}
 
 
-def deliveries_for(session: Session, alert_id: int) -> list[Delivery]:
-    return list(session.scalars(select(Delivery).where(Delivery.alert_id == alert_id)
-                                .order_by(Delivery.id)))
-
-
 # -- small persisted facts (State) ------------------------------------------
 
 def get_state(session: Session, name: str) -> str | None:

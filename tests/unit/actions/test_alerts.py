@@ -56,7 +56,7 @@ def test_alert_and_deliveries_in_one_transaction(migrated_engine: Engine) -> Non
     with store.transaction(migrated_engine) as s:
         new = evaluate_alerts(s, CONFIG, NOW)
         assert [(a.kind, a.threshold) for a in new] == [("expiring", "3d@2026-12-03T00:00:00Z")]
-        rows = store.deliveries_for(s, new[0].id)
+        rows = s.scalars(select(Delivery).where(Delivery.alert_id == new[0].id)).all()
         assert sorted((d.channel, d.recipient) for d in rows) == [
             ("email", "keys@x"), ("email", "ops@x"), ("email", "team@x"),
             ("webhook", "https://h.x/…")]
