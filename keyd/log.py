@@ -11,12 +11,20 @@ Extra fields travel the stdlib way and become fields of the event::
 A ``ScrubFilter`` on the handler runs ``keyd.redact.scrub`` over the final
 message, string extras and tracebacks: defence in depth against a JWT or a
 PEM that slipped into a log call (the first defence is ``Secret``).
+
+Under systemd, when stderr is the journal (``$JOURNAL_STREAM`` names
+stderr's device and inode, as systemd sets it for ``StandardError=journal``),
+each line starts with its syslog priority (``<3>`` error, ``<4>`` warning,
+``<6>`` info, ``<7>`` debug; sd-daemon(3)) and drops keyd's ``ts``: the
+journal stamps every entry itself, and ``journalctl -u keyd -p warning``
+filters on the priority.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -33,6 +41,9 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
     "message", "asctime", "taskName",
 }
 _EXC_FORMATTER = logging.Formatter()
+# sd-daemon(3) / syslog(3) priorities by logging level (rounded down).
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+               (logging.INFO, 6))
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -63,13 +74,40 @@ class ScrubFilter(logging.Filter):
         return True
 
 
+def syslog_priority(levelno: int) -> int:
+    return next((prio for level, prio in _PRIORITIES if levelno >= level), 7)
+
+
+def stream_is_journal(stream: IO[str], env: dict[str, str] | None = None) -> bool:
+    """Whether ``stream`` is the journal's socket: ``$JOURNAL_STREAM`` is
+    ``<device>:<inode>`` of the stream systemd connected (sd-daemon(3)). A
+    redirected stderr (``2>file``, a pipe) does not match, so a shell inside
+    a unit still gets plain lines."""
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):  # no fileno (StringIO), no/odd variable
+        return False
+
+
 class _EventFormatter(logging.Formatter):
-    """Turns a record into ordered (name, value) fields."""
+    """Turns a record into ordered (name, value) fields. With ``journal``
+    each line gets the ``<N>`` priority prefix and no ``ts`` field."""
+
+    def __init__(self, *, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def line(self, record: logging.LogRecord, text: str) -> str:
+        return f"<{syslog_priority(record.levelno)}>{text}" if self.journal else text
 
     def fields(self, record: logging.LogRecord) -> list[tuple[str, Any]]:
         ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        out: list[tuple[str, Any]] = [
-            ("ts", ts.replace("+00:00", "Z")), ("level", record.levelname.lower()),
+        out: list[tuple[str, Any]] = [] if self.journal else [("ts", ts.replace("+00:00", "Z"))]
+        out += [
+            ("level", record.levelname.lower()),
             ("logger", record.name), ("msg", record.getMessage()),
         ]
         for key, value in extra_fields(record).items():
@@ -89,8 +127,8 @@ class TextFormatter(_EventFormatter):
     always one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{key}={_text_value(value, force_quote=key == 'msg')}"
-                        for key, value in self.fields(record))
+        return self.line(record, " ".join(f"{key}={_text_value(value, force_quote=key == 'msg')}"
+                                          for key, value in self.fields(record)))
 
 
 class JsonFormatter(_EventFormatter):
@@ -98,8 +136,9 @@ class JsonFormatter(_EventFormatter):
     (a ``Secret`` renders redacted)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({key: _json_value(value) for key, value in self.fields(record)},
-                          ensure_ascii=False, default=str)
+        return self.line(record, json.dumps(
+            {key: _json_value(value) for key, value in self.fields(record)},
+            ensure_ascii=False, default=str))
 
 
 def _text_value(value: Any, *, force_quote: bool = False) -> str:
@@ -153,7 +192,9 @@ def setup_logging(fmt: str = "text", level: str | int = "INFO",
         logging.StreamHandler(stream) if stream is not None else _StderrHandler())
     setattr(handler, _MARK, True)
     handler.addFilter(ScrubFilter())
-    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    journal = stream_is_journal(stream if stream is not None else sys.stderr)
+    formatter = TextFormatter if fmt == "text" else JsonFormatter
+    handler.setFormatter(formatter(journal=journal))
     root.addHandler(handler)
     root.setLevel(number)
     quiet = logging.NOTSET if number <= logging.DEBUG else logging.WARNING

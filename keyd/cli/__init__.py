@@ -41,11 +41,14 @@ Exit codes:
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", envvar="KEYD_CONFIG", type=click.Path(dir_okay=False),
               default=None, help="Config file [default: /etc/keyd/keyd.toml; env KEYD_CONFIG].")
-@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks on errors.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log at the configured level (INFO by default); without it commands other "
+                   "than `run` log warnings and errors only.")
+@click.option("--debug", is_flag=True, help="Debug logs and tracebacks on errors.")
 @click.version_option(__version__, prog_name="keyd")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
-    ctx.obj = AppContext(config_path=config_path, debug=debug)
+def cli(ctx: click.Context, config_path: str | None, verbose: bool, debug: bool) -> None:
+    ctx.obj = AppContext(config_path=config_path, debug=debug, verbose=verbose)
     # Until a command loads the config (which may ask for JSON logs), log
     # warnings in the text format; --debug shows everything.
     setup_logging("text", "DEBUG" if debug else "WARNING")

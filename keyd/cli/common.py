@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -22,6 +24,7 @@ from keyd.timeutil import get_zone, parse_when
 class AppContext:
     config_path: str | None = None
     debug: bool = False
+    verbose: bool = False
     clock: Clock = field(default_factory=SystemClock)
     _config: Config | None = None
 
@@ -32,9 +35,20 @@ class AppContext:
 
             path = Path(self.config_path or os.environ.get("KEYD_CONFIG") or DEFAULT_CONFIG_PATH)
             self._config = load_config(path)
-            setup_logging(self._config.log.format,
-                          "DEBUG" if self.debug else self._config.log.level)
+            setup_logging(self._config.log.format, self.log_level(self._config.log.level))
         return self._config
+
+    def log_level(self, configured: str) -> str:
+        """An interactive command says only what went wrong (WARNING and
+        up) unless ``--verbose`` asks for the configured level (INFO by
+        default) or ``--debug`` for everything. ``keyd run`` sets the
+        configured level itself: the daemon's journal keeps INFO."""
+        if self.debug:
+            return "DEBUG"
+        if self.verbose:
+            return configured
+        levels = logging.getLevelNamesMapping()
+        return configured if levels[configured.upper()] > logging.WARNING else "WARNING"
 
 
 def app(ctx: click.Context) -> AppContext:
@@ -60,5 +74,10 @@ def parse_tz(value: str) -> tzinfo:
         raise UsageError("--tz", str(exc)) from None
 
 
-def echo_json(data: Any) -> None:
+def echo_json(schema: str, body: Mapping[str, Any]) -> None:
+    """Print one ``--json`` document, ``{"schema": schema, **body}``. Every
+    --json output goes through here, so each carries its schema id (listed
+    with its fields in docs/json.md); timestamps in ``body`` are already
+    RFC 3339 UTC with ``Z`` (``keyd.timeutil.isoformat_z``)."""
+    data = {"schema": schema, **body}
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,56 @@ def test_default_stream_is_stderr_at_call_time(capsys: pytest.CaptureFixture[str
     setup_logging()
     logging.getLogger("keyd.e").warning("to stderr")
     assert "to stderr" in capsys.readouterr().err
+
+
+def _journal_run(code: str, *, match: bool) -> list[str]:
+    """Run ``code`` in a fresh interpreter whose stderr is a pipe; with
+    ``match`` JOURNAL_STREAM names that pipe, as systemd names the journal
+    socket it connects to a unit's stderr."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino + (0 if match else 1)}"
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=write_end, env=env)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        out = pipe.read()
+    assert proc.wait(timeout=60) == 0
+    return out.splitlines()
+
+
+JOURNAL_CODE = (
+    "import logging; from keyd.log import setup_logging; setup_logging('text', 'DEBUG');"
+    "log = logging.getLogger('keyd.x'); log.error('e'); log.warning('w'); log.info('i');"
+    "log.debug('d'); log.critical('c')"
+)
+
+
+def test_under_the_journal_lines_carry_the_syslog_priority_and_no_timestamp() -> None:
+    got = _journal_run(JOURNAL_CODE, match=True)
+    assert [line[:3] for line in got] == ["<3>", "<4>", "<6>", "<7>", "<2>"]
+    assert got[1] == '<4>level=warning logger=keyd.x msg="w"'
+    assert not any("ts=" in line for line in got)
+
+
+def test_a_stderr_that_is_not_the_journal_keeps_plain_stamped_lines() -> None:
+    got = _journal_run(JOURNAL_CODE, match=False)
+    assert all(line.startswith("ts=") for line in got) and len(got) == 5
+
+
+def test_json_lines_under_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    with open(tmp_path / "stderr", "w") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        setup_logging("json", "INFO", stream)
+        logging.getLogger("keyd.x").warning("careful", extra={"key_id": "1"})
+    (line,) = (tmp_path / "stderr").read_text().splitlines()
+    assert line.startswith("<4>{")
+    assert json.loads(line[3:]) == {"level": "warning", "logger": "keyd.x", "msg": "careful",
+                                    "key_id": "1"}
