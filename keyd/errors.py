@@ -295,6 +295,11 @@ class SchemaBehind(StoreError):
     retryable = False
 
 
+class DatabaseMissing(SchemaBehind):
+    """A read-only command found no SQLite file where the URL points; it
+    does not create one (only ``keyd db upgrade`` does)."""
+
+
 class SchemaAhead(StoreError):
     """The database was migrated by a newer keyd than this one: upgrade keyd
     (running an older keyd against a newer schema could corrupt data)."""

@@ -51,6 +51,7 @@ from keyd.retry import Random, backoff_delay
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
 from keyd.text import escape
+from keyd.timeutil import isoformat_z
 from keyd.vocab import AlertKind, Channel, DeliveryState
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def webhook_payload(alert: AlertRecord) -> dict[str, Any]:
     """The JSON a webhook receives: the alert's facts (never secrets)."""
     return {"source": "keyd", "message_id": alert.message_id, "kind": alert.kind,
             "severity": alert.severity, "threshold": alert.threshold,
-            "subject": alert.subject, "created_at": alert.created_at.isoformat(),
+            "subject": alert.subject, "created_at": isoformat_z(alert.created_at),
             "facts": dict(alert.context)}
 
 

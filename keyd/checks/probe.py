@@ -36,12 +36,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from keyd.clock import Clock
 from keyd.config import IssuerConfig
 from keyd.errors import IssuerRejected, IssuerUnavailable, KeydError
+from keyd.timeutil import isoformat_z
 from keyd.vocab import ProbeOutcome
+
+PROBE_SCHEMA: Final = "keyd.probe/1"
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ class ProbeResult:
     next_probe_at: datetime | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {k: (v.isoformat() if isinstance(v, datetime) else v)
+        """The body of ``keyd probe --json`` (``PROBE_SCHEMA``)."""
+        return {k: (isoformat_z(v) if isinstance(v, datetime) else v)
                 for k, v in self.__dict__.items()}
 
 

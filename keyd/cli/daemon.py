@@ -10,6 +10,7 @@ that stops the check itself (config, database) is reported as
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -21,10 +22,12 @@ from keyd.errors import EXIT_UNKNOWN, KeydError
 from keyd.report.render import line
 from keyd.runtime import configcheck
 from keyd.runtime.check import SCHEMA, run_check
+from keyd.runtime.configcheck import CONFIG_CHECK_SCHEMA
 from keyd.runtime.daemon import Daemon, DaemonSettings
 from keyd.runtime.stages import cycle_stages, daemon_stages
 from keyd.runtime.wiring import build_services
 from keyd.store.migrate import ensure_current
+from keyd.timeutil import isoformat_z
 
 
 def _config_path(ctx: AppContext) -> Path:
@@ -64,17 +67,17 @@ def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool, quiet: bool) -> 
     try:
         services = build_services(a.config(), a.clock)
     except KeydError as exc:
-        return _unknown(str(exc), as_json)
+        return _unknown(str(exc), as_json, a.clock.now())
     try:
         ensure_current(services.engine)
         with terminal_progress(a.clock, quiet=quiet, as_json=as_json):
             verdict = run_check(services, cycle_stages(services), dry_run=dry_run)
     except KeydError as exc:
-        return _unknown(str(exc), as_json)
+        return _unknown(str(exc), as_json, a.clock.now())
     finally:
         services.close()
     if as_json:
-        echo_json(verdict.to_json())
+        echo_json(SCHEMA, verdict.to_json())
     else:
         click.echo(verdict.summary())
         for line in verdict.details():
@@ -82,11 +85,11 @@ def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool, quiet: bool) -> 
     return verdict.exit_code
 
 
-def _unknown(why: str, as_json: bool) -> int:
+def _unknown(why: str, as_json: bool, at: datetime) -> int:
     summary = f"KEYD UNKNOWN - {why}"
     if as_json:
-        echo_json({"schema": SCHEMA, "status": "unknown", "exit_code": EXIT_UNKNOWN,
-                   "summary": summary, "error": why})
+        echo_json(SCHEMA, {"status": "unknown", "exit_code": EXIT_UNKNOWN,
+                           "summary": summary, "at": isoformat_z(at), "error": why})
     else:
         click.echo(summary)
     return EXIT_UNKNOWN
@@ -98,20 +101,22 @@ def config_group() -> None:
 
 
 @config_group.command(name="check")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True,
+              help=f"Machine-readable output ({CONFIG_CHECK_SCHEMA}).")
 @click.pass_context
 def config_check_cmd(ctx: click.Context, as_json: bool) -> int:
     """Validate the config and reach every dependency (exit 0 all ok,
     4 invalid config, 6 a dependency is unreachable)."""
     config = app(ctx).config()  # ConfigError: exit 4 with file and key named
-    services = build_services(config, app(ctx).clock)
+    services = build_services(config, app(ctx).clock, create_db=False)
     try:
         results = configcheck.check_dependencies(services)
     finally:
         services.close()
     if as_json:
-        echo_json({"config": str(config.path), "warnings": list(config.warnings),
-                   "checks": [r.to_json() for r in results]})
+        echo_json(CONFIG_CHECK_SCHEMA, {
+            "config": str(config.path), "at": isoformat_z(app(ctx).clock.now()),
+            "warnings": list(config.warnings), "checks": [r.to_json() for r in results]})
     else:
         click.echo(f"config {config.path}: valid")
         for warning in config.warnings:

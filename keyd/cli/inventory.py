@@ -28,7 +28,7 @@ from keyd.config import Config, VaultSourceConfig, ZitadelSourceConfig
 from keyd.errors import EXIT_OK, EXIT_UNAVAILABLE
 from keyd.inventory.scan import scan_all
 from keyd.report.render import line
-from keyd.report.status import load_status, render_text, to_json
+from keyd.report.status import STATUS_SCHEMA, load_status, render_text, status_document
 from keyd.runtime.wiring import zitadel_key_apis
 from keyd.store.engine import make_engine
 from keyd.store.inventory import Engine
@@ -37,8 +37,9 @@ from keyd.store.migrate import ensure_current
 
 @contextmanager
 def _database(config: Config) -> Iterator[Engine]:
-    """The configured database, checked to be at this keyd's schema."""
-    engine = make_engine(config.database.url)
+    """The configured database, checked to be at this keyd's schema (never
+    created here: that is ``keyd db upgrade``'s job)."""
+    engine = make_engine(config.database.url, create=False)
     try:
         ensure_current(engine)
         yield engine
@@ -93,7 +94,7 @@ def scan_cmd(ctx: click.Context, quiet: bool) -> int:
 @click.option("--at", "at_text", metavar="WHEN",
               help="Evaluate expiry as of an RFC 3339 instant or a date (00:00 at its start "
                    "in the configured time zone).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
+@click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({STATUS_SCHEMA}).")
 @click.pass_context
 def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
     """Show the inventory: keys, where they live, expiry, status, last probe."""
@@ -102,7 +103,7 @@ def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
     with _database(config) as engine:
         report = load_status(engine, config, at)
     if as_json:
-        echo_json(to_json(report))
+        echo_json(STATUS_SCHEMA, status_document(report))
     else:
         click.echo(render_text(report))
     return EXIT_OK

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, timedelta, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -25,6 +25,9 @@ from keyd.report.render import line
 from keyd.sources.keyfile import KeyFile, read_keyfile
 from keyd.timeutil import isoformat_z, parse_duration, rfc3339_z
 from keyd.vocab import KeyKind, LocationStatus
+
+INSPECT_SCHEMA: Final = "keyd.inspect/1"
+MINT_SCHEMA: Final = "keyd.mint/1"
 
 
 def _duration(option: str, value: str) -> timedelta:
@@ -40,7 +43,7 @@ def inspect_row(path: str, keyfile: KeyFile | None, error: KeyFileError | None,
     if keyfile is None:
         return {"path": path, "kind": None, "key_id": None, "principal": None,
                 "algorithm": None, "key_size": None, "fingerprint": None, "expires_at": None,
-                "status": LocationStatus.INVALID, "seconds_left": None, "last_usable_day": None,
+                "expiry_status": LocationStatus.INVALID, "seconds_left": None, "last_usable_day": None,
                 "error": error.problem if error else "unknown error"}
     view = evaluate(keyfile.expiry, at, tz, warn_before)
     return {
@@ -48,7 +51,7 @@ def inspect_row(path: str, keyfile: KeyFile | None, error: KeyFileError | None,
         "principal": keyfile.principal, "algorithm": keyfile.algorithm,
         "key_size": keyfile.key_size, "fingerprint": keyfile.fingerprint,
         "expires_at": rfc3339_z(view.expires_at) if view.expires_at else None,
-        "status": view.status, "seconds_left": view.seconds_left,
+        "expiry_status": view.status, "seconds_left": view.seconds_left,
         "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
         "error": None,
     }
@@ -65,10 +68,10 @@ def _zone(ctx: AppContext, tz_name: str | None) -> tzinfo:
 
 
 def _human(row: dict[str, Any]) -> str:
-    if row["status"] == LocationStatus.INVALID:
+    if row["expiry_status"] == LocationStatus.INVALID:
         return line(f"{row['path']}: INVALID: {row['error']}")
     expiry = {"never": "never expires", "unknown": "expiry unknown (no expirationDate in file)"}.get(
-        row["status"],
+        row["expiry_status"],
         f"expires {row['expires_at']} (last usable day {row['last_usable_day']}), "
         f"{_left(row['seconds_left'])}",
     )
@@ -95,7 +98,7 @@ def _left(seconds: int | None) -> str:
                    "timezone when --config/KEYD_CONFIG is given, else UTC].")
 @click.option("--warn-before", default="30d", show_default=True,
               help="Status 'expiring' within this time of expiry.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (stable schema).")
+@click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({INSPECT_SCHEMA}).")
 @click.pass_context
 def inspect_cmd(ctx: click.Context, files: Sequence[str], at_text: str | None,
                 tz_name: str | None, warn_before: str, as_json: bool) -> int:
@@ -114,11 +117,11 @@ def inspect_cmd(ctx: click.Context, files: Sequence[str], at_text: str | None,
             keyfile, error = None, exc
         rows.append(inspect_row(path, keyfile, error, at, tz, warn))
     if as_json:
-        echo_json(rows)
+        echo_json(INSPECT_SCHEMA, {"at": isoformat_z(at), "keys": rows})
     else:
         for row in rows:
             click.echo(_human(row))
-    return EXIT_CRITICAL if any(r["status"] == LocationStatus.INVALID for r in rows) else EXIT_OK
+    return EXIT_CRITICAL if any(r["expiry_status"] == LocationStatus.INVALID for r in rows) else EXIT_OK
 
 
 @click.command("jwt")
@@ -147,7 +150,8 @@ def jwt_cmd(ctx: click.Context, file: str, audience: str, lifetime: str, skew: s
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CA bundle to verify the issuer's TLS certificate.")
 @click.option("--timeout", default="10s", show_default=True, help="HTTP timeout.")
-@click.option("--json", "as_json", is_flag=True, help="Print the token response as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help=f"Print the token response as JSON ({MINT_SCHEMA}).")
 @click.pass_context
 def mint_cmd(ctx: click.Context, file: str, issuer: str, scopes: Sequence[str],
              ca_bundle: str | None, timeout: str, as_json: bool) -> int:
@@ -170,7 +174,8 @@ def mint_cmd(ctx: click.Context, file: str, issuer: str, scopes: Sequence[str],
             return EXIT_OK
         token = mint(keyfile, client, signer, scopes)
     if as_json:
-        echo_json({"access_token": token.access_token.reveal(), "token_type": token.token_type,
+        echo_json(MINT_SCHEMA, {
+                   "access_token": token.access_token.reveal(), "token_type": token.token_type,
                    "expires_in": token.expires_in, "expires_at": isoformat_z(token.expires_at),
                    "scope": token.scope})
     else:

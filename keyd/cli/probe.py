@@ -14,7 +14,7 @@ from contextlib import ExitStack
 import click
 
 from keyd.actions.probe import build_probe_services, probe_due
-from keyd.checks.probe import ProbeResult
+from keyd.checks.probe import PROBE_SCHEMA, ProbeResult
 from keyd.cli.common import app, echo_json
 from keyd.cli.progress import terminal_progress
 from keyd.clients.issuer import IssuerClient
@@ -57,7 +57,7 @@ def render(result: ProbeResult) -> str:
 
 @click.command("probe")
 @click.argument("key_id")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({PROBE_SCHEMA}).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr.")
 @click.pass_context
 def probe_cmd(ctx: click.Context, key_id: str, as_json: bool, quiet: bool) -> int:
@@ -67,7 +67,7 @@ def probe_cmd(ctx: click.Context, key_id: str, as_json: bool, quiet: bool) -> in
     if config.issuer is None:
         raise ConfigError("issuer", "keyd probe needs an [issuer] section with url")
     with ExitStack() as stack:
-        engine = make_engine(config.database.url)
+        engine = make_engine(config.database.url, create=False)
         stack.callback(engine.dispose)
         ensure_current(engine)
         vault = None
@@ -82,7 +82,7 @@ def probe_cmd(ctx: click.Context, key_id: str, as_json: bool, quiet: bool) -> in
             report = probe_due(engine, services, state.clock.now(), force_key_id=key_id)
     [result] = report.results
     if as_json:
-        echo_json(result.to_json())
+        echo_json(PROBE_SCHEMA, result.to_json())
     else:
         click.echo(render(result))
     return EXIT_BY_OUTCOME.get(result.outcome, EXIT_UNAVAILABLE)

@@ -90,9 +90,12 @@ class IssuerClient:
             raise UsageError("issuer.url", str(exc)) from None
         self._clock = clock
         verify: Any = str(ca_bundle) if ca_bundle else True
+        # trust_env: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY with NO_PROXY, as
+        # the Vault and webhook clients honour them (docs/daemon.md,
+        # "Proxies"). httpx reads them once, here, not per request.
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            verify=verify, transport=transport, follow_redirects=False, trust_env=False,
+            verify=verify, transport=transport, follow_redirects=False, trust_env=True,
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},

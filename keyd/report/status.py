@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, Final
 
 from keyd import vocab
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
@@ -47,7 +47,9 @@ from keyd.store.inventory import Engine, InventorySnapshot, inventory_snapshot
 from keyd.store.keys import KeyRecord, Location
 from keyd.store.models import SourceState
 from keyd.store.views import key_snapshot
-from keyd.timeutil import rfc3339_z
+from keyd.timeutil import isoformat_z, rfc3339_z
+
+STATUS_SCHEMA: Final = "keyd.status/1"
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,12 @@ def orphan_json(loc: Location) -> dict[str, Any]:
 
 def to_json(report: StatusReport) -> list[dict[str, Any]]:
     return [*(key_json(k) for k in report.keys), *(orphan_json(o) for o in report.orphans)]
+
+
+def status_document(report: StatusReport) -> dict[str, Any]:
+    """The body of ``keyd status --json`` (schema ``STATUS_SCHEMA``): the
+    instant evaluated and one object per key, then per broken file."""
+    return {"at": isoformat_z(report.at), "keys": to_json(report)}
 
 
 # --- text --------------------------------------------------------------------

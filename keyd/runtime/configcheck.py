@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from keyd.clients.smtp import SmtpClient
 from keyd.config import DirectorySourceConfig
@@ -20,6 +21,8 @@ from keyd.runtime.wiring import Services
 from keyd.store import snapshot
 from keyd.store.engine import safe_url
 from keyd.store.migrate import ensure_current
+
+CONFIG_CHECK_SCHEMA: Final = "keyd.config-check/1"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from keyd import __version__
 from keyd.report.pages import IndexPage, KeyPage, render_index, render_key, rotation_labels
-from keyd.report.status import load_status, to_json
+from keyd.report.status import STATUS_SCHEMA, load_status, status_document
 from keyd.runtime.check import judge
 from keyd.runtime.wiring import Services
 from keyd.store import alerts as alert_store
@@ -34,7 +34,8 @@ class StatusViews:
     def status(self) -> Any:
         """``keyd status --json``, as of now."""
         s = self._services()
-        return to_json(load_status(s.engine, s.config, s.clock.now()))
+        return {"schema": STATUS_SCHEMA,
+                **status_document(load_status(s.engine, s.config, s.clock.now()))}
 
     def index(self) -> str:
         s = self._services()

@@ -39,7 +39,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from keyd.errors import DatabaseUnusable, DriverMissing, StoreError
+from keyd.errors import DatabaseMissing, DatabaseUnusable, DriverMissing, StoreError
 from keyd.redact import scrub
 from keyd.text import storable
 from keyd.urls import judge_database_url
@@ -59,8 +59,14 @@ def safe_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = True) -> Engine:
     """An engine for ``url`` with keyd's per-backend settings (module doc).
+
+    ``create=False`` is for commands that need an existing schema
+    (``keyd db current``, ``keyd status``, ``keyd config check``, ...):
+    connecting to a SQLite file that does not exist raises
+    ``DatabaseMissing`` ("run keyd db upgrade") instead of making an empty
+    database and its directory as a side effect of looking.
 
     Raises ``StoreError`` for a URL keyd cannot use (unparsable, unsupported
     backend, SQLite directory that cannot be created).
@@ -69,7 +75,7 @@ def make_engine(url: str) -> Engine:
     judged = judge_database_url(url)
     backend = judged.backend if judged is not None else None
     if backend == "sqlite":
-        engine = _sqlite_engine(parsed)
+        engine = _sqlite_engine(parsed, create)
     elif backend == "postgresql":
         require_postgres_driver(parsed)
         engine = _postgres_engine(parsed)
@@ -130,16 +136,26 @@ def _parse(url: str) -> URL:
     return parsed
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, create: bool) -> Engine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
-        _make_parent(url, Path(database))
+        if create:
+            _make_parent(url, Path(database))
     try:
         engine = create_engine(url)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(f"database {safe_url(url)}: {exc}") from None
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
+    if not create and database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database).expanduser()
+
+        def _exists(*_args: Any) -> None:  # before sqlite3.connect, which would create it
+            if not path.exists():
+                raise DatabaseMissing(
+                    f'database {safe_url(url)} does not exist: run "keyd db upgrade"')
+
+        event.listen(engine, "do_connect", _exists)
     return engine
 
 

@@ -84,12 +84,12 @@ def head_revision() -> str:
 
 
 @contextmanager
-def _engine_for(target: Engine | str) -> Iterator[Engine]:
+def _engine_for(target: Engine | str, *, create: bool = True) -> Iterator[Engine]:
     """Use ``target`` if it is an engine; otherwise make one and dispose it."""
     if isinstance(target, Engine):
         yield target
         return
-    engine = make_engine(target)
+    engine = make_engine(target, create=create)
     try:
         yield engine
     finally:
@@ -118,7 +118,7 @@ def downgrade(target: Engine | str, revision: str = "base") -> None:
 
 def current_revision(target: Engine | str) -> str | None:
     """The database's revision, or None when it has no keyd schema."""
-    with _engine_for(target) as engine, engine.connect() as connection:
+    with _engine_for(target, create=False) as engine, engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
@@ -178,8 +178,9 @@ class SchemaStatus:
 
 
 def status(target: Engine | str) -> SchemaStatus:
-    """The schema revision of ``target`` compared with this keyd's head."""
-    with _engine_for(target) as engine:
+    """The schema revision of ``target`` compared with this keyd's head.
+    Read-only: a SQLite file that does not exist is ``DatabaseMissing``."""
+    with _engine_for(target, create=False) as engine:
         current = current_revision(engine)
         url = safe_url(engine.url)
     head = head_revision()

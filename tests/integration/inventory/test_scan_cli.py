@@ -68,8 +68,9 @@ def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixtur
     assert "PRIVATE KEY" not in text
 
     assert run(config, "status", "--json") == EXIT_OK
-    rows = json.loads(capsys.readouterr().out)
-    by_id = {r["key_id"]: r for r in rows}
+    document = json.loads(capsys.readouterr().out)
+    assert document["schema"] == "keyd.status/1" and document["at"].endswith("Z")
+    by_id = {r["key_id"]: r for r in document["keys"]}
     assert set(by_id) == {"100", "200", "300", "400", None}
     assert by_id["100"]["principal"] == "svc-a" and len(by_id["100"]["locations"]) == 2
     assert by_id["100"]["status"] == "active" and by_id["100"]["expiry_status"] == "valid"
@@ -85,7 +86,7 @@ def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixtur
     # --at in the future: key 200 has expired by then (date = midnight in Zurich)
     when = (SOON + timedelta(days=2)).date().isoformat()
     assert run(config, "status", "--json", "--at", when) == EXIT_OK
-    rows = {r["key_id"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["key_id"]: r for r in json.loads(capsys.readouterr().out)["keys"]}
     assert rows["200"]["status"] == "expired" and rows["200"]["seconds_left"] < 0
     assert run(config, "status", "--at", "yesterday") == EXIT_CONFIG
     capsys.readouterr()
@@ -115,7 +116,7 @@ def test_failed_source_exits_6_and_keeps_keys(setup: tuple[Path, Path], tmp_path
     assert out == (f"1 source, 1 key (0 new, 0 changed, 0 missing, 0 invalid); source "
                    f"directory:{keys} failed: directory {keys}: does not exist")
     assert run(config, "status", "--json") == EXIT_OK
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["keys"]
     assert rows[0]["status"] == "active"  # an outage never makes keys missing
     assert run(config, "status") == EXIT_OK
     assert "failing (1 scans in a row)" in capsys.readouterr().out

@@ -52,6 +52,7 @@ def test_mint_json(issuer: IssuerServer, tmp_path: Path,
     code, out, _ = run(capsys, "mint", str(key.path), "--issuer", issuer.url, "--json")
     doc = json.loads(out)
     assert code == EXIT_OK and doc["token_type"] == "Bearer" and doc["expires_in"] == 600
+    assert doc["schema"] == "keyd.mint/1" and doc["expires_at"].endswith("Z")
     assert doc["access_token"] == issuer.issued_tokens[-1]
 
 

@@ -64,7 +64,8 @@ def test_probe_rejected_exit_5_json(setup, capsys):
     made = _add(engine, keydir, issuer, register=False)
     code = main(["--config", str(config), "probe", made.key_id, "--json"])
     doc = json.loads(capsys.readouterr().out)
-    assert code == 5 and doc["outcome"] == "rejected"
+    assert code == 5 and doc["outcome"] == "rejected" and doc["schema"] == "keyd.probe/1"
+    assert doc["at"].endswith("Z") and "+00:00" not in json.dumps(doc)
     assert doc["diagnosis"] == "revoked_or_unknown"
 
 

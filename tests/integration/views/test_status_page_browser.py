@@ -87,7 +87,7 @@ def status_json(config: Path) -> list[dict[str, Any]]:
         text=True,
         timeout=60,
     )
-    return list(json.loads(out.stdout))
+    return list(json.loads(out.stdout)["keys"])
 
 
 def _without_clock(doc: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,7 +144,8 @@ def test_page_matches_status_json(served: tuple[str, Path, Path], browser: Brows
 def test_api_is_the_status_json(served: tuple[str, Path, Path]) -> None:
     base, config, _ = served
     api = httpx.get(base + "/api/v1/status", timeout=30).json()
-    assert _without_clock(api) == _without_clock(status_json(config))
+    assert api["schema"] == "keyd.status/1"
+    assert _without_clock(api["keys"]) == _without_clock(status_json(config))
 
 
 def test_hostile_key_id_is_text(served: tuple[str, Path, Path], browser: Browser) -> None:

@@ -166,7 +166,8 @@ def test_api_is_keyd_status_json(
     response = client.get("/api/v1/status")
     assert response.headers["content-type"] == "application/json"
     assert response.json() == printed
-    assert [k["key_id"] for k in printed] == ["key-a", "key/b <i>", "key-c"]
+    assert printed["schema"] == "keyd.status/1" and printed["at"] == isoformat_z(AT)
+    assert [k["key_id"] for k in printed["keys"]] == ["key-a", "key/b <i>", "key-c"]
 
 
 def test_index_and_key_pages(client: httpx.Client) -> None:
@@ -212,5 +213,5 @@ def test_page_follows_the_clock(inventory: Path, client: httpx.Client) -> None:
     """Days left and the verdict are computed at the services' clock."""
     page = client.get("/").text
     assert "KEYD CRITICAL - 1 expired" in page
-    rows = client.get("/api/v1/status").json()
+    rows = client.get("/api/v1/status").json()["keys"]
     assert [r["days_left"] for r in rows] == [90, 3, -1]

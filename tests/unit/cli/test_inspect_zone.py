@@ -13,7 +13,7 @@ from tests.support.keys import make_key_file
 
 def last_day(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, int]:
     assert main(list(args)) == 0
-    row = json.loads(capsys.readouterr().out)[0]
+    row = json.loads(capsys.readouterr().out)["keys"][0]
     return row["last_usable_day"], row["seconds_left"]
 
 

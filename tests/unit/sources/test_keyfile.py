@@ -176,8 +176,8 @@ def test_unreadable_file_is_invalid_not_a_crash(tmp_path: Path,
         path.chmod(0)
         code = main(["inspect", "--json", str(path)])
     assert code == 2
-    row = json.loads(capsys.readouterr().out)[0]
-    assert row["status"] == "invalid" and "permission denied" in row["error"]
+    row = json.loads(capsys.readouterr().out)["keys"][0]
+    assert row["expiry_status"] == "invalid" and "permission denied" in row["error"]
 
 
 def test_loaded_key_is_cached_by_content(monkeypatch: pytest.MonkeyPatch) -> None:
