@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv services test lint unit integration demo bench migration clean
+.PHONY: venv services deb-tools deb test lint unit integration demo bench migration clean
 
 venv: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check keyd tests bench examples
+	$(VENV)/bin/ruff check keyd tests bench examples packaging
 	$(VENV)/bin/mypy keyd
 
 # What the integration tests need from the machine, installed/started if
@@ -37,9 +37,32 @@ services:
 	    echo "make: installing chromium and chromium-driver (for the status page tests)"; \
 	    apt-get -o DPkg::Lock::Timeout=600 update -qq && $(APT_INSTALL) chromium chromium-driver; }
 
+# What `make deb` and its test need from Debian: dpkg-dev (dpkg-shlibdeps),
+# binutils (strip), lintian, debootstrap (the test's throw-away root), and
+# python3-venv for the package's virtual environment. Installed if missing.
+DEB_TOOLS := dpkg-dev binutils lintian debootstrap python3 python3-venv
+deb-tools:
+	@missing=$$(for p in $(DEB_TOOLS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "make: installing" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+	        install -y -qq $$missing; fi
+
+# The Debian package (docs/packaging.md), built from the wheel on this
+# host's Debian release, checked by lintian (errors and unexplained
+# warnings fail). DIST= picks the output directory.
+DIST ?= dist
+deb: venv deb-tools
+	rm -rf $(DIST)/wheel && $(PY) -m build --wheel --outdir $(DIST)/wheel .
+	$(PY) packaging/build_deb.py --wheel $$(ls $(DIST)/wheel/keyd-*.whl) --out $(DIST)
+	lintian --fail-on error,warning $(DIST)/keyd_*.deb
+
 # The whole suite: lint, types, unit and integration tests (real OpenBao,
-# PostgreSQL, SMTP and authorization server; a missing service fails).
-test: lint services
+# PostgreSQL, SMTP and authorization server; a missing service fails), and
+# the slow packaging tests (sdist; `make deb` installed into a debootstrap
+# root, which is cached in .cache/debroot/).
+test: lint services deb-tools
 	$(VENV)/bin/pytest -q tests
 
 unit: venv
@@ -61,4 +84,4 @@ migration: venv
 	$(PY) -m keyd.store.autogen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
