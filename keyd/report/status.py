@@ -4,8 +4,9 @@
 ``StatusReport``; ``to_json`` gives the stable ``--json`` schema and
 ``render_text`` the table. Pure: the CLI reads the snapshot and the clock.
 
-JSON schema (a list; one object per key, then one per invalid location
-that holds no key, which has ``key_id`` null)::
+JSON (``status_document``: schema ``keyd.status/1``, docs/json.md)
+``{"at", "keys": [...]}``, one object per key, then one per invalid
+location that holds no key, which has ``key_id`` null::
 
     {"key_id": str|null, "kind": str|null, "principal": str|null,
      "fingerprint": str|null, "algorithm": str|null,

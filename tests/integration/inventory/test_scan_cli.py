@@ -81,7 +81,8 @@ def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixtur
     assert set(by_id["100"]) == {
         "key_id", "kind", "principal", "fingerprint", "algorithm", "status", "expiry_status",
         "expires_at", "last_usable_day", "seconds_left", "days_left", "locations",
-        "last_probe_at", "last_probe_outcome", "last_ok_at", "last_error"}
+        "last_probe_at", "last_probe_outcome", "last_ok_at", "last_error", "held",
+        "expiry_source", "diagnosis", "zitadel_created_at"}
 
     # --at in the future: key 200 has expired by then (date = midnight in Zurich)
     when = (SOON + timedelta(days=2)).date().isoformat()
