@@ -63,3 +63,13 @@ def rows(engine: Engine, model: Any) -> list[Any]:
         for r in found:
             session.expunge(r)
         return found
+
+
+def failing_for(load_key: Any, key_id: str) -> Any:
+    """``load_key`` that raises ``ZeroDivisionError`` (a stand-in for a bug)
+    for ``key_id`` and loads every other key as before: for isolation tests."""
+    def load(target: Any) -> Any:
+        if target.key_id == key_id:
+            raise ZeroDivisionError("bug")
+        return load_key(target)
+    return load

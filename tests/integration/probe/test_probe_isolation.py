@@ -6,12 +6,11 @@ key is probed. Real test issuer, SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import pytest
 
 from tests.integration.probe.test_probe_issuer import World, outcome_of, world  # noqa: F401
-from tests.support.keyrows import key_row
+from tests.support.keyrows import failing_for, key_row
 
 pytestmark = pytest.mark.issuer
 
@@ -19,13 +18,7 @@ pytestmark = pytest.mark.issuer
 def test_a_bug_for_one_key_is_that_keys_error(world: World) -> None:  # noqa: F811
     good = world.add()
     bad = world.add()
-    real = world.services.load_key
-
-    def load_key(target: Any) -> Any:
-        if target.key_id == bad.key_id:
-            raise ZeroDivisionError("bug")
-        return real(target)
-
+    load_key = failing_for(world.services.load_key, bad.key_id)
     world.services = dataclasses.replace(world.services, load_key=load_key)
     report = world.run()
     assert report.counts() == {"ok": 1, "unreadable": 1}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from keyd.store.migrate import upgrade
+from tests.integration.runtime.test_daemon import config_text
 from tests.support.daemon import KEYD, Notifications, free_port, start_keyd, stop
 from tests.support.keys import make_key_file
 
@@ -23,27 +24,17 @@ TOKEN = "0123456789abcdef0123456789abcdef"
 
 
 def _config(tmp_path: Path, thresholds: str, listen: str) -> Path:
+    """test_daemon's config, listening on ``listen`` with a token file."""
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700, exist_ok=True)
-    db = tmp_path / "keyd.db"
     token = tmp_path / "http-token"
     token.write_text(TOKEN)
     token.chmod(0o600)
     config = tmp_path / "keyd.toml"
-    config.write_text(f"""
-[database]
-url = "sqlite:///{db}"
-[[sources]]
-type = "directory"
-path = "{keys}"
-[alerts]
-thresholds = {thresholds}
-[http]
-listen = "{listen}"
-auth_token_file = "{token}"
-[log]
-level = "INFO"
-""")
+    text = config_text(tmp_path / "keyd.db", keys, 0, thresholds)
+    config.write_text(
+        text.replace('listen = "127.0.0.1:0"', f'listen = "{listen}"\nauth_token_file = "{token}"')
+    )
     return config
 
 

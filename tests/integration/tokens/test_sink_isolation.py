@@ -6,11 +6,11 @@ written. Real OpenBao, the test issuer, SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import pytest
 
 from tests.integration.tokens.test_writeback import World, world  # noqa: F401
+from tests.support.keyrows import failing_for
 
 pytestmark = [pytest.mark.openbao, pytest.mark.issuer]
 
@@ -18,13 +18,7 @@ pytestmark = [pytest.mark.openbao, pytest.mark.issuer]
 def test_a_bug_for_one_sink_fails_that_sink_only(world: World) -> None:  # noqa: F811
     good = world.add_key(user_id="svc-good")
     bad = world.add_key(user_id="svc-bug")
-    real = world.services.load_key
-
-    def load_key(target: Any) -> Any:
-        if target.key_id == bad.key_id:
-            raise ZeroDivisionError("bug")
-        return real(target)
-
+    load_key = failing_for(world.services.load_key, bad.key_id)
     world.services = dataclasses.replace(world.services, load_key=load_key)
     report = world.run()
     by_principal = {r.principal: r for r in report.results}
