@@ -110,7 +110,7 @@ class DirectorySource:
         progress.begin(task, len(paths), "files")
         candidates = []
         for path, is_link in paths:
-            candidates.append(self._candidate(path, is_link, root_real, known, validated))
+            candidates.append(self._isolated(path, is_link, root_real, known, validated))
             progress.advance(task)
         progress.end(task)
         found = [c for c in candidates if c is not None]
@@ -168,6 +168,17 @@ class DirectorySource:
             stack.extend(reversed(subdirs))
 
     # --- one file ----------------------------------------------------------
+
+    def _isolated(self, path: str, is_link: bool, root_real: str,
+                  known: Mapping[str, FileStamp],
+                  validated: Container[str]) -> Candidate | None:
+        """``_candidate``, and a surprise in it is that one file's problem."""
+        try:
+            return self._candidate(path, is_link, root_real, known, validated)
+        except Exception as exc:  # noqa: BLE001 - one file never fails the source
+            log.exception("%s: unexpected error reading %s", self.name, path_text(path))
+            return _invalid(path_text(path), f"internal error while reading it "
+                                             f"({type(exc).__name__}); run with --debug")
 
     def _candidate(self, path: str, is_link: bool, root_real: str,
                    known: Mapping[str, FileStamp],

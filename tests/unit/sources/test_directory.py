@@ -216,3 +216,25 @@ def test_full_validation_only_for_unknown_content(root: Path, monkeypatch: pytes
     seen.clear()
     source(root).scan(validated={kf.content_hash})
     assert seen == ["none", "quick"]
+
+
+def test_a_bug_while_reading_one_file_makes_only_it_invalid(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_keyfile(root / "a.json", "k1")
+    write_keyfile(root / "b.json", "k2")
+    src = source(root)
+    real = src._parse
+
+    def parse(path: str, validated: object) -> object:
+        if path.endswith("b.json"):
+            raise MemoryError("bug")
+        return real(path, validated)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(src, "_parse", parse)
+    cands = by_ref(src.scan().candidates)
+    assert cands[str(root / "a.json")].keyfile is not None
+    error = cands[str(root / "b.json")].error
+    assert error is not None and error.problem == (
+        "internal error while reading it (MemoryError); run with --debug"
+    )
