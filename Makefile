@@ -78,6 +78,7 @@ bench: venv
 	$(PY) bench/mint.py
 	$(PY) bench/scan.py
 	$(PY) bench/probe.py
+	$(PY) bench/scale.py
 
 # Regenerate the initial migration after a model change (pre-1.0 only).
 migration: venv

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from keyd.clock import FakeClock
@@ -20,6 +20,7 @@ from keyd.inventory.scan import scan_all
 from keyd.store.inventory import inventory_snapshot
 from keyd.store.models import Key
 from tests.support.keys import make_key_file
+from tests.support.sql import statements
 
 START = datetime(2026, 6, 1, tzinfo=UTC)
 WRITES = ("INSERT", "UPDATE", "DELETE")
@@ -27,17 +28,10 @@ WRITES = ("INSERT", "UPDATE", "DELETE")
 
 @contextmanager
 def _writes(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if statement.lstrip().upper().startswith(WRITES):
-            seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with statements(engine) as seen:
+        writes: list[str] = []
+        yield writes
+    writes.extend(s for s in seen if s.lstrip().upper().startswith(WRITES))
 
 
 def test_a_warm_scan_issues_no_write(tmp_path: Path, migrated_engine: Engine) -> None:

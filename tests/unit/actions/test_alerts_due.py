@@ -7,18 +7,17 @@ ORM object with its locations each minute (3.3 s at 50,000 keys)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from keyd.actions.alerts import evaluate_alerts
 from keyd.config import AlertsConfig, Config, EmailConfig
 from keyd.store import alerts as store
 from keyd.store.models import ALERT_NEVER, ALERT_NOW, Key, KeyLocation
+from tests.support.sql import statements
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 CONFIG = Config(alerts=AlertsConfig(email=EmailConfig(host="h", from_addr="k@x", to=("o@x",))))
@@ -36,20 +35,6 @@ def _keys(engine: Engine, count: int, start: int = 0, expires_in: timedelta = ti
             s.flush()
             s.add(KeyLocation(source="dir", ref=f"/k/{i}.json", key_pk=key.id,
                               status="present", first_seen=NOW, last_seen=NOW))
-
-
-@contextmanager
-def _statements(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def _evaluate(engine: Engine, now: datetime, config: Config = CONFIG) -> list[str]:
@@ -73,7 +58,7 @@ def test_nothing_due_costs_one_indexed_query_whatever_the_size(migrated_engine: 
     for extra in (0, 300):
         _keys(migrated_engine, extra, start=1000)
         _evaluate(migrated_engine, NOW)  # the new ones: scheduled
-        with _statements(migrated_engine) as seen:
+        with statements(migrated_engine) as seen:
             assert _evaluate(migrated_engine, NOW + timedelta(days=1)) == []
         shapes.append(seen)
     assert len(shapes[0]) == len(shapes[1])  # flat in N
@@ -95,7 +80,7 @@ def test_a_change_or_a_rung_coming_due_brings_only_those_keys(migrated_engine: E
         key.expires_at = NOW + timedelta(days=5)
     with store.transaction(migrated_engine) as s:
         assert s.scalar(select(Key.next_alert_at).where(Key.key_id == "k7")) == ALERT_NOW
-    with _statements(migrated_engine) as seen:
+    with statements(migrated_engine) as seen:
         fired = _evaluate(migrated_engine, NOW + timedelta(minutes=1))
     assert [t.split("@")[0] for t in fired] == ["7d"]
     assert len(_reading_keys(seen)) == 3  # due principals, their keys, their locations
@@ -104,7 +89,7 @@ def test_a_change_or_a_rung_coming_due_brings_only_those_keys(migrated_engine: E
     assert next_at == NOW + timedelta(days=5) - timedelta(days=3)  # the 3d rung
 
     later = NOW + timedelta(days=2, hours=1)  # k7's 3d rung has come, nothing else
-    with _statements(migrated_engine) as seen:
+    with statements(migrated_engine) as seen:
         assert [t.split("@")[0] for t in _evaluate(migrated_engine, later)] == ["3d"]
     locations = [s for s in _reading_keys(seen) if "key_locations" in s]
     assert len(locations) == 1
