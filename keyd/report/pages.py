@@ -25,7 +25,7 @@ from keyd.redact import scrub
 from keyd.report import render
 from keyd.report.status import KeyStatus, StatusReport, problems, shown_status
 from keyd.report.timeline import key_href, render_timeline
-from keyd.report.web import Row, cell, document, e, facts, legend, table
+from keyd.report.web import Row, cell, document, e, facts, legend, status_class, table
 from keyd.store.probes import ProbeHistoryRow
 from keyd.store.rotations import RotationRow
 from keyd.store.snapshot import TokenSnapshot
@@ -37,7 +37,7 @@ REFUSED: Final = (SinkState.UNMANAGED, SinkState.CONFLICT)
 #: The key table lists at most this many keys, the most urgent ones; the
 #: timeline still has a mark for every key, /api/v1/status every key's row.
 TABLE_LIMIT: Final = 1000
-_URGENCY: Final = {"expired": 0, "rejected": 0, "invalid": 0, "expiring": 1, "active": 2}
+_URGENCY: Final = {"expired": 0, "rejected": 0, "invalid": 0, "expiring": 1, "unheld": 1, "active": 2}
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def _key_table(page: IndexPage) -> str:
                         css="num",
                         sort=view.seconds_left if view.seconds_left is not None else 10**12,
                     ),
-                    cell(status, field="status", css=f"status s-{status}"),
+                    cell(status, field="status", css=f"status {status_class(status)}"),
                     cell(_probe(key, report.at), field="last_probe"),
                     cell(token.state if token else "-", field="token_state"),
                     cell(page.rotations.get(row.key_id, "-"), field="rotation", css="wrap"),
@@ -147,9 +147,11 @@ def _key_table(page: IndexPage) -> str:
         return "<p>No keys in the inventory yet (the first scan has not run).</p>"
     caption = f"{len(rows)} keys"
     if len(shown) < len(report.keys):
-        caption = (f"{len(shown):,} of {len(report.keys):,} keys: those that need attention first "
-                   "(expired, rejected, invalid, then expiring soonest); every key is in "
-                   "/api/v1/status and on the timeline")
+        caption = (
+            f"{len(shown):,} of {len(report.keys):,} keys: those that need attention first "
+            "(expired, rejected, invalid, then expiring soonest); every key is in "
+            "/api/v1/status and on the timeline"
+        )
     return table("keys", caption, headers, rows, sortable=True)
 
 
@@ -161,7 +163,8 @@ def _most_urgent(keys: Sequence[KeyStatus], limit: int) -> Sequence[KeyStatus]:
     def urgency(item: tuple[int, KeyStatus]) -> tuple[int, float]:
         key = item[1]
         left = key.expiry.seconds_left
-        return _URGENCY.get(shown_status(key), 3), left if left is not None else float("inf")
+        rank = _URGENCY.get(status_class(shown_status(key))[2:], 3)
+        return rank, left if left is not None else float("inf")
 
     chosen = sorted(sorted(enumerate(keys), key=urgency)[:limit], key=lambda item: item[0])
     return [key for _, key in chosen]
@@ -237,7 +240,7 @@ def render_key(page: KeyPage) -> str:
             ("Kind", e(row.kind)),
             ("Algorithm", e(row.algorithm)),
             ("Fingerprint", f"<code>{e(row.fingerprint)}</code>"),
-            ("Status", f'<span class="status s-{e(status)}">{e(status)}</span>'),
+            ("Status", f'<span class="status {status_class(status)}">{e(status)}</span>'),
             ("Expires (UTC)", e(_expires(key))),
             (f"Last usable day ({page.zone})", e(render.day(view.last_usable_day))),
             ("Days left", e(render.number(view.days_left))),

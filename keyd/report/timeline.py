@@ -26,6 +26,7 @@ from urllib.parse import quote
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE
 from keyd.report import render
 from keyd.report.status import KeyStatus, StatusReport, shown_status
+from keyd.report.web import status_class
 from keyd.timeutil import format_duration
 
 WIDTH: Final = 960
@@ -177,6 +178,6 @@ def _mark(mark: _Mark, lane_top: int) -> str:
     # href: percent-encoded, so only "&"-free ASCII; kept small: one mark per key
     return (
         f'<a href="{key_href(key.row.key_id)}">'
-        f'<circle class="mark s-{escape(status)}{shape}" data-key-id="{escape(key.row.key_id)}" '
+        f'<circle class="mark {status_class(status)}{shape}" data-key-id="{escape(key.row.key_id)}" '
         f'cx="{mark.x:.1f}" cy="{y:.1f}" r="{RADIUS}"><title>{escape(title)}</title></circle></a>'
     )

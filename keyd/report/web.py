@@ -25,12 +25,12 @@ from typing import Final, TypeAlias
 Row: TypeAlias = tuple[dict[str, str], list[str]]
 
 #: Statuses the page colors (``keyd.report.status.shown_status``).
-STATUSES: Final = ("active", "expiring", "expired", "rejected", "invalid", "missing")
+STATUSES: Final = ("active", "expiring", "expired", "rejected", "invalid", "missing", "unheld")
 
 STYLE: Final = """
 :root { --bg: #ffffff; --fg: #1f2328; --muted: #59636e; --line: #d1d9e0;
   --s-active: #1a7f37; --s-expiring: #9a6700; --s-expired: #cf222e;
-  --s-rejected: #8250df; --s-invalid: #bc4c00; --s-missing: #57606a;
+  --s-rejected: #8250df; --s-invalid: #bc4c00; --s-missing: #57606a; --s-unheld: #0550ae;
   --band-0: #ffd8b5; --band-1: #ffe2c7; --band-2: #ffecd9; --band-3: #fff3e8;
   --band-4: #fff9f3; --zone: #f6f8fa; }
 body { font: 14px/1.45 system-ui, sans-serif; color: var(--fg); background: var(--bg);
@@ -52,10 +52,12 @@ code { font-size: 12px; word-break: break-all; }
 .s-active.status { color: var(--s-active); } .s-expiring.status { color: var(--s-expiring); }
 .s-expired.status { color: var(--s-expired); } .s-rejected.status { color: var(--s-rejected); }
 .s-invalid.status { color: var(--s-invalid); } .s-missing.status { color: var(--s-missing); }
+.s-unheld.status { color: var(--s-unheld); }
 svg.timeline { max-width: 100%; height: auto; }
 svg .mark.s-active { fill: var(--s-active); } svg .mark.s-expiring { fill: var(--s-expiring); }
 svg .mark.s-expired { fill: var(--s-expired); } svg .mark.s-rejected { fill: var(--s-rejected); }
 svg .mark.s-invalid { fill: var(--s-invalid); } svg .mark.s-missing { fill: var(--s-missing); }
+svg .mark.s-unheld { fill: var(--s-unheld); } svg .undated.s-unheld { stroke: var(--s-unheld); }
 svg .band-0 { fill: var(--band-0); } svg .band-1 { fill: var(--band-1); }
 svg .band-2 { fill: var(--band-2); } svg .band-3 { fill: var(--band-3); }
 svg .band-4 { fill: var(--band-4); }
@@ -70,6 +72,7 @@ svg .undated.s-invalid { stroke: var(--s-invalid); } svg .undated.s-missing { st
 .dot.s-active { background: var(--s-active); } .dot.s-expiring { background: var(--s-expiring); }
 .dot.s-expired { background: var(--s-expired); } .dot.s-rejected { background: var(--s-rejected); }
 .dot.s-invalid { background: var(--s-invalid); } .dot.s-missing { background: var(--s-missing); }
+.dot.s-unheld { background: var(--s-unheld); }
 .dot.undated { background: var(--bg); border: 2px solid var(--s-active); width: .5rem; height: .5rem; }
 svg text { font: 12px system-ui, sans-serif; fill: var(--fg); }
 svg .now { stroke: var(--fg); stroke-dasharray: 3 3; }
@@ -109,6 +112,13 @@ CONTENT_SECURITY_POLICY: Final = (
     f"default-src 'none'; style-src '{_hash(STYLE)}'; script-src '{_hash(SCRIPT)}'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+
+def status_class(status: str) -> str:
+    """The CSS class of a shown status: ``s-`` and its first word (``rejected
+    (removed)`` is colored as ``rejected``), letters only."""
+    word = status.split(" ", 1)[0] if status else ""
+    return "s-" + "".join(c for c in word.lower() if "a" <= c <= "z")
 
 
 def e(value: object) -> str:

@@ -165,3 +165,9 @@ def test_big_inventories_list_the_most_urgent_keys_and_mark_every_key(
     assert rows == ["b-soon", "c-dead", "d-later"]  # the urgent ones, in table order
     assert "3 of 5 keys: those that need attention first" in html
     assert len(marks(render_timeline(page.report, DAYS))) == 5
+
+
+def test_status_classes_are_css_tokens() -> None:
+    assert web.status_class("rejected (removed)") == "s-rejected"
+    assert web.status_class('x"><script>') == "s-xscript"  # letters only: no markup
+    assert web.status_class("unheld") == "s-unheld"
