@@ -62,6 +62,7 @@ from keyd.store import alerts as store
 from keyd.store.alerts import AlertIndex, note_issuer_health
 from keyd.store.models import Alert, Key
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
+from keyd.vocab import AlertKind, Channel, ExpiryStatus, KeyKind, KeyStatus, LocationStatus, Severity
 
 if TYPE_CHECKING:
     from keyd.store.alerts import Session
@@ -71,10 +72,10 @@ __all__ = ["evaluate_alerts", "note_issuer_health", "message_id", "email_recipie
 
 log = logging.getLogger(__name__)
 
-LADDER_KINDS: Final = ("expiring", "expired")
+LADDER_KINDS: Final = (AlertKind.EXPIRING, AlertKind.EXPIRED)
 ISSUER: Final = "issuer"
-SKIPPED_STATUSES: Final = frozenset({"missing", "invalid"})
-OPEN_KINDS: Final = ("expiring", "expired", "rejected", "untracked")
+SKIPPED_STATUSES: Final = frozenset({KeyStatus.MISSING, KeyStatus.INVALID})
+OPEN_KINDS: Final = (AlertKind.EXPIRING, AlertKind.EXPIRED, AlertKind.REJECTED, AlertKind.UNTRACKED)
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 
 
@@ -119,13 +120,13 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
         by_principal[key.principal].append(key)
     known = store.AlertIndex.load(session, [_about(k) for k in keys] + [ISSUER])
     new: list[Alert] = []
-    removed = store.removed_keys(session, [k.id for k in keys if k.status == "rejected"])
+    removed = store.removed_keys(session, [k.id for k in keys if k.status == KeyStatus.REJECTED])
     for key in keys:
         if key.status in SKIPPED_STATUSES:
-            if key.status == "missing":  # gone from every source: nothing left to warn about
+            if key.status == KeyStatus.MISSING:  # gone from every source: nothing left to warn about
                 store.resolve(session, known.unresolved(_about(key), OPEN_KINDS), now)
             continue
-        if key.status == "unheld" and not config.alerts.unheld_ladder:
+        if key.status == KeyStatus.UNHELD and not config.alerts.unheld_ladder:
             continue  # only ZITADEL knows it: its notice comes from findings
         new.extend(_isolated(session, key, now, partial(
             _key_alerts, session, config, key, by_principal[key.principal], now, known,
@@ -192,10 +193,10 @@ def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key]
     if successor is not None:
         return _rotated(session, config, key, successor, now, known)
     if key.expires_at is None:
-        alert = _emit(session, config, key, "untracked", "unknown", "warning", now,
-                      _subject(key, "warning", "has no expiry date: not tracked"), known)
+        alert = _emit(session, config, key, AlertKind.UNTRACKED, "unknown", Severity.WARNING, now,
+                      _subject(key, Severity.WARNING, "has no expiry date: not tracked"), known)
         return [alert] if alert else []
-    store.resolve(session, known.unresolved(_about(key), ("untracked",)), now)
+    store.resolve(session, known.unresolved(_about(key), (AlertKind.UNTRACKED,)), now)
     out: list[Alert] = []
     if not is_never(key.expires_at):
         ladder_alert = _ladder(session, config, key, key.expires_at, now, known)
@@ -213,7 +214,7 @@ def _successor(key: Key, peers: Sequence[Key]) -> Key | None:
     is unknown, one first seen after it."""
     best: Key | None = None
     for peer in peers:
-        if peer.key_id == key.key_id or peer.status != "active" or peer.expires_at is None:
+        if peer.key_id == key.key_id or peer.status != KeyStatus.ACTIVE or peer.expires_at is None:
             continue
         if key.expires_at is not None:
             later = peer.expires_at > key.expires_at
@@ -247,8 +248,8 @@ def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
 
 def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime) -> str:
     """``[keyd CRITICAL] key 29… of user 29… expires in 1 day``."""
-    if rung.kind == "expired":
-        return _subject(key, "critical", "has expired")
+    if rung.kind == AlertKind.EXPIRED:
+        return _subject(key, Severity.CRITICAL, "has expired")
     return _subject(key, rung.severity, f"expires in {time_left(seconds_until(expires_at, now))}")
 
 
@@ -260,16 +261,16 @@ def _rotated(session: Session, config: Config, key: Key, successor: Key,
     store.resolve(session, open_alerts, now)
     extra = {"replaced_by": {"key_id": successor.key_id,
                              "expires_at": _iso(successor.expires_at)}}
-    alert = _emit(session, config, key, "rotated", "rotated", "info", now,
-                  _subject(key, "info", f"was replaced by key {successor.key_id}"), known, extra)
+    alert = _emit(session, config, key, AlertKind.ROTATED, "rotated", Severity.INFO, now,
+                  _subject(key, Severity.INFO, f"was replaced by key {successor.key_id}"), known, extra)
     return [alert] if alert else []
 
 
 def _rejected(session: Session, config: Config, key: Key, now: datetime,
               known: AlertIndex, *, removed: bool = False) -> Alert | None:
     dead = key.expires_at is not None and now >= key.expires_at
-    if key.status != "rejected" or dead:
-        store.resolve(session, known.unresolved(_about(key), ("rejected",)), now)
+    if key.status != KeyStatus.REJECTED or dead:
+        store.resolve(session, known.unresolved(_about(key), (AlertKind.REJECTED,)), now)
         return None
     episode = f"ok@{isoformat_z(key.last_ok_at)}" if key.last_ok_at else "never-ok"
     extra = {"error": scrub(key.last_error or ""), "outcome": key.last_probe_outcome,
@@ -277,8 +278,8 @@ def _rejected(session: Session, config: Config, key: Key, now: datetime,
     what = ("was removed in ZITADEL; its key file remains" if removed  # a zitadel source
             else "is rejected by the issuer")
     extra["diagnosis"] = "removed" if removed else None
-    return _emit(session, config, key, "rejected", episode, "critical", now,
-                 _subject(key, "critical", what), known, extra)
+    return _emit(session, config, key, AlertKind.REJECTED, episode, Severity.CRITICAL, now,
+                 _subject(key, Severity.CRITICAL, what), known, extra)
 
 
 # -- issuer episodes ----------------------------------------------------------
@@ -291,7 +292,7 @@ def _issuer_alerts(session: Session, config: Config, now: datetime,
     out: list[Alert] = []
     since = store.issuer_outage(session)
     if since is not None and now - since >= after:
-        alert = _emit_issuer(session, config, "unavailable", since, "warning", now,
+        alert = _emit_issuer(session, config, AlertKind.UNAVAILABLE, since, Severity.WARNING, now,
                              f"[keyd WARNING] issuer {url} unavailable for "
                              f"{format_duration(now - since)}", {"since": isoformat_z(since)}, known)
         out.extend([alert] if alert else [])
@@ -299,11 +300,11 @@ def _issuer_alerts(session: Session, config: Config, now: datetime,
     if recovery is not None:
         start, until = recovery
         threshold = isoformat_z(start)
-        alerted = known.exists(ISSUER, "unavailable", threshold)
+        alerted = known.exists(ISSUER, AlertKind.UNAVAILABLE, threshold)
         if alerted or until - start >= after:
             store.resolve(session, known.unresolved(ISSUER,
-                                                    ("unavailable",)), now)
-            alert = _emit_issuer(session, config, "recovered", start, "info", now,
+                                                    (AlertKind.UNAVAILABLE,)), now)
+            alert = _emit_issuer(session, config, AlertKind.RECOVERED, start, Severity.INFO, now,
                                  f"[keyd INFO] issuer {url} is reachable again after "
                                  f"{format_duration(until - start)}",
                                  {"since": threshold, "until": isoformat_z(until)}, known)
@@ -353,9 +354,9 @@ def _insert(session: Session, config: Config, about: str, key_pk: int | None, ki
         return None
     targets: list[tuple[str, str]] = []
     if config.alerts.email is not None:
-        targets += [("email", a) for a in email_recipients(config.alerts.email, principal, sources)]
+        targets += [(Channel.EMAIL, a) for a in email_recipients(config.alerts.email, principal, sources)]
     if config.alerts.webhook is not None:
-        targets.append(("webhook", display_url(config.alerts.webhook.url)))
+        targets.append((Channel.WEBHOOK, display_url(config.alerts.webhook.url)))
     store.add_deliveries(session, alert.id, targets, now)
     if not targets:
         log.warning("alert %s has no delivery channel configured ([alerts.email] or "
@@ -367,12 +368,12 @@ def key_facts(key: Key, config: Config, now: datetime) -> dict[str, Any]:
     """What a message may say about a key. Never key material: the Key row
     holds none, and free text (``last_error``) is scrubbed by the caller."""
     view = evaluate(key.expires_at, now, config.timezone)
-    locations = sorted(key.locations, key=lambda loc: (loc.status != "present", loc.ref))
+    locations = sorted(key.locations, key=lambda loc: (loc.status != LocationStatus.PRESENT, loc.ref))
     return {
         "key_id": key.key_id, "principal": key.principal, "key_kind": key.kind,
         "fingerprint": key.fingerprint, "status": key.status,
         "expires_at": rfc3339_z(key.expires_at) if key.expires_at else None,
-        "never_expires": view.status == "never",
+        "never_expires": view.status == ExpiryStatus.NEVER,
         "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
         "timezone": config.timezone_name, "seconds_left": view.seconds_left,
         "days_left": view.days_left, "decided_at": isoformat_z(now),
@@ -387,7 +388,7 @@ def _about(key: Key) -> str:
 
 
 def _subject(key: Key, severity: str, what: str) -> str:
-    who = "app" if key.kind == "application" else "user"
+    who = "app" if key.kind == KeyKind.APPLICATION else "user"
     return f"[keyd {severity.upper()}] key {key.key_id} of {who} {key.principal} {what}"
 
 

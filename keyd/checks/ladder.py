@@ -25,14 +25,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final
 
 from keyd.checks.expiry import is_never
 from keyd.clock import utc
 from keyd.timeutil import isoformat_z, shift
-
-RungKind = Literal["expiring", "expired"]
-Severity = Literal["info", "warning", "critical"]
+from keyd.vocab import AlertKind, Severity
 
 EXPIRED: Final = "expired"
 # Severity by how close the expiry is (documented in the README's alerts section).
@@ -53,7 +51,7 @@ class Rung:
     threshold: str
     due_at: datetime
     before: timedelta
-    kind: RungKind
+    kind: AlertKind  # EXPIRING or EXPIRED
     severity: Severity
 
 
@@ -73,10 +71,10 @@ def rung_suffix(expires_at: datetime) -> str:
 
 def severity_for(before: timedelta) -> Severity:
     if before <= CRITICAL_WITHIN:
-        return "critical"
+        return Severity.CRITICAL
     if before <= WARNING_WITHIN:
-        return "warning"
-    return "info"
+        return Severity.WARNING
+    return Severity.INFO
 
 
 def ladder(expires_at: datetime, thresholds: Iterable[timedelta]) -> list[Rung]:
@@ -89,8 +87,9 @@ def ladder(expires_at: datetime, thresholds: Iterable[timedelta]) -> list[Rung]:
     suffix = rung_suffix(expires_at)
     befores = sorted({t for t in thresholds if t > timedelta(0)}, reverse=True)
     rungs = [Rung(threshold_label(b), threshold_label(b) + suffix, shift(expires_at, -b), b,
-                  "expiring", severity_for(b)) for b in befores]
-    rungs.append(Rung(EXPIRED, EXPIRED + suffix, expires_at, timedelta(0), "expired", "critical"))
+                  AlertKind.EXPIRING, severity_for(b)) for b in befores]
+    rungs.append(Rung(EXPIRED, EXPIRED + suffix, expires_at, timedelta(0), AlertKind.EXPIRED,
+                      Severity.CRITICAL))
     return rungs
 
 
