@@ -63,7 +63,7 @@ def _config(
 def _status(config: Path, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
     capsys.readouterr()
     assert main(["--config", str(config), "status", "--json"]) == 0
-    return list(json.loads(capsys.readouterr().out))
+    return list(json.loads(capsys.readouterr().out)["keys"])
 
 
 def test_text_the_database_cannot_store_is_one_invalid_location(
@@ -139,7 +139,7 @@ def test_go_zero_time_is_an_expired_key_not_a_traceback(
 
     zone = head.split('"')[1] if head else "UTC"
     assert main(["inspect", "--tz", zone, "--json", str(keys / "zero.json")]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = json.loads(capsys.readouterr().out)["keys"]
     assert row["status"] == "expired" and row["expires_at"].startswith("0001-01-01T")
 
     assert main(["--config", str(config), "check"]) == 2

@@ -32,12 +32,12 @@ def test_fractional_expiry_is_printed_as_it_is(
     config = write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys)
 
     assert main(["inspect", "--json", str(made.path)]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["expires_at"] == stamp
+    assert json.loads(capsys.readouterr().out)["keys"][0]["expires_at"] == stamp
     assert main(["--config", str(config), "scan"]) == 0
     capsys.readouterr()
     at = expires.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")  # 12:00:00, still usable
     assert main(["--config", str(config), "status", "--json", "--at", at]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = json.loads(capsys.readouterr().out)["keys"]
     assert row["expires_at"] == stamp and row["status"] == "active"
     assert row["seconds_left"] == 1
     assert main(["--config", str(config), "status"]) == 0
