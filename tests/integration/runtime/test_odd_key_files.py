@@ -140,7 +140,7 @@ def test_go_zero_time_is_an_expired_key_not_a_traceback(
     zone = head.split('"')[1] if head else "UTC"
     assert main(["inspect", "--tz", zone, "--json", str(keys / "zero.json")]) == 0
     (row,) = json.loads(capsys.readouterr().out)["keys"]
-    assert row["status"] == "expired" and row["expires_at"].startswith("0001-01-01T")
+    assert row["expiry_status"] == "expired" and row["expires_at"].startswith("0001-01-01T")
 
     assert main(["--config", str(config), "check"]) == 2
     out = capsys.readouterr().out
