@@ -93,12 +93,21 @@ class Publisher:
         """Write ``doc`` to ``stamp``'s location; True when written now,
         False when it held the new key already. Raises ``PublishConflict``
         or ``PublishError``; on either the location is unchanged."""
+        return self._at(stamp, doc, old_key_id, write=True)
+
+    def check(self, stamp: LocationStamp, doc: KeyDocument, old_key_id: str) -> bool:
+        """As ``publish`` without writing: True when the location still holds
+        what keyd scanned (would be written), False when it holds the new
+        key; raises ``PublishConflict`` otherwise."""
+        return self._at(stamp, doc, old_key_id, write=False)
+
+    def _at(self, stamp: LocationStamp, doc: KeyDocument, old_key_id: str, *, write: bool) -> bool:
         source = self.source(stamp)
         if isinstance(source, VaultSourceConfig):
-            return self._publish_vault(stamp, source, doc, old_key_id)
+            return self._publish_vault(stamp, source, doc, old_key_id, write)
         if source is None and not stamp.ref.startswith("/"):
             raise PublishError(stamp.ref, f"its source {stamp.source!r} is no longer configured")
-        return self._publish_file(Path(stamp.ref), stamp, doc, old_key_id)
+        return self._publish_file(Path(stamp.ref), stamp, doc, old_key_id, write)
 
     def read_location(self, stamp: LocationStamp) -> KeyFile | None:
         """The key at ``stamp``'s location now, or None when it holds none."""
@@ -113,7 +122,9 @@ class Publisher:
 
     # -- files ------------------------------------------------------------------
 
-    def _publish_file(self, path: Path, stamp: LocationStamp, doc: KeyDocument, old_key_id: str) -> bool:
+    def _publish_file(
+        self, path: Path, stamp: LocationStamp, doc: KeyDocument, old_key_id: str, write: bool
+    ) -> bool:
         try:
             before = os.stat(path)
             current = read_keyfile(path, tz=self.tz, validate="none")
@@ -126,6 +137,8 @@ class Publisher:
         if current.key_id == doc.key_id:
             return False
         _check_same(stamp, current, old_key_id)
+        if not write:
+            return True
         try:
             write_atomic(
                 path,
@@ -145,7 +158,8 @@ class Publisher:
         return self.vault.read(source.mount, _vault_path(stamp.ref, source))
 
     def _publish_vault(
-        self, stamp: LocationStamp, source: VaultSourceConfig, doc: KeyDocument, old_key_id: str
+        self, stamp: LocationStamp, source: VaultSourceConfig, doc: KeyDocument, old_key_id: str,
+        write: bool,
     ) -> bool:
         secret = self._vault_secret(stamp, source)
         if secret is None:
@@ -161,6 +175,8 @@ class Publisher:
                 stamp.ref, f"is at version {secret.version}, keyd scanned version {stamp.version}"
             )
         _check_same(stamp, current, old_key_id)
+        if not write:
+            return True
         data = _new_secret_data(secret.data, source.field, doc)
         assert self.vault is not None
         try:

@@ -6,7 +6,8 @@ and the error's exit code; a traceback only with ``--debug``.
 
 Commands live in modules by area; each exposes ``register(group)``:
 ``keys`` (inspect, jwt, mint), ``db``, ``inventory`` (scan, status),
-``probe``, ``alerts``, ``daemon`` (run, check, config check).
+``probe``, ``rotation`` (rotate, rotations), ``alerts``, ``daemon`` (run, check, config
+check).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import click
 
 from keyd import __version__
-from keyd.cli import alerts, daemon, db, inventory, keys, probe
+from keyd.cli import alerts, daemon, db, inventory, keys, probe, rotation
 from keyd.cli.common import AppContext
 from keyd.errors import EXIT_CONFIG, KeydError
 from keyd.log import setup_logging
@@ -54,7 +55,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool, debug: bool)
     setup_logging("text", "DEBUG" if debug else "WARNING")
 
 
-for _module in (keys, db, inventory, probe, alerts, daemon):
+for _module in (keys, db, inventory, probe, rotation, alerts, daemon):
     _module.register(cli)
 
 

@@ -28,11 +28,13 @@ from keyd.config import Config, VaultSourceConfig, ZitadelSourceConfig
 from keyd.errors import EXIT_OK, EXIT_UNAVAILABLE
 from keyd.inventory.scan import scan_all
 from keyd.report.render import line
+from keyd.report.rotations import rotation_lines
 from keyd.report.status import STATUS_SCHEMA, load_status, render_text, status_document
 from keyd.runtime.wiring import zitadel_key_apis
 from keyd.store.engine import make_engine
 from keyd.store.inventory import Engine
 from keyd.store.migrate import ensure_current
+from keyd.store.rotations import unfinished
 
 
 @contextmanager
@@ -102,10 +104,18 @@ def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
     at = parse_at(at_text, config.timezone, app(ctx).clock)
     with _database(config) as engine:
         report = load_status(engine, config, at)
+        rotations = unfinished(engine)
     if as_json:
         echo_json(STATUS_SCHEMA, status_document(report))
-    else:
-        click.echo(render_text(report))
+        return EXIT_OK
+    text = render_text(report)
+    enabled = config.rotation is not None and config.rotation.enabled
+    apps = [k.row.key_id for k in report.keys
+            if k.row.kind == "application" and k.row.status != "missing"]
+    lines = rotation_lines(rotations, apps, at, enabled=enabled)
+    if lines:
+        text += "\n\n" + "\n".join(["Rotations:", *(f"  {line(entry)}" for entry in lines)])
+    click.echo(text)
     return EXIT_OK
 
 

@@ -179,6 +179,15 @@ def _finish_config(root: Table, kw: dict[str, Any]) -> None:
     tokens = kw.get("tokens")
     if tokens is not None and kw.get("issuer") is None:
         root.fail("tokens", "token write-back needs an [issuer] section to mint tokens")
+    rotation = kw.get("rotation")
+    if rotation is not None and rotation.enabled:
+        if kw.get("issuer") is None:
+            root.fail("rotation", "rotation needs an [issuer] section (the key API's base URL, "
+                                  "and new keys are proven by minting a token)")
+        if rotation.credential is None:
+            root.fail("rotation.credential", "rotation needs keyd's own service-user key file: "
+                                             "set credential, or provide the systemd credential "
+                                             f"{CRED_ZITADEL_API_KEY}")
     names = [source.name for source in sources]
     for i, selector in enumerate(tokens.sources if tokens is not None else ()):
         # a plain word (no glob, no path) can only be a source name: catch typos

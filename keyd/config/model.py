@@ -89,6 +89,15 @@ class DirectorySourceConfig:
     name: str = key("str", doc='inventory name; default "directory:<path>"')
     path: Path = key("path", required="is required for a directory source", doc="directory holding key files")
     pattern: str = key("str", default="*.json", doc="glob of key files in path")
+    after_publish: tuple[str, ...] = key(
+        "list", default=(), nonempty=False, doc="argv run after a rotated key was written (no shell)"
+    )
+    after_publish_timeout: timedelta = key(
+        "duration",
+        default=timedelta(seconds=30),
+        high=timedelta(hours=1),
+        doc="kill after_publish after this",
+    )
     type: str = key("str", default="directory", doc="kind of source")
 
 
@@ -104,6 +113,15 @@ class VaultSourceConfig:
         doc="every secret under this path is a key file",
     )
     field: str = key("str", default="keyfile", doc="secret field holding the key-file JSON")
+    after_publish: tuple[str, ...] = key(
+        "list", default=(), nonempty=False, doc="argv run after a rotated key was written (no shell)"
+    )
+    after_publish_timeout: timedelta = key(
+        "duration",
+        default=timedelta(seconds=30),
+        high=timedelta(hours=1),
+        doc="kill after_publish after this",
+    )
     type: str = key("str", default="vault", doc="kind of source")
 
 
@@ -274,6 +292,46 @@ class RotationConfig:
         check=checks.key_file_path,
         doc="key file of keyd's own service user for ZITADEL's API",
     )
+    enabled: bool = key("bool", default=True, doc="rotate due keys; false: the credential only lists")
+    before: timedelta = key(
+        "duration", default=timedelta(days=30), doc="rotate when this much lifetime is left"
+    )
+    lifetime: timedelta = key(
+        "duration",
+        default=timedelta(days=90),
+        low=timedelta(days=2),
+        doc="validity of a new key; it expires at 00:00 at the start of a day in timezone",
+    )
+    overlap: timedelta = key(
+        "duration",
+        default=timedelta(days=7),
+        positive=False,
+        low=timedelta(0),
+        doc="the old key stays registered this long after the new one is published",
+    )
+    retire: bool = key("bool", default=True, doc="remove the old key from ZITADEL after the overlap")
+    algorithm: str = key(
+        "str",
+        default="rsa-2048",
+        choices=("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256"),
+        doc="key type of new keys",
+    )
+    principals: tuple[str, ...] = key(
+        "list", default=(), nonempty=False, doc="only these service users; empty = all"
+    )
+    sources: tuple[str, ...] = key(
+        "list", default=(), nonempty=False, doc="only keys of these sources (names or globs)"
+    )
+    rotate_never_expiring: timedelta | None = key(
+        "duration", default=None, doc="rotate never/unknown-expiry keys this long after first seen"
+    )
+    recheck: timedelta = key(
+        "duration",
+        default=timedelta(minutes=1),
+        low=_SECOND,
+        high=timedelta(days=1),
+        doc="how often a published rotation checks whether the old key may retire",
+    )
 
 
 @section
@@ -311,6 +369,7 @@ class DaemonConfig:
     evaluate_interval: timedelta = _tick(timedelta(minutes=1), "decide alerts")
     probe_tick: timedelta = _tick(timedelta(seconds=30), "probe keys that are due")
     tokens_tick: timedelta = _tick(timedelta(seconds=30), "refresh tokens that are due")
+    rotate_tick: timedelta = _tick(timedelta(seconds=30), "plan and advance key rotations")
     outbox_tick: timedelta = _tick(timedelta(seconds=30), "send pending deliveries")
     prune_interval: timedelta = _tick(timedelta(hours=6), "delete old probe history")
     control_interval: timedelta = _tick(timedelta(seconds=5), "leadership, watchdog")
@@ -323,6 +382,7 @@ class DaemonConfig:
             "evaluate": self.evaluate_interval.total_seconds(),
             "probe": self.probe_tick.total_seconds(),
             "tokens": self.tokens_tick.total_seconds(),
+            "rotate": self.rotate_tick.total_seconds(),
             "outbox": self.outbox_tick.total_seconds(),
             "prune": self.prune_interval.total_seconds(),
             "metrics": self.metrics_interval.total_seconds(),

@@ -48,6 +48,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from keyd.store import rotations as rotation_store
 from keyd.store import snapshot
 from keyd.store.keys import KeyRecord
 from keyd.store.snapshot import Engine
@@ -199,7 +200,8 @@ def _render(families: Iterable[Metric], encoder: Callable[[CollectorRegistry], b
 def _inventory(engine: Engine, per_key: bool) -> list[Metric]:
     families = [*_key_families(snapshot.key_series(engine)),
                 *_aggregate_families(snapshot.aggregates(engine)),
-                _source_family(snapshot.sources(engine))]
+                _source_family(snapshot.sources(engine)),
+                *_rotation_families(engine)]
     if per_key:
         families += [*_key_detail(snapshot.keys(engine)), *_token_families(snapshot.tokens(engine))]
     return families
@@ -297,6 +299,29 @@ def _source_family(rows: list[snapshot.SourceSnapshot]) -> Metric:
     for row in _each(rows, "source"):
         family.add_metric([row.name], row.error_count)
     return family
+
+
+def _rotation_families(engine: Engine) -> list[Metric]:
+    """Rotations: outcomes (a counter from the append-only events), how many
+    are unfinished in each state, and when each unfinished or failed one was
+    planned (its age is ``time() -`` that; few series: finished ones drop out)."""
+    total = CounterMetricFamily("keyd_rotations", "Rotations that reached an outcome",
+                                labels=["outcome"])
+    for outcome, n in rotation_store.outcome_counts(engine).items():
+        total.add_metric([outcome], n)
+    rows = rotation_store.unfinished(engine)
+    by_state = GaugeMetricFamily("keyd_rotation_state", "Unfinished or failed rotations by state",
+                                 labels=["state"])
+    counts = {state: 0 for state in rotation_store.STATES if state != rotation_store.RETIRED}
+    started = GaugeMetricFamily("keyd_rotation_started_timestamp_seconds",
+                                "When each unfinished or failed rotation was planned",
+                                labels=["key_id", "principal", "state"])
+    for row in _each(rows, "rotation"):
+        counts[row.state] = counts.get(row.state, 0) + 1
+        started.add_metric([row.old_key_id, row.principal, row.state], row.planned_at.timestamp())
+    for state, n in counts.items():
+        by_state.add_metric([state], n)
+    return [total, by_state, started]
 
 
 def _each(rows: list[T], what: str) -> Iterator[T]:

@@ -5,10 +5,13 @@ stable JSON document (``schema: "keyd.check/1"``).
 Mapping (documented in the README):
 
 * CRITICAL: any present key expired (by the clock, whatever its status
-  column says), rejected by the issuer, or an invalid key file/secret.
+  column says), rejected by the issuer, or an invalid key file/secret; a
+  rotation that failed, or is stuck (not published an hour after its last
+  step, or three failed attempts in a row).
 * WARNING: any present key expiring within the *largest* alert threshold
   (default 30d): the first alert mail is on its way, so the monitor
-  agrees with the mailbox.
+  agrees with the mailbox; an old key still not retired a day after its
+  rotation's overlap ended.
 * UNKNOWN: no critical or warning signal, but a configured source failed
   its last scan, the issuer was unreachable, or a stage of the cycle
   failed: "all fine" cannot be claimed.
@@ -44,6 +47,7 @@ from keyd.runtime.wiring import Services
 from keyd.store import alerts as alert_store
 from keyd.store import snapshot
 from keyd.store.keys import KeyRecord
+from keyd.store.rotations import RotationSnapshot, unfinished
 from keyd.store.snapshot import LocationProblem, SourceSnapshot
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus
@@ -52,6 +56,9 @@ SCHEMA: Final = "keyd.check/1"
 EXIT_FOR: Final[dict[str, int]] = {CheckStatus.OK: EXIT_OK, CheckStatus.WARNING: EXIT_WARNING,
                                    CheckStatus.CRITICAL: EXIT_CRITICAL,
                                    CheckStatus.UNKNOWN: EXIT_UNKNOWN}
+ROTATION_STUCK: Final = timedelta(hours=1)  # planned … proven should take minutes
+ROTATION_STUCK_FAILURES: Final = 3
+ROTATION_RETIRE_LATE: Final = timedelta(days=1)
 COUNTERS: Final = ("keys", "expiring", "expired", "rejected", "invalid", "missing",
                    "source_errors", "unheld", "gone")
 
@@ -146,7 +153,8 @@ def judge(config: Config, at: datetime, keys: Sequence[KeyRecord],
           locations: Sequence[LocationProblem], sources: Sequence[SourceSnapshot],
           cycle: CycleReport | None = None, *,
           issuer_down_since: datetime | None = None, gone: frozenset[str] = frozenset(),
-          policy: Sequence[PolicyFinding] = ()) -> Verdict:
+          policy: Sequence[PolicyFinding] = (),
+          rotations: Sequence[RotationSnapshot] = ()) -> Verdict:
     """The verdict for this inventory at ``at`` (module docstring).
     ``issuer_down_since``: a stored outage to report when this cycle did
     not probe (dry run)."""
@@ -165,6 +173,8 @@ def judge(config: Config, at: datetime, keys: Sequence[KeyRecord],
         verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.INVALID,
                                         f"invalid key file {loc.ref} ({loc.source}): "
                                         f"{_clean(loc.error)}", ref=loc.ref))
+    for rotation in rotations:
+        _judge_rotation(verdict, rotation, at)
     _judge_unknowns(verdict)
     if issuer_down_since is not None:
         verdict.problems.append(Problem(
@@ -213,6 +223,27 @@ def _judge_key(verdict: Verdict, key: KeyRecord, at: datetime, warn: timedelta,
             CheckStatus.WARNING, ExpiryStatus.EXPIRING,
             f"{who} expires at {rfc3339_z(view.expires_at)} (in {_left(view.seconds_left)}, "
             f"last usable day {view.last_usable_day}){where}", **common))
+
+
+def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> None:
+    """A failed or stuck rotation is CRITICAL; a published one that should
+    have retired long ago a WARNING (README "Rotation")."""
+    who = f"rotation of key {row.old_key_id} ({row.principal})"
+    common: dict[str, Any] = {"key_id": row.old_key_id, "principal": row.principal}
+    if row.state == "failed":
+        verdict.problems.append(Problem(CheckStatus.CRITICAL, "rotation", f"{who} failed at "
+                                        f"{row.failed_step}: {_clean(row.last_error)}", **common))
+    elif row.state != "published" and (at - row.updated_at > ROTATION_STUCK
+                                        or row.failures >= ROTATION_STUCK_FAILURES):
+        verdict.problems.append(Problem(
+            CheckStatus.CRITICAL, "rotation", f"{who} stuck in state {row.state} since "
+            f"{isoformat_z(row.updated_at)} ({row.failures} failure(s)): "
+            f"{_clean(row.last_error)}", **common))
+    elif row.state == "published" and row.retire_after is not None \
+            and at - row.retire_after > ROTATION_RETIRE_LATE:
+        verdict.problems.append(Problem(
+            CheckStatus.WARNING, "rotation", f"{who}: the old key is not retired yet "
+            f"({_clean(row.last_error)})", **common))
 
 
 def _judge_unknowns(verdict: Verdict) -> None:
@@ -268,7 +299,8 @@ def _verdict_from_db(services: Services, report: CycleReport) -> Verdict:
     gone, policy = _zitadel_findings(services, now)
     return judge(services.config, now, snapshot.keys(engine),
                  snapshot.location_problems(engine), snapshot.sources(engine), report,
-                 issuer_down_since=_stored_outage(services, report), gone=gone, policy=policy)
+                 issuer_down_since=_stored_outage(services, report), gone=gone, policy=policy,
+                 rotations=unfinished(engine))
 
 
 def _zitadel_findings(services: Services, now: datetime

@@ -52,7 +52,8 @@ from keyd.store.migrate import ensure_current
 log = logging.getLogger(__name__)
 
 #: How often each stage's tick looks for due work (seconds).
-DEFAULT_INTERVALS = {"scan": 300.0, "evaluate": 60.0, "probe": 30.0, "tokens": 30.0,
+DEFAULT_INTERVALS = {"scan": 300.0, "evaluate": 60.0, "probe": 30.0, "rotate": 30.0,
+                     "tokens": 30.0,
                      "outbox": 30.0, "prune": 6 * 3600.0, "metrics": 15.0}
 
 

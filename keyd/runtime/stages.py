@@ -1,6 +1,6 @@
 """The cycle's stages, composed from the stage modules (DESIGN.md §1):
 
-scan → evaluate (alert ladder) → probe → tokens (write-back) → outbox,
+scan → evaluate (alert ladder) → probe → rotate → tokens (write-back) → outbox,
 plus ``prune`` (daemon only). Each adapter takes ``Services``, does its
 stage in its own transaction(s) and returns that stage's report. Stages
 whose feature is not configured are left out (no issuer: no probe; no
@@ -21,6 +21,7 @@ from typing import Final
 from keyd.actions.alerts import evaluate_alerts
 from keyd.actions.deliver import DrainReport, drain_outbox
 from keyd.actions.probe import plan_probes, probe_due
+from keyd.actions.rotate import RotationReport, plan_rotations, rotate_due
 from keyd.actions.tokens import TokenReport, plan_lines, refresh_tokens
 from keyd.checks.probe import ProbeReport
 from keyd.inventory.scan import ScanReport, scan_all
@@ -43,6 +44,8 @@ def cycle_stages(services: Services) -> list[Stage]:
     stages = [Stage("scan", scan), Stage("evaluate", evaluate)]
     if services.probe is not None:
         stages.append(Stage("probe", probe, side_effects=True, plan=probe_plan))
+    if services.rotation is not None:
+        stages.append(Stage("rotate", rotate, side_effects=True, plan=rotate_plan))
     if services.tokens is not None:
         stages.append(Stage("tokens", tokens, side_effects=True, plan=tokens_plan))
     stages.append(Stage("outbox", outbox, side_effects=True, plan=outbox_plan))
@@ -102,6 +105,17 @@ def probe_plan(services: Services) -> Sequence[str]:
     """The due keys a probe round would contact the issuer for (none is)."""
     assert services.config.issuer is not None
     return plan_probes(services.engine, services.config.issuer.url, services.clock.now())
+
+
+def rotate(services: Services) -> RotationReport:
+    assert services.rotation is not None
+    return rotate_due(services.engine, services.rotation, services.clock.now())
+
+
+def rotate_plan(services: Services) -> Sequence[str]:
+    """The rotations a round would start or continue (nothing reaches ZITADEL)."""
+    assert services.rotation is not None
+    return plan_rotations(services.engine, services.rotation.policy, services.clock.now())
 
 
 def tokens(services: Services) -> TokenReport:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from keyd.actions.probe import ProbeServices, build_probe_services
+from keyd.actions.rotation_services import RotationServices, build_rotation_services
 from keyd.actions.tokens import TokenServices, build_token_services
 from keyd.checks.apitoken import key_api_for
 from keyd.clients.issuer import IssuerClient
@@ -50,6 +51,7 @@ class Services:
     probe: ProbeServices | None = None  # with [issuer]
     tokens: TokenServices | None = None  # with [tokens], [issuer] and [vault]
     key_apis: dict[str, ZitadelKeyAPI] = field(default_factory=dict)  # zitadel sources, by name
+    rotation: RotationServices | None = None  # with [rotation] enabled (and [issuer])
     owned: bool = True  # False for dry-run copies: the original closes the parts
     owns_engine: bool = True  # False once a reloaded Services took the engine over
 
@@ -67,6 +69,8 @@ class Services:
         if self.webhook is not None:
             parts.append(("webhook", self.webhook.close))
         parts += [(f"source {name}", api.close) for name, api in self.key_apis.items()]
+        if self.rotation is not None:
+            parts.append(("ZITADEL key API", self.rotation.close))
         for name, close in parts:
             try:
                 close()
@@ -98,6 +102,11 @@ def build_services(config: Config, clock: Clock, *, engine: Engine | None = None
                 timeout=config.issuer.timeout.total_seconds(),
                 max_connections=max(config.issuer.concurrency, 1))
             services.probe = build_probe_services(config, clock, services.issuer, services.vault)
+        rotation = config.rotation
+        if rotation is not None and rotation.enabled and services.issuer is not None:
+            assert services.probe is not None
+            services.rotation = build_rotation_services(config, clock, services.issuer,
+                                                        services.probe, services.vault)
         if config.tokens is not None:  # ConfigError here if [issuer] or [vault] is missing
             if services.issuer is None or services.probe is None:
                 raise ConfigError("tokens", "token write-back needs an [issuer] section")

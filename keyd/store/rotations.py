@@ -22,8 +22,10 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from keyd.store.alerts import add_deliveries, insert_alert
 from keyd.store.models import Event, Key, KeyLocation, Probe, Rotation
 from keyd.vocab import KeyKind, KeyStatus
+from keyd.store.tokens import AlertSpec
 
 PLANNED, REGISTERED, PROVEN, PUBLISHED = "planned", "registered", "proven", "published"
 RETIRED, FAILED = "retired", "failed"
@@ -228,11 +230,13 @@ def transition(
     now: datetime,
     event: str | None = None,
     detail: Mapping[str, Any] | None = None,
+    alert: AlertSpec | None = None,
     **changes: Any,
 ) -> RotationRow | None:
     """Compare-and-set ``current`` (same state and attempt) to ``changes``
-    with one ``events`` row (``rotation.<event or new state>``); None when
-    the row moved on meanwhile (another daemon, an operator)."""
+    with one ``events`` row (``rotation.<event or new state>``) and, if
+    given, ``alert`` with its outbox rows, all in one transaction; None
+    when the row moved on meanwhile (another daemon, an operator)."""
     unknown = set(changes) - _COLUMNS
     if unknown:
         raise ValueError(f"not rotation columns: {sorted(unknown)}")
@@ -255,7 +259,26 @@ def transition(
         kind = event or row.state
         if kind != current.state or event is not None:
             _event(session, now, row, kind, dict(detail or {}))
+        if alert is not None:
+            _alert(session, row, alert, now)
         return RotationRow.of(row)
+
+
+def _alert(session: Session, row: Rotation, alert: AlertSpec, now: datetime) -> None:
+    created = insert_alert(
+        session,
+        fingerprint=alert.fingerprint,
+        key_pk=row.old_key_pk,
+        kind=alert.kind,
+        threshold=alert.threshold,
+        severity=alert.severity,
+        created_at=now,
+        message_id=alert.message_id,
+        subject=alert.subject,
+        context=alert.context,
+    )
+    if created is not None:
+        add_deliveries(session, created.id, alert.targets, now)
 
 
 def get(engine: Engine, old_key_id: str) -> RotationRow | None:
@@ -268,7 +291,7 @@ def open_rotations(engine: Engine, now: datetime | None = None) -> list[Rotation
     """Rotations not finished (``now``: only those whose next attempt is due)."""
     query = select(Rotation).where(Rotation.state.in_(OPEN_STATES))
     if now is not None:
-        query = query.where(or_(Rotation.next_attempt_at.is_(None), Rotation.next_attempt_at <= now))
+        query = query.where(Rotation.next_attempt_at <= now)
     with Session(engine) as session:
         return [RotationRow.of(r) for r in session.scalars(query.order_by(Rotation.id))]
 
@@ -287,6 +310,14 @@ def history(engine: Engine, old_key_id: str) -> list[tuple[datetime, str, str | 
             .order_by(Event.id)
         )
         return [(r.at, r.kind, r.detail) for r in rows]
+
+
+def new_key_ids(engine: Engine, key_ids: Sequence[str]) -> set[str]:
+    """Which of ``key_ids`` some rotation registered as its new key."""
+    if not key_ids:
+        return set()
+    with Session(engine) as session:
+        return set(session.scalars(select(Rotation.new_key_id).where(Rotation.new_key_id.in_(key_ids))))
 
 
 def known_key_ids(engine: Engine, key_ids: Sequence[str]) -> set[str]:
@@ -326,3 +357,61 @@ def state_counts(engine: Engine) -> dict[str, int]:
     with Session(engine) as session:
         rows = session.execute(select(Rotation.state, func.count()).group_by(Rotation.state))
         return {state: int(n) for state, n in rows}
+
+
+#: events counted by ``keyd_rotations_total{outcome}`` (append-only, so monotonic)
+OUTCOMES: Final = ("published", "retired", "failed", "blocked", "restarted")
+
+
+def outcome_counts(engine: Engine) -> dict[str, int]:
+    """How many rotations reached each of ``OUTCOMES``, from the events."""
+    kinds = [f"rotation.{o}" for o in OUTCOMES]
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Event.kind, func.count()).where(Event.kind.in_(kinds)).group_by(Event.kind)
+        )
+        found = {kind.removeprefix("rotation."): int(n) for kind, n in rows}
+    return {o: found.get(o, 0) for o in OUTCOMES}
+
+
+@dataclass(frozen=True)
+class RotationSnapshot:
+    old_key_id: str
+    principal: str
+    state: str
+    planned_at: datetime
+    updated_at: datetime
+    failed_step: str | None
+    last_error: str | None
+    retire_after: datetime | None
+    failures: int
+
+
+def unfinished(engine: Engine) -> list[RotationSnapshot]:
+    """Open and failed rotations (for ``keyd status``/``check`` and metrics)."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(
+                Rotation.old_key_id,
+                Rotation.principal,
+                Rotation.state,
+                Rotation.planned_at,
+                Rotation.updated_at,
+                Rotation.failed_step,
+                Rotation.last_error,
+                Rotation.retire_after,
+                Rotation.failures,
+            )
+            .where(Rotation.state.in_((*OPEN_STATES, FAILED)))
+            .order_by(Rotation.id)
+        )
+        return [RotationSnapshot(*row) for row in rows]
+
+
+def rearm_probe(engine: Engine, key_id: str, now: datetime) -> None:
+    """Probe ``key_id`` at the next probe tick (a key just published must
+    show a probe after publishing before the old one is retired)."""
+    with Session(engine) as session, session.begin():
+        session.execute(
+            update(Key).where(Key.key_id == key_id, Key.status == "active").values(next_probe_at=now)
+        )

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from keyd.store.alerts import OPEN_STATES
 from keyd.store.keys import KEY_COLUMNS, LOCATION_COLUMNS, KeyRecord, key_record
-from keyd.store.models import Delivery, Key, KeyLocation, SourceState, TokenSink
+from keyd.store.models import Delivery, Key, KeyLocation, Rotation, SourceState, TokenSink
 from keyd.vocab import LocationStatus
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ def change_marker(engine: Engine) -> tuple[object, ...]:
                                      func.sum(SourceState.error_count))).one()
         deliveries = conn.execute(select(func.count()).select_from(Delivery).where(
             Delivery.state.in_(("pending", "failed")))).scalar_one()
-    return (*keys, *sinks, *states, deliveries)
+        rotations = conn.execute(select(func.count(), func.max(Rotation.updated_at))).one()
+    return (*keys, *sinks, *states, deliveries, *rotations)
 
 
 def _utc(value: Any) -> datetime | None:

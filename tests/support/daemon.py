@@ -47,12 +47,14 @@ class Notifications:
 
 
 def start_keyd(config: Path, notes: Notifications, log: Path, *,
-               watchdog_usec: int = 1_500_000) -> subprocess.Popen[bytes]:
-    """``keyd --config CONFIG run`` with NOTIFY_SOCKET and WATCHDOG_USEC set."""
+               watchdog_usec: int = 1_500_000,
+               command: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """``keyd --config CONFIG run`` with NOTIFY_SOCKET and WATCHDOG_USEC set
+    (``command`` instead of ``python -m keyd.cli``, e.g. a crash-point wrapper)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYD_", "VAULT_", "BAO_"))}
     env.update(NOTIFY_SOCKET=str(notes.path), WATCHDOG_USEC=str(watchdog_usec))
     with log.open("wb") as out:
-        return subprocess.Popen([*KEYD, "--config", str(config), "run"], env=env,
+        return subprocess.Popen([*(command or KEYD), "--config", str(config), "run"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -78,6 +80,7 @@ scan_interval = "1s"
 evaluate_interval = "1s"
 probe_tick = "1s"
 tokens_tick = "1s"
+rotate_tick = "1s"
 outbox_tick = "1s"
 control_interval = "1s"
 """

@@ -434,11 +434,15 @@ def test_daemon_intervals(tmp_path: Path) -> None:
 def test_rotation_credential_is_a_path_or_the_systemd_credential(tmp_path: Path) -> None:
     keyfile = tmp_path / "keyd-sa.json"
     keyfile.write_text("{}")
-    path = write(tmp_path, f'[rotation]\ncredential = "{keyfile}"\n')
+    path = write(tmp_path, f'[rotation]\nenabled = false\ncredential = "{keyfile}"\n')
     config = load_config(path, creds(tmp_path, zitadel_api_key="{}"))
     assert config.rotation is not None and config.rotation.credential == keyfile  # file first
-    config = load_config(write(tmp_path, "[rotation]\n"), {})
+    config = load_config(write(tmp_path, "[rotation]\nenabled = false\n"), {})
     assert config.rotation is not None and config.rotation.credential is None
+    with pytest.raises(ConfigError, match="rotation.credential: rotation needs keyd's own"):
+        load_config(write(tmp_path, '[issuer]\nurl = "https://z.example"\n[rotation]\n'), {})
+    with pytest.raises(ConfigError, match=r"rotation: rotation needs an \[issuer\]"):
+        load_config(write(tmp_path, f'[rotation]\ncredential = "{keyfile}"\n'), {})
     with pytest.raises(ConfigError, match="rotation.credential: .*does not exist"):
         load_config(write(tmp_path, '[rotation]\ncredential = "nope.json"\n'), {})
     inline = '[rotation]\ncredential = """{"type": "serviceaccount", "key": "-----BEGIN"}"""\n'

@@ -1,0 +1,46 @@
+"""Rotation lines for ``keyd status`` (README "Rotation"): every unfinished
+or failed rotation, and the application keys keyd does not rotate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from keyd.report import render
+from keyd.store.rotations import RotationSnapshot
+from keyd.timeutil import isoformat_z
+
+_STEP = {
+    "planned": "registering a new key",
+    "registered": "proving the new key",
+    "proven": "publishing the new key",
+    "published": "new key published",
+}
+
+
+def rotation_lines(
+    rows: Sequence[RotationSnapshot], application_keys: Sequence[str], at: datetime, *, enabled: bool
+) -> list[str]:
+    """One line per rotation, one for the application keys; empty when
+    there is nothing to say."""
+    lines: list[str] = []
+    for row in rows:
+        who = f"key {row.old_key_id} ({row.principal})"
+        if row.state == "failed":
+            text = f"{who}: FAILED at {row.failed_step}: {render.shorten(row.last_error or '', 160)}"
+        else:
+            text = f"{who}: {row.state}, {_STEP.get(row.state, row.state)}"
+            if row.state == "published" and row.retire_after is not None:
+                text += f"; old key retired from {isoformat_z(row.retire_after)}"
+            if row.last_error:
+                text += f" ({render.shorten(row.last_error, 120)})"
+        lines.append(f"{text} (since {render.ago(row.planned_at, at)})")
+    if application_keys:
+        shown = ", ".join(application_keys[:5]) + (" …" if len(application_keys) > 5 else "")
+        lines.append(
+            f"{len(application_keys)} application key(s) not rotated (ZITADEL's "
+            f"app-key API; expiry alerts only): {shown}"
+        )
+    if not enabled and not rows:
+        return []
+    return lines
