@@ -77,6 +77,8 @@ class AlertKind(StrEnum):
     UNTRACKED = "untracked"
     UNHELD = "unheld"  # ZITADEL lists a key no location holds
     POLICY = "policy"  # never-expiring, too long a lifetime, too many keys per user
+    ROTATION_FAILED = "rotation_failed"  # keyd's rotation of a key failed
+    ROTATION_BLOCKED = "rotation_blocked"  # a conflict or a missing permission stops it
     TEST = "test"
 
 

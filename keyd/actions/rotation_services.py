@@ -19,7 +19,13 @@ from keyd.checks.rotation import RotationPolicy
 from keyd.clients.issuer import IssuerClient
 from keyd.clients.zitadel import ZitadelKeyAPI
 from keyd.clock import Clock
-from keyd.config import AlertsConfig, Config, SourceConfig
+from keyd.config import (
+    AlertsConfig,
+    Config,
+    DirectorySourceConfig,
+    SourceConfig,
+    VaultSourceConfig,
+)
 from keyd.errors import ConfigError
 from keyd.retry import Random, backoff_delay
 from keyd.sources.keyfile import KeyFile
@@ -108,7 +114,11 @@ def probe_prover(probe: ProbeServices, policy: RotationPolicy) -> Prover:
 
 def hooks_of(sources: Sequence[SourceConfig]) -> dict[str, Hook]:
     """The ``after_publish`` hook of every source that has one."""
-    return {s.name: Hook(tuple(s.after_publish), s.after_publish_timeout) for s in sources if s.after_publish}
+    return {
+        s.name: Hook(tuple(s.after_publish), s.after_publish_timeout)
+        for s in sources
+        if isinstance(s, DirectorySourceConfig | VaultSourceConfig) and s.after_publish
+    }
 
 
 def build_rotation_services(

@@ -35,7 +35,6 @@ removed from ``published``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -466,12 +465,11 @@ def rotation_alert(
     severity: str,
     now: datetime,
     extra: dict[str, Any] | None,
-) -> AlertSpec | None:
-    """The alert for a rotation event, with its outbox targets."""
+) -> AlertSpec:
+    """The alert for a rotation event, with its outbox targets (the row is
+    recorded without a channel too: ``keyd check`` and the status page see it)."""
     alerts = services.alerts
-    if alerts is None or (alerts.email is None and alerts.webhook is None):
-        return None
-    fingerprint = "rotation:" + hashlib.sha256(row.old_key_id.encode()).hexdigest()[:40]
+    about = f"rotation:{row.old_key_id}"
     threshold = (
         row.new_key_id or "-"
         if kind == "rotated"
@@ -480,9 +478,9 @@ def rotation_alert(
     targets = row.target_stamps()
     sources = [t.source for t in targets]
     to: list[tuple[str, str]] = []
-    if alerts.email is not None:
+    if alerts is not None and alerts.email is not None:
         to += [("email", a) for a in email_recipients(alerts.email, row.principal, sources)]
-    if alerts.webhook is not None:
+    if alerts is not None and alerts.webhook is not None:
         to.append(("webhook", alerts.webhook.url))
     what = {
         "rotated": f"was rotated: key {row.new_key_id} replaces it",
@@ -506,11 +504,11 @@ def rotation_alert(
         **(extra or {}),
     }
     return AlertSpec(
-        fingerprint=fingerprint,
+        about=about,
         kind=kind,
         threshold=threshold[:64],
         severity=severity,
-        message_id=message_id(fingerprint, kind, threshold),
+        message_id=message_id(about, kind, threshold),
         subject=subject,
         context=context,
         targets=to,

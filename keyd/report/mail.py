@@ -137,9 +137,17 @@ def _block(alert: AlertRecord) -> _Block:
                                     (_who(ctx).capitalize(), str(ctx.get("principal")))]
     facts += _expiry_facts(ctx)
     if alert.kind == AlertKind.ROTATED:
-        new = _mapping(ctx.get("replaced_by"))
+        new = _mapping(ctx.get("replaced_by")) or {"key_id": ctx.get("new_key_id"),
+                                                   "expires_at": ctx.get("new_expires_at")}
         facts.append(("Replaced by", f"key {new.get('key_id')} (expires "
                                      f"{new.get('expires_at') or 'unknown'})"))
+    if alert.kind in ROTATION_PROBLEMS:
+        facts.append(("Failed step", str(ctx.get("step"))))
+        facts.append(("Problem", str(ctx.get("problem"))))
+        if ctx.get("new_key_id"):
+            facts.append(("New key", f"{ctx.get('new_key_id')} ("
+                          f"{'removed again' if ctx.get('new_key_removed') else 'registered'}, "
+                          f"written to {ctx.get('locations_written', 0)} location(s))"))
     if alert.kind == AlertKind.REJECTED:
         facts.append(("Issuer said", str(ctx.get("error") or "key revoked or unknown")))
         facts.append(("Last probe", str(ctx.get("last_probe_at") or "?")))
@@ -209,9 +217,22 @@ def _console_steps(ctx: Mapping[str, Any]) -> str:
             "the key JSON")
 
 
+ROTATION_PROBLEMS = (AlertKind.ROTATION_FAILED, AlertKind.ROTATION_BLOCKED)
+
+
 def _todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
     key_id = ctx.get("key_id")
     where = "; ".join(str(loc.get("ref")) for loc in _locations(ctx)) or "its source"
+    if kind == AlertKind.ROTATED and ctx.get("new_key_id"):
+        return [f"Nothing to do: keyd rotated key {key_id}; key {ctx.get('new_key_id')} is in "
+                f"its place ({where}).", "`keyd rotations` shows the history."]
+    if kind in ROTATION_PROBLEMS:
+        return ["The old key is untouched and still registered; it keeps working until it "
+                "expires.",
+                "Fix the problem above (a location changed since keyd scanned it, keyd's "
+                "service user lacks user.write, a hook failed …), then run "
+                f"`keyd rotate {key_id}` to resume.",
+                "Or rotate by hand: " + _console_steps(ctx) + "."]
     if kind == AlertKind.ROTATED:
         return [f"Nothing urgent: key {key_id} has a successor. Remove the old key file "
                 f"({where}) once nothing uses it,",

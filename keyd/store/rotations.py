@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 
 from keyd.store.alerts import add_deliveries, insert_alert
 from keyd.store.models import Event, Key, KeyLocation, Probe, Rotation
-from keyd.vocab import KeyKind, KeyStatus
 from keyd.store.tokens import AlertSpec
+from keyd.vocab import KeyKind, KeyStatus
 
 PLANNED, REGISTERED, PROVEN, PUBLISHED = "planned", "registered", "proven", "published"
 RETIRED, FAILED = "retired", "failed"
@@ -267,7 +267,7 @@ def transition(
 def _alert(session: Session, row: Rotation, alert: AlertSpec, now: datetime) -> None:
     created = insert_alert(
         session,
-        fingerprint=alert.fingerprint,
+        about=alert.about,
         key_pk=row.old_key_pk,
         kind=alert.kind,
         threshold=alert.threshold,

@@ -23,13 +23,16 @@ from keyd.checks.apitoken import ApiTokenProvider
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.rotation import RotationPolicy
 from keyd.clients.issuer import IssuerClient
+from keyd.clients.vault import VaultClient
 from keyd.clients.zitadel import ZitadelKeyAPI
 from keyd.clock import SystemClock
-from keyd.config import Config, DirectorySourceConfig, IssuerConfig
+from keyd.config import Config, DirectorySourceConfig, IssuerConfig, VaultSourceConfig
 from keyd.inventory.scan import scan_all
 from keyd.sources.keyfile import read_keyfile
 from keyd.store import rotations as store
+from keyd.store.models import Alert
 from tests.support.issuer import IssuerServer
+from tests.support.keyrows import rows
 from tests.support.keys import make_key_file
 from tests.support.zitadel_api import make_api_user
 
@@ -85,6 +88,10 @@ class Setup:
         return {k.key_id for k in self.issuer.keys() if k.principal == user}
 
 
+def alerts(setup: Setup) -> list[tuple[str, str]]:
+    return [(a.kind, a.severity) for a in rows(setup.engine, Alert) if a.about.startswith("rotation:")]
+
+
 @pytest.fixture
 def setup(migrated_engine, issuer, tmp_path) -> Iterator[Setup]:
     s = Setup(migrated_engine, issuer, tmp_path)
@@ -119,6 +126,7 @@ def test_due_key_is_rotated_end_to_end(setup: Setup):
     row = rotate_key(setup.engine, setup.services(), old.key_id)
     assert row.state == "retired"
     assert setup.server_keys(old.principal) == {new.key_id}
+    assert alerts(setup) == [("rotated", "info")]
     kinds = [kind for _, kind, _ in store.history(setup.engine, old.key_id)]
     assert kinds == [
         "rotation.planned",
@@ -138,6 +146,7 @@ def test_no_permission_blocks_with_the_old_key_untouched(setup: Setup):
     [row] = rotate_due(setup.engine, setup.services(), setup.clock.now()).rows
     assert row.state == "failed" and row.failed_step == "permission"
     assert "user.write" in (row.last_error or "")
+    assert alerts(setup) == [("rotation_blocked", "critical")]
     assert old.path is not None and read_keyfile(old.path).key_id == old.key_id
     assert setup.server_keys(old.principal) == {old.key_id}
 
@@ -151,6 +160,7 @@ def test_failing_hook_ends_failed_and_keeps_the_old_key(setup: Setup, hook: str)
     [row] = rotate_due(setup.engine, setup.services(), setup.clock.now()).rows
     assert row.state == "failed" and row.failed_step == "hook"
     assert ("status 4" if hook == "fails" else "killed") in (row.last_error or "")
+    assert alerts(setup) == [("rotation_failed", "critical")]
     # published (the location mints) but the old key stays registered
     assert old.path is not None and read_keyfile(old.path).key_id == row.new_key_id
     assert setup.server_keys(old.principal) == {old.key_id, row.new_key_id}
@@ -169,6 +179,7 @@ def test_key_that_never_mints_is_removed_and_failed(setup: Setup):
     [row] = rotate_due(setup.engine, setup.services(), setup.clock.now()).rows
     setup.issuer.fail_mode = None
     assert row.state == "failed" and row.failed_step == "proof"
+    assert alerts(setup) == [("rotation_failed", "critical")]
     assert setup.server_keys(old.principal) == {old.key_id}  # the unproven key is gone again
     assert old.path is not None and read_keyfile(old.path).key_id == old.key_id
 
@@ -197,3 +208,32 @@ def test_policy_filters_and_disabled(setup: Setup):
         replace(setup.policy, sources=("/elsewhere/*",)),
     ):
         assert rotate_due(setup.engine, setup.services(policy=policy), setup.clock.now()).rows == []
+
+
+@pytest.mark.openbao
+def test_vault_secret_changed_since_scan_blocks_and_overwrites_nothing(
+    migrated_engine, issuer, tmp_path, openbao, kv_prefix
+):
+    setup = Setup(migrated_engine, issuer, tmp_path)
+    try:
+        old = make_key_file(None, register_with=issuer, expires_at=datetime.now(UTC) + timedelta(days=5))
+        issuer.key_api.add_user(old.principal)
+        path = f"{kv_prefix}/keys/app"
+        openbao.kv_put(path, {"keyfile": old.text})
+        source = VaultSourceConfig("vault", mount="secret", prefix=f"{kv_prefix}/keys")
+        setup.config = replace(setup.config, sources=(source,), vault=openbao.vault_config())
+        with VaultClient(openbao.vault_config(), setup.clock) as vault:
+            scan_all(setup.config, setup.engine, setup.clock, vault)
+            version = openbao.kv_put(path, {"keyfile": old.text, "edited": "by hand"})
+            services = setup.services()
+            services.publisher = Publisher(setup.config.sources, vault)
+            [row] = rotate_due(setup.engine, services, setup.clock.now()).rows
+            secret = vault.read("secret", path)
+        assert row.state == "failed" and row.failed_step == "conflict"
+        assert f"secret/{path}" in (row.last_error or "") and "not overwritten" in row.last_error
+        assert secret.version == version and secret.data["edited"] == "by hand"
+        assert setup.server_keys(old.principal) == {old.key_id}  # the new key was removed
+        assert alerts(setup) == [("rotation_blocked", "critical")]
+    finally:
+        setup.api.close()
+        setup.client.close()
