@@ -29,7 +29,7 @@ from keyd.config import (
 from keyd.errors import ConfigError
 from keyd.retry import Random, backoff_delay
 from keyd.sources.keyfile import KeyFile
-from keyd.store.probes import ProbeTarget
+from keyd.store.keys import KeyRecord
 
 
 class ListedKeyLike(Protocol):
@@ -83,7 +83,7 @@ def probe_prover(probe: ProbeServices, policy: RotationPolicy) -> Prover:
 
     def prove(keyfile: KeyFile) -> ProbeResult:
         services = replace(probe, load_key=lambda _target: keyfile, on_round=None)
-        target = ProbeTarget(
+        target = KeyRecord(
             pk=0,
             key_id=keyfile.key_id,
             kind=keyfile.kind,
@@ -91,9 +91,6 @@ def probe_prover(probe: ProbeServices, policy: RotationPolicy) -> Prover:
             status="active",
             content_hash=keyfile.content_hash,
             expires_at=keyfile.expires_at,
-            probe_failures=0,
-            next_probe_at=None,
-            locations=(),
         )
         result: ProbeResult | None = None
         for attempt in range(1, max(1, policy.prove_attempts) + 1):
