@@ -31,7 +31,8 @@ from keyd.store.migrate import ensure_current
 from keyd.store.rotations import FAILED, RotationRow
 from keyd.timeutil import isoformat_z
 
-SCHEMA = "keyd.rotations/v1"
+ROTATE_SCHEMA = "keyd.rotate/1"
+ROTATIONS_SCHEMA = "keyd.rotations/1"
 
 
 def row_json(row: RotationRow) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def render(row: RotationRow) -> str:
 @click.command("rotate")
 @click.argument("key_id")
 @click.option("--dry-run", "dry", is_flag=True, help="Say what would be done; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({ROTATE_SCHEMA}).")
 @click.pass_context
 def rotate_cmd(ctx: click.Context, key_id: str, dry: bool, as_json: bool) -> int:
     """Rotate KEY_ID now (ignoring rotation.before), or continue its rotation."""
@@ -108,7 +109,7 @@ def rotate_cmd(ctx: click.Context, key_id: str, dry: bool, as_json: bool) -> int
                 )
                 lines = plan_rotations(sandbox.engine, policy, state.clock.now(), key_id=key_id)
             if as_json:
-                echo_json({"schema": SCHEMA, "dry_run": True, "would": lines})
+                echo_json(ROTATE_SCHEMA, {"dry_run": True, "would": lines})
             else:
                 click.echo("\n".join(lines))
             return EXIT_OK
@@ -119,7 +120,7 @@ def rotate_cmd(ctx: click.Context, key_id: str, dry: bool, as_json: bool) -> int
     finally:
         services.close()
     if as_json:
-        echo_json({"schema": SCHEMA, **row_json(row)})
+        echo_json(ROTATE_SCHEMA, {"dry_run": False, "rotation": row_json(row)})
     else:
         click.echo(render(row))
     if row.state == FAILED:
@@ -128,7 +129,7 @@ def rotate_cmd(ctx: click.Context, key_id: str, dry: bool, as_json: bool) -> int
 
 
 @click.command("rotations")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({ROTATIONS_SCHEMA}).")
 @click.pass_context
 def rotations_cmd(ctx: click.Context, as_json: bool) -> int:
     """Every rotation: state, new key, and its history."""
@@ -142,21 +143,23 @@ def rotations_cmd(ctx: click.Context, as_json: bool) -> int:
         engine.dispose()
     if as_json:
         echo_json(
-            [
-                {
-                    "schema": SCHEMA,
-                    **row_json(row),
-                    "history": [
-                        {
-                            "at": isoformat_z(at),
-                            "event": kind.removeprefix("rotation."),
-                            "detail": json.loads(detail) if detail else None,
-                        }
-                        for at, kind, detail in history[row.old_key_id]
-                    ],
-                }
-                for row in rows
-            ]
+            ROTATIONS_SCHEMA,
+            {
+                "rotations": [
+                    {
+                        **row_json(row),
+                        "history": [
+                            {
+                                "at": isoformat_z(at),
+                                "event": kind.removeprefix("rotation."),
+                                "detail": json.loads(detail) if detail else None,
+                            }
+                            for at, kind, detail in history[row.old_key_id]
+                        ],
+                    }
+                    for row in rows
+                ]
+            },
         )
         return EXIT_OK
     if not rows:
