@@ -38,6 +38,7 @@ tests/unit/test_errors_tree.py keeps this list complete)::
     │   ├── DriverMissing
     │   ├── DatabaseUnusable
     │   ├── SchemaBehind
+    │   │   └── DatabaseMissing
     │   ├── SchemaAhead
     │   └── InventoryConflict         store/inventory.py
     ├── LockHeld
