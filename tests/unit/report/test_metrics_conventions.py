@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from keyd.report.http import ObservabilityServer
 from keyd.report.metrics import KeydMetrics
-from keyd.store.models import KeyLocation
+from keyd.store.models import KeyLocation, Rotation
 from keyd.vocab import ProbeOutcome
 from tests.unit.report.test_metrics import NOW, seed
 
@@ -36,6 +36,15 @@ def populated(engine: Engine, *, per_key: bool = True) -> KeydMetrics:
         s.add_all(
             [
                 KeyLocation(source="dir", ref="/k/a.json", status="present", first_seen=NOW, last_seen=NOW),
+                Rotation(
+                    old_key_id="k1",
+                    principal="user-k1",
+                    state="failed",
+                    reason="due",
+                    algorithm="RSA-2048",
+                    planned_at=NOW,
+                    updated_at=NOW,
+                ),
                 KeyLocation(
                     source="dir",
                     ref="/k/bad.json",
