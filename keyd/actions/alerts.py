@@ -47,10 +47,12 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from keyd.actions.decision import Decision
 from keyd.actions.findings import zitadel_alerts
 from keyd.checks.expiry import evaluate, is_never, seconds_until, time_left
 from keyd.checks.ladder import Rung, due_rungs, ladder, rung_suffix
@@ -193,8 +195,9 @@ def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key]
     if successor is not None:
         return _rotated(session, config, key, successor, now, known)
     if key.expires_at is None:
-        alert = _emit(session, config, key, AlertKind.UNTRACKED, "unknown", Severity.WARNING, now,
-                      _subject(key, Severity.WARNING, "has no expiry date: not tracked"), known)
+        alert = _emit(session, config, key, now, known, Decision(
+            AlertKind.UNTRACKED, "unknown", Severity.WARNING,
+            _subject(key, Severity.WARNING, "has no expiry date: not tracked")))
         return [alert] if alert else []
     store.resolve(session, known.unresolved(_about(key), (AlertKind.UNTRACKED,)), now)
     out: list[Alert] = []
@@ -237,8 +240,9 @@ def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
     rung = due_rungs(expires_at, config.alerts.thresholds, now, fired)
     if rung is None:
         return None
-    alert = _emit(session, config, key, rung.kind, rung.threshold, rung.severity, now,
-                  subject_for_expiry(key, rung, expires_at, now), known, {"rung": rung.label})
+    alert = _emit(session, config, key, now, known, Decision(
+        rung.kind, rung.threshold, rung.severity, subject_for_expiry(key, rung, expires_at, now),
+        {"rung": rung.label}))
     if alert is not None:  # the tighter rung supersedes the looser ones
         older = [a for a in known.unresolved(_about(key), LADDER_KINDS)
                  if a.id != alert.id]
@@ -261,8 +265,9 @@ def _rotated(session: Session, config: Config, key: Key, successor: Key,
     store.resolve(session, open_alerts, now)
     extra = {"replaced_by": {"key_id": successor.key_id,
                              "expires_at": _iso(successor.expires_at)}}
-    alert = _emit(session, config, key, AlertKind.ROTATED, "rotated", Severity.INFO, now,
-                  _subject(key, Severity.INFO, f"was replaced by key {successor.key_id}"), known, extra)
+    alert = _emit(session, config, key, now, known, Decision(
+        AlertKind.ROTATED, "rotated", Severity.INFO,
+        _subject(key, Severity.INFO, f"was replaced by key {successor.key_id}"), extra))
     return [alert] if alert else []
 
 
@@ -278,8 +283,9 @@ def _rejected(session: Session, config: Config, key: Key, now: datetime,
     what = ("was removed in ZITADEL; its key file remains" if removed  # a zitadel source
             else "is rejected by the issuer")
     extra["diagnosis"] = "removed" if removed else None
-    return _emit(session, config, key, AlertKind.REJECTED, episode, Severity.CRITICAL, now,
-                 _subject(key, Severity.CRITICAL, what), known, extra)
+    return _emit(session, config, key, now, known, Decision(
+        AlertKind.REJECTED, episode, Severity.CRITICAL, _subject(key, Severity.CRITICAL, what),
+        extra))
 
 
 # -- issuer episodes ----------------------------------------------------------
@@ -292,9 +298,10 @@ def _issuer_alerts(session: Session, config: Config, now: datetime,
     out: list[Alert] = []
     since = store.issuer_outage(session)
     if since is not None and now - since >= after:
-        alert = _emit_issuer(session, config, AlertKind.UNAVAILABLE, since, Severity.WARNING, now,
-                             f"[keyd WARNING] issuer {url} unavailable for "
-                             f"{format_duration(now - since)}", {"since": isoformat_z(since)}, known)
+        alert = _emit_issuer(session, config, now, known, Decision(
+            AlertKind.UNAVAILABLE, isoformat_z(since), Severity.WARNING,
+            f"[keyd WARNING] issuer {url} unavailable for {format_duration(now - since)}",
+            {"since": isoformat_z(since)}))
         out.extend([alert] if alert else [])
     recovery = store.issuer_last_recovery(session)
     if recovery is not None:
@@ -304,23 +311,21 @@ def _issuer_alerts(session: Session, config: Config, now: datetime,
         if alerted or until - start >= after:
             store.resolve(session, known.unresolved(ISSUER,
                                                     (AlertKind.UNAVAILABLE,)), now)
-            alert = _emit_issuer(session, config, AlertKind.RECOVERED, start, Severity.INFO, now,
-                                 f"[keyd INFO] issuer {url} is reachable again after "
-                                 f"{format_duration(until - start)}",
-                                 {"since": threshold, "until": isoformat_z(until)}, known)
+            alert = _emit_issuer(session, config, now, known, Decision(
+                AlertKind.RECOVERED, threshold, Severity.INFO,
+                f"[keyd INFO] issuer {url} is reachable again after "
+                f"{format_duration(until - start)}",
+                {"since": threshold, "until": isoformat_z(until)}))
             out.extend([alert] if alert else [])
     return out
 
 
-def _emit_issuer(session: Session, config: Config, kind: str, since: datetime, severity: str,
-                 now: datetime, subject: str, extra: Mapping[str, Any],
-                 known: AlertIndex) -> Alert | None:
+def _emit_issuer(session: Session, config: Config, now: datetime, known: AlertIndex,
+                 decision: Decision) -> Alert | None:
     assert config.issuer is not None
-    threshold = isoformat_z(since)
     context = {"issuer": config.issuer.url, "decided_at": isoformat_z(now),
-               "timezone": config.timezone_name, **extra}
-    alert = _insert(session, config, ISSUER, None, kind, threshold, severity, now,
-                    subject, context, None, ())
+               "timezone": config.timezone_name}
+    alert = _insert(session, config, now, decision, context, Subject(ISSUER))
     if alert is not None:
         known.add(alert)
     return alert
@@ -328,33 +333,42 @@ def _emit_issuer(session: Session, config: Config, kind: str, since: datetime, s
 
 # -- shared -------------------------------------------------------------------
 
-def _emit(session: Session, config: Config, key: Key, kind: str, threshold: str,
-          severity: str, now: datetime, subject: str, known: AlertIndex,
-          extra: Mapping[str, Any] | None = None) -> Alert | None:
-    context = {**key_facts(key, config, now), **(extra or {})}
-    sources = [loc.source for loc in key.locations]
-    alert = _insert(session, config, _about(key), key.id, kind, threshold, severity, now,
-                    subject, context, key.principal, sources, key.fingerprint)
+@dataclass(frozen=True)
+class Subject:
+    """Whom an alert is about, and what routes its e-mail."""
+
+    about: str  # a key id, or ISSUER
+    key_pk: int | None = None
+    fingerprint: str | None = None
+    principal: str | None = None
+    sources: Sequence[str] = ()
+
+
+def _emit(session: Session, config: Config, key: Key, now: datetime, known: AlertIndex,
+          decision: Decision) -> Alert | None:
+    subject = Subject(_about(key), key.id, key.fingerprint, key.principal,
+                      [loc.source for loc in key.locations])
+    alert = _insert(session, config, now, decision, key_facts(key, config, now), subject)
     if alert is not None:
         known.add(alert)
     return alert
 
 
-def _insert(session: Session, config: Config, about: str, key_pk: int | None, kind: str,
-            threshold: str, severity: str, now: datetime, subject: str,
-            context: Mapping[str, Any], principal: str | None,
-            sources: Sequence[str], fingerprint: str | None = None) -> Alert | None:
+def _insert(session: Session, config: Config, now: datetime, decision: Decision,
+            facts: Mapping[str, Any], subject: Subject) -> Alert | None:
+    kind, threshold, severity = decision.kind, decision.threshold, decision.severity
     alert = store.insert_alert(
-        session, about=about, fingerprint=fingerprint, key_pk=key_pk, kind=kind,
-        threshold=threshold, severity=severity, created_at=now,
-        message_id=message_id(about, kind, threshold),
-        subject=subject, context={**context, "kind": kind, "severity": severity,
-                                  "threshold": threshold})
+        session, about=subject.about, fingerprint=subject.fingerprint, key_pk=subject.key_pk,
+        kind=kind, threshold=threshold, severity=severity, created_at=now,
+        message_id=message_id(subject.about, kind, threshold), subject=decision.subject,
+        context={**facts, **decision.extra, "kind": kind, "severity": severity,
+                 "threshold": threshold})
     if alert is None:
         return None
     targets: list[tuple[str, str]] = []
     if config.alerts.email is not None:
-        targets += [(Channel.EMAIL, a) for a in email_recipients(config.alerts.email, principal, sources)]
+        targets += [(Channel.EMAIL, a) for a in email_recipients(config.alerts.email,
+                                                                 subject.principal, subject.sources)]
     if config.alerts.webhook is not None:
         targets.append((Channel.WEBHOOK, display_url(config.alerts.webhook.url)))
     store.add_deliveries(session, alert.id, targets, now)

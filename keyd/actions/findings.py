@@ -20,18 +20,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from keyd.actions.decision import Decision
 from keyd.checks.expiry import is_never
 from keyd.config import Config
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertIndex
 from keyd.store.models import Alert, Key
 from keyd.timeutil import format_duration
-from keyd.vocab import KeyStatus, LocationKind, LocationStatus
+from keyd.vocab import AlertKind, KeyStatus, LocationKind, LocationStatus, Severity
 
 if TYPE_CHECKING:
     from keyd.store.alerts import Session
 
-Emit = Callable[..., Alert | None]  # actions.alerts._emit
+Emit = Callable[["Session", Config, Key, datetime, AlertIndex, Decision], Alert | None]  # alerts._emit
 
 
 @dataclass(frozen=True)
@@ -111,21 +112,23 @@ def zitadel_alerts(
                     session,
                     config,
                     key,
-                    "unheld",
-                    "unheld",
-                    "warning",
                     now,
-                    _subject(key, "exists in ZITADEL but keyd finds it nowhere"),
                     known,
-                    {
-                        "held": False,
-                        "hint": "deployed somewhere keyd does not watch, or "
-                        "forgotten: remove it in ZITADEL if unused",
-                    },
+                    Decision(
+                        AlertKind.UNHELD,
+                        "unheld",
+                        Severity.WARNING,
+                        _subject(key, "exists in ZITADEL but keyd finds it nowhere"),
+                        {
+                            "held": False,
+                            "hint": "deployed somewhere keyd does not watch, or "
+                            "forgotten: remove it in ZITADEL if unused",
+                        },
+                    ),
                 )
             )
         else:
-            store.resolve(session, known.unresolved(about(key), ("unheld",)), now)
+            store.resolve(session, known.unresolved(about(key), (AlertKind.UNHELD,)), now)
     for finding in policy_findings(config, keys, now):
         extra: dict[str, Any] = {"rule": finding.rule, "finding": finding.text}
         out.append(
@@ -133,13 +136,15 @@ def zitadel_alerts(
                 session,
                 config,
                 finding.key,
-                "policy",
-                finding.threshold,
-                "warning",
                 now,
-                _subject(finding.key, f"{finding.text}: policy"),
                 known,
-                extra,
+                Decision(
+                    AlertKind.POLICY,
+                    finding.threshold,
+                    Severity.WARNING,
+                    _subject(finding.key, f"{finding.text}: policy"),
+                    extra,
+                ),
             )
         )
     return [a for a in out if a is not None]
