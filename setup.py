@@ -1,6 +1,6 @@
 """Packaging glue that pyproject.toml cannot express.
 
-The Alembic scripts live at the repository root in ``alembic/`` (DESIGN.md
+The Alembic scripts live at the repository root in ``alembic/`` (docs/architecture.md
 §2; the plain ``alembic`` command and ``make migration`` use them there), but
 an installed keyd must migrate without a checkout. So the wheel ships that
 directory as ``keyd/_migrations`` (read by keyd.store.migrate.script_location).

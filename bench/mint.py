@@ -1,4 +1,4 @@
-"""Assertion signing speed (issue 2): keyd vs the raw RSA limit vs naive.
+"""Assertion signing speed: keyd vs the raw RSA limit vs naive.
 
 Prints, in one run on one core:
 - raw RSA-2048 PKCS#1 v1.5 SHA-256 signatures/s with ``cryptography``
@@ -6,7 +6,7 @@ Prints, in one run on one core:
 - assertions/s from keyd's ``AssertionSigner`` (PyJWT over the key object
   loaded once per key content);
 - assertions/s the naive way: the PEM string handed to PyJWT per call,
-  as the official SDK does (ZITADEL.md §6);
+  as the official SDK does (docs/zitadel.md §6);
 - ratios. Target: keyd ≥ 0.9 × raw.
 
 The three are measured in interleaved rounds and each figure is the median

@@ -1,4 +1,4 @@
-"""Probe and write-back throughput (issue "Validation probe and token write-back").
+"""Probe and write-back throughput (README "Validation probe and token write-back").
 
 Part 1, probes: N keys (default 1,000) probed against the loopback test
 authorization server (a separate process, so server CPU is not charged to
@@ -6,7 +6,7 @@ the client's GIL):
 - keyd: ``probe_due`` over a SQLite inventory (history rows and schedule
   written), bounded pool over one pooled ``IssuerClient``, keys loaded
   once by the inventory scan and re-read from their files per probe;
-- naive, sequential, the official SDK's way (ZITADEL.md §6): read the key
+- naive, sequential, the official SDK's way (docs/zitadel.md §6): read the key
   file, hand the PEM string to PyJWT for every assertion, a new HTTP
   connection per request.
 Target: keyd ≥ 10 × naive.

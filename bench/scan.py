@@ -1,4 +1,4 @@
-"""Inventory scan speed (issue "Inventory"): keyd's incremental scan vs the
+"""Inventory scan speed (README "Inventory"): keyd's incremental scan vs the
 naive loop.
 
 Generates ``--files`` key files (default 10,000) over ``--keys`` distinct

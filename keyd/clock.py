@@ -1,4 +1,4 @@
-"""The one source of "now" (STYLE.md rule 3).
+"""The one source of "now" (docs/architecture.md rule 3).
 
 Everything that needs the time takes a ``Clock``. Production code uses
 ``SystemClock``; tests use ``FakeClock`` and ``advance()`` instead of

@@ -1,4 +1,4 @@
-"""keyd's error root (STYLE.md rule 5).
+"""keyd's error root (docs/architecture.md rule 5).
 
 Every error keyd raises on purpose subclasses ``KeydError``: it carries
 data, formats its own message, says whether retrying can help
@@ -125,7 +125,7 @@ class IssuerError(KeydError):
 
 class IssuerRejected(IssuerError):
     """The issuer answered with an OAuth error body: this key is refused
-    (ZITADEL.md §4; includes the 500 ``server_error`` of older versions)."""
+    (docs/zitadel.md §4; includes the 500 ``server_error`` of older versions)."""
 
     exit_code = EXIT_REJECTED
 

@@ -1,6 +1,6 @@
 """Logging setup: one event per line on stderr (journald adds its own
 timestamp and unit), as ``key=value`` text or one JSON object per line
-(STYLE.md rule 6).
+(docs/architecture.md rule 6).
 
 Extra fields travel the stdlib way and become fields of the event::
 

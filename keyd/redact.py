@@ -1,4 +1,4 @@
-"""Secrets that cannot leak by accident (STYLE.md rule 6).
+"""Secrets that cannot leak by accident (docs/architecture.md rule 6).
 
 A ``Secret`` holds a private key, an assertion or an access token. Its
 ``repr`` and ``str`` are redacted, so it is safe in logs, exceptions and

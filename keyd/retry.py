@@ -1,4 +1,4 @@
-"""The one retry/backoff helper for all of keyd (STYLE.md rule 9).
+"""The one retry/backoff helper for all of keyd (docs/architecture.md rule 9).
 
 Two uses, one formula:
 

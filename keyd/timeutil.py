@@ -1,4 +1,4 @@
-"""Durations, instants and ZITADEL's midnight rule (ZITADEL.md §2).
+"""Durations, instants and ZITADEL's midnight rule (docs/zitadel.md §2).
 
 Pure functions; no clock. All returned datetimes are aware UTC.
 """
@@ -103,7 +103,7 @@ def local_date(instant: datetime, tz: tzinfo) -> date:
 
 
 def midnight(day: date, tz: tzinfo) -> datetime:
-    """00:00 at the *start* of ``day`` in ``tz``, as UTC (ZITADEL.md §2).
+    """00:00 at the *start* of ``day`` in ``tz``, as UTC (docs/zitadel.md §2).
     ``0001-01-01`` in a zone east of UTC begins before the first instant a
     ``datetime`` holds: it saturates to ``EARLIEST``."""
     try:
@@ -144,7 +144,7 @@ def parse_rfc3339(text: str) -> datetime:
 
 def parse_when(text: str, tz: tzinfo = UTC) -> datetime:
     """An RFC 3339 instant, or a bare date meaning midnight at its start in
-    ``tz`` (ZITADEL.md §2). Used for ``--at`` and date-only expiries."""
+    ``tz`` (docs/zitadel.md §2). Used for ``--at`` and date-only expiries."""
     text = text.strip()
     if _DATE_RE.match(text):
         try:

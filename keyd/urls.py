@@ -50,7 +50,7 @@ def check_issuer_url(url: str) -> str:
 
     https is required; http only on loopback (127.0.0.0/8, ::1, localhost),
     for tests and local setups. The URL is kept exactly as written because
-    ZITADEL compares ``aud`` to its own name byte for byte (ZITADEL.md §3).
+    ZITADEL compares ``aud`` to its own name byte for byte (docs/zitadel.md §3).
     """
     try:
         parts = urlsplit(url)

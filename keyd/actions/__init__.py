@@ -1,4 +1,4 @@
-"""Actions: decisions → side effects, driven by rows (DESIGN.md §1).
+"""Actions: decisions → side effects, driven by rows (docs/architecture.md §1).
 
 ``alerts`` decides which alerts are due and writes alert + delivery rows in
 the caller's transaction (a transactional outbox); ``deliver`` drains that

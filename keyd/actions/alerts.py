@@ -1,4 +1,4 @@
-"""Decide which alerts are due and queue them (issue 5).
+"""Decide which alerts are due and queue them.
 
 ``evaluate_alerts(session, config, now)`` runs inside the caller's
 transaction and, for every alert it decides, inserts the ``alerts`` row and

@@ -1,4 +1,4 @@
-"""Drain the alert outbox: send due deliveries, record the outcome (issue 5).
+"""Drain the alert outbox: send due deliveries, record the outcome.
 
 Each due ``deliveries`` row is first *claimed* (compare-and-set that counts
 the attempt and pushes ``next_attempt_at`` out by ``LEASE``), then sent,

@@ -1,5 +1,5 @@
 """Atomic token files for hosts that read a file instead of Vault
-(issue "Token write-back": mode 0600, temp file, fsync, rename; never
+(README "Validation probe and token write-back": mode 0600, temp file, fsync, rename; never
 truncated to empty).
 
 A reader sees either the old complete file or the new complete file: the

@@ -1,4 +1,4 @@
-"""Run probe rounds (issue "Validation probe"): the side-effect half of
+"""Run probe rounds (README "Validation probe and token write-back"): the side-effect half of
 ``keyd.checks.probe`` (outcome classes, policy, rate limiter, report types
 live there; this module talks to the issuer and writes the outcome, which
 is an action on the inventory).

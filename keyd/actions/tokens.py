@@ -1,5 +1,5 @@
 """Token write-back: keep a fresh access token per service user in Vault
-KV v2 (and optionally a file) (issue "Token write-back", DESIGN.md §4).
+KV v2 (and optionally a file) (README "Validation probe and token write-back", docs/architecture.md §5).
 
 Per sink (one row in ``tokens`` per target path):
 - refresh at ``issued + 2/3·TTL − random[0, TTL/20)``;

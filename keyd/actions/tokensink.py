@@ -88,7 +88,7 @@ class TokenResult:
 
 
 def refresh_at(issued: datetime, ttl: timedelta, rng: Random) -> datetime:
-    """``issued + 2/3·TTL − random[0, TTL/20)`` (DESIGN.md §4)."""
+    """``issued + 2/3·TTL − random[0, TTL/20)`` (docs/architecture.md §5)."""
     return issued + ttl * 2 / 3 - ttl / 20 * rng.random()
 
 

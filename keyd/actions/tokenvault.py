@@ -1,5 +1,5 @@
 """Token write-back, the Vault half: path templates, what is at the target
-path now, and whether keyd may write there (issue "Token write-back").
+path now, and whether keyd may write there (README "Validation probe and token write-back").
 
 Ownership rules:
 - keyd marks its secrets with ``custom_metadata`` ``managed-by=keyd`` and

@@ -1,4 +1,4 @@
-"""RFC 7523 assertions that ZITADEL accepts (ZITADEL.md §3).
+"""RFC 7523 assertions that ZITADEL accepts (docs/zitadel.md §3).
 
 Header ``{"alg", "kid": keyId}``; claims ``iss`` = ``sub`` = principal,
 ``aud`` = the issuer exactly as it names itself, ``iat`` back-dated by a

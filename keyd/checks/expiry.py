@@ -1,4 +1,4 @@
-"""Where a key stands on its expiry at a given instant (ZITADEL.md §2).
+"""Where a key stands on its expiry at a given instant (docs/zitadel.md §2).
 
 Pure: no clock, no I/O. ``evaluate`` is the one definition of "expired",
 "expiring", "days left" and "last usable day" that ``keyd inspect``,
@@ -10,7 +10,7 @@ Rules:
 * expired iff ``at >= expires_at``: ZITADEL checks ``expiration > now``
   strictly, so at the instant itself the key is already dead.
 * ``9999-12-31T23:59:59Z`` (any instant in year 9999) means "never expires"
-  (ZITADEL.md §1): status ``never``, no ``seconds_left``, no last day.
+  (docs/zitadel.md §1): status ``never``, no ``seconds_left``, no last day.
 * No expiry at all (pre-2024 files) is ``unknown``: never guessed.
 * ``seconds_left`` is an integer that is ``> 0`` exactly while the key is
   usable (a fraction of a second left rounds *up*; an expiry in the past
@@ -85,7 +85,7 @@ def time_left(seconds: int) -> str:
 
 
 def is_never(expires_at: datetime) -> bool:
-    """The "no expiry" sentinel (ZITADEL.md §1): any instant in year 9999."""
+    """The "no expiry" sentinel (docs/zitadel.md §1): any instant in year 9999."""
     return expires_at.year >= NEVER_YEAR
 
 

@@ -1,4 +1,4 @@
-"""Find a key's private material again, for signing (issue "Validation probe").
+"""Find a key's private material again, for signing (README "Validation probe and token write-back").
 
 The database never holds private keys, so a probe or a token refresh
 re-reads the key from where the inventory last saw it: a file, or a Vault

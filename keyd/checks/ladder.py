@@ -1,4 +1,4 @@
-"""The expiry alert ladder (issue 5): which rung, if any, is due now.
+"""The expiry alert ladder: which rung, if any, is due now.
 
 Pure: no clock, no I/O; a function of the expiry instant, the configured
 thresholds, "now" and the rungs already fired.
@@ -6,7 +6,7 @@ thresholds, "now" and the rungs already fired.
 Rules:
 
 * Rungs are the thresholds (default 30, 14, 7, 3, 1 days) before the
-  expiry *instant*, then ``expired`` at the instant itself (ZITADEL.md §2:
+  expiry *instant*, then ``expired`` at the instant itself (docs/zitadel.md §2:
   at the instant the key is already dead).
 * Each rung is named ``<label>@<expiry>``, e.g. ``7d@2027-01-01T00:00:00Z``.
   Including the expiry means a key whose expiry changes gets a fresh

@@ -1,4 +1,4 @@
-"""Prove a key works: sign an assertion, ask the issuer (ZITADEL.md §3–4).
+"""Prove a key works: sign an assertion, ask the issuer (docs/zitadel.md §3–4).
 
 ``mint`` is the one place that turns a ``KeyFile`` into a token response;
 the CLI (``keyd mint``), the probe and the token write-back all use it.
@@ -42,7 +42,7 @@ def mint(key: KeyFile, client: IssuerClient, signer: AssertionSigner,
 
 def prove_application_key(key: KeyFile, client: IssuerClient, signer: AssertionSigner) -> None:
     """Application keys prove themselves as a client assertion at the
-    introspection endpoint (ZITADEL.md §1)."""
+    introspection endpoint (docs/zitadel.md §1)."""
     if key.kind != KeyKind.APPLICATION:
         raise ValueError("prove_application_key needs an application key")
     assertion = signer.sign(key, client.discover().issuer)

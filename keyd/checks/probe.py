@@ -1,5 +1,5 @@
 """The validation probe: prove each active key still works (issue
-"Validation probe", ZITADEL.md §3–4).
+"Validation probe", docs/zitadel.md §3–4).
 
 For each due key: load its key file again (``keyload``), sign an assertion
 and ask the issuer — a token for service users, an introspection call with
@@ -49,7 +49,7 @@ PROBE_SCHEMA: Final = "keyd.probe/1"
 
 @dataclass(frozen=True)
 class ProbePolicy:
-    """Schedule and retry knobs (defaults follow DESIGN.md §4)."""
+    """Schedule and retry knobs (defaults follow docs/architecture.md §5)."""
 
     interval: timedelta = timedelta(hours=6)
     jitter: float = 0.1  # success: next = at + interval - random[0, jitter * interval)
@@ -150,7 +150,7 @@ class ProbeReport:
         return any(r.outcome != ProbeOutcome.UNAVAILABLE for r in contacted)
 
 def classify(exc: KeydError) -> ProbeOutcome:
-    """The probe outcome an issuer error stands for (ZITADEL.md §4)."""
+    """The probe outcome an issuer error stands for (docs/zitadel.md §4)."""
     if isinstance(exc, IssuerRejected):
         return ProbeOutcome.REJECTED
     if isinstance(exc, IssuerUnavailable):

@@ -1,4 +1,4 @@
-"""The command line (DESIGN.md §5, STYLE.md rule 12).
+"""The command line (docs/architecture.md §6, rule 12).
 
 Thin: each command parses, calls one function, renders a table or
 ``--json``. Errors are reported in one place (``main``): ``keyd: <message>``

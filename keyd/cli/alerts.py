@@ -1,4 +1,4 @@
-"""CLI commands: ``keyd alert test --to ADDR`` (DESIGN.md §5).
+"""CLI commands: ``keyd alert test --to ADDR`` (docs/architecture.md §6).
 
 Sends one test message through the configured SMTP server, so an operator
 can prove the alert path before a key is about to expire. Success prints

@@ -58,7 +58,7 @@ def app(ctx: click.Context) -> AppContext:
 
 
 def parse_at(value: str | None, tz: tzinfo, clock: Clock) -> datetime:
-    """``--at WHEN``: RFC 3339 or a date (midnight rule, ZITADEL.md §2)."""
+    """``--at WHEN``: RFC 3339 or a date (midnight rule, docs/zitadel.md §2)."""
     if value is None:
         return clock.now()
     try:

@@ -1,4 +1,4 @@
-"""CLI commands: ``keyd db upgrade`` and ``keyd db current`` (DESIGN.md §5).
+"""CLI commands: ``keyd db upgrade`` and ``keyd db current`` (docs/architecture.md §6).
 
 The database URL is ``--url``, else ``$KEYD_DATABASE_URL``, else
 ``database.url`` from the config file. Each command prints one line naming

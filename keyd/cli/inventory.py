@@ -1,4 +1,4 @@
-"""``keyd scan`` and ``keyd status`` (DESIGN.md §5).
+"""``keyd scan`` and ``keyd status`` (docs/architecture.md §6).
 
 ``keyd scan``: one pass over every configured source into the database;
 prints one summary line, e.g. ``3 sources, 42 keys (2 new, 1 changed,

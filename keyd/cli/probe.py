@@ -1,4 +1,4 @@
-"""``keyd probe KEY_ID [--json]``: probe one key now (DESIGN.md §5).
+"""``keyd probe KEY_ID [--json]``: probe one key now (docs/architecture.md §6).
 
 Ignores the key's schedule, its backoff and an earlier rejection (the
 operator's way to re-check a key after fixing it in ZITADEL). The outcome

@@ -1,4 +1,4 @@
-"""The issuer's HTTP endpoints: discovery, token, introspection (ZITADEL.md §4).
+"""The issuer's HTTP endpoints: discovery, token, introspection (docs/zitadel.md §4).
 
 One long-lived ``httpx.Client`` (connection pooling, finite timeouts, TLS
 verification on) shared by all threads. Outcomes other than success are
@@ -71,7 +71,7 @@ class _Answer:
 
 
 def normalise_scopes(scopes: Sequence[str]) -> list[str]:
-    """``openid`` first and always (ZITADEL.md §4), duplicates dropped."""
+    """``openid`` first and always (docs/zitadel.md §4), duplicates dropped."""
     out = ["openid"]
     for scope in scopes:
         for part in scope.split():

@@ -1,4 +1,4 @@
-"""SMTP: the only smtplib user in keyd (STYLE.md rule 1).
+"""SMTP: the only smtplib user in keyd (docs/architecture.md rule 1).
 
 ``SmtpClient`` connects lazily, keeps one connection for a batch of
 messages and reports every failure as ``MailError`` with ``stage`` =

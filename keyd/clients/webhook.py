@@ -1,4 +1,4 @@
-"""Webhook channel: POST the alert facts as JSON (issue 5).
+"""Webhook channel: POST the alert facts as JSON.
 
 One ``httpx.Client`` with finite timeouts; tests inject
 ``httpx.MockTransport``. Failures are ``WebhookError``: retryable for

@@ -1,5 +1,5 @@
 """Configuration: TOML + ``KEYD_*`` env + credential files → one frozen,
-validated ``Config`` (STYLE.md rule 4, DESIGN.md §6).
+validated ``Config`` (docs/architecture.md rule 4, §7).
 
 Errors name the file and the key: ``keyd.toml: alerts.thresholds[2]: "7x"
 is not a duration``. Secrets are read from files or systemd credentials

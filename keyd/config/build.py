@@ -1,5 +1,5 @@
 """Turn the TOML tables into the frozen dataclasses of ``keyd.config.model``,
-reading every key as its declaration says (DESIGN.md §6, STYLE.md rule 4).
+reading every key as its declaration says (docs/architecture.md §7, rule 4).
 
 ``build_section`` is generic: it refuses unknown keys, reads each declared
 key with its kind and range, and runs its ``check``. What spans several
@@ -35,7 +35,7 @@ from keyd.redact import Secret
 from keyd.timeutil import get_zone
 from keyd.urls import is_loopback_host
 
-# Not overrides: the config path itself (DESIGN.md §5).
+# Not overrides: the config path itself (docs/architecture.md §6).
 ENV_NOT_OVERRIDES = ("KEYD_CONFIG",)
 
 S = TypeVar("S")

@@ -3,7 +3,7 @@ declarations in ``keyd.config.model`` (``key(..., check=...)``).
 
 Each takes ``(table, key, value)`` — the value already read with its
 declared kind — and returns the value to store, or fails through
-``table.fail`` so the error names file and key (STYLE.md rule 4).
+``table.fail`` so the error names file and key (docs/architecture.md rule 4).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def service_url(t: Table, key: str, url: str) -> str:
 
 
 def scopes(t: Table, key: str, values: tuple[str, ...]) -> tuple[str, ...]:
-    """Scopes without spaces, deduplicated, ``openid`` first (ZITADEL.md §4:
+    """Scopes without spaces, deduplicated, ``openid`` first (docs/zitadel.md §4:
     openid is required)."""
     for i, scope in enumerate(values):
         if any(c.isspace() for c in scope):

@@ -19,7 +19,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/keyd/keyd.toml")
 DEFAULT_DB_URL = "sqlite:////var/lib/keyd/keyd.db"
 SMTP_DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 
-# systemd credential names ($CREDENTIALS_DIRECTORY/<name>), DESIGN.md §6.
+# systemd credential names ($CREDENTIALS_DIRECTORY/<name>), docs/architecture.md §7.
 CRED_VAULT_TOKEN = "vault-token"
 CRED_VAULT_ROLE_ID = "vault-role-id"
 CRED_VAULT_SECRET_ID = "vault-secret-id"
@@ -60,7 +60,7 @@ class IssuerConfig:
         "path", default=None, must_exist=True, doc="extra CA bundle for a private issuer"
     )
     timeout: timedelta = key("duration", default=timedelta(seconds=10), doc="per HTTP request to the issuer")
-    # ZITADEL.md §3: an assertion older than 1 h is refused, and exp must lie
+    # docs/zitadel.md §3: an assertion older than 1 h is refused, and exp must lie
     # more than 1 s ahead, so lifetimes outside 10 s .. 1 h cannot work.
     assertion_lifetime: timedelta = key(
         "duration",

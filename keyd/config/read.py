@@ -1,6 +1,6 @@
 """Plumbing for ``keyd.config``: read the TOML, apply ``KEYD_*`` overrides,
 read credential files, and typed access that names file and key in every
-error (STYLE.md rule 4).
+error (docs/architecture.md rule 4).
 
 Nothing here knows keyd's sections: the declarations in
 ``keyd.config.model`` do, and ``keyd.config.build`` reads them with this.
@@ -27,7 +27,7 @@ from keyd.timeutil import DurationOutOfRange, parse_duration
 
 log = logging.getLogger(__name__)
 
-# Secrets never sit in the TOML (DESIGN.md §6): these keys are refused with
+# Secrets never sit in the TOML (docs/architecture.md §7): these keys are refused with
 # a pointer to the file / credential that replaces them.
 FORBIDDEN_SECRET_KEYS = {
     "password": "password_file",

@@ -1,4 +1,4 @@
-"""One active daemon per inventory (DESIGN.md §7).
+"""One active daemon per inventory (docs/architecture.md §8).
 
 ``LeaderGuard`` is what the daemon asks "may I work?":
 

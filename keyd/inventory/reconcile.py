@@ -1,4 +1,4 @@
-"""Candidates → rows: one source scan, one transaction (issue "Inventory").
+"""Candidates → rows: one source scan, one transaction (README "Inventory").
 
 ``reconcile(engine, result, now)`` folds a source's ``ScanResult`` into the
 inventory; ``record_failure(engine, source, error, now)`` is what happens
@@ -72,7 +72,7 @@ class SourceOutcome:
 
 def is_expired(expires_at: datetime | None, now: datetime) -> bool:
     """Same rule as ``keyd.checks.expiry`` (strict: dead at the instant
-    itself, ZITADEL.md §2); restated here because checks sit above the
+    itself, docs/zitadel.md §2); restated here because checks sit above the
     inventory. Unknown and "never" (year 9999) are not expired."""
     return expires_at is not None and expires_at.year < NEVER_YEAR and now >= expires_at
 

@@ -1,4 +1,4 @@
-"""Alert e-mails: multipart/alternative, plain text + HTML (issue 5).
+"""Alert e-mails: multipart/alternative, plain text + HTML.
 
 Pure: a function of alert records (``store.alerts.AlertRecord``), the
 sender and the recipients. Everything shown comes from the alert's
@@ -11,7 +11,7 @@ sender and the recipients. Everything shown comes from the alert's
   severity in the subject, ``Message-ID`` derived from the alert ids.
 
 Each alert says what happened, the expiry instant in UTC and the last
-usable local day (ZITADEL.md §2), where the key lives and what to do.
+usable local day (docs/zitadel.md §2), where the key lives and what to do.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One full cycle: scan → evaluate alerts → probe → token write-back →
-drain the outbox (DESIGN.md §1). ``keyd check`` runs it once; the daemon
+drain the outbox (docs/architecture.md §1). ``keyd check`` runs it once; the daemon
 runs the same stages as separate ticks.
 
 Each stage is a ``Stage(name, run, plan)``: ``run(services)`` does the

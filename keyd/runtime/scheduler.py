@@ -1,11 +1,11 @@
-"""The tick scheduler: the only importer of APScheduler (STYLE.md rule 1).
+"""The tick scheduler: the only importer of APScheduler (docs/architecture.md rule 1).
 
 A *tick* is a plain callable run periodically. The scheduler decides only
 *when to look*; what to do is decided by the callable from due times
 stored in the database (``next_probe_at``, ``next_refresh_at``,
 ``next_attempt_at``, ...). That is why keyd needs no persistent job store:
 after downtime or a suspend, the first tick finds everything overdue and
-does it exactly once (no burst of missed runs, no skip), DESIGN.md §4.
+does it exactly once (no burst of missed runs, no skip), docs/architecture.md §5.
 
 Choices, deliberately:
 

@@ -1,4 +1,4 @@
-"""The cycle's stages, composed from the stage modules (DESIGN.md §1):
+"""The cycle's stages, composed from the stage modules (docs/architecture.md §1):
 
 scan → evaluate (alert ladder) → probe → rotate → tokens (write-back) → outbox,
 plus ``prune`` (daemon only). Each adapter takes ``Services``, does its

@@ -1,4 +1,4 @@
-"""What every source hands to the inventory (issue "Inventory").
+"""What every source hands to the inventory (README "Inventory").
 
 A source (directory, Vault KV v2) reads the world and returns one
 ``ScanResult`` per scan: one ``Candidate`` per location it looked at. A

@@ -1,4 +1,4 @@
-"""Key files in a directory tree: one file = one key (issue "Inventory").
+"""Key files in a directory tree: one file = one key (README "Inventory").
 
 ``DirectorySource(cfg, tz).scan(known, validated)`` walks ``cfg.path``
 recursively and returns one ``Candidate`` per file whose *name* matches

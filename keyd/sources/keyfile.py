@@ -1,4 +1,4 @@
-"""Parse ZITADEL key files (ZITADEL.md §1) into ``KeyFile`` value objects.
+"""Parse ZITADEL key files (docs/zitadel.md §1) into ``KeyFile`` value objects.
 
 The parser accepts exactly what ZITADEL writes and what operators make
 themselves: service-user and application keys, PKCS#1 and PKCS#8 RSA, EC
@@ -10,7 +10,7 @@ exception type, and never with key material in the message.
 
 Loading a PEM is expensive (full RSA validation checks the primes:
 tens of milliseconds), so loaded keys are cached by content hash and
-``validate`` picks how much checking a caller pays for (issue 3).
+``validate`` picks how much checking a caller pays for.
 """
 
 from __future__ import annotations

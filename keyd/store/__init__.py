@@ -1,1 +1,1 @@
-"""All SQL lives here (STYLE.md rule 1): models, engine, repositories."""
+"""All SQL lives here (docs/architecture.md rule 1): models, engine, repositories."""

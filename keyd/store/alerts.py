@@ -338,7 +338,7 @@ def note_issuer_health(session: Session, ok: bool, now: datetime) -> None:
     whose outcome says something about the *issuer*: ``ok=True`` for any
     answer that proves it is up (a token, or an OAuth rejection of a key),
     ``ok=False`` only for "issuer unavailable" (connection error, timeout,
-    502/503/504; ZITADEL.md §4). Idempotent; cheap.
+    502/503/504; docs/zitadel.md §4). Idempotent; cheap.
 
     State kept: ``issuer.unavailable_since`` = start of the current outage
     (set on the first failure, kept while failures continue); on the first

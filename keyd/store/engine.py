@@ -1,4 +1,4 @@
-"""Engines and sessions for SQLite and PostgreSQL (DESIGN.md §3, §7).
+"""Engines and sessions for SQLite and PostgreSQL (docs/architecture.md §3, §8).
 
 ``make_engine(url)`` is the only place keyd calls ``create_engine``, so every
 connection, whether the daemon's, a CLI command's or Alembic's, gets the same
@@ -245,7 +245,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction for one stage (DESIGN.md §1): commit when the block
+    """One transaction for one stage (docs/architecture.md §1): commit when the block
     ends normally, roll back (and re-raise) when it raises."""
     factory = bind if isinstance(bind, sessionmaker) else session_factory(bind)
     with factory() as session, session.begin():

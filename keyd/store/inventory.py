@@ -3,7 +3,7 @@
 Two halves:
 
 * the write side, ``inventory_tx(engine)``: one transaction per source scan
-  (DESIGN.md §1). ``InventoryTx`` hands the reconciler live ORM rows of one
+  (docs/architecture.md §1). ``InventoryTx`` hands the reconciler live ORM rows of one
   source plus the few queries it needs; ``keyd.inventory.reconcile`` decides,
   this module only reads and writes. Nothing here ever sees key material:
   rows hold fingerprints and hashes, events hold JSON facts.

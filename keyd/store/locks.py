@@ -1,4 +1,4 @@
-"""Database-side pieces of leader election (DESIGN.md §7).
+"""Database-side pieces of leader election (docs/architecture.md §8).
 
 ``database_kind`` and ``sqlite_path`` read the URL; ``AdvisoryLock`` holds
 a PostgreSQL *session* advisory lock on its own dedicated connection

@@ -1,4 +1,4 @@
-"""The schema (DESIGN.md §3). Never a private key, an assertion or a token.
+"""The schema (docs/architecture.md §3). Never a private key, an assertion or a token.
 
 Every timestamp column is ``UTCDateTime``: stored as UTC, returned aware
 (SQLite hands back naive values; they are normalised here, at the edge).
@@ -81,7 +81,7 @@ class Key(Base):
     algorithm: Mapped[str] = mapped_column(String(8))  # RS256 | ES256
     key_size: Mapped[int | None] = mapped_column(Integer)
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)  # SHA-256 of public key
-    # NULL = unknown (pre-2024 file); 9999-12-31T23:59:59Z = never (ZITADEL.md §1)
+    # NULL = unknown (pre-2024 file); 9999-12-31T23:59:59Z = never (docs/zitadel.md §1)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # where expires_at came from: NULL = the key file, "zitadel" = a zitadel source's
     # listing (a file without expirationDate, or a key only ZITADEL knows)
@@ -93,7 +93,7 @@ class Key(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # probe state (issue 4)
+    # probe state
     next_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     probe_failures: Mapped[int] = mapped_column(Integer, default=0)
     last_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -185,7 +185,7 @@ class SourceState(Base):
 
 
 class Probe(Base):
-    """History of mint attempts (issue 4)."""
+    """History of mint attempts."""
 
     __tablename__ = "probes"
     __table_args__ = (Index("ix_probes_key_pk_at", "key_pk", "at"),)
@@ -246,7 +246,7 @@ class Delivery(Base):
 
 
 class TokenSink(Base):
-    """Where a key's fresh access token lives (issue 4). Never the token."""
+    """Where a key's fresh access token lives. Never the token."""
 
     __tablename__ = "tokens"
     __table_args__ = (UniqueConstraint("mount", "path"),)

@@ -1,4 +1,4 @@
-"""SQL for the validation probe (issue "Validation probe"): which keys are
+"""SQL for the validation probe (README "Validation probe and token write-back"): which keys are
 due, and recording what a probe found.
 
 Callers above the store never see a Session except through the ``after``

@@ -1,5 +1,5 @@
 """Read-only snapshots of the inventory for ``/metrics``, ``/readyz`` and
-``keyd check`` (all SQL stays in ``store/``, STYLE.md rule 1).
+``keyd check`` (all SQL stays in ``store/``, docs/architecture.md rule 1).
 
 Every function returns detached, plain dataclasses. Rows are read one at a
 time and a row that cannot be decoded (a corrupt timestamp, a value a

@@ -1,4 +1,4 @@
-"""SQL for token write-back (issue "Token write-back"): which keys get a
+"""SQL for token write-back (README "Validation probe and token write-back"): which keys get a
 token sink, which sinks are due, and what a refresh did.
 
 The ``tokens`` table says where each key's fresh token lives and which

@@ -12,7 +12,7 @@ Use them from any conftest (fixtures imported into a conftest are registered):
 - ``migrated_engine``: ``make_engine(db_url)`` upgraded to head.
 
 Engines are disposed at teardown, which first asserts that the test
-returned every connection it checked out (STYLE.md: no leaked connections).
+returned every connection it checked out (docs/architecture.md: no leaked connections).
 ``postgres_database()`` is the context manager behind the postgres param, for
 tests that need a database outside the fixtures.
 """

@@ -51,7 +51,7 @@ DISCOVERY_PATH, JWKS_PATH = "/.well-known/openid-configuration", "/oauth/v2/keys
 FAULT_MODES = {"503", "502", "504", "500", "hang", "garbage", "no_token", "oversized", "close",
                "bad_page", "pass"}
 REJECTIONS = {"invalid_grant", "invalid_client", "unauthorized_client"}
-OLD_STYLE = {"error": "server_error", "error_description": "Errors.Internal"}  # ZITADEL.md §4
+OLD_STYLE = {"error": "server_error", "error_description": "Errors.Internal"}  # docs/zitadel.md §4
 NEW_STYLE = {"error": "invalid_grant", "error_description": "invalid assertion"}
 MAX_BODY = 1 << 20
 Reply = tuple[int, str, bytes] | None  # (status, content type, body); None drops the connection

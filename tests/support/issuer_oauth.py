@@ -1,5 +1,5 @@
 """The test issuer's model and OAuth logic: ZITADEL's JWT-profile rules
-(ZITADEL.md §3) expressed through Authlib's RFC 7523 classes.
+(docs/zitadel.md §3) expressed through Authlib's RFC 7523 classes.
 
 Token requests go through Authlib's ``JWTBearerGrant`` and introspection
 through its ``IntrospectionEndpoint`` with ``JWTBearerClientAssertion``
@@ -210,7 +210,7 @@ class Registry:
 
 def verify_claims(claims: dict[str, Any], options: dict[str, Any], audience: str,
                   now: datetime, error: type[OAuth2Error]) -> None:
-    """ZITADEL.md §3 claim rules; raises ``error`` naming the broken rule."""
+    """docs/zitadel.md §3 claim rules; raises ``error`` naming the broken rule."""
     ts = now.timestamp()
     registry = jwt.JWTClaimsRegistry(now=int(ts), leeway=LEEWAY, **options,
                                      aud={"essential": True, "values": [audience]})

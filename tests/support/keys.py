@@ -1,4 +1,4 @@
-"""Key-file factories: ZITADEL's JSON key files (ZITADEL.md §1) for tests.
+"""Key-file factories: ZITADEL's JSON key files (docs/zitadel.md §1) for tests.
 
 RSA-2048 generation costs 50-100 ms, so RSA keys come from a module-level
 pool: any ``POOL_SIZE`` consecutive calls get distinct keys (so fingerprints

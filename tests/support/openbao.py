@@ -6,7 +6,7 @@ returns a handle with helpers (policies, tokens, AppRole, seal/unseal, KV
 writes). The server runs in its own process group, dies with the test
 process (PR_SET_PDEATHSIG on Linux, atexit otherwise) and is stopped at
 teardown. A missing ``bao`` binary fails loudly: these tests are never
-skipped (STYLE.md rule 10).
+skipped (docs/architecture.md rule 10).
 
 Fixtures, importable into any conftest::
 

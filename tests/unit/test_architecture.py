@@ -1,5 +1,5 @@
 """The house rules that a reviewer would otherwise have to remember
-(STYLE.md rules 1–3): data flows one way, one importer per client
+(docs/architecture.md rules 1–3): data flows one way, one importer per client
 library, and "now" has one source."""
 
 from __future__ import annotations

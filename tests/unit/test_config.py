@@ -1,5 +1,5 @@
 """keyd.config: TOML + env + credentials → one validated Config; every
-error names file and key (STYLE.md rule 4, DESIGN.md §6)."""
+error names file and key (docs/architecture.md rule 4, §7)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_issuer_keeps_url_exactly_and_adds_openid_first(tmp_path: Path) -> None:
                   'scopes = ["urn:zitadel:iam:org:project:id:zitadel:aud", "profile", "profile"]\n'
                   'probe_interval = "90m"\nconcurrency = 2\nrate_limit = 5\n')
     assert config.issuer is not None
-    assert config.issuer.url == "https://acme.zitadel.cloud/"  # ZITADEL.md §3: aud is exact
+    assert config.issuer.url == "https://acme.zitadel.cloud/"  # docs/zitadel.md §3: aud is exact
     assert config.issuer.scopes == ("openid", "urn:zitadel:iam:org:project:id:zitadel:aud",
                                      "profile")
     assert config.issuer.probe_interval == timedelta(minutes=90)

@@ -133,7 +133,7 @@ def test_jwt_output_is_accepted_by_the_issuer(issuer: IssuerServer, tmp_path: Pa
 
 def test_wrong_audience_is_rejected(issuer: IssuerServer, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """ZITADEL compares aud byte for byte: a trailing slash fails (ZITADEL.md §3)."""
+    """ZITADEL compares aud byte for byte: a trailing slash fails (docs/zitadel.md §3)."""
     import httpx
 
     key = make_key_file(tmp_path, expires_at=LATER, register_with=issuer)

@@ -1,4 +1,4 @@
-"""The whole of keyd in one process, as an operator runs it (issue 6):
+"""The whole of keyd in one process, as an operator runs it:
 the real ``keyd run`` with a config file, against real PostgreSQL,
 OpenBao, SMTP and the authorization server, under a fake systemd notify
 socket. READY, a watchdog ping, a delivered alert, a token written to

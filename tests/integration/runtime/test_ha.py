@@ -1,4 +1,4 @@
-"""High availability on PostgreSQL (issue "any number of ``keyd run``"):
+"""High availability on PostgreSQL (docs/daemon.md "High availability"):
 three real daemons share one database; one holds the advisory lock and
 works, the others stand by. The leader is SIGKILLed, a standby takes over
 within seconds, and across the whole test

@@ -17,7 +17,7 @@ from keyd.store.models import Alert, Key, Probe, State
 from tests.support.db import checked_engine, postgres_database
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
-NEVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # ZITADEL.md §1 sentinel
+NEVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # docs/zitadel.md §1 sentinel
 
 
 def a_key(key_id: str = "k1", expires_at: datetime | None = NEVER) -> Key:

@@ -1,4 +1,4 @@
-"""The test issuer enforces ZITADEL.md §3-4 exactly; assertions are crafted
+"""The test issuer enforces docs/zitadel.md §3-4 exactly; assertions are crafted
 with PyJWT here, independent of keyd's signer. Time is pinned with a
 FakeClock so every boundary is exact."""
 

@@ -1,6 +1,6 @@
 """A keyd process SIGKILLed right after its Vault write (before anything
 is recorded in the database): the next run recognises keyd's own token in
-place and records it instead of calling it a conflict (issue "Token
+place and records it instead of calling it a conflict (README "Validation probe and token
 write-back": crash test)."""
 
 from __future__ import annotations

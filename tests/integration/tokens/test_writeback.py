@@ -1,5 +1,5 @@
 """Token write-back through real parts: OpenBao dev server, the test
-authorization server, SQLite and PostgreSQL (issue "Token write-back")."""
+authorization server, SQLite and PostgreSQL (README "Validation probe and token write-back")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Assertions ZITADEL accepts (ZITADEL.md §3), checked with PyJWT."""
+"""Assertions ZITADEL accepts (docs/zitadel.md §3), checked with PyJWT."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issuer answers classified by ZITADEL.md §4, with httpx.MockTransport."""
+"""Issuer answers classified by docs/zitadel.md §4, with httpx.MockTransport."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Key-file parsing (ZITADEL.md §1): what ZITADEL writes, and hostile input."""
+"""Key-file parsing (docs/zitadel.md §1): what ZITADEL writes, and hostile input."""
 
 from __future__ import annotations
 
