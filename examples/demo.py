@@ -3,7 +3,9 @@
 Starts OpenBao (dev mode), the ZITADEL-compatible test issuer and a mail
 catcher (aiosmtpd writing a Maildir), all on loopback; creates five
 service users — healthy, expiring in 5 days, already expired, revoked at
-the issuer, and one whose key lives in Vault — writes a keyd.toml that
+the issuer, and one whose key lives in Vault — plus one key that exists
+only in ZITADEL (made in the console, never deployed), which the
+`zitadel` source reports as unheld; writes a keyd.toml that
 uses them, and runs the real `keyd` command line against it:
 `keyd db upgrade`, `keyd check`, `keyd status`. Then it shows the alert
 mail that arrived and the token keyd wrote to Vault (metadata only: an
@@ -33,6 +35,7 @@ from aiosmtpd.handlers import Mailbox  # noqa: E402
 from tests.support.issuer import IssuerServer  # noqa: E402
 from tests.support.keys import make_key_file  # noqa: E402
 from tests.support.openbao import OpenBao  # noqa: E402
+from tests.support.zitadel_api import DEFAULT_ORG, make_api_user  # noqa: E402
 
 RUN = ROOT / "demo-run"
 KEYD = [sys.executable, "-m", "keyd.cli"]
@@ -78,6 +81,13 @@ def make_users(issuer: IssuerServer, bao: OpenBao, keys_dir: Path) -> None:
                          register_with=issuer, fresh=True)
     bao.kv_put("zitadel/keys/payments", {"keyfile": made.path.read_text()})
     shutil.rmtree(vault_dir)  # the only copy now lives in Vault
+    # keyd's own service user (reads ZITADEL's key list), its key file where keyd watches it
+    own = make_api_user(issuer, keys_dir, role="ORG_OWNER_VIEWER")
+    print(f"  {own.path.relative_to(ROOT)}: keyd's own user {own.principal} (ORG_OWNER_VIEWER)")
+    console = make_key_file(None, user_id="svc-healthy", expires_at=now + timedelta(days=400),
+                            register_with=issuer)
+    print(f"  (nowhere on disk): key {console.key_id} of svc-healthy, made in the console "
+          "and never deployed: only ZITADEL knows it")
     print(f"  vault:secret/zitadel/keys/payments: user svc-payments, key {made.key_id}")
 
 
@@ -105,6 +115,13 @@ def write_config(issuer: IssuerServer, bao: OpenBao, smtp_port: int) -> Path:
         type = "vault"
         mount = "secret"
         prefix = "zitadel/keys"
+
+        [[sources]]
+        type = "zitadel"
+        organizations = ["{DEFAULT_ORG}"]
+
+        [rotation]
+        credential = "{RUN / 'keys' / 'keyd-api.json'}"
 
         [vault]
         addr = "{bao.addr}"

@@ -391,8 +391,8 @@ def key_facts(key: Key, config: Config, now: datetime) -> dict[str, Any]:
         "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
         "timezone": config.timezone_name, "seconds_left": view.seconds_left,
         "days_left": view.days_left, "decided_at": isoformat_z(now),
-        "locations": [{"source": loc.source, "ref": loc.ref, "status": loc.status}
-                      for loc in locations],
+        "locations": [{"source": loc.source, "ref": loc.ref, "status": loc.status,
+                       "kind": loc.kind} for loc in locations],
     }
 
 

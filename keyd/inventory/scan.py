@@ -140,6 +140,8 @@ def scan_source(cfg: SourceConfig, engine: Engine, clock: Clock, config: Config,
         return reconcile(engine, result, clock.now())
     except StoreError:
         raise
+    except KeydError as exc:  # a zitadel listing refused as doubtful: nothing was applied
+        return record_failure(engine, cfg.name, exc, clock.now())
     except Exception as exc:  # noqa: BLE001 - recorded on this source; the others go on
         return _internal(engine, cfg.name, "recording the scan", exc, clock)
 

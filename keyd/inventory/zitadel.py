@@ -18,7 +18,11 @@ source").
   (``missing``); its status is derived again from every location.
 
 A listing that failed never reaches this module (``record_failure`` is
-called instead), so an outage or a 403 changes no key.
+called instead), so an outage or a 403 changes no key. Nor does a listing
+in which an organization or user lists no key at all while keyd holds key
+files of its users (``ListingDoubtful``): ZITADEL silently leaves out keys
+of users the caller may not read, so "everything was removed at once" is
+far more likely a lost ``user.read`` than the truth.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import logging
 from datetime import datetime
 
 from keyd.clients.zitadel import ListedKey
+from keyd.errors import EXIT_UNAVAILABLE, KeydError
 from keyd.inventory.reconcile import SourceOutcome, derive_status, mark_source_ok
 from keyd.sources.zitadel import ZitadelListing
-from keyd.store.inventory import Engine, InventoryTx, inventory_tx
+from keyd.store.inventory import Engine, InventoryTx, LocationIndex, inventory_tx
 from keyd.store.models import Key, KeyLocation, Probe
 from keyd.vocab import KeyKind, KeyStatus, LocationKind, LocationStatus, ProbeOutcome
 
@@ -69,6 +74,13 @@ def reconcile_zitadel(engine: Engine, listing: ZitadelListing, now: datetime) ->
     return outcome
 
 
+class ListingDoubtful(KeydError):
+    """An organization or user listed nothing while its keys are held here."""
+
+    retryable = True
+    exit_code = EXIT_UNAVAILABLE
+
+
 class _Join:
     def __init__(self, tx: InventoryTx, listing: ZitadelListing, now: datetime) -> None:
         self.tx, self.listing, self.now = tx, listing, now
@@ -83,29 +95,61 @@ class _Join:
             known = _ref_user(ref)
             if known is not None and known[0] in self.listing.organizations:
                 users.add(known[1])
+        self._doubt(index)
         keys = self.tx.keys_by_key_id(k.key_id for k in self.listing.keys)
-        locs = self.tx.locations_by_id(e.id for e in index.values())
-        touched = []
         for listed in self.listing.keys:
-            entry = index.pop(location_ref(listed), None)
-            touched.append(self._listed(listed, keys, locs.get(entry.id) if entry else None))
+            self._key(listed, keys)
+        self.tx.flush()  # new keys get their pks
+        unchanged_locs: list[int] = []
+        unchanged_keys: set[int] = set()
+        slow: list[tuple[ListedKey, Key, LocationIndex | None]] = []
+        for listed in self.listing.keys:
+            key, entry = keys[listed.key_id], index.pop(location_ref(listed), None)
+            if entry is not None and entry.status == LocationStatus.PRESENT and entry.key_pk == key.id:
+                unchanged_locs.append(entry.id)  # the common case: a bulk last_seen, no ORM
+                unchanged_keys.add(key.id)
+            else:
+                slow.append((listed, key, entry))
+        locs = self.tx.locations_by_id([e.id for _, _, e in slow if e] + [e.id for e in index.values()])
+        for listed, key, entry in slow:
+            self._location(listed, key, locs.get(entry.id) if entry is not None else None)
         for entry in index.values():
             self._unlisted(locs[entry.id])
-        self.tx.flush()  # new keys get their pks
-        self.affected.update(key.id for key in touched)
+        self.tx.touch(unchanged_locs, unchanged_keys, self.now)
         self._gone(users, {k.key_id for k in self.listing.keys})
         self._settle()
+        self.out.unheld = sum(key.status == KeyStatus.UNHELD for key in keys.values())
         mark_source_ok(self.tx, self.source, self.now)
         self.out.events += self.tx.pending_events
         return self.out
 
-    def _listed(self, listed: ListedKey, keys: dict[str, Key], loc: KeyLocation | None) -> Key:
+    def _doubt(self, index: dict[str, LocationIndex]) -> None:
+        """Refuse a listing in which an organization/user with held keys lists nothing."""
+        for scope in sorted(self.listing.empty):
+            if scope in self.listing.organizations:  # the users keyd saw there before
+                refs = (_ref_user(ref) for ref in index)
+                members = {known[1] for known in refs if known is not None and known[0] == scope}
+            else:
+                members = {scope}
+            held = self.tx.held_keys_of(members)
+            if held:
+                what = "organization" if scope in self.listing.organizations else "user"
+                raise ListingDoubtful(
+                    f"ZITADEL lists no key at all for {what} {scope}, but keyd holds "
+                    f"{len(held)} key file(s) of it (e.g. key {held[0].key_id}): keyd's "
+                    "service user may have lost user.read there (ZITADEL then hides the keys "
+                    "instead of answering 403); nothing was changed. If the keys really were "
+                    "all removed, delete their files"
+                )
+
+    def _key(self, listed: ListedKey, keys: dict[str, Key]) -> None:
         self.out.seen += 1
         self.out.keys += 1
         key = keys.get(listed.key_id)
         if key is None:
-            key = keys[listed.key_id] = self._new(listed)
-        elif listed.user_id != key.principal:
+            keys[listed.key_id] = self._new(listed)
+            return
+        if listed.user_id != key.principal:
             log.warning(
                 "%s: ZITADEL lists key %s for user %s, its file says %s",
                 self.source,
@@ -113,31 +157,37 @@ class _Join:
                 listed.user_id,
                 key.principal,
             )
-        key.zitadel_created_at = listed.created_at
-        if key.expiry_source == ZITADEL or key.expires_at is None:
-            if key.expires_at != listed.expires_at:
-                self._event(
-                    "key.expiry_from_zitadel",
-                    key,
-                    expires_at=listed.expires_at,
-                    old_expires_at=key.expires_at,
-                )
+        if key.zitadel_created_at != listed.created_at:
+            key.zitadel_created_at = listed.created_at
+        if (key.expiry_source == ZITADEL or key.expires_at is None) and (
+            key.expires_at != listed.expires_at or key.expiry_source != ZITADEL
+        ):
+            self._event(
+                "key.expiry_from_zitadel", key, expires_at=listed.expires_at, old_expires_at=key.expires_at
+            )
             key.expires_at, key.expiry_source = listed.expires_at, ZITADEL
+            self.affected.add(key.id)  # active/expired may move
+
+    def _location(self, listed: ListedKey, key: Key, loc: KeyLocation | None) -> None:
+        """A new, returned or re-pointed listing location (by pk: assigning the
+        relationship would load every key's collection)."""
         if loc is None:
             loc = KeyLocation(
                 source=self.source,
                 ref=location_ref(listed),
                 kind=LocationKind.ZITADEL,
                 first_seen=self.now,
-                key=key,
+                key_pk=key.id,
             )
             self.tx.add(loc)
             self._event("location.new", key, ref=loc.ref)
         elif loc.status != LocationStatus.PRESENT:
             self._event("location.returned", key, ref=loc.ref, was=loc.status)
-        loc.key, loc.status, loc.last_seen, loc.last_error = key, LocationStatus.PRESENT, self.now, None
+        if loc.key_pk != key.id:
+            loc.key_pk = key.id
+        loc.status, loc.last_seen, loc.last_error = LocationStatus.PRESENT, self.now, None
         key.last_seen = self.now
-        return key
+        self.affected.add(key.id)
 
     def _new(self, listed: ListedKey) -> Key:
         key = Key(
@@ -149,6 +199,7 @@ class _Join:
             fingerprint=placeholder(listed.key_id),
             expires_at=listed.expires_at,
             expiry_source=ZITADEL,
+            zitadel_created_at=listed.created_at,
             content_hash=placeholder(listed.key_id),
             status=KeyStatus.UNHELD,
             first_seen=self.now,
@@ -173,8 +224,8 @@ class _Join:
         if loc.status != LocationStatus.MISSING:
             self._event("location.missing", loc.key, ref=loc.ref, was=loc.status)
             loc.status = LocationStatus.MISSING
-        if loc.key is not None:
-            self.affected.add(loc.key.id)
+        if loc.key_pk is not None:
+            self.affected.add(loc.key_pk)
 
     def _gone(self, users: set[str], listed: set[str]) -> None:
         """Held keys of fully listed users that ZITADEL no longer lists."""
@@ -209,8 +260,6 @@ class _Join:
         counts = self.tx.location_status_counts(self.affected)
         for key in self.tx.keys_by_pk(self.affected):
             target = derive_status(key, counts.get(key.id, {}), self.now, changed=False)
-            if target == KeyStatus.UNHELD:
-                self.out.unheld += 1
             if target != key.status:
                 self._event("key.status", key, was=key.status, status=target)
                 key.status, key.updated_at = target, self.now

@@ -28,7 +28,7 @@ from typing import Any, Final
 from keyd.store.alerts import AlertRecord
 from keyd.text import escape
 from keyd.timeutil import format_duration, isoformat_z
-from keyd.vocab import AlertKind, KeyKind, LocationStatus, Severity
+from keyd.vocab import AlertKind, KeyKind, LocationKind, LocationStatus, Severity
 
 _SEVERITY_ORDER: Final[dict[str, int]] = {severity: rank for rank, severity in enumerate(Severity)}
 _TAG = "[keyd "
@@ -203,9 +203,24 @@ def _locations(ctx: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def _location(loc: Mapping[str, Any]) -> str:
     source, ref = str(loc.get("source", "")), str(loc.get("ref", ""))
+    if loc.get("kind") == LocationKind.ZITADEL:
+        return f"listed by ZITADEL ({ref}, source {source})"
     where = f"Vault {ref}" if source.startswith("vault") else f"file {ref}"
     status = loc.get("status")
     return f"{where} (source {source}{'' if status == LocationStatus.PRESENT else f', {status}'})"
+
+
+def _zitadel_todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
+    key_id, principal = ctx.get("key_id"), ctx.get("principal")
+    if kind == AlertKind.UNHELD:
+        return [f"keyd watches no file or Vault secret holding key {key_id} of {principal}.",
+                "If it is deployed on a host or in a store keyd does not watch, add that place "
+                "as a source;",
+                f"if nothing uses it, delete it: ZITADEL console → Users → Service Users → "
+                f"{principal} → Keys."]
+    return [f"Key {key_id} {ctx.get('finding', 'breaks a key policy')} (as ZITADEL lists it).",
+            _console_steps(ctx) + " with an expiration date inside the policy, deploy it,",
+            f"then delete key {key_id} in the console."]
 
 
 def _console_steps(ctx: Mapping[str, Any]) -> str:
@@ -222,7 +237,15 @@ ROTATION_PROBLEMS = (AlertKind.ROTATION_FAILED, AlertKind.ROTATION_BLOCKED)
 
 def _todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
     key_id = ctx.get("key_id")
-    where = "; ".join(str(loc.get("ref")) for loc in _locations(ctx)) or "its source"
+    where = "; ".join(str(loc.get("ref")) for loc in _locations(ctx)
+                      if loc.get("kind") != LocationKind.ZITADEL) or "its source"
+    if kind in (AlertKind.UNHELD, AlertKind.POLICY):
+        return _zitadel_todo(kind, ctx)
+    if kind == AlertKind.REJECTED and ctx.get("diagnosis") == "removed":
+        return [f"ZITADEL no longer lists key {key_id}: it was deleted there, so it cannot "
+                "mint tokens any more.",
+                f"Delete the key file ({where}), or replace it with a current key of "
+                f"{ctx.get('principal')} if something still uses it."]
     if kind == AlertKind.ROTATED and ctx.get("new_key_id"):
         return [f"Nothing to do: keyd rotated key {key_id}; key {ctx.get('new_key_id')} is in "
                 f"its place ({where}).", "`keyd rotations` shows the history."]

@@ -33,6 +33,7 @@ class ZitadelListing:
     keys: tuple[ListedKey, ...]
     users: frozenset[str]
     organizations: frozenset[str]
+    empty: frozenset[str] = frozenset()  # organizations and users that listed no key at all
 
 
 class ZitadelSource:
@@ -41,10 +42,17 @@ class ZitadelSource:
 
     def list_all(self) -> ZitadelListing:
         keys: dict[str, ListedKey] = {}
+        empty: set[str] = set()
         for org in self.cfg.organizations:
-            keys.update((k.key_id, k) for k in self.api.list_keys(organization_id=org))
+            found = self.api.list_keys(organization_id=org)
+            keys.update((k.key_id, k) for k in found)
+            empty.update(() if found else (org,))
         for user in self.cfg.users:
-            keys.update((k.key_id, k) for k in self.api.list_keys(user_id=user))
+            found = self.api.list_keys(user_id=user)
+            keys.update((k.key_id, k) for k in found)
+            empty.update(() if found else (user,))
         users = set(self.cfg.users) | {k.user_id for k in keys.values()}
         ordered = tuple(sorted(keys.values(), key=lambda k: (k.created_at, k.key_id)))
-        return ZitadelListing(self.cfg.name, ordered, frozenset(users), frozenset(self.cfg.organizations))
+        return ZitadelListing(
+            self.cfg.name, ordered, frozenset(users), frozenset(self.cfg.organizations), frozenset(empty)
+        )

@@ -448,3 +448,33 @@ def test_rotation_credential_is_a_path_or_the_systemd_credential(tmp_path: Path)
     inline = '[rotation]\ncredential = """{"type": "serviceaccount", "key": "-----BEGIN"}"""\n'
     with pytest.raises(ConfigError, match="rotation.credential: must be the path of a key file"):
         load_config(write(tmp_path, inline), {})
+
+
+def test_zitadel_source(tmp_path: Path) -> None:
+    keyfile = tmp_path / "keyd-sa.json"
+    keyfile.write_text("{}")
+    head = '[issuer]\nurl = "https://zitadel.example.com"\n'
+    source = '[[sources]]\ntype = "zitadel"\n'
+    config = load_config(write(tmp_path, head + source + 'organizations = ["1", "2", "1"]\n'
+                               f'credential = "{keyfile}"\n'), {})
+    (zitadel,) = config.sources
+    assert zitadel.name == "zitadel:1,2" and zitadel.organizations == ("1", "2")  # type: ignore[union-attr]
+    assert zitadel.interval == timedelta(hours=1) and zitadel.credential == keyfile  # type: ignore[union-attr]
+    fallback = load_config(write(tmp_path, head + f'[rotation]\ncredential = "{keyfile}"\n'
+                                 + source + 'users = ["7"]\ninterval = "2h"\n'), {})
+    assert fallback.sources[0].credential == keyfile  # type: ignore[union-attr]
+    systemd = load_config(write(tmp_path, head + source + 'users = ["7"]\n'),
+                          creds(tmp_path, zitadel_api_key="{}"))
+    assert systemd.sources[0].credential == tmp_path / "credentials" / "zitadel-api-key"  # type: ignore[union-attr]
+    bad = {
+        'organizations = ["1"]\nusers = ["2"]\n': "either organizations or users",
+        "": "either organizations or users",
+        'users = ["a/b"]\n': "is not a ZITADEL id",
+        'users = ["7"]\n': "needs keyd's own key file",
+        'users = ["7"]\ninterval = "10s"\n': "interval",
+    }
+    for text, problem in bad.items():
+        with pytest.raises(ConfigError, match=problem):
+            load_config(write(tmp_path, head + source + text), {})
+    with pytest.raises(ConfigError, match="needs an \\[issuer\\]"):
+        load_config(write(tmp_path, source + f'users = ["7"]\ncredential = "{keyfile}"\n'), {})

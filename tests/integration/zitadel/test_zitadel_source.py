@@ -38,6 +38,7 @@ def test_unheld_held_expiry_fill_and_gone(world: World) -> None:
     assert rows[unheld].status == "unheld" and not rows[unheld].held
     assert [(loc.kind, loc.source) for loc in rows[unheld].locations] == [("zitadel", "zitadel")]
     assert rows[unheld].expires_at is not None and rows[unheld].expiry_source == "zitadel"
+    assert rows[unheld].zitadel_created_at == T0 == rows[held.key_id].zitadel_created_at
     assert rows[held.key_id].status == "active" and rows[held.key_id].held
     assert {loc.kind for loc in rows[held.key_id].locations} == {None, "zitadel"}
     assert rows[held.key_id].expiry_source is None
@@ -138,3 +139,44 @@ def test_garbage_page_mid_listing_changes_nothing(world: World) -> None:
     assert snapshot(world) == before
     report = world.scan(page_size=2)  # the next complete listing applies
     assert not report.failed and world.rows()[doomed.key_id].status == "rejected"
+
+
+def test_zitadels_silent_filtering_is_not_taken_for_removal(world: World) -> None:
+    """Real ZITADEL hides the keys a caller may not read instead of a 403:
+    an organization that suddenly lists nothing while its key files are
+    held is a source error, not every key gone."""
+    world.issuer.key_api.permission_mode = "filter"
+    user = world.user()
+    held = world.held(user)
+    world.scan()
+    before = snapshot(world)
+    world.issuer.key_api.revoke_grants(world.api_user.principal)  # user.read lost
+    report = world.scan()
+    assert [s.source for s in report.failed] == ["zitadel"]
+    assert "lists no key at all for organization" in str(report.failed[0].error)
+    assert "lost user.read" in str(report.failed[0].error)
+    assert snapshot(world) == before and world.rows()[held.key_id].status == "active"
+
+
+def test_daemon_reads_a_zitadel_source_on_its_own_interval(world: World) -> None:
+    from keyd.clients.issuer import IssuerClient
+    from keyd.inventory.scan import scan_all
+    from keyd.runtime.wiring import zitadel_key_apis
+
+    config = world.config()
+    world.scan()
+    calls = len(world.issuer.key_api.calls)
+    with IssuerClient(world.issuer.url, clock=world.clock) as issuer:
+        apis = zitadel_key_apis(config, issuer, world.clock)
+        try:
+            world.clock.advance(timedelta(minutes=59))
+            names = [s.source for s in scan_all(config, world.engine, world.clock,
+                                                key_apis=apis, due_only=True).sources]
+            assert names == ["files"] and len(world.issuer.key_api.calls) == calls
+            world.clock.advance(timedelta(minutes=1))
+            names = [s.source for s in scan_all(config, world.engine, world.clock,
+                                                key_apis=apis, due_only=True).sources]
+            assert names == ["files", "zitadel"] and len(world.issuer.key_api.calls) > calls
+        finally:
+            for api in apis.values():
+                api.close()
