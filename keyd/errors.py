@@ -22,7 +22,8 @@ tests/unit/test_errors_tree.py keeps this list complete)::
     ├── ZitadelApiError
     │   ├── ZitadelApiTransient
     │   │   ├── ZitadelApiUnavailable
-    │   │   └── ZitadelApiBadResponse
+    │   │   ├── ZitadelApiBadResponse
+    │   │   └── ZitadelListingDoubtful
     │   └── ZitadelApiPermanent
     │       ├── ZitadelApiDenied
     │       ├── ZitadelApiNotFound
@@ -207,6 +208,12 @@ class ZitadelApiBadResponse(ZitadelApiTransient):
     """An answer that is not what the API documents (HTML, wrong shape)."""
 
     exit_code = EXIT_BAD_RESPONSE
+
+
+class ZitadelListingDoubtful(ZitadelApiTransient):
+    """A listing in which an organization or user lists no key at all while
+    keyd holds key files of it: ZITADEL hides keys of users the caller may
+    not read instead of answering 403, so nothing is applied."""
 
 
 class ZitadelApiPermanent(ZitadelApiError):

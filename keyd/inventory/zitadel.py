@@ -20,7 +20,7 @@ source").
 A listing that failed never reaches this module (``record_failure`` is
 called instead), so an outage or a 403 changes no key. Nor does a listing
 in which an organization or user lists no key at all while keyd holds key
-files of its users (``ListingDoubtful``): ZITADEL silently leaves out keys
+files of its users (``ZitadelListingDoubtful``): ZITADEL silently leaves out keys
 of users the caller may not read, so "everything was removed at once" is
 far more likely a lost ``user.read`` than the truth.
 """
@@ -31,7 +31,7 @@ import logging
 from datetime import datetime
 
 from keyd.clients.zitadel import ListedKey
-from keyd.errors import EXIT_UNAVAILABLE, KeydError
+from keyd.errors import ZitadelListingDoubtful
 from keyd.inventory.reconcile import SourceOutcome, derive_status, mark_source_ok
 from keyd.sources.zitadel import ZitadelListing
 from keyd.store.inventory import Engine, InventoryTx, LocationIndex, inventory_tx
@@ -74,13 +74,6 @@ def reconcile_zitadel(engine: Engine, listing: ZitadelListing, now: datetime) ->
     return outcome
 
 
-class ListingDoubtful(KeydError):
-    """An organization or user listed nothing while its keys are held here."""
-
-    retryable = True
-    exit_code = EXIT_UNAVAILABLE
-
-
 class _Join:
     def __init__(self, tx: InventoryTx, listing: ZitadelListing, now: datetime) -> None:
         self.tx, self.listing, self.now = tx, listing, now
@@ -100,22 +93,18 @@ class _Join:
         for listed in self.listing.keys:
             self._key(listed, keys)
         self.tx.flush()  # new keys get their pks
-        unchanged_locs: list[int] = []
-        unchanged_keys: set[int] = set()
         slow: list[tuple[ListedKey, Key, LocationIndex | None]] = []
         for listed in self.listing.keys:
             key, entry = keys[listed.key_id], index.pop(location_ref(listed), None)
-            if entry is not None and entry.status == LocationStatus.PRESENT and entry.key_pk == key.id:
-                unchanged_locs.append(entry.id)  # the common case: a bulk last_seen, no ORM
-                unchanged_keys.add(key.id)
-            else:
+            # the common case, an unchanged row, is not written at all: it was seen at
+            # this source's last successful scan (store.keys.location)
+            if entry is None or entry.status != LocationStatus.PRESENT or entry.key_pk != key.id:
                 slow.append((listed, key, entry))
         locs = self.tx.locations_by_id([e.id for _, _, e in slow if e] + [e.id for e in index.values()])
         for listed, key, entry in slow:
             self._location(listed, key, locs.get(entry.id) if entry is not None else None)
         for entry in index.values():
             self._unlisted(locs[entry.id])
-        self.tx.touch(unchanged_locs, unchanged_keys, self.now)
         self._gone(users, {k.key_id for k in self.listing.keys})
         self._settle()
         self.out.unheld = sum(key.status == KeyStatus.UNHELD for key in keys.values())
@@ -134,12 +123,15 @@ class _Join:
             held = self.tx.held_keys_of(members)
             if held:
                 what = "organization" if scope in self.listing.organizations else "user"
-                raise ListingDoubtful(
+                raise ZitadelListingDoubtful(
+                    "ListKeys",
                     f"ZITADEL lists no key at all for {what} {scope}, but keyd holds "
                     f"{len(held)} key file(s) of it (e.g. key {held[0].key_id}): keyd's "
                     "service user may have lost user.read there (ZITADEL then hides the keys "
                     "instead of answering 403); nothing was changed. If the keys really were "
-                    "all removed, delete their files"
+                    "all removed, delete their files",
+                    organization_id=scope if what == "organization" else None,
+                    user_id=None if what == "organization" else scope,
                 )
 
     def _key(self, listed: ListedKey, keys: dict[str, Key]) -> None:
