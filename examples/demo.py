@@ -122,6 +122,7 @@ def write_config(issuer: IssuerServer, bao: OpenBao, smtp_port: int) -> Path:
 
         [rotation]
         credential = "{RUN / 'keys' / 'keyd-api.json'}"
+        enabled = false                 # keyd's user here may only read (ORG_OWNER_VIEWER)
 
         [vault]
         addr = "{bao.addr}"

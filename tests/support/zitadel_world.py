@@ -47,6 +47,7 @@ class World:
 url = "{self.issuer.url}"
 [rotation]
 credential = "{credential or self.api_user.path}"
+enabled = false
 [[sources]]
 type = "directory"
 path = "{self.keys}"
