@@ -30,7 +30,7 @@ from keyd.store.probes import ProbeHistoryRow
 from keyd.store.rotations import RotationRow
 from keyd.store.snapshot import TokenSnapshot
 from keyd.store.views import AlertRow, EventRow, SinkRow
-from keyd.vocab import SinkState
+from keyd.vocab import ExpiryStatus, LocationStatus, SinkState
 
 #: Token sink states that are a refusal keyd reports (it will not write there).
 REFUSED: Final = (SinkState.UNMANAGED, SinkState.CONFLICT)
@@ -171,12 +171,12 @@ def _most_urgent(keys: Sequence[KeyStatus], limit: int) -> Sequence[KeyStatus]:
 
 
 def _sources(key: KeyStatus) -> str:
-    present = sorted({loc.source for loc in key.row.locations if loc.status == "present"})
+    present = sorted({loc.source for loc in key.row.locations if loc.status == LocationStatus.PRESENT})
     return ", ".join(present) or f"({', '.join(sorted({loc.source for loc in key.row.locations}))})"
 
 
 def _expires(key: KeyStatus) -> str:
-    if key.expiry.status in ("never", "unknown"):
+    if key.expiry.status in (ExpiryStatus.NEVER, ExpiryStatus.UNKNOWN):
         return key.expiry.status
     return render.expiry(key.expiry.expires_at)
 

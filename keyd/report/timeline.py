@@ -28,9 +28,11 @@ from keyd.report import render
 from keyd.report.status import KeyStatus, StatusReport, shown_status
 from keyd.report.web import status_class
 from keyd.timeutil import format_duration
+from keyd.vocab import ExpiryStatus
 
 WIDTH: Final = 960
 ZONE: Final = 72  # width of the "expired" and "later" zones
+UNDATED: Final = (ExpiryStatus.NEVER, ExpiryStatus.UNKNOWN)  # no place on the time axis
 LEFT: Final = 120  # lane labels, then the expired zone
 X_NOW: Final = LEFT + ZONE
 X_END: Final = WIDTH - ZONE - 16
@@ -89,8 +91,8 @@ def render_timeline(report: StatusReport, thresholds: Sequence[timedelta] = ()) 
 
 
 def _split(keys: Sequence[KeyStatus]) -> tuple[list[KeyStatus], list[KeyStatus]]:
-    dated = [k for k in keys if k.expiry.status not in ("never", "unknown")]
-    undated = [k for k in keys if k.expiry.status in ("never", "unknown")]
+    dated = [k for k in keys if k.expiry.status not in UNDATED]
+    undated = [k for k in keys if k.expiry.status in UNDATED]
     return dated, undated
 
 
@@ -101,7 +103,7 @@ def _place_dated(keys: list[KeyStatus], report: StatusReport, horizon: timedelta
     for key in sorted(keys, key=lambda k: (k.expiry.expires_at, k.row.key_id)):
         at = key.expiry.expires_at
         assert at is not None  # dated
-        if at <= report.at or key.expiry.status == "expired":
+        if at <= report.at or key.expiry.status == ExpiryStatus.EXPIRED:
             expired.append(key)
         elif at - report.at > horizon:
             later.append(key)
@@ -166,8 +168,8 @@ def _mark(mark: _Mark, lane_top: int) -> str:
     status = shown_status(key)
     view = key.expiry
     shape = ""
-    if view.status in ("never", "unknown"):
-        when = "never expires" if view.status == "never" else "expiry unknown"
+    if view.status in UNDATED:
+        when = "never expires" if view.status == ExpiryStatus.NEVER else "expiry unknown"
         shape = " undated"
     else:
         when = (

@@ -50,7 +50,7 @@ from keyd.store.keys import KeyRecord
 from keyd.store.rotations import RotationSnapshot, unfinished
 from keyd.store.snapshot import LocationProblem, SourceSnapshot
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
-from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus
+from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus, SinkState
 
 SCHEMA: Final = "keyd.check/1"
 EXIT_FOR: Final[dict[str, int]] = {CheckStatus.OK: EXIT_OK, CheckStatus.WARNING: EXIT_WARNING,
@@ -230,7 +230,7 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
     have retired long ago a WARNING (README "Rotation")."""
     who = f"rotation of key {row.old_key_id} ({row.principal})"
     common: dict[str, Any] = {"key_id": row.old_key_id, "principal": row.principal}
-    if row.state == "failed":
+    if row.state == SinkState.FAILED:
         verdict.problems.append(Problem(CheckStatus.CRITICAL, "rotation", f"{who} failed at "
                                         f"{row.failed_step}: {_clean(row.last_error)}", **common))
     elif row.state != "published" and (at - row.updated_at > ROTATION_STUCK
@@ -310,7 +310,7 @@ def _zitadel_findings(services: Services, now: datetime
         return frozenset(), []
     with alert_store.transaction(services.engine) as session:
         keys = alert_store.all_keys(session)
-        removed = alert_store.removed_keys(session, [k.id for k in keys if k.status == "rejected"])
+        removed = alert_store.removed_keys(session, [k.id for k in keys if k.status == KeyStatus.REJECTED])
         gone = frozenset(k.key_id for k in keys if k.id in removed)
         found = [PolicyFinding(f.key.key_id, f.key.principal, f.text)
                  for f in policy_findings(services.config, keys, now)]

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from keyd.store.alerts import OPEN_STATES
 from keyd.store.keys import KEY_COLUMNS, LOCATION_COLUMNS, KeyRecord, key_record
 from keyd.store.models import Delivery, Key, KeyLocation, Rotation, SourceState, TokenSink
-from keyd.vocab import LocationStatus
+from keyd.vocab import KeyStatus, LocationStatus
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def aggregates(engine: Engine) -> Aggregates:
     with engine.connect() as conn:
         by_status = {str(s): int(n) for s, n in conn.execute(
             select(Key.status, func.count()).group_by(Key.status))}
-        active = Key.status == "active"
+        active = Key.status == KeyStatus.ACTIVE
         oldest_ok = conn.execute(select(func.min(Key.last_ok_at)).where(active)).scalar()
         never_ok = conn.execute(select(func.count()).select_from(Key).where(
             active, Key.last_ok_at.is_(None))).scalar_one()
