@@ -10,8 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +22,12 @@ from cryptography.hazmat.primitives import serialization
 from keyd.clock import FakeClock
 from keyd.sources.keyfile import read_keyfile
 from tests.support.issuer import NEW_STYLE, OLD_STYLE, IssuerServer
+from tests.support.issuer_fixtures import T0
 from tests.support.keys import MadeKey, make_key_file
 
 pytestmark = pytest.mark.issuer
-T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-@pytest.fixture
-def clock(issuer: IssuerServer) -> FakeClock:
-    fake = FakeClock(T0)
-    issuer.now = fake.now
-    return fake
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as c:
-        yield c
 
 
 @pytest.fixture

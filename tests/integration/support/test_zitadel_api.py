@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -20,26 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keyd.clock import FakeClock
 from tests.support.issuer import IssuerServer
+from tests.support.issuer_fixtures import T0
 from tests.support.keys import MadeKey, make_key_file, rsa_key
 from tests.support.zitadel_api import API_SCOPE, DEFAULT_ORG, SEARCH_PATH, make_api_user
 
 pytestmark = pytest.mark.issuer
-T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ORG_B = "200000000000000002"
-
-
-@pytest.fixture
-def clock(issuer: IssuerServer) -> FakeClock:
-    fake = FakeClock(T0)
-    issuer.now = fake.now
-    return fake
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as c:
-        yield c
 
 
 def assertion(key: MadeKey, issuer: IssuerServer, kid: str | None = None) -> str:

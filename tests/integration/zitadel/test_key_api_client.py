@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -27,19 +27,12 @@ from keyd.errors import (
 )
 from keyd.sources.keyfile import parse_keyfile
 from tests.support.issuer import IssuerServer
+from tests.support.issuer_fixtures import T0
 from tests.support.keys import make_key_file, private_pem, rfc3339, rsa_key
 from tests.support.zitadel_api import DEFAULT_ORG, SEARCH_PATH, make_api_user
 
 pytestmark = pytest.mark.issuer
-T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 ORG_B = "200000000000000002"
-
-
-@pytest.fixture
-def clock(issuer: IssuerServer) -> FakeClock:
-    fake = FakeClock(T0)
-    issuer.now = fake.now
-    return fake
 
 
 @pytest.fixture

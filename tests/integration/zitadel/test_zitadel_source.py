@@ -180,3 +180,26 @@ def test_daemon_reads_a_zitadel_source_on_its_own_interval(world: World) -> None
         finally:
             for api in apis.values():
                 api.close()
+
+
+def test_no_access_token_or_key_material_in_logs_or_database(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    user = world.user()
+    world.held(user)
+    world.issuer.fault_paths = {SEARCH_PATH}
+    world.issuer.fail_next(1, "503")
+    world.scan()  # a failure, recorded with its message
+    world.scan()
+    assert world.issuer.issued_tokens  # keyd's API token was minted ...
+    from sqlalchemy import text
+
+    with world.engine.connect() as conn:
+        stored = " ".join(str(row) for table in ("events", "source_states", "keys",
+                                                 "key_locations", "probes")
+                          for row in conn.execute(text(f"SELECT * FROM {table}")))  # noqa: S608
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("keyd"))
+    assert "ZITADEL unavailable" in logged or "503" in logged
+    for token in world.issuer.issued_tokens:  # ... and never written anywhere by keyd
+        assert token not in logged and token not in stored
+    assert "PRIVATE KEY" not in logged and "PRIVATE KEY" not in stored

@@ -1,0 +1,1 @@
+from tests.support.issuer_fixtures import client, clock  # noqa: F401
