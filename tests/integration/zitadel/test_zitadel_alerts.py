@@ -121,3 +121,19 @@ def test_policy_findings_alert_once_and_warn(zitadel_world: World) -> None:
     assert len(warnings) == len(policy) and verdict.status == "warning"
     check(world, config)
     assert sorted(a[1] for a in alerts(world) if a[0] == "policy") == policy  # once each
+
+
+def test_unheld_notice_is_resolved_once_a_file_holds_the_key(zitadel_world: World) -> None:
+    world = zitadel_world
+    user = world.user()
+    console = make_key_file(None, user_id=user, register_with=world.issuer,
+                            expires_at=T0 + timedelta(days=200))
+    config = world.config()
+    check(world, config)
+    assert [a[0] for a in alerts(world) if console.key_id in a[2]] == ["unheld"]
+    (world.keys / f"{console.key_id}.json").write_text(console.text)  # deployed after all
+    (world.keys / f"{console.key_id}.json").chmod(0o600)
+    check(world, config)
+    notice = [a for a in alerts(world) if console.key_id in a[2]]
+    assert [(a[0], a[3]) for a in notice] == [("unheld", "resolved")]
+    assert world.rows()[console.key_id].status == "active" and world.rows()[console.key_id].held
