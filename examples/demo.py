@@ -9,7 +9,10 @@ only in ZITADEL (made in the console, never deployed), which the
 uses them, and runs the real `keyd` command line against it:
 `keyd db upgrade`, `keyd check`, `keyd status`. Then it shows the alert
 mail that arrived and the token keyd wrote to Vault (metadata only: an
-access token is never printed), and stops everything it started.
+access token is never printed), the rotation of the expiring key (keyd's
+own service user holds the Org User Manager role at the test issuer; the
+new key was registered, proven and written in place during the check, and
+its tokens are already in Vault), and stops everything it started.
 
 Everything lives under ./demo-run/ (recreated on each run).
 """
@@ -81,9 +84,10 @@ def make_users(issuer: IssuerServer, bao: OpenBao, keys_dir: Path) -> None:
                          register_with=issuer, fresh=True)
     bao.kv_put("zitadel/keys/payments", {"keyfile": made.path.read_text()})
     shutil.rmtree(vault_dir)  # the only copy now lives in Vault
-    # keyd's own service user (reads ZITADEL's key list), its key file where keyd watches it
-    own = make_api_user(issuer, keys_dir, role="ORG_OWNER_VIEWER")
-    print(f"  {own.path.relative_to(ROOT)}: keyd's own user {own.principal} (ORG_OWNER_VIEWER)")
+    # keyd's own service user (lists ZITADEL's keys, rotates them), its key file where keyd
+    # watches it
+    own = make_api_user(issuer, keys_dir, role="ORG_USER_MANAGER")
+    print(f"  {own.path.relative_to(ROOT)}: keyd's own user {own.principal} (ORG_USER_MANAGER)")
     console = make_key_file(None, user_id="svc-healthy", expires_at=now + timedelta(days=400),
                             register_with=issuer)
     print(f"  (nowhere on disk): key {console.key_id} of svc-healthy, made in the console "
@@ -121,8 +125,9 @@ def write_config(issuer: IssuerServer, bao: OpenBao, smtp_port: int) -> Path:
         organizations = ["{DEFAULT_ORG}"]
 
         [rotation]
+        # keyd's own service user (Org User Manager) for ZITADEL's key API: lists keys
+        # for the zitadel source and rotates keys with less than rotation.before left
         credential = "{RUN / 'keys' / 'keyd-api.json'}"
-        enabled = false                 # keyd's user here may only read (ORG_OWNER_VIEWER)
 
         [vault]
         addr = "{bao.addr}"
@@ -208,6 +213,14 @@ def main() -> int:
         banner("Mail that keyd sent")
         show_mail(RUN / "mailbox")
         banner("Tokens keyd keeps fresh in Vault")
+        show_tokens(bao)
+        banner("Rotation: the expiring key was replaced during that cycle")
+        keyd(config, "rotations")
+        print(f"  ZITADEL now lists for svc-expiring: "
+              f"{sorted(k.key_id for k in issuer.keys() if k.principal == 'svc-expiring')} "
+              "(old and new overlap for rotation.overlap = 7d, then keyd removes the old one)")
+        banner("keyd check again: nothing left to rotate; the new key's tokens keep flowing")
+        keyd(config, "check")
         show_tokens(bao)
         banner("Stopping everything")
     print(f"\nkeyd check exited {check_code} (2 = critical: an expired and a revoked key).")

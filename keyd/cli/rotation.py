@@ -80,7 +80,7 @@ def render(row: RotationRow) -> str:
         lines.append(f"  failed at {row.failed_step}: {row.last_error}")
     elif row.last_error:
         lines.append(f"  {row.last_error}")
-    if row.retire_after and row.state == "published":
+    elif row.retire_after and row.state == "published":
         lines.append(f"  old key retired from {isoformat_z(row.retire_after)}")
     return "\n".join(lines)
 

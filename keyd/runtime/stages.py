@@ -108,8 +108,15 @@ def probe_plan(services: Services) -> Sequence[str]:
 
 
 def rotate(services: Services) -> RotationReport:
+    """Plan and advance rotations; when a key was published this round,
+    rescan at once so probes and token write-back use the new key now
+    (its locations no longer hold the old one)."""
     assert services.rotation is not None
-    return rotate_due(services.engine, services.rotation, services.clock.now())
+    now = services.clock.now()
+    report = rotate_due(services.engine, services.rotation, now)
+    if any(r.published_at is not None and r.published_at >= now for r in report.rows):
+        scan(services)
+    return report
 
 
 def rotate_plan(services: Services) -> Sequence[str]:
