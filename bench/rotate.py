@@ -56,22 +56,28 @@ def main() -> int:
         keys.mkdir(mode=0o700)
         manager = make_api_user(issuer, root)
         for _ in range(args.keys):
-            made = make_key_file(keys, register_with=issuer,
-                                 expires_at=datetime.now(UTC) + timedelta(days=5))
+            made = make_key_file(keys, register_with=issuer, expires_at=datetime.now(UTC) + timedelta(days=5))
             issuer.key_api.add_user(made.principal)
         db = f"sqlite:///{root / 'keyd.db'}"
         upgrade(db)
         engine = make_engine(db)
-        config = Config(database=DatabaseConfig(db), issuer=IssuerConfig(url=issuer.url, rate_limit=0),
-                        sources=(DirectorySourceConfig("dir", keys),))
+        config = Config(
+            database=DatabaseConfig(db),
+            issuer=IssuerConfig(url=issuer.url, rate_limit=0),
+            sources=(DirectorySourceConfig("dir", keys),),
+        )
         with IssuerClient(issuer.url, clock=clock) as client:
             probe = build_probe_services(config, clock, client, None, on_round=None)
             tokens = ApiTokenProvider(manager.path, client, AssertionSigner(clock), clock)
             with ZitadelKeyAPI(issuer.url, tokens, clock=clock) as api:
                 policy = RotationPolicy(overlap=timedelta(0), algorithm=args.algorithm)
-                services = RotationServices(api=api, publisher=Publisher(config.sources, None),
-                                            prove=probe_prover(probe, policy), clock=clock,
-                                            policy=policy)
+                services = RotationServices(
+                    api=api,
+                    publisher=Publisher(config.sources, None),
+                    prove=probe_prover(probe, policy),
+                    clock=clock,
+                    policy=policy,
+                )
                 scan_all(config, engine, clock)
                 start = time.perf_counter()
                 report = probe_due(engine, replace(probe), clock.now())
@@ -89,10 +95,14 @@ def main() -> int:
         assert len(issuer.keys()) == args.keys + 1  # one per user, plus keyd's own
         engine.dispose()
     per_rotation, per_probe = rotate_seconds / args.keys, probe_seconds / args.keys
-    print(f"{args.keys} rotations ({args.algorithm}) end to end: {rotate_seconds:.2f} s, "
-          f"{per_rotation * 1000:.1f} ms per rotation")
-    print(f"{args.keys} probes (one per key, same run): {probe_seconds:.2f} s, "
-          f"{per_probe * 1000:.1f} ms per probe (8 in parallel)")
+    print(
+        f"{args.keys} rotations ({args.algorithm}) end to end: {rotate_seconds:.2f} s, "
+        f"{per_rotation * 1000:.1f} ms per rotation"
+    )
+    print(
+        f"{args.keys} probes (one per key, same run): {probe_seconds:.2f} s, "
+        f"{per_probe * 1000:.1f} ms per probe (8 in parallel)"
+    )
     print(f"rotation / probe: {per_rotation / per_probe:.1f}x")
     return 0
 
