@@ -84,20 +84,28 @@ class IssuerConfig:
     )
 
 
+def _after_publish() -> tuple[str, ...]:
+    """``sources.after_publish`` (directory and vault sources alike)."""
+    result: tuple[str, ...] = key(
+        "list", default=(), nonempty=False, doc="argv run after a rotated key was written (no shell)"
+    )
+    return result
+
+
+def _after_publish_timeout() -> timedelta:
+    result: timedelta = key(
+        "duration", default=timedelta(seconds=30), high=timedelta(hours=1), doc="after_publish is killed then"
+    )
+    return result
+
+
 @section
 class DirectorySourceConfig:
     name: str = key("str", doc='inventory name; default "directory:<path>"')
     path: Path = key("path", required="is required for a directory source", doc="directory holding key files")
     pattern: str = key("str", default="*.json", doc="glob of key files in path")
-    after_publish: tuple[str, ...] = key(
-        "list", default=(), nonempty=False, doc="argv run after a rotated key was written (no shell)"
-    )
-    after_publish_timeout: timedelta = key(
-        "duration",
-        default=timedelta(seconds=30),
-        high=timedelta(hours=1),
-        doc="kill after_publish after this",
-    )
+    after_publish: tuple[str, ...] = _after_publish()
+    after_publish_timeout: timedelta = _after_publish_timeout()
     type: str = key("str", default="directory", doc="kind of source")
 
 
@@ -113,15 +121,8 @@ class VaultSourceConfig:
         doc="every secret under this path is a key file",
     )
     field: str = key("str", default="keyfile", doc="secret field holding the key-file JSON")
-    after_publish: tuple[str, ...] = key(
-        "list", default=(), nonempty=False, doc="argv run after a rotated key was written (no shell)"
-    )
-    after_publish_timeout: timedelta = key(
-        "duration",
-        default=timedelta(seconds=30),
-        high=timedelta(hours=1),
-        doc="kill after_publish after this",
-    )
+    after_publish: tuple[str, ...] = _after_publish()
+    after_publish_timeout: timedelta = _after_publish_timeout()
     type: str = key("str", default="vault", doc="kind of source")
 
 
