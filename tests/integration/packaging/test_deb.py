@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.support.debroot import DebianRoot, debian_root, dependency_names
+from tests.support.keys import make_key_file
 
 ROOT = Path(__file__).resolve().parents[3]
 UNITS = ("keyd.service", "keyd-check.service", "keyd-check.timer")
@@ -107,6 +109,22 @@ def test_config_check_on_the_shipped_config(root: DebianRoot) -> None:
     ]
 
 
+def test_a_key_file_on_the_prescribed_layout_scans_without_warnings(
+        root: DebianRoot, tmp_path: Path) -> None:
+    """/etc/keyd/keys as tmpfiles makes it (0750 root:keyd), a key file in
+    it 0640 root:keyd, as sysusers.conf advises: keyd reads it, no warning."""
+    key = make_key_file(tmp_path, expires_at=datetime(2030, 1, 1, tzinfo=UTC))
+    assert key.path is not None
+    (root.file("/etc/keyd/keys") / "ci.json").write_bytes(key.path.read_bytes())
+    ok(root, "chown root:keyd /etc/keyd/keys/ci.json && chmod 0640 /etc/keyd/keys/ci.json")
+    ok(root, AS_KEYD + "keyd db upgrade")
+    result = root.run(AS_KEYD + "keyd scan")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("1 source, 1 key (")
+    status = ok(root, AS_KEYD + "keyd status")
+    assert key.key_id in status and "Problems" not in status
+
+
 def test_installed_units_verify_with_the_real_exec_start(root: DebianRoot) -> None:
     units = " ".join(f"/usr/lib/systemd/system/{u}" for u in UNITS)
     result = root.run(f"cd / && systemd-analyze verify --man=no {units}")
@@ -117,16 +135,20 @@ def test_installed_units_verify_with_the_real_exec_start(root: DebianRoot) -> No
 
 def test_purge_removes_the_package_and_keeps_the_database(root: DebianRoot, deb: Path) -> None:
     ok(root, AS_KEYD + "keyd db upgrade")
+    mine = root.file("/etc/keyd/keys/mine.json")  # the administrator's, not the package's
+    mine.write_text("{}")
     result = root.run("dpkg --purge keyd")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "kept /var/lib/keyd" in result.stderr
-    for gone in ("/usr/lib/keyd", "/usr/bin/keyd", "/etc/keyd", "/run/keyd",
+    for gone in ("/usr/lib/keyd", "/usr/bin/keyd", "/etc/keyd/keyd.toml", "/run/keyd",
                  "/usr/lib/systemd/system/keyd.service", "/usr/share/doc/keyd"):
         assert not root.file(gone).exists(), gone
-    assert root.file("/var/lib/keyd/keyd.db").is_file()
-    # Asked for, the database goes too.
+    assert root.file("/var/lib/keyd/keyd.db").is_file() and mine.is_file()
+    # Asked for, the database goes too; with nothing of anyone else's in
+    # /etc/keyd, the directory goes.
+    ok(root, "rm -f /etc/keyd/keys/*.json")
     ok(root, f"dpkg -i /tmp/{deb.name}")
     result = root.run("dpkg --purge keyd", env={"KEYD_PURGE_DATABASE": "yes"})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert not root.file("/var/lib/keyd").exists()
+    assert not root.file("/var/lib/keyd").exists() and not root.file("/etc/keyd").exists()
     assert ok(root, "dpkg-query -W -f='${db:Status-Abbrev}' keyd || true").strip() in ("", "un")
