@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 LADDER_KINDS: Final = (AlertKind.EXPIRING, AlertKind.EXPIRED)
 ISSUER: Final = "issuer"
 SKIPPED_STATUSES: Final = frozenset({KeyStatus.MISSING, KeyStatus.INVALID})
+#: Due keys are evaluated this many principals at a time, so a first tick
+#: after a cold start (every key due) never holds the whole inventory.
+PRINCIPALS_PER_BATCH: Final = 2000
 OPEN_KINDS: Final = (AlertKind.EXPIRING, AlertKind.EXPIRED, AlertKind.REJECTED, AlertKind.UNTRACKED)
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 
@@ -116,11 +119,26 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
     Does not commit.
     """
     store.rearm_if_schedule_changed(session, _schedule(config), now)
-    keys = store.alert_candidates(session, now)
+    new: list[Alert] = []
+    while keys := store.alert_candidates(session, now, limit=PRINCIPALS_PER_BATCH):
+        new.extend(_evaluate_keys(session, config, keys, now))
+        session.flush()  # the batch's keys are clean now: the identity map lets them go
+    new.extend(_issuer_alerts(session, config, now,
+                              store.AlertIndex.load(session, [ISSUER])))
+    if new:
+        log.info("decided %d new alert(s): %s", len(new),
+                 ", ".join(f"{a.kind}:{a.threshold}" for a in new))
+    return new
+
+
+def _evaluate_keys(session: Session, config: Config, keys: list[Key],
+                   now: datetime) -> list[Alert]:
+    """One batch of due keys (whole principals); schedules each one ahead,
+    so the next batch never sees them again."""
     by_principal: dict[str, list[Key]] = defaultdict(list)
     for key in keys:
         by_principal[key.principal].append(key)
-    known = store.AlertIndex.load(session, [_about(k) for k in keys] + [ISSUER])
+    known = store.AlertIndex.load(session, [_about(k) for k in keys])
     new: list[Alert] = []
     removed = store.removed_keys(session, [k.id for k in keys if k.status == KeyStatus.REJECTED])
     for key in keys:
@@ -135,10 +153,6 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
             removed=key.id in removed)))
     new.extend(zitadel_alerts(session, config, keys, now, known, _emit, _about))
     store.schedule_alerts(session, {k.id: _next_or_soon(k, config, now) for k in keys})
-    new.extend(_issuer_alerts(session, config, now, known))
-    if new:
-        log.info("decided %d new alert(s): %s", len(new),
-                 ", ".join(f"{a.kind}:{a.threshold}" for a in new))
     return new
 
 

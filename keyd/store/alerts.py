@@ -215,13 +215,16 @@ def all_keys(session: Session) -> list[Key]:
 ALERT_SCHEDULE: Final = "alerts.schedule"  # what the stored next_alert_at were computed for
 
 
-def alert_candidates(session: Session, now: datetime) -> list[Key]:
+def alert_candidates(session: Session, now: datetime, *, limit: int | None = None) -> list[Key]:
     """The alert evaluation's input: keys whose ``next_alert_at`` has come
     (one range query on its index; changed keys carry ``ALERT_NOW``), plus
     every other key of their principals (a new key can supersede an old
-    one), with their locations. Empty, in one query, when nothing is due."""
-    principals = sorted(set(session.scalars(
-        select(Key.principal).where(Key.next_alert_at <= now))))
+    one), with their locations. Empty, in one query, when nothing is due.
+    ``limit``: at most that many principals (the rest in the next call)."""
+    query = select(Key.principal).where(Key.next_alert_at <= now).distinct()
+    if limit is not None:  # no ORDER BY: it could make the planner walk the principal index
+        query = query.limit(limit)
+    principals = sorted(set(session.scalars(query)))
     keys: list[Key] = []
     for start in range(0, len(principals), 500):
         keys += session.scalars(select(Key).options(selectinload(Key.locations))

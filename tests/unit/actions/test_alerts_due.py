@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
+from keyd.actions import alerts
 from keyd.actions.alerts import evaluate_alerts
 from keyd.config import AlertsConfig, Config, EmailConfig
 from keyd.store import alerts as store
@@ -83,7 +85,8 @@ def test_a_change_or_a_rung_coming_due_brings_only_those_keys(migrated_engine: E
     with statements(migrated_engine) as seen:
         fired = _evaluate(migrated_engine, NOW + timedelta(minutes=1))
     assert [t.split("@")[0] for t in fired] == ["7d"]
-    assert len(_reading_keys(seen)) == 3  # due principals, their keys, their locations
+    # due principals, their keys, their locations; then "any more due?": none
+    assert len(_reading_keys(seen)) == 4
     with store.transaction(migrated_engine) as s:
         next_at = s.scalar(select(Key.next_alert_at).where(Key.key_id == "k7"))
     assert next_at == NOW + timedelta(days=5) - timedelta(days=3)  # the 3d rung
@@ -112,3 +115,16 @@ def test_missing_and_never_expiring_keys_wait_for_a_change(migrated_engine: Engi
     _evaluate(migrated_engine, NOW)
     with store.transaction(migrated_engine) as s:
         assert set(s.scalars(select(Key.next_alert_at))) == {ALERT_NEVER}
+
+
+def test_a_cold_start_is_evaluated_in_batches_of_principals(
+        migrated_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key due at once (first tick after a cold scan) is read a batch
+    of principals at a time, never the whole inventory in one load."""
+    monkeypatch.setattr(alerts, "PRINCIPALS_PER_BATCH", 7)
+    _keys(migrated_engine, 30, expires_in=timedelta(days=5))
+    with statements(migrated_engine) as seen:
+        assert len(_evaluate(migrated_engine, NOW)) == 30
+    loads = [s for s in seen if "key_locations" in s and s.lstrip().startswith("SELECT")]
+    assert len(loads) == 5  # 7 + 7 + 7 + 7 + 2 principals
+    assert _evaluate(migrated_engine, NOW + timedelta(minutes=1)) == []
