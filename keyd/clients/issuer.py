@@ -1,7 +1,9 @@
 """The issuer's HTTP endpoints: discovery, token, introspection (docs/zitadel.md §4).
 
-One long-lived ``httpx.Client`` (connection pooling, finite timeouts, TLS
-verification on) shared by all threads. Outcomes other than success are
+One long-lived ``httpx.Client`` (connection pooling, TLS verification on)
+shared by all threads. ``timeout`` is the *total* deadline of one request
+(connect + send + the whole answer, ``keyd.clients.deadline``): an issuer
+that drips its answer is cut off like one that hangs. Outcomes other than success are
 typed (``keyd.errors``):
 
 - a JSON OAuth error body, whatever the status → ``IssuerRejected``
@@ -27,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from keyd.clients.deadline import deadline_client, within
 from keyd.clock import Clock
 from keyd.errors import IssuerBadResponse, IssuerRejected, IssuerUnavailable, UsageError
 from keyd.redact import Secret, scrub
@@ -89,15 +92,18 @@ class IssuerClient:
         except ValueError as exc:
             raise UsageError("issuer.url", str(exc)) from None
         self._clock = clock
+        self._timeout = timeout
         verify: Any = str(ca_bundle) if ca_bundle else True
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections)
         # trust_env: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY with NO_PROXY, as
         # the Vault and webhook clients honour them (docs/daemon.md,
-        # "Proxies"). httpx reads them once, here, not per request.
-        self._http = httpx.Client(
+        # "Proxies"). httpx reads them once, here, not per request; proxied
+        # requests keep the total deadline too (deadline_client).
+        self._http = deadline_client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             verify=verify, transport=transport, follow_redirects=False, trust_env=True,
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
+            limits=limits,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         )
         self._discovery: Discovery | None = None
@@ -182,9 +188,11 @@ class IssuerClient:
     def _send(self, method: str, url: str, *, what: str,
               data: Mapping[str, str] | None = None) -> _Answer:
         try:
-            with self._http.stream(method, url, data=data) as response:
+            with within(self._timeout, f"{what} at {url}") as deadline, \
+                    self._http.stream(method, url, data=data) as response:
                 body = bytearray()
                 for chunk in response.iter_bytes():
+                    deadline.clamp(None)
                     body.extend(chunk)
                     if len(body) > MAX_BODY:
                         raise IssuerBadResponse(
@@ -193,9 +201,13 @@ class IssuerClient:
                 status = response.status_code
                 ctype = response.headers.get("content-type", "")
                 date = _parse_date(response.headers.get("date"))
-        except httpx.TimeoutException:
-            raise IssuerUnavailable(self.url, f"{what} at {url} timed out") from None
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except (httpx.TimeoutException, TimeoutError):
+            raise IssuerUnavailable(self.url, f"{what} at {url}: no complete answer within "
+                                    f"{self._timeout:g}s") from None
+        except httpx.DecodingError:  # e.g. a gzip-labelled body that is not gzip
+            raise IssuerBadResponse(self.url, f"{what} at {url}: the body cannot be decoded "
+                                    "as its Content-Encoding says") from None
+        except httpx.HTTPError as exc:
             raise IssuerUnavailable(
                 self.url, f"{what} at {url} failed: {type(exc).__name__}: {scrub(str(exc))[:200]}"
             ) from None

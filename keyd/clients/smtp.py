@@ -17,6 +17,10 @@ Certificates are verified with the system store, or ``ca_file`` /
 ``ssl_context`` (tests trust their self-signed certificate that way). The
 password is a ``Secret``; it is revealed only to ``login`` and stripped
 from any server text that reaches an error message.
+
+``timeout`` is a *total* deadline (``keyd.clients.deadline``) for the
+connection (connect, greeting, STARTTLS, AUTH) and again for each message
+(the whole SMTP transaction): a server that drips its replies is cut off.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from __future__ import annotations
 import logging
 import smtplib  # noqa: TID251 (this is the one smtplib user)
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from keyd.clients.deadline import current, shutdown_socket, within
 from keyd.config import EmailConfig
 from keyd.errors import MailError
 from keyd.redact import REDACTED, scrub
@@ -37,6 +42,7 @@ from keyd.redact import REDACTED, scrub
 log = logging.getLogger(__name__)
 
 SECURITY_MODES = ("ssl", "starttls", "none")
+T = TypeVar("T")
 
 
 class MailSender(Protocol):
@@ -100,10 +106,28 @@ class SmtpClient:
         text = " ".join(scrub(text).split())[:200]
         return f"{code} {text}".strip()
 
+    def _bounded(self, stage: str, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` under the total deadline; a failure caused by the
+        deadline says so instead of the socket error it provoked."""
+        seconds = self.config.timeout.total_seconds()
+        with within(seconds, f"{self.where} {what}") as deadline:
+            try:
+                result = fn()
+                if not deadline.expired:  # a cut reply can parse as a complete one
+                    return result
+            except MailError:
+                if not deadline.expired:
+                    raise
+            self.close()
+            raise self._fail(stage, f"no complete answer within {seconds:g}s ({what})",
+                             retryable=True)
+
     def connect(self) -> None:
         """Connect, secure and authenticate (no-op when already connected)."""
-        if self._smtp is not None:
-            return
+        if self._smtp is None:
+            self._bounded("connect", "connecting", self._connect)
+
+    def _connect(self) -> None:
         cfg = self.config
         if cfg.password is not None and cfg.security == "none":
             raise self._fail("auth", "refusing to send the password without TLS (security = "
@@ -123,12 +147,19 @@ class SmtpClient:
     def _open(self) -> smtplib.SMTP:
         cfg = self.config
         timeout = cfg.timeout.total_seconds()
+        if cfg.security == "ssl":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(local_hostname=self._local_hostname,
+                                                  timeout=timeout, context=self._context())
+        else:
+            smtp = smtplib.SMTP(local_hostname=self._local_hostname, timeout=timeout)
+        # what SMTP(host) would set: STARTTLS checks the certificate against it
+        smtp._host = cfg.host  # type: ignore[attr-defined]
+        deadline = current()
+        if deadline is not None:  # wakes a read blocked on a dripping server
+            deadline.abort_on(lambda: shutdown_socket(smtp.sock))
         try:
-            if cfg.security == "ssl":
-                return smtplib.SMTP_SSL(cfg.host, cfg.port, local_hostname=self._local_hostname,
-                                        timeout=timeout, context=self._context())
-            return smtplib.SMTP(cfg.host, cfg.port, local_hostname=self._local_hostname,
-                                timeout=timeout)
+            smtp.connect(cfg.host, cfg.port)
+            return smtp
         except ssl.SSLError as exc:
             raise self._fail("tls", f"TLS handshake failed ({exc.reason or exc})",
                              retryable=False) from None
@@ -188,7 +219,14 @@ class SmtpClient:
         not for 5xx (the connection is dropped after any failure).
         """
         self.connect()
+        self._bounded("send", "sending", lambda: self._send(message, recipients))
+
+    def _send(self, message: EmailMessage, recipients: Sequence[str]) -> None:
         assert self._smtp is not None
+        smtp = self._smtp
+        deadline = current()
+        if deadline is not None:
+            deadline.abort_on(lambda: shutdown_socket(smtp.sock))
         try:
             refused = self._smtp.send_message(message, from_addr=self.config.from_addr,
                                               to_addrs=list(recipients))

@@ -33,6 +33,7 @@ import hvac  # noqa: TID251 - this module is the one hvac importer
 import hvac.exceptions as hx  # noqa: TID251
 import requests
 
+from keyd.clients.deadline import DeadlineSession
 from keyd.clients.vault_model import (
     TOKEN_HELP,
     TokenTimer,
@@ -93,12 +94,9 @@ class VaultClient:
         self._cfg = cfg
         self._clock = clock
         verify: bool | str = (str(cfg.ca_bundle) if cfg.ca_bundle else True) if cfg.verify else False
-        if session is None:
-            session = requests.Session()
-            pooled = requests.adapters.HTTPAdapter(pool_connections=1,
-                                                   pool_maxsize=max(1, max_connections))
-            session.mount("https://", pooled)
-            session.mount("http://", pooled)
+        if session is None:  # every request: a total deadline of vault.timeout
+            session = DeadlineSession(cfg.timeout.total_seconds(),
+                                      pool_maxsize=max(1, max_connections))
         verify = _pin_environment(session, cfg.addr, verify)
         session.verify = verify  # hvac prefers a given session's verify over its argument
         self._hvac = hvac.Client(

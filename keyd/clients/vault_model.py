@@ -150,7 +150,7 @@ def transport_problem(exc: BaseException, timeout: timedelta) -> str:
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS verification failed (set vault.ca_bundle to the CA that signed its certificate)"
     if isinstance(exc, requests.exceptions.Timeout):
-        return f"no answer within {int(timeout.total_seconds())}s"
+        return f"no complete answer within {timeout.total_seconds():g}s"
     if isinstance(exc, requests.exceptions.ConnectionError):
         return "connection failed (is it running and reachable?)"
     if isinstance(exc, requests.exceptions.RequestException):

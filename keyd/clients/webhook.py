@@ -1,7 +1,8 @@
 """Webhook channel: POST the alert facts as JSON.
 
-One ``httpx.Client`` with finite timeouts; tests inject
-``httpx.MockTransport``. Failures are ``WebhookError``: retryable for
+One ``httpx.Client``; ``timeout`` is the total deadline of a POST
+(connect + send + the whole answer, ``keyd.clients.deadline``); tests
+inject ``httpx.MockTransport``. Failures are ``WebhookError``: retryable for
 connection errors, timeouts, 408/429 and 5xx; not for other 4xx (the
 outbox still retries those, only less often). Webhook URLs often embed a
 secret (Slack, Teams), so messages and the outbox show only
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from keyd.clients.deadline import deadline_transport, within
 from keyd.config import WebhookConfig
 from keyd.errors import EXIT_UNAVAILABLE, KeydError
 
@@ -60,7 +62,8 @@ class WebhookClient:
         self.config = config
         self.display = display_url(config.url)
         self._client = httpx.Client(timeout=config.timeout.total_seconds(),
-                                    transport=transport, follow_redirects=False,
+                                    transport=transport or deadline_transport(),
+                                    follow_redirects=False,
                                     headers={"User-Agent": "keyd"})
 
     def __enter__(self) -> WebhookClient:
@@ -74,10 +77,13 @@ class WebhookClient:
         self._client.close()
 
     def post(self, payload: Mapping[str, Any]) -> None:
+        seconds = self.config.timeout.total_seconds()
         try:
-            response = self._client.post(self.config.url, json=dict(payload))
-        except httpx.TimeoutException:
-            raise WebhookError(self.display, "timed out") from None
+            with within(seconds, f"webhook {self.display}") as deadline:
+                response = self._client.post(self.config.url, json=dict(payload))
+                deadline.clamp(None)
+        except (httpx.TimeoutException, TimeoutError):
+            raise WebhookError(self.display, f"no complete answer within {seconds:g}s") from None
         except httpx.HTTPError as exc:
             raise WebhookError(self.display, f"cannot connect ({type(exc).__name__})") from None
         status = response.status_code

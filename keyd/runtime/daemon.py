@@ -17,6 +17,13 @@ Signals (handled on the main thread, which does nothing else):
 The control tick (its own thread) re-checks leadership, retries it as a
 standby, and pings the watchdog, but only while no work tick has been
 stuck for ``stuck_after``: a wedged daemon is restarted by systemd.
+``/healthz`` turns unhealthy as soon as a stage overruns that deadline
+(naming it), before the watchdog gives up.
+
+The outbox (mail, webhooks) runs on its own thread (``MAIL``), so an alert
+that is decided goes out while a probe round or token refresh is still
+waiting on a slow issuer; every network call has a total deadline
+(``keyd.clients.deadline``), so none of them holds a stage for longer.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from keyd.report.metrics import KeydMetrics
 from keyd.runtime import sdnotify
 from keyd.runtime.check import judge
 from keyd.runtime.cycle import Stage
-from keyd.runtime.scheduler import CONTROL, SNAPSHOT, Tick, TickScheduler
+from keyd.runtime.scheduler import CONTROL, MAIL, SNAPSHOT, WORK, Tick, TickScheduler
 from keyd.runtime.views import StatusViews
 from keyd.runtime.wiring import Services, build_services
 from keyd.store import snapshot
@@ -51,6 +58,8 @@ from keyd.store.migrate import ensure_current
 
 log = logging.getLogger(__name__)
 
+#: Stages on the mail thread (never behind probes or write-back).
+MAIL_STAGES = frozenset({"outbox"})
 #: How often each stage's tick looks for due work (seconds).
 DEFAULT_INTERVALS = {"scan": 300.0, "evaluate": 60.0, "probe": 30.0, "rotate": 30.0,
                      "tokens": 30.0,
@@ -81,6 +90,7 @@ class Daemon:
         self.settings = settings or DaemonSettings()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._swap = threading.Lock()
+        self._mail = threading.Lock()  # held by the outbox tick; a reload waits for it
         self._role: str | None = None
         self._started_mono = clock.monotonic()
         self.services: Services | None = None
@@ -219,10 +229,10 @@ class Daemon:
                 new.metrics.per_key = config.http.metrics_per_key
                 self.scheduler.once("metrics", lambda: self._refresh_metrics(force=True),
                                     executor=SNAPSHOT)
-            with self._swap:
+            with self._mail, self._swap:  # the outbox tick runs on its own thread
                 new.owns_engine, old.owns_engine = True, False
                 self.services = new
-            old.close()
+                old.close()
             if self._http is not None:  # a new token or metrics_public applies at once
                 self._http.access = _access(config)
             self._register_ticks()
@@ -244,9 +254,16 @@ class Daemon:
                                 executor=SNAPSHOT, leader_only=False))
         for stage in self._stages_for(self.services):
             interval = self.settings.intervals.get(stage.name, 60.0)
-            self.scheduler.add(Tick(stage.name, self._stage_runner(stage.name), interval))
+            executor = MAIL if stage.name in MAIL_STAGES else WORK
+            self.scheduler.add(Tick(stage.name, self._stage_runner(stage.name), interval,
+                                    executor=executor))
 
     def _stage_runner(self, name: str) -> Callable[[], None]:
+        if name in MAIL_STAGES:
+            def run_mail() -> None:
+                with self._mail:
+                    self._run_stage(name)
+            return run_mail
         return lambda: self._run_stage(name)
 
     def _run_stage(self, name: str) -> None:
@@ -285,15 +302,24 @@ class Daemon:
             sdnotify.watchdog()
 
     def _work_stuck(self) -> bool:
-        assert self.scheduler is not None
+        overrun = self._overrun()
+        if overrun is None:
+            return False
+        log.error("tick %s stuck since %s: no watchdog ping", overrun[0], overrun[1].isoformat())
+        return True
+
+    def _overrun(self) -> tuple[str, datetime, float] | None:
+        """The first tick running longer than the stage deadline
+        (``stuck_after``): name, start, seconds so far."""
+        if self.scheduler is None:
+            return None
         now = self._clock.now()
-        for name, stats in self.scheduler.stats.items():
+        for name, stats in list(self.scheduler.stats.items()):
             if stats.running and stats.last_started is not None and name != "control":
-                if (now - stats.last_started).total_seconds() > self.settings.stuck_after:
-                    log.error("tick %s stuck since %s: no watchdog ping", name,
-                              stats.last_started.isoformat())
-                    return True
-        return False
+                running = (now - stats.last_started).total_seconds()
+                if running > self.settings.stuck_after:
+                    return name, stats.last_started, running
+        return None
 
     def _is_leader(self) -> bool:
         return self._role == "leader"
@@ -324,7 +350,12 @@ class Daemon:
         return max(done, default=None)
 
     def healthy(self) -> tuple[bool, str]:
-        """``/healthz``: the control tick ran within 3 intervals."""
+        """``/healthz``: the control tick ran within 3 intervals and no stage
+        has overrun its deadline."""
+        overrun = self._overrun()
+        if overrun is not None:
+            return False, (f"stage {overrun[0]} running for {overrun[2]:.0f}s "
+                           f"(deadline {self.settings.stuck_after:.0f}s)")
         limit = 3 * self.settings.control_interval
         stats = self.scheduler.stats.get("control") if self.scheduler else None
         last = stats.last_finished_mono if stats and stats.last_finished_mono else None

@@ -17,7 +17,11 @@ Choices, deliberately:
 * Work ticks share a one-thread executor, so stages never race each other
   on the database (SQLite has one writer); control ticks (heartbeat,
   leadership check, watchdog ping) have their own thread and keep
-  running while a long scan is in progress.
+  running while a long scan is in progress. Mail (the outbox) has its own
+  thread too (``MAIL``): an alert already decided is never queued behind
+  a probe round or a token refresh. Its transactions are short (claim,
+  mark), so it shares the database with the work thread without waits
+  worth the name.
 * A tick never crashes the daemon: exceptions are logged with the tick's
   name and the tick simply runs again at its next interval.
 """
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 WORK = "work"
 CONTROL = "control"
 SNAPSHOT = "snapshot"  # the /metrics snapshot: neither waits for nor delays work
+MAIL = "mail"
 
 
 class _Overrun(logging.Filter):
@@ -62,7 +67,7 @@ class _Overrun(logging.Filter):
 
 def _quiet_overruns() -> None:
     for name in ("apscheduler.scheduler", *(f"apscheduler.executors.{n}"
-                                            for n in (WORK, CONTROL, SNAPSHOT))):
+                                            for n in (WORK, CONTROL, SNAPSHOT, MAIL))):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Overrun) for f in logger.filters):
             logger.addFilter(_Overrun())
@@ -112,7 +117,7 @@ class TickScheduler:
             timezone=UTC,
             jobstores={"default": MemoryJobStore()},
             executors={WORK: ThreadPoolExecutor(1), CONTROL: ThreadPoolExecutor(1),
-                       SNAPSHOT: ThreadPoolExecutor(1)},
+                       SNAPSHOT: ThreadPoolExecutor(1), MAIL: ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1},
         )
 

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 TOKEN_PATH, INTROSPECT_PATH = "/oauth/v2/token", "/oauth/v2/introspect"
 DISCOVERY_PATH, JWKS_PATH = "/.well-known/openid-configuration", "/oauth/v2/keys"
 FAULT_MODES = {"503", "502", "504", "500", "hang", "garbage", "no_token", "oversized", "close",
-               "bad_page", "pass"}
+               "bad_page", "pass", "drip", "gzip_junk", "huge_expiry", "crlf_token"}
 REJECTIONS = {"invalid_grant", "invalid_client", "unauthorized_client"}
 OLD_STYLE = {"error": "server_error", "error_description": "Errors.Internal"}  # docs/zitadel.md §4
 NEW_STYLE = {"error": "invalid_grant", "error_description": "invalid assertion"}
@@ -76,7 +76,12 @@ class IssuerServer(Registry):
     from ``Registry``). Use as a context manager or ``start()``/``stop()``.
 
     Knobs: ``reject_style`` ("400" or "500"), ``fail_mode`` (every request),
-    ``fail_next(n, mode)``, ``hang_seconds``, ``fault_paths``. Records:
+    ``fail_next(n, mode)``, ``hang_seconds``, ``drip_seconds`` (mode "drip":
+    the real answer, status line and headers included, one byte per
+    ``drip_seconds``; ``dripping``, ``drips_completed``, ``drips_abandoned``
+    count them), ``fault_paths``. Odd token answers: "gzip_junk"
+    (``Content-Encoding: gzip`` over junk), "huge_expiry" (a real token with
+    ``expires_in`` = 10^30), "crlf_token" (an access token with CR/LF). Records:
     ``requests_seen``, ``requests_by_path``, ``attempts_by_key``,
     ``tokens_by_key``, ``issued_tokens``, ``tokens_issued``, ``assertions``
     (unverified header/claims of each token request), ``rejections``
@@ -94,6 +99,10 @@ class IssuerServer(Registry):
         self.admin, self.state_file = admin, Path(state_file) if state_file else None
         self.reject_style, self.fail_mode = "400", None
         self.hang_seconds = 30.0
+        self.drip_seconds = 1.0
+        self.dripping = 0  # answers being dripped right now
+        self.drips_completed = 0  # dripped answers the client waited for to the end
+        self.drips_abandoned = 0  # ... the client hung up on
         self.fault_paths = {TOKEN_PATH}
         self.requests_seen = 0
         self.requests_by_path: Counter[str] = Counter()
@@ -193,7 +202,21 @@ class IssuerServer(Registry):
             return _json(200, {"token_type": "Bearer", "padding": "x" * (8 << 20)})
         if mode == "close":
             return None
+        if mode == "gzip_junk":
+            return 200, "gzip:application/json", b"\x1f\x8bnot gzip at all"
         raise ValueError(f"unknown fault mode {mode!r}")
+
+    def _odd(self, mode: str, reply: Reply) -> Reply:
+        """The real answer, dripped ("drip") or with its token made odd."""
+        if reply is None or mode == "drip":
+            return None if reply is None else (reply[0], "drip:" + reply[1], reply[2])
+        doc = json.loads(reply[2])
+        if "access_token" in doc:
+            if mode == "huge_expiry":
+                doc["expires_in"] = 10**30
+            else:
+                doc["access_token"] = "zat_evil\r\nX-Injected: 1"
+        return _json(reply[0], doc)
 
     # -- requests ------------------------------------------------------------
     def respond(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
@@ -203,6 +226,8 @@ class IssuerServer(Registry):
             self.requests_by_path[path] += 1
         try:
             fault = self._take_fault(path)
+            if fault in ("drip", "huge_expiry", "crlf_token"):
+                return self._odd(fault, self._route(method, path, headers, body))
             reply = self._fault(fault) if fault is not None else "pass"
             if reply != "pass":
                 return reply  # type: ignore[return-value]
@@ -373,12 +398,42 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: tuple[int, str, bytes]) -> None:
         status, content_type, body = reply
+        if content_type.startswith("drip:"):
+            return self._drip(status, content_type.removeprefix("drip:"), body)
         self.send_response(status)
+        if content_type.startswith("gzip:"):  # fault "gzip_junk": labelled, not encoded
+            content_type = content_type.removeprefix("gzip:")
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
+
+
+    def _drip(self, status: int, content_type: str, body: bytes) -> None:
+        """The whole answer one byte at a time (a slow middlebox)."""
+        owner = self.server.owner
+        head = (f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.close_connection = True
+        with owner._lock:
+            owner.dripping += 1
+        try:
+            for i in range(len(head) + len(body)):
+                if owner._stopping.wait(owner.drip_seconds):
+                    raise ConnectionAbortedError("test issuer stopping")
+                self.wfile.write((head + body)[i:i + 1])
+                self.wfile.flush()
+        except OSError:
+            with owner._lock:
+                owner.drips_abandoned += 1  # the client gave up: what a deadline is for
+        else:
+            with owner._lock:
+                owner.drips_completed += 1
+        finally:
+            with owner._lock:
+                owner.dripping -= 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,8 +137,9 @@ def test_cas_mismatch_is_a_conflict() -> None:
 
 
 @pytest.mark.parametrize(("exc", "words"), [
-    (requests.exceptions.ConnectTimeout("http://vault.test:8200/v1/x?secret"), "no answer within 5s"),
-    (requests.exceptions.ReadTimeout("read timed out"), "no answer within 5s"),
+    (requests.exceptions.ConnectTimeout("http://vault.test:8200/v1/x?secret"),
+     "no complete answer within 5s"),
+    (requests.exceptions.ReadTimeout("read timed out"), "no complete answer within 5s"),
     (requests.exceptions.SSLError("certificate verify failed"), "vault.ca_bundle"),
     (requests.exceptions.ConnectionError("refused /v1/secret?secret"), "connection failed"),
     (requests.exceptions.ChunkedEncodingError("broken"), "ChunkedEncodingError"),

@@ -16,6 +16,7 @@ from keyd.config import Config, DatabaseConfig
 from keyd.inventory.leader import FileLeaderGuard
 from keyd.runtime.cycle import Stage
 from keyd.runtime.daemon import Daemon, DaemonSettings
+from keyd.runtime.scheduler import TickScheduler, TickStats
 from keyd.runtime.wiring import Services
 from keyd.store.migrate import upgrade
 
@@ -102,3 +103,20 @@ def test_health_needs_recent_control_ticks() -> None:
     ok, why = daemon.healthy()
     assert not ok and "has not ticked for 16s (limit 15s)" in why
     assert daemon.ready() == (False, {"role": None, "database": "unknown"})
+
+
+def test_health_turns_bad_when_a_stage_overruns_its_deadline() -> None:
+    clock = FakeClock()
+    daemon = Daemon(lambda: Config(), clock, lambda s: [],
+                    DaemonSettings(control_interval=5, stuck_after=60))
+    daemon.scheduler = TickScheduler(clock=clock)
+    daemon.scheduler.stats["control"] = TickStats(last_finished_mono=clock.monotonic())
+    daemon.scheduler.stats["probe"] = TickStats(running=True, last_started=clock.now())
+    clock.advance(59)
+    daemon.scheduler.stats["control"].last_finished_mono = clock.monotonic()
+    assert daemon.healthy() == (True, "ok")  # within the deadline
+    clock.advance(2)
+    daemon.scheduler.stats["control"].last_finished_mono = clock.monotonic()
+    ok, why = daemon.healthy()
+    assert not ok and why == "stage probe running for 61s (deadline 60s)"
+    assert daemon._work_stuck()  # and the watchdog pings stop
