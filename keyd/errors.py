@@ -69,6 +69,17 @@ EXIT_CONFIG = 4  # configuration or usage error
 EXIT_REJECTED = 5  # the issuer rejected the key
 EXIT_UNAVAILABLE = 6  # issuer/Vault/DB/SMTP unreachable: retry later
 EXIT_BAD_RESPONSE = 7  # the issuer answered something unusable
+EXIT_INTERNAL = 8  # an unexpected error (a bug, or a fault keyd has no words for): see --debug
+
+
+def internal_error_text(exc: BaseException) -> str:
+    """One line for an error that is not a ``KeydError``: its type and the
+    first line of its text (scrubbed of tokens and keys, cut short)."""
+    from keyd.redact import scrub
+
+    lines = scrub(str(exc)).strip().splitlines()
+    detail = f": {lines[0][:200]}" if lines else ""
+    return f"internal error: {type(exc).__name__}{detail}; run with --debug"
 
 
 class KeydError(Exception):

@@ -2,7 +2,11 @@
 
 Header ``{"alg", "kid": keyId}``; claims ``iss`` = ``sub`` = principal,
 ``aud`` = the issuer exactly as it names itself, ``iat`` back-dated by a
-small skew, ``exp`` = ``iat`` + lifetime. PyJWT builds and signs the JWS
+small skew, ``exp`` = ``iat`` + lifetime, and a fresh random ``jti``
+(128 bits) in every assertion: ZITADEL ignores it, but OpenID Connect
+Core §9 requires a unique ``jti`` in client assertions, and a strict
+server rejects an application key without one as ``invalid_client``
+(which keyd would call "revoked"). PyJWT builds and signs the JWS
 (RS256, PS256, ES256 with raw ``r || s``); it is handed the private key
 *object* from ``KeyFile.signing_key`` (loaded once per key content by
 keyfile.py), never the PEM, so signing costs one RSA operation plus a few
@@ -12,6 +16,7 @@ microseconds of JSON (``bench/mint.py``: at least 0.9x raw signing).
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import datetime, timedelta
 
 import jwt
@@ -67,7 +72,8 @@ class AssertionSigner:
         check_lifetime(lifetime, self.skew)
         iat = int((self._clock.now() - self.skew).timestamp())
         return {"iss": key.principal, "sub": key.principal, "aud": audience,
-                "iat": iat, "exp": iat + int(lifetime.total_seconds())}
+                "iat": iat, "exp": iat + int(lifetime.total_seconds()),
+                "jti": secrets.token_urlsafe(16)}
 
     def sign(self, key: KeyFile, audience: str, *, lifetime: timedelta | None = None,
              algorithm: str | None = None) -> Secret:

@@ -21,7 +21,7 @@ import click
 from keyd import __version__
 from keyd.cli import alerts, daemon, db, inventory, keys, probe, rotation
 from keyd.cli.common import AppContext
-from keyd.errors import EXIT_CONFIG, KeydError
+from keyd.errors import EXIT_CONFIG, EXIT_INTERNAL, EXIT_UNKNOWN, KeydError, internal_error_text
 from keyd.log import setup_logging
 from keyd.report.render import line
 
@@ -35,6 +35,10 @@ Exit codes:
   5  the issuer rejected the key
   6  a dependency (issuer, Vault, database, SMTP) is unavailable: retry later
   7  the issuer answered something unusable
+  8  internal error (run with --debug); keyd check says 3 instead
+
+keyd check answers every failure of its own, usage errors included, with
+3 (UNKNOWN), as monitoring systems expect.
 """
 
 
@@ -61,24 +65,46 @@ for _module in (keys, db, inventory, probe, rotation, alerts, daemon):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit code instead of raising."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv) if argv is not None else sys.argv[1:]
+    debug = "--debug" in args
+    check = _command_of(args) == "check"  # Nagios plugin: every failure of its own is UNKNOWN
     try:
-        result = cli.main(args=list(argv) if argv is not None else None,
-                          prog_name="keyd", standalone_mode=False)
+        result = cli.main(args=args, prog_name="keyd", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("keyd: aborted", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()
-        return EXIT_CONFIG
+        return _unknown(exc.format_message()) if check else EXIT_CONFIG
     except KeydError as exc:
         if debug:
             logging.getLogger("keyd").exception("error")
         click.echo(line(f"keyd: {exc}"), err=True)
-        return exc.exit_code
+        return _unknown(str(exc)) if check else exc.exit_code
+    except Exception as exc:  # a bug or an unforeseen fault: one line, never a traceback
+        logging.getLogger("keyd").debug("internal error", exc_info=True)
+        click.echo(line(f"keyd: {internal_error_text(exc)}"), err=True)
+        return _unknown(internal_error_text(exc)) if check else EXIT_INTERNAL
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     return int(result) if isinstance(result, int) else 0
+
+
+def _unknown(why: str) -> int:
+    """``keyd check`` failed before its verdict: the Nagios line, exit 3."""
+    click.echo(line(f"KEYD UNKNOWN - {why}"))
+    return EXIT_UNKNOWN
+
+
+def _command_of(args: Sequence[str]) -> str | None:
+    """The command word in ``args`` (after the group's own options)."""
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--config":
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 if __name__ == "__main__":

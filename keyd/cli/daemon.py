@@ -9,6 +9,7 @@ that stops the check itself (config, database) is reported as
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import click
 from keyd.cli.common import AppContext, app, echo_json
 from keyd.cli.progress import terminal_progress
 from keyd.config import DEFAULT_CONFIG_PATH, Config, load_config
-from keyd.errors import EXIT_UNKNOWN, KeydError
+from keyd.errors import EXIT_UNKNOWN, KeydError, internal_error_text
 from keyd.report.render import line
 from keyd.runtime import configcheck
 from keyd.runtime.check import SCHEMA, run_check
@@ -28,6 +29,8 @@ from keyd.runtime.stages import cycle_stages, daemon_stages
 from keyd.runtime.wiring import build_services
 from keyd.store.migrate import ensure_current
 from keyd.timeutil import isoformat_z
+
+log = logging.getLogger(__name__)
 
 
 def _config_path(ctx: AppContext) -> Path:
@@ -74,6 +77,9 @@ def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool, quiet: bool) -> 
             verdict = run_check(services, cycle_stages(services), dry_run=dry_run)
     except KeydError as exc:
         return _unknown(str(exc), as_json, a.clock.now())
+    except Exception as exc:  # not keyd's own: one line, UNKNOWN (traceback with --debug)
+        log.debug("keyd check: internal error", exc_info=True)
+        return _unknown(internal_error_text(exc), as_json, a.clock.now())
     finally:
         services.close()
     if as_json:

@@ -142,6 +142,21 @@ class Registry:
         self.issued_tokens: list[str] = []
         self.tokens_by_key: Counter[str] = Counter()
         self.rejections: list[str] = []  # Authlib's reason for each rejection
+        # OpenID Connect Core §9, as standards-strict servers apply it to
+        # client assertions: a jti is required and never accepted twice
+        self.strict_jti = False
+        self.seen_jti: set[str] = set()
+
+    def check_jti(self, claims: dict[str, Any], error: type[OAuth2Error]) -> None:
+        if not self.strict_jti:
+            return
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise error(description="jti is missing (OpenID Connect Core 9)")
+        with self._lock:
+            if jti in self.seen_jti:
+                raise error(description="jti was used before")
+            self.seen_jti.add(jti)
 
     def add_service_user(self, user_id: str) -> None:
         with self._lock:
@@ -288,7 +303,8 @@ class ZitadelJWTBearerGrant(JWTBearerGrant):
 
 
 class ZitadelClientAssertion(JWTBearerClientAssertion):
-    """private_key_jwt for application keys, with the same rules (no jti)."""
+    """private_key_jwt for application keys, with the same rules; a jti is
+    required only with ``strict_jti`` (ZITADEL ignores it)."""
 
     def __init__(self, server: IssuerOAuth) -> None:
         super().__init__(validate_jti=False, leeway=LEEWAY)
@@ -307,6 +323,7 @@ class ZitadelClientAssertion(JWTBearerClientAssertion):
     def verify_claims(self, claims: dict[str, Any]) -> None:
         verify_claims(claims, CLAIMS, self.server.issuer, self.server.registry.now(),
                       InvalidClientError)
+        self.server.registry.check_jti(claims, InvalidClientError)
 
     def get_audiences(self) -> list[str]:
         return [self.server.issuer]

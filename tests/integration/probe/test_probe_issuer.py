@@ -87,6 +87,16 @@ def test_ok_service_user_and_application(world):
     assert world.issuer.requests_by_path["/oauth/v2/introspect"] == 1
 
 
+def test_a_jti_strict_server_accepts_application_keys(world):
+    """A standards-strict server (jti required, never reused) would call an
+    application key without jti invalid_client: keyd would say revoked."""
+    world.issuer.strict_jti = True
+    app = world.add(kind="application")
+    assert world.run().counts() == {"ok": 1}
+    assert world.run(force_key_id=app.key_id).counts() == {"ok": 1}  # a new assertion
+    assert len(world.issuer.seen_jti) == 2 and not world.issuer.rejections
+
+
 @pytest.mark.parametrize("style,status", [("400", 400), ("500", 500)])
 def test_unknown_key_is_rejected_in_both_styles(world, style, status):
     world.issuer.reject_style = style

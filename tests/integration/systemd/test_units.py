@@ -85,3 +85,16 @@ def test_service_contract() -> None:
     for line in ("Type=notify", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID",
                  "RestartPreventExitStatus=4", "WatchdogSec=60s", "TimeoutStopSec=30s"):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+
+
+def test_check_unit_counts_only_warning_as_success() -> None:
+    """keyd check exits 1 only for WARNING (an internal error is 3, like
+    every failure of the check itself), so 1 is the one extra success
+    code; 2 (critical) and 3 (unknown) must fail the unit."""
+    from keyd.errors import EXIT_CRITICAL, EXIT_INTERNAL, EXIT_UNKNOWN, EXIT_WARNING
+
+    text = (UNITS / "keyd-check.service").read_text()
+    codes = {int(code) for line in re.findall(r"^SuccessExitStatus=(.*)$", text, re.M)
+             for code in line.split()}
+    assert codes == {EXIT_WARNING}
+    assert not codes & {EXIT_CRITICAL, EXIT_UNKNOWN, EXIT_INTERNAL}

@@ -45,7 +45,18 @@ def test_claims_and_header(private: Any, alg: str) -> None:
     claims = jwt.decode(raw, private.public_key(), algorithms=[alg], audience=AUD,
                         options={"verify_exp": False, "verify_iat": False})
     iat = int(NOW.timestamp()) - 5
+    jti = claims.pop("jti")
     assert claims == {"iss": "user-1", "sub": "user-1", "aud": AUD, "iat": iat, "exp": iat + 300}
+    assert isinstance(jti, str) and len(jti) >= 22  # 128 random bits, url-safe
+
+
+def test_every_assertion_has_its_own_jti() -> None:
+    """OpenID Connect Core §9: same key, same instant, different jti."""
+    signer = AssertionSigner(FakeClock(NOW))
+    key = keyfile(RSA)
+    ids = {jwt.decode(signer.sign(key, AUD).reveal(),
+                      options={"verify_signature": False})["jti"] for _ in range(50)}
+    assert len(ids) == 50
 
 
 def test_lifetimes_zitadel_would_reject_are_refused() -> None:
