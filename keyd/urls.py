@@ -1,6 +1,8 @@
 """URL rules shared by config, store and clients: service URLs are https
 except on loopback; ``judge_database_url`` is the one reading of a
-database URL (which backend, whether it carries a password)."""
+database URL (which backend, whether it carries a password);
+``display_url`` is the one way a configured URL is shown (messages, logs,
+``keyd check`` output) or stored (the outbox's recipient column)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,38 @@ def judge_database_url(url: str) -> DatabaseURL | None:
     userinfo = url[match.end():].split("/", 1)[0].rpartition("@")[0]
     return DatabaseURL(scheme=scheme, dialect=dialect, backend=DATABASE_BACKENDS.get(dialect),
                        has_password=":" in userinfo)
+
+
+def display_url(url: str) -> str:
+    """``url`` with everything that may be a credential hidden:
+
+    * a password in the userinfo becomes ``***`` (the user name stays);
+    * a query string becomes ``?…`` and a fragment is dropped;
+    * the path of an http(s) URL becomes ``/…``: webhook URLs (Slack, Teams,
+      Discord) carry their secret there; other schemes keep the path (a
+      database name, an SQLite file).
+
+    ``https://hooks.example.org/…``, ``postgresql://keyd:***@db:5432/keyd``.
+    Never raises; an unparsable URL is shown as ``<unparsable URL>``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if not parts.scheme:
+        return "<unparsable URL>"
+    user = ""
+    if parts.username is not None or parts.password is not None:
+        user = (parts.username or "") + (":***" if parts.password is not None else "") + "@"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    authority = f"{user}{host}{f':{port}' if port is not None else ''}"
+    path, query = parts.path, "?…" if parts.query else ""
+    if parts.scheme.lower() in ("http", "https") and (path not in ("", "/") or query):
+        path, query = "/…", ""
+    slashes = "//" if parts.netloc or url.startswith(f"{parts.scheme}://") else ""
+    return f"{parts.scheme}:{slashes}{authority}{path}{query}"
 
 
 def is_loopback_host(host: str) -> bool:

@@ -56,7 +56,6 @@ from keyd.actions.decision import Decision
 from keyd.actions.findings import zitadel_alerts
 from keyd.checks.expiry import evaluate, is_never, seconds_until, time_left
 from keyd.checks.ladder import Rung, due_rungs, ladder, rung_suffix
-from keyd.clients.webhook import display_url
 from keyd.config import Config, EmailConfig
 from keyd.errors import StoreError
 from keyd.redact import scrub
@@ -64,6 +63,7 @@ from keyd.store import alerts as store
 from keyd.store.alerts import AlertIndex, note_issuer_health
 from keyd.store.models import Alert, Key
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
+from keyd.urls import display_url
 from keyd.vocab import AlertKind, Channel, ExpiryStatus, KeyKind, KeyStatus, LocationStatus, Severity
 
 if TYPE_CHECKING:

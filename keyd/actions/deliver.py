@@ -52,6 +52,7 @@ from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
 from keyd.text import escape
 from keyd.timeutil import isoformat_z
+from keyd.urls import display_url
 from keyd.vocab import AlertKind, Channel, DeliveryState
 
 if TYPE_CHECKING:
@@ -135,6 +136,12 @@ def drain_outbox(engine: Engine, config: Config, clock: Clock,
         log.info("outbox: %d sent in %d message(s), %d failed (%d given up), %d raced",
                  report.sent, report.messages, report.failed, report.gave_up, report.raced)
     return report
+
+
+def shown_recipient(item: OutboxItem) -> str:
+    """The recipient as logs and plans show it: a webhook through
+    ``display_url`` (rows stored before that rule may hold the whole URL)."""
+    return display_url(item.recipient) if item.channel == "webhook" else item.recipient
 
 
 def _superseded(item: OutboxItem) -> bool:
@@ -229,7 +236,7 @@ class _Outcomes:
         self.report.messages += 1
         for item in group:
             log.info("sent %s alert %s to %s (attempt %d)", item.channel,
-                     item.alert.message_id, item.recipient, item.attempts + 1)
+                     item.alert.message_id, shown_recipient(item), item.attempts + 1)
 
     def failed(self, group: Sequence[OutboxItem], exc: KeydError) -> None:
         now = self.clock.now()
@@ -241,7 +248,7 @@ class _Outcomes:
                 self.report.failed += 1
                 self.report.gave_up += state == DeliveryState.FAILED
                 log.warning("%s alert %s to %s: attempt %d failed: %s; next attempt at %s "
-                            "(%s)", item.channel, item.alert.message_id, item.recipient,
+                            "(%s)", item.channel, item.alert.message_id, shown_recipient(item),
                             item.attempts + 1, exc, when.isoformat(), state)
         self.report.errors.append(str(exc))
 

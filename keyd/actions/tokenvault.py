@@ -35,6 +35,7 @@ from keyd.errors import ConfigError, KeydError, VaultConflict, VaultError
 from keyd.redact import Secret
 from keyd.store.tokens import AlertSpec, SinkTarget
 from keyd.timeutil import isoformat_z, parse_rfc3339
+from keyd.urls import display_url
 from keyd.vocab import Channel, Severity, SinkState
 
 MANAGED_BY = "managed-by"
@@ -238,7 +239,7 @@ def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, me
         targets += [(Channel.EMAIL, a) for a in email_recipients(alerts.email, sink.key.principal,
                                                             sources)]
     if alerts.webhook is not None:
-        targets.append((Channel.WEBHOOK, alerts.webhook.url))
+        targets.append((Channel.WEBHOOK, display_url(alerts.webhook.url)))  # stored: no secret
     subject = (f"[keyd CRITICAL] token write-back for key {sink.key.key_id} of user "
                f"{sink.key.principal} refused: {sink.ref} is "
                f"{'not managed by keyd' if reason == 'unmanaged' else 'written by someone else'}")

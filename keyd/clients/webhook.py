@@ -6,7 +6,7 @@ inject ``httpx.MockTransport``. Failures are ``WebhookError``: retryable for
 connection errors, timeouts, 408/429 and 5xx; not for other 4xx (the
 outbox still retries those, only less often). Webhook URLs often embed a
 secret (Slack, Teams), so messages and the outbox show only
-``scheme://host/…`` (``display_url``).
+``scheme://host/…`` (``keyd.urls.display_url``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 
 from keyd.clients.deadline import deadline_transport, within
 from keyd.config import WebhookConfig
 from keyd.errors import EXIT_UNAVAILABLE, KeydError
+from keyd.urls import display_url
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,6 @@ class WebhookError(KeydError):
 class WebhookSender(Protocol):
     def post(self, payload: Mapping[str, Any]) -> None:
         """POST ``payload`` as JSON; raise ``WebhookError``."""
-
-
-def display_url(url: str) -> str:
-    """``https://hooks.example.org/…``: never the path (it may be a secret)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}/…"
 
 
 class WebhookClient:

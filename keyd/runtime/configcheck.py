@@ -21,6 +21,7 @@ from keyd.runtime.wiring import Services
 from keyd.store import snapshot
 from keyd.store.engine import safe_url
 from keyd.store.migrate import ensure_current
+from keyd.urls import display_url
 
 CONFIG_CHECK_SCHEMA: Final = "keyd.config-check/1"
 
@@ -41,10 +42,10 @@ def check_dependencies(services: Services) -> list[DependencyCheck]:
         (f"database {safe_url(config.database.url)}", lambda: _database(services))]
     if services.vault is not None:
         vault = services.vault
-        checks.append((f"vault {vault.addr}", lambda: _vault(services)))
+        checks.append((f"vault {display_url(vault.addr)}", lambda: _vault(services)))
     if services.issuer is not None:
         issuer = services.issuer
-        checks.append((f"issuer {issuer.url}",
+        checks.append((f"issuer {display_url(issuer.url)}",
                        lambda: f"token endpoint {issuer.discover().token_endpoint}"))
     email = config.alerts.email
     if email is not None:

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Final
 
 from keyd.actions.alerts import evaluate_alerts
-from keyd.actions.deliver import DrainReport, drain_outbox
+from keyd.actions.deliver import DrainReport, drain_outbox, shown_recipient
 from keyd.actions.probe import plan_probes, probe_due
 from keyd.actions.rotate import RotationReport, plan_rotations, rotate_due
 from keyd.actions.tokens import TokenReport, plan_lines, refresh_tokens
@@ -146,7 +146,7 @@ def outbox(services: Services) -> DrainReport:
 def outbox_plan(services: Services) -> Sequence[str]:
     with alert_store.transaction(services.engine) as session:
         due = alert_store.due_deliveries(session, services.clock.now())
-    return [f"would send {item.channel} to {item.recipient}: {item.alert.subject}"
+    return [f"would send {item.channel} to {shown_recipient(item)}: {item.alert.subject}"
             for item in due]
 
 

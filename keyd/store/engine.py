@@ -42,7 +42,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from keyd.errors import DatabaseMissing, DatabaseUnusable, DriverMissing, StoreError
 from keyd.redact import scrub
 from keyd.text import storable
-from keyd.urls import judge_database_url
+from keyd.urls import display_url, judge_database_url
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,13 @@ PG_CONNECT_TIMEOUT_S = 10
 
 
 def safe_url(url: str | URL) -> str:
-    """The URL as it may appear in messages and logs: password hidden."""
+    """The URL as it may appear in messages and logs (``display_url``:
+    password and query hidden)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         return "<unparsable database URL>"
-    return parsed.render_as_string(hide_password=True)
+    return display_url(parsed.render_as_string(hide_password=False))
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:

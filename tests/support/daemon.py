@@ -4,9 +4,11 @@ that records every datagram, a config file, a log file."""
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,22 +22,38 @@ def free_port() -> int:
 
 
 class Notifications:
-    """The notify socket systemd would hold, recording every datagram."""
+    """The notify socket systemd would hold, recording every datagram. Like
+    systemd it reads continuously (a thread): a test busy elsewhere never
+    lets the kernel queue (10 datagrams) fill, which would make keyd drop
+    a notification (sdnotify never blocks)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.seen: list[str] = []
+        self.sock.settimeout(0.1)
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
 
     def wait_for(self, prefix: str, timeout: float = 20) -> str:
         """The next datagram starting with ``prefix`` (or fail with all seen)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
             try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
+                message = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
                 break
             self.seen.append(message)
             if message.startswith(prefix):
@@ -43,6 +61,8 @@ class Notifications:
         raise AssertionError(f"no {prefix!r} within {timeout}s; got {self.seen}")
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(5)
         self.sock.close()
 
 

@@ -23,7 +23,7 @@ from keyd.clock import FakeClock
 from keyd.config import AlertsConfig, DirectorySourceConfig, TokensConfig, WebhookConfig
 from keyd.sources.keyfile import read_keyfile
 from keyd.store import tokens as store
-from keyd.store.models import Alert
+from keyd.store.models import Alert, Delivery
 from tests.support.issuer import IssuerServer
 from tests.support.keyrows import add_key, dump_all, rows
 from tests.support.keys import make_key_file
@@ -72,6 +72,9 @@ class World:
         return row
 
 
+HOOK = "http://127.0.0.1:9/services/T000/B000/hook-secret-XYZ"  # a Slack-style secret path
+
+
 def _world(engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, prefix: str,
            **tokens: Any) -> Iterator[World]:
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
@@ -84,7 +87,7 @@ def _world(engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, pref
         tokens=cfg, client=client, signer=AssertionSigner(clock), vault=vault, clock=clock,
         load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None, UTC),
         policy=TokenPolicy(concurrency=4), rng=random.Random(3),
-        alerts=AlertsConfig(webhook=WebhookConfig("http://127.0.0.1:9/hook")))
+        alerts=AlertsConfig(webhook=WebhookConfig(HOOK)))
     try:
         yield World(engine, bao, issuer, clock, services, keydir, prefix)
     finally:
@@ -186,6 +189,10 @@ def test_unmanaged_secret_is_refused(world):
     assert world.secret(made.principal)["data"] == {"token": "hand-made"}
     assert [e.kind for e in store.events(world.engine)] == ["token.unmanaged"]
     assert [a.kind for a in rows(world.engine, Alert)] == ["unmanaged"]
+    # the refusal alert's webhook delivery never stores the URL's secret path
+    [delivery] = rows(world.engine, Delivery)
+    assert delivery.channel == "webhook" and delivery.recipient == "http://127.0.0.1:9/…"
+    assert "hook-secret-XYZ" not in str(dump_all(world.engine))
 
 
 @pytest.fixture

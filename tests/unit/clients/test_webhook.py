@@ -7,8 +7,9 @@ import json
 import httpx
 import pytest
 
-from keyd.clients.webhook import WebhookClient, WebhookError, display_url
+from keyd.clients.webhook import WebhookClient, WebhookError
 from keyd.config import WebhookConfig
+from keyd.urls import display_url
 
 URL = "https://hooks.example.org/services/T000/B000/SECRETPATH"
 
