@@ -141,7 +141,7 @@ def drain_outbox(engine: Engine, config: Config, clock: Clock,
 def shown_recipient(item: OutboxItem) -> str:
     """The recipient as logs and plans show it: a webhook through
     ``display_url`` (rows stored before that rule may hold the whole URL)."""
-    return display_url(item.recipient) if item.channel == "webhook" else item.recipient
+    return display_url(item.recipient) if item.channel == Channel.WEBHOOK else item.recipient
 
 
 def _superseded(item: OutboxItem) -> bool:

@@ -235,10 +235,14 @@ def _written(sink: SinkTarget, services: TokenServices, token: TokenResponse,
     ttl = timedelta(seconds=token.expires_in)
     next_at = refresh_at(token.issued_at, ttl, services.rng)
     note = _write_file(sink, token, services)
+    failures = 0
+    if note is not None:  # Vault has it, the file does not: retry soon, not at 2/3 of the TTL
+        failures = sink.failures + 1
+        next_at = min(next_at, now + timedelta(seconds=_retry_delay(services, failures)))
     event = EventSpec("token.adopted", {"version": version}) if verdict == "adopt" else None
     update = store.written(sink, version=version, issued_at=token.issued_at,
                            expires_at=token.expires_at, next_refresh_at=next_at, now=now,
-                           note=note, event=event)
+                           note=note, event=event, failures=failures)
     log.info("token for %s written to %s version %d (expires %s, refresh %s)", sink.key.key_id,
              sink.ref, version, isoformat_z(token.expires_at), isoformat_z(next_at))
     return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, TokenOutcome.WRITTEN, note, version,
@@ -271,12 +275,16 @@ def _keep(sink: SinkTarget, services: TokenServices, current: tv.Current,
                        current.version, current.expires_at, next_at), update
 
 
+def _retry_delay(services: TokenServices, failures: int) -> float:
+    policy = services.policy
+    return max(policy.retry_base.total_seconds() / 2,
+               backoff_delay(failures, policy.retry_base, policy.retry_cap, services.rng))
+
+
 def _failed(sink: SinkTarget, services: TokenServices, exc: KeydError) -> Outcome:
-    now, policy = services.clock.now(), services.policy
+    now = services.clock.now()
     failures = sink.failures + 1
-    delay = max(policy.retry_base.total_seconds() / 2,
-                backoff_delay(failures, policy.retry_base, policy.retry_cap, services.rng))
-    next_at = now + timedelta(seconds=delay)
+    next_at = now + timedelta(seconds=_retry_delay(services, failures))
     message = scrub(str(exc))[:1000]
     update = store.failed(sink, state=SinkState.FAILED, failures=failures, next_refresh_at=next_at,
                           error=message, now=now)

@@ -74,7 +74,8 @@ def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool, quiet: bool) -> 
     try:
         ensure_current(services.engine)
         with terminal_progress(a.clock, quiet=quiet, as_json=as_json):
-            verdict = run_check(services, cycle_stages(services), dry_run=dry_run)
+            verdict = run_check(services, cycle_stages(services, dry_run=dry_run),
+                                dry_run=dry_run)
     except KeydError as exc:
         return _unknown(str(exc), as_json, a.clock.now())
     except Exception as exc:  # not keyd's own: one line, UNKNOWN (traceback with --debug)

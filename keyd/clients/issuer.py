@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ from keyd.urls import check_issuer_url
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024
+MAX_TOKEN = 16 * 1024
+MAX_EXPIRES_IN = 10 * 366 * 86_400  # far beyond any issuer's token lifetime
+#: RFC 6750 §2.1 b64token: what may follow "Bearer " in a header.
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 UNAVAILABLE_STATUS = {429, 502, 503, 504}
@@ -245,15 +250,24 @@ class IssuerClient:
         token = doc.get("access_token")
         if not isinstance(token, str) or not token.strip():
             raise IssuerBadResponse(self.url, f"token response from {url} has no access_token")
+        if len(token) > MAX_TOKEN or not B64TOKEN.fullmatch(token):
+            # never written anywhere: CR/LF in a token file or a header is an injection
+            raise IssuerBadResponse(self.url, f"token response from {url}: the access_token is "
+                                    "not an RFC 6750 b64token (odd characters or oversized)")
         token_type = doc.get("token_type", "Bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise IssuerBadResponse(self.url, f"token response from {url} has token_type "
                                     f"{scrub(str(token_type))[:20]!r}, expected Bearer")
         expires_in = doc.get("expires_in")
-        if isinstance(expires_in, str) and expires_in.isdigit():
+        if isinstance(expires_in, str) and expires_in.isascii() and expires_in.isdigit() \
+                and len(expires_in) <= 12:
             expires_in = int(expires_in)
         if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
             raise IssuerBadResponse(self.url, f"token response from {url} has no positive expires_in")
+        if expires_in > MAX_EXPIRES_IN:
+            raise IssuerBadResponse(self.url, f"token response from {url} has expires_in "
+                                    f"{str(expires_in)[:24]}, more than {MAX_EXPIRES_IN} s "
+                                    "(10 years): not a token lifetime")
         scope = doc.get("scope")
         return TokenResponse(access_token=Secret(token), token_type="Bearer",
                              expires_in=expires_in, scope=scope if isinstance(scope, str) else None,

@@ -12,9 +12,15 @@ Mapping (documented in the README):
   (default 30d): the first alert mail is on its way, so the monitor
   agrees with the mailbox; an old key still not retired a day after its
   rotation's overlap ended.
+* Token write-back (when ``[tokens]`` is configured): a sink that is
+  failing, conflicting or unmanaged is WARNING; the token in place having
+  expired (whatever the sink's state) is CRITICAL: a consumer reads a
+  dead token.
 * UNKNOWN: no critical or warning signal, but a configured source failed
-  its last scan, the issuer was unreachable, or a stage of the cycle
-  failed: "all fine" cannot be claimed.
+  its last scan, the issuer was unreachable, a probe round proved no key
+  at all (every answer unusable or missing: a bad answer means the issuer
+  is up, not that the keys work), or a stage of the cycle failed: "all
+  fine" cannot be claimed.
 
 A dry run does not probe (a probe mints a real token), so its verdict
 rests on the stored probe results: the keys' status (``rejected``) and
@@ -48,7 +54,7 @@ from keyd.store import alerts as alert_store
 from keyd.store import snapshot
 from keyd.store.keys import KeyRecord
 from keyd.store.rotations import RotationSnapshot, unfinished
-from keyd.store.snapshot import LocationProblem, SourceSnapshot
+from keyd.store.snapshot import LocationProblem, SourceSnapshot, TokenSnapshot
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus, SinkState
 
@@ -66,7 +72,7 @@ COUNTERS: Final = ("keys", "expiring", "expired", "rejected", "invalid", "missin
 @dataclass(frozen=True)
 class Problem:
     severity: str  # vocab.CheckStatus, never OK
-    kind: str  # expired | rejected | invalid | expiring | source | issuer | stage
+    kind: str  # expired | rejected | invalid | expiring | token | source | issuer | stage
     message: str
     key_id: str | None = None
     principal: str | None = None
@@ -129,13 +135,19 @@ class Verdict:
         expiring = [p for p in self.problems if p.kind == ExpiryStatus.EXPIRING]
         soonest = min((p.seconds_left for p in expiring if p.seconds_left is not None),
                       default=None)
+        tokens = {s: sum(p.kind == "token" and p.severity == s for p in self.problems)
+                  for s in (CheckStatus.CRITICAL, CheckStatus.WARNING)}
         if self.status == CheckStatus.CRITICAL:
             text = f"{c['expired']} expired, {c['rejected']} rejected, {c['invalid']} invalid"
+            if tokens[CheckStatus.CRITICAL]:
+                text += f", {tokens[CheckStatus.CRITICAL]} token(s) expired in place"
             return text + (f", {c['expiring']} expiring" if c["expiring"] else "")
         if self.status == CheckStatus.WARNING:
             when = f" in {_left(soonest)}" if soonest is not None else ""
             noun = "key" if c["expiring"] == 1 else "keys"
-            return f"{c['expiring']} {noun} expiring{when}, {c['rejected']} rejected"
+            text = f"{c['expiring']} {noun} expiring{when}, {c['rejected']} rejected"
+            return text + (f", {tokens[CheckStatus.WARNING]} token sink(s) failing"
+                           if tokens[CheckStatus.WARNING] else "")
         if self.status == CheckStatus.UNKNOWN:
             return "; ".join(p.message for p in self.problems if p.severity == CheckStatus.UNKNOWN)
         noun = "key" if c["keys"] == 1 else "keys"
@@ -154,7 +166,8 @@ def judge(config: Config, at: datetime, keys: Sequence[KeyRecord],
           cycle: CycleReport | None = None, *,
           issuer_down_since: datetime | None = None, gone: frozenset[str] = frozenset(),
           policy: Sequence[PolicyFinding] = (),
-          rotations: Sequence[RotationSnapshot] = ()) -> Verdict:
+          rotations: Sequence[RotationSnapshot] = (),
+          tokens: Sequence[TokenSnapshot] = ()) -> Verdict:
     """The verdict for this inventory at ``at`` (module docstring).
     ``issuer_down_since``: a stored outage to report when this cycle did
     not probe (dry run)."""
@@ -175,6 +188,9 @@ def judge(config: Config, at: datetime, keys: Sequence[KeyRecord],
                                         f"{_clean(loc.error)}", ref=loc.ref))
     for rotation in rotations:
         _judge_rotation(verdict, rotation, at)
+    if config.tokens is not None:
+        for sink in tokens:
+            _judge_sink(verdict, sink, at)
     _judge_unknowns(verdict)
     if issuer_down_since is not None:
         verdict.problems.append(Problem(
@@ -246,6 +262,33 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
             f"({_clean(row.last_error)})", **common))
 
 
+def _judge_sink(verdict: Verdict, sink: TokenSnapshot, at: datetime) -> None:
+    who = f"token write-back for key {sink.key_id} ({sink.principal}) to {sink.sink}"
+    if sink.expires_at is not None and sink.expires_at <= at:
+        verdict.problems.append(Problem(
+            CheckStatus.CRITICAL, "token", f"{who}: the token in place expired at "
+            f"{isoformat_z(sink.expires_at)} ({sink.state}: {_clean(sink.last_error)})",
+            key_id=sink.key_id, principal=sink.principal, ref=sink.sink))
+    elif sink.state in ("failed", "conflict", "unmanaged"):
+        verdict.problems.append(Problem(
+            CheckStatus.WARNING, "token", f"{who} is {sink.state}: {_clean(sink.last_error)}",
+            key_id=sink.key_id, principal=sink.principal, ref=sink.sink))
+
+
+def _unproven(result: object) -> str | None:
+    """Why a probe round proved no key (None if it proved one, or probed
+    none): every contacted key got a bad answer or no answer."""
+    counts = getattr(result, "counts", None)
+    if not callable(counts):
+        return None
+    seen: dict[str, int] = counts()
+    failed = seen.get("bad_response", 0) + seen.get("unavailable", 0)
+    if seen.get("ok", 0) or seen.get("rejected", 0) or not failed:
+        return None
+    return (f"no key could be proven: {seen.get('bad_response', 0)} bad answer(s), "
+            f"{seen.get('unavailable', 0)} unavailable")
+
+
 def _judge_unknowns(verdict: Verdict) -> None:
     for source in verdict.sources:
         if source.consecutive_failures:
@@ -261,6 +304,8 @@ def _judge_unknowns(verdict: Verdict) -> None:
     for stage in cycle.stages:
         if getattr(stage.result, "issuer_reachable", None) is False:
             verdict.problems.append(Problem(CheckStatus.UNKNOWN, "issuer", "issuer unavailable"))
+        elif (why := _unproven(stage.result)) is not None:
+            verdict.problems.append(Problem(CheckStatus.UNKNOWN, "issuer", why))
 
 
 def _status(verdict: Verdict) -> str:
@@ -300,7 +345,7 @@ def _verdict_from_db(services: Services, report: CycleReport) -> Verdict:
     return judge(services.config, now, snapshot.keys(engine),
                  snapshot.location_problems(engine), snapshot.sources(engine), report,
                  issuer_down_since=_stored_outage(services, report), gone=gone, policy=policy,
-                 rotations=unfinished(engine))
+                 rotations=unfinished(engine), tokens=snapshot.tokens(engine))
 
 
 def _zitadel_findings(services: Services, now: datetime

@@ -39,8 +39,8 @@ EVENT_HISTORY: Final = timedelta(days=365)
 PROBE_SLICE: Final = timedelta(seconds=10)  # the longest a probe tick holds the work thread
 
 
-def cycle_stages(services: Services) -> list[Stage]:
-    """The stages of one full cycle (``keyd check``), in order."""
+def _base_stages(services: Services) -> list[Stage]:
+    """Each stage once: scan, evaluate, probe, tokens, outbox."""
     stages = [Stage("scan", scan), Stage("evaluate", evaluate)]
     if services.probe is not None:
         stages.append(Stage("probe", probe, side_effects=True, plan=probe_plan))
@@ -54,12 +54,29 @@ def cycle_stages(services: Services) -> list[Stage]:
     return stages
 
 
+def cycle_stages(services: Services, *, dry_run: bool = False) -> list[Stage]:
+    """The stages of one full cycle (``keyd check``), in order. Alerts
+    already decided are sent before the issuer is contacted (a slow issuer
+    never holds them back), and what the probes found (a rejected key) is
+    decided and sent in the same run: scan, evaluate, outbox, probe,
+    tokens, then ``evaluate-probed``, ``outbox-probed`` and prune. A dry run
+    plans each stage once (nothing is probed, so nothing new is decided)."""
+    stages = _base_stages(services)
+    by_name = {s.name: s for s in stages}
+    if dry_run or not {"probe", "tokens"} & by_name.keys():
+        return stages
+    first = [by_name[n] for n in ("scan", "evaluate", "outbox", "probe", "tokens") if n in by_name]
+    return [*first, Stage("evaluate-probed", evaluate),
+            Stage("outbox-probed", outbox, side_effects=True, plan=outbox_plan), by_name["prune"]]
+
+
 def daemon_stages(services: Services) -> list[Stage]:
-    """The daemon's ticks: the cycle's stages (history pruning included);
-    its scan reads a zitadel source only when that source's interval has passed."""
+    """The daemon's ticks: each stage once (history pruning included); its
+    scan reads a zitadel source only when that source's interval has passed.
+    (The daemon's evaluate tick decides what the probe tick found.)"""
     daemon = {"scan": daemon_scan, "probe": probe_chunk}
     return [replace(s, run=daemon[s.name]) if s.name in daemon else s
-            for s in cycle_stages(services)]
+            for s in _base_stages(services)]
 
 
 def scan(services: Services, *, due_only: bool = False) -> ScanReport:

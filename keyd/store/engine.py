@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PG_CONNECT_TIMEOUT_S = 10
+PG_DISK_FULL = "53100"  # SQLSTATE disk_full
 
 
 def safe_url(url: str | URL) -> str:
@@ -210,7 +211,7 @@ def _connection_errors(ctx: ExceptionContext) -> BaseException | None:
     """Turn "cannot reach the database" into a retryable ``StoreError``.
 
     Only connection-level failures are translated: a failed connect, a
-    dropped connection, or SQLite's lock wait running out. Statement errors
+    dropped connection, SQLite's lock wait running out, or a full disk. Statement errors
     (constraints, syntax) keep their SQLAlchemy type.
     """
     if ctx.is_pre_ping:
@@ -230,6 +231,9 @@ def _connection_errors(ctx: ExceptionContext) -> BaseException | None:
         problem = "connection lost"
     elif getattr(orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         problem = f"still locked by another process after {SQLITE_BUSY_TIMEOUT_MS // 1000}s"
+    elif (getattr(orig, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL \
+            or getattr(orig, "sqlstate", None) == PG_DISK_FULL:
+        problem = "the disk is full (nothing was written; free space and it resumes)"
     else:
         return None
     detail = scrub(str(orig).strip().splitlines()[0]) if str(orig).strip() else type(orig).__name__

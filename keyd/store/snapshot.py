@@ -58,6 +58,7 @@ class TokenSnapshot:
     sink: str
     state: str
     expires_at: datetime | None
+    last_error: str | None = None
 
 
 def ping(engine: Engine) -> bool:
@@ -179,9 +180,9 @@ def tokens(engine: Engine) -> list[TokenSnapshot]:
     with engine.connect() as conn:
         result = conn.execute(
             select(Key.key_id, Key.principal, TokenSink.mount, TokenSink.path, TokenSink.state,
-                   TokenSink.expires_at).join(Key, Key.id == TokenSink.key_pk)
-            .order_by(Key.key_id))
-        return [TokenSnapshot(r[0], r[1], f"{r[2]}/{r[3]}", r[4], r[5])
+                   TokenSink.expires_at, TokenSink.last_error)
+            .join(Key, Key.id == TokenSink.key_pk).order_by(Key.key_id))
+        return [TokenSnapshot(r[0], r[1], f"{r[2]}/{r[3]}", r[4], _utc(r[5]), r[6])
                 for r in _rows(result, "tokens", tuple)]
 
 

@@ -185,11 +185,14 @@ class SinkUpdate:
 
 def written(sink: SinkTarget, *, version: int, issued_at: datetime, expires_at: datetime,
             next_refresh_at: datetime, now: datetime, note: str | None = None,
-            event: EventSpec | None = None) -> SinkUpdate:
-    """A token is in Vault at ``version`` (written or found)."""
+            event: EventSpec | None = None, failures: int = 0) -> SinkUpdate:
+    """A token is in Vault at ``version`` (written or found). ``failures``
+    > 0: its token file could not be written (``note`` says why), so the
+    sink is ``failed`` and due again at ``next_refresh_at`` (a retry)."""
+    state = SinkState.FAILED if failures else SinkState.OK
     return SinkUpdate(sink, {"vault_version": version, "issued_at": issued_at,
                              "expires_at": expires_at, "next_refresh_at": next_refresh_at,
-                             "state": SinkState.OK, "failures": 0, "last_error": note,
+                             "state": state, "failures": failures, "last_error": note,
                              "updated_at": now}, event)
 
 

@@ -156,3 +156,23 @@ def test_application_key_proves_itself_by_introspection(issuer: IssuerServer, tm
     issuer.remove_key(key.key_id)
     code, _, err = run(capsys, "mint", str(key.path), "--issuer", issuer.url)
     assert code == EXIT_REJECTED
+
+
+@pytest.mark.parametrize(("mode", "words"), [
+    ("gzip_junk", "cannot be decoded as its Content-Encoding says"),
+    ("huge_expiry", "not a token lifetime"),
+    ("crlf_token", "not an RFC 6750 b64token"),
+])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_odd_token_answers_are_bad_answers(issuer: IssuerServer, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str], mode: str,
+                                           words: str, as_json: bool) -> None:
+    """A gzip label over junk, expires_in = 10^30, a token with CR/LF: exit
+    7 with one line (they crashed `keyd mint --json`); no token printed."""
+    key = make_key_file(tmp_path, expires_at=LATER, register_with=issuer)
+    issuer.fail_mode = mode
+    code, out, err = run(capsys, "mint", str(key.path), "--issuer", issuer.url,
+                         *(["--json"] if as_json else []))
+    assert (code, out) == (EXIT_BAD_RESPONSE, "")
+    assert err.startswith("keyd: ") and words in err and len(err.splitlines()) == 1
+    assert "zat_" not in err

@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from keyd.cli import main
-from tests.support.daemon import write_config
+from keyd.store import snapshot
+from tests.support.daemon import wait_until, write_config
 from tests.support.issuer import TOKEN_PATH, IssuerServer
 from tests.support.keys import make_key_file
 from tests.support.openbao import OpenBao, kv_prefix, openbao  # noqa: F401
@@ -52,3 +53,30 @@ def test_dry_run_skips_the_vault_write(tmp_path: Path, db_url: str, migrated_eng
     secret = openbao.client.secrets.kv.v2.read_secret_version(
         path=path, mount_point="secret", raise_on_deleted_version=True)
     assert secret["data"]["data"]
+
+
+def test_a_sink_serving_an_expired_token_is_critical(
+        tmp_path: Path, db_url: str, migrated_engine: Engine, issuer: IssuerServer,
+        openbao: OpenBao, kv_prefix: str,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Every sink failing and every written token expired used to be OK."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    config = write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys,
+                          issuer_url=issuer.url, issuer_extra='timeout = "2s"\n',
+                          vault=(openbao.addr, openbao.root_token),
+                          tokens_path=f"{kv_prefix}/tokens/{{principal}}")
+    make_key_file(keys, key_id="100", user_id="svc-a", register_with=issuer,
+                  expires_at=datetime.now(UTC) + timedelta(days=200))
+    issuer.token_lifetime = 3  # seconds: refresh due after 2, expired after 3
+    assert main(["--config", str(config), "check"]) == 0
+    capsys.readouterr()
+    openbao.kv_put(f"{kv_prefix}/tokens/svc-a", {"access_token": "someone else's"})
+    [sink] = snapshot.tokens(migrated_engine)
+    assert sink.expires_at is not None
+    wait_until(lambda: datetime.now(UTC) > sink.expires_at, timeout=30, what="expiry")
+
+    assert main(["--config", str(config), "check"]) == 2  # refresh refused: conflict
+    out = capsys.readouterr().out
+    assert out.startswith("KEYD CRITICAL - ") and "token(s) expired in place" in out
+    assert f"to secret/{kv_prefix}/tokens/svc-a: the token in place expired at" in out

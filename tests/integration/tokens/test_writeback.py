@@ -322,3 +322,30 @@ def test_no_token_or_key_material_in_logs_or_db(world, caplog):
     assert world.issuer.issued_tokens
     for marker in ["zat_", "eyJ", PEM, world.bao.root_token, *world.issuer.issued_tokens]:
         assert marker not in text
+
+
+def test_a_failed_token_file_write_is_retried_soon(filesink):
+    """The file could not be written (here: a directory in its place; disk
+    full or permissions alike): the sink is failed, not ok, and due again
+    within the retry backoff, not at 2/3 of the token's lifetime."""
+    import json
+    world = filesink
+    made = world.add_key()
+    file_dir = world.keydir.parent / "tokens"
+    file_dir.mkdir(exist_ok=True)
+    world.run()  # learn the file name, then block it
+    path = Path(world.sink().file_path)
+    path.unlink()
+    path.mkdir()
+    world.clock.set(world.sink().next_refresh_at)
+    [result] = world.run().results
+    sink = world.sink()
+    assert result.outcome == "written" and result.message  # Vault has it, the file does not
+    assert sink.state == "failed" and sink.failures == 1 and sink.last_error
+    assert sink.next_refresh_at - world.clock.now() <= world.services.policy.retry_cap
+    path.rmdir()
+    world.clock.set(sink.next_refresh_at)
+    assert world.run().counts() == {"written": 1}
+    assert world.sink().state == "ok"
+    assert json.loads(path.read_text())["access_token"] == \
+        world.secret(made.principal)["data"]["access_token"]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from keyd.config import AlertsConfig, Config, DirectorySourceConfig
+from keyd.checks.probe import ProbeReport, ProbeResult
+from keyd.config import AlertsConfig, Config, DirectorySourceConfig, TokensConfig
 from keyd.runtime.check import judge
 from keyd.runtime.cycle import CycleReport, StageReport
 from keyd.store.keys import KeyRecord, Location
-from keyd.store.snapshot import LocationProblem, SourceSnapshot
+from keyd.store.snapshot import LocationProblem, SourceSnapshot, TokenSnapshot
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 SRC = DirectorySourceConfig(name="directory:/keys", path=Path("/keys"))
@@ -113,3 +115,34 @@ def test_dry_run_reports_the_stored_issuer_outage() -> None:
                  issuer_down_since=since)
     assert soon.status == "warning"
     assert [p.kind for p in soon.problems] == ["expiring", "issuer"]
+
+
+def sink(state: str, left: timedelta) -> TokenSnapshot:
+    return TokenSnapshot("a", "user-a", "secret/tokens/user-a", state, NOW + left,
+                         "Vault at http://vault: permission denied")
+
+
+TOKENS = replace(CONFIG, tokens=TokensConfig(mount="secret", path="tokens/{principal}"))
+
+
+@pytest.mark.parametrize(("sinks", "status"), [
+    ([sink("ok", timedelta(hours=1))], "ok"),
+    ([sink("failed", timedelta(hours=1))], "warning"),
+    ([sink("conflict", timedelta(hours=1))], "warning"),
+    ([sink("ok", -timedelta(seconds=1))], "critical"),  # serving an expired token
+    ([sink("failed", -timedelta(hours=1))], "critical"),
+])
+def test_token_write_back_counts(sinks: list[TokenSnapshot], status: str) -> None:
+    verdict = judge(TOKENS, NOW, [key("a")], [], [], tokens=sinks)
+    assert verdict.status == status
+    assert judge(CONFIG, NOW, [key("a")], [], [], tokens=sinks).status == "ok"  # no [tokens]
+
+
+def test_a_round_that_proves_no_key_is_not_ok() -> None:
+    round_ = ProbeReport(at=NOW, results=[
+        ProbeResult(key_id=k, principal=f"user-{k}", kind="serviceaccount",
+                    outcome="bad_response", at=NOW) for k in ("a", "b")])
+    cycle = CycleReport(started=NOW, stages=[StageReport("probe", result=round_)])
+    verdict = judge(CONFIG, NOW, [key("a"), key("b")], [], [], cycle)
+    assert verdict.status == "unknown"
+    assert "no key could be proven: 2 bad answer(s), 0 unavailable" in verdict.summary()
