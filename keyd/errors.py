@@ -247,6 +247,16 @@ class ZitadelApiRejected(ZitadelApiPermanent):
     ``Errors.AuthNKey.ExpireBeforeNow``; an invalid public key)."""
 
 
+class IssuerDiscoveryRefused(IssuerBadResponse):
+    """Discovery names an ``issuer`` other than the configured URL, or a
+    token/introspection endpoint on another origin that
+    ``issuer.allow_endpoints`` does not list: keyd refuses to send a signed
+    assertion there. A configuration matter, not an outage."""
+
+    retryable = False
+    exit_code = EXIT_CONFIG
+
+
 class VaultError(KeydError):
     """Base of Vault failures. ``path`` is mount/path where relevant."""
 

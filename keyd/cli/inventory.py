@@ -68,8 +68,7 @@ def _key_apis(ctx: click.Context, config: Config) -> Iterator[dict[str, ZitadelK
         yield {}
         return
     clock = app(ctx).clock
-    with IssuerClient(config.issuer.url, clock=clock, ca_bundle=config.issuer.ca_bundle,
-                      timeout=config.issuer.timeout.total_seconds()) as issuer:
+    with IssuerClient.from_config(config.issuer, clock) as issuer:
         apis = zitadel_key_apis(config, issuer, clock)
         try:
             yield apis

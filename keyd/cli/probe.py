@@ -74,9 +74,7 @@ def probe_cmd(ctx: click.Context, key_id: str, as_json: bool, quiet: bool) -> in
         if config.vault is not None and any(isinstance(s, VaultSourceConfig)
                                             for s in config.sources):
             vault = stack.enter_context(VaultClient(config.vault, state.clock))
-        client = stack.enter_context(IssuerClient(
-            config.issuer.url, clock=state.clock, ca_bundle=config.issuer.ca_bundle,
-            timeout=config.issuer.timeout.total_seconds()))
+        client = stack.enter_context(IssuerClient.from_config(config.issuer, state.clock))
         services = build_probe_services(config, state.clock, client, vault)
         with terminal_progress(state.clock, quiet=quiet, as_json=as_json):
             report = probe_due(engine, services, state.clock.now(), force_key_id=key_id)

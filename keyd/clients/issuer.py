@@ -27,12 +27,20 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from keyd.clients.deadline import deadline_client, within
 from keyd.clock import Clock
-from keyd.errors import IssuerBadResponse, IssuerRejected, IssuerUnavailable, UsageError
+from keyd.config import IssuerConfig
+from keyd.errors import (
+    IssuerBadResponse,
+    IssuerDiscoveryRefused,
+    IssuerRejected,
+    IssuerUnavailable,
+    UsageError,
+)
 from keyd.redact import Secret, scrub
 from keyd.urls import check_issuer_url
 
@@ -91,11 +99,12 @@ def normalise_scopes(scopes: Sequence[str]) -> list[str]:
 class IssuerClient:
     def __init__(self, url: str, *, clock: Clock, timeout: float = 10.0,
                  ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None,
-                 max_connections: int = 16) -> None:
+                 max_connections: int = 16, allow_endpoints: Sequence[str] = ()) -> None:
         try:
             self.url = check_issuer_url(url)
         except ValueError as exc:
             raise UsageError("issuer.url", str(exc)) from None
+        self._origins = {_origin(self.url), *(_origin(u) for u in allow_endpoints)}
         self._clock = clock
         self._timeout = timeout
         verify: Any = str(ca_bundle) if ca_bundle else True
@@ -113,6 +122,13 @@ class IssuerClient:
         )
         self._discovery: Discovery | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: IssuerConfig, clock: Clock, **kwargs: Any) -> IssuerClient:
+        """The client ``[issuer]`` describes (URL, CA, deadline, allowed endpoints)."""
+        return cls(cfg.url, clock=clock, ca_bundle=cfg.ca_bundle,
+                   timeout=cfg.timeout.total_seconds(), allow_endpoints=cfg.allow_endpoints,
+                   **kwargs)
 
     def close(self) -> None:
         self._http.close()
@@ -141,9 +157,28 @@ class IssuerClient:
             introspection_endpoint=self._endpoint(doc, "introspection_endpoint", url),
             jwks_uri=self._endpoint(doc, "jwks_uri", url),
         )
+        self._trust(discovery, url)
         with self._lock:
             self._discovery = discovery
         return discovery
+
+    def _trust(self, discovery: Discovery, url: str) -> None:
+        """OpenID Discovery §4.3: the document's ``issuer`` is the URL keyd
+        was configured with, byte for byte (it becomes the assertion's
+        audience); endpoints that receive assertions share its origin
+        unless ``issuer.allow_endpoints`` names theirs."""
+        if discovery.issuer != self.url:
+            raise IssuerDiscoveryRefused(
+                self.url, f"discovery at {url} names issuer {scrub(discovery.issuer)[:200]!r}, "
+                f"not the configured issuer.url {self.url!r} (they must be identical; fix "
+                "issuer.url)")
+        for name in ("token_endpoint", "introspection_endpoint"):
+            endpoint = getattr(discovery, name)
+            if endpoint and _origin(endpoint) not in self._origins:
+                raise IssuerDiscoveryRefused(
+                    self.url, f"discovery at {url} puts the {name} on another origin "
+                    f"({scrub(endpoint)[:200]}): keyd sends no signed assertion there unless "
+                    "issuer.allow_endpoints lists it")
 
     def _endpoint(self, doc: Mapping[str, Any], name: str, url: str, *,
                   required: bool = False) -> str | None:
@@ -272,6 +307,12 @@ class IssuerClient:
         return TokenResponse(access_token=Secret(token), token_type="Bearer",
                              expires_in=expires_in, scope=scope if isinstance(scope, str) else None,
                              issued_at=issued_at)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
 
 
 def _parse_date(value: str | None) -> datetime | None:

@@ -53,6 +53,16 @@ def service_url(t: Table, key: str, url: str) -> str:
         t.fail(key, str(exc))
 
 
+def service_urls(t: Table, key: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of ``service_url``s (``issuer.allow_endpoints``)."""
+    for i, url in enumerate(values):
+        try:
+            check_issuer_url(url)
+        except ValueError as exc:
+            t.fail(key, str(exc), i)
+    return tuple(values)
+
+
 def scopes(t: Table, key: str, values: tuple[str, ...]) -> tuple[str, ...]:
     """Scopes without spaces, deduplicated, ``openid`` first (docs/zitadel.md §4:
     openid is required)."""

@@ -59,7 +59,7 @@ class IssuerConfig:
     ca_bundle: Path | None = key(
         "path", default=None, must_exist=True, doc="extra CA bundle for a private issuer"
     )
-    timeout: timedelta = key("duration", default=timedelta(seconds=10), doc="per HTTP request to the issuer")
+    timeout: timedelta = key("duration", default=timedelta(seconds=10), doc="total per request")
     # docs/zitadel.md §3: an assertion older than 1 h is refused, and exp must lie
     # more than 1 s ahead, so lifetimes outside 10 s .. 1 h cannot work.
     assertion_lifetime: timedelta = key(
@@ -76,6 +76,13 @@ class IssuerConfig:
         low=timedelta(0),
         high=timedelta(minutes=5),
         doc="iat is back-dated by this",
+    )
+    allow_endpoints: tuple[str, ...] = key(
+        "list",
+        default=(),
+        nonempty=False,
+        check=checks.service_urls,
+        doc="other origins discovery may name for the token and introspection endpoints",
     )
     concurrency: int = key("int", default=8, low=1, high=1024, doc="probes in flight at once")
     rate_limit: float = key("float", default=50.0, positive=True, doc="requests per second to this issuer")
@@ -188,7 +195,7 @@ class VaultConfig:
         "path", default=None, must_exist=True, doc="CA bundle for Vault's certificate"
     )
     verify: bool = key("bool", default=True, doc="verify Vault's TLS certificate")
-    timeout: timedelta = key("duration", default=timedelta(seconds=10), doc="per request to Vault")
+    timeout: timedelta = key("duration", default=timedelta(seconds=10), doc="total deadline per request")
     namespace: str | None = key("str", default=None, doc="Enterprise / OpenBao namespace")
 
 
@@ -240,7 +247,7 @@ class EmailConfig:
         credential=CRED_SMTP_PASSWORD,
         doc="file holding the SMTP password (needs username)",
     )
-    timeout: timedelta = key("duration", default=timedelta(seconds=30), doc="per SMTP conversation step")
+    timeout: timedelta = key("duration", default=timedelta(seconds=30), doc="total deadline")
     routes: tuple[tuple[str, tuple[str, ...]], ...] = key(
         "table", default=(), check=checks.routes, doc="principal or source name -> extra recipients"
     )
@@ -249,7 +256,7 @@ class EmailConfig:
 @section
 class WebhookConfig:
     url: str = key("str", required=True, check=checks.service_url, doc="where alerts are POSTed")
-    timeout: timedelta = key("duration", default=timedelta(seconds=10), doc="per request")
+    timeout: timedelta = key("duration", default=timedelta(seconds=10), doc="total deadline of one POST")
 
 
 @section

@@ -97,10 +97,8 @@ def build_services(config: Config, clock: Clock, *, engine: Engine | None = None
             services.vault = VaultClient(config.vault, clock,
                                          max_connections=max(workers, VAULT_POOL_SIZE))
         if config.issuer is not None:
-            services.issuer = IssuerClient(
-                config.issuer.url, clock=clock, ca_bundle=config.issuer.ca_bundle,
-                timeout=config.issuer.timeout.total_seconds(),
-                max_connections=max(config.issuer.concurrency, 1))
+            services.issuer = IssuerClient.from_config(
+                config.issuer, clock, max_connections=max(config.issuer.concurrency, 1))
             services.probe = build_probe_services(config, clock, services.issuer, services.vault)
         rotation = config.rotation
         if rotation is not None and rotation.enabled and services.issuer is not None:

@@ -100,6 +100,7 @@ class IssuerServer(Registry):
         self.reject_style, self.fail_mode = "400", None
         self.hang_seconds = 30.0
         self.drip_seconds = 1.0
+        self.discovery_overrides: dict[str, Any] = {}
         self.dripping = 0  # answers being dripped right now
         self.drips_completed = 0  # dripped answers the client waited for to the end
         self.drips_abandoned = 0  # ... the client hung up on
@@ -272,6 +273,11 @@ class IssuerServer(Registry):
         return _json(status, payload)
 
     def discovery(self) -> dict[str, Any]:
+        """The discovery document, with ``discovery_overrides`` applied (a
+        lying or split deployment: another ``issuer``, endpoints elsewhere)."""
+        return {**self._discovery(), **self.discovery_overrides}
+
+    def _discovery(self) -> dict[str, Any]:
         return {
             "issuer": self.issuer,
             "token_endpoint": self.url + TOKEN_PATH,
