@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from keyd.clients.deadline import deadline_transport, within
 from keyd.clock import Clock
 from keyd.errors import (
     KeydError,
@@ -153,13 +154,15 @@ class ZitadelKeyAPI:
         self.page_size, self.max_keys = page_size, max_keys
         self._clock = clock
         verify: Any = str(ca_bundle) if ca_bundle else True
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.Client(
             timeout=httpx.Timeout(min(timeout, deadline), connect=min(timeout, deadline, 5.0)),
             verify=verify,
-            transport=transport,
+            # the deadline also bounds a status line and headers dripped byte by byte
+            transport=transport or deadline_transport(verify=verify, limits=limits, trust_env=False),
             follow_redirects=False,
             trust_env=False,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=limits,
             headers={"User-Agent": "keyd", "Accept": "application/json"},
         )
 
@@ -296,7 +299,8 @@ class ZitadelKeyAPI:
             headers["Content-Type"] = "application/json"
         end = self._clock.monotonic() + self.deadline
         try:
-            with self._http.stream(method, url, headers=headers, content=content) as response:
+            with within(self.deadline, f"{method} {url}"), \
+                    self._http.stream(method, url, headers=headers, content=content) as response:
                 raw = bytearray()
                 for chunk in response.iter_bytes():
                     raw.extend(chunk)
@@ -308,7 +312,7 @@ class ZitadelKeyAPI:
                         raise httpx.ReadTimeout("total deadline")
                 # an echoed token never reaches a message (opaque tokens escape scrub())
                 return response.status_code, bytes(raw).replace(token.reveal().encode(), REDACTED.encode())
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             raise call.error(
                 ZitadelApiUnavailable, f"{method} {url} timed out (deadline {self.deadline:g}s)"
             ) from None

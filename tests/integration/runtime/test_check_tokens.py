@@ -22,18 +22,24 @@ from tests.support.openbao import OpenBao, kv_prefix, openbao  # noqa: F401
 pytestmark = [pytest.mark.issuer, pytest.mark.openbao]
 
 
+def one_key_with_write_back(tmp_path: Path, db_url: str, issuer: IssuerServer,
+                            bao: OpenBao, kv_prefix: str) -> Path:  # noqa: F811
+    """Key 100 of svc-a, registered; its token goes to {kv_prefix}/tokens/svc-a."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    make_key_file(keys, key_id="100", user_id="svc-a", register_with=issuer,
+                  expires_at=datetime.now(UTC) + timedelta(days=200))
+    return write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys,
+                        issuer_url=issuer.url, issuer_extra='timeout = "2s"\n',
+                        vault=(bao.addr, bao.root_token),
+                        tokens_path=f"{kv_prefix}/tokens/{{principal}}")
+
+
 def test_dry_run_skips_the_vault_write(tmp_path: Path, db_url: str, migrated_engine: Engine,
                                        issuer: IssuerServer, openbao: OpenBao,  # noqa: F811
                                        kv_prefix: str,  # noqa: F811
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    keys = tmp_path / "keys"
-    keys.mkdir(mode=0o700)
-    config = write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys,
-                          issuer_url=issuer.url, issuer_extra='timeout = "2s"\n',
-                          vault=(openbao.addr, openbao.root_token),
-                          tokens_path=f"{kv_prefix}/tokens/{{principal}}")
-    make_key_file(keys, key_id="100", user_id="svc-a", register_with=issuer,
-                  expires_at=datetime.now(UTC) + timedelta(days=200))
+    config = one_key_with_write_back(tmp_path, db_url, issuer, openbao, kv_prefix)
     path = f"{kv_prefix}/tokens/svc-a"
 
     assert main(["--config", str(config), "check", "--dry-run", "--json"]) == 0
@@ -60,14 +66,7 @@ def test_a_sink_serving_an_expired_token_is_critical(
         openbao: OpenBao, kv_prefix: str,  # noqa: F811
         capsys: pytest.CaptureFixture[str]) -> None:
     """Every sink failing and every written token expired used to be OK."""
-    keys = tmp_path / "keys"
-    keys.mkdir(mode=0o700)
-    config = write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys,
-                          issuer_url=issuer.url, issuer_extra='timeout = "2s"\n',
-                          vault=(openbao.addr, openbao.root_token),
-                          tokens_path=f"{kv_prefix}/tokens/{{principal}}")
-    make_key_file(keys, key_id="100", user_id="svc-a", register_with=issuer,
-                  expires_at=datetime.now(UTC) + timedelta(days=200))
+    config = one_key_with_write_back(tmp_path, db_url, issuer, openbao, kv_prefix)
     issuer.token_lifetime = 3  # seconds: refresh due after 2, expired after 3
     assert main(["--config", str(config), "check"]) == 0
     capsys.readouterr()

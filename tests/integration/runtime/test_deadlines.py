@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,19 +52,22 @@ def test_a_dripping_answer_is_cut_at_the_total_deadline(issuer: IssuerServer) ->
         assert issuer.dripping == 1  # keyd gave up while the answer was still coming
 
 
-def test_check_with_a_dripping_issuer_ends_while_it_drips(tmp_path: Path, issuer: IssuerServer) -> None:
+def setup(tmp_path: Path, issuer: IssuerServer, days: list[int], **config: Any) -> Path:
+    """Key files expiring in ``days``, a migrated SQLite database, keyd.toml."""
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
-    for n in range(3):
-        make_key_file(keys, user_id=f"svc-{n}", expires_at=NOW + timedelta(days=200), register_with=issuer)
-    upgrade(f"sqlite:///{tmp_path / 'keyd.db'}")
-    config = write_config(
-        tmp_path / "keyd.toml",
-        db_url=f"sqlite:///{tmp_path / 'keyd.db'}",
-        keys=keys,
-        issuer_url=issuer.url,
-        issuer_extra=f'timeout = "{DEADLINE:g}s"\nconcurrency = 1\n',
-    )
+    for n, left in enumerate(days):
+        make_key_file(keys, key_id=f"{100 + n}", user_id=f"svc-{n}",
+                      expires_at=NOW + timedelta(days=left), register_with=issuer)
+    url = f"sqlite:///{tmp_path / 'keyd.db'}"
+    upgrade(url)
+    return write_config(tmp_path / "keyd.toml", db_url=url, keys=keys, issuer_url=issuer.url,
+                        **config)
+
+
+def test_check_with_a_dripping_issuer_ends_while_it_drips(tmp_path: Path, issuer: IssuerServer) -> None:
+    config = setup(tmp_path, issuer, [200, 200, 200],
+                   issuer_extra=f'timeout = "{DEADLINE:g}s"\nconcurrency = 1\n')
     drip(issuer)
     done = subprocess.run(
         [*KEYD, "--config", str(config), "check"], capture_output=True, text=True, timeout=120
@@ -80,22 +84,9 @@ def test_a_decided_alert_is_mailed_while_a_probe_drips(
     issuer: IssuerServer,
     smtp_server: SmtpServer,  # noqa: F811
 ) -> None:
-    keys = tmp_path / "keys"
-    keys.mkdir(mode=0o700)
-    expiring = make_key_file(
-        keys, user_id="svc-expiring", expires_at=NOW + timedelta(days=5), register_with=issuer
-    )
-    upgrade(f"sqlite:///{tmp_path / 'keyd.db'}")
     # a long deadline: the probe round is still waiting when the mail must go out
-    config = write_config(
-        tmp_path / "keyd.toml",
-        db_url=f"sqlite:///{tmp_path / 'keyd.db'}",
-        keys=keys,
-        issuer_url=issuer.url,
-        smtp=(smtp_server.host, smtp_server.port),
-        issuer_extra='timeout = "60s"\n',
-        fast_ticks=True,
-    )
+    config = setup(tmp_path, issuer, [5], smtp=(smtp_server.host, smtp_server.port),
+                   issuer_extra='timeout = "60s"\n', fast_ticks=True)
     drip(issuer)
     notes = Notifications(tmp_path / "notify.sock")
     proc = start_keyd(config, notes, tmp_path / "keyd.log")
@@ -104,7 +95,7 @@ def test_a_decided_alert_is_mailed_while_a_probe_drips(
         wait_until(lambda: issuer.dripping >= 1, timeout=30, what="the probe to start")
         wait_until(lambda: len(smtp_server.inbox()) >= 1, timeout=40, what="the alert mail")
         assert issuer.dripping >= 1  # the probe is still waiting on the issuer
-        assert expiring.key_id in str(smtp_server.inbox()[0].message["Subject"])
+        assert "key 100 " in str(smtp_server.inbox()[0].message["Subject"])
     finally:
         stop(proc)
         notes.close()
