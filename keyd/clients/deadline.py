@@ -236,7 +236,10 @@ def deadline_transport(**kwargs: Any) -> httpx.HTTPTransport:
     """An ``httpx.HTTPTransport`` (same arguments) that honours ``within``.
     httpx does not expose httpcore's ``network_backend``; the pool it built
     gets ours (tests/unit/clients/test_deadline.py fails if httpx moves it)."""
-    transport = httpx.HTTPTransport(**kwargs)
+    return _bound(httpx.HTTPTransport(**kwargs))
+
+
+def _bound(transport: httpx.HTTPTransport) -> httpx.HTTPTransport:
     pool = transport._pool
     assert isinstance(pool, httpcore.ConnectionPool)
     pool._network_backend = DeadlineBackend()
@@ -249,15 +252,13 @@ def deadline_client(*, transport: httpx.BaseTransport | None = None, verify: Any
     """An ``httpx.Client`` (same arguments) whose requests honour ``within``,
     including those it sends through a proxy from the environment
     (``trust_env``); ``transport`` replaces the default one (tests)."""
-    limits = limits or httpx.Limits()
-    client = httpx.Client(
-        transport=transport or deadline_transport(verify=verify, limits=limits, trust_env=trust_env),
-        verify=verify, limits=limits, trust_env=trust_env, **kwargs)
-    for mounted in client._mounts.values():  # the environment's proxies, if any
-        if isinstance(mounted, httpx.HTTPTransport):
-            pool = mounted._pool
-            assert isinstance(pool, httpcore.ConnectionPool)
-            pool._network_backend = DeadlineBackend()
+    # httpx ignores the environment's proxies when given a transport, so it
+    # builds its own (and one per proxy), and each gets the deadline backend
+    client = httpx.Client(transport=transport, verify=verify,
+                          limits=limits or httpx.Limits(), trust_env=trust_env, **kwargs)
+    for built in (client._transport, *client._mounts.values()):
+        if isinstance(built, httpx.HTTPTransport):
+            _bound(built)
     return client
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from keyd.clients.deadline import deadline_transport, within
+from keyd.clients.deadline import deadline_client, within
 from keyd.config import WebhookConfig
 from keyd.errors import EXIT_UNAVAILABLE, KeydError
 from keyd.urls import display_url
@@ -53,10 +53,9 @@ class WebhookClient:
                  transport: httpx.BaseTransport | None = None) -> None:
         self.config = config
         self.display = display_url(config.url)
-        self._client = httpx.Client(timeout=config.timeout.total_seconds(),
-                                    transport=transport or deadline_transport(),
-                                    follow_redirects=False,
-                                    headers={"User-Agent": "keyd"})
+        self._client = deadline_client(timeout=config.timeout.total_seconds(),
+                                       transport=transport, follow_redirects=False,
+                                       headers={"User-Agent": "keyd"})
 
     def __enter__(self) -> WebhookClient:
         return self

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from keyd.clients.deadline import deadline_transport, within
+from keyd.clients.deadline import deadline_client, within
 from keyd.clock import Clock
 from keyd.errors import (
     KeydError,
@@ -155,11 +155,11 @@ class ZitadelKeyAPI:
         self._clock = clock
         verify: Any = str(ca_bundle) if ca_bundle else True
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx.Client(
+        # the deadline also bounds a status line and headers dripped byte by byte
+        self._http = deadline_client(
             timeout=httpx.Timeout(min(timeout, deadline), connect=min(timeout, deadline, 5.0)),
             verify=verify,
-            # the deadline also bounds a status line and headers dripped byte by byte
-            transport=transport or deadline_transport(verify=verify, limits=limits, trust_env=False),
+            transport=transport,
             follow_redirects=False,
             trust_env=False,
             limits=limits,

@@ -14,7 +14,13 @@ import httpx
 import pytest
 import requests
 
-from keyd.clients.deadline import DeadlineAdapter, DeadlineBackend, deadline_transport, within
+from keyd.clients.deadline import (
+    DeadlineAdapter,
+    DeadlineBackend,
+    deadline_client,
+    deadline_transport,
+    within,
+)
 from keyd.clients.smtp import SmtpClient
 from keyd.clients.vault import VaultClient
 from keyd.clients.webhook import WebhookClient, WebhookError
@@ -93,3 +99,17 @@ def test_webhook_gives_up_on_a_dripping_answer() -> None:
             hook.post({"a": 1})
         assert "no complete answer within 1s" in str(caught.value)
         assert "secret" not in str(caught.value) and not peer.finished.is_set()
+
+
+def test_proxied_requests_keep_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy from the environment gets its own transport from httpx: it is
+    bounded too (an HTTPS_PROXY that drips is cut off like an issuer)."""
+    with Dripper(HTTP_ANSWER) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        with deadline_client(timeout=5.0) as client:
+            mounted = [t for t in client._mounts.values() if t is not None]
+            assert mounted and all(isinstance(t._pool._network_backend, DeadlineBackend)
+                                   for t in mounted)
+            with within(1.0, "via proxy") as deadline, pytest.raises(httpx.TimeoutException):
+                client.get("http://issuer.test/")
+        assert deadline.expired and not proxy.finished.is_set()
