@@ -19,6 +19,7 @@ tests/unit/test_errors_tree.py keeps this list complete)::
     │   ├── IssuerRejected
     │   ├── IssuerUnavailable
     │   └── IssuerBadResponse
+    │       └── IssuerDiscoveryRefused
     ├── ZitadelApiError
     │   ├── ZitadelApiTransient
     │   │   ├── ZitadelApiUnavailable
