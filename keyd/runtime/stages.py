@@ -1,6 +1,8 @@
 """The cycle's stages, composed from the stage modules (docs/architecture.md §1):
 
-scan → evaluate (alert ladder) → probe → rotate → tokens (write-back) → outbox,
+scan → evaluate (alert ladder) → probe → rotate → tokens (write-back) → outbox
+(``keyd check`` sends decided mail first and again after the network
+stages, ``cycle_stages``),
 plus ``prune`` (daemon only). Each adapter takes ``Services``, does its
 stage in its own transaction(s) and returns that stage's report. Stages
 whose feature is not configured are left out (no issuer: no probe; no
@@ -58,15 +60,17 @@ def cycle_stages(services: Services, *, dry_run: bool = False) -> list[Stage]:
     """The stages of one full cycle (``keyd check``), in order. Alerts
     already decided are sent before the issuer is contacted (a slow issuer
     never holds them back), and what the probes found (a rejected key) is
-    decided and sent in the same run: scan, evaluate, outbox, probe,
-    tokens, then ``evaluate-probed``, ``outbox-probed`` and prune. A dry run
-    plans each stage once (nothing is probed, so nothing new is decided)."""
+    decided and sent in the same run: scan, evaluate, outbox, then the
+    network stages (probe, rotate, tokens), then ``evaluate-probed``,
+    ``outbox-probed`` and prune. A dry run plans each stage once (nothing
+    is probed, so nothing new is decided)."""
     stages = _base_stages(services)
     by_name = {s.name: s for s in stages}
-    if dry_run or not {"probe", "tokens"} & by_name.keys():
+    network = [s for s in stages if s.name not in ("scan", "evaluate", "outbox", "prune")]
+    if dry_run or not network:
         return stages
-    first = [by_name[n] for n in ("scan", "evaluate", "outbox", "probe", "tokens") if n in by_name]
-    return [*first, Stage("evaluate-probed", evaluate),
+    return [by_name["scan"], by_name["evaluate"], by_name["outbox"], *network,
+            Stage("evaluate-probed", evaluate),
             Stage("outbox-probed", outbox, side_effects=True, plan=outbox_plan), by_name["prune"]]
 
 
