@@ -3,7 +3,9 @@
 * ``unheld``: a key ZITADEL lists that no file or Vault location holds,
   once per key ("deployed somewhere unwatched, or forgotten"); resolved
   when a file holding it appears. Its expiry ladder runs only with
-  ``alerts.unheld_ladder``.
+  ``alerts.unheld_ladder``. A key an unfinished rotation is handling (the
+  old key during its overlap, the new key before it is published) is not
+  unheld in that sense and gets no notice.
 * ``policy``, each optional and each once: a listed key that never expires
   (``alerts.never_expiring``), a listed key whose lifetime (expiry −
   ZITADEL's creation date) exceeds ``alerts.max_lifetime``, a user with
@@ -26,6 +28,7 @@ from keyd.config import Config
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertIndex
 from keyd.store.models import Alert, Key
+from keyd.store.rotations import in_flight_key_ids
 from keyd.timeutil import format_duration
 from keyd.vocab import AlertKind, KeyStatus, LocationKind, LocationStatus, Severity
 
@@ -105,7 +108,10 @@ def zitadel_alerts(
 ) -> list[Alert]:
     """Unheld notices and policy alerts, each at most once."""
     out: list[Alert | None] = []
+    rotating = in_flight_key_ids(session, [k.key_id for k in keys if k.status == KeyStatus.UNHELD])
     for key in keys:
+        if key.key_id in rotating:
+            continue  # keyd's own rotation holds it (old key in its overlap, or new key before publish)
         if key.status == KeyStatus.UNHELD:
             out.append(
                 emit(

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keyd.store.alerts import add_deliveries, insert_alert
-from keyd.store.models import Event, Key, KeyLocation, Probe, Rotation
+from keyd.store.models import ALERT_NOW, Event, Key, KeyLocation, Probe, Rotation
 from keyd.store.tokens import AlertSpec
 from keyd.vocab import KeyKind, KeyStatus
 
@@ -259,6 +259,9 @@ def transition(
         kind = event or row.state
         if kind != current.state or event is not None:
             _event(session, now, row, kind, dict(detail or {}))
+        if row.state != current.state:  # what alerts decide for both keys may change
+            ids = [k for k in (row.old_key_id, row.new_key_id) if k]
+            session.execute(update(Key).where(Key.key_id.in_(ids)).values(next_alert_at=ALERT_NOW))
         if alert is not None:
             _alert(session, row, alert, now)
         return RotationRow.of(row)
@@ -318,6 +321,21 @@ def new_key_ids(engine: Engine, key_ids: Sequence[str]) -> set[str]:
         return set()
     with Session(engine) as session:
         return set(session.scalars(select(Rotation.new_key_id).where(Rotation.new_key_id.in_(key_ids))))
+
+
+def in_flight_key_ids(session: Session, key_ids: Sequence[str]) -> set[str]:
+    """Which of ``key_ids`` an unfinished rotation is handling: the old key
+    (still registered in ZITADEL during the overlap, while no location
+    holds it any more) or the new one (registered, not yet published).
+    ZITADEL lists both; neither is "unheld" in the sense of forgotten."""
+    if not key_ids:
+        return set()
+    open_rows = select(Rotation.old_key_id, Rotation.new_key_id).where(
+        Rotation.state.in_(OPEN_STATES),
+        or_(Rotation.old_key_id.in_(key_ids), Rotation.new_key_id.in_(key_ids)),
+    )
+    wanted = set(key_ids)
+    return {k for row in session.execute(open_rows) for k in row if k in wanted}
 
 
 def known_key_ids(engine: Engine, key_ids: Sequence[str]) -> set[str]:

@@ -126,8 +126,9 @@ def test_policy_findings_alert_once_and_warn(zitadel_world: World) -> None:
 def test_unheld_notice_is_resolved_once_a_file_holds_the_key(zitadel_world: World) -> None:
     world = zitadel_world
     user = world.user()
-    console = make_key_file(None, user_id=user, register_with=world.issuer,
-                            expires_at=T0 + timedelta(days=200))
+    console = make_key_file(
+        None, user_id=user, register_with=world.issuer, expires_at=T0 + timedelta(days=200)
+    )
     config = world.config()
     check(world, config)
     assert [a[0] for a in alerts(world) if console.key_id in a[2]] == ["unheld"]
@@ -137,3 +138,41 @@ def test_unheld_notice_is_resolved_once_a_file_holds_the_key(zitadel_world: Worl
     notice = [a for a in alerts(world) if console.key_id in a[2]]
     assert [(a[0], a[3]) for a in notice] == [("unheld", "resolved")]
     assert world.rows()[console.key_id].status == "active" and world.rows()[console.key_id].held
+
+
+@pytest.mark.parametrize("state", ["registered", "published"])
+def test_a_key_in_keyds_own_rotation_is_not_unheld(zitadel_world: World, state: str) -> None:
+    """During a rotation ZITADEL lists a key that no location holds: the new
+    key before it is published, the old one during its overlap. That is
+    keyd's own doing, not a forgotten key: no unheld notice while the
+    rotation is unfinished; once it failed, the notice comes."""
+    from keyd.store.models import Rotation
+
+    world = zitadel_world
+    user = world.user()
+    listed = next(k.key_id for k in world.issuer.keys() if k.principal == user)
+    with session_scope(world.engine) as session:
+        row = Rotation(
+            old_key_id="1" + listed,
+            new_key_id=listed,
+            principal=user,
+            state=state,
+            reason="due",
+            algorithm="RSA-2048",
+            planned_at=world.clock.now(),
+            updated_at=world.clock.now(),
+        )
+        if state == "published":
+            row.old_key_id, row.new_key_id = listed, "1" + listed
+        session.add(row)
+    config = world.config()
+    check(world, config)
+    assert not [a for a in alerts(world) if listed in a[2] and a[0] == "unheld"]
+
+    from keyd.store import rotations
+
+    (current,) = rotations.all_rotations(world.engine)
+    world.clock.advance(timedelta(hours=1))
+    assert rotations.transition(world.engine, current, now=world.clock.now(), state="failed")
+    check(world, config)
+    assert [a[0] for a in alerts(world) if listed in a[2]] == ["unheld"]
