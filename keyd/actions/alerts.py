@@ -22,6 +22,8 @@ own alerts; the fingerprint is only an attribute):
 * ``unavailable`` / ``recovered``: issuer outage episodes recorded by
   ``note_issuer_health`` (re-exported here), alerted once the outage lasts
   ``issuer.unavailable_alert_after``; named by the outage start.
+* while rotation covers a key (``alert_hold``), only its tightest rung and
+  ``expired`` fire: alerts are the fallback for what cannot be rotated.
 * ``untracked``: a key without an expiry date (pre-2024 file), once.
 * ``unheld`` and ``policy``: from zitadel sources' listings (``findings``);
   a key ZITADEL no longer lists is ``rejected`` (diagnosis ``removed``)
@@ -52,6 +54,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from keyd.actions.alert_hold import rotation_held
 from keyd.actions.decision import Decision
 from keyd.actions.findings import zitadel_alerts
 from keyd.checks.expiry import evaluate, is_never, seconds_until, time_left
@@ -141,6 +144,7 @@ def _evaluate_keys(session: Session, config: Config, keys: list[Key],
     known = store.AlertIndex.load(session, [_about(k) for k in keys])
     new: list[Alert] = []
     removed = store.removed_keys(session, [k.id for k in keys if k.status == KeyStatus.REJECTED])
+    held = rotation_held(session, config, keys, now)
     for key in keys:
         if key.status in SKIPPED_STATUSES:
             if key.status == KeyStatus.MISSING:  # gone from every source: nothing left to warn about
@@ -150,7 +154,7 @@ def _evaluate_keys(session: Session, config: Config, keys: list[Key],
             continue  # only ZITADEL knows it: its notice comes from findings
         new.extend(_isolated(session, key, now, partial(
             _key_alerts, session, config, key, by_principal[key.principal], now, known,
-            removed=key.id in removed)))
+            removed=key.id in removed, held=key.id in held)))
     new.extend(zitadel_alerts(session, config, keys, now, known, _emit, _about))
     store.schedule_alerts(session, {k.id: _next_or_soon(k, config, now) for k in keys})
     return new
@@ -204,7 +208,8 @@ def _schedule(config: Config) -> str:
 # -- per key ------------------------------------------------------------------
 
 def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key],
-                now: datetime, known: AlertIndex, *, removed: bool = False) -> list[Alert]:
+                now: datetime, known: AlertIndex, *, removed: bool = False,
+                held: bool = False) -> list[Alert]:
     successor = _successor(key, peers)
     if successor is not None:
         return _rotated(session, config, key, successor, now, known)
@@ -216,7 +221,7 @@ def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key]
     store.resolve(session, known.unresolved(_about(key), (AlertKind.UNTRACKED,)), now)
     out: list[Alert] = []
     if not is_never(key.expires_at):
-        ladder_alert = _ladder(session, config, key, key.expires_at, now, known)
+        ladder_alert = _ladder(session, config, key, key.expires_at, now, known, held=held)
         if ladder_alert is not None:
             out.append(ladder_alert)
     rejected = _rejected(session, config, key, now, known, removed=removed)
@@ -243,7 +248,9 @@ def _successor(key: Key, peers: Sequence[Key]) -> Key | None:
 
 
 def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
-            now: datetime, known: AlertIndex) -> Alert | None:
+            now: datetime, known: AlertIndex, *, held: bool = False) -> Alert | None:
+    """``held``: rotation covers the key, so only the tightest rung and
+    ``expired`` may fire (the safety net when a rotation stalls)."""
     suffix = rung_suffix(expires_at)
     stale = known.unresolved(_about(key), LADDER_KINDS, keep_suffix=suffix)
     if stale:
@@ -251,7 +258,10 @@ def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
                  key.key_id, len(stale))
         store.resolve(session, stale, now)
     fired = known.fired(_about(key), LADDER_KINDS)
-    rung = due_rungs(expires_at, config.alerts.thresholds, now, fired)
+    thresholds = config.alerts.thresholds
+    if held:
+        thresholds = (min(thresholds),) if thresholds else ()
+    rung = due_rungs(expires_at, thresholds, now, fired)
     if rung is None:
         return None
     alert = _emit(session, config, key, now, known, Decision(

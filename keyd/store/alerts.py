@@ -29,7 +29,7 @@ from sqlalchemy.orm import selectinload
 from keyd.clock import utc
 from keyd.store.inventory import latest_diagnoses
 from keyd.store.models import ALERT_NEVER as ALERT_NEVER  # re-exported for actions/
-from keyd.store.models import ALERT_NOW, Alert, Delivery, Event, Key, State
+from keyd.store.models import ALERT_NOW, Alert, Delivery, Event, Key, Rotation, State
 from keyd.timeutil import isoformat_z, parse_rfc3339
 from keyd.vocab import DeliveryState
 
@@ -204,6 +204,17 @@ def removed_keys(session: Session, pks: Sequence[int]) -> set[int]:
     """Of these rejected keys, those whose latest probe row says ZITADEL
     no longer lists them (diagnosis ``removed``, written by a zitadel source)."""
     return {pk for pk, d in latest_diagnoses(session, pks).items() if d == "removed"}
+
+
+def rotation_states(session: Session, key_ids: Sequence[str]) -> dict[str, str]:
+    """The rotation state of each of these keys that has a rotation row
+    (one row per key: ``rotations.old_key_id`` is unique), in one query."""
+    out: dict[str, str] = {}
+    for start in range(0, len(key_ids), 10_000):  # one query below any bind-parameter limit
+        rows = session.execute(select(Rotation.old_key_id, Rotation.state)
+                               .where(Rotation.old_key_id.in_(key_ids[start:start + 10_000])))
+        out.update((key_id, state) for key_id, state in rows)
+    return out
 
 
 def all_keys(session: Session) -> list[Key]:
