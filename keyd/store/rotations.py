@@ -259,7 +259,7 @@ def transition(
         kind = event or row.state
         if kind != current.state or event is not None:
             _event(session, now, row, kind, dict(detail or {}))
-        if row.state != current.state:  # what alerts decide for both keys may change (held ladder: alert_hold)
+        if row.state != current.state:  # what alerts decide for both keys may change (alert_hold)
             ids = [k for k in (row.old_key_id, row.new_key_id) if k]
             session.execute(update(Key).where(Key.key_id.in_(ids)).values(next_alert_at=ALERT_NOW))
         if alert is not None:
