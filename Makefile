@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check keyd tests bench examples packaging
+	$(VENV)/bin/ruff check keyd tests bench examples packaging alembic
+	$(VENV)/bin/ruff format --check keyd tests bench examples packaging alembic
 	$(VENV)/bin/mypy keyd
 
 # What the integration tests need from the machine, installed/started if

@@ -65,11 +65,18 @@ def main() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption()).decode()
-    doc = {"type": "serviceaccount", "keyId": "292834923480293", "key": pem,
-           "userId": "292834923480001", "expirationDate": "2030-01-01T00:00:00Z"}
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    doc = {
+        "type": "serviceaccount",
+        "keyId": "292834923480293",
+        "key": pem,
+        "userId": "292834923480001",
+        "expirationDate": "2030-01-01T00:00:00Z",
+    }
     keyfile = parse_keyfile(json.dumps(doc), source="bench")
     signer = AssertionSigner(SystemClock())
     message = b"x" * 400  # about the size of an assertion's signing input
@@ -82,9 +89,12 @@ def main() -> None:
 
     def naive() -> object:
         now = int(time.time())
-        return jwt.encode({"iss": doc["userId"], "sub": doc["userId"], "aud": AUD, "iat": now,
-                           "exp": now + 3600}, pem, algorithm="RS256",
-                          headers={"kid": doc["keyId"]})
+        return jwt.encode(
+            {"iss": doc["userId"], "sub": doc["userId"], "aud": AUD, "iat": now, "exp": now + 3600},
+            pem,
+            algorithm="RS256",
+            headers={"kid": doc["keyId"]},
+        )
 
     results: dict[str, list[float]] = {"raw": [], "keyd": [], "naive": []}
     for _ in range(args.rounds):
@@ -92,16 +102,20 @@ def main() -> None:
             results[name].append(rate(fn, args.seconds_per_round))
     med = {k: statistics.median(v) for k, v in results.items()}
     spread = {k: (max(v) - min(v)) / statistics.median(v) for k, v in results.items()}
-    print(f"bench/mint.py: RSA-2048 RS256, one core, {args.rounds} interleaved rounds "
-          f"x {args.seconds_per_round:.1f}s, medians (spread = (max-min)/median)")
+    print(
+        f"bench/mint.py: RSA-2048 RS256, one core, {args.rounds} interleaved rounds "
+        f"x {args.seconds_per_round:.1f}s, medians (spread = (max-min)/median)"
+    )
     print(f"  raw cryptography signatures/s : {med['raw']:9.0f}  (spread {spread['raw']:.0%})")
     print(f"  keyd assertions/s             : {med['keyd']:9.0f}  (spread {spread['keyd']:.0%})")
     print(f"  naive PyJWT + PEM per call /s : {med['naive']:9.0f}  (spread {spread['naive']:.0%})")
     ratio = med["keyd"] / med["raw"]
     print(f"  keyd / raw   = {ratio:.3f}   (target >= 0.90: {'met' if ratio >= 0.9 else 'MISSED'})")
     best = {k: max(v) for k, v in results.items()}
-    print(f"  best rounds: raw {best['raw']:.0f}/s, keyd {best['keyd']:.0f}/s, "
-          f"keyd / raw = {best['keyd'] / best['raw']:.3f}")
+    print(
+        f"  best rounds: raw {best['raw']:.0f}/s, keyd {best['keyd']:.0f}/s, "
+        f"keyd / raw = {best['keyd'] / best['raw']:.3f}"
+    )
     print(f"  keyd / naive = {med['keyd'] / med['naive']:.1f}x")
 
 

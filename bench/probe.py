@@ -69,9 +69,12 @@ GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
 def start_issuer() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.issuer", "--port", "0"],
-                            stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.issuer", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
 
@@ -82,9 +85,12 @@ def make_keys(n: int, keydir: Path, url: str) -> list[Any]:
         for _ in range(n):
             key = make_key_file(keydir, expires_at=None)
             pem = key.private_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            admin.post("/_admin/keys", json={"principal": key.principal, "key_id": key.key_id,
-                                             "public_key_pem": pem.decode()}).raise_for_status()
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            admin.post(
+                "/_admin/keys",
+                json={"principal": key.principal, "key_id": key.key_id, "public_key_pem": pem.decode()},
+            ).raise_for_status()
             made.append(key)
     return made
 
@@ -102,9 +108,12 @@ def bench_keyd(engine: Any, url: str, keydir: Path, concurrency: int) -> tuple[f
     with IssuerClient(url, clock=clock, max_connections=concurrency) as client:
         client.discover()
         services = ProbeServices(
-            client=client, signer=AssertionSigner(clock), clock=clock,
+            client=client,
+            signer=AssertionSigner(clock),
+            clock=clock,
             load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None, UTC),
-            policy=ProbePolicy(concurrency=concurrency, rate_limit=0))
+            policy=ProbePolicy(concurrency=concurrency, rate_limit=0),
+        )
         start = time.perf_counter()
         report = probe_due(engine, services, clock.now())
         return time.perf_counter() - start, report.counts()
@@ -116,11 +125,20 @@ def bench_naive(keys: list[Any], url: str) -> tuple[float, int]:
     for key in keys:
         doc = json.loads(Path(key.path).read_text())  # the SDK reads the file per assertion
         now = int(time.time())
-        assertion = jwt.encode({"iss": doc["userId"], "sub": doc["userId"], "aud": url,
-                                "iat": now, "exp": now + 3600}, doc["key"], algorithm="RS256",
-                               headers={"kid": doc["keyId"]})
-        resp = httpx.post(url + "/oauth/v2/token", data={  # new connection per request
-            "grant_type": GRANT, "assertion": assertion, "scope": "openid"})
+        assertion = jwt.encode(
+            {"iss": doc["userId"], "sub": doc["userId"], "aud": url, "iat": now, "exp": now + 3600},
+            doc["key"],
+            algorithm="RS256",
+            headers={"kid": doc["keyId"]},
+        )
+        resp = httpx.post(
+            url + "/oauth/v2/token",
+            data={  # new connection per request
+                "grant_type": GRANT,
+                "assertion": assertion,
+                "scope": "openid",
+            },
+        )
         ok += resp.status_code == 200 and "access_token" in resp.json()
     return time.perf_counter() - start, ok
 
@@ -137,8 +155,9 @@ class StubIssuer:
 
     def request_token(self, assertion: Secret, scopes: Any) -> TokenResponse:
         self.n += 1
-        return TokenResponse(Secret(f"zat_bench_{self.n:06d}_{'x' * 40}"), "Bearer", 43200,
-                             "openid", self.clock.now())
+        return TokenResponse(
+            Secret(f"zat_bench_{self.n:06d}_{'x' * 40}"), "Bearer", 43200, "openid", self.clock.now()
+        )
 
 
 class RequestCounter:
@@ -181,28 +200,38 @@ def bench_vault(engine: Any, keydir: Path, n: int, concurrency: int) -> dict[str
     clock = SystemClock()
     with OpenBao.start() as bao, VaultClient(bao.vault_config(), clock) as vault:
         services = TokenServices(
-            tokens=TokensConfig(path="bench/keyd/{principal}"), client=StubIssuer(clock),  # type: ignore[arg-type]
-            signer=AssertionSigner(clock), vault=vault, clock=clock,
+            tokens=TokensConfig(path="bench/keyd/{principal}"),
+            client=StubIssuer(clock),  # type: ignore[arg-type]
+            signer=AssertionSigner(clock),
+            vault=vault,
+            clock=clock,
             load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None, UTC),
-            policy=TokenPolicy(concurrency=concurrency), rng=random.Random(1))
+            policy=TokenPolicy(concurrency=concurrency),
+            rng=random.Random(1),
+        )
         out: dict[str, Any] = {}
         rounds = [("first", clock.now()), ("refresh", clock.now() + timedelta(hours=9))]
         for name, at in rounds:
             report: list[Any] = []
-            out[name] = timed(lambda at=at, report=report: report.append(
-                refresh_tokens(engine, services, at)))
+            out[name] = timed(
+                lambda at=at, report=report: report.append(refresh_tokens(engine, services, at))
+            )
             assert report[0].counts() == {"written": n}, report[0].counts()
         # the same payload shape keyd writes (a 57-character token, a 18-digit key id)
-        payload = {"access_token": "zat_bench_000001_" + "x" * 40, "token_type": "Bearer",
-                   "expires_at": "2030-01-01T00:00:00Z", "issued_at": "2029-12-31T12:00:00Z",
-                   "key_id": "3" * 18, "scope": "openid"}
+        payload = {
+            "access_token": "zat_bench_000001_" + "x" * 40,
+            "token_type": "Bearer",
+            "expires_at": "2030-01-01T00:00:00Z",
+            "issued_at": "2029-12-31T12:00:00Z",
+            "key_id": "3" * 18,
+            "scope": "openid",
+        }
         kv = bao.client.secrets.kv.v2  # hvac's defaults: one keep-alive session
         bao.client.adapter.close()
 
         def bare(prefix: str) -> None:
             for i in range(n):
-                kv.create_or_update_secret(path=f"bench/{prefix}/{i}", secret=payload,
-                                           mount_point="secret")
+                kv.create_or_update_secret(path=f"bench/{prefix}/{i}", secret=payload, mount_point="secret")
 
         out["bare"] = timed(lambda: bare("bare"))
         bao.client.adapter.session.trust_env = False  # what keyd's session does (vault.py)
@@ -213,26 +242,34 @@ def bench_vault(engine: Any, keydir: Path, n: int, concurrency: int) -> dict[str
 def print_vault(v: dict[str, Any], n: int, concurrency: int) -> None:
     (t_first, c_first), (t_again, c_again) = v["first"], v["refresh"]
     (t_bare, c_bare), (t_pinned, _) = v["bare"], v["bare_pinned"]
-    print(f"vault: keyd first write  {n} sinks in {t_first:.2f}s ({t_first / t_bare:.2f}x bare; "
-          f"{c_first.per(n)})")
-    print(f"vault: keyd refresh      {n} sinks in {t_again:.2f}s ({t_again / t_bare:.2f}x bare; "
-          f"target <= 1.5x; {c_again.per(n)}; pool of {concurrency})")
-    print(f"vault: bare hvac writes  {n} in {t_bare:.2f}s (sequential, hvac defaults; "
-          f"{c_bare.per(n)})")
-    print(f"vault: bare, env pinned  {n} in {t_pinned:.2f}s (hvac with trust_env off, as keyd; "
-          f"refresh = {t_again / t_pinned:.2f}x this)")
+    print(
+        f"vault: keyd first write  {n} sinks in {t_first:.2f}s ({t_first / t_bare:.2f}x bare; "
+        f"{c_first.per(n)})"
+    )
+    print(
+        f"vault: keyd refresh      {n} sinks in {t_again:.2f}s ({t_again / t_bare:.2f}x bare; "
+        f"target <= 1.5x; {c_again.per(n)}; pool of {concurrency})"
+    )
+    print(f"vault: bare hvac writes  {n} in {t_bare:.2f}s (sequential, hvac defaults; {c_bare.per(n)})")
+    print(
+        f"vault: bare, env pinned  {n} in {t_pinned:.2f}s (hvac with trust_env off, as keyd; "
+        f"refresh = {t_again / t_pinned:.2f}x this)"
+    )
 
 
-def run_probes(engine: Any, keys: list[Any], url: str, keydir: Path,
-               args: argparse.Namespace) -> None:
+def run_probes(engine: Any, keys: list[Any], url: str, keydir: Path, args: argparse.Namespace) -> None:
     t_keyd, counts = bench_keyd(engine, url, keydir, args.concurrency)
-    t_naive, ok = bench_naive(keys[:args.naive_keys], url)
+    t_naive, ok = bench_naive(keys[: args.naive_keys], url)
     keyd_rate, naive_rate = args.keys / t_keyd, args.naive_keys / t_naive
-    print(f"probe: keyd  {args.keys} keys in {t_keyd:.2f}s = {keyd_rate:.0f} keys/s "
-          f"({counts}, concurrency {args.concurrency})")
-    print(f"probe: naive {args.naive_keys} keys in {t_naive:.2f}s = "
-          f"{naive_rate:.1f} keys/s ({ok} ok, sequential, PEM per assertion, "
-          "new connection per request)")
+    print(
+        f"probe: keyd  {args.keys} keys in {t_keyd:.2f}s = {keyd_rate:.0f} keys/s "
+        f"({counts}, concurrency {args.concurrency})"
+    )
+    print(
+        f"probe: naive {args.naive_keys} keys in {t_naive:.2f}s = "
+        f"{naive_rate:.1f} keys/s ({ok} ok, sequential, PEM per assertion, "
+        "new connection per request)"
+    )
     print(f"probe: ratio {keyd_rate / naive_rate:.1f}x (target >= 10x)")
 
 
@@ -242,8 +279,11 @@ def main() -> None:
     parser.add_argument("--naive-keys", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-vault", action="store_true")
-    parser.add_argument("--vault-only", action="store_true",
-                        help="skip the probe part (keys are still registered and inventoried)")
+    parser.add_argument(
+        "--vault-only",
+        action="store_true",
+        help="skip the probe part (keys are still registered and inventoried)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     proc, url = start_issuer()

@@ -77,9 +77,13 @@ def write_tree(root: Path, n: int, pems: list[str]) -> None:
         directory = root / f"team{i // 100:04d}"
         if i % 100 == 0:
             directory.mkdir(mode=0o700)
-        doc = {"type": "serviceaccount", "keyId": str(10**17 + i), "userId": f"svc-{i}",
-               "key": pems[i % len(pems)],
-               "expirationDate": (base + timedelta(minutes=i)).isoformat().replace("+00:00", "Z")}
+        doc = {
+            "type": "serviceaccount",
+            "keyId": str(10**17 + i),
+            "userId": f"svc-{i}",
+            "key": pems[i % len(pems)],
+            "expirationDate": (base + timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
+        }
         fd = os.open(directory / f"{i}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(doc, out)
@@ -96,15 +100,22 @@ def walk_stat(root: Path) -> float:
 def written_bytes(engine: Any) -> Callable[[], int]:
     """A counter of bytes written since the call (see the module doc)."""
     if engine.dialect.name == "postgresql":
+
         def lsn() -> Any:
             with engine.connect() as conn:
                 return conn.execute(text("SELECT pg_current_wal_lsn()")).scalar()
+
         start = lsn()
 
         def wal() -> int:
             with engine.connect() as conn:
-                return int(conn.execute(text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), :a)"),
-                                        {"a": start}).scalar() or 0)
+                return int(
+                    conn.execute(
+                        text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), :a)"), {"a": start}
+                    ).scalar()
+                    or 0
+                )
+
         return wal
     begin = _proc_io()
     return lambda: _proc_io() - begin
@@ -141,18 +152,25 @@ def bench_metrics(engine: Any, n: int) -> dict[str, float]:
         body, _ = metrics.render()
         scrapes.append(time.perf_counter() - start)
     per_key = sum(1 for line in body.decode().splitlines() if 'key_id="' in line)
-    return {"refresh": refresh, "scrape": statistics.median(scrapes), "bytes": len(body),
-            "per_key": per_key / n}
+    return {
+        "refresh": refresh,
+        "scrape": statistics.median(scrapes),
+        "bytes": len(body),
+        "per_key": per_key / n,
+    }
 
 
 def bench_idle(work: Path, url: str, keys: Path, seconds: float) -> dict[str, float]:
     config = work / "keyd.toml"
-    config.write_text(f'[database]\nurl = "{url}"\n\n[[sources]]\ntype = "directory"\n'
-                      f'path = "{keys}"\n')
+    config.write_text(f'[database]\nurl = "{url}"\n\n[[sources]]\ntype = "directory"\npath = "{keys}"\n')
     log = (work / "daemon.log").open("w")
-    proc = subprocess.Popen([*KEYD, "--config", str(config), "run"], stdout=log,
-                            stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
+    proc = subprocess.Popen(
+        [*KEYD, "--config", str(config), "run"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+    )
     try:
         deadline = time.monotonic() + 600
         while "running:" not in (work / "daemon.log").read_text():
@@ -165,8 +183,7 @@ def bench_idle(work: Path, url: str, keys: Path, seconds: float) -> dict[str, fl
         time.sleep(seconds)
         used = (_cpu_ticks(proc.pid) - before) / tick
         status = Path(f"/proc/{proc.pid}/status").read_text()
-        hwm = next(int(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmHWM:"))
+        hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -180,33 +197,49 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def bench_probe(engine: Any, keys: Path, pems: list[str], m: int) -> dict[str, float]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.issuer", "--port", "0"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.issuer", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
     try:
         with transaction(engine) as session:
-            chosen = list(session.execute(text("SELECT key_id, principal FROM keys ORDER BY id "
-                                               f"LIMIT {m}")))
-            session.execute(update(Key).where(Key.key_id.not_in([c[0] for c in chosen]))
-                            .values(next_probe_at=datetime(9999, 1, 1, tzinfo=UTC)))
-        publics = [serialization.load_pem_private_key(p.encode(), None).public_key()
-                   .public_bytes(serialization.Encoding.PEM,
-                                 serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-                   for p in pems]
+            chosen = list(session.execute(text(f"SELECT key_id, principal FROM keys ORDER BY id LIMIT {m}")))
+            session.execute(
+                update(Key)
+                .where(Key.key_id.not_in([c[0] for c in chosen]))
+                .values(next_probe_at=datetime(9999, 1, 1, tzinfo=UTC))
+            )
+        publics = [
+            serialization.load_pem_private_key(p.encode(), None)
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+            for p in pems
+        ]
         with httpx.Client(base_url=url) as admin:
             for key_id, principal in chosen:
-                admin.post("/_admin/keys", json={
-                    "principal": principal, "key_id": key_id,
-                    "public_key_pem": publics[(int(key_id) - 10**17) % len(pems)]},
+                admin.post(
+                    "/_admin/keys",
+                    json={
+                        "principal": principal,
+                        "key_id": key_id,
+                        "public_key_pem": publics[(int(key_id) - 10**17) % len(pems)],
+                    },
                 ).raise_for_status()
         clock = SystemClock()
         with IssuerClient(url, clock=clock, max_connections=8) as client:
             client.discover()
             services = ProbeServices(
-                client=client, signer=AssertionSigner(clock), clock=clock,
+                client=client,
+                signer=AssertionSigner(clock),
+                clock=clock,
                 load_key=make_key_loader([DirectorySourceConfig("dir", keys)], None, UTC),
-                policy=ProbePolicy(concurrency=8, rate_limit=0))
+                policy=ProbePolicy(concurrency=8, rate_limit=0),
+            )
             cpu = time.process_time()
             report = probe_due(engine, services, clock.now())
             cpu = time.process_time() - cpu
@@ -219,8 +252,7 @@ def bench_probe(engine: Any, keys: Path, pems: list[str], m: int) -> dict[str, f
     for i in range(m):
         key.sign(f"assertion {i}".encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
     raw = time.process_time() - raw
-    return {"per_probe_ms": 1000 * cpu / m, "sign_ms": 1000 * raw / m,
-            "overhead_ms": 1000 * (cpu - raw) / m}
+    return {"per_probe_ms": 1000 * cpu / m, "sign_ms": 1000 * raw / m, "overhead_ms": 1000 * (cpu - raw) / m}
 
 
 @contextmanager
@@ -229,6 +261,7 @@ def database(backend: str, work: Path) -> Iterator[str]:
         yield f"sqlite:///{work / 'keyd.db'}"
         return
     from tests.support.db import postgres_database
+
     with postgres_database("keyd_bench_") as url:
         yield url
 
@@ -257,10 +290,10 @@ def run_one(backend: str, n: int, pems: list[str], args: argparse.Namespace) -> 
                 out["written"] = counter()
                 assert report.total("unchanged") == n, report.summary()
                 out["metrics"] = bench_metrics(engine, n)
-                out["idle"] = (bench_idle(work, url, keys, args.idle) if args.idle > 0
-                               else None)
-                out["probe"] = (bench_probe(engine, keys, pems, min(n, args.probes))
-                                if args.probes > 0 else None)
+                out["idle"] = bench_idle(work, url, keys, args.idle) if args.idle > 0 else None
+                out["probe"] = (
+                    bench_probe(engine, keys, pems, min(n, args.probes)) if args.probes > 0 else None
+                )
             finally:
                 engine.dispose()
         return out
@@ -273,8 +306,8 @@ def backends(sqlite_only: bool) -> list[str]:
         return ["sqlite"]
     try:
         import psycopg
-        psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-                        connect_timeout=3).close()
+
+        psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3).close()
     except Exception as exc:  # noqa: BLE001 - the bench still runs on SQLite
         print(f"PostgreSQL not reachable ({exc}); SQLite only", flush=True)
         return ["sqlite"]
@@ -283,16 +316,20 @@ def backends(sqlite_only: bool) -> list[str]:
 
 def show(backend: str, n: int, r: dict[str, Any]) -> None:
     m, idle, probe = r["metrics"], r["idle"], r["probe"]
-    line = (f"{backend:10} {n:>7,}  cold {r['cold']:7.1f} s  eval {1000 * r['eval']:7.1f} ms  "
-            f"warm {r['warm']:6.2f} s = {r['warm'] / r['walk']:4.1f}x walk+stat "
-            f"({r['walk']:.2f} s), wrote {r['written'] / 1024:8.1f} KiB  "
-            f"metrics refresh {m['refresh']:5.2f} s, scrape {1000 * m['scrape']:6.1f} ms, "
-            f"{m['bytes'] / 1e6:6.2f} MB, {m['per_key']:.1f} series/key")
+    line = (
+        f"{backend:10} {n:>7,}  cold {r['cold']:7.1f} s  eval {1000 * r['eval']:7.1f} ms  "
+        f"warm {r['warm']:6.2f} s = {r['warm'] / r['walk']:4.1f}x walk+stat "
+        f"({r['walk']:.2f} s), wrote {r['written'] / 1024:8.1f} KiB  "
+        f"metrics refresh {m['refresh']:5.2f} s, scrape {1000 * m['scrape']:6.1f} ms, "
+        f"{m['bytes'] / 1e6:6.2f} MB, {m['per_key']:.1f} series/key"
+    )
     if idle:
         line += f"  idle {idle['cpu']:.2f} % CPU, peak RSS {idle['rss_mib']:.0f} MiB"
     if probe:
-        line += (f"  probe {probe['per_probe_ms']:.2f} ms CPU/probe, "
-                 f"{probe['overhead_ms']:.2f} ms beyond signing ({probe['sign_ms']:.2f} ms)")
+        line += (
+            f"  probe {probe['per_probe_ms']:.2f} ms CPU/probe, "
+            f"{probe['overhead_ms']:.2f} ms beyond signing ({probe['sign_ms']:.2f} ms)"
+        )
     print(line, flush=True)
 
 

@@ -58,9 +58,13 @@ def key_pems(n: int) -> list[str]:
         start = time.perf_counter()
         while len(pems) < n:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            pems.append(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.TraditionalOpenSSL,
-                                          serialization.NoEncryption()).decode())
+            pems.append(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.TraditionalOpenSSL,
+                    serialization.NoEncryption(),
+                ).decode()
+            )
         path.write_text(json.dumps(pems))
         os.chmod(path, 0o600)
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
@@ -74,9 +78,13 @@ def write_tree(root: Path, files: int, pems: list[str]) -> list[Path]:
         directory = root / f"team{i % 100:02d}"
         directory.mkdir(mode=0o700, exist_ok=True)
         path = directory / f"key-{i:05d}.json"
-        doc = {"type": "serviceaccount", "keyId": str(10**17 + i), "userId": f"svc-{i % 2500}",
-               "key": pems[i % len(pems)],
-               "expirationDate": (base + timedelta(hours=i)).isoformat().replace("+00:00", "Z")}
+        doc = {
+            "type": "serviceaccount",
+            "keyId": str(10**17 + i),
+            "userId": f"svc-{i % 2500}",
+            "key": pems[i % len(pems)],
+            "expirationDate": (base + timedelta(hours=i)).isoformat().replace("+00:00", "Z"),
+        }
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(doc, out)
@@ -124,11 +132,9 @@ def run(work: Path, args: argparse.Namespace, pems: list[str]) -> int:
         clear_key_cache()
         cold, report = timed_scan(config, engine)
         print(f"files: {args.files} over {args.keys} distinct RSA-2048 keys")
-        print(f"cold scan:   {cold:8.2f} s  {cold / args.files * 1000:7.3f} ms/file   "
-              f"[{report.summary()}]")
+        print(f"cold scan:   {cold:8.2f} s  {cold / args.files * 1000:7.3f} ms/file   [{report.summary()}]")
         warm, report = timed_scan(config, engine)
-        print(f"warm rescan: {warm:8.2f} s  {warm / args.files * 1000:7.3f} ms/file   "
-              f"[{report.summary()}]")
+        print(f"warm rescan: {warm:8.2f} s  {warm / args.files * 1000:7.3f} ms/file   [{report.summary()}]")
         step = max(1, len(paths) // max(1, len(paths) // 100))
         touched = paths[::step][: max(1, len(paths) // 100)]
         for path in touched:
@@ -136,8 +142,7 @@ def run(work: Path, args: argparse.Namespace, pems: list[str]) -> int:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
         clear_key_cache()
         touch, report = timed_scan(config, engine)
-        print(f"1% touched:  {touch:8.2f} s  ({len(touched)} files re-read)   "
-              f"[{report.summary()}]")
+        print(f"1% touched:  {touch:8.2f} s  ({len(touched)} files re-read)   [{report.summary()}]")
     finally:
         engine.dispose()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -145,11 +150,15 @@ def run(work: Path, args: argparse.Namespace, pems: list[str]) -> int:
     sample = paths[: args.sample]
     naive = naive_per_file(sample)
     cold_per_file = cold / args.files
-    print(f"naive loop:  {naive * 1000:7.3f} ms/file over {len(sample)} files "
-          f"(read, json.loads, load_pem_private_key with full validation)")
-    print(f"ratios: warm/cold = {warm / cold:.3%} (target <= 5%); "
-          f"cold per file / naive = 1/{naive / cold_per_file:.1f} (target <= 1/5); "
-          f"peak RSS {peak_mb:.0f} MB (target < 150 MB)")
+    print(
+        f"naive loop:  {naive * 1000:7.3f} ms/file over {len(sample)} files "
+        f"(read, json.loads, load_pem_private_key with full validation)"
+    )
+    print(
+        f"ratios: warm/cold = {warm / cold:.3%} (target <= 5%); "
+        f"cold per file / naive = 1/{naive / cold_per_file:.1f} (target <= 1/5); "
+        f"peak RSS {peak_mb:.0f} MB (target < 150 MB)"
+    )
     ok = warm / cold <= 0.05 and naive / cold_per_file >= 5 and peak_mb < 150
     print("targets met" if ok else "TARGETS MISSED")
     return 0 if ok else 1

@@ -51,8 +51,9 @@ def banner(text: str) -> None:
 def keyd(config: Path, *args: str) -> int:
     cmd = [*KEYD, "--config", str(config), *args]
     print(f"$ keyd {' '.join(args)}", flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300, check=False
+    )
     print(f"(exit {proc.returncode})", flush=True)
     return proc.returncode
 
@@ -74,24 +75,39 @@ def make_users(issuer: IssuerServer, bao: OpenBao, keys_dir: Path) -> None:
         ("revoked", now + timedelta(days=60), False),  # removed in ZITADEL, file still here
     ]
     for name, expires, registered in users:
-        made = make_key_file(keys_dir, user_id=f"svc-{name}", expires_at=expires,
-                             register_with=issuer if registered else None, fresh=True)
-        print(f"  {made.path.relative_to(ROOT)}: user {made.principal}, key {made.key_id}, "
-              f"expires {expires:%Y-%m-%d %H:%M}Z{'' if registered else ' (revoked at issuer)'}")
+        made = make_key_file(
+            keys_dir,
+            user_id=f"svc-{name}",
+            expires_at=expires,
+            register_with=issuer if registered else None,
+            fresh=True,
+        )
+        print(
+            f"  {made.path.relative_to(ROOT)}: user {made.principal}, key {made.key_id}, "
+            f"expires {expires:%Y-%m-%d %H:%M}Z{'' if registered else ' (revoked at issuer)'}"
+        )
     vault_dir = RUN / "vault-staging"
     vault_dir.mkdir()
-    made = make_key_file(vault_dir, user_id="svc-payments", expires_at=now + timedelta(days=90),
-                         register_with=issuer, fresh=True)
+    made = make_key_file(
+        vault_dir,
+        user_id="svc-payments",
+        expires_at=now + timedelta(days=90),
+        register_with=issuer,
+        fresh=True,
+    )
     bao.kv_put("zitadel/keys/payments", {"keyfile": made.path.read_text()})
     shutil.rmtree(vault_dir)  # the only copy now lives in Vault
     # keyd's own service user (lists ZITADEL's keys, rotates them), its key file where keyd
     # watches it
     own = make_api_user(issuer, keys_dir, role="ORG_USER_MANAGER")
     print(f"  {own.path.relative_to(ROOT)}: keyd's own user {own.principal} (ORG_USER_MANAGER)")
-    console = make_key_file(None, user_id="svc-healthy", expires_at=now + timedelta(days=400),
-                            register_with=issuer)
-    print(f"  (nowhere on disk): key {console.key_id} of svc-healthy, made in the console "
-          "and never deployed: only ZITADEL knows it")
+    console = make_key_file(
+        None, user_id="svc-healthy", expires_at=now + timedelta(days=400), register_with=issuer
+    )
+    print(
+        f"  (nowhere on disk): key {console.key_id} of svc-healthy, made in the console "
+        "and never deployed: only ZITADEL knows it"
+    )
     print(f"  vault:secret/zitadel/keys/payments: user svc-payments, key {made.key_id}")
 
 
@@ -100,12 +116,13 @@ def write_config(issuer: IssuerServer, bao: OpenBao, smtp_port: int) -> Path:
     token_file.write_text(bao.root_token + "\n")
     token_file.chmod(0o600)
     config = RUN / "keyd.toml"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         # written by `make demo`
         timezone = "Europe/Zurich"
 
         [database]
-        url = "sqlite:///{RUN / 'keyd.db'}"
+        url = "sqlite:///{RUN / "keyd.db"}"
 
         [issuer]
         url = "{issuer.url}"
@@ -113,7 +130,7 @@ def write_config(issuer: IssuerServer, bao: OpenBao, smtp_port: int) -> Path:
 
         [[sources]]
         type = "directory"
-        path = "{RUN / 'keys'}"
+        path = "{RUN / "keys"}"
 
         [[sources]]
         type = "vault"
@@ -127,7 +144,7 @@ def write_config(issuer: IssuerServer, bao: OpenBao, smtp_port: int) -> Path:
         [rotation]
         # keyd's own service user (Org User Manager) for ZITADEL's key API: lists keys
         # for the zitadel source and rotates keys with less than rotation.before left
-        credential = "{RUN / 'keys' / 'keyd-api.json'}"
+        credential = "{RUN / "keys" / "keyd-api.json"}"
 
         [vault]
         addr = "{bao.addr}"
@@ -144,7 +161,8 @@ def write_config(issuer: IssuerServer, bao: OpenBao, smtp_port: int) -> Path:
         security = "none"
         from = "keyd@demo.example"
         to = ["ops@demo.example"]
-        """))
+        """)
+    )
     return config
 
 
@@ -156,8 +174,14 @@ def show_mail(maildir: Path) -> None:
         print(f"  To: {msg['To']}  Subject: {msg['Subject']}")
     if messages:
         first = messages[0]
-        body = next((part.get_payload(decode=True).decode() for part in first.walk()
-                     if part.get_content_type() == "text/plain"), "")
+        body = next(
+            (
+                part.get_payload(decode=True).decode()
+                for part in first.walk()
+                if part.get_content_type() == "text/plain"
+            ),
+            "",
+        )
         print("\n  First message, plain-text part:")
         print(textwrap.indent(body.strip()[:1500], "    | "))
 
@@ -172,14 +196,18 @@ def show_tokens(bao: OpenBao) -> None:
         return
     for name in listing["data"]["keys"]:
         secret = bao.client.secrets.kv.v2.read_secret_version(
-            path=f"zitadel/tokens/{name}", mount_point="secret", raise_on_deleted_version=True)
+            path=f"zitadel/tokens/{name}", mount_point="secret", raise_on_deleted_version=True
+        )
         data = dict(secret["data"]["data"])
         token = data.pop("access_token", "")
         meta = secret["data"]["metadata"]
-        print(f"  secret/zitadel/tokens/{name} v{meta['version']} "
-              f"custom_metadata={meta.get('custom_metadata')}")
-        print(f"    access_token: <{len(token)} characters, not shown>  "
-              + "  ".join(f"{k}={v}" for k, v in sorted(data.items())))
+        print(
+            f"  secret/zitadel/tokens/{name} v{meta['version']} custom_metadata={meta.get('custom_metadata')}"
+        )
+        print(
+            f"    access_token: <{len(token)} characters, not shown>  "
+            + "  ".join(f"{k}={v}" for k, v in sorted(data.items()))
+        )
 
 
 def main() -> int:
@@ -216,16 +244,20 @@ def main() -> int:
         show_tokens(bao)
         banner("Rotation: the expiring key was replaced during that cycle")
         keyd(config, "rotations")
-        print(f"  ZITADEL now lists for svc-expiring: "
-              f"{sorted(k.key_id for k in issuer.keys() if k.principal == 'svc-expiring')} "
-              "(old and new overlap for rotation.overlap = 7d, then keyd removes the old one)")
+        print(
+            f"  ZITADEL now lists for svc-expiring: "
+            f"{sorted(k.key_id for k in issuer.keys() if k.principal == 'svc-expiring')} "
+            "(old and new overlap for rotation.overlap = 7d, then keyd removes the old one)"
+        )
         banner("keyd check again: nothing left to rotate; the new key's tokens keep flowing")
         keyd(config, "check")
         show_tokens(bao)
         banner("Stopping everything")
     print(f"\nkeyd check exited {check_code} (2 = critical: an expired and a revoked key).")
-    print("Re-run `keyd` by hand with the same config after `make demo` keeps nothing running;\n"
-          f"files are left in {RUN.relative_to(ROOT)}/ for a look.")
+    print(
+        "Re-run `keyd` by hand with the same config after `make demo` keeps nothing running;\n"
+        f"files are left in {RUN.relative_to(ROOT)}/ for a look."
+    )
     return 0 if check_code in (0, 1, 2) else 1
 
 

@@ -128,8 +128,9 @@ class KeyFileError(KeydError):
 class IssuerError(KeydError):
     """Base of token-endpoint outcomes other than success."""
 
-    def __init__(self, issuer: str, message: str, *, status: int | None = None,
-                 error_code: str | None = None) -> None:
+    def __init__(
+        self, issuer: str, message: str, *, status: int | None = None, error_code: str | None = None
+    ) -> None:
         self.issuer = issuer
         self.status = status
         self.error_code = error_code
@@ -142,9 +143,16 @@ class IssuerRejected(IssuerError):
 
     exit_code = EXIT_REJECTED
 
-    def __init__(self, issuer: str, message: str, *, status: int | None = None,
-                 error_code: str | None = None, diagnosis: str = "revoked_or_unknown",
-                 server_date: datetime | None = None) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        diagnosis: str = "revoked_or_unknown",
+        server_date: datetime | None = None,
+    ) -> None:
         self.diagnosis = diagnosis
         self.server_date = server_date  # the issuer's Date header, for clock-skew diagnosis
         super().__init__(issuer, message, status=status, error_code=error_code)
@@ -159,8 +167,9 @@ class IssuerUnavailable(IssuerError):
     retryable = True
     exit_code = EXIT_UNAVAILABLE
 
-    def __init__(self, issuer: str, message: str, *, status: int | None = None,
-                 error_code: str | None = None) -> None:
+    def __init__(
+        self, issuer: str, message: str, *, status: int | None = None, error_code: str | None = None
+    ) -> None:
         if not message.startswith(_UNAVAILABLE):
             message = _UNAVAILABLE + message
         super().__init__(issuer, message, status=status, error_code=error_code)

@@ -38,18 +38,18 @@ CHATTY_LOGGERS = ("httpx", "httpcore", "apscheduler", "hvac", "urllib3", "alembi
 _BASE_FIELDS = ("ts", "level", "logger", "msg")
 _MARK = "_keyd_handler"  # attribute that identifies our handler (idempotence)
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
-    "message", "asctime", "taskName",
+    "message",
+    "asctime",
+    "taskName",
 }
 _EXC_FORMATTER = logging.Formatter()
 # sd-daemon(3) / syslog(3) priorities by logging level (rounded down).
-_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
-               (logging.INFO, 6))
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The ``extra={...}`` fields of a record (anything not standard)."""
-    return {k: v for k, v in record.__dict__.items()
-            if k not in _STANDARD_ATTRS and not k.startswith("_")}
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
 
 
 class ScrubFilter(logging.Filter):
@@ -108,7 +108,8 @@ class _EventFormatter(logging.Formatter):
         out: list[tuple[str, Any]] = [] if self.journal else [("ts", ts.replace("+00:00", "Z"))]
         out += [
             ("level", record.levelname.lower()),
-            ("logger", record.name), ("msg", record.getMessage()),
+            ("logger", record.name),
+            ("msg", record.getMessage()),
         ]
         for key, value in extra_fields(record).items():
             out.append((f"extra_{key}" if key in _BASE_FIELDS else key, value))
@@ -127,8 +128,12 @@ class TextFormatter(_EventFormatter):
     always one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.line(record, " ".join(f"{key}={_text_value(value, force_quote=key == 'msg')}"
-                                          for key, value in self.fields(record)))
+        return self.line(
+            record,
+            " ".join(
+                f"{key}={_text_value(value, force_quote=key == 'msg')}" for key, value in self.fields(record)
+            ),
+        )
 
 
 class JsonFormatter(_EventFormatter):
@@ -136,9 +141,14 @@ class JsonFormatter(_EventFormatter):
     (a ``Secret`` renders redacted)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.line(record, json.dumps(
-            {key: _json_value(value) for key, value in self.fields(record)},
-            ensure_ascii=False, default=str))
+        return self.line(
+            record,
+            json.dumps(
+                {key: _json_value(value) for key, value in self.fields(record)},
+                ensure_ascii=False,
+                default=str,
+            ),
+        )
 
 
 def _text_value(value: Any, *, force_quote: bool = False) -> str:
@@ -171,8 +181,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def setup_logging(fmt: str = "text", level: str | int = "INFO",
-                  stream: IO[str] | None = None) -> logging.Handler:
+def setup_logging(
+    fmt: str = "text", level: str | int = "INFO", stream: IO[str] | None = None
+) -> logging.Handler:
     """Send every log event to ``stream`` (default: ``sys.stderr`` at call
     time) in ``fmt`` ("text" or "json") at ``level`` and above.
 
@@ -189,7 +200,8 @@ def setup_logging(fmt: str = "text", level: str | int = "INFO",
         root.removeHandler(old)
         old.close()
     handler: logging.StreamHandler[IO[str]] = (
-        logging.StreamHandler(stream) if stream is not None else _StderrHandler())
+        logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    )
     setattr(handler, _MARK, True)
     handler.addFilter(ScrubFilter())
     journal = stream_is_journal(stream if stream is not None else sys.stderr)

@@ -63,8 +63,7 @@ def backoff_ceiling(attempt: int, base: float | timedelta, cap: float | timedelt
     return min(cap_s, base_s * float(2**exponent))
 
 
-def backoff_delay(attempt: int, base: float | timedelta, cap: float | timedelta,
-                  rng: Random) -> float:
+def backoff_delay(attempt: int, base: float | timedelta, cap: float | timedelta, rng: Random) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1-based): full jitter,
     uniformly in ``[0, min(cap, base * 2 ** (attempt - 1)))``."""
     return rng.random() * backoff_ceiling(attempt, base, cap)
@@ -97,12 +96,19 @@ def retry_call(
             return fn()
         except Exception as exc:
             if attempt >= attempts or not retry_on(exc):
-                log.warning("%s: attempt %d/%d failed, giving up: %s",
-                            what, attempt, attempts, _describe(exc))
+                log.warning(
+                    "%s: attempt %d/%d failed, giving up: %s", what, attempt, attempts, _describe(exc)
+                )
                 raise
             delay = backoff_delay(attempt, base, cap, rng)
-            log.info("%s: attempt %d/%d failed (%s); retrying in %.2fs",
-                     what, attempt, attempts, _describe(exc), delay)
+            log.info(
+                "%s: attempt %d/%d failed (%s); retrying in %.2fs",
+                what,
+                attempt,
+                attempts,
+                _describe(exc),
+                delay,
+            )
             sleep(delay)
             attempt += 1
 

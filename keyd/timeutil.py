@@ -39,10 +39,9 @@ def parse_duration(text: str) -> timedelta:
     ``ConfigError`` that names the file and key.
     """
     if not isinstance(text, str):
-        raise ValueError(f"{text!r} is not a duration (expected a string like \"6h\")")
+        raise ValueError(f'{text!r} is not a duration (expected a string like "6h")')
     if len(text) > 64 or not _DURATION_RE.match(text):
-        raise ValueError(f"{text!r} is not a duration (use a number and s, m, h, d or w: "
-                         "\"6h\", \"1h30m\")")
+        raise ValueError(f'{text!r} is not a duration (use a number and s, m, h, d or w: "6h", "1h30m")')
     seconds = sum(float(number) * _UNITS[unit] for number, unit in _PART_RE.findall(text))
     if seconds > MAX_DURATION.total_seconds():
         raise DurationOutOfRange(f"{text!r} is longer than {MAX_DURATION.days} days")
@@ -70,11 +69,11 @@ def get_zone(name: str) -> tzinfo:
         return UTC
     shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}… ({len(name)} characters)"
     if len(name) > 255:  # IANA names are short; a long one makes the OS refuse the path
-        raise ValueError(f"{shown} is not a known time zone (e.g. \"Europe/Zurich\")")
+        raise ValueError(f'{shown} is not a known time zone (e.g. "Europe/Zurich")')
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        raise ValueError(f"{shown} is not a known time zone (e.g. \"Europe/Zurich\")") from exc
+        raise ValueError(f'{shown} is not a known time zone (e.g. "Europe/Zurich")') from exc
 
 
 # The instants a ``datetime`` can hold, as aware UTC. Key files may carry

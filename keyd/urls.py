@@ -32,9 +32,10 @@ def judge_database_url(url: str) -> DatabaseURL | None:
         return None
     scheme = match.group(1)
     dialect = scheme.split("+", 1)[0].lower()
-    userinfo = url[match.end():].split("/", 1)[0].rpartition("@")[0]
-    return DatabaseURL(scheme=scheme, dialect=dialect, backend=DATABASE_BACKENDS.get(dialect),
-                       has_password=":" in userinfo)
+    userinfo = url[match.end() :].split("/", 1)[0].rpartition("@")[0]
+    return DatabaseURL(
+        scheme=scheme, dialect=dialect, backend=DATABASE_BACKENDS.get(dialect), has_password=":" in userinfo
+    )
 
 
 def display_url(url: str) -> str:

@@ -35,8 +35,14 @@ from debmeta import control, copyright_file, debian_changelog  # noqa: E402
 
 PREFIX = "/usr/lib/keyd"
 UNITS = ("keyd.service", "keyd-check.service", "keyd-check.timer")
-DOCS = ("docs/daemon.md", "docs/configuration.md", "docs/json.md", "docs/packaging.md",
-        "docs/zitadel.md", "docs/architecture.md")
+DOCS = (
+    "docs/daemon.md",
+    "docs/configuration.md",
+    "docs/json.md",
+    "docs/packaging.md",
+    "docs/zitadel.md",
+    "docs/architecture.md",
+)
 EXAMPLES = ("examples/prometheus-rules.yml", "examples/keyd.toml")
 COMPLETIONS = {
     "bash_source": "usr/share/bash-completion/completions/keyd",
@@ -47,11 +53,9 @@ CONFFILE = "etc/keyd/keyd.toml"
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                            env=env, check=False)
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"build_deb: {' '.join(map(str, args))} failed:\n"
-                         f"{result.stdout}{result.stderr}")
+        raise SystemExit(f"build_deb: {' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
 
 
@@ -79,8 +83,19 @@ def postgres_requirements(requires: list[str]) -> list[str]:
 def build_venv(stage: Path, wheel: Path, python: str, requires: list[str]) -> None:
     venv = stage / PREFIX.lstrip("/")
     run(python, "-m", "venv", "--without-pip", venv)
-    run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install",
-        "--quiet", "--no-compile", "--no-warn-script-location", str(wheel), *requires)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        venv / "bin" / "python",
+        "install",
+        "--quiet",
+        "--no-compile",
+        "--no-warn-script-location",
+        str(wheel),
+        *requires,
+    )
     relocate(venv, python)
     for junk in venv.rglob("direct_url.json"):  # names the build host's wheel path
         junk.unlink()
@@ -111,8 +126,7 @@ def strip_objects(venv: Path) -> None:
     .comment/.note sections; the code is unchanged)."""
     for so in venv.rglob("*.so*"):
         if so.is_file() and not so.is_symlink():
-            run("strip", "--strip-unneeded", "--remove-section=.comment",
-                "--remove-section=.note", so)
+            run("strip", "--strip-unneeded", "--remove-section=.comment", "--remove-section=.note", so)
 
 
 def install(src: Path, dest: Path, mode: int = 0o644) -> None:
@@ -140,8 +154,7 @@ def system_files(stage: Path) -> None:
     write(stage / CONFFILE, commented_config((ROOT / "examples/keyd.toml").read_text()))
     # -I: isolated mode. The venv's site-packages only: no user site, no
     # PYTHON* variables, and not the current directory on sys.path.
-    write(stage / "usr/bin/keyd",
-          f'#!/bin/sh\nexec {PREFIX}/bin/python -I -m keyd.cli "$@"\n', 0o755)
+    write(stage / "usr/bin/keyd", f'#!/bin/sh\nexec {PREFIX}/bin/python -I -m keyd.cli "$@"\n', 0o755)
     install(HERE / "debian/lintian-overrides", stage / "usr/share/lintian/overrides/keyd")
 
 
@@ -201,8 +214,12 @@ def normalize(stage: Path, epoch: int) -> None:
             os.utime(path, (epoch, epoch), follow_symlinks=False)
             continue
         rel = path.relative_to(stage).as_posix()
-        executable = path.is_dir() or rel == "usr/bin/keyd" or rel.startswith("DEBIAN/post") \
+        executable = (
+            path.is_dir()
+            or rel == "usr/bin/keyd"
+            or rel.startswith("DEBIAN/post")
             or rel.startswith("DEBIAN/pre")
+        )
         path.chmod(0o755 if executable else 0o644)
         os.utime(path, (epoch, epoch))
 
@@ -213,11 +230,14 @@ def shlib_depends(stage: Path) -> str:
     objects = [str(p) for p in stage.rglob("*.so*") if p.is_file() and not p.is_symlink()]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "debian").mkdir()
-        (Path(tmp) / "debian/control").write_text(
-            "Source: keyd\n\nPackage: keyd\nArchitecture: any\n")
+        (Path(tmp) / "debian/control").write_text("Source: keyd\n\nPackage: keyd\nArchitecture: any\n")
         result = subprocess.run(
             ["dpkg-shlibdeps", "-O", "--ignore-missing-info", f"-l{stage}{PREFIX}", *objects],
-            cwd=tmp, capture_output=True, text=True, check=False)
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     line = next((x for x in result.stdout.splitlines() if x.startswith("shlibs:Depends=")), None)
     if result.returncode != 0 or line is None:
         raise SystemExit(f"build_deb: dpkg-shlibdeps failed:\n{result.stderr}")
@@ -227,12 +247,18 @@ def shlib_depends(stage: Path) -> str:
 def build(wheel: Path, out: Path, python: str, maintainer: str) -> Path:
     info = wheel_metadata(wheel)
     version = info["Version"][0]
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or run("git", "-C", ROOT, "log", "-1",
-                                                           "--format=%ct").strip())
+    epoch = int(
+        os.environ.get("SOURCE_DATE_EPOCH") or run("git", "-C", ROOT, "log", "-1", "--format=%ct").strip()
+    )
     pyver = run(python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])").strip()
     arch = run("dpkg", "--print-architecture").strip()
-    meta = {"version": version, "arch": arch, "python": f"python{pyver}",
-            "maintainer": maintainer, "epoch": str(epoch)}
+    meta = {
+        "version": version,
+        "arch": arch,
+        "python": f"python{pyver}",
+        "maintainer": maintainer,
+        "epoch": str(epoch),
+    }
     with tempfile.TemporaryDirectory(prefix="keyd-deb-") as tmp:
         stage = Path(tmp) / "root"
         build_venv(stage, wheel, python, postgres_requirements(info["Requires-Dist"]))
@@ -244,8 +270,15 @@ def build(wheel: Path, out: Path, python: str, maintainer: str) -> Path:
         normalize(stage, epoch)
         out.mkdir(parents=True, exist_ok=True)
         deb = out / f"keyd_{version}_{arch}.deb"
-        run("dpkg-deb", "--root-owner-group", "-Zxz", "--build", stage, deb,
-            env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+        run(
+            "dpkg-deb",
+            "--root-owner-group",
+            "-Zxz",
+            "--build",
+            stage,
+            deb,
+            env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
+        )
     return deb
 
 
@@ -253,11 +286,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheel", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "dist")
-    parser.add_argument("--python", default="/usr/bin/python3",
-                        help="Debian's interpreter the venv is built on (default /usr/bin/python3)")
-    parser.add_argument("--maintainer", default=None,
-                        help="Name <address> (default: DEB_MAINTAINER, DEBFULLNAME/DEBEMAIL, "
-                             "then git's user.name/user.email)")
+    parser.add_argument(
+        "--python",
+        default="/usr/bin/python3",
+        help="Debian's interpreter the venv is built on (default /usr/bin/python3)",
+    )
+    parser.add_argument(
+        "--maintainer",
+        default=None,
+        help="Name <address> (default: DEB_MAINTAINER, DEBFULLNAME/DEBEMAIL, "
+        "then git's user.name/user.email)",
+    )
     args = parser.parse_args()
     maintainer = args.maintainer or default_maintainer()
     python = os.path.realpath(args.python)  # python3 -> python3.11: the venv names the minor
@@ -271,13 +310,18 @@ def default_maintainer() -> str:
         return os.environ["DEB_MAINTAINER"]
     name, mail = os.environ.get("DEBFULLNAME"), os.environ.get("DEBEMAIL")
     if not (name and mail):
+
         def git(key: str) -> str:
-            return subprocess.run(["git", "-C", str(ROOT), "config", key], capture_output=True,
-                                  text=True, check=False).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(ROOT), "config", key], capture_output=True, text=True, check=False
+            ).stdout.strip()
+
         name, mail = name or git("user.name"), mail or git("user.email")
     if not (name and mail):
-        raise SystemExit("build_deb: say who maintains this build: DEB_MAINTAINER='Name <addr>' "
-                         "(or DEBFULLNAME and DEBEMAIL, or git config user.name/user.email)")
+        raise SystemExit(
+            "build_deb: say who maintains this build: DEB_MAINTAINER='Name <addr>' "
+            "(or DEBFULLNAME and DEBEMAIL, or git config user.name/user.email)"
+        )
     return f"{name} <{mail}>"
 
 

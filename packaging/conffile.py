@@ -37,8 +37,11 @@ def _blocks(lines: list[str]) -> list[list[str]]:
 
 
 def _keep_active(block: list[str]) -> bool:
-    return (bool(block) and block[0].strip() == "[[sources]]"
-            and any(re.match(r'^type\s*=\s*"directory"', line) for line in block))
+    return (
+        bool(block)
+        and block[0].strip() == "[[sources]]"
+        and any(re.match(r'^type\s*=\s*"directory"', line) for line in block)
+    )
 
 
 def _comment(line: str) -> str:

@@ -48,8 +48,9 @@ def _vendored(venv: Path) -> list[tuple[str, str, str]]:
         meta = Parser().parsestr(info.read_text(errors="replace"), headersonly=True)
         lic = meta.get("License-Expression") or ""
         if not lic:
-            classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier", [])
-                           if c.startswith("License ::")]
+            classifiers = [
+                c.split(" :: ")[-1] for c in meta.get_all("Classifier", []) if c.startswith("License ::")
+            ]
             lic = " or ".join(classifiers) or (meta.get("License") or "see its license file")
         out.append((meta["Name"], meta["Version"], " ".join(lic.split())[:120]))
     return out
@@ -72,7 +73,8 @@ def copyright_file(venv: Path) -> str:
         f"Copyright: the {name} {version} authors\n"
         f"License: {lic.replace(chr(10), ' ')}\n"
         f" See the license files in its .dist-info directory.\n\n"
-        for name, version, lic in _vendored(venv) if name.lower() != "keyd"
+        for name, version, lic in _vendored(venv)
+        if name.lower() != "keyd"
     )
     license_text = (
         "License: Apache-2.0\n"

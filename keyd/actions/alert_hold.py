@@ -24,25 +24,33 @@ from keyd.vocab import KeyKind, KeyStatus, LocationStatus
 __all__ = ["rotation_held"]
 
 
-def rotation_held(session: Session, config: Config, keys: Sequence[Key],
-                   now: datetime) -> set[int]:
+def rotation_held(session: Session, config: Config, keys: Sequence[Key], now: datetime) -> set[int]:
     """The keys (pks) whose looser ladder rungs rotation covers: an
     unfinished rotation, or none yet while the policy makes the key due
     (the ``rotate`` stage plans it later in the same ``keyd check``). A
     failed rotation releases the hold."""
     states = store.rotation_states(session, [k.key_id for k in keys])
-    policy = (RotationPolicy.from_config(config.rotation, config.timezone)
-              if config.rotation is not None and config.rotation.enabled else None)
-    return {k.id for k in keys if states.get(k.key_id) in OPEN_STATES
-            or (policy is not None and k.key_id not in states and _rotation_due(k, policy, now))}
+    policy = (
+        RotationPolicy.from_config(config.rotation, config.timezone)
+        if config.rotation is not None and config.rotation.enabled
+        else None
+    )
+    return {
+        k.id
+        for k in keys
+        if states.get(k.key_id) in OPEN_STATES
+        or (policy is not None and k.key_id not in states and _rotation_due(k, policy, now))
+    }
 
 
 def _rotation_due(key: Key, policy: RotationPolicy, now: datetime) -> bool:
     """Whether ``rotate`` would plan ``key`` now (``store.rotations.candidates``
     with ``checks.rotation.due_reason``)."""
-    present = tuple(LocationStamp(loc.source, loc.ref, loc.content_hash, loc.version)
-                    for loc in key.locations
-                    if loc.status == LocationStatus.PRESENT and loc.kind is None)
+    present = tuple(
+        LocationStamp(loc.source, loc.ref, loc.content_hash, loc.version)
+        for loc in key.locations
+        if loc.status == LocationStatus.PRESENT and loc.kind is None
+    )
     if key.status != KeyStatus.ACTIVE or key.kind != KeyKind.SERVICE_ACCOUNT or not present:
         return False
     due = DueKey(key.id, key.key_id, key.principal, key.expires_at, key.first_seen, present)

@@ -72,8 +72,7 @@ from keyd.vocab import AlertKind, Channel, ExpiryStatus, KeyKind, KeyStatus, Loc
 if TYPE_CHECKING:
     from keyd.store.alerts import Session
 
-__all__ = ["evaluate_alerts", "note_issuer_health", "message_id", "email_recipients",
-           "subject_for_expiry"]
+__all__ = ["evaluate_alerts", "note_issuer_health", "message_id", "email_recipients", "subject_for_expiry"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +95,7 @@ def message_id(about: str, kind: str, threshold: str) -> str:
     return f"<alert-{who}-{kind}-{slug}@keyd>"
 
 
-def email_recipients(email: EmailConfig, principal: str | None,
-                     sources: Iterable[str] = ()) -> list[str]:
+def email_recipients(email: EmailConfig, principal: str | None, sources: Iterable[str] = ()) -> list[str]:
     """``email.to`` plus routed extras for this principal or any of its
     sources; order kept, duplicates (case-insensitive) dropped."""
     names = set(sources) | ({principal} if principal else set())
@@ -126,16 +124,13 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
     while keys := store.alert_candidates(session, now, limit=PRINCIPALS_PER_BATCH):
         new.extend(_evaluate_keys(session, config, keys, now))
         session.flush()  # the batch's keys are clean now: the identity map lets them go
-    new.extend(_issuer_alerts(session, config, now,
-                              store.AlertIndex.load(session, [ISSUER])))
+    new.extend(_issuer_alerts(session, config, now, store.AlertIndex.load(session, [ISSUER])))
     if new:
-        log.info("decided %d new alert(s): %s", len(new),
-                 ", ".join(f"{a.kind}:{a.threshold}" for a in new))
+        log.info("decided %d new alert(s): %s", len(new), ", ".join(f"{a.kind}:{a.threshold}" for a in new))
     return new
 
 
-def _evaluate_keys(session: Session, config: Config, keys: list[Key],
-                   now: datetime) -> list[Alert]:
+def _evaluate_keys(session: Session, config: Config, keys: list[Key], now: datetime) -> list[Alert]:
     """One batch of due keys (whole principals); schedules each one ahead,
     so the next batch never sees them again."""
     by_principal: dict[str, list[Key]] = defaultdict(list)
@@ -152,16 +147,30 @@ def _evaluate_keys(session: Session, config: Config, keys: list[Key],
             continue
         if key.status == KeyStatus.UNHELD and not config.alerts.unheld_ladder:
             continue  # only ZITADEL knows it: its notice comes from findings
-        new.extend(_isolated(session, key, now, partial(
-            _key_alerts, session, config, key, by_principal[key.principal], now, known,
-            removed=key.id in removed, held=key.id in held)))
+        new.extend(
+            _isolated(
+                session,
+                key,
+                now,
+                partial(
+                    _key_alerts,
+                    session,
+                    config,
+                    key,
+                    by_principal[key.principal],
+                    now,
+                    known,
+                    removed=key.id in removed,
+                    held=key.id in held,
+                ),
+            )
+        )
     new.extend(zitadel_alerts(session, config, keys, now, known, _emit, _about))
     store.schedule_alerts(session, {k.id: _next_or_soon(k, config, now) for k in keys})
     return new
 
 
-def _isolated(session: Session, key: Key, now: datetime,
-              decide: Callable[[], list[Alert]]) -> list[Alert]:
+def _isolated(session: Session, key: Key, now: datetime, decide: Callable[[], list[Alert]]) -> list[Alert]:
     """One key's decisions; an unexpected error is recorded on that key
     (log, ``alert.error`` event) and the stage goes on with the others.
     Database errors still end the stage: its transaction rolls back whole."""
@@ -171,8 +180,12 @@ def _isolated(session: Session, key: Key, now: datetime,
         raise
     except Exception as exc:  # noqa: BLE001 - one key never blinds the others
         log.exception("alerts for key %s: unexpected error", key.key_id)
-        store.record_key_error(session, key, now, f"internal error while deciding alerts "
-                                                  f"({type(exc).__name__}); run with --debug")
+        store.record_key_error(
+            session,
+            key,
+            now,
+            f"internal error while deciding alerts ({type(exc).__name__}); run with --debug",
+        )
         return []
 
 
@@ -201,22 +214,48 @@ def _schedule(config: Config) -> str:
     """What the stored due times and decisions depend on in the config: the
     thresholds and the zitadel-source rules."""
     rules = config.alerts
-    return repr((sorted(int(t.total_seconds()) for t in rules.thresholds), rules.unheld_ladder,
-                 rules.never_expiring, rules.max_lifetime, rules.max_keys_per_user))
+    return repr(
+        (
+            sorted(int(t.total_seconds()) for t in rules.thresholds),
+            rules.unheld_ladder,
+            rules.never_expiring,
+            rules.max_lifetime,
+            rules.max_keys_per_user,
+        )
+    )
 
 
 # -- per key ------------------------------------------------------------------
 
-def _key_alerts(session: Session, config: Config, key: Key, peers: Sequence[Key],
-                now: datetime, known: AlertIndex, *, removed: bool = False,
-                held: bool = False) -> list[Alert]:
+
+def _key_alerts(
+    session: Session,
+    config: Config,
+    key: Key,
+    peers: Sequence[Key],
+    now: datetime,
+    known: AlertIndex,
+    *,
+    removed: bool = False,
+    held: bool = False,
+) -> list[Alert]:
     successor = _successor(key, peers)
     if successor is not None:
         return _rotated(session, config, key, successor, now, known)
     if key.expires_at is None:
-        alert = _emit(session, config, key, now, known, Decision(
-            AlertKind.UNTRACKED, "unknown", Severity.WARNING,
-            _subject(key, Severity.WARNING, "has no expiry date: not tracked")))
+        alert = _emit(
+            session,
+            config,
+            key,
+            now,
+            known,
+            Decision(
+                AlertKind.UNTRACKED,
+                "unknown",
+                Severity.WARNING,
+                _subject(key, Severity.WARNING, "has no expiry date: not tracked"),
+            ),
+        )
         return [alert] if alert else []
     store.resolve(session, known.unresolved(_about(key), (AlertKind.UNTRACKED,)), now)
     out: list[Alert] = []
@@ -247,15 +286,22 @@ def _successor(key: Key, peers: Sequence[Key]) -> Key | None:
     return best
 
 
-def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
-            now: datetime, known: AlertIndex, *, held: bool = False) -> Alert | None:
+def _ladder(
+    session: Session,
+    config: Config,
+    key: Key,
+    expires_at: datetime,
+    now: datetime,
+    known: AlertIndex,
+    *,
+    held: bool = False,
+) -> Alert | None:
     """``held``: rotation covers the key, so only the tightest rung and
     ``expired`` may fire (the safety net when a rotation stalls)."""
     suffix = rung_suffix(expires_at)
     stale = known.unresolved(_about(key), LADDER_KINDS, keep_suffix=suffix)
     if stale:
-        log.info("key %s: expiry changed, resolving %d alert(s) of the old expiry",
-                 key.key_id, len(stale))
+        log.info("key %s: expiry changed, resolving %d alert(s) of the old expiry", key.key_id, len(stale))
         store.resolve(session, stale, now)
     fired = known.fired(_about(key), LADDER_KINDS)
     thresholds = config.alerts.thresholds
@@ -264,12 +310,22 @@ def _ladder(session: Session, config: Config, key: Key, expires_at: datetime,
     rung = due_rungs(expires_at, thresholds, now, fired)
     if rung is None:
         return None
-    alert = _emit(session, config, key, now, known, Decision(
-        rung.kind, rung.threshold, rung.severity, subject_for_expiry(key, rung, expires_at, now),
-        {"rung": rung.label}))
+    alert = _emit(
+        session,
+        config,
+        key,
+        now,
+        known,
+        Decision(
+            rung.kind,
+            rung.threshold,
+            rung.severity,
+            subject_for_expiry(key, rung, expires_at, now),
+            {"rung": rung.label},
+        ),
+    )
     if alert is not None:  # the tighter rung supersedes the looser ones
-        older = [a for a in known.unresolved(_about(key), LADDER_KINDS)
-                 if a.id != alert.id]
+        older = [a for a in known.unresolved(_about(key), LADDER_KINDS) if a.id != alert.id]
         store.resolve(session, older, now)
     return alert
 
@@ -281,51 +337,86 @@ def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime
     return _subject(key, rung.severity, f"expires in {time_left(seconds_until(expires_at, now))}")
 
 
-def _rotated(session: Session, config: Config, key: Key, successor: Key,
-             now: datetime, known: AlertIndex) -> list[Alert]:
+def _rotated(
+    session: Session, config: Config, key: Key, successor: Key, now: datetime, known: AlertIndex
+) -> list[Alert]:
     open_alerts = known.unresolved(_about(key), OPEN_KINDS)
     if not open_alerts:  # replaced before anyone was warned: nothing to say
         return []
     store.resolve(session, open_alerts, now)
-    extra = {"replaced_by": {"key_id": successor.key_id,
-                             "expires_at": _iso(successor.expires_at)}}
-    alert = _emit(session, config, key, now, known, Decision(
-        AlertKind.ROTATED, "rotated", Severity.INFO,
-        _subject(key, Severity.INFO, f"was replaced by key {successor.key_id}"), extra))
+    extra = {"replaced_by": {"key_id": successor.key_id, "expires_at": _iso(successor.expires_at)}}
+    alert = _emit(
+        session,
+        config,
+        key,
+        now,
+        known,
+        Decision(
+            AlertKind.ROTATED,
+            "rotated",
+            Severity.INFO,
+            _subject(key, Severity.INFO, f"was replaced by key {successor.key_id}"),
+            extra,
+        ),
+    )
     return [alert] if alert else []
 
 
-def _rejected(session: Session, config: Config, key: Key, now: datetime,
-              known: AlertIndex, *, removed: bool = False) -> Alert | None:
+def _rejected(
+    session: Session, config: Config, key: Key, now: datetime, known: AlertIndex, *, removed: bool = False
+) -> Alert | None:
     dead = key.expires_at is not None and now >= key.expires_at
     if key.status != KeyStatus.REJECTED or dead:
         store.resolve(session, known.unresolved(_about(key), (AlertKind.REJECTED,)), now)
         return None
     episode = f"ok@{isoformat_z(key.last_ok_at)}" if key.last_ok_at else "never-ok"
-    extra = {"error": scrub(key.last_error or ""), "outcome": key.last_probe_outcome,
-             "last_probe_at": _iso(key.last_probe_at), "last_ok_at": _iso(key.last_ok_at)}
-    what = ("was removed in ZITADEL; its key file remains" if removed  # a zitadel source
-            else "is rejected by the issuer")
+    extra = {
+        "error": scrub(key.last_error or ""),
+        "outcome": key.last_probe_outcome,
+        "last_probe_at": _iso(key.last_probe_at),
+        "last_ok_at": _iso(key.last_ok_at),
+    }
+    what = (
+        "was removed in ZITADEL; its key file remains"
+        if removed  # a zitadel source
+        else "is rejected by the issuer"
+    )
     extra["diagnosis"] = "removed" if removed else None
-    return _emit(session, config, key, now, known, Decision(
-        AlertKind.REJECTED, episode, Severity.CRITICAL, _subject(key, Severity.CRITICAL, what),
-        extra))
+    return _emit(
+        session,
+        config,
+        key,
+        now,
+        known,
+        Decision(
+            AlertKind.REJECTED, episode, Severity.CRITICAL, _subject(key, Severity.CRITICAL, what), extra
+        ),
+    )
 
 
 # -- issuer episodes ----------------------------------------------------------
 
-def _issuer_alerts(session: Session, config: Config, now: datetime,
-                   known: AlertIndex) -> list[Alert]:
+
+def _issuer_alerts(session: Session, config: Config, now: datetime, known: AlertIndex) -> list[Alert]:
     if config.issuer is None:
         return []
     url, after = config.issuer.url, config.issuer.unavailable_alert_after
     out: list[Alert] = []
     since = store.issuer_outage(session)
     if since is not None and now - since >= after:
-        alert = _emit_issuer(session, config, now, known, Decision(
-            AlertKind.UNAVAILABLE, isoformat_z(since), Severity.WARNING,
-            f"[keyd WARNING] issuer {url} unavailable for {format_duration(now - since)}",
-            {"since": isoformat_z(since)}))
+        alert = _emit_issuer(
+            session,
+            config,
+            now,
+            known,
+            Decision(
+                AlertKind.UNAVAILABLE,
+                isoformat_z(since),
+                Severity.WARNING,
+                f"[keyd WARNING] issuer {url} unavailable for {format_duration(now - since)}",
+                {"since": isoformat_z(since)},
+            ),
+        )
         out.extend([alert] if alert else [])
     recovery = store.issuer_last_recovery(session)
     if recovery is not None:
@@ -333,22 +424,29 @@ def _issuer_alerts(session: Session, config: Config, now: datetime,
         threshold = isoformat_z(start)
         alerted = known.exists(ISSUER, AlertKind.UNAVAILABLE, threshold)
         if alerted or until - start >= after:
-            store.resolve(session, known.unresolved(ISSUER,
-                                                    (AlertKind.UNAVAILABLE,)), now)
-            alert = _emit_issuer(session, config, now, known, Decision(
-                AlertKind.RECOVERED, threshold, Severity.INFO,
-                f"[keyd INFO] issuer {url} is reachable again after "
-                f"{format_duration(until - start)}",
-                {"since": threshold, "until": isoformat_z(until)}))
+            store.resolve(session, known.unresolved(ISSUER, (AlertKind.UNAVAILABLE,)), now)
+            alert = _emit_issuer(
+                session,
+                config,
+                now,
+                known,
+                Decision(
+                    AlertKind.RECOVERED,
+                    threshold,
+                    Severity.INFO,
+                    f"[keyd INFO] issuer {url} is reachable again after {format_duration(until - start)}",
+                    {"since": threshold, "until": isoformat_z(until)},
+                ),
+            )
             out.extend([alert] if alert else [])
     return out
 
 
-def _emit_issuer(session: Session, config: Config, now: datetime, known: AlertIndex,
-                 decision: Decision) -> Alert | None:
+def _emit_issuer(
+    session: Session, config: Config, now: datetime, known: AlertIndex, decision: Decision
+) -> Alert | None:
     assert config.issuer is not None
-    context = {"issuer": config.issuer.url, "decided_at": isoformat_z(now),
-               "timezone": config.timezone_name}
+    context = {"issuer": config.issuer.url, "decided_at": isoformat_z(now), "timezone": config.timezone_name}
     alert = _insert(session, config, now, decision, context, Subject(ISSUER))
     if alert is not None:
         known.add(alert)
@@ -356,6 +454,7 @@ def _emit_issuer(session: Session, config: Config, now: datetime, known: AlertIn
 
 
 # -- shared -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -368,37 +467,56 @@ class Subject:
     sources: Sequence[str] = ()
 
 
-def _emit(session: Session, config: Config, key: Key, now: datetime, known: AlertIndex,
-          decision: Decision) -> Alert | None:
-    subject = Subject(_about(key), key.id, key.fingerprint, key.principal,
-                      [loc.source for loc in key.locations])
+def _emit(
+    session: Session, config: Config, key: Key, now: datetime, known: AlertIndex, decision: Decision
+) -> Alert | None:
+    subject = Subject(
+        _about(key), key.id, key.fingerprint, key.principal, [loc.source for loc in key.locations]
+    )
     alert = _insert(session, config, now, decision, key_facts(key, config, now), subject)
     if alert is not None:
         known.add(alert)
     return alert
 
 
-def _insert(session: Session, config: Config, now: datetime, decision: Decision,
-            facts: Mapping[str, Any], subject: Subject) -> Alert | None:
+def _insert(
+    session: Session,
+    config: Config,
+    now: datetime,
+    decision: Decision,
+    facts: Mapping[str, Any],
+    subject: Subject,
+) -> Alert | None:
     kind, threshold, severity = decision.kind, decision.threshold, decision.severity
     alert = store.insert_alert(
-        session, about=subject.about, fingerprint=subject.fingerprint, key_pk=subject.key_pk,
-        kind=kind, threshold=threshold, severity=severity, created_at=now,
-        message_id=message_id(subject.about, kind, threshold), subject=decision.subject,
-        context={**facts, **decision.extra, "kind": kind, "severity": severity,
-                 "threshold": threshold})
+        session,
+        about=subject.about,
+        fingerprint=subject.fingerprint,
+        key_pk=subject.key_pk,
+        kind=kind,
+        threshold=threshold,
+        severity=severity,
+        created_at=now,
+        message_id=message_id(subject.about, kind, threshold),
+        subject=decision.subject,
+        context={**facts, **decision.extra, "kind": kind, "severity": severity, "threshold": threshold},
+    )
     if alert is None:
         return None
     targets: list[tuple[str, str]] = []
     if config.alerts.email is not None:
-        targets += [(Channel.EMAIL, a) for a in email_recipients(config.alerts.email,
-                                                                 subject.principal, subject.sources)]
+        targets += [
+            (Channel.EMAIL, a)
+            for a in email_recipients(config.alerts.email, subject.principal, subject.sources)
+        ]
     if config.alerts.webhook is not None:
         targets.append((Channel.WEBHOOK, display_url(config.alerts.webhook.url)))
     store.add_deliveries(session, alert.id, targets, now)
     if not targets:
-        log.warning("alert %s has no delivery channel configured ([alerts.email] or "
-                    "[alerts.webhook])", alert.message_id)
+        log.warning(
+            "alert %s has no delivery channel configured ([alerts.email] or [alerts.webhook])",
+            alert.message_id,
+        )
     return alert
 
 
@@ -408,15 +526,22 @@ def key_facts(key: Key, config: Config, now: datetime) -> dict[str, Any]:
     view = evaluate(key.expires_at, now, config.timezone)
     locations = sorted(key.locations, key=lambda loc: (loc.status != LocationStatus.PRESENT, loc.ref))
     return {
-        "key_id": key.key_id, "principal": key.principal, "key_kind": key.kind,
-        "fingerprint": key.fingerprint, "status": key.status,
+        "key_id": key.key_id,
+        "principal": key.principal,
+        "key_kind": key.kind,
+        "fingerprint": key.fingerprint,
+        "status": key.status,
         "expires_at": rfc3339_z(key.expires_at) if key.expires_at else None,
         "never_expires": view.status == ExpiryStatus.NEVER,
         "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
-        "timezone": config.timezone_name, "seconds_left": view.seconds_left,
-        "days_left": view.days_left, "decided_at": isoformat_z(now),
-        "locations": [{"source": loc.source, "ref": loc.ref, "status": loc.status,
-                       "kind": loc.kind} for loc in locations],
+        "timezone": config.timezone_name,
+        "seconds_left": view.seconds_left,
+        "days_left": view.days_left,
+        "decided_at": isoformat_z(now),
+        "locations": [
+            {"source": loc.source, "ref": loc.ref, "status": loc.status, "kind": loc.kind}
+            for loc in locations
+        ],
     }
 
 
@@ -432,5 +557,3 @@ def _subject(key: Key, severity: str, what: str) -> str:
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else isoformat_z(value)
-
-

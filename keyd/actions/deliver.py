@@ -69,8 +69,7 @@ _CONNECTION_STAGES: Final = frozenset({"connect", "tls", "auth"})
 
 
 class Render(Protocol):
-    def __call__(self, alerts: Sequence[AlertRecord], *, sender: str,
-                 to: Sequence[str]) -> EmailMessage:
+    def __call__(self, alerts: Sequence[AlertRecord], *, sender: str, to: Sequence[str]) -> EmailMessage:
         """One message for one alert, a digest for several."""
 
 
@@ -99,14 +98,22 @@ class Undeliverable(KeydError):
 
     def __init__(self, channel: str, step: str, exc: BaseException) -> None:
         detail = escape(scrub(str(exc)))[:200]
-        super().__init__(f"{channel} alert cannot be {step}: {type(exc).__name__}"
-                         + (f": {detail}" if detail else ""))
+        super().__init__(
+            f"{channel} alert cannot be {step}: {type(exc).__name__}" + (f": {detail}" if detail else "")
+        )
 
 
-def drain_outbox(engine: Engine, config: Config, clock: Clock,
-                 smtp_factory: Callable[[], MailSender] | None,
-                 webhook: WebhookSender | None, *, render: Render,
-                 rng: Random | None = None, limit: int = 500) -> DrainReport:
+def drain_outbox(
+    engine: Engine,
+    config: Config,
+    clock: Clock,
+    smtp_factory: Callable[[], MailSender] | None,
+    webhook: WebhookSender | None,
+    *,
+    render: Render,
+    rng: Random | None = None,
+    limit: int = 500,
+) -> DrainReport:
     """Send every open delivery whose ``next_attempt_at`` ≤ now (see module doc).
 
     ``smtp_factory`` makes one connection per drain (lazily, only if e-mail
@@ -133,8 +140,14 @@ def drain_outbox(engine: Engine, config: Config, clock: Clock,
     _send_email([i for i in claimed if i.channel == Channel.EMAIL], config, smtp_factory, render, out)
     _send_webhooks([i for i in claimed if i.channel == Channel.WEBHOOK], webhook, out)
     if claimed:
-        log.info("outbox: %d sent in %d message(s), %d failed (%d given up), %d raced",
-                 report.sent, report.messages, report.failed, report.gave_up, report.raced)
+        log.info(
+            "outbox: %d sent in %d message(s), %d failed (%d given up), %d raced",
+            report.sent,
+            report.messages,
+            report.failed,
+            report.gave_up,
+            report.raced,
+        )
     return report
 
 
@@ -151,9 +164,13 @@ def _superseded(item: OutboxItem) -> bool:
     return item.alert.resolved_at is not None and item.alert.kind in (AlertKind.EXPIRING, AlertKind.EXPIRED)
 
 
-def _send_email(items: list[OutboxItem], config: Config,
-                smtp_factory: Callable[[], MailSender] | None, render: Render,
-                out: _Outcomes) -> None:
+def _send_email(
+    items: list[OutboxItem],
+    config: Config,
+    smtp_factory: Callable[[], MailSender] | None,
+    render: Render,
+    out: _Outcomes,
+) -> None:
     if not items:
         return
     email = config.alerts.email
@@ -194,8 +211,7 @@ def _send_email(items: list[OutboxItem], config: Config,
             sender.close()
 
 
-def _send_webhooks(items: list[OutboxItem], webhook: WebhookSender | None,
-                   out: _Outcomes) -> None:
+def _send_webhooks(items: list[OutboxItem], webhook: WebhookSender | None, out: _Outcomes) -> None:
     for item in items:
         if webhook is None:
             out.failed([item], _NotConfigured(Channel.WEBHOOK))
@@ -214,10 +230,16 @@ def _send_webhooks(items: list[OutboxItem], webhook: WebhookSender | None,
 
 def webhook_payload(alert: AlertRecord) -> dict[str, Any]:
     """The JSON a webhook receives: the alert's facts (never secrets)."""
-    return {"source": "keyd", "message_id": alert.message_id, "kind": alert.kind,
-            "severity": alert.severity, "threshold": alert.threshold,
-            "subject": alert.subject, "created_at": isoformat_z(alert.created_at),
-            "facts": dict(alert.context)}
+    return {
+        "source": "keyd",
+        "message_id": alert.message_id,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "threshold": alert.threshold,
+        "subject": alert.subject,
+        "created_at": isoformat_z(alert.created_at),
+        "facts": dict(alert.context),
+    }
 
 
 class _Outcomes:
@@ -235,21 +257,32 @@ class _Outcomes:
         self.report.sent += len(group)
         self.report.messages += 1
         for item in group:
-            log.info("sent %s alert %s to %s (attempt %d)", item.channel,
-                     item.alert.message_id, shown_recipient(item), item.attempts + 1)
+            log.info(
+                "sent %s alert %s to %s (attempt %d)",
+                item.channel,
+                item.alert.message_id,
+                shown_recipient(item),
+                item.attempts + 1,
+            )
 
     def failed(self, group: Sequence[OutboxItem], exc: KeydError) -> None:
         now = self.clock.now()
         with store.transaction(self.engine) as session:
             for item in group:
                 state, when = self._next(item.attempts + 1, exc.retryable, now)
-                store.mark_retry(session, item.delivery_id, state=state, next_attempt_at=when,
-                                 error=str(exc))
+                store.mark_retry(session, item.delivery_id, state=state, next_attempt_at=when, error=str(exc))
                 self.report.failed += 1
                 self.report.gave_up += state == DeliveryState.FAILED
-                log.warning("%s alert %s to %s: attempt %d failed: %s; next attempt at %s "
-                            "(%s)", item.channel, item.alert.message_id, shown_recipient(item),
-                            item.attempts + 1, exc, when.isoformat(), state)
+                log.warning(
+                    "%s alert %s to %s: attempt %d failed: %s; next attempt at %s (%s)",
+                    item.channel,
+                    item.alert.message_id,
+                    shown_recipient(item),
+                    item.attempts + 1,
+                    exc,
+                    when.isoformat(),
+                    state,
+                )
         self.report.errors.append(str(exc))
 
     def _next(self, attempt: int, retryable: bool, now: datetime) -> tuple[str, datetime]:

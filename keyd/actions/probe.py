@@ -85,9 +85,15 @@ class ProbeServices:
         if self.limiter is None:
             self.limiter = RateLimiter(self.policy.rate_limit, self.clock)
 
-def build_probe_services(config: Config, clock: Clock, client: IssuerClient,
-                         vault: SecretReader | None, *,
-                         on_round: HealthHook | None = note_issuer_health) -> ProbeServices:
+
+def build_probe_services(
+    config: Config,
+    clock: Clock,
+    client: IssuerClient,
+    vault: SecretReader | None,
+    *,
+    on_round: HealthHook | None = note_issuer_health,
+) -> ProbeServices:
     """``ProbeServices`` for ``config`` (``[issuer]`` required): signer with
     the configured assertion lifetime and skew, key loader over the
     configured sources, policy and rate limit from ``[issuer]``, and issuer
@@ -97,12 +103,24 @@ def build_probe_services(config: Config, clock: Clock, client: IssuerClient,
         raise ConfigError("issuer", "probes need an [issuer] section with url")
     signer = AssertionSigner(clock, lifetime=issuer.assertion_lifetime, skew=issuer.clock_skew)
     return ProbeServices(
-        client=client, signer=signer, clock=clock,
+        client=client,
+        signer=signer,
+        clock=clock,
         load_key=make_key_loader(config.sources, vault, config.timezone),
-        scopes=issuer.scopes, policy=ProbePolicy.from_config(issuer), on_round=on_round)
+        scopes=issuer.scopes,
+        policy=ProbePolicy.from_config(issuer),
+        on_round=on_round,
+    )
 
-def probe_due(engine: Engine, services: ProbeServices, now: datetime, *,
-              force_key_id: str | None = None, limit: int | None = None) -> ProbeReport:
+
+def probe_due(
+    engine: Engine,
+    services: ProbeServices,
+    now: datetime,
+    *,
+    force_key_id: str | None = None,
+    limit: int | None = None,
+) -> ProbeReport:
     """Probe every active key due at ``now`` (or only ``force_key_id``,
     ignoring its schedule, backoff and any earlier rejection) and record the
     outcomes: one ``probes`` row per probe, the key's status, ``last_ok_at``,
@@ -138,8 +156,7 @@ def probe_due(engine: Engine, services: ProbeServices, now: datetime, *,
     return report
 
 
-def plan_probes(engine: Engine, issuer_url: str, now: datetime, *,
-                cap: int = PLAN_CAP) -> list[str]:
+def plan_probes(engine: Engine, issuer_url: str, now: datetime, *, cap: int = PLAN_CAP) -> list[str]:
     """What ``probe_due`` would do at ``now``, without doing it: a headline
     with the number of due keys, then the first ``cap`` of them in probe
     order and how many more. No request reaches the issuer and nothing is
@@ -149,16 +166,20 @@ def plan_probes(engine: Engine, issuer_url: str, now: datetime, *,
         return []
     lines = [f"would probe {total} key(s) at {issuer_url} (skipped: a probe mints a real token)"]
     for key in keys:
-        last = "never probed" if key.last_probe_at is None else \
-            f"last probe {key.last_probe_outcome or 'unreadable'} at {isoformat_z(key.last_probe_at)}"
+        last = (
+            "never probed"
+            if key.last_probe_at is None
+            else f"last probe {key.last_probe_outcome or 'unreadable'} at {isoformat_z(key.last_probe_at)}"
+        )
         lines.append(f"would probe key {key.key_id} ({key.principal}): {last}")
     if total > len(keys):
         lines.append(f"... and {total - len(keys)} more key(s) due")
     return lines
 
 
-def _flush_last(engine: Engine, pending: list[ProbeRecord], report: ProbeReport,
-                services: ProbeServices) -> None:
+def _flush_last(
+    engine: Engine, pending: list[ProbeRecord], report: ProbeReport, services: ProbeServices
+) -> None:
     reachable = report.issuer_reachable
     hook = services.on_round
     after = None
@@ -185,24 +206,59 @@ def probe_one(target: KeyRecord, services: ProbeServices) -> tuple[ProbeRecord, 
         return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, exc, attempts=0, latency=None)
     counter = _Attempts(services)
     try:
-        retry_call(lambda: counter.run(keyfile), attempts=services.policy.fast_attempts,
-                   base=services.policy.fast_base, cap=services.policy.fast_cap,
-                   sleep=clock.sleep, rng=services.rng, what=f"probe {target.key_id}")
+        retry_call(
+            lambda: counter.run(keyfile),
+            attempts=services.policy.fast_attempts,
+            base=services.policy.fast_base,
+            cap=services.policy.fast_cap,
+            sleep=clock.sleep,
+            rng=services.rng,
+            what=f"probe {target.key_id}",
+        )
     except (IssuerRejected, IssuerUnavailable, IssuerBadResponse) as exc:
-        return _decide(target, services, clock.now(), classify(exc), exc,
-                       attempts=counter.attempts, latency=counter.latency_ms)
+        return _decide(
+            target,
+            services,
+            clock.now(),
+            classify(exc),
+            exc,
+            attempts=counter.attempts,
+            latency=counter.latency_ms,
+        )
     except KeydError as exc:  # e.g. a key the signer cannot use
         log.warning("probe %s: %s", target.key_id, exc)
-        return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, exc,
-                       attempts=counter.attempts, latency=counter.latency_ms)
+        return _decide(
+            target,
+            services,
+            clock.now(),
+            ProbeOutcome.UNREADABLE,
+            exc,
+            attempts=counter.attempts,
+            latency=counter.latency_ms,
+        )
     except Exception as exc:  # noqa: BLE001 - one key's surprise never ends the round
         log.exception("probe %s: unexpected error", target.key_id)
-        error = KeydError(f"internal error while probing ({type(exc).__name__}); run with "
-                          "--debug and report it")
-        return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, error,
-                       attempts=counter.attempts, latency=counter.latency_ms)
-    return _decide(target, services, clock.now(), ProbeOutcome.OK, None,
-                   attempts=counter.attempts, latency=counter.latency_ms)
+        error = KeydError(
+            f"internal error while probing ({type(exc).__name__}); run with --debug and report it"
+        )
+        return _decide(
+            target,
+            services,
+            clock.now(),
+            ProbeOutcome.UNREADABLE,
+            error,
+            attempts=counter.attempts,
+            latency=counter.latency_ms,
+        )
+    return _decide(
+        target,
+        services,
+        clock.now(),
+        ProbeOutcome.OK,
+        None,
+        attempts=counter.attempts,
+        latency=counter.latency_ms,
+    )
 
 
 class _Attempts:
@@ -227,9 +283,17 @@ class _Attempts:
         finally:
             self.latency_ms = round((s.clock.monotonic() - start) * 1000.0, 3)
 
-def _decide(target: KeyRecord, services: ProbeServices, at: datetime, outcome: str,
-            exc: KeydError | None, *, attempts: int, latency: float | None
-            ) -> tuple[ProbeRecord, ProbeResult]:
+
+def _decide(
+    target: KeyRecord,
+    services: ProbeServices,
+    at: datetime,
+    outcome: str,
+    exc: KeydError | None,
+    *,
+    attempts: int,
+    latency: float | None,
+) -> tuple[ProbeRecord, ProbeResult]:
     policy, rng = services.policy, services.rng
     status: str | None = None
     failures = target.probe_failures + 1
@@ -239,43 +303,64 @@ def _decide(target: KeyRecord, services: ProbeServices, at: datetime, outcome: s
         status = KeyStatus.ACTIVE if target.status == KeyStatus.REJECTED else None
         next_at = at + policy.interval - policy.interval * (policy.jitter * rng.random())
     elif outcome == ProbeOutcome.REJECTED:
-        status = (KeyStatus.REJECTED if target.status in (KeyStatus.ACTIVE, KeyStatus.REJECTED)
-                  else None)
+        status = KeyStatus.REJECTED if target.status in (KeyStatus.ACTIVE, KeyStatus.REJECTED) else None
         next_at = None  # final until the key changes or an operator forces a probe
     else:
         cap = min(policy.slow_cap, policy.interval)
-        delay = max(policy.slow_base.total_seconds() / 2,
-                    backoff_delay(failures, policy.slow_base, cap, rng))
+        delay = max(policy.slow_base.total_seconds() / 2, backoff_delay(failures, policy.slow_base, cap, rng))
         next_at = at + timedelta(seconds=delay)
     message = scrub(str(exc))[:1000] if exc is not None else None
-    issuer_exc = exc if isinstance(exc, IssuerRejected | IssuerUnavailable | IssuerBadResponse) \
-        else None
+    issuer_exc = exc if isinstance(exc, IssuerRejected | IssuerUnavailable | IssuerBadResponse) else None
     diagnosis = exc.diagnosis if isinstance(exc, IssuerRejected) else None
     status_code = issuer_exc.status if issuer_exc else None
     error_code = issuer_exc.error_code if issuer_exc else None
     _log_outcome(target, outcome, diagnosis, message, attempts)
     record = ProbeRecord(
-        key_pk=target.pk, content_hash=target.content_hash, at=at,
-        outcome=None if outcome == ProbeOutcome.UNREADABLE else outcome, http_status=status_code,
-        error_code=error_code, diagnosis=diagnosis, message=message, latency_ms=latency,
-        attempts=max(attempts, 1), next_probe_at=next_at, failures=failures, status=status,
+        key_pk=target.pk,
+        content_hash=target.content_hash,
+        at=at,
+        outcome=None if outcome == ProbeOutcome.UNREADABLE else outcome,
+        http_status=status_code,
+        error_code=error_code,
+        diagnosis=diagnosis,
+        message=message,
+        latency_ms=latency,
+        attempts=max(attempts, 1),
+        next_probe_at=next_at,
+        failures=failures,
+        status=status,
         ok=outcome == ProbeOutcome.OK,
     )
     result = ProbeResult(
-        key_id=target.key_id, principal=target.principal, kind=target.kind, outcome=outcome,
-        at=at, diagnosis=diagnosis, message=message, http_status=status_code,
-        error_code=error_code, attempts=attempts, latency_ms=latency, next_probe_at=next_at,
+        key_id=target.key_id,
+        principal=target.principal,
+        kind=target.kind,
+        outcome=outcome,
+        at=at,
+        diagnosis=diagnosis,
+        message=message,
+        http_status=status_code,
+        error_code=error_code,
+        attempts=attempts,
+        latency_ms=latency,
+        next_probe_at=next_at,
     )
     return record, result
 
 
-def _log_outcome(target: KeyRecord, outcome: str, diagnosis: str | None,
-                 message: str | None, attempts: int) -> None:
+def _log_outcome(
+    target: KeyRecord, outcome: str, diagnosis: str | None, message: str | None, attempts: int
+) -> None:
     if outcome == ProbeOutcome.OK:
         log.info("probe %s (%s): ok after %d attempt(s)", target.key_id, target.principal, attempts)
     elif outcome == ProbeOutcome.REJECTED:
-        log.warning("probe %s (%s): rejected (%s): %s", target.key_id, target.principal,
-                    diagnosis, message)
+        log.warning("probe %s (%s): rejected (%s): %s", target.key_id, target.principal, diagnosis, message)
     else:
-        log.warning("probe %s (%s): %s after %d attempt(s): %s", target.key_id,
-                    target.principal, outcome, attempts, message)
+        log.warning(
+            "probe %s (%s): %s after %d attempt(s): %s",
+            target.key_id,
+            target.principal,
+            outcome,
+            attempts,
+            message,
+        )

@@ -158,7 +158,11 @@ class Publisher:
         return self.vault.read(source.mount, _vault_path(stamp.ref, source))
 
     def _publish_vault(
-        self, stamp: LocationStamp, source: VaultSourceConfig, doc: KeyDocument, old_key_id: str,
+        self,
+        stamp: LocationStamp,
+        source: VaultSourceConfig,
+        doc: KeyDocument,
+        old_key_id: str,
         write: bool,
     ) -> bool:
         secret = self._vault_secret(stamp, source)

@@ -59,8 +59,17 @@ from keyd.store.snapshot import Engine
 from keyd.store.tokens import Assignment, SinkTarget, SinkUpdate
 from keyd.vocab import TokenOutcome
 
-__all__ = ["TokenPolicy", "TokenReport", "TokenResult", "TokenServices", "build_token_services",
-           "plan_lines", "plan_sinks", "refresh_at", "refresh_tokens"]
+__all__ = [
+    "TokenPolicy",
+    "TokenReport",
+    "TokenResult",
+    "TokenServices",
+    "build_token_services",
+    "plan_lines",
+    "plan_sinks",
+    "refresh_at",
+    "refresh_tokens",
+]
 
 log = logging.getLogger(__name__)
 _In = TypeVar("_In")
@@ -83,9 +92,15 @@ class TokenReport:
         return out
 
 
-def build_token_services(config: Config, clock: Clock, client: IssuerClient,
-                         vault: tv.TokenVault | None, *, signer: AssertionSigner | None = None,
-                         limiter: RateLimiter | None = None) -> TokenServices:
+def build_token_services(
+    config: Config,
+    clock: Clock,
+    client: IssuerClient,
+    vault: tv.TokenVault | None,
+    *,
+    signer: AssertionSigner | None = None,
+    limiter: RateLimiter | None = None,
+) -> TokenServices:
     """``TokenServices`` for ``config`` (``[tokens]``, ``[issuer]`` and
     ``[vault]`` required). Pass the probe's ``limiter`` so both stages
     share one request budget at the issuer."""
@@ -95,24 +110,32 @@ def build_token_services(config: Config, clock: Clock, client: IssuerClient,
         raise ConfigError("tokens", "token write-back needs [issuer] and [vault]")
     tv.check_template(config.tokens.path)
     issuer = config.issuer
-    signer = signer or AssertionSigner(clock, lifetime=issuer.assertion_lifetime,
-                                       skew=issuer.clock_skew)
+    signer = signer or AssertionSigner(clock, lifetime=issuer.assertion_lifetime, skew=issuer.clock_skew)
     scopes = tuple(dict.fromkeys((*issuer.scopes, *config.tokens.scopes)))
     return TokenServices(
-        tokens=config.tokens, client=client, signer=signer, vault=vault, clock=clock,
-        load_key=make_key_loader(config.sources, vault, config.timezone), scopes=scopes,
+        tokens=config.tokens,
+        client=client,
+        signer=signer,
+        vault=vault,
+        clock=clock,
+        load_key=make_key_loader(config.sources, vault, config.timezone),
+        scopes=scopes,
         policy=TokenPolicy(concurrency=max(1, issuer.concurrency)),
-        limiter=limiter or RateLimiter(issuer.rate_limit, clock), alerts=config.alerts)
+        limiter=limiter or RateLimiter(issuer.rate_limit, clock),
+        alerts=config.alerts,
+    )
 
 
 def plan_lines(report: TokenReport) -> list[str]:
     """One line per sink a dry run found new or due (for ``keyd check --dry-run``)."""
-    return [f"would {'create' if r.outcome == TokenOutcome.NEW else 'refresh'} the token of key "
-            f"{r.key_id} at {r.ref}" for r in report.results]
+    return [
+        f"would {'create' if r.outcome == TokenOutcome.NEW else 'refresh'} the token of key "
+        f"{r.key_id} at {r.ref}"
+        for r in report.results
+    ]
 
 
-def plan_sinks(candidates: Sequence[KeyRecord], cfg: TokensConfig
-               ) -> tuple[list[Assignment], list[str]]:
+def plan_sinks(candidates: Sequence[KeyRecord], cfg: TokensConfig) -> tuple[list[Assignment], list[str]]:
     """Which key feeds which path. Selectors narrow the keys; when several
     keys of one principal map to one path (rotation overlap), the one that
     expires last wins (unknown expiry counts as earliest)."""
@@ -147,13 +170,15 @@ def _selected(key: KeyRecord, cfg: TokensConfig) -> bool:
     if cfg.principals and key.principal not in cfg.principals:
         return False
     if cfg.sources:
-        return any(loc.source == sel or fnmatch.fnmatch(loc.ref, sel)
-                   for loc in key.files for sel in cfg.sources)
+        return any(
+            loc.source == sel or fnmatch.fnmatch(loc.ref, sel) for loc in key.files for sel in cfg.sources
+        )
     return True
 
 
-def refresh_tokens(engine: Engine, services: TokenServices, now: datetime, *,
-                   dry_run: bool = False, limit: int | None = None) -> TokenReport:
+def refresh_tokens(
+    engine: Engine, services: TokenServices, now: datetime, *, dry_run: bool = False, limit: int | None = None
+) -> TokenReport:
     """Bring every due token sink up to date at ``now``.
 
     First the sink rows are made to match the config (every active,
@@ -205,8 +230,7 @@ def _round(due: Sequence[SinkTarget], services: TokenServices) -> Iterator[Outco
             else:
                 yield step
         listings = tv.folder_listings(services.vault, [w.folder for w in unconfirmed])
-        yield from _pooled(pool, lambda w: confirm_one(w, listings.get(w.folder), services),
-                           unconfirmed)
+        yield from _pooled(pool, lambda w: confirm_one(w, listings.get(w.folder), services), unconfirmed)
 
 
 def _pooled(pool: Executor, fn: Callable[[_In], _Out], items: Iterable[_In]) -> Iterator[_Out]:
@@ -214,17 +238,35 @@ def _pooled(pool: Executor, fn: Callable[[_In], _Out], items: Iterable[_In]) -> 
         yield future.result()
 
 
-def _dry_run(engine: Engine, assignments: list[Assignment], now: datetime,
-             report: TokenReport, candidates: Sequence[KeyRecord]) -> TokenReport:
+def _dry_run(
+    engine: Engine,
+    assignments: list[Assignment],
+    now: datetime,
+    report: TokenReport,
+    candidates: Sequence[KeyRecord],
+) -> TokenReport:
     known = {(s.mount, s.path) for s in store.all_sinks(engine)}
     keys = {k.pk: k for k in candidates}
     for a in assignments:
         if (a.mount, a.path) not in known:
             key = keys[a.key_pk]
-            report.results.append(TokenResult(key_id=key.key_id, principal=key.principal,
-                                              ref=f"{a.mount}/{a.path}", outcome=TokenOutcome.NEW))
+            report.results.append(
+                TokenResult(
+                    key_id=key.key_id,
+                    principal=key.principal,
+                    ref=f"{a.mount}/{a.path}",
+                    outcome=TokenOutcome.NEW,
+                )
+            )
     for s in store.due_sinks(engine, now):
-        report.results.append(TokenResult(key_id=s.key.key_id, principal=s.key.principal,
-                                          ref=s.ref, outcome=TokenOutcome.DUE, vault_version=s.vault_version,
-                                          expires_at=s.expires_at))
+        report.results.append(
+            TokenResult(
+                key_id=s.key.key_id,
+                principal=s.key.principal,
+                ref=s.ref,
+                outcome=TokenOutcome.DUE,
+                vault_version=s.vault_version,
+                expires_at=s.expires_at,
+            )
+        )
     return report

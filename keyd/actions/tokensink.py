@@ -41,7 +41,6 @@ Outcome = tuple["TokenResult", SinkUpdate]
 Listing = Mapping[str, object] | None  # one folder's detailed listing (None: not available)
 
 
-
 @dataclass(frozen=True)
 class TokenPolicy:
     concurrency: int = 8
@@ -83,8 +82,7 @@ class TokenResult:
     next_refresh_at: datetime | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {k: (isoformat_z(v) if isinstance(v, datetime) else v)
-                for k, v in self.__dict__.items()}
+        return {k: (isoformat_z(v) if isinstance(v, datetime) else v) for k, v in self.__dict__.items()}
 
 
 def refresh_at(issued: datetime, ttl: timedelta, rng: Random) -> datetime:
@@ -124,8 +122,9 @@ def confirm_one(written: Written, listing: Listing, services: TokenServices) -> 
         seen = tv.listed(entry, version=version, key_id=sink.key.key_id)
         if seen == "unknown":
             try:
-                tv.read_back(services.vault, sink.mount, sink.path, version=version,
-                             access_token=token.access_token)
+                tv.read_back(
+                    services.vault, sink.mount, sink.path, version=version, access_token=token.access_token
+                )
                 seen = "same"
             except VaultConflict:
                 seen = "changed"
@@ -136,8 +135,7 @@ def confirm_one(written: Written, listing: Listing, services: TokenServices) -> 
     return _guarded(sink, services, confirm)
 
 
-def _guarded(sink: SinkTarget, services: TokenServices,
-             step: Callable[[], _Out]) -> _Out | Outcome:
+def _guarded(sink: SinkTarget, services: TokenServices, step: Callable[[], _Out]) -> _Out | Outcome:
     try:
         return step()
     except tv.TokenTargetRefused as exc:
@@ -146,9 +144,13 @@ def _guarded(sink: SinkTarget, services: TokenServices,
         return _failed(sink, services, exc)
     except Exception as exc:  # noqa: BLE001 - one sink's surprise never ends the round
         log.exception("token sink %s: unexpected error", sink.ref)
-        return _failed(sink, services, KeydError(
-            f"internal error while refreshing ({type(exc).__name__}); run with --debug and "
-            "report it"))
+        return _failed(
+            sink,
+            services,
+            KeydError(
+                f"internal error while refreshing ({type(exc).__name__}); run with --debug and report it"
+            ),
+        )
 
 
 def _refresh(sink: SinkTarget, services: TokenServices) -> Outcome | Written:
@@ -176,20 +178,17 @@ def _recover(sink: SinkTarget, services: TokenServices, token: TokenResponse) ->
     that write back per secret (a second mismatch fails the attempt)."""
     current = tv.inspect(services.vault, sink.mount, sink.path)
     verdict = tv.judge(current, sink.vault_version, adopt=services.tokens.adopt, ref=sink.ref)
-    if current.expires_at is not None and current.expires_at >= token.expires_at \
-            and verdict == "ours":
+    if current.expires_at is not None and current.expires_at >= token.expires_at and verdict == "ours":
         return _keep(sink, services, current, "a newer keyd token is in place")
     version = _write(sink, services, token, cas=current.version, verdict=verdict)
-    tv.read_back(services.vault, sink.mount, sink.path, version=version,
-                 access_token=token.access_token)
+    tv.read_back(services.vault, sink.mount, sink.path, version=version, access_token=token.access_token)
     return _written(sink, services, token, version, verdict)
 
 
 def _still_fresh(current: tv.Current, services: TokenServices) -> bool:
     """keyd's token found in place (e.g. written just before a crash) that
     is not yet due: record it instead of minting another."""
-    if not (current.readable and current.keyd_shaped and current.issued_at
-            and current.expires_at):
+    if not (current.readable and current.keyd_shaped and current.issued_at and current.expires_at):
         return False
     ttl = current.expires_at - current.issued_at
     return bool(ttl > timedelta(0) and current.issued_at + ttl * 2 / 3 > services.clock.now())
@@ -204,19 +203,29 @@ def _mint(sink: SinkTarget, services: TokenServices) -> TokenResponse:
             services.limiter.acquire()
         return mint(keyfile, services.client, services.signer, services.scopes)
 
-    return retry_call(attempt, attempts=policy.fast_attempts, base=policy.fast_base,
-                      cap=policy.fast_cap, sleep=services.clock.sleep, rng=services.rng,
-                      what=f"token for {sink.ref}")
+    return retry_call(
+        attempt,
+        attempts=policy.fast_attempts,
+        base=policy.fast_base,
+        cap=policy.fast_cap,
+        sleep=services.clock.sleep,
+        rng=services.rng,
+        what=f"token for {sink.ref}",
+    )
 
 
 def _payload(sink: SinkTarget, token: TokenResponse, scopes: Sequence[str]) -> dict[str, str]:
-    return {"access_token": token.access_token.reveal(), "token_type": token.token_type,
-            "expires_at": isoformat_z(token.expires_at), "issued_at": isoformat_z(token.issued_at),
-            "key_id": sink.key.key_id, "scope": token.scope or " ".join(scopes)}
+    return {
+        "access_token": token.access_token.reveal(),
+        "token_type": token.token_type,
+        "expires_at": isoformat_z(token.expires_at),
+        "issued_at": isoformat_z(token.issued_at),
+        "key_id": sink.key.key_id,
+        "scope": token.scope or " ".join(scopes),
+    }
 
 
-def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, cas: int,
-           verdict: str) -> int:
+def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, cas: int, verdict: str) -> int:
     """The CAS write (and keyd's mark where needed); returns the new version."""
     vault = services.vault
     meta = {tv.MANAGED_BY: tv.MANAGED_VALUE, tv.KEY_ID: sink.key.key_id}
@@ -224,13 +233,13 @@ def _write(sink: SinkTarget, services: TokenServices, token: TokenResponse, *, c
         vault.write_metadata(sink.mount, sink.path, meta)
     data = _payload(sink, token, services.scopes)
     # metadata only when it may be stale (new, adopted or re-assigned sink)
-    mark = meta if verdict == "adopt" or (verdict == "ours" and sink.state == SinkState.PENDING) \
-        else None
+    mark = meta if verdict == "adopt" or (verdict == "ours" and sink.state == SinkState.PENDING) else None
     return vault.write_cas(sink.mount, sink.path, data, cas=cas, custom_metadata=mark)
 
 
-def _written(sink: SinkTarget, services: TokenServices, token: TokenResponse,
-             version: int, verdict: str) -> Outcome:
+def _written(
+    sink: SinkTarget, services: TokenServices, token: TokenResponse, version: int, verdict: str
+) -> Outcome:
     now = services.clock.now()
     ttl = timedelta(seconds=token.expires_in)
     next_at = refresh_at(token.issued_at, ttl, services.rng)
@@ -240,13 +249,35 @@ def _written(sink: SinkTarget, services: TokenServices, token: TokenResponse,
         failures = sink.failures + 1
         next_at = min(next_at, now + timedelta(seconds=_retry_delay(services, failures)))
     event = EventSpec("token.adopted", {"version": version}) if verdict == "adopt" else None
-    update = store.written(sink, version=version, issued_at=token.issued_at,
-                           expires_at=token.expires_at, next_refresh_at=next_at, now=now,
-                           note=note, event=event, failures=failures)
-    log.info("token for %s written to %s version %d (expires %s, refresh %s)", sink.key.key_id,
-             sink.ref, version, isoformat_z(token.expires_at), isoformat_z(next_at))
-    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, TokenOutcome.WRITTEN, note, version,
-                       token.expires_at, next_at), update
+    update = store.written(
+        sink,
+        version=version,
+        issued_at=token.issued_at,
+        expires_at=token.expires_at,
+        next_refresh_at=next_at,
+        now=now,
+        note=note,
+        event=event,
+        failures=failures,
+    )
+    log.info(
+        "token for %s written to %s version %d (expires %s, refresh %s)",
+        sink.key.key_id,
+        sink.ref,
+        version,
+        isoformat_z(token.expires_at),
+        isoformat_z(next_at),
+    )
+    return TokenResult(
+        sink.key.key_id,
+        sink.key.principal,
+        sink.ref,
+        TokenOutcome.WRITTEN,
+        note,
+        version,
+        token.expires_at,
+        next_at,
+    ), update
 
 
 def _write_file(sink: SinkTarget, token: TokenResponse, services: TokenServices) -> str | None:
@@ -261,24 +292,37 @@ def _write_file(sink: SinkTarget, token: TokenResponse, services: TokenServices)
     return None
 
 
-def _keep(sink: SinkTarget, services: TokenServices, current: tv.Current,
-          why: str) -> Outcome:
+def _keep(sink: SinkTarget, services: TokenServices, current: tv.Current, why: str) -> Outcome:
     assert current.issued_at is not None and current.expires_at is not None
     ttl = current.expires_at - current.issued_at
     next_at = refresh_at(current.issued_at, ttl, services.rng)
-    update = store.written(sink, version=current.version, issued_at=current.issued_at,
-                           expires_at=current.expires_at, next_refresh_at=next_at,
-                           now=services.clock.now())
-    log.info("token for %s: %s at %s version %d", sink.key.key_id, why, sink.ref,
-             current.version)
-    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, TokenOutcome.KEPT, why,
-                       current.version, current.expires_at, next_at), update
+    update = store.written(
+        sink,
+        version=current.version,
+        issued_at=current.issued_at,
+        expires_at=current.expires_at,
+        next_refresh_at=next_at,
+        now=services.clock.now(),
+    )
+    log.info("token for %s: %s at %s version %d", sink.key.key_id, why, sink.ref, current.version)
+    return TokenResult(
+        sink.key.key_id,
+        sink.key.principal,
+        sink.ref,
+        TokenOutcome.KEPT,
+        why,
+        current.version,
+        current.expires_at,
+        next_at,
+    ), update
 
 
 def _retry_delay(services: TokenServices, failures: int) -> float:
     policy = services.policy
-    return max(policy.retry_base.total_seconds() / 2,
-               backoff_delay(failures, policy.retry_base, policy.retry_cap, services.rng))
+    return max(
+        policy.retry_base.total_seconds() / 2,
+        backoff_delay(failures, policy.retry_base, policy.retry_cap, services.rng),
+    )
 
 
 def _failed(sink: SinkTarget, services: TokenServices, exc: KeydError) -> Outcome:
@@ -286,29 +330,60 @@ def _failed(sink: SinkTarget, services: TokenServices, exc: KeydError) -> Outcom
     failures = sink.failures + 1
     next_at = now + timedelta(seconds=_retry_delay(services, failures))
     message = scrub(str(exc))[:1000]
-    update = store.failed(sink, state=SinkState.FAILED, failures=failures, next_refresh_at=next_at,
-                          error=message, now=now)
+    update = store.failed(
+        sink, state=SinkState.FAILED, failures=failures, next_refresh_at=next_at, error=message, now=now
+    )
     still = "the old token stays" if sink.expires_at and sink.expires_at > now else "no valid token"
-    log.warning("token for %s at %s: attempt failed (%s; %s); retry at %s", sink.key.key_id,
-                sink.ref, message, still, isoformat_z(next_at))
-    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, TokenOutcome.FAILED, message,
-                       sink.vault_version, sink.expires_at, next_at), update
+    log.warning(
+        "token for %s at %s: attempt failed (%s; %s); retry at %s",
+        sink.key.key_id,
+        sink.ref,
+        message,
+        still,
+        isoformat_z(next_at),
+    )
+    return TokenResult(
+        sink.key.key_id,
+        sink.key.principal,
+        sink.ref,
+        TokenOutcome.FAILED,
+        message,
+        sink.vault_version,
+        sink.expires_at,
+        next_at,
+    ), update
 
 
-def _refused(sink: SinkTarget, services: TokenServices,
-             exc: tv.TokenTargetRefused) -> Outcome:
+def _refused(sink: SinkTarget, services: TokenServices, exc: tv.TokenTargetRefused) -> Outcome:
     now, policy = services.clock.now(), services.policy
     failures = sink.failures + 1
-    delay = max(policy.retry_base.total_seconds(),
-                backoff_delay(failures, policy.retry_base, policy.refused_cap, services.rng))
+    delay = max(
+        policy.retry_base.total_seconds(),
+        backoff_delay(failures, policy.retry_base, policy.refused_cap, services.rng),
+    )
     next_at = now + timedelta(seconds=delay)
     message = scrub(str(exc))[:1000]
     new_episode = sink.state != exc.reason
     event = EventSpec(f"token.{exc.reason}", {"problem": message}) if new_episode else None
-    alert = (tv.refusal_alert(sink, services.alerts, exc.reason, message, now)
-             if new_episode else None)
-    update = store.failed(sink, state=exc.reason, failures=failures, next_refresh_at=next_at,
-                          error=message, now=now, event=event, alert=alert)
+    alert = tv.refusal_alert(sink, services.alerts, exc.reason, message, now) if new_episode else None
+    update = store.failed(
+        sink,
+        state=exc.reason,
+        failures=failures,
+        next_refresh_at=next_at,
+        error=message,
+        now=now,
+        event=event,
+        alert=alert,
+    )
     log.error("token for %s: %s", sink.key.key_id, message)
-    return TokenResult(sink.key.key_id, sink.key.principal, sink.ref, exc.reason, message,
-                       sink.vault_version, sink.expires_at, next_at), update
+    return TokenResult(
+        sink.key.key_id,
+        sink.key.principal,
+        sink.ref,
+        exc.reason,
+        message,
+        sink.vault_version,
+        sink.expires_at,
+        next_at,
+    ), update

@@ -51,10 +51,15 @@ class TokenVault(Protocol):
 
     def read(self, mount: str, path: str) -> Any: ...
     def read_metadata(self, mount: str, path: str) -> Any: ...
-    def write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int,
-                  custom_metadata: Mapping[str, str] | None = None) -> int: ...
-    def write_metadata(self, mount: str, path: str,
-                       custom_metadata: Mapping[str, str]) -> None: ...
+    def write_cas(
+        self,
+        mount: str,
+        path: str,
+        data: Mapping[str, Any],
+        cas: int,
+        custom_metadata: Mapping[str, str] | None = None,
+    ) -> int: ...
+    def write_metadata(self, mount: str, path: str, custom_metadata: Mapping[str, str]) -> None: ...
     def folder_versions(self, mount: str, folder: str) -> Mapping[str, Any] | None: ...
 
 
@@ -75,18 +80,19 @@ def check_template(template: str) -> None:
     """Refuse templates that could escape their prefix or name nothing."""
     where = "tokens.path"
     if not template or template.startswith("/") or template.endswith("/"):
-        raise TokenPathError(where, f"{template!r} must be a relative path like "
-                                    "\"zitadel/tokens/{principal}\"")
+        raise TokenPathError(
+            where, f'{template!r} must be a relative path like "zitadel/tokens/{{principal}}"'
+        )
     for name in _PLACEHOLDER_RE.findall(template):
         if name not in PLACEHOLDERS:
-            raise TokenPathError(where, f"{template!r}: unknown placeholder {{{name}}} "
-                                        "(use {principal} or {key_id})")
+            raise TokenPathError(
+                where, f"{template!r}: unknown placeholder {{{name}}} (use {{principal}} or {{key_id}})"
+            )
     bare = _PLACEHOLDER_RE.sub("x", template)
     if "{" in bare or "}" in bare:
         raise TokenPathError(where, f"{template!r}: unbalanced braces")
     if any(seg in ("", ".", "..") for seg in bare.split("/")) or _bad_chars(bare):
-        raise TokenPathError(where, f"{template!r} has an empty, '.' or '..' segment "
-                                    "or control characters")
+        raise TokenPathError(where, f"{template!r} has an empty, '.' or '..' segment or control characters")
 
 
 def _bad_chars(value: str) -> bool:
@@ -100,12 +106,14 @@ def render_path(template: str, *, principal: str, key_id: str) -> str:
     check_template(template)
     values = {"principal": principal, "key_id": key_id}
     for name, value in values.items():
-        if (not value or "/" in value or ".." in value or _bad_chars(value)
-                or value in (".",)):
+        if not value or "/" in value or ".." in value or _bad_chars(value) or value in (".",):
             shown = value.encode("unicode_escape").decode()[:60]
-            raise TokenPathError("tokens.path", f"{name} {shown!r} cannot be used in a Vault "
-                                                "path ('/', '..' and control characters are "
-                                                "not allowed)")
+            raise TokenPathError(
+                "tokens.path",
+                f"{name} {shown!r} cannot be used in a Vault "
+                "path ('/', '..' and control characters are "
+                "not allowed)",
+            )
     return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
 
 
@@ -132,18 +140,30 @@ def inspect(vault: TokenVault, mount: str, path: str) -> Current:
     managed = custom.get(MANAGED_BY) == MANAGED_VALUE
     version = int(getattr(meta, "current_version", 0) or 0)
     if getattr(meta, "deleted", False) or not managed:
-        return Current(version=version, readable=not getattr(meta, "deleted", False),
-                       managed=managed, keyd_shaped=False)
+        return Current(
+            version=version, readable=not getattr(meta, "deleted", False), managed=managed, keyd_shaped=False
+        )
     secret = vault.read(mount, path)
     if secret is None:  # deleted between the two reads
         return Current(version=version, readable=False, managed=True, keyd_shaped=False)
     data: Mapping[str, Any] = secret.data or {}
     issued, expires = _stamp(data.get("issued_at")), _stamp(data.get("expires_at"))
     token = data.get("access_token")
-    shaped = (all(f in data for f in FIELDS) and isinstance(token, str) and bool(token)
-              and issued is not None and expires is not None)
-    return Current(version=int(secret.version), readable=True, managed=True,
-                   keyd_shaped=shaped, issued_at=issued, expires_at=expires)
+    shaped = (
+        all(f in data for f in FIELDS)
+        and isinstance(token, str)
+        and bool(token)
+        and issued is not None
+        and expires is not None
+    )
+    return Current(
+        version=int(secret.version),
+        readable=True,
+        managed=True,
+        keyd_shaped=shaped,
+        issued_at=issued,
+        expires_at=expires,
+    )
 
 
 def _stamp(value: object) -> datetime | None:
@@ -177,11 +197,13 @@ def folder_of(mount: str, path: str) -> tuple[str, str]:
     return mount, path.rpartition("/")[0]
 
 
-def folder_listings(vault: TokenVault, places: Iterable[tuple[str, str]]
-                    ) -> dict[tuple[str, str], Mapping[str, Any] | None]:
+def folder_listings(
+    vault: TokenVault, places: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Mapping[str, Any] | None]:
     """One detailed-metadata listing per distinct (mount, folder); None
     where the server or the policy does not offer it, or the listing failed
     (the per-secret read-backs then meet the problem and each sink records it)."""
+
     def one(mount: str, folder: str) -> Mapping[str, Any] | None:
         try:
             return vault.folder_versions(mount, folder)
@@ -191,16 +213,17 @@ def folder_listings(vault: TokenVault, places: Iterable[tuple[str, str]]
     return {where: one(*where) for where in dict.fromkeys(places)}
 
 
-def read_back(vault: TokenVault, mount: str, path: str, *, version: int,
-              access_token: Secret) -> None:
+def read_back(vault: TokenVault, mount: str, path: str, *, version: int, access_token: Secret) -> None:
     """Per-secret read-back: ``VaultConflict`` unless Vault serves keyd's
     write of ``version`` (that version, that token)."""
     back = vault.read(mount, path)
-    if back is None or back.version != version or \
-            (back.data or {}).get("access_token") != access_token.reveal():
+    if (
+        back is None
+        or back.version != version
+        or (back.data or {}).get("access_token") != access_token.reveal()
+    ):
         ref = f"{mount}/{path}"
-        raise VaultConflict(f"read-back of {ref} does not show keyd's write "
-                            f"(version {version})", path=ref)
+        raise VaultConflict(f"read-back of {ref} does not show keyd's write (version {version})", path=ref)
 
 
 def judge(current: Current, last_written: int | None, *, adopt: bool, ref: str) -> str:
@@ -214,19 +237,26 @@ def judge(current: Current, last_written: int | None, *, adopt: bool, ref: str) 
         raise TokenTargetRefused(
             f"{ref} exists and is not managed by keyd (no custom_metadata {MANAGED_BY}="
             f"{MANAGED_VALUE}); keyd will not overwrite it. Remove it, choose another "
-            "tokens.path, or set tokens.adopt = true", path=ref, reason=SinkState.UNMANAGED)
-    if (current.version == last_written or not current.readable or current.keyd_shaped):
+            "tokens.path, or set tokens.adopt = true",
+            path=ref,
+            reason=SinkState.UNMANAGED,
+        )
+    if current.version == last_written or not current.readable or current.keyd_shaped:
         return "ours"
     if adopt:
         return "adopt"
     raise TokenTargetRefused(
         f"{ref} version {current.version} was written by someone else (keyd last wrote "
         f"version {last_written}); keyd will not overwrite it. Delete it, or set "
-        "tokens.adopt = true", path=ref, reason=SinkState.CONFLICT)
+        "tokens.adopt = true",
+        path=ref,
+        reason=SinkState.CONFLICT,
+    )
 
 
-def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, message: str,
-                  now: datetime) -> AlertSpec | None:
+def refusal_alert(
+    sink: SinkTarget, alerts: AlertsConfig | None, reason: str, message: str, now: datetime
+) -> AlertSpec | None:
     """The alert (with its outbox targets) for a refused write-back episode;
     None when no alert channel is configured."""
     if alerts is None:
@@ -236,16 +266,31 @@ def refusal_alert(sink: SinkTarget, alerts: AlertsConfig | None, reason: str, me
     sources = [loc.source for loc in sink.key.files]
     targets: list[tuple[str, str]] = []
     if alerts.email is not None:
-        targets += [(Channel.EMAIL, a) for a in email_recipients(alerts.email, sink.key.principal,
-                                                            sources)]
+        targets += [(Channel.EMAIL, a) for a in email_recipients(alerts.email, sink.key.principal, sources)]
     if alerts.webhook is not None:
         targets.append((Channel.WEBHOOK, display_url(alerts.webhook.url)))  # stored: no secret
-    subject = (f"[keyd CRITICAL] token write-back for key {sink.key.key_id} of user "
-               f"{sink.key.principal} refused: {sink.ref} is "
-               f"{'not managed by keyd' if reason == 'unmanaged' else 'written by someone else'}")
-    context = {"key_id": sink.key.key_id, "principal": sink.key.principal, "path": sink.ref,
-               "problem": message, "decided_at": threshold, "kind": reason,
-               "severity": Severity.CRITICAL, "threshold": threshold}
-    return AlertSpec(about=about, kind=reason, threshold=threshold,
-                     severity=Severity.CRITICAL, message_id=message_id(about, reason, threshold),
-                     subject=subject, context=context, targets=targets)
+    subject = (
+        f"[keyd CRITICAL] token write-back for key {sink.key.key_id} of user "
+        f"{sink.key.principal} refused: {sink.ref} is "
+        f"{'not managed by keyd' if reason == 'unmanaged' else 'written by someone else'}"
+    )
+    context = {
+        "key_id": sink.key.key_id,
+        "principal": sink.key.principal,
+        "path": sink.ref,
+        "problem": message,
+        "decided_at": threshold,
+        "kind": reason,
+        "severity": Severity.CRITICAL,
+        "threshold": threshold,
+    }
+    return AlertSpec(
+        about=about,
+        kind=reason,
+        threshold=threshold,
+        severity=Severity.CRITICAL,
+        message_id=message_id(about, reason, threshold),
+        subject=subject,
+        context=context,
+        targets=targets,
+    )

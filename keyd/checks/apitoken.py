@@ -98,19 +98,28 @@ def _renew_at(token: TokenResponse) -> datetime:
     return token.issued_at + (token.expires_at - token.issued_at) * REUSE_SHARE
 
 
-def key_api_for(config: Config, issuer: IssuerClient, clock: Clock, *,
-                credential: Path | None = None) -> ZitadelKeyAPI:
+def key_api_for(
+    config: Config, issuer: IssuerClient, clock: Clock, *, credential: Path | None = None
+) -> ZitadelKeyAPI:
     """The key-API client for ``config``: base URL ``issuer.url``, keyd's
     token from ``credential`` (a source's own) or ``rotation.credential``.
     The caller closes it."""
     credential = credential or (config.rotation.credential if config.rotation else None)
     if config.issuer is None or credential is None:
-        raise ConfigError("rotation.credential", "ZITADEL's key API needs [issuer] and the key "
-                          "file of keyd's own service user (rotation.credential or the "
-                          "systemd credential zitadel-api-key)")
-    signer = AssertionSigner(clock, lifetime=config.issuer.assertion_lifetime,
-                             skew=config.issuer.clock_skew)
+        raise ConfigError(
+            "rotation.credential",
+            "ZITADEL's key API needs [issuer] and the key "
+            "file of keyd's own service user (rotation.credential or the "
+            "systemd credential zitadel-api-key)",
+        )
+    signer = AssertionSigner(clock, lifetime=config.issuer.assertion_lifetime, skew=config.issuer.clock_skew)
     tokens = ApiTokenProvider(credential, issuer, signer, clock)
     timeout = config.issuer.timeout.total_seconds()
-    return ZitadelKeyAPI(config.issuer.url, tokens, clock=clock, timeout=timeout,
-                         deadline=3 * timeout, ca_bundle=config.issuer.ca_bundle)
+    return ZitadelKeyAPI(
+        config.issuer.url,
+        tokens,
+        clock=clock,
+        timeout=timeout,
+        deadline=3 * timeout,
+        ca_bundle=config.issuer.ca_bundle,
+    )

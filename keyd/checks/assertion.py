@@ -54,8 +54,13 @@ def check_lifetime(lifetime: timedelta, skew: timedelta) -> None:
 class AssertionSigner:
     """Signs assertions; thread-safe (holds no mutable state)."""
 
-    def __init__(self, clock: Clock, *, lifetime: timedelta = timedelta(minutes=5),
-                 skew: timedelta = timedelta(seconds=5)) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        lifetime: timedelta = timedelta(minutes=5),
+        skew: timedelta = timedelta(seconds=5),
+    ) -> None:
         check_lifetime(lifetime, skew)
         if skew < timedelta(0) or skew > timedelta(minutes=5):
             raise UsageError("clock_skew", f"{skew} must be between 0 and 5 minutes")
@@ -66,17 +71,22 @@ class AssertionSigner:
     def now(self) -> datetime:
         return self._clock.now()
 
-    def claims(self, key: KeyFile, audience: str, lifetime: timedelta | None = None
-               ) -> dict[str, object]:
+    def claims(self, key: KeyFile, audience: str, lifetime: timedelta | None = None) -> dict[str, object]:
         lifetime = lifetime or self.lifetime
         check_lifetime(lifetime, self.skew)
         iat = int((self._clock.now() - self.skew).timestamp())
-        return {"iss": key.principal, "sub": key.principal, "aud": audience,
-                "iat": iat, "exp": iat + int(lifetime.total_seconds()),
-                "jti": secrets.token_urlsafe(16)}
+        return {
+            "iss": key.principal,
+            "sub": key.principal,
+            "aud": audience,
+            "iat": iat,
+            "exp": iat + int(lifetime.total_seconds()),
+            "jti": secrets.token_urlsafe(16),
+        }
 
-    def sign(self, key: KeyFile, audience: str, *, lifetime: timedelta | None = None,
-             algorithm: str | None = None) -> Secret:
+    def sign(
+        self, key: KeyFile, audience: str, *, lifetime: timedelta | None = None, algorithm: str | None = None
+    ) -> Secret:
         alg = algorithm or key.algorithm
         if alg not in SUPPORTED:
             raise UsageError("algorithm", f"{alg} is not supported (RS256, PS256, ES256)")
@@ -84,8 +94,7 @@ class AssertionSigner:
         if not _fits(private, alg):
             raise UsageError("algorithm", f"{alg} does not fit a {key.algorithm} key ({key.source})")
         payload = _COMPACT.encode(self.claims(key, audience, lifetime)).encode()
-        token = _JWS.encode(payload, private, algorithm=alg,
-                            headers={"kid": key.key_id, "typ": "JWT"})
+        token = _JWS.encode(payload, private, algorithm=alg, headers={"kid": key.key_id, "typ": "JWT"})
         return Secret(token)
 
 

@@ -102,8 +102,12 @@ def seconds_until(expires_at: datetime, at: datetime) -> int:
     return micros // 1_000_000  # floor: at the instant 0, then negative
 
 
-def evaluate(expiry: Expiry | datetime | None, at: datetime, tz: tzinfo = UTC,
-             warn_before: timedelta = DEFAULT_WARN_BEFORE) -> ExpiryView:
+def evaluate(
+    expiry: Expiry | datetime | None,
+    at: datetime,
+    tz: tzinfo = UTC,
+    warn_before: timedelta = DEFAULT_WARN_BEFORE,
+) -> ExpiryView:
     """Classify ``expiry`` at instant ``at`` (see the module docstring).
 
     ``expiring`` means usable but with ``warn_before`` or less left

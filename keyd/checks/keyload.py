@@ -45,12 +45,11 @@ class KeyUnavailable(KeydError):
         super().__init__(f"key {key_id}: cannot load the key file ({detail})")
 
 
-def _read_vault(loc: Location, source: VaultSourceConfig, vault: SecretReader | None,
-                tz: tzinfo) -> KeyFile:
+def _read_vault(loc: Location, source: VaultSourceConfig, vault: SecretReader | None, tz: tzinfo) -> KeyFile:
     if vault is None:
         raise KeyFileError(loc.ref, "is in Vault, but no [vault] is configured")
     prefix = source.mount.strip("/") + "/"
-    path = loc.ref[len(prefix):] if loc.ref.startswith(prefix) else loc.ref
+    path = loc.ref[len(prefix) :] if loc.ref.startswith(prefix) else loc.ref
     secret = vault.read(source.mount, path)
     if secret is None:
         raise KeyFileError(loc.ref, "no longer exists in Vault")
@@ -61,8 +60,9 @@ def _read_vault(loc: Location, source: VaultSourceConfig, vault: SecretReader | 
     return parse_keyfile_mapping(value, source=loc.ref, tz=tz, validate="quick")
 
 
-def _read_one(loc: Location, sources: Mapping[str, SourceConfig], vault: SecretReader | None,
-              tz: tzinfo) -> KeyFile:
+def _read_one(
+    loc: Location, sources: Mapping[str, SourceConfig], vault: SecretReader | None, tz: tzinfo
+) -> KeyFile:
     source = sources.get(loc.source)
     if isinstance(source, VaultSourceConfig):
         return _read_vault(loc, source, vault, tz)
@@ -71,9 +71,13 @@ def _read_one(loc: Location, sources: Mapping[str, SourceConfig], vault: SecretR
     return read_keyfile(loc.ref, tz=tz, validate="quick")
 
 
-def load_keyfile_for(key: KeyRecord, locations: Sequence[Location],
-                     sources: Sequence[SourceConfig], vault: SecretReader | None,
-                     tz: tzinfo) -> KeyFile:
+def load_keyfile_for(
+    key: KeyRecord,
+    locations: Sequence[Location],
+    sources: Sequence[SourceConfig],
+    vault: SecretReader | None,
+    tz: tzinfo,
+) -> KeyFile:
     """The ``KeyFile`` for ``key``, from the first of ``locations`` that
     still holds a key with the same key id.
 
@@ -97,8 +101,7 @@ def load_keyfile_for(key: KeyRecord, locations: Sequence[Location],
     raise KeyUnavailable(key.key_id, problems)
 
 
-def make_key_loader(sources: Sequence[SourceConfig], vault: SecretReader | None,
-                    tz: tzinfo) -> KeyLoader:
+def make_key_loader(sources: Sequence[SourceConfig], vault: SecretReader | None, tz: tzinfo) -> KeyLoader:
     """A ``KeyLoader`` bound to the configured sources (for ``ProbeServices``)."""
     frozen = tuple(sources)
 
@@ -108,5 +111,4 @@ def make_key_loader(sources: Sequence[SourceConfig], vault: SecretReader | None,
     return load
 
 
-__all__ = ["KeyLoader", "KeyUnavailable", "SecretReader",
-           "load_keyfile_for", "make_key_loader"]
+__all__ = ["KeyLoader", "KeyUnavailable", "SecretReader", "load_keyfile_for", "make_key_loader"]

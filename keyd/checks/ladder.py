@@ -86,15 +86,26 @@ def ladder(expires_at: datetime, thresholds: Iterable[timedelta]) -> list[Rung]:
         return []
     suffix = rung_suffix(expires_at)
     befores = sorted({t for t in thresholds if t > timedelta(0)}, reverse=True)
-    rungs = [Rung(threshold_label(b), threshold_label(b) + suffix, shift(expires_at, -b), b,
-                  AlertKind.EXPIRING, severity_for(b)) for b in befores]
-    rungs.append(Rung(EXPIRED, EXPIRED + suffix, expires_at, timedelta(0), AlertKind.EXPIRED,
-                      Severity.CRITICAL))
+    rungs = [
+        Rung(
+            threshold_label(b),
+            threshold_label(b) + suffix,
+            shift(expires_at, -b),
+            b,
+            AlertKind.EXPIRING,
+            severity_for(b),
+        )
+        for b in befores
+    ]
+    rungs.append(
+        Rung(EXPIRED, EXPIRED + suffix, expires_at, timedelta(0), AlertKind.EXPIRED, Severity.CRITICAL)
+    )
     return rungs
 
 
-def due_rungs(expires_at: datetime, thresholds: Iterable[timedelta], now: datetime,
-              already_fired: Set[str]) -> Rung | None:
+def due_rungs(
+    expires_at: datetime, thresholds: Iterable[timedelta], now: datetime, already_fired: Set[str]
+) -> Rung | None:
     """The one rung to fire at ``now``, or None.
 
     That is the tightest rung whose due time has passed, unless it (or a

@@ -24,12 +24,11 @@ DIAGNOSES = {
     "clock_skew": "this host's clock is {skew:.0f}s off the issuer's; fix NTP, then retry",
     "malformed": "the issuer found the request malformed ({code})",
     "revoked_or_unknown": "key revoked or unknown to the issuer (removed in ZITADEL, "
-                          "or this key file belongs to another instance)",
+    "or this key file belongs to another instance)",
 }
 
 
-def mint(key: KeyFile, client: IssuerClient, signer: AssertionSigner,
-         scopes: Sequence[str]) -> TokenResponse:
+def mint(key: KeyFile, client: IssuerClient, signer: AssertionSigner, scopes: Sequence[str]) -> TokenResponse:
     """Request a token with ``key``; raises the typed issuer errors, with
     ``IssuerRejected.diagnosis`` and a message that says what to do."""
     audience = client.discover().issuer  # exactly as the server names itself
@@ -52,8 +51,9 @@ def prove_application_key(key: KeyFile, client: IssuerClient, signer: AssertionS
         raise explain(exc, key, signer.now()) from None
 
 
-def diagnose(key: KeyFile, now: datetime, *, server_date: datetime | None = None,
-             error_code: str | None = None) -> str:
+def diagnose(
+    key: KeyFile, now: datetime, *, server_date: datetime | None = None, error_code: str | None = None
+) -> str:
     """Why was this key rejected, as far as we can tell from here?"""
     if key.expires_at is not None and not key.expiry.never and now >= key.expires_at:
         return "expired"
@@ -71,7 +71,10 @@ def explain(exc: IssuerRejected, key: KeyFile, now: datetime) -> IssuerRejected:
     expiry = key.expires_at.isoformat() if key.expires_at else "?"
     hint = DIAGNOSES[diagnosis].format(expiry=expiry, skew=skew, code=exc.error_code)
     return IssuerRejected(
-        exc.issuer, f"{key.source}: key {key.key_id} of {key.principal}: {hint} [{exc.message}]",
-        status=exc.status, error_code=exc.error_code, diagnosis=diagnosis,
+        exc.issuer,
+        f"{key.source}: key {key.key_id} of {key.principal}: {hint} [{exc.message}]",
+        status=exc.status,
+        error_code=exc.error_code,
+        diagnosis=diagnosis,
         server_date=exc.server_date,
     )

@@ -70,8 +70,9 @@ class ProbePolicy:
 
     @classmethod
     def from_config(cls, cfg: IssuerConfig) -> ProbePolicy:
-        return cls(interval=cfg.probe_interval, concurrency=max(1, cfg.concurrency),
-                   rate_limit=cfg.rate_limit)
+        return cls(
+            interval=cfg.probe_interval, concurrency=max(1, cfg.concurrency), rate_limit=cfg.rate_limit
+        )
 
 
 class RateLimiter:
@@ -98,6 +99,7 @@ class RateLimiter:
         if slot > now:
             self._clock.sleep(slot - now)
 
+
 HealthHook = Callable[[Any, bool, datetime], None]  # note_issuer_health(session, ok, now)
 
 
@@ -120,8 +122,7 @@ class ProbeResult:
 
     def to_json(self) -> dict[str, object]:
         """The body of ``keyd probe --json`` (``PROBE_SCHEMA``)."""
-        return {k: (isoformat_z(v) if isinstance(v, datetime) else v)
-                for k, v in self.__dict__.items()}
+        return {k: (isoformat_z(v) if isinstance(v, datetime) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -148,6 +149,7 @@ class ProbeReport:
         if not contacted:
             return None
         return any(r.outcome != ProbeOutcome.UNAVAILABLE for r in contacted)
+
 
 def classify(exc: KeydError) -> ProbeOutcome:
     """The probe outcome an issuer error stands for (docs/zitadel.md §4)."""

@@ -42,13 +42,25 @@ keyd check answers every failure of its own, usage errors included, with
 """
 
 
-@click.group(help="keyd keeps ZITADEL service-user keys alive.\n\n" + EXIT_CODES_HELP,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_path", envvar="KEYD_CONFIG", type=click.Path(dir_okay=False),
-              default=None, help="Config file [default: /etc/keyd/keyd.toml; env KEYD_CONFIG].")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Log at the configured level (INFO by default); without it commands other "
-                   "than `run` log warnings and errors only.")
+@click.group(
+    help="keyd keeps ZITADEL service-user keys alive.\n\n" + EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--config",
+    "config_path",
+    envvar="KEYD_CONFIG",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file [default: /etc/keyd/keyd.toml; env KEYD_CONFIG].",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log at the configured level (INFO by default); without it commands other "
+    "than `run` log warnings and errors only.",
+)
 @click.option("--debug", is_flag=True, help="Debug logs and tracebacks on errors.")
 @click.version_option(__version__, prog_name="keyd")
 @click.pass_context

@@ -24,8 +24,7 @@ def alert() -> None:
 
 
 @alert.command("test", help="Send a test e-mail through the configured SMTP server.")
-@click.option("--to", "to", multiple=True, required=True, metavar="ADDR",
-              help="Recipient (repeatable).")
+@click.option("--to", "to", multiple=True, required=True, metavar="ADDR", help="Recipient (repeatable).")
 @click.pass_context
 def alert_test(ctx: click.Context, to: tuple[str, ...]) -> int:
     ctx_app = app(ctx)
@@ -33,11 +32,13 @@ def alert_test(ctx: click.Context, to: tuple[str, ...]) -> int:
     email = config.alerts.email
     if email is None:
         where = f"{config.path}: " if config.path else ""
-        raise ConfigError(f"{where}alerts.email", "is not configured: there is no SMTP server "
-                          "to send through")
+        raise ConfigError(
+            f"{where}alerts.email", "is not configured: there is no SMTP server to send through"
+        )
     with SmtpClient(email) as client:
-        message = render_test_message(sender=email.from_addr, to=to, now=ctx_app.clock.now(),
-                                      server=client.describe())
+        message = render_test_message(
+            sender=email.from_addr, to=to, now=ctx_app.clock.now(), server=client.describe()
+        )
         client.send(message, list(to))
         click.echo(f"sent to {', '.join(to)} via {client.describe()}")
     return 0

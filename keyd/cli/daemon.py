@@ -48,18 +48,21 @@ def run_cmd(ctx: click.Context) -> int:
         return load_config(path)
 
     daemon_cfg = load().daemon  # tick intervals are fixed for the life of the process
-    settings = DaemonSettings(control_interval=daemon_cfg.control_interval.total_seconds(),
-                              intervals=daemon_cfg.intervals())
-    return Daemon(load, a.clock, daemon_stages, settings,
-                  log_level="DEBUG" if a.debug else None).run()
+    settings = DaemonSettings(
+        control_interval=daemon_cfg.control_interval.total_seconds(), intervals=daemon_cfg.intervals()
+    )
+    return Daemon(load, a.clock, daemon_stages, settings, log_level="DEBUG" if a.debug else None).run()
 
 
 @click.command(name="check")
-@click.option("--dry-run", is_flag=True,
-              help="Change nothing: sources are read and alerts decided, then rolled back. "
-                   "Nothing is sent to the issuer (a probe mints a real token), mailed, "
-                   "posted to a webhook or written to Vault; those steps are listed "
-                   "instead, and the verdict uses the stored results of the last real probe.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Change nothing: sources are read and alerts decided, then rolled back. "
+    "Nothing is sent to the issuer (a probe mints a real token), mailed, "
+    "posted to a webhook or written to Vault; those steps are listed "
+    "instead, and the verdict uses the stored results of the last real probe.",
+)
 @click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({SCHEMA}).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr.")
 @click.pass_context
@@ -74,8 +77,7 @@ def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool, quiet: bool) -> 
     try:
         ensure_current(services.engine)
         with terminal_progress(a.clock, quiet=quiet, as_json=as_json):
-            verdict = run_check(services, cycle_stages(services, dry_run=dry_run),
-                                dry_run=dry_run)
+            verdict = run_check(services, cycle_stages(services, dry_run=dry_run), dry_run=dry_run)
     except KeydError as exc:
         return _unknown(str(exc), as_json, a.clock.now())
     except Exception as exc:  # not keyd's own: one line, UNKNOWN (traceback with --debug)
@@ -95,8 +97,16 @@ def check_cmd(ctx: click.Context, dry_run: bool, as_json: bool, quiet: bool) -> 
 def _unknown(why: str, as_json: bool, at: datetime) -> int:
     summary = f"KEYD UNKNOWN - {why}"
     if as_json:
-        echo_json(SCHEMA, {"status": "unknown", "exit_code": EXIT_UNKNOWN,
-                           "summary": summary, "at": isoformat_z(at), "error": why})
+        echo_json(
+            SCHEMA,
+            {
+                "status": "unknown",
+                "exit_code": EXIT_UNKNOWN,
+                "summary": summary,
+                "at": isoformat_z(at),
+                "error": why,
+            },
+        )
     else:
         click.echo(summary)
     return EXIT_UNKNOWN
@@ -108,8 +118,7 @@ def config_group() -> None:
 
 
 @config_group.command(name="check")
-@click.option("--json", "as_json", is_flag=True,
-              help=f"Machine-readable output ({CONFIG_CHECK_SCHEMA}).")
+@click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({CONFIG_CHECK_SCHEMA}).")
 @click.pass_context
 def config_check_cmd(ctx: click.Context, as_json: bool) -> int:
     """Validate the config and reach every dependency (exit 0 all ok,
@@ -121,9 +130,15 @@ def config_check_cmd(ctx: click.Context, as_json: bool) -> int:
     finally:
         services.close()
     if as_json:
-        echo_json(CONFIG_CHECK_SCHEMA, {
-            "config": str(config.path), "at": isoformat_z(app(ctx).clock.now()),
-            "warnings": list(config.warnings), "checks": [r.to_json() for r in results]})
+        echo_json(
+            CONFIG_CHECK_SCHEMA,
+            {
+                "config": str(config.path),
+                "at": isoformat_z(app(ctx).clock.now()),
+                "warnings": list(config.warnings),
+                "checks": [r.to_json() for r in results],
+            },
+        )
     else:
         click.echo(f"config {config.path}: valid")
         for warning in config.warnings:

@@ -32,8 +32,9 @@ def db_group() -> None:
 
 @db_group.command(name="upgrade")
 @click.option("--url", envvar="KEYD_DATABASE_URL", default=None, help=URL_HELP)
-@click.option("--revision", default="head", show_default=True,
-              help="Target revision (for rehearsing migrations).")
+@click.option(
+    "--revision", default="head", show_default=True, help="Target revision (for rehearsing migrations)."
+)
 @click.pass_context
 def upgrade_cmd(ctx: click.Context, url: str | None, revision: str) -> int:
     """Migrate the database to this keyd's schema (safe to repeat)."""

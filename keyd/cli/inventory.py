@@ -63,8 +63,7 @@ def _vault(ctx: click.Context, config: Config) -> Iterator[VaultClient | None]:
 @contextmanager
 def _key_apis(ctx: click.Context, config: Config) -> Iterator[dict[str, ZitadelKeyAPI]]:
     """Key-API clients only when a zitadel source needs them."""
-    if config.issuer is None or not any(isinstance(s, ZitadelSourceConfig)
-                                        for s in config.sources):
+    if config.issuer is None or not any(isinstance(s, ZitadelSourceConfig) for s in config.sources):
         yield {}
         return
     clock = app(ctx).clock
@@ -84,17 +83,25 @@ def scan_cmd(ctx: click.Context, quiet: bool) -> int:
     """Scan every configured source into the inventory once."""
     config = app(ctx).config()
     clock = app(ctx).clock
-    with _database(config) as engine, _vault(ctx, config) as vault, \
-            _key_apis(ctx, config) as key_apis, terminal_progress(clock, quiet=quiet, as_json=False):
+    with (
+        _database(config) as engine,
+        _vault(ctx, config) as vault,
+        _key_apis(ctx, config) as key_apis,
+        terminal_progress(clock, quiet=quiet, as_json=False),
+    ):
         report = scan_all(config, engine, clock, vault, key_apis=key_apis)
     click.echo(line(report.summary()))
     return EXIT_UNAVAILABLE if report.failed else EXIT_OK
 
 
 @click.command("status")
-@click.option("--at", "at_text", metavar="WHEN",
-              help="Evaluate expiry as of an RFC 3339 instant or a date (00:00 at its start "
-                   "in the configured time zone).")
+@click.option(
+    "--at",
+    "at_text",
+    metavar="WHEN",
+    help="Evaluate expiry as of an RFC 3339 instant or a date (00:00 at its start "
+    "in the configured time zone).",
+)
 @click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({STATUS_SCHEMA}).")
 @click.pass_context
 def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
@@ -109,8 +116,7 @@ def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
         return EXIT_OK
     text = render_text(report)
     enabled = config.rotation is not None and config.rotation.enabled
-    apps = [k.row.key_id for k in report.keys
-            if k.row.kind == "application" and k.row.status != "missing"]
+    apps = [k.row.key_id for k in report.keys if k.row.kind == "application" and k.row.status != "missing"]
     lines = rotation_lines(rotations, apps, at, enabled=enabled)
     if lines:
         text += "\n\n" + "\n".join(["Rotations:", *(f"  {line(entry)}" for entry in lines)])

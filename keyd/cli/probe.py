@@ -33,10 +33,13 @@ from keyd.store.migrate import ensure_current
 from keyd.timeutil import isoformat_z
 from keyd.vocab import ProbeOutcome
 
-EXIT_BY_OUTCOME: dict[str, int] = {ProbeOutcome.OK: EXIT_OK, ProbeOutcome.REJECTED: EXIT_REJECTED,
-                                   ProbeOutcome.UNAVAILABLE: EXIT_UNAVAILABLE,
-                                   ProbeOutcome.BAD_RESPONSE: EXIT_BAD_RESPONSE,
-                                   ProbeOutcome.UNREADABLE: EXIT_UNAVAILABLE}
+EXIT_BY_OUTCOME: dict[str, int] = {
+    ProbeOutcome.OK: EXIT_OK,
+    ProbeOutcome.REJECTED: EXIT_REJECTED,
+    ProbeOutcome.UNAVAILABLE: EXIT_UNAVAILABLE,
+    ProbeOutcome.BAD_RESPONSE: EXIT_BAD_RESPONSE,
+    ProbeOutcome.UNREADABLE: EXIT_UNAVAILABLE,
+}
 
 
 def render(result: ProbeResult) -> str:
@@ -71,8 +74,7 @@ def probe_cmd(ctx: click.Context, key_id: str, as_json: bool, quiet: bool) -> in
         stack.callback(engine.dispose)
         ensure_current(engine)
         vault = None
-        if config.vault is not None and any(isinstance(s, VaultSourceConfig)
-                                            for s in config.sources):
+        if config.vault is not None and any(isinstance(s, VaultSourceConfig) for s in config.sources):
             vault = stack.enter_context(VaultClient(config.vault, state.clock))
         client = stack.enter_context(IssuerClient.from_config(config.issuer, state.clock))
         services = build_probe_services(config, state.clock, client, vault)

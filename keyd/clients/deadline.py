@@ -246,16 +246,22 @@ def _bound(transport: httpx.HTTPTransport) -> httpx.HTTPTransport:
     return transport
 
 
-def deadline_client(*, transport: httpx.BaseTransport | None = None, verify: Any = True,
-                    limits: httpx.Limits | None = None, trust_env: bool = True,
-                    **kwargs: Any) -> httpx.Client:
+def deadline_client(
+    *,
+    transport: httpx.BaseTransport | None = None,
+    verify: Any = True,
+    limits: httpx.Limits | None = None,
+    trust_env: bool = True,
+    **kwargs: Any,
+) -> httpx.Client:
     """An ``httpx.Client`` (same arguments) whose requests honour ``within``,
     including those it sends through a proxy from the environment
     (``trust_env``); ``transport`` replaces the default one (tests)."""
     # httpx ignores the environment's proxies when given a transport, so it
     # builds its own (and one per proxy), and each gets the deadline backend
-    client = httpx.Client(transport=transport, verify=verify,
-                          limits=limits or httpx.Limits(), trust_env=trust_env, **kwargs)
+    client = httpx.Client(
+        transport=transport, verify=verify, limits=limits or httpx.Limits(), trust_env=trust_env, **kwargs
+    )
     for built in (client._transport, *client._mounts.values()):
         if isinstance(built, httpx.HTTPTransport):
             _bound(built)

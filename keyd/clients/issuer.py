@@ -97,9 +97,17 @@ def normalise_scopes(scopes: Sequence[str]) -> list[str]:
 
 
 class IssuerClient:
-    def __init__(self, url: str, *, clock: Clock, timeout: float = 10.0,
-                 ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None,
-                 max_connections: int = 16, allow_endpoints: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock,
+        timeout: float = 10.0,
+        ca_bundle: Path | None = None,
+        transport: httpx.BaseTransport | None = None,
+        max_connections: int = 16,
+        allow_endpoints: Sequence[str] = (),
+    ) -> None:
         try:
             self.url = check_issuer_url(url)
         except ValueError as exc:
@@ -108,15 +116,17 @@ class IssuerClient:
         self._clock = clock
         self._timeout = timeout
         verify: Any = str(ca_bundle) if ca_bundle else True
-        limits = httpx.Limits(max_connections=max_connections,
-                              max_keepalive_connections=max_connections)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         # trust_env: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY with NO_PROXY, as
         # the Vault and webhook clients honour them (docs/daemon.md,
         # "Proxies"). httpx reads them once, here, not per request; proxied
         # requests keep the total deadline too (deadline_client).
         self._http = deadline_client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            verify=verify, transport=transport, follow_redirects=False, trust_env=True,
+            verify=verify,
+            transport=transport,
+            follow_redirects=False,
+            trust_env=True,
             limits=limits,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         )
@@ -126,9 +136,14 @@ class IssuerClient:
     @classmethod
     def from_config(cls, cfg: IssuerConfig, clock: Clock, **kwargs: Any) -> IssuerClient:
         """The client ``[issuer]`` describes (URL, CA, deadline, allowed endpoints)."""
-        return cls(cfg.url, clock=clock, ca_bundle=cfg.ca_bundle,
-                   timeout=cfg.timeout.total_seconds(), allow_endpoints=cfg.allow_endpoints,
-                   **kwargs)
+        return cls(
+            cfg.url,
+            clock=clock,
+            ca_bundle=cfg.ca_bundle,
+            timeout=cfg.timeout.total_seconds(),
+            allow_endpoints=cfg.allow_endpoints,
+            **kwargs,
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -149,8 +164,9 @@ class IssuerClient:
         answer = self._send("GET", url, what="discovery")
         doc = self._json_object(answer, url, what="discovery document")
         if answer.status != 200 or "error" in doc:
-            raise IssuerBadResponse(self.url, f"discovery at {url} answered HTTP {answer.status}",
-                                    status=answer.status)
+            raise IssuerBadResponse(
+                self.url, f"discovery at {url} answered HTTP {answer.status}", status=answer.status
+            )
         discovery = Discovery(
             issuer=self._endpoint(doc, "issuer", url, required=True) or "",
             token_endpoint=self._endpoint(doc, "token_endpoint", url, required=True) or "",
@@ -169,19 +185,22 @@ class IssuerClient:
         unless ``issuer.allow_endpoints`` names theirs."""
         if discovery.issuer != self.url:
             raise IssuerDiscoveryRefused(
-                self.url, f"discovery at {url} names issuer {scrub(discovery.issuer)[:200]!r}, "
+                self.url,
+                f"discovery at {url} names issuer {scrub(discovery.issuer)[:200]!r}, "
                 f"not the configured issuer.url {self.url!r} (they must be identical; fix "
-                "issuer.url)")
+                "issuer.url)",
+            )
         for name in ("token_endpoint", "introspection_endpoint"):
             endpoint = getattr(discovery, name)
             if endpoint and _origin(endpoint) not in self._origins:
                 raise IssuerDiscoveryRefused(
-                    self.url, f"discovery at {url} puts the {name} on another origin "
+                    self.url,
+                    f"discovery at {url} puts the {name} on another origin "
                     f"({scrub(endpoint)[:200]}): keyd sends no signed assertion there unless "
-                    "issuer.allow_endpoints lists it")
+                    "issuer.allow_endpoints lists it",
+                )
 
-    def _endpoint(self, doc: Mapping[str, Any], name: str, url: str, *,
-                  required: bool = False) -> str | None:
+    def _endpoint(self, doc: Mapping[str, Any], name: str, url: str, *, required: bool = False) -> str | None:
         value = doc.get(name)
         if value is None and not required:
             return None
@@ -198,14 +217,20 @@ class IssuerClient:
         """JWT-bearer grant (RFC 7523 §2.1) with ``openid`` always included."""
         endpoint = self.discover().token_endpoint
         issued_at = self._clock.now()
-        form = {"grant_type": GRANT_JWT_BEARER, "assertion": assertion.reveal(),
-                "scope": " ".join(normalise_scopes(scopes))}
+        form = {
+            "grant_type": GRANT_JWT_BEARER,
+            "assertion": assertion.reveal(),
+            "scope": " ".join(normalise_scopes(scopes)),
+        }
         answer = self._send("POST", endpoint, what="token request", data=form)
         doc = self._json_object(answer, endpoint, what="token response")
         self._raise_for_oauth_error(answer, doc, endpoint)
         if answer.status != 200:
-            raise IssuerBadResponse(self.url, f"token endpoint {endpoint} answered HTTP "
-                                    f"{answer.status} without an OAuth error", status=answer.status)
+            raise IssuerBadResponse(
+                self.url,
+                f"token endpoint {endpoint} answered HTTP {answer.status} without an OAuth error",
+                status=answer.status,
+            )
         return self._token_from(doc, endpoint, issued_at)
 
     def introspect(self, client_assertion: Secret, token: str = "keyd-probe") -> None:
@@ -214,46 +239,56 @@ class IssuerClient:
         endpoint = self.discover().introspection_endpoint
         if not endpoint:
             raise IssuerBadResponse(self.url, "discovery has no introspection_endpoint")
-        form = {"client_assertion_type": CLIENT_ASSERTION_TYPE,
-                "client_assertion": client_assertion.reveal(), "token": token}
+        form = {
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": client_assertion.reveal(),
+            "token": token,
+        }
         answer = self._send("POST", endpoint, what="introspection", data=form)
         doc = self._json_object(answer, endpoint, what="introspection response")
         self._raise_for_oauth_error(answer, doc, endpoint)
         if answer.status != 200 or not isinstance(doc.get("active"), bool):
-            raise IssuerBadResponse(self.url, f"introspection at {endpoint} answered HTTP "
-                                    f"{answer.status} without an 'active' field", status=answer.status)
+            raise IssuerBadResponse(
+                self.url,
+                f"introspection at {endpoint} answered HTTP {answer.status} without an 'active' field",
+                status=answer.status,
+            )
 
     # --- plumbing ----------------------------------------------------------
 
-    def _send(self, method: str, url: str, *, what: str,
-              data: Mapping[str, str] | None = None) -> _Answer:
+    def _send(self, method: str, url: str, *, what: str, data: Mapping[str, str] | None = None) -> _Answer:
         try:
-            with within(self._timeout, f"{what} at {url}") as deadline, \
-                    self._http.stream(method, url, data=data) as response:
+            with (
+                within(self._timeout, f"{what} at {url}") as deadline,
+                self._http.stream(method, url, data=data) as response,
+            ):
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     deadline.clamp(None)
                     body.extend(chunk)
                     if len(body) > MAX_BODY:
                         raise IssuerBadResponse(
-                            self.url, f"{what} at {url}: response larger than {MAX_BODY} bytes",
-                            status=response.status_code)
+                            self.url,
+                            f"{what} at {url}: response larger than {MAX_BODY} bytes",
+                            status=response.status_code,
+                        )
                 status = response.status_code
                 ctype = response.headers.get("content-type", "")
                 date = _parse_date(response.headers.get("date"))
         except (httpx.TimeoutException, TimeoutError):
-            raise IssuerUnavailable(self.url, f"{what} at {url}: no complete answer within "
-                                    f"{self._timeout:g}s") from None
+            raise IssuerUnavailable(
+                self.url, f"{what} at {url}: no complete answer within {self._timeout:g}s"
+            ) from None
         except httpx.DecodingError:  # e.g. a gzip-labelled body that is not gzip
-            raise IssuerBadResponse(self.url, f"{what} at {url}: the body cannot be decoded "
-                                    "as its Content-Encoding says") from None
+            raise IssuerBadResponse(
+                self.url, f"{what} at {url}: the body cannot be decoded as its Content-Encoding says"
+            ) from None
         except httpx.HTTPError as exc:
             raise IssuerUnavailable(
                 self.url, f"{what} at {url} failed: {type(exc).__name__}: {scrub(str(exc))[:200]}"
             ) from None
         if status in UNAVAILABLE_STATUS:
-            raise IssuerUnavailable(self.url, f"{what} at {url} answered HTTP {status}",
-                                    status=status)
+            raise IssuerUnavailable(self.url, f"{what} at {url} answered HTTP {status}", status=status)
         return _Answer(status, bytes(body), ctype, date)
 
     def _json_object(self, answer: _Answer, url: str, *, what: str) -> dict[str, Any]:
@@ -261,12 +296,17 @@ class IssuerClient:
             doc = json.loads(answer.body)
         except (ValueError, RecursionError):
             kind = "HTML" if b"<html" in answer.body[:512].lower() else "not JSON"
-            raise IssuerBadResponse(self.url, f"{what} from {url} is {kind} "
-                                    f"(HTTP {answer.status}, {answer.content_type or 'no type'})",
-                                    status=answer.status) from None
+            raise IssuerBadResponse(
+                self.url,
+                f"{what} from {url} is {kind} (HTTP {answer.status}, {answer.content_type or 'no type'})",
+                status=answer.status,
+            ) from None
         if not isinstance(doc, dict):
-            raise IssuerBadResponse(self.url, f"{what} from {url} is not a JSON object "
-                                    f"(HTTP {answer.status})", status=answer.status)
+            raise IssuerBadResponse(
+                self.url,
+                f"{what} from {url} is not a JSON object (HTTP {answer.status})",
+                status=answer.status,
+            )
         return doc
 
     def _raise_for_oauth_error(self, answer: _Answer, doc: Mapping[str, Any], url: str) -> None:
@@ -276,9 +316,13 @@ class IssuerClient:
         code = scrub(str(error))[:64]
         description = doc.get("error_description")
         detail = f": {scrub(str(description))[:200]}" if description else ""
-        exc = IssuerRejected(self.url, f"the issuer rejected the key (HTTP {answer.status} "
-                             f"{code}{detail})", status=answer.status, error_code=code,
-                             server_date=answer.server_date)
+        exc = IssuerRejected(
+            self.url,
+            f"the issuer rejected the key (HTTP {answer.status} {code}{detail})",
+            status=answer.status,
+            error_code=code,
+            server_date=answer.server_date,
+        )
         raise exc
 
     def _token_from(self, doc: Mapping[str, Any], url: str, issued_at: datetime) -> TokenResponse:
@@ -287,26 +331,42 @@ class IssuerClient:
             raise IssuerBadResponse(self.url, f"token response from {url} has no access_token")
         if len(token) > MAX_TOKEN or not B64TOKEN.fullmatch(token):
             # never written anywhere: CR/LF in a token file or a header is an injection
-            raise IssuerBadResponse(self.url, f"token response from {url}: the access_token is "
-                                    "not an RFC 6750 b64token (odd characters or oversized)")
+            raise IssuerBadResponse(
+                self.url,
+                f"token response from {url}: the access_token is "
+                "not an RFC 6750 b64token (odd characters or oversized)",
+            )
         token_type = doc.get("token_type", "Bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise IssuerBadResponse(self.url, f"token response from {url} has token_type "
-                                    f"{scrub(str(token_type))[:20]!r}, expected Bearer")
+            raise IssuerBadResponse(
+                self.url,
+                f"token response from {url} has token_type {scrub(str(token_type))[:20]!r}, expected Bearer",
+            )
         expires_in = doc.get("expires_in")
-        if isinstance(expires_in, str) and expires_in.isascii() and expires_in.isdigit() \
-                and len(expires_in) <= 12:
+        if (
+            isinstance(expires_in, str)
+            and expires_in.isascii()
+            and expires_in.isdigit()
+            and len(expires_in) <= 12
+        ):
             expires_in = int(expires_in)
         if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
             raise IssuerBadResponse(self.url, f"token response from {url} has no positive expires_in")
         if expires_in > MAX_EXPIRES_IN:
-            raise IssuerBadResponse(self.url, f"token response from {url} has expires_in "
-                                    f"{str(expires_in)[:24]}, more than {MAX_EXPIRES_IN} s "
-                                    "(10 years): not a token lifetime")
+            raise IssuerBadResponse(
+                self.url,
+                f"token response from {url} has expires_in "
+                f"{str(expires_in)[:24]}, more than {MAX_EXPIRES_IN} s "
+                "(10 years): not a token lifetime",
+            )
         scope = doc.get("scope")
-        return TokenResponse(access_token=Secret(token), token_type="Bearer",
-                             expires_in=expires_in, scope=scope if isinstance(scope, str) else None,
-                             issued_at=issued_at)
+        return TokenResponse(
+            access_token=Secret(token),
+            token_type="Bearer",
+            expires_in=expires_in,
+            scope=scope if isinstance(scope, str) else None,
+            issued_at=issued_at,
+        )
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -58,12 +58,21 @@ class MailSender(Protocol):
 class SmtpClient:
     """One SMTP server from ``EmailConfig``; use as a context manager."""
 
-    def __init__(self, config: EmailConfig, *, ssl_context: ssl.SSLContext | None = None,
-                 ca_file: Path | None = None, local_hostname: str | None = None) -> None:
+    def __init__(
+        self,
+        config: EmailConfig,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: Path | None = None,
+        local_hostname: str | None = None,
+    ) -> None:
         if config.security not in SECURITY_MODES:
-            raise MailError(f"{self._where(config)}: unknown security {config.security!r} "
-                            "(use \"ssl\", \"starttls\" or \"none\")", stage="connect",
-                            retryable=False)
+            raise MailError(
+                f"{self._where(config)}: unknown security {config.security!r} "
+                '(use "ssl", "starttls" or "none")',
+                stage="connect",
+                retryable=False,
+            )
         self.config = config
         self._ssl_context = ssl_context
         self._ca_file = ca_file
@@ -86,8 +95,9 @@ class SmtpClient:
     def __enter__(self) -> SmtpClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def _context(self) -> ssl.SSLContext:
@@ -119,8 +129,7 @@ class SmtpClient:
                 if not deadline.expired:
                     raise
             self.close()
-            raise self._fail(stage, f"no complete answer within {seconds:g}s ({what})",
-                             retryable=True)
+            raise self._fail(stage, f"no complete answer within {seconds:g}s ({what})", retryable=True)
 
     def connect(self) -> None:
         """Connect, secure and authenticate (no-op when already connected)."""
@@ -130,8 +139,11 @@ class SmtpClient:
     def _connect(self) -> None:
         cfg = self.config
         if cfg.password is not None and cfg.security == "none":
-            raise self._fail("auth", "refusing to send the password without TLS (security = "
-                             "\"none\"); use \"starttls\" or \"ssl\"", retryable=False)
+            raise self._fail(
+                "auth",
+                'refusing to send the password without TLS (security = "none"); use "starttls" or "ssl"',
+                retryable=False,
+            )
         smtp = self._open()
         try:
             if cfg.security == "starttls":
@@ -148,8 +160,9 @@ class SmtpClient:
         cfg = self.config
         timeout = cfg.timeout.total_seconds()
         if cfg.security == "ssl":
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(local_hostname=self._local_hostname,
-                                                  timeout=timeout, context=self._context())
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                local_hostname=self._local_hostname, timeout=timeout, context=self._context()
+            )
         else:
             smtp = smtplib.SMTP(local_hostname=self._local_hostname, timeout=timeout)
         # what SMTP(host) would set: STARTTLS checks the certificate against it
@@ -161,56 +174,57 @@ class SmtpClient:
             smtp.connect(cfg.host, cfg.port)
             return smtp
         except ssl.SSLError as exc:
-            raise self._fail("tls", f"TLS handshake failed ({exc.reason or exc})",
-                             retryable=False) from None
+            raise self._fail("tls", f"TLS handshake failed ({exc.reason or exc})", retryable=False) from None
         except smtplib.SMTPException as exc:
-            raise self._fail("connect", f"connection refused by server ({exc})",
-                             retryable=True) from None
+            raise self._fail("connect", f"connection refused by server ({exc})", retryable=True) from None
         except OSError as exc:
-            raise self._fail("connect", f"cannot connect ({exc.strerror or exc})",
-                             retryable=True) from None
+            raise self._fail("connect", f"cannot connect ({exc.strerror or exc})", retryable=True) from None
 
     def _starttls(self, smtp: smtplib.SMTP) -> None:
         try:
             smtp.ehlo()
             if not smtp.has_extn("starttls"):
-                raise self._fail("tls", "server does not offer STARTTLS (security = "
-                                 "\"starttls\" requires it)", retryable=False)
+                raise self._fail(
+                    "tls",
+                    'server does not offer STARTTLS (security = "starttls" requires it)',
+                    retryable=False,
+                )
             smtp.starttls(context=self._context())
             smtp.ehlo()
         except MailError:
             raise
         except ssl.SSLError as exc:
-            raise self._fail("tls", f"TLS handshake failed ({exc.reason or exc})",
-                             retryable=False) from None
+            raise self._fail("tls", f"TLS handshake failed ({exc.reason or exc})", retryable=False) from None
         except smtplib.SMTPResponseException as exc:
             text = self._server_text(exc.smtp_code, exc.smtp_error)
-            raise self._fail("tls", f"STARTTLS refused ({text})",
-                             retryable=exc.smtp_code < 500) from None
+            raise self._fail("tls", f"STARTTLS refused ({text})", retryable=exc.smtp_code < 500) from None
         except (smtplib.SMTPException, OSError) as exc:
-            raise self._fail("tls", f"STARTTLS failed ({type(exc).__name__})",
-                             retryable=True) from None
+            raise self._fail("tls", f"STARTTLS failed ({type(exc).__name__})", retryable=True) from None
 
     def _login(self, smtp: smtplib.SMTP) -> None:
         cfg = self.config
         if cfg.password is None:
-            raise self._fail("auth", f"username {cfg.username!r} is set but no password "
-                             "(password_file)", retryable=False)
+            raise self._fail(
+                "auth", f"username {cfg.username!r} is set but no password (password_file)", retryable=False
+            )
         try:
             smtp.login(cfg.username or "", cfg.password.reveal())
         except smtplib.SMTPAuthenticationError as exc:
-            raise self._fail("auth", "authentication failed ("
-                             f"{self._server_text(exc.smtp_code, exc.smtp_error)})",
-                             retryable=400 <= exc.smtp_code < 500) from None
+            raise self._fail(
+                "auth",
+                f"authentication failed ({self._server_text(exc.smtp_code, exc.smtp_error)})",
+                retryable=400 <= exc.smtp_code < 500,
+            ) from None
         except smtplib.SMTPNotSupportedError:
-            raise self._fail("auth", "server does not offer AUTH (check security and port)",
-                             retryable=False) from None
+            raise self._fail(
+                "auth", "server does not offer AUTH (check security and port)", retryable=False
+            ) from None
         except smtplib.SMTPException as exc:
-            raise self._fail("auth", f"authentication failed ({type(exc).__name__})",
-                             retryable=False) from None
+            raise self._fail(
+                "auth", f"authentication failed ({type(exc).__name__})", retryable=False
+            ) from None
         except OSError as exc:
-            raise self._fail("auth", f"connection lost during login ({exc})",
-                             retryable=True) from None
+            raise self._fail("auth", f"connection lost during login ({exc})", retryable=True) from None
 
     def send(self, message: EmailMessage, recipients: Sequence[str]) -> None:
         """Send ``message`` from ``email.from`` to ``recipients``.
@@ -228,24 +242,30 @@ class SmtpClient:
         if deadline is not None:
             deadline.abort_on(lambda: shutdown_socket(smtp.sock))
         try:
-            refused = self._smtp.send_message(message, from_addr=self.config.from_addr,
-                                              to_addrs=list(recipients))
+            refused = self._smtp.send_message(
+                message, from_addr=self.config.from_addr, to_addrs=list(recipients)
+            )
         except smtplib.SMTPRecipientsRefused as exc:
             self.close()
             codes = [code for code, _ in exc.recipients.values()]
-            detail = "; ".join(f"{addr}: {self._server_text(code, text)}"
-                               for addr, (code, text) in exc.recipients.items())
-            raise self._fail("send", f"recipient refused ({detail})",
-                             retryable=all(400 <= c < 500 for c in codes)) from None
+            detail = "; ".join(
+                f"{addr}: {self._server_text(code, text)}" for addr, (code, text) in exc.recipients.items()
+            )
+            raise self._fail(
+                "send", f"recipient refused ({detail})", retryable=all(400 <= c < 500 for c in codes)
+            ) from None
         except smtplib.SMTPResponseException as exc:
             self.close()
-            raise self._fail("send", "message refused ("
-                             f"{self._server_text(exc.smtp_code, exc.smtp_error)})",
-                             retryable=exc.smtp_code < 500) from None
+            raise self._fail(
+                "send",
+                f"message refused ({self._server_text(exc.smtp_code, exc.smtp_error)})",
+                retryable=exc.smtp_code < 500,
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             self.close()
-            raise self._fail("send", f"connection lost while sending ({type(exc).__name__})",
-                             retryable=True) from None
+            raise self._fail(
+                "send", f"connection lost while sending ({type(exc).__name__})", retryable=True
+            ) from None
         if refused:
             log.warning("%s: some recipients refused: %s", self.where, ", ".join(refused))
 

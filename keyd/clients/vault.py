@@ -87,22 +87,29 @@ class VaultClient:
     """KV v2 operations with keyd's own token kept alive. Thread-safe for
     token handling (one lock); close() when done."""
 
-    def __init__(self, cfg: VaultConfig, clock: Clock, *,
-                 session: requests.Session | None = None,
-                 max_connections: int = POOL_SIZE) -> None:
+    def __init__(
+        self,
+        cfg: VaultConfig,
+        clock: Clock,
+        *,
+        session: requests.Session | None = None,
+        max_connections: int = POOL_SIZE,
+    ) -> None:
         check_auth_config(cfg)
         self._cfg = cfg
         self._clock = clock
         verify: bool | str = (str(cfg.ca_bundle) if cfg.ca_bundle else True) if cfg.verify else False
         if session is None:  # every request: a total deadline of vault.timeout
-            session = DeadlineSession(cfg.timeout.total_seconds(),
-                                      pool_maxsize=max(1, max_connections))
+            session = DeadlineSession(cfg.timeout.total_seconds(), pool_maxsize=max(1, max_connections))
         verify = _pin_environment(session, cfg.addr, verify)
         session.verify = verify  # hvac prefers a given session's verify over its argument
         self._hvac = hvac.Client(
-            url=cfg.addr, token="", verify=verify,
+            url=cfg.addr,
+            token="",
+            verify=verify,
             timeout=max(1, round(cfg.timeout.total_seconds())),
-            namespace=cfg.namespace, session=session,
+            namespace=cfg.namespace,
+            session=session,
         )
         self._lock = threading.RLock()
         self._token: Secret | None = None
@@ -147,8 +154,9 @@ class VaultClient:
         self._use_token(self._cfg.token)
         if not self._lookup_self():
             self._token = None
-            raise VaultAuthFailed(f"Vault at {self.addr} rejected keyd's token (expired, revoked "
-                                  f"or wrong): {TOKEN_HELP}")
+            raise VaultAuthFailed(
+                f"Vault at {self.addr} rejected keyd's token (expired, revoked or wrong): {TOKEN_HELP}"
+            )
         log.info("vault: using token auth at %s", self.addr)
 
     def _use_token(self, token: Secret) -> None:
@@ -163,19 +171,22 @@ class VaultClient:
         self._hvac.token = ""
         try:
             resp = self._hvac.auth.approle.login(
-                role_id=self._cfg.role_id.reveal(), secret_id=self._cfg.secret_id.reveal(),
-                use_token=False, mount_point=mount)
+                role_id=self._cfg.role_id.reveal(),
+                secret_id=self._cfg.secret_id.reveal(),
+                use_token=False,
+                mount_point=mount,
+            )
         except (hx.Forbidden, hx.Unauthorized, hx.InvalidRequest):
             raise VaultAuthFailed(
                 f"Vault at {self.addr} refused keyd's AppRole login (auth/{mount}): check "
                 "vault.role_id_file and vault.secret_id_file (a secret_id can expire or be "
-                "used up)") from None
+                "used up)"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - mapped to a typed, scrubbed error
             raise self._translate(exc, "log in with AppRole at", f"auth/{mount}") from None
         auth = resp.get("auth") if isinstance(resp, dict) else None
         if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
-            raise VaultUnavailable(f"Vault at {self.addr} answered the AppRole login without "
-                                   "a token")
+            raise VaultUnavailable(f"Vault at {self.addr} answered the AppRole login without a token")
         self._use_token(Secret(auth["client_token"]))
         ttl = num(auth.get("lease_duration"))
         self._timer.set(ttl, ttl, bool(auth.get("renewable")), self._clock.now())
@@ -211,11 +222,13 @@ class VaultClient:
             return
         remaining = timer.remaining(self._clock.now())
         if remaining <= 0 and not (self._lookup_self() and timer.remaining(self._clock.now()) > 0):
-            raise VaultAuthFailed(f"keyd's Vault token has expired and cannot be renewed: "
-                                  f"{TOKEN_HELP}")
+            raise VaultAuthFailed(f"keyd's Vault token has expired and cannot be renewed: {TOKEN_HELP}")
         if not timer.warned:
-            log.warning("vault: keyd's token expires in %ds and cannot be renewed: %s",
-                        int(timer.remaining(self._clock.now())), TOKEN_HELP)
+            log.warning(
+                "vault: keyd's token expires in %ds and cannot be renewed: %s",
+                int(timer.remaining(self._clock.now())),
+                TOKEN_HELP,
+            )
             timer.warned = True
 
     def _renew(self) -> bool:
@@ -250,8 +263,10 @@ class VaultClient:
                 if self._lookup_self():
                     raise
                 if self._cfg.auth != "approle":
-                    raise VaultAuthFailed(f"Vault at {self.addr} no longer accepts keyd's "
-                                          f"token (expired or revoked): {TOKEN_HELP}") from None
+                    raise VaultAuthFailed(
+                        f"Vault at {self.addr} no longer accepts keyd's "
+                        f"token (expired or revoked): {TOKEN_HELP}"
+                    ) from None
                 log.info("vault: keyd's token was revoked or expired; logging in again")
                 self._login()
             return self._attempt(what, ref, fn)
@@ -271,22 +286,27 @@ class VaultClient:
         if isinstance(exc, VaultError):
             return exc
         if isinstance(exc, (hx.Forbidden, hx.Unauthorized)):
-            return VaultDenied(f"Vault denied keyd to {where}: permission denied (check the "
-                               "policy attached to keyd's Vault token)", path=ref)
+            return VaultDenied(
+                f"Vault denied keyd to {where}: permission denied (check the "
+                "policy attached to keyd's Vault token)",
+                path=ref,
+            )
         if isinstance(exc, hx.InvalidRequest) and _CAS_MISMATCH in self._errors(exc):
-            return VaultConflict(f"cannot {where}: it was changed by someone else "
-                                 "(check-and-set version mismatch)", path=ref)
+            return VaultConflict(
+                f"cannot {where}: it was changed by someone else (check-and-set version mismatch)", path=ref
+            )
         if isinstance(exc, hx.VaultDown):
             detail = self._errors(exc) or "sealed or in maintenance"
-            return VaultUnavailable(f"Vault at {self.addr} is unavailable (503: {detail}); "
-                                    f"could not {where}", path=ref)
+            return VaultUnavailable(
+                f"Vault at {self.addr} is unavailable (503: {detail}); could not {where}", path=ref
+            )
         if isinstance(exc, hx.VaultError):
             status = _status_of(exc)
             detail = self._errors(exc) or "no detail"
-            return VaultUnavailable(f"Vault at {self.addr} failed to {where} "
-                                    f"({status}: {detail})", path=ref)
-        return VaultUnavailable(f"Vault at {self.addr}: could not {where}: "
-                                f"{transport_problem(exc, self._cfg.timeout)}", path=ref)
+            return VaultUnavailable(f"Vault at {self.addr} failed to {where} ({status}: {detail})", path=ref)
+        return VaultUnavailable(
+            f"Vault at {self.addr}: could not {where}: {transport_problem(exc, self._cfg.timeout)}", path=ref
+        )
 
     def _errors(self, exc: hx.VaultError) -> str:
         errors = exc.errors if isinstance(exc.errors, list) else []
@@ -300,6 +320,7 @@ class VaultClient:
     def list_recursive(self, mount: str, prefix: str) -> list[str]:
         """All secret paths under ``prefix`` (relative to the mount, sorted).
         A missing prefix is an empty list; a denied listing raises."""
+
         def folder(name: str) -> list[tuple[str, None]]:
             def op() -> list[str]:
                 try:
@@ -307,6 +328,7 @@ class VaultClient:
                 except hx.InvalidPath:
                     return []
                 return list_keys(resp)
+
             return [(key, None) for key in self._call("list", vault_ref(mount, name), op)]
 
         return sorted(walk_tree(mount, norm_prefix(prefix), folder))
@@ -348,8 +370,9 @@ class VaultClient:
         except VaultAuthFailed:
             raise
         except VaultError as exc:
-            log.info("vault: detailed listing of %s failed (%s); reading per secret",
-                     vault_ref(mount, folder), exc)
+            log.info(
+                "vault: detailed listing of %s failed (%s); reading per secret", vault_ref(mount, folder), exc
+            )
             return None
         return found
 
@@ -373,15 +396,19 @@ class VaultClient:
         info = resp.get("data", {}).get("key_info") if isinstance(resp, dict) else None
         if not isinstance(info, dict):
             raise _Unsupported(server=True)
-        return [(key, self._metadata(info[key]) if isinstance(info.get(key), dict) else None)
-                for key in list_keys(resp)]
+        return [
+            (key, self._metadata(info[key]) if isinstance(info.get(key), dict) else None)
+            for key in list_keys(resp)
+        ]
 
     def read(self, mount: str, path: str) -> VaultSecret | None:
         """The current version, or None if absent, deleted or destroyed."""
+
         def op() -> Any:
             try:
                 return self._hvac.secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=mount, raise_on_deleted_version=True)
+                    path=path, mount_point=mount, raise_on_deleted_version=True
+                )
             except hx.InvalidPath:
                 return None
 
@@ -389,6 +416,7 @@ class VaultClient:
 
     def read_metadata(self, mount: str, path: str) -> VaultMetadata | None:
         """Current version and custom metadata, or None if there is none."""
+
         def op() -> Any:
             try:
                 return self._hvac.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
@@ -402,8 +430,14 @@ class VaultClient:
     def _metadata(self, body: Mapping[str, Any]) -> VaultMetadata:
         return metadata_from(body, self._clock.now())
 
-    def write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int,
-                  custom_metadata: Mapping[str, str] | None = None) -> int:
+    def write_cas(
+        self,
+        mount: str,
+        path: str,
+        data: Mapping[str, Any],
+        cas: int,
+        custom_metadata: Mapping[str, str] | None = None,
+    ) -> int:
         """Write a new version only if the current one is ``cas`` (0: the
         secret must not exist) and set ``custom_metadata`` if given. Returns
         the new version; raises ``VaultConflict`` on a mismatch.
@@ -417,13 +451,15 @@ class VaultClient:
         if cas == 0 and custom_metadata is not None:
             existing = self.read_metadata(mount, path)
             if existing is not None and existing.current_version > 0:
-                raise VaultConflict(f"cannot create {ref}: it already exists "
-                                    f"(version {existing.current_version})", path=ref)
+                raise VaultConflict(
+                    f"cannot create {ref}: it already exists (version {existing.current_version})", path=ref
+                )
             self.write_metadata(mount, path, custom_metadata)
 
         def op() -> Any:
             return self._hvac.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=dict(data), cas=cas, mount_point=mount)
+                path=path, secret=dict(data), cas=cas, mount_point=mount
+            )
 
         resp = self._call("write", ref, op)
         body = resp.get("data") if isinstance(resp, dict) else None
@@ -438,11 +474,13 @@ class VaultClient:
         """Replace the secret's custom metadata (other settings untouched)."""
         url = f"/v1/{url_path(mount)}/metadata/{url_path(path)}"
         payload = {"custom_metadata": {str(k): str(v) for k, v in custom_metadata.items()}}
-        self._call("write metadata of", vault_ref(mount, path),
-                   lambda: self._hvac.adapter.post(url, json=payload))
+        self._call(
+            "write metadata of", vault_ref(mount, path), lambda: self._hvac.adapter.post(url, json=payload)
+        )
 
     def health(self) -> VaultHealth:
         """Server state; no token needed. Raises ``VaultUnavailable`` if unreachable."""
+
         def op() -> Any:
             return self._hvac.adapter.get("/v1/sys/health", raise_exception=False)
 
@@ -457,6 +495,7 @@ class VaultClient:
 
 
 # --- helpers -----------------------------------------------------------------
+
 
 def _pin_environment(session: requests.Session, addr: str, verify: bool | str) -> bool | str:
     """Resolve what requests would take from the environment (proxy
@@ -477,7 +516,13 @@ def _pin_environment(session: requests.Session, addr: str, verify: bool | str) -
 
 
 def _status_of(exc: hx.VaultError) -> str:
-    names = {hx.InvalidRequest: "400", hx.InvalidPath: "404", hx.RateLimitExceeded: "429",
-             hx.InternalServerError: "500", hx.VaultNotInitialized: "501",
-             hx.BadGateway: "502", hx.PreconditionFailed: "412"}
+    names = {
+        hx.InvalidRequest: "400",
+        hx.InvalidPath: "404",
+        hx.RateLimitExceeded: "429",
+        hx.InternalServerError: "500",
+        hx.VaultNotInitialized: "501",
+        hx.BadGateway: "502",
+        hx.PreconditionFailed: "412",
+    }
     return names.get(type(exc), "HTTP error")

@@ -23,8 +23,7 @@ V = TypeVar("V")
 MAX_LIST_DEPTH = 32  # folders below the prefix
 MAX_LIST_ENTRIES = 100_000  # secrets under one prefix
 
-TOKEN_HELP = ("supply a new token through vault.token_file, the vault-token credential "
-              "or VAULT_TOKEN")
+TOKEN_HELP = "supply a new token through vault.token_file, the vault-token credential or VAULT_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -62,15 +61,17 @@ def check_auth_config(cfg: VaultConfig) -> None:
     """Refuse a config that cannot authenticate, naming the keys to set."""
     if cfg.auth == "token":
         if not cfg.token:
-            raise ConfigError("vault.token", f"auth = \"token\" but no token was found: "
-                                             f"{TOKEN_HELP}")
+            raise ConfigError("vault.token", f'auth = "token" but no token was found: {TOKEN_HELP}')
     elif cfg.auth == "approle":
         if not cfg.role_id or not cfg.secret_id:
-            raise ConfigError("vault.auth", "auth = \"approle\" needs vault.role_id_file and "
-                                            "vault.secret_id_file (or the vault-role-id and "
-                                            "vault-secret-id credentials)")
+            raise ConfigError(
+                "vault.auth",
+                'auth = "approle" needs vault.role_id_file and '
+                "vault.secret_id_file (or the vault-role-id and "
+                "vault-secret-id credentials)",
+            )
     else:
-        raise ConfigError("vault.auth", f"{cfg.auth[:40]!r} is not \"token\" or \"approle\"")
+        raise ConfigError("vault.auth", f'{cfg.auth[:40]!r} is not "token" or "approle"')
 
 
 def metadata_from(body: Mapping[str, Any], now: datetime) -> VaultMetadata:
@@ -90,13 +91,15 @@ def metadata_from(body: Mapping[str, Any], now: datetime) -> VaultMetadata:
             except ValueError:
                 deleted = False
             pending = not deleted
-    return VaultMetadata(current_version=current,
-                         custom_metadata=str_map(body.get("custom_metadata")),
-                         deleted=deleted, deletion_pending=pending)
+    return VaultMetadata(
+        current_version=current,
+        custom_metadata=str_map(body.get("custom_metadata")),
+        deleted=deleted,
+        deletion_pending=pending,
+    )
 
 
-def walk_tree(mount: str, prefix: str,
-              list_folder: Callable[[str], Iterable[tuple[str, V]]]) -> dict[str, V]:
+def walk_tree(mount: str, prefix: str, list_folder: Callable[[str], Iterable[tuple[str, V]]]) -> dict[str, V]:
     """Every secret under ``prefix``: ``list_folder(folder)`` gives (key,
     value) pairs where keys ending in ``/`` are subfolders. A tree too deep
     or too large raises ``VaultUnavailable`` rather than returning part of
@@ -110,15 +113,19 @@ def walk_tree(mount: str, prefix: str,
             if not key.endswith("/"):
                 found[path] = value
             elif depth >= MAX_LIST_DEPTH:
-                raise VaultUnavailable(f"{vault_ref(mount, path)} is nested more than "
-                                       f"{MAX_LIST_DEPTH} folders deep; keyd does not scan it",
-                                       path=vault_ref(mount, prefix))
+                raise VaultUnavailable(
+                    f"{vault_ref(mount, path)} is nested more than "
+                    f"{MAX_LIST_DEPTH} folders deep; keyd does not scan it",
+                    path=vault_ref(mount, prefix),
+                )
             else:
                 stack.append((path.rstrip("/"), depth + 1))
             if len(found) > MAX_LIST_ENTRIES:
-                raise VaultUnavailable(f"more than {MAX_LIST_ENTRIES} secrets under "
-                                       f"{vault_ref(mount, prefix)}; use a narrower prefix",
-                                       path=vault_ref(mount, prefix))
+                raise VaultUnavailable(
+                    f"more than {MAX_LIST_ENTRIES} secrets under "
+                    f"{vault_ref(mount, prefix)}; use a narrower prefix",
+                    path=vault_ref(mount, prefix),
+                )
     return found
 
 
@@ -132,16 +139,20 @@ def secret_from(resp: object, where: str) -> VaultSecret | None:
     data, meta = body.get("data"), body.get("metadata")
     if not isinstance(data, dict) or not isinstance(meta, dict):
         return None
-    return VaultSecret(data=data, version=int(num(meta.get("version"))),
-                       custom_metadata=str_map(meta.get("custom_metadata")))
+    return VaultSecret(
+        data=data, version=int(num(meta.get("version"))), custom_metadata=str_map(meta.get("custom_metadata"))
+    )
 
 
 def health_from(body: object, addr: str) -> VaultHealth:
     if not isinstance(body, dict):
         raise VaultUnavailable(f"Vault at {addr} answered sys/health with no status")
-    return VaultHealth(initialized=bool(body.get("initialized")),
-                       sealed=bool(body.get("sealed")), standby=bool(body.get("standby")),
-                       version=str(body.get("version", "")))
+    return VaultHealth(
+        initialized=bool(body.get("initialized")),
+        sealed=bool(body.get("sealed")),
+        standby=bool(body.get("standby")),
+        version=str(body.get("version", "")),
+    )
 
 
 def transport_problem(exc: BaseException, timeout: timedelta) -> str:

@@ -33,8 +33,7 @@ class WebhookError(KeydError):
 
     exit_code = EXIT_UNAVAILABLE
 
-    def __init__(self, url: str, problem: str, *, status: int | None = None,
-                 retryable: bool = True) -> None:
+    def __init__(self, url: str, problem: str, *, status: int | None = None, retryable: bool = True) -> None:
         self.url = url
         self.status = status
         self.retryable = retryable
@@ -49,19 +48,22 @@ class WebhookSender(Protocol):
 class WebhookClient:
     """POSTs JSON to ``WebhookConfig.url``; use as a context manager."""
 
-    def __init__(self, config: WebhookConfig, *,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, config: WebhookConfig, *, transport: httpx.BaseTransport | None = None) -> None:
         self.config = config
         self.display = display_url(config.url)
-        self._client = deadline_client(timeout=config.timeout.total_seconds(),
-                                       transport=transport, follow_redirects=False,
-                                       headers={"User-Agent": "keyd"})
+        self._client = deadline_client(
+            timeout=config.timeout.total_seconds(),
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": "keyd"},
+        )
 
     def __enter__(self) -> WebhookClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -81,5 +83,4 @@ class WebhookClient:
         if 200 <= status < 300:
             return
         retryable = status >= 500 or status in RETRYABLE_STATUS
-        raise WebhookError(self.display, f"answered HTTP {status}", status=status,
-                           retryable=retryable)
+        raise WebhookError(self.display, f"answered HTTP {status}", status=status, retryable=retryable)

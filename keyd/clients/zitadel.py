@@ -299,8 +299,10 @@ class ZitadelKeyAPI:
             headers["Content-Type"] = "application/json"
         end = self._clock.monotonic() + self.deadline
         try:
-            with within(self.deadline, f"{method} {url}"), \
-                    self._http.stream(method, url, headers=headers, content=content) as response:
+            with (
+                within(self.deadline, f"{method} {url}"),
+                self._http.stream(method, url, headers=headers, content=content) as response,
+            ):
                 raw = bytearray()
                 for chunk in response.iter_bytes():
                     raw.extend(chunk)

@@ -150,8 +150,10 @@ def _finish_zitadel_source(t: Table, kw: dict[str, Any]) -> None:
     """Organizations or users, not both, not neither."""
     orgs, users = kw.get("organizations", ()), kw.get("users", ())
     if bool(orgs) == bool(users):
-        t.fail("organizations" if orgs else None, "a zitadel source lists either organizations "
-               "or users (a non-empty list of ids), not both")
+        t.fail(
+            "organizations" if orgs else None,
+            "a zitadel source lists either organizations or users (a non-empty list of ids), not both",
+        )
     kw.setdefault("name", "zitadel:" + ",".join(orgs or users))
 
 
@@ -174,20 +176,25 @@ def _finish_config(root: Table, kw: dict[str, Any]) -> None:
                 root.fail("sources", "a vault source needs a [vault] section (addr, auth)", i)
         if kw.get("tokens") is not None:
             root.fail("tokens", "token write-back needs a [vault] section (addr, auth)")
-    kw["sources"] = sources = tuple(_zitadel_credential(root, kw, s, i)
-                                    for i, s in enumerate(sources))
+    kw["sources"] = sources = tuple(_zitadel_credential(root, kw, s, i) for i, s in enumerate(sources))
     tokens = kw.get("tokens")
     if tokens is not None and kw.get("issuer") is None:
         root.fail("tokens", "token write-back needs an [issuer] section to mint tokens")
     rotation = kw.get("rotation")
     if rotation is not None and rotation.enabled:
         if kw.get("issuer") is None:
-            root.fail("rotation", "rotation needs an [issuer] section (the key API's base URL, "
-                                  "and new keys are proven by minting a token)")
+            root.fail(
+                "rotation",
+                "rotation needs an [issuer] section (the key API's base URL, "
+                "and new keys are proven by minting a token)",
+            )
         if rotation.credential is None:
-            root.fail("rotation.credential", "rotation needs keyd's own service-user key file: "
-                                             "set credential, or provide the systemd credential "
-                                             f"{CRED_ZITADEL_API_KEY}")
+            root.fail(
+                "rotation.credential",
+                "rotation needs keyd's own service-user key file: "
+                "set credential, or provide the systemd credential "
+                f"{CRED_ZITADEL_API_KEY}",
+            )
     names = [source.name for source in sources]
     for i, selector in enumerate(tokens.sources if tokens is not None else ()):
         # a plain word (no glob, no path) can only be a source name: catch typos
@@ -200,8 +207,7 @@ def _finish_config(root: Table, kw: dict[str, Any]) -> None:
             )
 
 
-def _zitadel_credential(root: Table, kw: dict[str, Any], source: SourceConfig,
-                        i: int) -> SourceConfig:
+def _zitadel_credential(root: Table, kw: dict[str, Any], source: SourceConfig, i: int) -> SourceConfig:
     """A zitadel source needs [issuer] and keyd's key file: its own, else
     rotation.credential, else the systemd credential."""
     if not isinstance(source, ZitadelSourceConfig):
@@ -209,11 +215,18 @@ def _zitadel_credential(root: Table, kw: dict[str, Any], source: SourceConfig,
     if kw.get("issuer") is None:
         root.fail("sources", "a zitadel source needs an [issuer] section (its url is ZITADEL's API)", i)
     rotation = kw.get("rotation")
-    credential = (source.credential or (rotation.credential if rotation is not None else None)
-                  or credential_file(root, CRED_ZITADEL_API_KEY))
+    credential = (
+        source.credential
+        or (rotation.credential if rotation is not None else None)
+        or credential_file(root, CRED_ZITADEL_API_KEY)
+    )
     if credential is None:
-        root.fail("sources", "a zitadel source needs keyd's own key file: credential here, "
-                  "rotation.credential, or the systemd credential zitadel-api-key", i)
+        root.fail(
+            "sources",
+            "a zitadel source needs keyd's own key file: credential here, "
+            "rotation.credential, or the systemd credential zitadel-api-key",
+            i,
+        )
     return replace(source, credential=credential)
 
 

@@ -35,11 +35,15 @@ def database_url(t: Table, key: str, url: str) -> str:
     if judged is None:
         t.fail(key, f'"{url}" is not a database URL (e.g. {DATABASE_URL_EXAMPLES})')
     if judged.backend is None:
-        t.fail(key, f'"{judged.scheme.lower()}" is not a database keyd supports '
-                    f"(use {DATABASE_URL_EXAMPLES})")
+        t.fail(
+            key, f'"{judged.scheme.lower()}" is not a database keyd supports (use {DATABASE_URL_EXAMPLES})'
+        )
     if judged.has_password:
-        t.fail(key, "must not contain a password (secrets never sit in the config); "
-                    "for PostgreSQL use a password file (PGPASSFILE or ~/.pgpass)")
+        t.fail(
+            key,
+            "must not contain a password (secrets never sit in the config); "
+            "for PostgreSQL use a password file (PGPASSFILE or ~/.pgpass)",
+        )
     return url
 
 
@@ -110,8 +114,11 @@ def token_template(t: Table, key: str, template: str) -> str:
         t.fail(key, f'"{template}" must not start with "/" (it is relative to the mount)')
     segments = template.split("/")
     if any(s in ("", ".", "..") for s in segments) or any(c.isspace() for c in template):
-        t.fail(key, f'"{template}" must be a plain relative path: no "..", ".", empty '
-                    "segments or spaces (it names a Vault secret and, with file_dir, a file)")
+        t.fail(
+            key,
+            f'"{template}" must be a plain relative path: no "..", ".", empty '
+            "segments or spaces (it names a Vault secret and, with file_dir, a file)",
+        )
     return template
 
 
@@ -164,8 +171,11 @@ def key_file_path(t: Table, key: str, path: Path) -> Path:
     """A key file is named, never inlined: the TOML holds no key material."""
     text = str(path)
     if "{" in text or "\n" in text or "PRIVATE KEY" in text:
-        t.fail(key, "must be the path of a key file (or leave it out and provide the systemd "
-                    "credential), never the key itself")
+        t.fail(
+            key,
+            "must be the path of a key file (or leave it out and provide the systemd "
+            "credential), never the key itself",
+        )
     if not path.is_file():
         t.fail(key, f"{path} does not exist or is not a file")
     return path

@@ -274,12 +274,8 @@ class AlertsConfig:
         doc="alert when a key has this little time left",
     )
     digest: bool = key("bool", default=False, doc="one mail per run instead of per key")
-    unheld_ladder: bool = key(
-        "bool", default=False, doc="run the expiry ladder for keys only ZITADEL knows"
-    )
-    never_expiring: bool = key(
-        "bool", default=False, doc="flag keys ZITADEL lists that never expire"
-    )
+    unheld_ladder: bool = key("bool", default=False, doc="run the expiry ladder for keys only ZITADEL knows")
+    never_expiring: bool = key("bool", default=False, doc="flag keys ZITADEL lists that never expire")
     max_lifetime: timedelta | None = key(
         "duration", default=None, doc="flag keys ZITADEL lists that live longer"
     )

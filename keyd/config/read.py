@@ -381,8 +381,11 @@ def read_secret_file(path: Path, where: str) -> Secret:
     except FileNotFoundError:
         raise ConfigError(where, f"secret file {path} does not exist") from None
     except _NotRegular:
-        raise ConfigError(where, f"secret file {path} is not a regular file (a FIFO, "
-                                 "device or directory would block or mislead start-up)") from None
+        raise ConfigError(
+            where,
+            f"secret file {path} is not a regular file (a FIFO, "
+            "device or directory would block or mislead start-up)",
+        ) from None
     except OSError as exc:
         raise ConfigError(
             where, f"cannot read secret file {path}: {exc.strerror or type(exc).__name__}"

@@ -110,8 +110,7 @@ class AdvisoryLeaderGuard:
 
     def is_leader(self) -> bool:
         if self._leader and not self._lock.held():
-            log.error("leader: lost leadership of %s (connection dropped); stopping work",
-                      self._where)
+            log.error("leader: lost leadership of %s (connection dropped); stopping work", self._where)
             self._leader = False
         return self._leader
 

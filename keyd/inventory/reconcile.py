@@ -92,31 +92,38 @@ def reconcile(engine: Engine, result: ScanResult, now: datetime) -> SourceOutcom
             if attempt == _ATTEMPTS:
                 raise
             log.warning("%s: attempt %d: %s; retrying", result.source, attempt, exc)
-    log.info("%s: %d locations, %d keys (%d new, %d changed, %d missing, %d invalid)",
-             outcome.source, outcome.seen, outcome.keys, outcome.new, outcome.changed,
-             outcome.missing, outcome.invalid)
+    log.info(
+        "%s: %d locations, %d keys (%d new, %d changed, %d missing, %d invalid)",
+        outcome.source,
+        outcome.seen,
+        outcome.keys,
+        outcome.new,
+        outcome.changed,
+        outcome.missing,
+        outcome.invalid,
+    )
     return outcome
 
 
-def record_failure(engine: Engine, source: str, error: BaseException,
-                   now: datetime) -> SourceOutcome:
+def record_failure(engine: Engine, source: str, error: BaseException, now: datetime) -> SourceOutcome:
     """The scan of ``source`` raised: record it, touch nothing else."""
     state = record_source_failure(engine, source, str(error), now)
-    log.warning("%s: scan failed (%d in a row): %s", source, state.consecutive_failures,
-                state.last_error)
+    log.warning("%s: scan failed (%d in a row): %s", source, state.consecutive_failures, state.last_error)
     return SourceOutcome(source=source, ok=False, error=state.last_error, events=1)
 
 
 _BATCH = 1000  # candidates per flush: bounds memory on a cold scan of 10^4 files
 
 
-def present_status(status: str, expires_at: datetime | None, last_probe_outcome: str | None,
-                   now: datetime, *, changed: bool) -> str:
+def present_status(
+    status: str, expires_at: datetime | None, last_probe_outcome: str | None, now: datetime, *, changed: bool
+) -> str:
     """Status of a key that has a present location: the issuer's rejection
     stands until the content changes; otherwise active/expired by expiry."""
-    if not changed and (status == KeyStatus.REJECTED or (
-            status in (KeyStatus.MISSING, KeyStatus.INVALID)
-            and last_probe_outcome == ProbeOutcome.REJECTED)):
+    if not changed and (
+        status == KeyStatus.REJECTED
+        or (status in (KeyStatus.MISSING, KeyStatus.INVALID) and last_probe_outcome == ProbeOutcome.REJECTED)
+    ):
         return KeyStatus.REJECTED
     return KeyStatus.EXPIRED if is_expired(expires_at, now) else KeyStatus.ACTIVE
 
@@ -125,8 +132,7 @@ def derive_status(key: Key, by_status: dict[str, int], now: datetime, *, changed
     """A key's status from its locations everywhere (``location_status_counts``):
     a present key file decides; a key only a zitadel source lists is ``unheld``."""
     if by_status.get(LocationStatus.PRESENT):
-        return present_status(key.status, key.expires_at, key.last_probe_outcome, now,
-                              changed=changed)
+        return present_status(key.status, key.expires_at, key.last_probe_outcome, now, changed=changed)
     if by_status.get(LISTED):
         return KeyStatus.UNHELD
     if by_status.get(LocationStatus.INVALID) and not by_status.get(LocationStatus.MISSING):
@@ -155,7 +161,7 @@ class _Reconciler:
         candidates = _one_per_ref(candidates, self.source)
         index = self.tx.location_index(self.source)
         for start in range(0, len(candidates), _BATCH):
-            self._batch(candidates[start:start + _BATCH], index)
+            self._batch(candidates[start : start + _BATCH], index)
         self._gone(list(index.values()))  # what the scan did not see any more
         self._settle_keys()
         self._source_ok()
@@ -171,10 +177,14 @@ class _Reconciler:
             self.out.seen += 1
             self.out.warnings += bool(cand.warning)
             if cand.unchanged and entry is None:
-                log.debug("%s: %s reported unchanged but unknown; re-read next scan",
-                          self.source, cand.ref)
-            elif (cand.unchanged and entry is not None and entry.key_pk is not None
-                  and entry.status == LocationStatus.PRESENT and entry.warning == cand.warning):
+                log.debug("%s: %s reported unchanged but unknown; re-read next scan", self.source, cand.ref)
+            elif (
+                cand.unchanged
+                and entry is not None
+                and entry.key_pk is not None
+                and entry.status == LocationStatus.PRESENT
+                and entry.warning == cand.warning
+            ):
                 self.out.unchanged += 1
                 self.unchanged_keys.add(entry.key_pk)
                 self.present_here.add(entry.key_pk)
@@ -196,9 +206,18 @@ class _Reconciler:
                     self._found(cand, cand.keyfile, loc, keys)
                 except Exception as exc:  # noqa: BLE001 - one location never stops the scan
                     log.exception("%s: %s: unexpected error", self.source, cand.ref)
-                    self._invalid(replace(cand, keyfile=None, error=KeyFileError(
-                        cand.ref, f"internal error while recording it ({type(exc).__name__}); "
-                                  "run with --debug and report it")), loc)
+                    self._invalid(
+                        replace(
+                            cand,
+                            keyfile=None,
+                            error=KeyFileError(
+                                cand.ref,
+                                f"internal error while recording it ({type(exc).__name__}); "
+                                "run with --debug and report it",
+                            ),
+                        ),
+                        loc,
+                    )
             else:
                 self._invalid(cand, loc)
         self._release()
@@ -230,8 +249,7 @@ class _Reconciler:
         loc.warning = cand.warning
         self._touch(loc.key, present=loc.status == LocationStatus.PRESENT, seen=True)
 
-    def _found(self, cand: Candidate, kf: KeyFile, loc: KeyLocation | None,
-               keys: dict[str, Key]) -> None:
+    def _found(self, cand: Candidate, kf: KeyFile, loc: KeyLocation | None, keys: dict[str, Key]) -> None:
         key = keys.get(kf.key_id)
         if key is None:
             key = keys[kf.key_id] = self._new_key(cand, kf)
@@ -244,8 +262,7 @@ class _Reconciler:
         else:
             if loc.key is not key:
                 if loc.key is not None:  # the file now holds another key
-                    self._event("location.replaced", key, ref=cand.ref,
-                                old_key_id=loc.key.key_id)
+                    self._event("location.replaced", key, ref=cand.ref, old_key_id=loc.key.key_id)
                     self._touch(loc.key)
                 loc.key = key
             if loc.status != LocationStatus.PRESENT:
@@ -268,7 +285,7 @@ class _Reconciler:
 
     def _gone(self, entries: list[LocationIndex]) -> None:
         for start in range(0, len(entries), _BATCH):
-            chunk = entries[start:start + _BATCH]
+            chunk = entries[start : start + _BATCH]
             for loc in self.tx.locations_by_id(e.id for e in chunk).values():
                 if loc.status != LocationStatus.MISSING:
                     self._event("location.missing", loc.key, ref=loc.ref, was=loc.status)
@@ -284,13 +301,24 @@ class _Reconciler:
         self.tx.add(key)
         self.new_key_ids.add(kf.key_id)
         self.out.new += 1
-        self._event("key.new", key, ref=cand.ref, type=kf.kind, principal=kf.principal,
-                    fingerprint=kf.fingerprint, expires_at=kf.expires_at, status=key.status)
+        self._event(
+            "key.new",
+            key,
+            ref=cand.ref,
+            type=kf.kind,
+            principal=kf.principal,
+            fingerprint=kf.fingerprint,
+            expires_at=kf.expires_at,
+            status=key.status,
+        )
         return key
 
     def _change_key(self, cand: Candidate, kf: KeyFile, key: Key) -> None:
-        before = {"old_fingerprint": key.fingerprint, "old_expires_at": key.expires_at,
-                  "old_status": key.status}
+        before = {
+            "old_fingerprint": key.fingerprint,
+            "old_expires_at": key.expires_at,
+            "old_status": key.status,
+        }
         _fill_key(key, kf, self.now)
         key.next_probe_at = None  # re-armed: probe the new content (store.probes contract)
         key.probe_failures = 0
@@ -299,8 +327,9 @@ class _Reconciler:
             return  # two files of one new key disagree: the later one wins, no event
         self.changed_key_ids.add(kf.key_id)
         self.out.changed += 1
-        self._event("key.changed", key, ref=cand.ref, fingerprint=kf.fingerprint,
-                    expires_at=kf.expires_at, **before)
+        self._event(
+            "key.changed", key, ref=cand.ref, fingerprint=kf.fingerprint, expires_at=kf.expires_at, **before
+        )
 
     def _settle_keys(self) -> None:
         """Derive each touched key's status from its locations everywhere.
@@ -309,13 +338,14 @@ class _Reconciler:
         for state in self.tx.unsettled_key_states(self.now):
             if state.id not in self.unchanged_keys or state.id in self.affected:
                 continue
-            target = present_status(state.status, state.expires_at, state.last_probe_outcome,
-                                    self.now, changed=False)
+            target = present_status(
+                state.status, state.expires_at, state.last_probe_outcome, self.now, changed=False
+            )
             if target != state.status:
                 self.affected.add(state.id)
         pks = sorted(self.affected)
         for start in range(0, len(pks), _BATCH):
-            chunk = pks[start:start + _BATCH]
+            chunk = pks[start : start + _BATCH]
             counts = self.tx.location_status_counts(chunk)
             for key in self.tx.keys_by_pk(chunk):
                 self._transition(key, self._target(key, counts.get(key.id, {})))
@@ -359,11 +389,17 @@ def mark_source_ok(tx: InventoryTx, source: str, now: datetime) -> None:
     so a warm scan of an unchanged tree writes nothing at all."""
     state = tx.source_state(source)
     if state.consecutive_failures:
-        tx.event(now, "source.recovered", source=source,
-                 detail={"after_failures": state.consecutive_failures,
-                         "last_error": state.last_error})
-    elif (state.last_success_at is not None and state.last_error is None
-          and timedelta(0) <= now - state.last_success_at < SOURCE_HEARTBEAT):
+        tx.event(
+            now,
+            "source.recovered",
+            source=source,
+            detail={"after_failures": state.consecutive_failures, "last_error": state.last_error},
+        )
+    elif (
+        state.last_success_at is not None
+        and state.last_error is None
+        and timedelta(0) <= now - state.last_success_at < SOURCE_HEARTBEAT
+    ):
         return
     state.last_attempt_at = state.last_success_at = now
     state.last_error = None
@@ -378,8 +414,11 @@ def _one_per_ref(candidates: list[Candidate], source: str) -> list[Candidate]:
     kept: list[Candidate] = []
     for cand in candidates:
         if cand.ref in seen:
-            log.warning("%s: %s: seen twice (names that differ only in undecodable bytes); "
-                        "keeping the first", source, cand.ref)
+            log.warning(
+                "%s: %s: seen twice (names that differ only in undecodable bytes); keeping the first",
+                source,
+                cand.ref,
+            )
             continue
         seen.add(cand.ref)
         kept.append(cand)
@@ -399,16 +438,45 @@ def _fill_key(key: Key, kf: KeyFile, now: datetime) -> None:
     key.updated_at = now
 
 
-def _fill_location(loc: KeyLocation, cand: Candidate, content_hash: str | None, status: str,
-                   error: str | None, now: datetime, *, stamps: bool = True) -> None:
+def _fill_location(
+    loc: KeyLocation,
+    cand: Candidate,
+    content_hash: str | None,
+    status: str,
+    error: str | None,
+    now: datetime,
+    *,
+    stamps: bool = True,
+) -> None:
     """Set what the scan found; a row already saying exactly that is left
     unwritten (its ``last_seen`` is its source's last successful scan)."""
-    found = (status, *((cand.size, cand.mtime_ns, cand.inode) if stamps else (None,) * 3),
-             cand.version, content_hash, error, cand.warning)
-    if loc.last_seen is not None and found == (loc.status, loc.size, loc.mtime_ns, loc.inode,
-                                               loc.version, loc.content_hash, loc.last_error,
-                                               loc.warning):
+    found = (
+        status,
+        *((cand.size, cand.mtime_ns, cand.inode) if stamps else (None,) * 3),
+        cand.version,
+        content_hash,
+        error,
+        cand.warning,
+    )
+    if loc.last_seen is not None and found == (
+        loc.status,
+        loc.size,
+        loc.mtime_ns,
+        loc.inode,
+        loc.version,
+        loc.content_hash,
+        loc.last_error,
+        loc.warning,
+    ):
         return
-    (loc.status, loc.size, loc.mtime_ns, loc.inode, loc.version, loc.content_hash,
-     loc.last_error, loc.warning) = found
+    (
+        loc.status,
+        loc.size,
+        loc.mtime_ns,
+        loc.inode,
+        loc.version,
+        loc.content_hash,
+        loc.last_error,
+        loc.warning,
+    ) = found
     loc.last_seen = now

@@ -70,9 +70,11 @@ class ScanReport:
         """``3 sources, 42 keys (2 new, 1 changed, 1 missing, 1 invalid);
         source vault:secret/zitadel/keys failed: Vault is sealed``."""
         n = len(self.sources)
-        text = (f"{n} source{'s' if n != 1 else ''}, {self.keys} key{'s' if self.keys != 1 else ''}"
-                f" ({self.total('new')} new, {self.total('changed')} changed, "
-                f"{self.total('missing')} missing, {self.total('invalid')} invalid)")
+        text = (
+            f"{n} source{'s' if n != 1 else ''}, {self.keys} key{'s' if self.keys != 1 else ''}"
+            f" ({self.total('new')} new, {self.total('changed')} changed, "
+            f"{self.total('missing')} missing, {self.total('invalid')} invalid)"
+        )
         unheld, gone = self.total("unheld"), self.total("gone")
         if unheld or gone:
             text += f"; ZITADEL: {unheld} unheld, {gone} gone"
@@ -95,10 +97,15 @@ class _Validated(Container[str]):
         return content_hash in self._hashes
 
 
-def scan_all(config: Config, engine: Engine, clock: Clock,
-             vault_client: VaultClient | None = None, *,
-             key_apis: Mapping[str, ZitadelKeyAPI] | None = None,
-             due_only: bool = False) -> ScanReport:
+def scan_all(
+    config: Config,
+    engine: Engine,
+    clock: Clock,
+    vault_client: VaultClient | None = None,
+    *,
+    key_apis: Mapping[str, ZitadelKeyAPI] | None = None,
+    due_only: bool = False,
+) -> ScanReport:
     """Scan and reconcile every configured source (see the module doc).
 
     ``key_apis``: the key-API client of each zitadel source, by name.
@@ -107,9 +114,11 @@ def scan_all(config: Config, engine: Engine, clock: Clock,
     are always read. ``keyd scan`` and ``keyd check`` read everything."""
     validated = _Validated(engine)  # read only if some file is new or changed
     attempts = last_attempts(engine) if due_only else {}
-    outcomes = [scan_source(cfg, engine, clock, config, vault_client, validated,
-                            key_apis=key_apis)
-                for cfg in config.sources if not _not_due(cfg, attempts, clock.now())]
+    outcomes = [
+        scan_source(cfg, engine, clock, config, vault_client, validated, key_apis=key_apis)
+        for cfg in config.sources
+        if not _not_due(cfg, attempts, clock.now())
+    ]
     return ScanReport(sources=tuple(outcomes), key_counts=key_counts(engine))
 
 
@@ -118,10 +127,16 @@ def _not_due(cfg: SourceConfig, attempts: Mapping[str, datetime], now: datetime)
     return isinstance(cfg, ZitadelSourceConfig) and last is not None and now < last + cfg.interval
 
 
-def scan_source(cfg: SourceConfig, engine: Engine, clock: Clock, config: Config,
-                vault_client: VaultClient | None,
-                validated: Container[str] = frozenset(), *,
-                key_apis: Mapping[str, ZitadelKeyAPI] | None = None) -> SourceOutcome:
+def scan_source(
+    cfg: SourceConfig,
+    engine: Engine,
+    clock: Clock,
+    config: Config,
+    vault_client: VaultClient | None,
+    validated: Container[str] = frozenset(),
+    *,
+    key_apis: Mapping[str, ZitadelKeyAPI] | None = None,
+) -> SourceOutcome:
     """Read one source, then reconcile it or record its failure."""
     try:
         if isinstance(cfg, ZitadelSourceConfig):
@@ -146,33 +161,34 @@ def scan_source(cfg: SourceConfig, engine: Engine, clock: Clock, config: Config,
         return _internal(engine, cfg.name, "recording the scan", exc, clock)
 
 
-def _internal(engine: Engine, source: str, doing: str, exc: Exception,
-              clock: Clock) -> SourceOutcome:
+def _internal(engine: Engine, source: str, doing: str, exc: Exception, clock: Clock) -> SourceOutcome:
     log.exception("%s: unexpected error while %s", source, doing)
-    problem = (f"internal error while {doing} ({type(exc).__name__}); run with --debug "
-               "and report it")
+    problem = f"internal error while {doing} ({type(exc).__name__}); run with --debug and report it"
     return record_failure(engine, source, RuntimeError(problem), clock.now())
 
 
-def _list_zitadel(cfg: ZitadelSourceConfig,
-                  key_apis: Mapping[str, ZitadelKeyAPI] | None) -> ZitadelListing:
+def _list_zitadel(cfg: ZitadelSourceConfig, key_apis: Mapping[str, ZitadelKeyAPI] | None) -> ZitadelListing:
     api = (key_apis or {}).get(cfg.name)
     if api is None:
-        raise ConfigError(f"source {cfg.name}", "needs [issuer] and keyd's own key file "
-                                                "(credential) to call ZITADEL's API")
+        raise ConfigError(
+            f"source {cfg.name}", "needs [issuer] and keyd's own key file (credential) to call ZITADEL's API"
+        )
     return ZitadelSource(cfg, api).list_all()
 
 
-def _read(cfg: SourceConfig, engine: Engine, config: Config,
-          vault_client: VaultClient | None, validated: Container[str]) -> ScanResult:
+def _read(
+    cfg: SourceConfig,
+    engine: Engine,
+    config: Config,
+    vault_client: VaultClient | None,
+    validated: Container[str],
+) -> ScanResult:
     if isinstance(cfg, DirectorySourceConfig):
         stamps = {ref: FileStamp(*stamp) for ref, stamp in file_stamps(engine, cfg.name).items()}
         return DirectorySource(cfg, config.timezone).scan(stamps, validated)
     if isinstance(cfg, VaultSourceConfig):
         if vault_client is None:
-            raise ConfigError(f"source {cfg.name}", "needs a [vault] section (addr and auth) "
-                                                    "to be read")
+            raise ConfigError(f"source {cfg.name}", "needs a [vault] section (addr and auth) to be read")
         versions = known_versions(engine, cfg.name)
         return VaultSource(cfg, vault_client, config.timezone).scan(versions, validated)
-    raise ConfigError(f"source {getattr(cfg, 'name', '?')}",
-                      f"unknown source type {type(cfg).__name__}")
+    raise ConfigError(f"source {getattr(cfg, 'name', '?')}", f"unknown source type {type(cfg).__name__}")

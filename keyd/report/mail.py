@@ -38,8 +38,7 @@ _TAG = "[keyd "
 _POLICY: Final = email.policy.SMTP.clone(max_line_length=998)
 
 
-def render_message(alerts: Sequence[AlertRecord], *, sender: str,
-                   to: Sequence[str]) -> EmailMessage:
+def render_message(alerts: Sequence[AlertRecord], *, sender: str, to: Sequence[str]) -> EmailMessage:
     """The e-mail for one alert, or a digest for several."""
     if not alerts:
         raise ValueError("render_message needs at least one alert")
@@ -58,14 +57,14 @@ def render_message(alerts: Sequence[AlertRecord], *, sender: str,
     return _assemble(subject, msgid, date, sender, to, intro, blocks)
 
 
-def render_test_message(*, sender: str, to: Sequence[str], now: datetime,
-                        server: str) -> EmailMessage:
+def render_test_message(*, sender: str, to: Sequence[str], now: datetime, server: str) -> EmailMessage:
     """What ``keyd alert test`` sends."""
     stamp = now.strftime("%Y%m%dT%H%M%S%f")
     lines = [("Sent", isoformat_z(now)), ("Server", server)]
     block = _Block("keyd can send you e-mail. No action is needed.", lines, [])
-    return _assemble("[keyd TEST] test message from keyd", f"<test-{stamp}@keyd>", now,
-                     sender, to, "", [block])
+    return _assemble(
+        "[keyd TEST] test message from keyd", f"<test-{stamp}@keyd>", now, sender, to, "", [block]
+    )
 
 
 class _Block:
@@ -78,19 +77,16 @@ class _Block:
 
     def plain(self) -> str:
         width = max((len(k) for k, _ in self.facts), default=0)
-        out = [escape(self.headline), ""] + [f"  {k + ':':<{width + 1}} {escape(v)}"
-                                             for k, v in self.facts]
+        out = [escape(self.headline), ""] + [f"  {k + ':':<{width + 1}} {escape(v)}" for k, v in self.facts]
         if self.todo:
-            out += ["", "What to do:"] + [f"  {n}. {escape(step)}" for n, step in
-                                          enumerate(self.todo, 1)]
+            out += ["", "What to do:"] + [f"  {n}. {escape(step)}" for n, step in enumerate(self.todo, 1)]
         return "\n".join(out)
 
     def html(self) -> str:
         def e(text: str) -> str:
             return html.escape(escape(text))
 
-        rows = "".join(f"<tr><th align=\"left\">{e(k)}</th><td>{e(v)}</td></tr>"
-                       for k, v in self.facts)
+        rows = "".join(f'<tr><th align="left">{e(k)}</th><td>{e(v)}</td></tr>' for k, v in self.facts)
         out = f"<h3>{e(self.headline)}</h3><table>{rows}</table>"
         if self.todo:
             items = "".join(f"<li>{e(step)}</li>" for step in self.todo)
@@ -98,8 +94,15 @@ class _Block:
         return out
 
 
-def _assemble(subject: str, msgid: str, date: datetime, sender: str, to: Sequence[str],
-              intro: str, blocks: Sequence[_Block]) -> EmailMessage:
+def _assemble(
+    subject: str,
+    msgid: str,
+    date: datetime,
+    sender: str,
+    to: Sequence[str],
+    intro: str,
+    blocks: Sequence[_Block],
+) -> EmailMessage:
     msg = EmailMessage(policy=_POLICY)
     # Facts come from key files: a CR/LF in a key id must not end the header.
     msg["Subject"] = escape(subject)
@@ -112,10 +115,10 @@ def _assemble(subject: str, msgid: str, date: datetime, sender: str, to: Sequenc
     sep = "\n\n" + "-" * 60 + "\n\n"
     plain = (intro + "\n\n" if intro else "") + sep.join(b.plain() for b in blocks)
     msg.set_content(plain + "\n\n-- \nkeyd\n")
-    body = (f"<p>{html.escape(intro)}</p>" if intro else "") + "<hr>".join(
-        b.html() for b in blocks)
-    msg.add_alternative(f"<!DOCTYPE html><html><body>{body}<p>-- <br>keyd</p></body></html>\n",
-                        subtype="html")
+    body = (f"<p>{html.escape(intro)}</p>" if intro else "") + "<hr>".join(b.html() for b in blocks)
+    msg.add_alternative(
+        f"<!DOCTYPE html><html><body>{body}<p>-- <br>keyd</p></body></html>\n", subtype="html"
+    )
     # deterministic boundary: a repeated send is byte-identical, not just same-id
     msg.set_boundary("keyd-" + hashlib.sha256(msgid.encode()).hexdigest()[:24])
     return msg
@@ -132,22 +135,32 @@ def _block(alert: AlertRecord) -> _Block:
     ctx = alert.context
     if alert.kind in (AlertKind.UNAVAILABLE, AlertKind.RECOVERED):
         return _issuer_block(alert, ctx)
-    facts: list[tuple[str, str]] = [("Severity", alert.severity.upper()),
-                                    ("Key id", str(ctx.get("key_id"))),
-                                    (_who(ctx).capitalize(), str(ctx.get("principal")))]
+    facts: list[tuple[str, str]] = [
+        ("Severity", alert.severity.upper()),
+        ("Key id", str(ctx.get("key_id"))),
+        (_who(ctx).capitalize(), str(ctx.get("principal"))),
+    ]
     facts += _expiry_facts(ctx)
     if alert.kind == AlertKind.ROTATED:
-        new = _mapping(ctx.get("replaced_by")) or {"key_id": ctx.get("new_key_id"),
-                                                   "expires_at": ctx.get("new_expires_at")}
-        facts.append(("Replaced by", f"key {new.get('key_id')} (expires "
-                                     f"{new.get('expires_at') or 'unknown'})"))
+        new = _mapping(ctx.get("replaced_by")) or {
+            "key_id": ctx.get("new_key_id"),
+            "expires_at": ctx.get("new_expires_at"),
+        }
+        facts.append(
+            ("Replaced by", f"key {new.get('key_id')} (expires {new.get('expires_at') or 'unknown'})")
+        )
     if alert.kind in ROTATION_PROBLEMS:
         facts.append(("Failed step", str(ctx.get("step"))))
         facts.append(("Problem", str(ctx.get("problem"))))
         if ctx.get("new_key_id"):
-            facts.append(("New key", f"{ctx.get('new_key_id')} ("
-                          f"{'removed again' if ctx.get('new_key_removed') else 'registered'}, "
-                          f"written to {ctx.get('locations_written', 0)} location(s))"))
+            facts.append(
+                (
+                    "New key",
+                    f"{ctx.get('new_key_id')} ("
+                    f"{'removed again' if ctx.get('new_key_removed') else 'registered'}, "
+                    f"written to {ctx.get('locations_written', 0)} location(s))",
+                )
+            )
     if alert.kind == AlertKind.REJECTED:
         facts.append(("Issuer said", str(ctx.get("error") or "key revoked or unknown")))
         facts.append(("Last probe", str(ctx.get("last_probe_at") or "?")))
@@ -162,9 +175,14 @@ def _expiry_facts(ctx: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [("Expires", "never")]
     if not ctx.get("expires_at"):
         return [("Expires", "unknown (the key file has no expirationDate)")]
-    facts = [("Expires at", f"{ctx['expires_at']} (UTC); the key is dead from this instant"),
-             ("Last usable day", f"{ctx.get('last_usable_day')} ({ctx.get('timezone')}), the "
-                                 "last calendar day on which the key works")]
+    facts = [
+        ("Expires at", f"{ctx['expires_at']} (UTC); the key is dead from this instant"),
+        (
+            "Last usable day",
+            f"{ctx.get('last_usable_day')} ({ctx.get('timezone')}), the "
+            "last calendar day on which the key works",
+        ),
+    ]
     seconds = ctx.get("seconds_left")
     if isinstance(seconds, int) and seconds > 0:
         facts.append(("Time left", f"{format_duration(seconds)} (at {ctx.get('decided_at')})"))
@@ -172,17 +190,21 @@ def _expiry_facts(ctx: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _issuer_block(alert: AlertRecord, ctx: Mapping[str, Any]) -> _Block:
-    facts = [("Severity", alert.severity.upper()), ("Issuer", str(ctx.get("issuer"))),
-             ("Unavailable since", str(ctx.get("since")))]
+    facts = [
+        ("Severity", alert.severity.upper()),
+        ("Issuer", str(ctx.get("issuer"))),
+        ("Unavailable since", str(ctx.get("since"))),
+    ]
     if alert.kind == AlertKind.RECOVERED:
         facts.append(("Reachable again at", str(ctx.get("until"))))
         todo: list[str] = []
     else:
-        todo = ["Probes and token refreshes wait until the issuer answers again; keys are "
-                "not affected by the outage itself.",
-                "Check DNS, network, TLS and the issuer's status; `keyd config check` "
-                "reaches every dependency.",
-                "keyd sends one \"reachable again\" notice when it recovers."]
+        todo = [
+            "Probes and token refreshes wait until the issuer answers again; keys are "
+            "not affected by the outage itself.",
+            "Check DNS, network, TLS and the issuer's status; `keyd config check` reaches every dependency.",
+            'keyd sends one "reachable again" notice when it recovers.',
+        ]
     return _Block(_headline(alert), facts, todo)
 
 
@@ -213,23 +235,26 @@ def _location(loc: Mapping[str, Any]) -> str:
 def _zitadel_todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
     key_id, principal = ctx.get("key_id"), ctx.get("principal")
     if kind == AlertKind.UNHELD:
-        return [f"keyd watches no file or Vault secret holding key {key_id} of {principal}.",
-                "If it is deployed on a host or in a store keyd does not watch, add that place "
-                "as a source;",
-                f"if nothing uses it, delete it: ZITADEL console → Users → Service Users → "
-                f"{principal} → Keys."]
-    return [f"Key {key_id} {ctx.get('finding', 'breaks a key policy')} (as ZITADEL lists it).",
-            _console_steps(ctx) + " with an expiration date inside the policy, deploy it,",
-            f"then delete key {key_id} in the console."]
+        return [
+            f"keyd watches no file or Vault secret holding key {key_id} of {principal}.",
+            "If it is deployed on a host or in a store keyd does not watch, add that place as a source;",
+            f"if nothing uses it, delete it: ZITADEL console → Users → Service Users → {principal} → Keys.",
+        ]
+    return [
+        f"Key {key_id} {ctx.get('finding', 'breaks a key policy')} (as ZITADEL lists it).",
+        _console_steps(ctx) + " with an expiration date inside the policy, deploy it,",
+        f"then delete key {key_id} in the console.",
+    ]
 
 
 def _console_steps(ctx: Mapping[str, Any]) -> str:
     principal = ctx.get("principal")
     if ctx.get("key_kind") == KeyKind.APPLICATION:
-        return (f"ZITADEL console → Projects → <project> → Applications → {principal} → Keys → "
-                "New, and download the key JSON")
-    return (f"ZITADEL console → Users → Service Users → {principal} → Keys → New, and download "
-            "the key JSON")
+        return (
+            f"ZITADEL console → Projects → <project> → Applications → {principal} → Keys → "
+            "New, and download the key JSON"
+        )
+    return f"ZITADEL console → Users → Service Users → {principal} → Keys → New, and download the key JSON"
 
 
 ROTATION_PROBLEMS = (AlertKind.ROTATION_FAILED, AlertKind.ROTATION_BLOCKED)
@@ -237,39 +262,55 @@ ROTATION_PROBLEMS = (AlertKind.ROTATION_FAILED, AlertKind.ROTATION_BLOCKED)
 
 def _todo(kind: str, ctx: Mapping[str, Any]) -> list[str]:
     key_id = ctx.get("key_id")
-    where = "; ".join(str(loc.get("ref")) for loc in _locations(ctx)
-                      if loc.get("kind") != LocationKind.ZITADEL) or "its source"
+    where = (
+        "; ".join(str(loc.get("ref")) for loc in _locations(ctx) if loc.get("kind") != LocationKind.ZITADEL)
+        or "its source"
+    )
     if kind in (AlertKind.UNHELD, AlertKind.POLICY):
         return _zitadel_todo(kind, ctx)
     if kind == AlertKind.REJECTED and ctx.get("diagnosis") == "removed":
-        return [f"ZITADEL no longer lists key {key_id}: it was deleted there, so it cannot "
-                "mint tokens any more.",
-                f"Delete the key file ({where}), or replace it with a current key of "
-                f"{ctx.get('principal')} if something still uses it."]
+        return [
+            f"ZITADEL no longer lists key {key_id}: it was deleted there, so it cannot mint tokens any more.",
+            f"Delete the key file ({where}), or replace it with a current key of "
+            f"{ctx.get('principal')} if something still uses it.",
+        ]
     if kind == AlertKind.ROTATED and ctx.get("new_key_id"):
-        return [f"Nothing to do: keyd rotated key {key_id}; key {ctx.get('new_key_id')} is in "
-                f"its place ({where}).", "`keyd rotations` shows the history."]
+        return [
+            f"Nothing to do: keyd rotated key {key_id}; key {ctx.get('new_key_id')} is in "
+            f"its place ({where}).",
+            "`keyd rotations` shows the history.",
+        ]
     if kind in ROTATION_PROBLEMS:
-        return ["The old key is untouched and still registered; it keeps working until it "
-                "expires.",
-                "Fix the problem above (a location changed since keyd scanned it, keyd's "
-                "service user lacks user.write, a hook failed …), then run "
-                f"`keyd rotate {key_id}` to resume.",
-                "Or rotate by hand: " + _console_steps(ctx) + "."]
+        return [
+            "The old key is untouched and still registered; it keeps working until it expires.",
+            "Fix the problem above (a location changed since keyd scanned it, keyd's "
+            "service user lacks user.write, a hook failed …), then run "
+            f"`keyd rotate {key_id}` to resume.",
+            "Or rotate by hand: " + _console_steps(ctx) + ".",
+        ]
     if kind == AlertKind.ROTATED:
-        return [f"Nothing urgent: key {key_id} has a successor. Remove the old key file "
-                f"({where}) once nothing uses it,",
-                f"then delete key {key_id} in the ZITADEL console (…→ Keys).",
-                "`keyd status` shows what keyd still tracks."]
-    steps = [_console_steps(ctx) + ".",
-             f"Replace the key where it lives ({where}) and deploy it to what uses it.",
-             "Check the new file with `keyd inspect NEW.json`; `keyd status` shows the "
-             "inventory after the next scan.",
-             f"Delete the old key {key_id} in the console once nothing uses it."]
+        return [
+            f"Nothing urgent: key {key_id} has a successor. Remove the old key file "
+            f"({where}) once nothing uses it,",
+            f"then delete key {key_id} in the ZITADEL console (…→ Keys).",
+            "`keyd status` shows what keyd still tracks.",
+        ]
+    steps = [
+        _console_steps(ctx) + ".",
+        f"Replace the key where it lives ({where}) and deploy it to what uses it.",
+        "Check the new file with `keyd inspect NEW.json`; `keyd status` shows the "
+        "inventory after the next scan.",
+        f"Delete the old key {key_id} in the console once nothing uses it.",
+    ]
     if kind == AlertKind.UNTRACKED:
-        steps.insert(0, "This key file has no expirationDate (created before 2024): keyd "
-                        "cannot tell when it expires. Replace it with a new key.")
+        steps.insert(
+            0,
+            "This key file has no expirationDate (created before 2024): keyd "
+            "cannot tell when it expires. Replace it with a new key.",
+        )
     if kind == AlertKind.REJECTED:
-        steps.insert(0, "The issuer refuses this key (revoked, deleted or unknown). Services "
-                        "using it cannot get tokens.")
+        steps.insert(
+            0,
+            "The issuer refuses this key (revoked, deleted or unknown). Services using it cannot get tokens.",
+        )
     return steps

@@ -59,8 +59,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 KEY_STATUSES: Final = tuple(KeyStatus)
 #: ``keyd_key_status_code``: 0 is the only healthy value (docs/daemon.md).
-STATUS_CODES: Final[dict[str, int]] = {KeyStatus.ACTIVE: 0, KeyStatus.EXPIRED: 1, KeyStatus.REJECTED: 2,
-                       KeyStatus.INVALID: 3, KeyStatus.MISSING: 4, KeyStatus.UNHELD: 5}
+STATUS_CODES: Final[dict[str, int]] = {
+    KeyStatus.ACTIVE: 0,
+    KeyStatus.EXPIRED: 1,
+    KeyStatus.REJECTED: 2,
+    KeyStatus.INVALID: 3,
+    KeyStatus.MISSING: 4,
+    KeyStatus.UNHELD: 5,
+}
 UNKNOWN_STATUS_CODE: Final = 9  # a status a newer keyd wrote
 PROBE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LABELS: Final = ["key_id", "principal"]
@@ -82,20 +88,29 @@ class KeydMetrics:
     ``last_tick()`` is when the scheduler last finished a tick.
     """
 
-    def __init__(self, engine: Engine, *, version: str,
-                 leader: Callable[[], bool | None] = lambda: None,
-                 last_tick: Callable[[], datetime | None] = lambda: None,
-                 per_key: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        version: str,
+        leader: Callable[[], bool | None] = lambda: None,
+        last_tick: Callable[[], datetime | None] = lambda: None,
+        per_key: bool = False,
+    ) -> None:
         self._engine = engine
         self.per_key = per_key
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.probe_duration = Histogram(
-            "keyd_probe_duration_seconds", "Duration of validation probes (token requests)",
-            buckets=PROBE_BUCKETS, registry=self.registry)
-        self.probes = Counter("keyd_probes", "Validation probes by outcome (this process)",
-                              ["outcome"], registry=self.registry)
+            "keyd_probe_duration_seconds",
+            "Duration of validation probes (token requests)",
+            buckets=PROBE_BUCKETS,
+            registry=self.registry,
+        )
+        self.probes = Counter(
+            "keyd_probes", "Validation probes by outcome (this process)", ["outcome"], registry=self.registry
+        )
         for outcome in ProbeOutcome:  # every outcome from 0, so rate() sees the first one
             self.probes.labels(outcome)
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
@@ -122,9 +137,11 @@ class KeydMetrics:
             except Exception as exc:  # the scrape must answer even without a database
                 log.error("metrics: cannot read the inventory: %s", exc)
                 marker, families = None, []
-            db_up = GaugeMetricFamily("keyd_db_up",
-                                      "1 if the inventory database answered the last refresh",
-                                      value=0 if marker is None else 1)
+            db_up = GaugeMetricFamily(
+                "keyd_db_up",
+                "1 if the inventory database answered the last refresh",
+                value=0 if marker is None else 1,
+            )
             self._snapshot = _Snapshot(marker, (db_up, *families), {})
             return True
 
@@ -146,8 +163,7 @@ class KeydMetrics:
                 inventory = current.bodies[content_type] = _render(current.families, encoder)
         live = encoder(self.registry)
         if content_type.startswith(OPENMETRICS):  # one "# EOF", at the very end
-            return live.removesuffix(EOF_LINE) + inventory.removesuffix(EOF_LINE) + EOF_LINE, \
-                content_type
+            return live.removesuffix(EOF_LINE) + inventory.removesuffix(EOF_LINE) + EOF_LINE, content_type
         return live + inventory, content_type
 
     def _current(self) -> _Snapshot:
@@ -162,8 +178,9 @@ class KeydMetrics:
 class _RuntimeCollector(Collector):
     """What this process knows, read at scrape time (no database)."""
 
-    def __init__(self, version: str, leader: Callable[[], bool | None],
-                 last_tick: Callable[[], datetime | None]) -> None:
+    def __init__(
+        self, version: str, leader: Callable[[], bool | None], last_tick: Callable[[], datetime | None]
+    ) -> None:
         self._version = version
         self._leader = leader
         self._last_tick = last_tick
@@ -174,13 +191,16 @@ class _RuntimeCollector(Collector):
         yield build
         leader = self._leader()
         if leader is not None:
-            yield GaugeMetricFamily("keyd_leader", "1 if this daemon is the active leader",
-                                    value=1 if leader else 0)
+            yield GaugeMetricFamily(
+                "keyd_leader", "1 if this daemon is the active leader", value=1 if leader else 0
+            )
         tick = self._last_tick()
         if tick is not None:
-            yield GaugeMetricFamily("keyd_last_tick_timestamp_seconds",
-                                    "When the scheduler last finished a tick",
-                                    value=tick.timestamp())
+            yield GaugeMetricFamily(
+                "keyd_last_tick_timestamp_seconds",
+                "When the scheduler last finished a tick",
+                value=tick.timestamp(),
+            )
 
 
 class _Families(Collector):
@@ -198,22 +218,27 @@ def _render(families: Iterable[Metric], encoder: Callable[[CollectorRegistry], b
 
 
 def _inventory(engine: Engine, per_key: bool) -> list[Metric]:
-    families = [*_key_families(snapshot.key_series(engine)),
-                *_aggregate_families(snapshot.aggregates(engine)),
-                _source_family(snapshot.sources(engine)),
-                *_rotation_families(engine)]
+    families = [
+        *_key_families(snapshot.key_series(engine)),
+        *_aggregate_families(snapshot.aggregates(engine)),
+        _source_family(snapshot.sources(engine)),
+        *_rotation_families(engine),
+    ]
     if per_key:
         families += [*_key_detail(snapshot.keys(engine)), *_token_families(snapshot.tokens(engine))]
     return families
 
 
 def _key_families(rows: list[snapshot.KeySeries]) -> list[Metric]:
-    expires = GaugeMetricFamily("keyd_key_expiration_timestamp_seconds",
-                                "When the key expires (absent when unknown)", labels=LABELS)
-    code = GaugeMetricFamily("keyd_key_status_code",
-                             "The key's status: 0 active, 1 expired, 2 rejected, 3 invalid, "
-                             "4 missing, 5 unheld (listed by ZITADEL, held nowhere)",
-                             labels=LABELS)
+    expires = GaugeMetricFamily(
+        "keyd_key_expiration_timestamp_seconds", "When the key expires (absent when unknown)", labels=LABELS
+    )
+    code = GaugeMetricFamily(
+        "keyd_key_status_code",
+        "The key's status: 0 active, 1 expired, 2 rejected, 3 invalid, "
+        "4 missing, 5 unheld (listed by ZITADEL, held nowhere)",
+        labels=LABELS,
+    )
     for row in _each(rows, "key"):
         ids = [row.key_id, row.principal]
         if row.expires_at is not None:
@@ -231,21 +256,33 @@ def _aggregate_families(agg: snapshot.Aggregates) -> list[Metric]:
         tokens.add_metric([state], agg.tokens_by_state.get(state, 0))
     out: list[Metric] = [keys, tokens]
     if agg.oldest_probe_ok is not None:
-        out.append(GaugeMetricFamily(
-            "keyd_key_last_probe_success_oldest_timestamp_seconds",
-            "The oldest last successful probe among active keys",
-            value=agg.oldest_probe_ok.timestamp()))
-    out.append(GaugeMetricFamily("keyd_keys_without_probe_success",
-                                 "Active keys no probe has proven yet",
-                                 value=agg.never_probe_ok))
+        out.append(
+            GaugeMetricFamily(
+                "keyd_key_last_probe_success_oldest_timestamp_seconds",
+                "The oldest last successful probe among active keys",
+                value=agg.oldest_probe_ok.timestamp(),
+            )
+        )
+    out.append(
+        GaugeMetricFamily(
+            "keyd_keys_without_probe_success", "Active keys no probe has proven yet", value=agg.never_probe_ok
+        )
+    )
     if agg.earliest_token_expiry is not None:
-        out.append(GaugeMetricFamily(
-            "keyd_token_expiration_earliest_timestamp_seconds",
-            "When the first written-back access token expires",
-            value=agg.earliest_token_expiry.timestamp()))
-    out.append(GaugeMetricFamily("keyd_alert_deliveries_unsent",
-                                 "Alert deliveries (mail, webhook) not sent yet: pending or "
-                                 "failed and retrying", value=agg.open_deliveries))
+        out.append(
+            GaugeMetricFamily(
+                "keyd_token_expiration_earliest_timestamp_seconds",
+                "When the first written-back access token expires",
+                value=agg.earliest_token_expiry.timestamp(),
+            )
+        )
+    out.append(
+        GaugeMetricFamily(
+            "keyd_alert_deliveries_unsent",
+            "Alert deliveries (mail, webhook) not sent yet: pending or failed and retrying",
+            value=agg.open_deliveries,
+        )
+    )
     out.append(_location_family(agg.locations))
     return out
 
@@ -254,8 +291,11 @@ def _location_family(counts: dict[tuple[str, str], int]) -> Metric:
     """Key-file locations by source and status; ``status="invalid"`` counts
     the files and secrets that cannot be read or parsed (the x509
     exporter's read-errors idea), per source, so a broken directory shows."""
-    family = GaugeMetricFamily("keyd_locations", "Key-file locations by source and status "
-                               "(invalid: unreadable or unparsable)", labels=["source", "status"])
+    family = GaugeMetricFamily(
+        "keyd_locations",
+        "Key-file locations by source and status (invalid: unreadable or unparsable)",
+        labels=["source", "status"],
+    )
     sources = sorted({source for source, _ in counts})
     for source in sources:
         for status in sorted({*LocationStatus, *(st for src, st in counts if src == source)}):
@@ -264,10 +304,12 @@ def _location_family(counts: dict[tuple[str, str], int]) -> Metric:
 
 
 def _key_detail(rows: list[KeyRecord]) -> list[Metric]:
-    last_ok = GaugeMetricFamily("keyd_key_last_probe_success_timestamp_seconds",
-                                "Last successful validation probe", labels=LABELS)
-    status = GaugeMetricFamily("keyd_key_status", "1 for the key's current status",
-                               labels=[*LABELS, "status"])
+    last_ok = GaugeMetricFamily(
+        "keyd_key_last_probe_success_timestamp_seconds", "Last successful validation probe", labels=LABELS
+    )
+    status = GaugeMetricFamily(
+        "keyd_key_status", "1 for the key's current status", labels=[*LABELS, "status"]
+    )
     for row in _each(rows, "key"):
         ids = [row.key_id, row.principal]
         if row.last_ok_at is not None:
@@ -279,11 +321,14 @@ def _key_detail(rows: list[KeyRecord]) -> list[Metric]:
 
 def _token_families(rows: list[snapshot.TokenSnapshot]) -> list[Metric]:
     labels = ["key_id", "principal", "sink"]
-    expires = GaugeMetricFamily("keyd_token_expiration_timestamp_seconds",
-                                "When the access token written back to Vault expires",
-                                labels=labels)
-    state = GaugeMetricFamily("keyd_token_state", "1 for the token sink's current state",
-                              labels=[*labels, "state"])
+    expires = GaugeMetricFamily(
+        "keyd_token_expiration_timestamp_seconds",
+        "When the access token written back to Vault expires",
+        labels=labels,
+    )
+    state = GaugeMetricFamily(
+        "keyd_token_state", "1 for the token sink's current state", labels=[*labels, "state"]
+    )
     for row in _each(rows, "token"):
         ids = [row.key_id, row.principal, row.sink]
         if row.expires_at is not None:
@@ -294,8 +339,7 @@ def _token_families(rows: list[snapshot.TokenSnapshot]) -> list[Metric]:
 
 
 def _source_family(rows: list[snapshot.SourceSnapshot]) -> Metric:
-    family = CounterMetricFamily("keyd_source_errors", "Failed scans of each source",
-                                 labels=["source"])
+    family = CounterMetricFamily("keyd_source_errors", "Failed scans of each source", labels=["source"])
     for row in _each(rows, "source"):
         family.add_metric([row.name], row.error_count)
     return family
@@ -305,17 +349,19 @@ def _rotation_families(engine: Engine) -> list[Metric]:
     """Rotations: outcomes (a counter from the append-only events), how many
     are unfinished in each state, and when each unfinished or failed one was
     planned (its age is ``time() -`` that; few series: finished ones drop out)."""
-    total = CounterMetricFamily("keyd_rotations", "Rotations that reached an outcome",
-                                labels=["outcome"])
+    total = CounterMetricFamily("keyd_rotations", "Rotations that reached an outcome", labels=["outcome"])
     for outcome, n in rotation_store.outcome_counts(engine).items():
         total.add_metric([outcome], n)
     rows = rotation_store.unfinished(engine)
-    by_state = GaugeMetricFamily("keyd_rotation_state", "Unfinished or failed rotations by state",
-                                 labels=["state"])
+    by_state = GaugeMetricFamily(
+        "keyd_rotation_state", "Unfinished or failed rotations by state", labels=["state"]
+    )
     counts = {state: 0 for state in rotation_store.STATES if state != rotation_store.RETIRED}
-    started = GaugeMetricFamily("keyd_rotation_started_timestamp_seconds",
-                                "When each unfinished or failed rotation was planned",
-                                labels=["key_id", "principal", "state"])
+    started = GaugeMetricFamily(
+        "keyd_rotation_started_timestamp_seconds",
+        "When each unfinished or failed rotation was planned",
+        labels=["key_id", "principal", "state"],
+    )
     for row in _each(rows, "rotation"):
         counts[row.state] = counts.get(row.state, 0) + 1
         started.add_metric([row.old_key_id, row.principal, row.state], row.planned_at.timestamp())

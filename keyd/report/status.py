@@ -76,8 +76,9 @@ def effective_status(stored: str, expiry: ExpiryView) -> str:
     return stored
 
 
-def build_status(snapshot: InventorySnapshot, at: datetime, tz: tzinfo,
-                 warn_before: timedelta = DEFAULT_WARN_BEFORE) -> StatusReport:
+def build_status(
+    snapshot: InventorySnapshot, at: datetime, tz: tzinfo, warn_before: timedelta = DEFAULT_WARN_BEFORE
+) -> StatusReport:
     keys = []
     for row in snapshot.keys:
         view = evaluate(row.expires_at, at, tz, warn_before)
@@ -85,8 +86,7 @@ def build_status(snapshot: InventorySnapshot, at: datetime, tz: tzinfo,
     return StatusReport(at, tz, tuple(keys), snapshot.orphans, snapshot.sources)
 
 
-def load_status(engine: Engine, config: Config, at: datetime, *,
-                key_id: str | None = None) -> StatusReport:
+def load_status(engine: Engine, config: Config, at: datetime, *, key_id: str | None = None) -> StatusReport:
     """The inventory at ``at`` as the configuration judges it (``expiring``:
     within the largest alert threshold); only ``key_id`` when given. The one
     builder behind both ``keyd status --json`` and ``GET /api/v1/status``
@@ -98,28 +98,44 @@ def load_status(engine: Engine, config: Config, at: datetime, *,
 
 # --- JSON ------------------------------------------------------------------
 
+
 def _iso(value: datetime | None) -> str | None:
     return render.instant(value) if value is not None else None
 
 
 def _location_json(loc: Location) -> dict[str, Any]:
-    return {"source": loc.source, "ref": loc.ref, "status": loc.status, "error": loc.error,
-            "warning": loc.warning, "kind": loc.kind or "file"}
+    return {
+        "source": loc.source,
+        "ref": loc.ref,
+        "status": loc.status,
+        "error": loc.error,
+        "warning": loc.warning,
+        "kind": loc.kind or "file",
+    }
 
 
 def key_json(key: KeyStatus) -> dict[str, Any]:
     row, view = key.row, key.expiry
     return {
-        "key_id": row.key_id, "kind": row.kind, "principal": row.principal,
-        "fingerprint": row.fingerprint, "algorithm": row.algorithm, "status": key.status,
+        "key_id": row.key_id,
+        "kind": row.kind,
+        "principal": row.principal,
+        "fingerprint": row.fingerprint,
+        "algorithm": row.algorithm,
+        "status": key.status,
         "expiry_status": view.status,
         "expires_at": rfc3339_z(view.expires_at) if view.expires_at else None,
         "last_usable_day": view.last_usable_day.isoformat() if view.last_usable_day else None,
-        "seconds_left": view.seconds_left, "days_left": view.days_left,
+        "seconds_left": view.seconds_left,
+        "days_left": view.days_left,
         "locations": [_location_json(loc) for loc in row.locations],
-        "last_probe_at": _iso(row.last_probe_at), "last_probe_outcome": row.last_probe_outcome,
-        "last_ok_at": _iso(row.last_ok_at), "last_error": row.last_error,
-        "held": row.held, "expiry_source": _expiry_source(row), "diagnosis": row.diagnosis,
+        "last_probe_at": _iso(row.last_probe_at),
+        "last_probe_outcome": row.last_probe_outcome,
+        "last_ok_at": _iso(row.last_ok_at),
+        "last_error": row.last_error,
+        "held": row.held,
+        "expiry_source": _expiry_source(row),
+        "diagnosis": row.diagnosis,
         "zitadel_created_at": _iso(row.zitadel_created_at),
     }
 
@@ -132,12 +148,26 @@ def _expiry_source(row: KeyRecord) -> str | None:
 
 def orphan_json(loc: Location) -> dict[str, Any]:
     return {
-        "key_id": None, "kind": None, "principal": None, "fingerprint": None,
-        "algorithm": None, "status": vocab.LocationStatus.INVALID, "expiry_status": None, "expires_at": None,
-        "last_usable_day": None, "seconds_left": None, "days_left": None,
-        "locations": [_location_json(loc)], "last_probe_at": None,
-        "last_probe_outcome": None, "last_ok_at": None, "last_error": loc.error,
-        "held": None, "expiry_source": None, "diagnosis": None, "zitadel_created_at": None,
+        "key_id": None,
+        "kind": None,
+        "principal": None,
+        "fingerprint": None,
+        "algorithm": None,
+        "status": vocab.LocationStatus.INVALID,
+        "expiry_status": None,
+        "expires_at": None,
+        "last_usable_day": None,
+        "seconds_left": None,
+        "days_left": None,
+        "locations": [_location_json(loc)],
+        "last_probe_at": None,
+        "last_probe_outcome": None,
+        "last_ok_at": None,
+        "last_error": loc.error,
+        "held": None,
+        "expiry_source": None,
+        "diagnosis": None,
+        "zitadel_created_at": None,
     }
 
 
@@ -152,6 +182,7 @@ def status_document(report: StatusReport) -> dict[str, Any]:
 
 
 # --- text --------------------------------------------------------------------
+
 
 def _expires(view: ExpiryView, row: KeyRecord | None = None) -> str:
     if view.status == vocab.ExpiryStatus.UNKNOWN:
@@ -186,17 +217,34 @@ def _probe(row: KeyRecord, at: datetime) -> str:
 def render_text(report: StatusReport) -> str:
     """The table, then problems an operator should look at."""
     zone = getattr(report.tz, "key", None) or str(report.tz)
-    headers = ["KEY ID", "PRINCIPAL", "SOURCE", "EXPIRES (UTC)", f"LAST DAY ({zone})",
-               "DAYS", "STATUS", "LAST PROBE"]
-    rows = [[k.row.key_id, k.row.principal, _sources(k.row), _expires(k.expiry, k.row),
-             render.day(k.expiry.last_usable_day), render.number(k.expiry.days_left),
-             shown_status(k), _probe(k.row, report.at)] for k in report.keys]
+    headers = [
+        "KEY ID",
+        "PRINCIPAL",
+        "SOURCE",
+        "EXPIRES (UTC)",
+        f"LAST DAY ({zone})",
+        "DAYS",
+        "STATUS",
+        "LAST PROBE",
+    ]
+    rows = [
+        [
+            k.row.key_id,
+            k.row.principal,
+            _sources(k.row),
+            _expires(k.expiry, k.row),
+            render.day(k.expiry.last_usable_day),
+            render.number(k.expiry.days_left),
+            shown_status(k),
+            _probe(k.row, report.at),
+        ]
+        for k in report.keys
+    ]
     if any(loc.kind for k in report.keys for loc in k.row.locations):  # a zitadel source
         headers.append("HELD")
         for row, key in zip(rows, report.keys, strict=True):
             row.append("yes" if key.row.held else "no")
-    parts = [render.table(headers, rows) if rows else
-             "no keys in the inventory (run \"keyd scan\")"]
+    parts = [render.table(headers, rows) if rows else 'no keys in the inventory (run "keyd scan")']
     lines = problems(report)
     if lines:
         parts.append("\n".join(["Problems:", *(f"  {line}" for line in lines)]))
@@ -215,7 +263,7 @@ def problems(report: StatusReport) -> list[str]:
             elif loc.warning and loc.status == vocab.LocationStatus.PRESENT:
                 for part in loc.warning.split("; "):
                     if part.startswith("its directory "):
-                        text = f"{loc.source}: warning: directory{part[len('its directory'):]}"
+                        text = f"{loc.source}: warning: directory{part[len('its directory') :]}"
                     else:
                         text = f"{loc.source}: {loc.ref}: warning: {part}"
                     if text not in said:
@@ -227,6 +275,8 @@ def problems(report: StatusReport) -> list[str]:
         lines.append(f"{loc.source}: {loc.ref}: INVALID: {loc.error}")
     for state in report.sources:
         if state.consecutive_failures:
-            lines.append(f"source {state.name}: failing ({state.consecutive_failures} scans "
-                         f"in a row): {state.last_error}")
+            lines.append(
+                f"source {state.name}: failing ({state.consecutive_failures} scans "
+                f"in a row): {state.last_error}"
+            )
     return [render.line(text) for text in lines]

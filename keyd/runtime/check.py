@@ -59,14 +59,26 @@ from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus, SinkState
 
 SCHEMA: Final = "keyd.check/1"
-EXIT_FOR: Final[dict[str, int]] = {CheckStatus.OK: EXIT_OK, CheckStatus.WARNING: EXIT_WARNING,
-                                   CheckStatus.CRITICAL: EXIT_CRITICAL,
-                                   CheckStatus.UNKNOWN: EXIT_UNKNOWN}
+EXIT_FOR: Final[dict[str, int]] = {
+    CheckStatus.OK: EXIT_OK,
+    CheckStatus.WARNING: EXIT_WARNING,
+    CheckStatus.CRITICAL: EXIT_CRITICAL,
+    CheckStatus.UNKNOWN: EXIT_UNKNOWN,
+}
 ROTATION_STUCK: Final = timedelta(hours=1)  # planned … proven should take minutes
 ROTATION_STUCK_FAILURES: Final = 3
 ROTATION_RETIRE_LATE: Final = timedelta(days=1)
-COUNTERS: Final = ("keys", "expiring", "expired", "rejected", "invalid", "missing",
-                   "source_errors", "unheld", "gone")
+COUNTERS: Final = (
+    "keys",
+    "expiring",
+    "expired",
+    "rejected",
+    "invalid",
+    "missing",
+    "source_errors",
+    "unheld",
+    "gone",
+)
 
 
 @dataclass(frozen=True)
@@ -81,10 +93,16 @@ class Problem:
     ref: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"severity": self.severity, "kind": self.kind, "message": self.message,
-                "key_id": self.key_id, "principal": self.principal,
-                "expires_at": rfc3339_z(self.expires_at) if self.expires_at else None,
-                "seconds_left": self.seconds_left, "ref": self.ref}
+        return {
+            "severity": self.severity,
+            "kind": self.kind,
+            "message": self.message,
+            "key_id": self.key_id,
+            "principal": self.principal,
+            "expires_at": rfc3339_z(self.expires_at) if self.expires_at else None,
+            "seconds_left": self.seconds_left,
+            "ref": self.ref,
+        }
 
 
 @dataclass
@@ -115,17 +133,25 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         cycle = self.cycle
         return {
-            "schema": SCHEMA, "status": self.status, "exit_code": self.exit_code,
-            "summary": self.summary(), "at": isoformat_z(self.at),
+            "schema": SCHEMA,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "summary": self.summary(),
+            "at": isoformat_z(self.at),
             "dry_run": bool(cycle and cycle.dry_run),
             "warn_within_seconds": int(self.warn_within.total_seconds()),
             "counts": dict(self.counts),
             "problems": [p.to_json() for p in self.problems],
-            "sources": [{"name": s.name, "ok": s.consecutive_failures == 0,
-                         "consecutive_failures": s.consecutive_failures,
-                         "last_error": scrub(s.last_error) if s.last_error else None,
-                         "last_success_at": isoformat_z(s.last_success_at)
-                         if s.last_success_at else None} for s in self.sources],
+            "sources": [
+                {
+                    "name": s.name,
+                    "ok": s.consecutive_failures == 0,
+                    "consecutive_failures": s.consecutive_failures,
+                    "last_error": scrub(s.last_error) if s.last_error else None,
+                    "last_success_at": isoformat_z(s.last_success_at) if s.last_success_at else None,
+                }
+                for s in self.sources
+            ],
             "stages": [s.to_json() for s in cycle.stages] if cycle else [],
             "skipped_side_effects": list(cycle.skipped_side_effects) if cycle else [],
         }
@@ -133,10 +159,11 @@ class Verdict:
     def _headline(self) -> str:
         c = self.counts
         expiring = [p for p in self.problems if p.kind == ExpiryStatus.EXPIRING]
-        soonest = min((p.seconds_left for p in expiring if p.seconds_left is not None),
-                      default=None)
-        tokens = {s: sum(p.kind == "token" and p.severity == s for p in self.problems)
-                  for s in (CheckStatus.CRITICAL, CheckStatus.WARNING)}
+        soonest = min((p.seconds_left for p in expiring if p.seconds_left is not None), default=None)
+        tokens = {
+            s: sum(p.kind == "token" and p.severity == s for p in self.problems)
+            for s in (CheckStatus.CRITICAL, CheckStatus.WARNING)
+        }
         if self.status == CheckStatus.CRITICAL:
             text = f"{c['expired']} expired, {c['rejected']} rejected, {c['invalid']} invalid"
             if tokens[CheckStatus.CRITICAL]:
@@ -146,8 +173,11 @@ class Verdict:
             when = f" in {_left(soonest)}" if soonest is not None else ""
             noun = "key" if c["expiring"] == 1 else "keys"
             text = f"{c['expiring']} {noun} expiring{when}, {c['rejected']} rejected"
-            return text + (f", {tokens[CheckStatus.WARNING]} token sink(s) failing"
-                           if tokens[CheckStatus.WARNING] else "")
+            return text + (
+                f", {tokens[CheckStatus.WARNING]} token sink(s) failing"
+                if tokens[CheckStatus.WARNING]
+                else ""
+            )
         if self.status == CheckStatus.UNKNOWN:
             return "; ".join(p.message for p in self.problems if p.severity == CheckStatus.UNKNOWN)
         noun = "key" if c["keys"] == 1 else "keys"
@@ -161,31 +191,50 @@ class PolicyFinding:
     text: str  # "never expires", "lives 730d (limit 400d)", ...
 
 
-def judge(config: Config, at: datetime, keys: Sequence[KeyRecord],
-          locations: Sequence[LocationProblem], sources: Sequence[SourceSnapshot],
-          cycle: CycleReport | None = None, *,
-          issuer_down_since: datetime | None = None, gone: frozenset[str] = frozenset(),
-          policy: Sequence[PolicyFinding] = (),
-          rotations: Sequence[RotationSnapshot] = (),
-          tokens: Sequence[TokenSnapshot] = ()) -> Verdict:
+def judge(
+    config: Config,
+    at: datetime,
+    keys: Sequence[KeyRecord],
+    locations: Sequence[LocationProblem],
+    sources: Sequence[SourceSnapshot],
+    cycle: CycleReport | None = None,
+    *,
+    issuer_down_since: datetime | None = None,
+    gone: frozenset[str] = frozenset(),
+    policy: Sequence[PolicyFinding] = (),
+    rotations: Sequence[RotationSnapshot] = (),
+    tokens: Sequence[TokenSnapshot] = (),
+) -> Verdict:
     """The verdict for this inventory at ``at`` (module docstring).
     ``issuer_down_since``: a stored outage to report when this cycle did
     not probe (dry run)."""
     warn = max(config.alerts.thresholds, default=timedelta(days=30))
     configured = {s.name for s in config.sources}
-    verdict = Verdict(CheckStatus.OK, at, warn, cycle=cycle,
-                      sources=[s for s in sources if s.name in configured])
+    verdict = Verdict(
+        CheckStatus.OK, at, warn, cycle=cycle, sources=[s for s in sources if s.name in configured]
+    )
     for key in keys:
         _judge_key(verdict, key, at, warn, config.timezone, removed=key.key_id in gone)
     for finding in policy:
-        verdict.problems.append(Problem(
-            CheckStatus.WARNING, "policy", f"key {finding.key_id} ({finding.principal}) {finding.text} "
-            "(policy, as ZITADEL lists it)", key_id=finding.key_id, principal=finding.principal))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.WARNING,
+                "policy",
+                f"key {finding.key_id} ({finding.principal}) {finding.text} (policy, as ZITADEL lists it)",
+                key_id=finding.key_id,
+                principal=finding.principal,
+            )
+        )
     for loc in locations:
         verdict.counts["invalid"] += 1
-        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.INVALID,
-                                        f"invalid key file {loc.ref} ({loc.source}): "
-                                        f"{_clean(loc.error)}", ref=loc.ref))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.CRITICAL,
+                KeyStatus.INVALID,
+                f"invalid key file {loc.ref} ({loc.source}): {_clean(loc.error)}",
+                ref=loc.ref,
+            )
+        )
     for rotation in rotations:
         _judge_rotation(verdict, rotation, at)
     if config.tokens is not None:
@@ -193,17 +242,23 @@ def judge(config: Config, at: datetime, keys: Sequence[KeyRecord],
             _judge_sink(verdict, sink, at)
     _judge_unknowns(verdict)
     if issuer_down_since is not None:
-        verdict.problems.append(Problem(
-            CheckStatus.UNKNOWN, "issuer", f"issuer unavailable since {isoformat_z(issuer_down_since)} "
-            "(last probe round; a dry run does not probe)"))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.UNKNOWN,
+                "issuer",
+                f"issuer unavailable since {isoformat_z(issuer_down_since)} "
+                "(last probe round; a dry run does not probe)",
+            )
+        )
     verdict.status = _status(verdict)
     order: dict[str, int] = {CheckStatus.CRITICAL: 0, CheckStatus.WARNING: 1, CheckStatus.UNKNOWN: 2}
     verdict.problems.sort(key=lambda p: (order[p.severity], p.seconds_left or 0))
     return verdict
 
 
-def _judge_key(verdict: Verdict, key: KeyRecord, at: datetime, warn: timedelta,
-               tz: tzinfo, *, removed: bool = False) -> None:
+def _judge_key(
+    verdict: Verdict, key: KeyRecord, at: datetime, warn: timedelta, tz: tzinfo, *, removed: bool = False
+) -> None:
     if key.status == KeyStatus.MISSING:
         verdict.counts["missing"] += 1
         return
@@ -214,31 +269,52 @@ def _judge_key(verdict: Verdict, key: KeyRecord, at: datetime, warn: timedelta,
     view = evaluate(key.expires_at, at, tz, warn_before=warn)
     who = f"key {key.key_id} ({key.principal})"
     where = f" [{', '.join(key.refs)}]" if key.refs else ""
-    common: dict[str, Any] = {"key_id": key.key_id, "principal": key.principal,
-                              "expires_at": view.expires_at, "seconds_left": view.seconds_left,
-                              "ref": key.refs[0] if key.refs else None}
+    common: dict[str, Any] = {
+        "key_id": key.key_id,
+        "principal": key.principal,
+        "expires_at": view.expires_at,
+        "seconds_left": view.seconds_left,
+        "ref": key.refs[0] if key.refs else None,
+    }
     if key.status == KeyStatus.EXPIRED or view.status == ExpiryStatus.EXPIRED:
         verdict.counts["expired"] += 1
         stamp = rfc3339_z(view.expires_at) if view.expires_at else "an unknown time"
-        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.EXPIRED,
-                                        f"{who} expired at {stamp}{where}", **common))
+        verdict.problems.append(
+            Problem(CheckStatus.CRITICAL, KeyStatus.EXPIRED, f"{who} expired at {stamp}{where}", **common)
+        )
     elif key.status == KeyStatus.REJECTED:
         verdict.counts["rejected"] += 1
         verdict.counts["gone"] += removed
         what = "was removed in ZITADEL" if removed else "is rejected by the issuer"
-        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.REJECTED, f"{who} {what}: "
-                                        f"{_clean(key.last_error)}{where}", **common))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.CRITICAL,
+                KeyStatus.REJECTED,
+                f"{who} {what}: {_clean(key.last_error)}{where}",
+                **common,
+            )
+        )
     elif key.status == KeyStatus.INVALID:
         verdict.counts["invalid"] += 1
-        verdict.problems.append(Problem(CheckStatus.CRITICAL, KeyStatus.INVALID,
-                                        f"{who} is invalid: {_clean(key.last_error)}{where}",
-                                        **common))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.CRITICAL,
+                KeyStatus.INVALID,
+                f"{who} is invalid: {_clean(key.last_error)}{where}",
+                **common,
+            )
+        )
     elif view.status == ExpiryStatus.EXPIRING and view.expires_at is not None:
         verdict.counts["expiring"] += 1
-        verdict.problems.append(Problem(
-            CheckStatus.WARNING, ExpiryStatus.EXPIRING,
-            f"{who} expires at {rfc3339_z(view.expires_at)} (in {_left(view.seconds_left)}, "
-            f"last usable day {view.last_usable_day}){where}", **common))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.WARNING,
+                ExpiryStatus.EXPIRING,
+                f"{who} expires at {rfc3339_z(view.expires_at)} (in {_left(view.seconds_left)}, "
+                f"last usable day {view.last_usable_day}){where}",
+                **common,
+            )
+        )
 
 
 def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> None:
@@ -247,32 +323,67 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
     who = f"rotation of key {row.old_key_id} ({row.principal})"
     common: dict[str, Any] = {"key_id": row.old_key_id, "principal": row.principal}
     if row.state == SinkState.FAILED:
-        verdict.problems.append(Problem(CheckStatus.CRITICAL, "rotation", f"{who} failed at "
-                                        f"{row.failed_step}: {_clean(row.last_error)}", **common))
-    elif row.state != "published" and (at - row.updated_at > ROTATION_STUCK
-                                        or row.failures >= ROTATION_STUCK_FAILURES):
-        verdict.problems.append(Problem(
-            CheckStatus.CRITICAL, "rotation", f"{who} stuck in state {row.state} since "
-            f"{isoformat_z(row.updated_at)} ({row.failures} failure(s)): "
-            f"{_clean(row.last_error)}", **common))
-    elif row.state == "published" and row.retire_after is not None \
-            and at - row.retire_after > ROTATION_RETIRE_LATE:
-        verdict.problems.append(Problem(
-            CheckStatus.WARNING, "rotation", f"{who}: the old key is not retired yet "
-            f"({_clean(row.last_error)})", **common))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.CRITICAL,
+                "rotation",
+                f"{who} failed at {row.failed_step}: {_clean(row.last_error)}",
+                **common,
+            )
+        )
+    elif row.state != "published" and (
+        at - row.updated_at > ROTATION_STUCK or row.failures >= ROTATION_STUCK_FAILURES
+    ):
+        verdict.problems.append(
+            Problem(
+                CheckStatus.CRITICAL,
+                "rotation",
+                f"{who} stuck in state {row.state} since "
+                f"{isoformat_z(row.updated_at)} ({row.failures} failure(s)): "
+                f"{_clean(row.last_error)}",
+                **common,
+            )
+        )
+    elif (
+        row.state == "published"
+        and row.retire_after is not None
+        and at - row.retire_after > ROTATION_RETIRE_LATE
+    ):
+        verdict.problems.append(
+            Problem(
+                CheckStatus.WARNING,
+                "rotation",
+                f"{who}: the old key is not retired yet ({_clean(row.last_error)})",
+                **common,
+            )
+        )
 
 
 def _judge_sink(verdict: Verdict, sink: TokenSnapshot, at: datetime) -> None:
     who = f"token write-back for key {sink.key_id} ({sink.principal}) to {sink.sink}"
     if sink.expires_at is not None and sink.expires_at <= at:
-        verdict.problems.append(Problem(
-            CheckStatus.CRITICAL, "token", f"{who}: the token in place expired at "
-            f"{isoformat_z(sink.expires_at)} ({sink.state}: {_clean(sink.last_error)})",
-            key_id=sink.key_id, principal=sink.principal, ref=sink.sink))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.CRITICAL,
+                "token",
+                f"{who}: the token in place expired at "
+                f"{isoformat_z(sink.expires_at)} ({sink.state}: {_clean(sink.last_error)})",
+                key_id=sink.key_id,
+                principal=sink.principal,
+                ref=sink.sink,
+            )
+        )
     elif sink.state in ("failed", "conflict", "unmanaged"):
-        verdict.problems.append(Problem(
-            CheckStatus.WARNING, "token", f"{who} is {sink.state}: {_clean(sink.last_error)}",
-            key_id=sink.key_id, principal=sink.principal, ref=sink.sink))
+        verdict.problems.append(
+            Problem(
+                CheckStatus.WARNING,
+                "token",
+                f"{who} is {sink.state}: {_clean(sink.last_error)}",
+                key_id=sink.key_id,
+                principal=sink.principal,
+                ref=sink.sink,
+            )
+        )
 
 
 def _unproven(result: object) -> str | None:
@@ -285,22 +396,30 @@ def _unproven(result: object) -> str | None:
     failed = seen.get("bad_response", 0) + seen.get("unavailable", 0)
     if seen.get("ok", 0) or seen.get("rejected", 0) or not failed:
         return None
-    return (f"no key could be proven: {seen.get('bad_response', 0)} bad answer(s), "
-            f"{seen.get('unavailable', 0)} unavailable")
+    return (
+        f"no key could be proven: {seen.get('bad_response', 0)} bad answer(s), "
+        f"{seen.get('unavailable', 0)} unavailable"
+    )
 
 
 def _judge_unknowns(verdict: Verdict) -> None:
     for source in verdict.sources:
         if source.consecutive_failures:
             verdict.counts["source_errors"] += 1
-            verdict.problems.append(Problem(CheckStatus.UNKNOWN, "source", f"source {source.name} "
-                                            f"failing: {_clean(source.last_error)}"))
+            verdict.problems.append(
+                Problem(
+                    CheckStatus.UNKNOWN,
+                    "source",
+                    f"source {source.name} failing: {_clean(source.last_error)}",
+                )
+            )
     cycle = verdict.cycle
     if cycle is None:
         return
     for stage in cycle.failed:
-        verdict.problems.append(Problem(CheckStatus.UNKNOWN, "stage",
-                                        f"stage {stage.name} failed: {_clean(stage.error)}"))
+        verdict.problems.append(
+            Problem(CheckStatus.UNKNOWN, "stage", f"stage {stage.name} failed: {_clean(stage.error)}")
+        )
     for stage in cycle.stages:
         if getattr(stage.result, "issuer_reachable", None) is False:
             verdict.problems.append(Problem(CheckStatus.UNKNOWN, "issuer", "issuer unavailable"))
@@ -342,14 +461,22 @@ def run_check(services: Services, stages: Sequence[Stage], *, dry_run: bool = Fa
 def _verdict_from_db(services: Services, report: CycleReport) -> Verdict:
     engine, now = services.engine, services.clock.now()
     gone, policy = _zitadel_findings(services, now)
-    return judge(services.config, now, snapshot.keys(engine),
-                 snapshot.location_problems(engine), snapshot.sources(engine), report,
-                 issuer_down_since=_stored_outage(services, report), gone=gone, policy=policy,
-                 rotations=unfinished(engine), tokens=snapshot.tokens(engine))
+    return judge(
+        services.config,
+        now,
+        snapshot.keys(engine),
+        snapshot.location_problems(engine),
+        snapshot.sources(engine),
+        report,
+        issuer_down_since=_stored_outage(services, report),
+        gone=gone,
+        policy=policy,
+        rotations=unfinished(engine),
+        tokens=snapshot.tokens(engine),
+    )
 
 
-def _zitadel_findings(services: Services, now: datetime
-                      ) -> tuple[frozenset[str], list[PolicyFinding]]:
+def _zitadel_findings(services: Services, now: datetime) -> tuple[frozenset[str], list[PolicyFinding]]:
     """Keys ZITADEL no longer lists, and the policy findings of what it lists."""
     if not any(isinstance(s, ZitadelSourceConfig) for s in services.config.sources):
         return frozenset(), []
@@ -357,8 +484,10 @@ def _zitadel_findings(services: Services, now: datetime
         keys = alert_store.all_keys(session)
         removed = alert_store.removed_keys(session, [k.id for k in keys if k.status == KeyStatus.REJECTED])
         gone = frozenset(k.key_id for k in keys if k.id in removed)
-        found = [PolicyFinding(f.key.key_id, f.key.principal, f.text)
-                 for f in policy_findings(services.config, keys, now)]
+        found = [
+            PolicyFinding(f.key.key_id, f.key.principal, f.text)
+            for f in policy_findings(services.config, keys, now)
+        ]
     return gone, found
 
 

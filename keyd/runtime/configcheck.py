@@ -39,14 +39,19 @@ class DependencyCheck:
 def check_dependencies(services: Services) -> list[DependencyCheck]:
     config = services.config
     checks: list[tuple[str, Callable[[], str]]] = [
-        (f"database {safe_url(config.database.url)}", lambda: _database(services))]
+        (f"database {safe_url(config.database.url)}", lambda: _database(services))
+    ]
     if services.vault is not None:
         vault = services.vault
         checks.append((f"vault {display_url(vault.addr)}", lambda: _vault(services)))
     if services.issuer is not None:
         issuer = services.issuer
-        checks.append((f"issuer {display_url(issuer.url)}",
-                       lambda: f"token endpoint {issuer.discover().token_endpoint}"))
+        checks.append(
+            (
+                f"issuer {display_url(issuer.url)}",
+                lambda: f"token endpoint {issuer.discover().token_endpoint}",
+            )
+        )
     email = config.alerts.email
     if email is not None:
         checks.append((f"smtp {email.host}:{email.port}", lambda: _smtp(services)))
@@ -102,4 +107,5 @@ def _directory(source: DirectorySourceConfig) -> Callable[[], str]:
         if not os.access(source.path, os.R_OK | os.X_OK):
             raise KeydError(f"{source.path} is not readable by this user")
         return f"{source.path} readable"
+
     return check

@@ -58,8 +58,13 @@ class StageReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "ok": self.ok, "skipped": self.skipped,
-                "error": self.error, "seconds": round(self.seconds, 3)}
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "skipped": self.skipped,
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass
@@ -78,8 +83,7 @@ class CycleReport:
         return [s for s in self.stages if not s.ok]
 
 
-def run_cycle(services: Services, stages: Sequence[Stage], *,
-              dry_run: bool = False) -> CycleReport:
+def run_cycle(services: Services, stages: Sequence[Stage], *, dry_run: bool = False) -> CycleReport:
     """Run ``stages`` in order against ``services`` (already sandboxed by
     the caller for a dry run: see ``keyd.runtime.wiring.dry_run``)."""
     report = CycleReport(started=services.clock.now(), dry_run=dry_run)
@@ -89,8 +93,7 @@ def run_cycle(services: Services, stages: Sequence[Stage], *,
     return report
 
 
-def _run_stage(services: Services, stage: Stage, dry_run: bool,
-               report: CycleReport) -> StageReport:
+def _run_stage(services: Services, stage: Stage, dry_run: bool, report: CycleReport) -> StageReport:
     out = StageReport(stage.name)
     start = services.clock.monotonic()
     try:
@@ -99,14 +102,12 @@ def _run_stage(services: Services, stage: Stage, dry_run: bool,
             if stage.plan is None:
                 report.skipped_side_effects.append(f"{stage.name}: stage skipped (dry run)")
             else:
-                report.skipped_side_effects.extend(
-                    f"{stage.name}: {line}" for line in stage.plan(services))
+                report.skipped_side_effects.extend(f"{stage.name}: {line}" for line in stage.plan(services))
         else:
             out.result = stage.run(services)
     except KeydError as exc:
         out.ok, out.error, out.error_type = False, str(exc), type(exc).__name__
-        log.error("cycle: stage %s failed: %s", stage.name, exc,
-                  exc_info=None if exc.retryable else exc)
+        log.error("cycle: stage %s failed: %s", stage.name, exc, exc_info=None if exc.retryable else exc)
     except Exception as exc:  # one broken stage must not hide the others' results
         out.ok, out.error, out.error_type = False, f"{type(exc).__name__}: {exc}", type(exc).__name__
         log.exception("cycle: stage %s failed", stage.name)

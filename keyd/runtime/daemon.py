@@ -61,9 +61,16 @@ log = logging.getLogger(__name__)
 #: Stages on the mail thread (never behind probes or write-back).
 MAIL_STAGES = frozenset({"outbox"})
 #: How often each stage's tick looks for due work (seconds).
-DEFAULT_INTERVALS = {"scan": 300.0, "evaluate": 60.0, "probe": 30.0, "rotate": 30.0,
-                     "tokens": 30.0,
-                     "outbox": 30.0, "prune": 6 * 3600.0, "metrics": 15.0}
+DEFAULT_INTERVALS = {
+    "scan": 300.0,
+    "evaluate": 60.0,
+    "probe": 30.0,
+    "rotate": 30.0,
+    "tokens": 30.0,
+    "outbox": 30.0,
+    "prune": 6 * 3600.0,
+    "metrics": 15.0,
+}
 
 
 @dataclass
@@ -81,8 +88,15 @@ class Daemon:
     """One ``keyd run``. ``load()`` reads the config (again on SIGHUP);
     ``stages_for(services)`` returns the cycle's stages (the ticks)."""
 
-    def __init__(self, load: Callable[[], Config], clock: Clock, stages_for: StagesFor,
-                 settings: DaemonSettings | None = None, *, log_level: str | None = None) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Config],
+        clock: Clock,
+        stages_for: StagesFor,
+        settings: DaemonSettings | None = None,
+        *,
+        log_level: str | None = None,
+    ) -> None:
         self._load = load
         self._log_level = log_level  # --debug overrides [log] level
         self._clock = clock
@@ -128,16 +142,23 @@ class Daemon:
         self.scheduler = TickScheduler(clock=self._clock, gate=self._is_leader)
         self.services.metrics = self._metrics(self.services)
         if config.http.listen:
-            self._http = ObservabilityServer(config.http.listen, self.services.metrics,
-                                             self.healthy, self.ready,
-                                             views=StatusViews(self._current_services),
-                                             access=_access(config))
+            self._http = ObservabilityServer(
+                config.http.listen,
+                self.services.metrics,
+                self.healthy,
+                self.ready,
+                views=StatusViews(self._current_services),
+                access=_access(config),
+            )
             self._http.start()
         if leader:
             self._first_scan()
         else:
-            log.info("standby: another keyd leads %s; retrying every %gs",
-                     self.guard.describe(), self.settings.control_interval)
+            log.info(
+                "standby: another keyd leads %s; retrying every %gs",
+                self.guard.describe(),
+                self.settings.control_interval,
+            )
         self._register_ticks()
         self.scheduler.start()
         if leader:
@@ -171,10 +192,14 @@ class Daemon:
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         """Route signals to the main loop; returns the handlers to restore."""
+
         def handler(signum: int, _frame: FrameType | None) -> None:
             self._signals.put(signum)  # SimpleQueue.put is safe in a signal handler
-        return {signum: signal.signal(signum, handler)
-                for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+
+        return {
+            signum: signal.signal(signum, handler)
+            for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+        }
 
     def _wait_for_signals(self) -> None:
         while True:
@@ -227,8 +252,7 @@ class Daemon:
             new.metrics = old.metrics
             if new.metrics is not None and new.metrics.per_key != config.http.metrics_per_key:
                 new.metrics.per_key = config.http.metrics_per_key
-                self.scheduler.once("metrics", lambda: self._refresh_metrics(force=True),
-                                    executor=SNAPSHOT)
+                self.scheduler.once("metrics", lambda: self._refresh_metrics(force=True), executor=SNAPSHOT)
             with self._mail, self._swap:  # the outbox tick runs on its own thread
                 new.owns_engine, old.owns_engine = True, False
                 self.services = new
@@ -247,22 +271,32 @@ class Daemon:
 
     def _register_ticks(self) -> None:
         assert self.scheduler is not None and self.services is not None
-        self.scheduler.add(Tick("control", self._control, self.settings.control_interval,
-                                executor=CONTROL, leader_only=False))
-        self.scheduler.add(Tick("metrics", self._refresh_metrics,
-                                self.settings.intervals.get("metrics", 15.0),
-                                executor=SNAPSHOT, leader_only=False))
+        self.scheduler.add(
+            Tick(
+                "control", self._control, self.settings.control_interval, executor=CONTROL, leader_only=False
+            )
+        )
+        self.scheduler.add(
+            Tick(
+                "metrics",
+                self._refresh_metrics,
+                self.settings.intervals.get("metrics", 15.0),
+                executor=SNAPSHOT,
+                leader_only=False,
+            )
+        )
         for stage in self._stages_for(self.services):
             interval = self.settings.intervals.get(stage.name, 60.0)
             executor = MAIL if stage.name in MAIL_STAGES else WORK
-            self.scheduler.add(Tick(stage.name, self._stage_runner(stage.name), interval,
-                                    executor=executor))
+            self.scheduler.add(Tick(stage.name, self._stage_runner(stage.name), interval, executor=executor))
 
     def _stage_runner(self, name: str) -> Callable[[], None]:
         if name in MAIL_STAGES:
+
             def run_mail() -> None:
                 with self._mail:
                     self._run_stage(name)
+
             return run_mail
         return lambda: self._run_stage(name)
 
@@ -284,8 +318,11 @@ class Daemon:
         try:
             self._run_stage("scan")
         except Exception as exc:  # the daemon still starts; the scan tick retries
-            log.error("first scan failed (retried by the scan tick): %s", exc,
-                      exc_info=not isinstance(exc, KeydError))
+            log.error(
+                "first scan failed (retried by the scan tick): %s",
+                exc,
+                exc_info=not isinstance(exc, KeydError),
+            )
 
     def _control(self) -> None:
         guard = self.guard
@@ -327,10 +364,13 @@ class Daemon:
     # --- observability ----------------------------------------------------
 
     def _metrics(self, services: Services) -> KeydMetrics:
-        return KeydMetrics(services.engine, version=__version__,
-                           leader=lambda: None if self._role is None else self._is_leader(),
-                           last_tick=self._last_tick,
-                           per_key=services.config.http.metrics_per_key)
+        return KeydMetrics(
+            services.engine,
+            version=__version__,
+            leader=lambda: None if self._role is None else self._is_leader(),
+            last_tick=self._last_tick,
+            per_key=services.config.http.metrics_per_key,
+        )
 
     def _refresh_metrics(self, *, force: bool = False) -> None:
         """The snapshot tick (leader and standby alike: both serve /metrics)."""
@@ -354,8 +394,10 @@ class Daemon:
         has overrun its deadline."""
         overrun = self._overrun()
         if overrun is not None:
-            return False, (f"stage {overrun[0]} running for {overrun[2]:.0f}s "
-                           f"(deadline {self.settings.stuck_after:.0f}s)")
+            return False, (
+                f"stage {overrun[0]} running for {overrun[2]:.0f}s "
+                f"(deadline {self.settings.stuck_after:.0f}s)"
+            )
         limit = 3 * self.settings.control_interval
         stats = self.scheduler.stats.get("control") if self.scheduler else None
         last = stats.last_finished_mono if stats and stats.last_finished_mono else None
@@ -382,13 +424,20 @@ class Daemon:
             return f"standby: another keyd leads {self.guard.describe()}"
         try:
             engine = services.engine
-            verdict = judge(services.config, self._clock.now(), snapshot.keys(engine),
-                            snapshot.location_problems(engine), snapshot.sources(engine))
+            verdict = judge(
+                services.config,
+                self._clock.now(),
+                snapshot.keys(engine),
+                snapshot.location_problems(engine),
+                snapshot.sources(engine),
+            )
         except Exception as exc:  # a status line is not worth failing for
             return f"leader: inventory unreadable ({type(exc).__name__})"
         c = verdict.counts
-        return (f"leader: {c['keys']} keys, {c['expiring']} expiring, {c['expired']} expired, "
-                f"{c['rejected']} rejected, {c['invalid']} invalid ({verdict.status})")
+        return (
+            f"leader: {c['keys']} keys, {c['expiring']} expiring, {c['expired']} expired, "
+            f"{c['rejected']} rejected, {c['invalid']} invalid ({verdict.status})"
+        )
 
 
 def _access(config: Config) -> Access:

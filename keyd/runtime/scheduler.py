@@ -66,8 +66,10 @@ class _Overrun(logging.Filter):
 
 
 def _quiet_overruns() -> None:
-    for name in ("apscheduler.scheduler", *(f"apscheduler.executors.{n}"
-                                            for n in (WORK, CONTROL, SNAPSHOT, MAIL))):
+    for name in (
+        "apscheduler.scheduler",
+        *(f"apscheduler.executors.{n}" for n in (WORK, CONTROL, SNAPSHOT, MAIL)),
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Overrun) for f in logger.filters):
             logger.addFilter(_Overrun())
@@ -116,8 +118,12 @@ class TickScheduler:
         self._sched = BackgroundScheduler(
             timezone=UTC,
             jobstores={"default": MemoryJobStore()},
-            executors={WORK: ThreadPoolExecutor(1), CONTROL: ThreadPoolExecutor(1),
-                       SNAPSHOT: ThreadPoolExecutor(1), MAIL: ThreadPoolExecutor(1)},
+            executors={
+                WORK: ThreadPoolExecutor(1),
+                CONTROL: ThreadPoolExecutor(1),
+                SNAPSHOT: ThreadPoolExecutor(1),
+                MAIL: ThreadPoolExecutor(1),
+            },
             job_defaults={"coalesce": True, "max_instances": 1},
         )
 
@@ -128,9 +134,14 @@ class TickScheduler:
         self.ticks[tick.name] = tick
         self.stats.setdefault(tick.name, TickStats())
         self._sched.add_job(
-            self._runner(tick), IntervalTrigger(seconds=tick.interval, timezone=UTC),
-            id=tick.name, name=tick.name, executor=tick.executor, replace_existing=True,
-            misfire_grace_time=max(1, int(tick.interval)))
+            self._runner(tick),
+            IntervalTrigger(seconds=tick.interval, timezone=UTC),
+            id=tick.name,
+            name=tick.name,
+            executor=tick.executor,
+            replace_existing=True,
+            misfire_grace_time=max(1, int(tick.interval)),
+        )
 
     def run_next(self, name: str) -> None:
         """Queue the next chunk of tick ``name`` from inside its current run:
@@ -139,25 +150,41 @@ class TickScheduler:
         one-off with the id of the run in progress would be refused."""
         self._chunks += 1
         tick = self.ticks[name]
-        self._sched.add_job(self._runner(tick), id=f"{name}:chunk{self._chunks % 2}",
-                            name=f"{name} (next chunk)", executor=tick.executor,
-                            replace_existing=True, misfire_grace_time=None)
+        self._sched.add_job(
+            self._runner(tick),
+            id=f"{name}:chunk{self._chunks % 2}",
+            name=f"{name} (next chunk)",
+            executor=tick.executor,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
 
     def run_soon(self, name: str) -> None:
         """Run tick ``name`` once as soon as its executor is free (e.g. the
         re-scan after SIGHUP), without disturbing its interval."""
         tick = self.ticks[name]
-        self._sched.add_job(self._runner(tick), id=f"{name}:now", name=f"{name} (now)",
-                            executor=tick.executor, replace_existing=True,
-                            misfire_grace_time=None)
+        self._sched.add_job(
+            self._runner(tick),
+            id=f"{name}:now",
+            name=f"{name} (now)",
+            executor=tick.executor,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
 
     def once(self, name: str, fn: Callable[[], object], executor: str = WORK) -> None:
         """Run ``fn`` once, soon, on ``executor`` (e.g. the config swap after
         SIGHUP, which must not overlap a work tick). Not a registered tick."""
         tick = Tick(name, fn, interval=1.0, executor=executor, leader_only=False)
         self.stats.setdefault(name, TickStats())
-        self._sched.add_job(self._runner(tick), id=f"{name}:once", name=name, executor=executor,
-                            replace_existing=True, misfire_grace_time=None)
+        self._sched.add_job(
+            self._runner(tick),
+            id=f"{name}:once",
+            name=name,
+            executor=executor,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
 
     def start(self) -> None:
         self._sched.start()
@@ -188,6 +215,7 @@ class TickScheduler:
     def _runner(self, tick: Tick) -> Callable[[], None]:
         def run() -> None:
             self._run(tick)
+
         return run
 
     def _run(self, tick: Tick) -> None:
@@ -220,5 +248,11 @@ class TickScheduler:
     def _failed(self, tick: Tick, stats: TickStats, exc: Exception, *, traceback: bool) -> None:
         stats.failures += 1
         stats.last_error = f"{type(exc).__name__}: {exc}"
-        log.error("tick %s failed (run %d, retried in %gs): %s", tick.name, stats.runs + 1,
-                  tick.interval, stats.last_error, exc_info=exc if traceback else None)
+        log.error(
+            "tick %s failed (run %d, retried in %gs): %s",
+            tick.name,
+            stats.runs + 1,
+            tick.interval,
+            stats.last_error,
+            exc_info=exc if traceback else None,
+        )

@@ -69,9 +69,15 @@ def cycle_stages(services: Services, *, dry_run: bool = False) -> list[Stage]:
     network = [s for s in stages if s.name not in ("scan", "evaluate", "outbox", "prune")]
     if dry_run or not network:
         return stages
-    return [by_name["scan"], by_name["evaluate"], by_name["outbox"], *network,
-            Stage("evaluate-probed", evaluate),
-            Stage("outbox-probed", outbox, side_effects=True, plan=outbox_plan), by_name["prune"]]
+    return [
+        by_name["scan"],
+        by_name["evaluate"],
+        by_name["outbox"],
+        *network,
+        Stage("evaluate-probed", evaluate),
+        Stage("outbox-probed", outbox, side_effects=True, plan=outbox_plan),
+        by_name["prune"],
+    ]
 
 
 def daemon_stages(services: Services) -> list[Stage]:
@@ -79,13 +85,18 @@ def daemon_stages(services: Services) -> list[Stage]:
     scan reads a zitadel source only when that source's interval has passed.
     (The daemon's evaluate tick decides what the probe tick found.)"""
     daemon = {"scan": daemon_scan, "probe": probe_chunk}
-    return [replace(s, run=daemon[s.name]) if s.name in daemon else s
-            for s in _base_stages(services)]
+    return [replace(s, run=daemon[s.name]) if s.name in daemon else s for s in _base_stages(services)]
 
 
 def scan(services: Services, *, due_only: bool = False) -> ScanReport:
-    report = scan_all(services.config, services.engine, services.clock, services.vault,
-                      key_apis=services.key_apis, due_only=due_only)
+    report = scan_all(
+        services.config,
+        services.engine,
+        services.clock,
+        services.vault,
+        key_apis=services.key_apis,
+        due_only=due_only,
+    )
     log.info("scan: %s", report.summary())
     return report
 
@@ -160,15 +171,20 @@ def tokens_plan(services: Services) -> Sequence[str]:
 
 
 def outbox(services: Services) -> DrainReport:
-    return drain_outbox(services.engine, services.config, services.clock,
-                        services.smtp_factory, services.webhook, render=render_message)
+    return drain_outbox(
+        services.engine,
+        services.config,
+        services.clock,
+        services.smtp_factory,
+        services.webhook,
+        render=render_message,
+    )
 
 
 def outbox_plan(services: Services) -> Sequence[str]:
     with alert_store.transaction(services.engine) as session:
         due = alert_store.due_deliveries(session, services.clock.now())
-    return [f"would send {item.channel} to {shown_recipient(item)}: {item.alert.subject}"
-            for item in due]
+    return [f"would send {item.channel} to {shown_recipient(item)}: {item.alert.subject}" for item in due]
 
 
 def prune_plan(services: Services) -> Sequence[str]:
@@ -178,9 +194,15 @@ def prune_plan(services: Services) -> Sequence[str]:
 
 def prune(services: Services) -> PruneReport:
     now = services.clock.now()
-    report = prune_history(services.engine, probes_before=now - PROBE_HISTORY,
-                           events_before=now - EVENT_HISTORY)
+    report = prune_history(
+        services.engine, probes_before=now - PROBE_HISTORY, events_before=now - EVENT_HISTORY
+    )
     if report.probes or report.events:
-        log.info("prune: deleted %d probe rows older than %s and %d events older than %s",
-                 report.probes, PROBE_HISTORY, report.events, EVENT_HISTORY)
+        log.info(
+            "prune: deleted %d probe rows older than %s and %d events older than %s",
+            report.probes,
+            PROBE_HISTORY,
+            report.events,
+            EVENT_HISTORY,
+        )
     return report

@@ -34,8 +34,7 @@ class StatusViews:
     def status(self) -> Any:
         """``keyd status --json``, as of now."""
         s = self._services()
-        return {"schema": STATUS_SCHEMA,
-                **status_document(load_status(s.engine, s.config, s.clock.now()))}
+        return {"schema": STATUS_SCHEMA, **status_document(load_status(s.engine, s.config, s.clock.now()))}
 
     def index(self) -> str:
         s = self._services()

@@ -78,8 +78,9 @@ class Services:
                 log.warning("closing %s failed: %s", name, exc)
 
 
-def build_services(config: Config, clock: Clock, *, engine: Engine | None = None,
-                   create_db: bool = True) -> Services:
+def build_services(
+    config: Config, clock: Clock, *, engine: Engine | None = None, create_db: bool = True
+) -> Services:
     """Make the parts for ``config``. No network I/O happens here: clients
     connect lazily, so a dead Vault does not stop the daemon starting.
 
@@ -87,30 +88,35 @@ def build_services(config: Config, clock: Clock, *, engine: Engine | None = None
     it stays owned by the caller until it moves ``owns_engine`` over.
     ``create_db=False``: a missing SQLite file is an error at first use,
     never created (read-only commands such as ``keyd config check``)."""
-    services = Services(config=config, clock=clock, owns_engine=engine is None,
-                        engine=engine if engine is not None
-                        else make_engine(config.database.url, create=create_db))
+    services = Services(
+        config=config,
+        clock=clock,
+        owns_engine=engine is None,
+        engine=engine if engine is not None else make_engine(config.database.url, create=create_db),
+    )
     try:
         if config.vault is not None:
             # one keep-alive connection per write-back/probe worker, never fewer than the default
             workers = config.issuer.concurrency if config.issuer is not None else 1
-            services.vault = VaultClient(config.vault, clock,
-                                         max_connections=max(workers, VAULT_POOL_SIZE))
+            services.vault = VaultClient(config.vault, clock, max_connections=max(workers, VAULT_POOL_SIZE))
         if config.issuer is not None:
             services.issuer = IssuerClient.from_config(
-                config.issuer, clock, max_connections=max(config.issuer.concurrency, 1))
+                config.issuer, clock, max_connections=max(config.issuer.concurrency, 1)
+            )
             services.probe = build_probe_services(config, clock, services.issuer, services.vault)
         rotation = config.rotation
         if rotation is not None and rotation.enabled and services.issuer is not None:
             assert services.probe is not None
-            services.rotation = build_rotation_services(config, clock, services.issuer,
-                                                        services.probe, services.vault)
+            services.rotation = build_rotation_services(
+                config, clock, services.issuer, services.probe, services.vault
+            )
         if config.tokens is not None:  # ConfigError here if [issuer] or [vault] is missing
             if services.issuer is None or services.probe is None:
                 raise ConfigError("tokens", "token write-back needs an [issuer] section")
             # one limiter: probes and write-back share the issuer's request budget
-            services.tokens = build_token_services(config, clock, services.issuer,
-                                                   services.vault, limiter=services.probe.limiter)
+            services.tokens = build_token_services(
+                config, clock, services.issuer, services.vault, limiter=services.probe.limiter
+            )
         if services.issuer is not None:
             services.key_apis = zitadel_key_apis(config, services.issuer, clock)
         email = config.alerts.email
@@ -127,8 +133,11 @@ def build_services(config: Config, clock: Clock, *, engine: Engine | None = None
 def zitadel_key_apis(config: Config, issuer: IssuerClient, clock: Clock) -> dict[str, ZitadelKeyAPI]:
     """One key-API client per zitadel source (its own credential), by name.
     No network I/O: tokens are minted on the first call."""
-    return {source.name: key_api_for(config, issuer, clock, credential=source.credential)
-            for source in config.sources if isinstance(source, ZitadelSourceConfig)}
+    return {
+        source.name: key_api_for(config, issuer, clock, credential=source.credential)
+        for source in config.sources
+        if isinstance(source, ZitadelSourceConfig)
+    }
 
 
 @contextmanager

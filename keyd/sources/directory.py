@@ -58,7 +58,6 @@ from keyd.text import path_text
 log = logging.getLogger(__name__)
 
 
-
 class DirectoryUnavailable(KeydError):
     """The source directory cannot be scanned as a whole (gone, not a
     directory, not listable). Retryable: keys under it are left alone."""
@@ -98,8 +97,9 @@ class DirectorySource:
     def name(self) -> str:
         return self.cfg.name
 
-    def scan(self, known: Mapping[str, FileStamp] | None = None,
-             validated: Container[str] = frozenset()) -> ScanResult:
+    def scan(
+        self, known: Mapping[str, FileStamp] | None = None, validated: Container[str] = frozenset()
+    ) -> ScanResult:
         """One pass over the tree (raises ``DirectoryUnavailable``)."""
         known = known or {}
         self._dir_modes = {}
@@ -116,8 +116,9 @@ class DirectorySource:
         found = [c for c in candidates if c is not None]
         exposed = sum(1 for c in found if c.warning)
         if exposed:
-            log.warning("%s: %d key file(s) readable beyond keyd's group (see keyd status)",
-                        self.name, exposed)
+            log.warning(
+                "%s: %d key file(s) readable beyond keyd's group (see keyd status)", self.name, exposed
+            )
         return ScanResult(source=self.name, candidates=found)
 
     # --- walking ---------------------------------------------------------
@@ -156,8 +157,7 @@ class DirectorySource:
                     raise DirectoryUnavailable(self.root, "does not exist") from None
                 continue  # a subdirectory removed mid-scan: its files are gone
             except OSError as exc:
-                raise DirectoryUnavailable(
-                    directory, f"cannot list: {exc.strerror or exc}") from None
+                raise DirectoryUnavailable(directory, f"cannot list: {exc.strerror or exc}") from None
             subdirs: list[str] = []
             for entry in entries:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
@@ -169,29 +169,43 @@ class DirectorySource:
 
     # --- one file ----------------------------------------------------------
 
-    def _isolated(self, path: str, is_link: bool, root_real: str,
-                  known: Mapping[str, FileStamp],
-                  validated: Container[str]) -> Candidate | None:
+    def _isolated(
+        self,
+        path: str,
+        is_link: bool,
+        root_real: str,
+        known: Mapping[str, FileStamp],
+        validated: Container[str],
+    ) -> Candidate | None:
         """``_candidate``, and a surprise in it is that one file's problem."""
         try:
             return self._candidate(path, is_link, root_real, known, validated)
         except Exception as exc:  # noqa: BLE001 - one file never fails the source
             log.exception("%s: unexpected error reading %s", self.name, path_text(path))
-            return _invalid(path_text(path), f"internal error while reading it "
-                                             f"({type(exc).__name__}); run with --debug")
+            return _invalid(
+                path_text(path), f"internal error while reading it ({type(exc).__name__}); run with --debug"
+            )
 
-    def _candidate(self, path: str, is_link: bool, root_real: str,
-                   known: Mapping[str, FileStamp],
-                   validated: Container[str]) -> Candidate | None:
+    def _candidate(
+        self,
+        path: str,
+        is_link: bool,
+        root_real: str,
+        known: Mapping[str, FileStamp],
+        validated: Container[str],
+    ) -> Candidate | None:
         """Never raises: every problem becomes an invalid candidate."""
         if (shown := path_text(path)) != path:  # not UTF-8: the name cannot be stored
             return _invalid(shown, "the file name is not valid UTF-8 (rename the file)")
         if is_link:
             target = os.path.realpath(path)
             if os.path.commonpath([target, root_real]) != root_real:
-                return _invalid(path, f"symlink points outside the source directory "
-                                      f"{self.root} (to {target}); keyd follows links "
-                                      f"only inside it")
+                return _invalid(
+                    path,
+                    f"symlink points outside the source directory "
+                    f"{self.root} (to {target}); keyd follows links "
+                    f"only inside it",
+                )
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -206,8 +220,9 @@ class DirectorySource:
             return _invalid(path, "is not a regular file")
         stamp = FileStamp(st.st_size, st.st_mtime_ns, st.st_ino)
         warning = self._exposure(path, st)
-        seen = Candidate(ref=path, size=stamp.size, mtime_ns=stamp.mtime_ns,
-                         inode=stamp.inode, warning=warning)
+        seen = Candidate(
+            ref=path, size=stamp.size, mtime_ns=stamp.mtime_ns, inode=stamp.inode, warning=warning
+        )
         if known.get(path) == stamp:
             return replace(seen, unchanged=True)
         if warning and warning.startswith("key file"):  # a directory's is logged once
@@ -239,8 +254,7 @@ class DirectorySource:
             except OSError:
                 self._dir_modes[directory] = None
             if self._dir_modes[directory]:
-                log.warning("directory %s holding key files is %s", directory,
-                            self._dir_modes[directory])
+                log.warning("directory %s holding key files is %s", directory, self._dir_modes[directory])
         if self._dir_modes[directory]:
             problems.append(f"its directory {directory} is {self._dir_modes[directory]}")
         return "; ".join(problems) or None
@@ -255,8 +269,10 @@ def exposure(mode: int, gid: int) -> str | None:
     if mode & stat.S_IROTH:
         return f"readable by other users (mode {perm:04o}, chmod o-r it)"
     if mode & stat.S_IRGRP and gid != os.getegid():
-        return (f"readable by group {_group_name(gid)}, which is not keyd's own group "
-                f"(mode {perm:04o}, chgrp it to keyd's group or chmod g-r it)")
+        return (
+            f"readable by group {_group_name(gid)}, which is not keyd's own group "
+            f"(mode {perm:04o}, chgrp it to keyd's group or chmod g-r it)"
+        )
     return None
 
 

@@ -165,8 +165,9 @@ def read_bounded(path: str | Path) -> bytes:
         os.close(fd)
 
 
-def parse_keyfile(data: bytes | str, *, source: str, tz: tzinfo = UTC,
-                  validate: Validation = "full") -> KeyFile:
+def parse_keyfile(
+    data: bytes | str, *, source: str, tz: tzinfo = UTC, validate: Validation = "full"
+) -> KeyFile:
     """Parse the bytes of a key file (JSON)."""
     if isinstance(data, bytes):
         if len(data) > MAX_FILE_BYTES:
@@ -199,9 +200,12 @@ def _field(obj: Mapping[str, Any], source: str, *names: str, required: bool = Tr
             if not value.strip():
                 raise KeyFileError(source, f"field {name!r} is empty")
             if name != "key" and (bad := unsafe_char(value)) is not None:
-                raise KeyFileError(source, f"field {name!r} contains the control or "
-                                           f"non-text character {bad}; ZITADEL ids are "
-                                           "plain text")
+                raise KeyFileError(
+                    source,
+                    f"field {name!r} contains the control or "
+                    f"non-text character {bad}; ZITADEL ids are "
+                    "plain text",
+                )
             return value
     if required:
         raise KeyFileError(source, f"missing field {names[0]!r}")
@@ -209,25 +213,31 @@ def _field(obj: Mapping[str, Any], source: str, *names: str, required: bool = Tr
 
 
 def _type(value: object) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number", str: "a string"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+    }.get(type(value), type(value).__name__)
 
 
-def parse_keyfile_mapping(obj: object, *, source: str, tz: tzinfo = UTC,
-                          validate: Validation = "full") -> KeyFile:
+def parse_keyfile_mapping(
+    obj: object, *, source: str, tz: tzinfo = UTC, validate: Validation = "full"
+) -> KeyFile:
     """Parse an already-decoded key file (Vault secrets arrive as fields)."""
     if not isinstance(obj, Mapping):
         raise KeyFileError(source, f"is not a key file: expected a JSON object, found {_type(obj)}")
     kind = obj.get("type", KeyKind.SERVICE_ACCOUNT if "userId" in obj else None)
     if kind is None:
-        raise KeyFileError(source, "missing field 'type' (expected \"serviceaccount\" or \"application\")")
+        raise KeyFileError(source, 'missing field \'type\' (expected "serviceaccount" or "application")')
     if not isinstance(kind, str):
         raise KeyFileError(source, f"field 'type' must be a string, not {_type(kind)}")
     if kind not in (KeyKind.SERVICE_ACCOUNT, KeyKind.APPLICATION):
         shown = kind[:40]
-        raise KeyFileError(
-            source, f"unknown key type {shown!r} (expected \"serviceaccount\" or \"application\")"
-        )
+        raise KeyFileError(source, f'unknown key type {shown!r} (expected "serviceaccount" or "application")')
     key_id = _field(obj, source, "keyId")
     assert key_id is not None
     app_id: str | None = None
@@ -244,15 +254,27 @@ def parse_keyfile_mapping(obj: object, *, source: str, tz: tzinfo = UTC,
     expiry = _parse_expiry(obj, source, tz)
     signing_key, fingerprint, size, alg, pem_hash = load_key(pem, source=source, validate=validate)
     canonical = json.dumps(
-        {"type": kind, "keyId": key_id, "principal": principal, "keyHash": pem_hash,
-         "expires": expiry.at.isoformat() if expiry.at else None},
+        {
+            "type": kind,
+            "keyId": key_id,
+            "principal": principal,
+            "keyHash": pem_hash,
+            "expires": expiry.at.isoformat() if expiry.at else None,
+        },
         sort_keys=True,
     )
     return KeyFile(
-        source=source, kind=kind, key_id=key_id, principal=principal, algorithm=alg,
-        key_size=size, fingerprint=fingerprint, expiry=expiry,
+        source=source,
+        kind=kind,
+        key_id=key_id,
+        principal=principal,
+        algorithm=alg,
+        key_size=size,
+        fingerprint=fingerprint,
+        expiry=expiry,
         content_hash=hashlib.sha256(canonical.encode()).hexdigest(),
-        signing_key=signing_key, app_id=app_id,
+        signing_key=signing_key,
+        app_id=app_id,
     )
 
 
@@ -272,8 +294,9 @@ def _parse_expiry(obj: Mapping[str, Any], source: str, tz: tzinfo) -> Expiry:
     return Expiry(at)
 
 
-def load_key(pem: str, *, source: str, validate: Validation = "full"
-             ) -> tuple[SigningKey, str, int, str, str]:
+def load_key(
+    pem: str, *, source: str, validate: Validation = "full"
+) -> tuple[SigningKey, str, int, str, str]:
     """Load a private PEM once per content: (key, fingerprint, bits, alg, pem hash).
 
     ``full`` runs OpenSSL's complete check (RSA primes; ~tens of ms);
@@ -301,8 +324,9 @@ def load_key(pem: str, *, source: str, validate: Validation = "full"
 def _load_uncached(pem: str, source: str, validate: Validation) -> tuple[PrivateKey, str, int, str]:
     text = pem.strip()
     if "ENCRYPTED" in text.split("\n", 2)[0] or "Proc-Type: 4,ENCRYPTED" in text:
-        raise KeyFileError(source, "the private key is encrypted; keyd needs the unencrypted "
-                                   "key file as ZITADEL issues it")
+        raise KeyFileError(
+            source, "the private key is encrypted; keyd needs the unencrypted key file as ZITADEL issues it"
+        )
     if "PUBLIC KEY-----" in text and "PRIVATE KEY-----" not in text:
         raise KeyFileError(source, "field 'key' holds a public key; a key file needs the private key")
     if "-----BEGIN" not in text:
@@ -316,11 +340,13 @@ def _load_uncached(pem: str, source: str, validate: Validation) -> tuple[Private
             data, password=None, unsafe_skip_rsa_key_validation=(validate != "full")
         )
     except TypeError:
-        raise KeyFileError(source, "the private key is encrypted; keyd needs the unencrypted "
-                                   "key file as ZITADEL issues it") from None
+        raise KeyFileError(
+            source, "the private key is encrypted; keyd needs the unencrypted key file as ZITADEL issues it"
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
-        raise KeyFileError(source, "field 'key' is not a valid PEM private key "
-                                   "(damaged, truncated or an unsupported format)") from None
+        raise KeyFileError(
+            source, "field 'key' is not a valid PEM private key (damaged, truncated or an unsupported format)"
+        ) from None
     except Exception:  # noqa: BLE001 - OpenSSL can raise odd types on hostile input
         raise KeyFileError(source, "field 'key' could not be loaded as a private key") from None
     if isinstance(key, rsa.RSAPrivateKey):

@@ -68,8 +68,7 @@ class VaultSource:
     def name(self) -> str:
         return self._cfg.name
 
-    def scan(self, known_versions: Mapping[str, int],
-             validated: Container[str] = frozenset()) -> ScanResult:
+    def scan(self, known_versions: Mapping[str, int], validated: Container[str] = frozenset()) -> ScanResult:
         """One pass over the prefix (see the module contract). ``known_versions``
         maps ``<mount>/<path>`` to the KV version the inventory holds."""
         listing = self._client.list_versions(self._mount, self._prefix)
@@ -83,12 +82,18 @@ class VaultSource:
             progress.advance(task)
         progress.end(task)
         unchanged = sum(1 for c in candidates if c.unchanged)
-        log.debug("%s: %d secret(s), %d unchanged, %d invalid", self.name, len(candidates),
-                  unchanged, sum(1 for c in candidates if c.error))
+        log.debug(
+            "%s: %d secret(s), %d unchanged, %d invalid",
+            self.name,
+            len(candidates),
+            unchanged,
+            sum(1 for c in candidates if c.error),
+        )
         return ScanResult(source=self.name, candidates=candidates)
 
-    def _candidate(self, path: str, meta: VaultMetadata | None, known: Mapping[str, int],
-                   validated: Container[str]) -> Candidate | None:
+    def _candidate(
+        self, path: str, meta: VaultMetadata | None, known: Mapping[str, int], validated: Container[str]
+    ) -> Candidate | None:
         ref = vault_ref(self._mount, path)
         try:
             if meta is None and ref in known:
@@ -102,10 +107,12 @@ class VaultSource:
         except VaultAuthFailed:
             raise
         except VaultDenied:
-            problem = ("keyd's Vault policy does not allow reading this secret "
-                       "(permission denied)")
-            return Candidate(ref=ref, version=meta.current_version if meta else None,
-                             error=KeyFileError(f"vault:{ref}", problem))
+            problem = "keyd's Vault policy does not allow reading this secret (permission denied)"
+            return Candidate(
+                ref=ref,
+                version=meta.current_version if meta else None,
+                error=KeyFileError(f"vault:{ref}", problem),
+            )
         if secret is None:
             return None  # deleted between listing and reading
         return self._parse(ref, secret, validated)
@@ -127,14 +134,15 @@ class VaultSource:
         except KeyFileError as exc:
             return Candidate(ref=ref, version=secret.version, error=exc)
         except Exception as exc:  # noqa: BLE001 - odd data must never crash a scan
-            log.warning("%s: unexpected %s while parsing; marked invalid", source,
-                        type(exc).__name__)
-            return Candidate(ref=ref, version=secret.version,
-                             error=KeyFileError(source, "could not be parsed as a key file"))
+            log.warning("%s: unexpected %s while parsing; marked invalid", source, type(exc).__name__)
+            return Candidate(
+                ref=ref,
+                version=secret.version,
+                error=KeyFileError(source, "could not be parsed as a key file"),
+            )
         return Candidate(ref=ref, version=secret.version, keyfile=keyfile)
 
-    def _load(self, obj: str | Mapping[str, Any], source: str,
-              validated: Container[str]) -> KeyFile:
+    def _load(self, obj: str | Mapping[str, Any], source: str, validated: Container[str]) -> KeyFile:
         cheap = self._parse_as(obj, source, "none")
         level: Validation = "quick" if cheap.content_hash in validated else "full"
         return self._parse_as(obj, source, level)
@@ -153,17 +161,21 @@ def extract(data: Mapping[str, Any], field: str, source: str) -> str | Mapping[s
         value = data[field]
         if isinstance(value, str | Mapping):
             return value
-        raise KeyFileError(source, f"field {field!r} must hold the key-file JSON (a string or "
-                                   f"an object), not {_kind(value)}")
+        raise KeyFileError(
+            source, f"field {field!r} must hold the key-file JSON (a string or an object), not {_kind(value)}"
+        )
     if any(name in data for name in _KEY_FIELDS):
         return data
     if not data:
         raise KeyFileError(source, "is empty (no fields)")
     shown = ", ".join(repr(str(k)[:40]) for k in list(data)[:5])
     more = ", …" if len(data) > 5 else ""
-    raise KeyFileError(source, f"holds no key file: expected the key-file fields (type, keyId, "
-                               f"key, …) or the key-file JSON in field {field!r}; found "
-                               f"fields {shown}{more}")
+    raise KeyFileError(
+        source,
+        f"holds no key file: expected the key-file fields (type, keyId, "
+        f"key, …) or the key-file JSON in field {field!r}; found "
+        f"fields {shown}{more}",
+    )
 
 
 def _check_size(data: Mapping[str, Any], source: str) -> None:
@@ -174,10 +186,10 @@ def _check_size(data: Mapping[str, Any], source: str) -> None:
     except (TypeError, ValueError):
         raise KeyFileError(source, "is not a key file (data is not plain JSON)") from None
     if size > MAX_FILE_BYTES:
-        raise KeyFileError(source, f"holds {size} bytes; a key file is a few KB "
-                                   f"(limit {MAX_FILE_BYTES})")
+        raise KeyFileError(source, f"holds {size} bytes; a key file is a few KB (limit {MAX_FILE_BYTES})")
 
 
 def _kind(value: object) -> str:
-    return {list: "a list", bool: "a boolean", type(None): "null", int: "a number",
-            float: "a number"}.get(type(value), type(value).__name__)
+    return {list: "a list", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )

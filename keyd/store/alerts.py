@@ -18,9 +18,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypedDict, cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine as Engine  # re-exported for typing in actions/
 from sqlalchemy.orm import Session as Session  # re-exported for typing in actions/
@@ -58,9 +58,20 @@ class AlertRecord:
 
     @classmethod
     def of(cls, row: Alert) -> AlertRecord:
-        return cls(row.id, row.about, row.fingerprint, row.key_pk, row.kind, row.threshold,
-                   row.severity, row.created_at, row.message_id, row.subject,
-                   json.loads(row.context), row.resolved_at)
+        return cls(
+            row.id,
+            row.about,
+            row.fingerprint,
+            row.key_pk,
+            row.kind,
+            row.threshold,
+            row.severity,
+            row.created_at,
+            row.message_id,
+            row.subject,
+            json.loads(row.context),
+            row.resolved_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -105,16 +116,27 @@ def _rowcount(result: object) -> int:
 
 # -- alerts -----------------------------------------------------------------
 
+
 def key_about(key_id: str) -> str:
     """The ``about`` of a key's alerts: its key id, prefixed so that no key
     id from a file can collide with ``issuer`` or ``token:…``."""
     return "key:" + key_id
 
 
-def insert_alert(session: Session, *, about: str, key_pk: int | None, kind: str,
-                 threshold: str, severity: str, created_at: datetime, message_id: str,
-                 subject: str, context: Mapping[str, Any],
-                 fingerprint: str | None = None) -> Alert | None:
+def insert_alert(
+    session: Session,
+    *,
+    about: str,
+    key_pk: int | None,
+    kind: str,
+    threshold: str,
+    severity: str,
+    created_at: datetime,
+    message_id: str,
+    subject: str,
+    context: Mapping[str, Any],
+    fingerprint: str | None = None,
+) -> Alert | None:
     """Insert one alert unless (about, kind, threshold) exists.
 
     ``about`` is the key id (or ``issuer``, ``token:…``); ``fingerprint``,
@@ -123,32 +145,44 @@ def insert_alert(session: Session, *, about: str, key_pk: int | None, kind: str,
     Returns the new row, or None when it already existed (fired before, or
     another daemon won the race). Never raises IntegrityError for that.
     """
-    stmt = _insert(session, Alert).values(
-        about=about, fingerprint=fingerprint, key_pk=key_pk, kind=kind, threshold=threshold,
-        severity=severity, created_at=created_at, message_id=message_id, subject=subject,
-        context=json.dumps(dict(context), sort_keys=True, default=str),
-    ).on_conflict_do_nothing(index_elements=["about", "kind", "threshold"])
+    stmt = (
+        _insert(session, Alert)
+        .values(
+            about=about,
+            fingerprint=fingerprint,
+            key_pk=key_pk,
+            kind=kind,
+            threshold=threshold,
+            severity=severity,
+            created_at=created_at,
+            message_id=message_id,
+            subject=subject,
+            context=json.dumps(dict(context), sort_keys=True, default=str),
+        )
+        .on_conflict_do_nothing(index_elements=["about", "kind", "threshold"])
+    )
     new_id = session.execute(stmt.returning(Alert.id)).scalar_one_or_none()
     return None if new_id is None else session.get(Alert, new_id)
 
 
-def add_deliveries(session: Session, alert_id: int, targets: Iterable[tuple[str, str]],
-                   now: datetime) -> int:
+def add_deliveries(session: Session, alert_id: int, targets: Iterable[tuple[str, str]], now: datetime) -> int:
     """Queue ``(channel, recipient)`` outbox rows for an alert, due ``now``."""
     count = 0
     for channel, recipient in targets:
-        stmt = _insert(session, Delivery).values(
-            alert_id=alert_id, channel=channel, recipient=recipient, state=DeliveryState.PENDING,
-            attempts=0, next_attempt_at=now,
-        ).on_conflict_do_nothing(index_elements=["alert_id", "channel", "recipient"])
+        stmt = (
+            _insert(session, Delivery)
+            .values(
+                alert_id=alert_id,
+                channel=channel,
+                recipient=recipient,
+                state=DeliveryState.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["alert_id", "channel", "recipient"])
+        )
         count += _rowcount(session.execute(stmt))
     return count
-
-
-
-
-
-
 
 
 def resolve(session: Session, alerts: Iterable[Alert], now: datetime) -> int:
@@ -178,8 +212,9 @@ class AlertIndex:
         wanted = sorted(set(abouts))
         rows: list[Alert] = []
         for start in range(0, len(wanted), 500):
-            rows += session.scalars(select(Alert).where(
-                Alert.about.in_(wanted[start:start + 500])).order_by(Alert.id))
+            rows += session.scalars(
+                select(Alert).where(Alert.about.in_(wanted[start : start + 500])).order_by(Alert.id)
+            )
         return cls(rows)
 
     def add(self, alert: Alert) -> None:
@@ -189,15 +224,17 @@ class AlertIndex:
         return {a.threshold for a in self._by_about.get(about, ()) if a.kind in kinds}
 
     def exists(self, about: str, kind: str, threshold: str) -> bool:
-        return any(a.kind == kind and a.threshold == threshold
-                   for a in self._by_about.get(about, ()))
+        return any(a.kind == kind and a.threshold == threshold for a in self._by_about.get(about, ()))
 
-    def unresolved(self, about: str, kinds: Sequence[str],
-                   keep_suffix: str | None = None) -> list[Alert]:
+    def unresolved(self, about: str, kinds: Sequence[str], keep_suffix: str | None = None) -> list[Alert]:
         """Open alerts of these kinds, except thresholds ending in ``keep_suffix``."""
-        return [a for a in self._by_about.get(about, ())
-                if a.kind in kinds and a.resolved_at is None
-                and not (keep_suffix is not None and a.threshold.endswith(keep_suffix))]
+        return [
+            a
+            for a in self._by_about.get(about, ())
+            if a.kind in kinds
+            and a.resolved_at is None
+            and not (keep_suffix is not None and a.threshold.endswith(keep_suffix))
+        ]
 
 
 def removed_keys(session: Session, pks: Sequence[int]) -> set[int]:
@@ -211,16 +248,18 @@ def rotation_states(session: Session, key_ids: Sequence[str]) -> dict[str, str]:
     (one row per key: ``rotations.old_key_id`` is unique), in one query."""
     out: dict[str, str] = {}
     for start in range(0, len(key_ids), 10_000):  # one query below any bind-parameter limit
-        rows = session.execute(select(Rotation.old_key_id, Rotation.state)
-                               .where(Rotation.old_key_id.in_(key_ids[start:start + 10_000])))
+        rows = session.execute(
+            select(Rotation.old_key_id, Rotation.state).where(
+                Rotation.old_key_id.in_(key_ids[start : start + 10_000])
+            )
+        )
         out.update((key_id, state) for key_id, state in rows)
     return out
 
 
 def all_keys(session: Session) -> list[Key]:
     """Every key row with its locations (``keyd check``'s zitadel findings)."""
-    return list(session.scalars(select(Key).options(selectinload(Key.locations))
-                                .order_by(Key.id)))
+    return list(session.scalars(select(Key).options(selectinload(Key.locations)).order_by(Key.id)))
 
 
 ALERT_SCHEDULE: Final = "alerts.schedule"  # what the stored next_alert_at were computed for
@@ -238,8 +277,11 @@ def alert_candidates(session: Session, now: datetime, *, limit: int | None = Non
     principals = sorted(set(session.scalars(query)))
     keys: list[Key] = []
     for start in range(0, len(principals), 500):
-        keys += session.scalars(select(Key).options(selectinload(Key.locations))
-                                .where(Key.principal.in_(principals[start:start + 500])))
+        keys += session.scalars(
+            select(Key)
+            .options(selectinload(Key.locations))
+            .where(Key.principal.in_(principals[start : start + 500]))
+        )
     return sorted(keys, key=lambda k: k.id)
 
 
@@ -247,9 +289,11 @@ def schedule_alerts(session: Session, next_at: Mapping[int, datetime]) -> None:
     """Store each evaluated key's next evaluation instant (batched)."""
     rows = [{"pk": pk, "at": at} for pk, at in next_at.items()]
     if rows:
-        table = Key.__table__
-        session.execute(update(table).where(table.c.id == bindparam("pk"))  # type: ignore[arg-type]
-                        .values(next_alert_at=bindparam("at")), rows)
+        table = cast(Table, Key.__table__)
+        session.execute(
+            update(table).where(table.c.id == bindparam("pk")).values(next_alert_at=bindparam("at")),
+            rows,
+        )
 
 
 def rearm_if_schedule_changed(session: Session, schedule: str, now: datetime) -> bool:
@@ -257,26 +301,32 @@ def rearm_if_schedule_changed(session: Session, schedule: str, now: datetime) ->
     times were computed for, make every key due now; True if it did."""
     if get_state(session, ALERT_SCHEDULE) == schedule:
         return False
-    session.execute(update(Key).values(next_alert_at=ALERT_NOW)
-                    .execution_options(synchronize_session=False))
+    session.execute(update(Key).values(next_alert_at=ALERT_NOW).execution_options(synchronize_session=False))
     set_state(session, ALERT_SCHEDULE, schedule, now)
     return True
 
 
 # -- outbox -----------------------------------------------------------------
 
+
 def due_deliveries(session: Session, now: datetime, limit: int = 500) -> list[OutboxItem]:
     """Open deliveries whose ``next_attempt_at`` has come, oldest first."""
     rows = session.execute(
-        select(Delivery, Alert).join(Alert, Alert.id == Delivery.alert_id)
+        select(Delivery, Alert)
+        .join(Alert, Alert.id == Delivery.alert_id)
         .where(Delivery.state.in_(OPEN_STATES), Delivery.next_attempt_at <= now)
-        .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))
-    return [OutboxItem(d.id, d.channel, d.recipient, d.state, d.attempts, d.next_attempt_at,
-                       AlertRecord.of(a)) for d, a in rows]
+        .order_by(Delivery.next_attempt_at, Delivery.id)
+        .limit(limit)
+    )
+    return [
+        OutboxItem(d.id, d.channel, d.recipient, d.state, d.attempts, d.next_attempt_at, AlertRecord.of(a))
+        for d, a in rows
+    ]
 
 
-def claim_delivery(session: Session, delivery_id: int, attempts_seen: int, now: datetime,
-                   lease_until: datetime) -> bool:
+def claim_delivery(
+    session: Session, delivery_id: int, attempts_seen: int, now: datetime, lease_until: datetime
+) -> bool:
     """Take a delivery for one attempt (compare-and-set on ``attempts``).
 
     Counts the attempt and pushes ``next_attempt_at`` to ``lease_until``, so
@@ -285,47 +335,73 @@ def claim_delivery(session: Session, delivery_id: int, attempts_seen: int, now: 
     """
     result = session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.attempts == attempts_seen,
-               Delivery.state.in_(OPEN_STATES), Delivery.next_attempt_at <= now)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.attempts == attempts_seen,
+            Delivery.state.in_(OPEN_STATES),
+            Delivery.next_attempt_at <= now,
+        )
         .values(attempts=Delivery.attempts + 1, next_attempt_at=lease_until)
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     return _rowcount(result) == 1
 
 
 def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
-    session.execute(update(Delivery).where(Delivery.id == delivery_id)
-                    .values(state=DeliveryState.SENT, sent_at=now, last_error=None)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id)
+        .values(state=DeliveryState.SENT, sent_at=now, last_error=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def mark_superseded(session: Session, delivery_id: int) -> None:
-    session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENT)
-                    .values(state=DeliveryState.SUPERSEDED).execution_options(synchronize_session=False))
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENT)
+        .values(state=DeliveryState.SUPERSEDED)
+        .execution_options(synchronize_session=False)
+    )
 
 
-def mark_retry(session: Session, delivery_id: int, *, state: str, next_attempt_at: datetime,
-               error: str) -> None:
+def mark_retry(
+    session: Session, delivery_id: int, *, state: str, next_attempt_at: datetime, error: str
+) -> None:
     """Record a failed attempt; the row stays open (``pending`` or ``failed``)."""
-    session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENT)
-                    .values(state=state, next_attempt_at=next_attempt_at, last_error=error)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENT)
+        .values(state=state, next_attempt_at=next_attempt_at, last_error=error)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def outbox_summary(session: Session) -> OutboxSummary:
     """Counts for ``keyd status`` and metrics: open deliveries by state, and
     when the oldest still-pending alert was decided (None if none)."""
-    counts: dict[str, int] = {state: int(n) for state, n in session.execute(
-        select(Delivery.state, func.count()).where(Delivery.state.in_(OPEN_STATES))
-        .group_by(Delivery.state))}
-    oldest = session.scalar(select(func.min(Alert.created_at))
-                            .join(Delivery, Delivery.alert_id == Alert.id)
-                            .where(Delivery.state.in_(OPEN_STATES)))
-    return {"pending": int(counts.get(DeliveryState.PENDING, 0)),
-            "failed": int(counts.get(DeliveryState.FAILED, 0)),
-            "oldest_pending_at": None if oldest is None else utc(oldest)}
+    counts: dict[str, int] = {
+        state: int(n)
+        for state, n in session.execute(
+            select(Delivery.state, func.count())
+            .where(Delivery.state.in_(OPEN_STATES))
+            .group_by(Delivery.state)
+        )
+    }
+    oldest = session.scalar(
+        select(func.min(Alert.created_at))
+        .join(Delivery, Delivery.alert_id == Alert.id)
+        .where(Delivery.state.in_(OPEN_STATES))
+    )
+    return {
+        "pending": int(counts.get(DeliveryState.PENDING, 0)),
+        "failed": int(counts.get(DeliveryState.FAILED, 0)),
+        "oldest_pending_at": None if oldest is None else utc(oldest),
+    }
 
 
 # -- small persisted facts (State) ------------------------------------------
+
 
 def get_state(session: Session, name: str) -> str | None:
     row = session.get(State, name)
@@ -334,8 +410,9 @@ def get_state(session: Session, name: str) -> str | None:
 
 def set_state(session: Session, name: str, value: str, now: datetime) -> None:
     stmt = _insert(session, State).values(name=name, value=value, updated_at=now)
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["name"], set_={"value": value, "updated_at": now}))
+    session.execute(
+        stmt.on_conflict_do_update(index_elements=["name"], set_={"value": value, "updated_at": now})
+    )
 
 
 def delete_state(session: Session, name: str) -> None:
@@ -368,8 +445,7 @@ def note_issuer_health(session: Session, ok: bool, now: datetime) -> None:
         return
     if since is not None:
         delete_state(session, ISSUER_UNAVAILABLE_SINCE)
-        set_state(session, ISSUER_LAST_RECOVERY,
-                  json.dumps({"since": since, "until": isoformat_z(now)}), now)
+        set_state(session, ISSUER_LAST_RECOVERY, json.dumps({"since": since, "until": isoformat_z(now)}), now)
 
 
 def issuer_outage(session: Session) -> datetime | None:
@@ -391,9 +467,15 @@ def wake_failed(session: Session, channel: str, now: datetime) -> int:
     """A send on ``channel`` just worked: make its ``failed`` rows due now
     (they wait a day otherwise). The attempt count is kept."""
     result = session.execute(
-        update(Delivery).where(Delivery.channel == channel, Delivery.state == DeliveryState.FAILED,
-                               Delivery.next_attempt_at > now)
-        .values(next_attempt_at=now).execution_options(synchronize_session=False))
+        update(Delivery)
+        .where(
+            Delivery.channel == channel,
+            Delivery.state == DeliveryState.FAILED,
+            Delivery.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
     return _rowcount(result)
 
 
@@ -401,5 +483,13 @@ def record_key_error(session: Session, key: Key, now: datetime, problem: str) ->
     """One key could not be judged this time (a bug, or data nothing can
     handle): an ``alert.error`` event on that key with the reason, so it
     shows in the audit trail while the stage goes on with the others."""
-    session.add(Event(at=now, key_pk=key.id, key_id=key.key_id, kind="alert.error",
-                      source=None, detail=json.dumps({"error": problem})))
+    session.add(
+        Event(
+            at=now,
+            key_pk=key.id,
+            key_id=key.key_id,
+            kind="alert.error",
+            source=None,
+            detail=json.dumps({"error": problem}),
+        )
+    )

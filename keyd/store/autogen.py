@@ -42,8 +42,10 @@ def regenerate(target: Path = INITIAL_FILE) -> Path:
     versions = target.parent
     others = [p.name for p in versions.glob("*.py") if p != target]
     if others:
-        raise StoreError(f"{versions}: more than the initial migration exists ({others}); "
-                         "add a new revision instead of regenerating")
+        raise StoreError(
+            f"{versions}: more than the initial migration exists ({others}); "
+            "add a new revision instead of regenerating"
+        )
     backup = target.read_bytes() if target.exists() else None
     target.unlink(missing_ok=True)
     try:
@@ -64,8 +66,7 @@ def _generate() -> None:
                 config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
                 config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
                 _format_with_ruff(config)
-                command.revision(config, message="initial", autogenerate=True,
-                                 rev_id=INITIAL_REVISION)
+                command.revision(config, message="initial", autogenerate=True, rev_id=INITIAL_REVISION)
         finally:
             engine.dispose()
 
@@ -77,8 +78,7 @@ def _format_with_ruff(config: Config) -> None:
     for name, args in (("ruff_format", "format"), ("ruff_fix", "check --fix --quiet")):
         config.set_section_option("post_write_hooks", f"{name}.type", "module")
         config.set_section_option("post_write_hooks", f"{name}.module", "ruff")
-        config.set_section_option("post_write_hooks", f"{name}.options",
-                                  f"{args} REVISION_SCRIPT_FILENAME")
+        config.set_section_option("post_write_hooks", f"{name}.options", f"{args} REVISION_SCRIPT_FILENAME")
 
 
 def main() -> int:
@@ -87,8 +87,10 @@ def main() -> int:
     except KeydError as exc:
         sys.stderr.write(f"keyd.store.autogen: {exc}\n")
         return exc.exit_code
-    sys.stdout.write(f"wrote {path.relative_to(REPO_ROOT)}: review the diff, then commit it "
-                     "together with the model change\n")
+    sys.stdout.write(
+        f"wrote {path.relative_to(REPO_ROOT)}: review the diff, then commit it "
+        "together with the model change\n"
+    )
     return 0
 
 

@@ -101,11 +101,13 @@ def require_postgres_driver(url: str | URL) -> None:
             f"database {safe_url(url)}: PostgreSQL needs the psycopg driver, which this "
             "keyd was installed without: install keyd[postgres] "
             "(pip install 'keyd[postgres]', or pipx install 'keyd[postgres]'; "
-            "the Debian package includes it)")
+            "the Debian package includes it)"
+        )
 
 
-def _storable_parameters(_conn: Connection, _cursor: Any, statement: str, parameters: Any,
-                         _context: Any, _executemany: bool) -> tuple[str, Any]:
+def _storable_parameters(
+    _conn: Connection, _cursor: Any, statement: str, parameters: Any, _context: Any, _executemany: bool
+) -> tuple[str, Any]:
     """Every text bound to a statement goes through ``text.storable``: a NUL
     (PostgreSQL refuses it) or a lone surrogate (SQLite's UTF-8 encoder
     refuses it) in a file name, an error message or an event detail is kept
@@ -154,8 +156,7 @@ def _sqlite_engine(url: URL, create: bool) -> Engine:
 
         def _exists(*_args: Any) -> None:  # before sqlite3.connect, which would create it
             if not path.exists():
-                raise DatabaseMissing(
-                    f'database {safe_url(url)} does not exist: run "keyd db upgrade"')
+                raise DatabaseMissing(f'database {safe_url(url)} does not exist: run "keyd db upgrade"')
 
         event.listen(engine, "do_connect", _exists)
     return engine
@@ -167,8 +168,7 @@ def _make_parent(url: URL, path: Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(
-            f"database {safe_url(url)}: cannot create directory {parent}: "
-            f"{exc.strerror or exc}"
+            f"database {safe_url(url)}: cannot create directory {parent}: {exc.strerror or exc}"
         ) from None
 
 
@@ -222,7 +222,8 @@ def _connection_errors(ctx: ExceptionContext) -> BaseException | None:
     if getattr(orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
         error: StoreError = DatabaseUnusable(
             f"database {where}: the file is not a usable SQLite database ({orig}); "
-            "point database.url at keyd's database file, or move this file away")
+            "point database.url at keyd's database file, or move this file away"
+        )
         error.__cause__ = orig
         return error
     if ctx.connection is None:
@@ -231,8 +232,9 @@ def _connection_errors(ctx: ExceptionContext) -> BaseException | None:
         problem = "connection lost"
     elif getattr(orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         problem = f"still locked by another process after {SQLITE_BUSY_TIMEOUT_MS // 1000}s"
-    elif (getattr(orig, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL \
-            or getattr(orig, "sqlstate", None) == PG_DISK_FULL:
+    elif (getattr(orig, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL or getattr(
+        orig, "sqlstate", None
+    ) == PG_DISK_FULL:
         problem = "the disk is full (nothing was written; free space and it resumes)"
     else:
         return None

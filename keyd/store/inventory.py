@@ -40,9 +40,10 @@ LISTED = "listed"  # location_status_counts: present in a zitadel source's listi
 
 _CHUNK = 500  # bound IN lists (SQLite's variable limit, PostgreSQL plan size)
 
+
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
     for i in range(0, len(items), _CHUNK):
-        yield items[i:i + _CHUNK]
+        yield items[i : i + _CHUNK]
 
 
 class LocationIndex(NamedTuple):
@@ -78,17 +79,19 @@ class InventoryTx:
 
     def location_index(self, source: str) -> dict[str, LocationIndex]:
         """``{ref: LocationIndex}`` for every location of ``source``."""
-        stmt = (select(KeyLocation.ref, KeyLocation.id, KeyLocation.key_pk, KeyLocation.status,
-                       KeyLocation.warning).where(KeyLocation.source == source))
-        return {ref: LocationIndex(id_, key_pk, status, warning)
-                for ref, id_, key_pk, status, warning in self.session.execute(stmt)}
+        stmt = select(
+            KeyLocation.ref, KeyLocation.id, KeyLocation.key_pk, KeyLocation.status, KeyLocation.warning
+        ).where(KeyLocation.source == source)
+        return {
+            ref: LocationIndex(id_, key_pk, status, warning)
+            for ref, id_, key_pk, status, warning in self.session.execute(stmt)
+        }
 
     def locations_by_id(self, ids: Iterable[int]) -> dict[int, KeyLocation]:
         """ORM locations (with their keys) for the rows that will change."""
         found: dict[int, KeyLocation] = {}
         for chunk in _chunks(sorted(set(ids))):
-            stmt = (select(KeyLocation).where(KeyLocation.id.in_(chunk))
-                    .options(selectinload(KeyLocation.key)))
+            stmt = select(KeyLocation).where(KeyLocation.id.in_(chunk)).options(selectinload(KeyLocation.key))
             found.update((loc.id, loc) for loc in self.session.scalars(stmt))
         return found
 
@@ -111,12 +114,12 @@ class InventoryTx:
         all but the settled ones (rejected; active and not yet expired;
         expired). One query, few rows: a warm scan reads no key row it has
         no reason to touch and writes nothing."""
-        settled = or_(Key.status == KeyStatus.REJECTED,
-                      and_(Key.status == KeyStatus.ACTIVE,
-                           or_(Key.expires_at.is_(None), Key.expires_at > now)),
-                      and_(Key.status == KeyStatus.EXPIRED, Key.expires_at <= now))
-        stmt = select(Key.id, Key.status, Key.expires_at, Key.last_probe_outcome).where(
-            not_(settled))
+        settled = or_(
+            Key.status == KeyStatus.REJECTED,
+            and_(Key.status == KeyStatus.ACTIVE, or_(Key.expires_at.is_(None), Key.expires_at > now)),
+            and_(Key.status == KeyStatus.EXPIRED, Key.expires_at <= now),
+        )
+        stmt = select(Key.id, Key.status, Key.expires_at, Key.last_probe_outcome).where(not_(settled))
         return [KeyState(*row) for row in self.session.execute(stmt)]
 
     def release(self) -> None:
@@ -131,9 +134,11 @@ class InventoryTx:
         self.session.flush()
         counts: dict[int, dict[str, int]] = defaultdict(dict)
         for chunk in _chunks(sorted(set(key_pks))):
-            stmt = (select(KeyLocation.key_pk, KeyLocation.status, KeyLocation.kind, func.count())
-                    .where(KeyLocation.key_pk.in_(chunk))
-                    .group_by(KeyLocation.key_pk, KeyLocation.status, KeyLocation.kind))
+            stmt = (
+                select(KeyLocation.key_pk, KeyLocation.status, KeyLocation.kind, func.count())
+                .where(KeyLocation.key_pk.in_(chunk))
+                .group_by(KeyLocation.key_pk, KeyLocation.status, KeyLocation.kind)
+            )
             for pk, status, kind, n in self.session.execute(stmt):
                 if pk is None:
                     continue
@@ -144,12 +149,12 @@ class InventoryTx:
 
     def held_keys_of(self, principals: Iterable[str]) -> list[Key]:
         """Keys of these principals that a key file (not a listing) holds."""
-        held = (select(KeyLocation.key_pk).where(KeyLocation.status == LocationStatus.PRESENT,
-                                                 KeyLocation.kind.is_(None)))
+        held = select(KeyLocation.key_pk).where(
+            KeyLocation.status == LocationStatus.PRESENT, KeyLocation.kind.is_(None)
+        )
         found: list[Key] = []
         for chunk in _chunks(sorted(set(principals))):
-            found.extend(self.session.scalars(
-                select(Key).where(Key.principal.in_(chunk), Key.id.in_(held))))
+            found.extend(self.session.scalars(select(Key).where(Key.principal.in_(chunk), Key.id.in_(held))))
         return found
 
     def add_probe(self, row: Probe) -> None:
@@ -161,16 +166,23 @@ class InventoryTx:
     def flush(self) -> None:
         self.session.flush()
 
-    def event(self, at: datetime, kind: str, *, source: str | None, key: Key | None = None,
-              key_id: str | None = None, detail: dict[str, Any] | None = None) -> None:
+    def event(
+        self,
+        at: datetime,
+        kind: str,
+        *,
+        source: str | None,
+        key: Key | None = None,
+        key_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         """Queue an audit event (``detail``: JSON facts, never secrets).
 
         Events are written by ``write_events`` after a flush, so that keys
         created in this transaction already have the pk the event points to.
         """
         text = json.dumps(detail, sort_keys=True, default=_json_value) if detail else None
-        self._events.append((at, kind, source, key,
-                             key.key_id if key is not None else key_id, text))
+        self._events.append((at, kind, source, key, key.key_id if key is not None else key_id, text))
 
     @property
     def pending_events(self) -> int:
@@ -181,10 +193,17 @@ class InventoryTx:
         if not self._events:
             return 0
         self.session.flush()
-        rows = [{"at": at, "kind": kind, "source": source,
-                 "key_pk": key.id if key is not None else None, "key_id": key_id,
-                 "detail": detail}
-                for at, kind, source, key, key_id, detail in self._events]
+        rows = [
+            {
+                "at": at,
+                "kind": kind,
+                "source": source,
+                "key_pk": key.id if key is not None else None,
+                "key_id": key_id,
+                "detail": detail,
+            }
+            for at, kind, source, key, key_id, detail in self._events
+        ]
         self.session.execute(insert(Event), rows)
         written = len(rows)
         self._events.clear()
@@ -249,40 +268,56 @@ def record_source_failure(engine: Engine, name: str, error: str, at: datetime) -
         state.last_error = message
         state.consecutive_failures = (state.consecutive_failures or 0) + 1
         state.error_count = (state.error_count or 0) + 1
-        tx.event(at, "source.failed", source=name,
-                 detail={"error": message, "consecutive_failures": state.consecutive_failures})
+        tx.event(
+            at,
+            "source.failed",
+            source=name,
+            detail={"error": message, "consecutive_failures": state.consecutive_failures},
+        )
         tx.write_events()
         return _detached_state(state)
 
 
 def _detached_state(state: SourceState) -> SourceState:
-    return SourceState(name=state.name, last_attempt_at=state.last_attempt_at,
-                       last_success_at=state.last_success_at, last_error=state.last_error,
-                       consecutive_failures=state.consecutive_failures,
-                       error_count=state.error_count)
+    return SourceState(
+        name=state.name,
+        last_attempt_at=state.last_attempt_at,
+        last_success_at=state.last_success_at,
+        last_error=state.last_error,
+        consecutive_failures=state.consecutive_failures,
+        error_count=state.error_count,
+    )
 
 
 # --- read side: change detection -------------------------------------------
 
+
 def file_stamps(engine: Engine, source: str) -> dict[str, tuple[int, int, int]]:
     """``{path: (size, mtime_ns, inode)}`` of the *present* locations that hold
     a key; invalid and missing locations are always re-read."""
-    stmt = (select(KeyLocation.ref, KeyLocation.size, KeyLocation.mtime_ns, KeyLocation.inode)
-            .where(KeyLocation.source == source, KeyLocation.status == LocationStatus.PRESENT,
-                   KeyLocation.key_pk.is_not(None)))
+    stmt = select(KeyLocation.ref, KeyLocation.size, KeyLocation.mtime_ns, KeyLocation.inode).where(
+        KeyLocation.source == source,
+        KeyLocation.status == LocationStatus.PRESENT,
+        KeyLocation.key_pk.is_not(None),
+    )
     with session_scope(engine) as session:
-        return {ref: (size, mtime, inode) for ref, size, mtime, inode in session.execute(stmt)
-                if size is not None and mtime is not None and inode is not None}
+        return {
+            ref: (size, mtime, inode)
+            for ref, size, mtime, inode in session.execute(stmt)
+            if size is not None and mtime is not None and inode is not None
+        }
 
 
 def known_versions(engine: Engine, source: str) -> dict[str, int]:
     """``{mount/path: KV version}`` of the present Vault locations holding a key."""
-    stmt = (select(KeyLocation.ref, KeyLocation.version)
-            .where(KeyLocation.source == source, KeyLocation.status == LocationStatus.PRESENT,
-                   KeyLocation.key_pk.is_not(None), KeyLocation.version.is_not(None)))
+    stmt = select(KeyLocation.ref, KeyLocation.version).where(
+        KeyLocation.source == source,
+        KeyLocation.status == LocationStatus.PRESENT,
+        KeyLocation.key_pk.is_not(None),
+        KeyLocation.version.is_not(None),
+    )
     with session_scope(engine) as session:
-        return {ref: int(version) for ref, version in session.execute(stmt)
-                if version is not None}
+        return {ref: int(version) for ref, version in session.execute(stmt) if version is not None}
 
 
 def validated_hashes(engine: Engine) -> frozenset[str]:
@@ -290,8 +325,9 @@ def validated_hashes(engine: Engine) -> frozenset[str]:
     when first seen: see ``keyd.sources.directory``)."""
     with session_scope(engine) as session:
         keys = session.scalars(select(Key.content_hash).distinct())
-        locs = session.scalars(select(KeyLocation.content_hash).distinct()
-                               .where(KeyLocation.content_hash.is_not(None)))
+        locs = session.scalars(
+            select(KeyLocation.content_hash).distinct().where(KeyLocation.content_hash.is_not(None))
+        )
         return frozenset(h for h in [*keys, *locs] if h)
 
 
@@ -311,6 +347,7 @@ def key_counts(engine: Engine) -> dict[str, int]:
 
 # --- read side: the inventory for reports ----------------------------------
 
+
 @dataclass(frozen=True)
 class InventorySnapshot:
     keys: tuple[KeyRecord, ...]
@@ -325,22 +362,26 @@ def inventory_snapshot(engine: Engine) -> InventorySnapshot:
         seen = {s.name: s.last_success_at for s in states if s.last_success_at is not None}
         keys = key_records(session, order_by=(Key.principal, Key.key_id), seen=seen)
         diagnoses = latest_diagnoses(session, [k.pk for k in keys if k.status == KeyStatus.REJECTED])
-        records = tuple(replace(k, diagnosis=diagnoses[k.pk]) if diagnoses.get(k.pk) else k
-                        for k in keys)
+        records = tuple(replace(k, diagnosis=diagnoses[k.pk]) if diagnoses.get(k.pk) else k for k in keys)
         orphans = session.execute(
-            select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.is_(None),
-                                            KeyLocation.status == LocationStatus.INVALID)
-            .order_by(KeyLocation.source, KeyLocation.ref))
-        return InventorySnapshot(records, tuple(location(loc, None) for loc in orphans),
-                                 tuple(_detached_state(s) for s in states))
+            select(*LOCATION_COLUMNS)
+            .where(KeyLocation.key_pk.is_(None), KeyLocation.status == LocationStatus.INVALID)
+            .order_by(KeyLocation.source, KeyLocation.ref)
+        )
+        return InventorySnapshot(
+            records, tuple(location(loc, None) for loc in orphans), tuple(_detached_state(s) for s in states)
+        )
 
 
 def latest_diagnoses(session: Session, pks: Iterable[int]) -> dict[int, str | None]:
     """The diagnosis of each key's latest probe row (keys without one: absent)."""
     out: dict[int, str | None] = {}
     for chunk in _chunks(sorted(set(pks))):
-        stmt = (select(Probe.key_pk, Probe.diagnosis).where(Probe.key_pk.in_(chunk))
-                .order_by(Probe.key_pk, Probe.at.desc(), Probe.id.desc()))
+        stmt = (
+            select(Probe.key_pk, Probe.diagnosis)
+            .where(Probe.key_pk.in_(chunk))
+            .order_by(Probe.key_pk, Probe.at.desc(), Probe.id.desc())
+        )
         for pk, diagnosis in session.execute(stmt):
             out.setdefault(pk, diagnosis)
     return out

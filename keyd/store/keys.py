@@ -84,56 +84,111 @@ class KeyRecord:
 
 
 KEY_COLUMNS: tuple[Any, ...] = (
-    Key.id, Key.key_id, Key.kind, Key.principal, Key.status, Key.fingerprint, Key.algorithm,
-    Key.content_hash, Key.expires_at, Key.expiry_source, Key.zitadel_created_at, Key.first_seen,
-    Key.last_seen, Key.next_probe_at, Key.probe_failures, Key.last_probe_at,
-    Key.last_probe_outcome, Key.last_ok_at, Key.last_error)
+    Key.id,
+    Key.key_id,
+    Key.kind,
+    Key.principal,
+    Key.status,
+    Key.fingerprint,
+    Key.algorithm,
+    Key.content_hash,
+    Key.expires_at,
+    Key.expiry_source,
+    Key.zitadel_created_at,
+    Key.first_seen,
+    Key.last_seen,
+    Key.next_probe_at,
+    Key.probe_failures,
+    Key.last_probe_at,
+    Key.last_probe_outcome,
+    Key.last_ok_at,
+    Key.last_error,
+)
 LOCATION_COLUMNS: tuple[Any, ...] = (
-    KeyLocation.key_pk, KeyLocation.source, KeyLocation.ref, KeyLocation.status,
-    KeyLocation.kind, KeyLocation.last_error, KeyLocation.warning, KeyLocation.last_seen)
+    KeyLocation.key_pk,
+    KeyLocation.source,
+    KeyLocation.ref,
+    KeyLocation.status,
+    KeyLocation.kind,
+    KeyLocation.last_error,
+    KeyLocation.warning,
+    KeyLocation.last_seen,
+)
 
 
-def key_record(row: Any, locations: Iterable[Any] = (),
-               seen: Mapping[str, datetime] | None = None) -> KeyRecord:
+def key_record(
+    row: Any, locations: Iterable[Any] = (), seen: Mapping[str, datetime] | None = None
+) -> KeyRecord:
     """The record of a row of ``KEY_COLUMNS`` (or a ``Key``) and rows of
     ``LOCATION_COLUMNS`` (or ``KeyLocation``s). ``seen``: each source's last
     successful scan (see ``location``); the key was last seen when its
     latest present location was."""
-    places = tuple(sorted((location(loc, row.key_id, seen) for loc in locations),
-                          key=lambda loc: (loc.source, loc.ref)))
+    places = tuple(
+        sorted((location(loc, row.key_id, seen) for loc in locations), key=lambda loc: (loc.source, loc.ref))
+    )
     last_seen = row.last_seen
     if last_seen is not None:
-        last_seen = max([last_seen, *(loc.last_seen for loc in places
-                                      if loc.status == LocationStatus.PRESENT and loc.last_seen)])
+        last_seen = max(
+            [
+                last_seen,
+                *(loc.last_seen for loc in places if loc.status == LocationStatus.PRESENT and loc.last_seen),
+            ]
+        )
     return KeyRecord(
-        pk=row.id, key_id=row.key_id, kind=row.kind, principal=row.principal,
-        status=row.status, fingerprint=row.fingerprint, algorithm=row.algorithm,
-        content_hash=row.content_hash, expires_at=row.expires_at,
-        expiry_source=row.expiry_source, zitadel_created_at=row.zitadel_created_at,
-        first_seen=row.first_seen, last_seen=last_seen, next_probe_at=row.next_probe_at,
-        probe_failures=row.probe_failures or 0, last_probe_at=row.last_probe_at,
-        last_probe_outcome=row.last_probe_outcome, last_ok_at=row.last_ok_at,
-        last_error=row.last_error, locations=places)
+        pk=row.id,
+        key_id=row.key_id,
+        kind=row.kind,
+        principal=row.principal,
+        status=row.status,
+        fingerprint=row.fingerprint,
+        algorithm=row.algorithm,
+        content_hash=row.content_hash,
+        expires_at=row.expires_at,
+        expiry_source=row.expiry_source,
+        zitadel_created_at=row.zitadel_created_at,
+        first_seen=row.first_seen,
+        last_seen=last_seen,
+        next_probe_at=row.next_probe_at,
+        probe_failures=row.probe_failures or 0,
+        last_probe_at=row.last_probe_at,
+        last_probe_outcome=row.last_probe_outcome,
+        last_ok_at=row.last_ok_at,
+        last_error=row.last_error,
+        locations=places,
+    )
 
 
-def location(row: Any, key_id: str | None,
-             seen: Mapping[str, datetime] | None = None) -> Location:
+def location(row: Any, key_id: str | None, seen: Mapping[str, datetime] | None = None) -> Location:
     """A row of ``LOCATION_COLUMNS`` or a ``KeyLocation``. A present (or
     invalid) location was seen at its source's last successful scan in
     ``seen``: the scan does not rewrite unchanged rows."""
     last_seen = row.last_seen
     scanned = (seen or {}).get(row.source)
-    if (row.status in (LocationStatus.PRESENT, LocationStatus.INVALID)
-            and scanned is not None and (last_seen is None or scanned > last_seen)):
+    if (
+        row.status in (LocationStatus.PRESENT, LocationStatus.INVALID)
+        and scanned is not None
+        and (last_seen is None or scanned > last_seen)
+    ):
         last_seen = scanned
-    return Location(source=row.source, ref=row.ref, status=row.status, kind=row.kind,
-                    error=row.last_error, warning=row.warning, last_seen=last_seen,
-                    key_id=key_id)
+    return Location(
+        source=row.source,
+        ref=row.ref,
+        status=row.status,
+        kind=row.kind,
+        error=row.last_error,
+        warning=row.warning,
+        last_seen=last_seen,
+        key_id=key_id,
+    )
 
 
-def key_records(session: Session, *where: ColumnElement[bool], order_by: Sequence[Any] = (Key.id,),
-                limit: int | None = None,
-                seen: Mapping[str, datetime] | None = None) -> list[KeyRecord]:
+def key_records(
+    session: Session,
+    *where: ColumnElement[bool],
+    order_by: Sequence[Any] = (Key.id,),
+    limit: int | None = None,
+    seen: Mapping[str, datetime] | None = None,
+) -> list[KeyRecord]:
     """The keys matching ``where``, in ``order_by`` order, at most ``limit``
     (``seen``: see ``key_record``)."""
     stmt = select(*KEY_COLUMNS).where(*where).order_by(*order_by)
@@ -148,7 +203,7 @@ def locations_of(session: Session, pks: Sequence[int]) -> dict[int, list[Any]]:
     """Location rows by key pk, ``_CHUNK`` keys per query."""
     out: dict[int, list[Any]] = {}
     for start in range(0, len(pks), _CHUNK):
-        stmt = select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.in_(pks[start:start + _CHUNK]))
+        stmt = select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.in_(pks[start : start + _CHUNK]))
         for loc in session.execute(stmt):
             out.setdefault(loc.key_pk, []).append(loc)
     return out

@@ -48,8 +48,10 @@ def database_kind(url: str) -> str:
     if judged is None:  # never repeat the URL: it may hold a password
         raise ConfigError("database.url", "cannot be parsed as a database URL")
     if judged.backend is None:
-        raise ConfigError("database.url", f"unsupported database {judged.dialect!r} "
-                          "(use sqlite:///PATH or postgresql+psycopg://...)")
+        raise ConfigError(
+            "database.url",
+            f"unsupported database {judged.dialect!r} (use sqlite:///PATH or postgresql+psycopg://...)",
+        )
     return judged.backend
 
 
@@ -59,7 +61,7 @@ def sqlite_path(url: str) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file::memory:"):
         return None
     if database.startswith("file:"):
-        database = database[len("file:"):].split("?", 1)[0]
+        database = database[len("file:") :].split("?", 1)[0]
     return Path(database).resolve()
 
 
@@ -73,8 +75,8 @@ class AdvisoryLock:
             parsed = parsed.set(drivername="postgresql+psycopg")
         require_postgres_driver(parsed)
         self._engine: Engine = create_engine(
-            parsed, poolclass=NullPool, connect_args=dict(_PG_CONNECT_ARGS),
-            isolation_level="AUTOCOMMIT")
+            parsed, poolclass=NullPool, connect_args=dict(_PG_CONNECT_ARGS), isolation_level="AUTOCOMMIT"
+        )
         self._conn: Connection | None = None
         self._held = False
 
@@ -86,8 +88,9 @@ class AdvisoryLock:
         try:
             if self._conn is None:
                 self._conn = self._engine.connect()
-            got = self._conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
-                                     {"key": self.key}).scalar_one()
+            got = self._conn.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}
+            ).scalar_one()
         except SQLAlchemyError as exc:
             log.warning("leader lock: cannot reach the database: %s", _short(exc))
             self._drop()
@@ -120,10 +123,14 @@ class AdvisoryLock:
         if self._conn is None:
             return None
         try:
-            row = self._conn.execute(text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                " AND ((classid::bigint << 32) | objid::bigint) = :key"), {"key": self.key}).first()
+            row = self._conn.execute(
+                text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    " AND ((classid::bigint << 32) | objid::bigint) = :key"
+                ),
+                {"key": self.key},
+            ).first()
         except SQLAlchemyError:
             return None
         return int(row[0]) if row else None
@@ -153,4 +160,3 @@ class AdvisoryLock:
 
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-

@@ -51,9 +51,7 @@ def script_location() -> str:
         return str(checkout)
     packaged = resources.files("keyd") / "_migrations"
     if not isinstance(packaged, Path) or not (packaged / "env.py").is_file():
-        raise StoreError(
-            f"keyd's migration scripts are missing ({packaged}): reinstall keyd from its wheel"
-        )
+        raise StoreError(f"keyd's migration scripts are missing ({packaged}): reinstall keyd from its wheel")
     return str(packaged)
 
 
@@ -136,9 +134,7 @@ def ensure_current(engine: Engine) -> None:
     if current is None:
         raise SchemaBehind(f"database {where} has no keyd schema: {UPGRADE_HINT}")
     if _known(current):
-        raise SchemaBehind(
-            f"database {where} is at revision {current}, keyd needs {head}: {UPGRADE_HINT}"
-        )
+        raise SchemaBehind(f"database {where} is at revision {current}, keyd needs {head}: {UPGRADE_HINT}")
     raise SchemaAhead(
         f"database {where} is at revision {current}, which this keyd does not know "
         f"(newest known: {head}): it was migrated by a newer keyd; upgrade keyd"

@@ -8,7 +8,7 @@ Changing a model means regenerating the migration (README: "Schema changes").
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     event,
@@ -106,8 +107,8 @@ class Key(Base):
     # set by the ORM hook below; Core writers set it themselves), NEVER when
     # nothing will be due. Evaluation reads only ``next_alert_at <= now``.
     next_alert_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, index=True, default=lambda: ALERT_NOW,
-        server_default=text("'1970-01-01 00:00:00'"))
+        UTCDateTime, index=True, default=lambda: ALERT_NOW, server_default=text("'1970-01-01 00:00:00'")
+    )
 
     locations: Mapped[list[KeyLocation]] = relationship(back_populates="key")
 
@@ -166,9 +167,8 @@ def _location_rearm(_mapper: object, connection: Connection, loc: KeyLocation) -
         return
     pks = {loc.key_pk, *state.attrs["key_pk"].history.deleted} - {None}
     if pks:
-        table = Key.__table__
-        connection.execute(update(table).where(table.c.id.in_(pks))  # type: ignore[arg-type]
-                           .values(next_alert_at=ALERT_NOW))
+        table = cast(Table, Key.__table__)
+        connection.execute(update(table).where(table.c.id.in_(pks)).values(next_alert_at=ALERT_NOW))
 
 
 class SourceState(Base):
@@ -281,8 +281,7 @@ class Rotation(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     old_key_id: Mapped[str] = mapped_column(String(128))
-    old_key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"),
-                                                    index=True)
+    old_key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
     principal: Mapped[str] = mapped_column(String(255), index=True)
     # planned | registered | proven | published | retired | failed
     state: Mapped[str] = mapped_column(String(16), index=True)
@@ -335,5 +334,3 @@ class State(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-

@@ -58,8 +58,7 @@ class ProbeRecord:
 
 def _is_due(now: datetime) -> ColumnElement[bool]:
     """The schedule contract of the module docstring, as one WHERE clause."""
-    return and_(Key.status == KeyStatus.ACTIVE,
-                or_(Key.next_probe_at.is_(None), Key.next_probe_at <= now))
+    return and_(Key.status == KeyStatus.ACTIVE, or_(Key.next_probe_at.is_(None), Key.next_probe_at <= now))
 
 
 #: Probe order: never-probed first, then the most overdue.
@@ -88,13 +87,15 @@ def target_by_key_id(engine: Engine, key_id: str) -> KeyRecord:
     with Session(engine) as session:
         found = key_records(session, Key.key_id == key_id)
     if not found:
-        raise UsageError("KEY_ID", f"no key with id {key_id!r} in the inventory "
-                         "(run `keyd scan`, or see `keyd status`)")
+        raise UsageError(
+            "KEY_ID", f"no key with id {key_id!r} in the inventory (run `keyd scan`, or see `keyd status`)"
+        )
     return found[0]
 
 
-def record_probe_results(engine: Engine, records: Sequence[ProbeRecord], *,
-                         after: Callable[[Session], None] | None = None) -> None:
+def record_probe_results(
+    engine: Engine, records: Sequence[ProbeRecord], *, after: Callable[[Session], None] | None = None
+) -> None:
     """Write the probe history and the keys' new state in one transaction.
 
     A key whose content changed while it was probed (another file now
@@ -104,25 +105,37 @@ def record_probe_results(engine: Engine, records: Sequence[ProbeRecord], *,
     for the history and one executemany UPDATE per set of columns, not a
     statement (and an ORM object) per probe.
     """
-    history = [{"key_pk": rec.key_pk, "at": rec.at, "outcome": rec.outcome,
-                "http_status": rec.http_status, "error_code": rec.error_code,
-                "diagnosis": rec.diagnosis, "message": rec.message,
-                "latency_ms": rec.latency_ms, "attempts": rec.attempts}
-               for rec in records if rec.outcome is not None]
+    history = [
+        {
+            "key_pk": rec.key_pk,
+            "at": rec.at,
+            "outcome": rec.outcome,
+            "http_status": rec.http_status,
+            "error_code": rec.error_code,
+            "diagnosis": rec.diagnosis,
+            "message": rec.message,
+            "latency_ms": rec.latency_ms,
+            "attempts": rec.attempts,
+        }
+        for rec in records
+        if rec.outcome is not None
+    ]
     groups: dict[tuple[str, ...], list[dict[str, object]]] = defaultdict(list)
     for rec in records:
         values = _key_values(rec)
-        groups[tuple(values)].append({"b_pk": rec.key_pk, "b_hash": rec.content_hash,
-                                      **{f"b_{k}": v for k, v in values.items()}})
+        groups[tuple(values)].append(
+            {"b_pk": rec.key_pk, "b_hash": rec.content_hash, **{f"b_{k}": v for k, v in values.items()}}
+        )
     keys = Key.__table__
     with Session(engine) as session, session.begin():
         if history:  # one multi-row INSERT
             session.execute(insert(Probe), history)
         for columns, rows in groups.items():  # one executemany UPDATE per shape
-            stmt = (update(keys)  # type: ignore[arg-type]
-                    .where(keys.c.id == bindparam("b_pk"),
-                           keys.c.content_hash == bindparam("b_hash"))
-                    .values({c: bindparam(f"b_{c}") for c in columns}))
+            stmt = (
+                update(keys)  # type: ignore[arg-type]
+                .where(keys.c.id == bindparam("b_pk"), keys.c.content_hash == bindparam("b_hash"))
+                .values({c: bindparam(f"b_{c}") for c in columns})
+            )
             session.execute(stmt, rows)
         if after is not None:
             after(session)
@@ -131,8 +144,10 @@ def record_probe_results(engine: Engine, records: Sequence[ProbeRecord], *,
 def _key_values(rec: ProbeRecord) -> dict[str, object]:
     """The key columns one probe outcome sets."""
     values: dict[str, object] = {
-        "next_probe_at": rec.next_probe_at, "probe_failures": rec.failures,
-        "last_error": None if rec.ok else rec.message, "updated_at": rec.at,
+        "next_probe_at": rec.next_probe_at,
+        "probe_failures": rec.failures,
+        "last_error": None if rec.ok else rec.message,
+        "updated_at": rec.at,
     }
     if rec.outcome is not None:
         values["last_probe_at"] = rec.at
@@ -161,8 +176,14 @@ def probe_history(engine: Engine, key_pk: int, *, limit: int = 20) -> list[Probe
     """The latest probes of one key, newest first."""
     with Session(engine) as session:
         rows = session.scalars(
-            select(Probe).where(Probe.key_pk == key_pk)
-            .order_by(Probe.at.desc(), Probe.id.desc()).limit(limit)
+            select(Probe)
+            .where(Probe.key_pk == key_pk)
+            .order_by(Probe.at.desc(), Probe.id.desc())
+            .limit(limit)
         )
-        return [ProbeHistoryRow(r.at, r.outcome, r.http_status, r.error_code, r.diagnosis,
-                                r.message, r.latency_ms, r.attempts) for r in rows]
+        return [
+            ProbeHistoryRow(
+                r.at, r.outcome, r.http_status, r.error_code, r.diagnosis, r.message, r.latency_ms, r.attempts
+            )
+            for r in rows
+        ]

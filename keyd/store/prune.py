@@ -36,8 +36,7 @@ class PruneReport:
     vacuumed: tuple[str, ...] = ()
 
 
-def prune_history(engine: Engine, *, probes_before: datetime,
-                  events_before: datetime) -> PruneReport:
+def prune_history(engine: Engine, *, probes_before: datetime, events_before: datetime) -> PruneReport:
     """Delete old probe rows (each key's newest stays) and old events."""
     probes = prune_probes(engine, probes_before)
     events = _batched(engine, Event, Event.at < events_before)
@@ -52,15 +51,15 @@ def prune_probes(engine: Engine, before: datetime) -> int:
     return _batched(engine, Probe, Probe.at < before, Probe.id.not_in(newest))
 
 
-def _batched(engine: Engine, model: type[Event] | type[Probe],
-             *where: ColumnElement[bool]) -> int:
+def _batched(engine: Engine, model: type[Event] | type[Probe], *where: ColumnElement[bool]) -> int:
     """Delete the rows of ``model`` matching ``where``, ``BATCH`` at a time."""
     total = 0
     while True:
         chosen = select(model.id).where(*where).limit(BATCH).scalar_subquery()
         with session_scope(engine) as session:
-            result = session.execute(delete(model).where(model.id.in_(chosen))
-                                     .execution_options(synchronize_session=False))
+            result = session.execute(
+                delete(model).where(model.id.in_(chosen)).execution_options(synchronize_session=False)
+            )
             count = int(getattr(result, "rowcount", 0) or 0)
         total += count
         if count < BATCH:
@@ -80,7 +79,6 @@ def _vacuum(engine: Engine, tables: list[str]) -> tuple[str, ...]:
                 conn.execute(text(f"VACUUM (ANALYZE) {name}"))
             conn.execute(text("ANALYZE keys"))
     except Exception as exc:  # a role without VACUUM rights: pruning still counted
-        log.warning("prune: VACUUM %s failed (autovacuum will catch up): %s",
-                    ", ".join(tables), exc)
+        log.warning("prune: VACUUM %s failed (autovacuum will catch up): %s", ", ".join(tables), exc)
         return ()
     return tuple(tables)

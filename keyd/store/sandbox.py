@@ -29,8 +29,9 @@ def rollback_engine(engine: Engine) -> Iterator[Engine]:
     """See the module docstring."""
     raw = engine.raw_connection()  # the real engine's connect hooks (pragmas, UTC) apply
     dbapi: Any = raw.driver_connection
-    sandbox = create_engine(engine.url, creator=lambda: dbapi, poolclass=StaticPool,
-                            pool_reset_on_return=None)
+    sandbox = create_engine(
+        engine.url, creator=lambda: dbapi, poolclass=StaticPool, pool_reset_on_return=None
+    )
     try:
         with sandbox.connect():  # dialect initialisation, before the outer transaction
             pass

@@ -76,9 +76,11 @@ def keys(engine: Engine) -> list[KeyRecord]:
     """Every key with its locations (unreadable rows skipped, see ``_rows``)."""
     locations: dict[int, list[Any]] = {}
     with engine.connect() as conn:
-        for loc in _rows(conn.execute(select(*LOCATION_COLUMNS)
-                                      .where(KeyLocation.key_pk.is_not(None))),
-                         "key_locations", lambda row: row):
+        for loc in _rows(
+            conn.execute(select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.is_not(None))),
+            "key_locations",
+            lambda row: row,
+        ):
             locations.setdefault(loc.key_pk, []).append(loc)
         result = conn.execute(select(*KEY_COLUMNS).order_by(Key.key_id))
         return list(_rows(result, "keys", lambda r: key_record(r, locations.get(r.id, ()))))
@@ -110,27 +112,44 @@ class Aggregates:
 def key_series(engine: Engine) -> list[KeySeries]:
     """Every key's id, principal, status and expiry: four columns, no join."""
     with engine.connect() as conn:
-        result = conn.execute(select(Key.key_id, Key.principal, Key.status, Key.expires_at)
-                              .order_by(Key.key_id))
+        result = conn.execute(
+            select(Key.key_id, Key.principal, Key.status, Key.expires_at).order_by(Key.key_id)
+        )
         return [KeySeries(*row) for row in _rows(result, "keys", tuple)]
 
 
 def aggregates(engine: Engine) -> Aggregates:
     with engine.connect() as conn:
-        by_status = {str(s): int(n) for s, n in conn.execute(
-            select(Key.status, func.count()).group_by(Key.status))}
+        by_status = {
+            str(s): int(n) for s, n in conn.execute(select(Key.status, func.count()).group_by(Key.status))
+        }
         active = Key.status == KeyStatus.ACTIVE
         oldest_ok = conn.execute(select(func.min(Key.last_ok_at)).where(active)).scalar()
-        never_ok = conn.execute(select(func.count()).select_from(Key).where(
-            active, Key.last_ok_at.is_(None))).scalar_one()
-        by_state = {str(s): int(n) for s, n in conn.execute(
-            select(TokenSink.state, func.count()).group_by(TokenSink.state))}
+        never_ok = conn.execute(
+            select(func.count()).select_from(Key).where(active, Key.last_ok_at.is_(None))
+        ).scalar_one()
+        by_state = {
+            str(s): int(n)
+            for s, n in conn.execute(select(TokenSink.state, func.count()).group_by(TokenSink.state))
+        }
         earliest = conn.execute(select(func.min(TokenSink.expires_at))).scalar()
-        locations = {(str(src), str(st)): int(n) for src, st, n in conn.execute(
-            select(KeyLocation.source, KeyLocation.status, func.count())
-            .group_by(KeyLocation.source, KeyLocation.status))}
-    return Aggregates(by_status, _utc(oldest_ok), int(never_ok), by_state, _utc(earliest),
-                      open_deliveries(engine), locations)
+        locations = {
+            (str(src), str(st)): int(n)
+            for src, st, n in conn.execute(
+                select(KeyLocation.source, KeyLocation.status, func.count()).group_by(
+                    KeyLocation.source, KeyLocation.status
+                )
+            )
+        }
+    return Aggregates(
+        by_status,
+        _utc(oldest_ok),
+        int(never_ok),
+        by_state,
+        _utc(earliest),
+        open_deliveries(engine),
+        locations,
+    )
 
 
 def change_marker(engine: Engine) -> tuple[object, ...]:
@@ -141,10 +160,12 @@ def change_marker(engine: Engine) -> tuple[object, ...]:
     with engine.connect() as conn:
         keys = conn.execute(select(func.count(), func.max(Key.updated_at))).one()
         sinks = conn.execute(select(func.count(), func.max(TokenSink.updated_at))).one()
-        states = conn.execute(select(func.max(SourceState.last_attempt_at),
-                                     func.sum(SourceState.error_count))).one()
-        deliveries = conn.execute(select(func.count()).select_from(Delivery).where(
-            Delivery.state.in_(("pending", "failed")))).scalar_one()
+        states = conn.execute(
+            select(func.max(SourceState.last_attempt_at), func.sum(SourceState.error_count))
+        ).one()
+        deliveries = conn.execute(
+            select(func.count()).select_from(Delivery).where(Delivery.state.in_(("pending", "failed")))
+        ).scalar_one()
         rotations = conn.execute(select(func.count(), func.max(Rotation.updated_at))).one()
     return (*keys, *sinks, *states, deliveries, *rotations)
 
@@ -162,35 +183,56 @@ def location_problems(engine: Engine) -> list[LocationProblem]:
         result = conn.execute(
             select(KeyLocation.source, KeyLocation.ref, KeyLocation.status, KeyLocation.last_error)
             .where(KeyLocation.key_pk.is_(None), KeyLocation.status == LocationStatus.INVALID)
-            .order_by(KeyLocation.source, KeyLocation.ref))
+            .order_by(KeyLocation.source, KeyLocation.ref)
+        )
         return [LocationProblem(*row) for row in _rows(result, "key_locations", tuple)]
 
 
 def sources(engine: Engine) -> list[SourceSnapshot]:
     with engine.connect() as conn:
-        result = conn.execute(select(
-            SourceState.name, SourceState.last_attempt_at, SourceState.last_success_at,
-            SourceState.last_error, SourceState.consecutive_failures, SourceState.error_count,
-        ).order_by(SourceState.name))
-        return [SourceSnapshot(r[0], r[1], r[2], r[3], r[4] or 0, r[5] or 0)
-                for r in _rows(result, "source_states", tuple)]
+        result = conn.execute(
+            select(
+                SourceState.name,
+                SourceState.last_attempt_at,
+                SourceState.last_success_at,
+                SourceState.last_error,
+                SourceState.consecutive_failures,
+                SourceState.error_count,
+            ).order_by(SourceState.name)
+        )
+        return [
+            SourceSnapshot(r[0], r[1], r[2], r[3], r[4] or 0, r[5] or 0)
+            for r in _rows(result, "source_states", tuple)
+        ]
 
 
 def tokens(engine: Engine) -> list[TokenSnapshot]:
     with engine.connect() as conn:
         result = conn.execute(
-            select(Key.key_id, Key.principal, TokenSink.mount, TokenSink.path, TokenSink.state,
-                   TokenSink.expires_at, TokenSink.last_error)
-            .join(Key, Key.id == TokenSink.key_pk).order_by(Key.key_id))
-        return [TokenSnapshot(r[0], r[1], f"{r[2]}/{r[3]}", r[4], _utc(r[5]), r[6])
-                for r in _rows(result, "tokens", tuple)]
+            select(
+                Key.key_id,
+                Key.principal,
+                TokenSink.mount,
+                TokenSink.path,
+                TokenSink.state,
+                TokenSink.expires_at,
+                TokenSink.last_error,
+            )
+            .join(Key, Key.id == TokenSink.key_pk)
+            .order_by(Key.key_id)
+        )
+        return [
+            TokenSnapshot(r[0], r[1], f"{r[2]}/{r[3]}", r[4], _utc(r[5]), r[6])
+            for r in _rows(result, "tokens", tuple)
+        ]
 
 
 def open_deliveries(engine: Engine) -> int:
     """Outbox rows not yet sent (pending or failed-and-retrying)."""
     with engine.connect() as conn:
-        count = conn.execute(select(func.count()).select_from(Delivery)
-                             .where(Delivery.state.in_(OPEN_STATES))).scalar_one()
+        count = conn.execute(
+            select(func.count()).select_from(Delivery).where(Delivery.state.in_(OPEN_STATES))
+        ).scalar_one()
     return int(count)
 
 

@@ -81,8 +81,7 @@ def token_candidates(engine: Engine) -> list[KeyRecord]:
     cannot mint tokens for themselves). Plain rows, not ORM objects: this
     runs every round over every key."""
     with Session(engine) as session:
-        return key_records(session, Key.status == KeyStatus.ACTIVE,
-                           Key.kind == KeyKind.SERVICE_ACCOUNT)
+        return key_records(session, Key.status == KeyStatus.ACTIVE, Key.kind == KeyKind.SERVICE_ACCOUNT)
 
 
 def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetime) -> int:
@@ -117,8 +116,15 @@ def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetim
                 session.flush()
             else:
                 at_path = TokenSink(
-                    key_pk=a.key_pk, mount=a.mount, path=a.path, file_path=a.file_path,
-                    state=SinkState.PENDING, failures=0, next_refresh_at=now, updated_at=now)
+                    key_pk=a.key_pk,
+                    mount=a.mount,
+                    path=a.path,
+                    file_path=a.file_path,
+                    state=SinkState.PENDING,
+                    failures=0,
+                    next_refresh_at=now,
+                    updated_at=now,
+                )
                 session.add(at_path)
                 by_path[(a.mount, a.path)] = at_path
             by_key[a.key_pk] = at_path
@@ -126,8 +132,9 @@ def ensure_sinks(engine: Engine, assignments: Iterable[Assignment], now: datetim
     return changed
 
 
-def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None,
-              keys: Mapping[int, KeyRecord] | None = None) -> list[SinkTarget]:
+def due_sinks(
+    engine: Engine, now: datetime, *, limit: int | None = None, keys: Mapping[int, KeyRecord] | None = None
+) -> list[SinkTarget]:
     """Sinks due at ``now`` whose key is active, most overdue first.
 
     ``keys`` (the round's ``token_candidates`` by pk) saves loading every
@@ -135,31 +142,54 @@ def due_sinks(engine: Engine, now: datetime, *, limit: int | None = None,
     between) is loaded here."""
     sink = TokenSink
     with Session(engine) as session:
-        query = (select(sink.id, sink.key_pk, sink.mount, sink.path, sink.file_path,
-                        sink.vault_version, sink.issued_at, sink.expires_at,
-                        sink.next_refresh_at, sink.state, sink.failures)
-                 .join(Key, Key.id == sink.key_pk)
-                 .where(Key.status == KeyStatus.ACTIVE, Key.kind == KeyKind.SERVICE_ACCOUNT)
-                 .where(or_(sink.next_refresh_at.is_(None), sink.next_refresh_at <= now))
-                 .order_by(sink.next_refresh_at, sink.id))
+        query = (
+            select(
+                sink.id,
+                sink.key_pk,
+                sink.mount,
+                sink.path,
+                sink.file_path,
+                sink.vault_version,
+                sink.issued_at,
+                sink.expires_at,
+                sink.next_refresh_at,
+                sink.state,
+                sink.failures,
+            )
+            .join(Key, Key.id == sink.key_pk)
+            .where(Key.status == KeyStatus.ACTIVE, Key.kind == KeyKind.SERVICE_ACCOUNT)
+            .where(or_(sink.next_refresh_at.is_(None), sink.next_refresh_at <= now))
+            .order_by(sink.next_refresh_at, sink.id)
+        )
         if limit is not None:
             query = query.limit(limit)
         rows = list(session.execute(query))
         known = dict(keys or {})
         missing = sorted({r.key_pk for r in rows} - known.keys())
         known.update(_load_targets(session, missing))
-        return [SinkTarget(
-            id=r.id, key=known[r.key_pk], mount=r.mount, path=r.path, file_path=r.file_path,
-            vault_version=r.vault_version, issued_at=r.issued_at, expires_at=r.expires_at,
-            next_refresh_at=r.next_refresh_at, state=r.state, failures=r.failures or 0)
-            for r in rows]
+        return [
+            SinkTarget(
+                id=r.id,
+                key=known[r.key_pk],
+                mount=r.mount,
+                path=r.path,
+                file_path=r.file_path,
+                vault_version=r.vault_version,
+                issued_at=r.issued_at,
+                expires_at=r.expires_at,
+                next_refresh_at=r.next_refresh_at,
+                state=r.state,
+                failures=r.failures or 0,
+            )
+            for r in rows
+        ]
 
 
 def _load_targets(session: Session, pks: Sequence[int]) -> dict[int, KeyRecord]:
     """Keys by pk with their locations, 500 at a time (bounded IN lists)."""
     out: dict[int, KeyRecord] = {}
     for start in range(0, len(pks), 500):
-        out.update((k.pk, k) for k in key_records(session, Key.id.in_(pks[start:start + 500])))
+        out.update((k.pk, k) for k in key_records(session, Key.id.in_(pks[start : start + 500])))
     return out
 
 
@@ -183,26 +213,62 @@ class SinkUpdate:
     alert: AlertSpec | None = None
 
 
-def written(sink: SinkTarget, *, version: int, issued_at: datetime, expires_at: datetime,
-            next_refresh_at: datetime, now: datetime, note: str | None = None,
-            event: EventSpec | None = None, failures: int = 0) -> SinkUpdate:
+def written(
+    sink: SinkTarget,
+    *,
+    version: int,
+    issued_at: datetime,
+    expires_at: datetime,
+    next_refresh_at: datetime,
+    now: datetime,
+    note: str | None = None,
+    event: EventSpec | None = None,
+    failures: int = 0,
+) -> SinkUpdate:
     """A token is in Vault at ``version`` (written or found). ``failures``
     > 0: its token file could not be written (``note`` says why), so the
     sink is ``failed`` and due again at ``next_refresh_at`` (a retry)."""
     state = SinkState.FAILED if failures else SinkState.OK
-    return SinkUpdate(sink, {"vault_version": version, "issued_at": issued_at,
-                             "expires_at": expires_at, "next_refresh_at": next_refresh_at,
-                             "state": state, "failures": failures, "last_error": note,
-                             "updated_at": now}, event)
+    return SinkUpdate(
+        sink,
+        {
+            "vault_version": version,
+            "issued_at": issued_at,
+            "expires_at": expires_at,
+            "next_refresh_at": next_refresh_at,
+            "state": state,
+            "failures": failures,
+            "last_error": note,
+            "updated_at": now,
+        },
+        event,
+    )
 
 
-def failed(sink: SinkTarget, *, state: str, failures: int, next_refresh_at: datetime,
-           error: str, now: datetime, event: EventSpec | None = None,
-           alert: AlertSpec | None = None) -> SinkUpdate:
+def failed(
+    sink: SinkTarget,
+    *,
+    state: str,
+    failures: int,
+    next_refresh_at: datetime,
+    error: str,
+    now: datetime,
+    event: EventSpec | None = None,
+    alert: AlertSpec | None = None,
+) -> SinkUpdate:
     """A refresh failed; the old token stays. ``error`` must be scrubbed."""
-    return SinkUpdate(sink, {"state": state, "failures": failures,
-                             "next_refresh_at": next_refresh_at, "last_error": error,
-                             "updated_at": now}, event, alert)
+    return SinkUpdate(
+        sink,
+        {
+            "state": state,
+            "failures": failures,
+            "next_refresh_at": next_refresh_at,
+            "last_error": error,
+            "updated_at": now,
+        },
+        event,
+        alert,
+    )
 
 
 def apply_updates(engine: Engine, updates: Sequence[SinkUpdate]) -> None:
@@ -224,23 +290,40 @@ def apply_updates(engine: Engine, updates: Sequence[SinkUpdate]) -> None:
 
 def _alert(session: Session, sink: SinkTarget, alert: AlertSpec, now: datetime) -> None:
     created = insert_alert(
-        session, about=alert.about, key_pk=sink.key.pk, kind=alert.kind,
-        threshold=alert.threshold, severity=alert.severity, created_at=now,
-        message_id=alert.message_id, subject=alert.subject, context=alert.context)
+        session,
+        about=alert.about,
+        key_pk=sink.key.pk,
+        kind=alert.kind,
+        threshold=alert.threshold,
+        severity=alert.severity,
+        created_at=now,
+        message_id=alert.message_id,
+        subject=alert.subject,
+        context=alert.context,
+    )
     if created is not None:
         add_deliveries(session, created.id, alert.targets, now)
 
 
 def _event(session: Session, sink: SinkTarget, event: EventSpec, now: datetime) -> None:
     detail = {"mount": sink.mount, "path": sink.path, **event.detail}
-    session.add(Event(at=now, key_pk=sink.key.pk, key_id=sink.key.key_id, kind=event.kind,
-                      source=None, detail=json.dumps(detail, sort_keys=True, default=str)))
+    session.add(
+        Event(
+            at=now,
+            key_pk=sink.key.pk,
+            key_id=sink.key.key_id,
+            kind=event.kind,
+            source=None,
+            detail=json.dumps(detail, sort_keys=True, default=str),
+        )
+    )
 
 
 def events(engine: Engine, kind_prefix: str = "token.") -> list[Event]:
     with Session(engine, expire_on_commit=False) as session:
-        found = list(session.scalars(select(Event).where(Event.kind.startswith(kind_prefix))
-                                     .order_by(Event.id)))
+        found = list(
+            session.scalars(select(Event).where(Event.kind.startswith(kind_prefix)).order_by(Event.id))
+        )
         for row in found:
             session.expunge(row)
         return found

@@ -66,16 +66,25 @@ class Notifications:
         self.sock.close()
 
 
-def start_keyd(config: Path, notes: Notifications, log: Path, *,
-               watchdog_usec: int = 1_500_000,
-               command: list[str] | None = None) -> subprocess.Popen[bytes]:
+def start_keyd(
+    config: Path,
+    notes: Notifications,
+    log: Path,
+    *,
+    watchdog_usec: int = 1_500_000,
+    command: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
     """``keyd --config CONFIG run`` with NOTIFY_SOCKET and WATCHDOG_USEC set
     (``command`` instead of ``python -m keyd.cli``, e.g. a crash-point wrapper)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYD_", "VAULT_", "BAO_"))}
     env.update(NOTIFY_SOCKET=str(notes.path), WATCHDOG_USEC=str(watchdog_usec))
     with log.open("wb") as out:
-        return subprocess.Popen([*(command or KEYD), "--config", str(config), "run"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [*(command or KEYD), "--config", str(config), "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_until(predicate: object, timeout: float = 30, what: str = "condition") -> None:
@@ -106,18 +115,27 @@ control_interval = "1s"
 """
 
 
-def write_config(path: Path, *, db_url: str, keys: Path, issuer_url: str | None = None,
-                 vault: tuple[str, str] | None = None, tokens_path: str | None = None,
-                 smtp: tuple[str, int] | None = None, http_port: int | None = None,
-                 fast_ticks: bool = False, head: str = "", issuer_extra: str = "",
-                 extra: str = "") -> Path:
+def write_config(
+    path: Path,
+    *,
+    db_url: str,
+    keys: Path,
+    issuer_url: str | None = None,
+    vault: tuple[str, str] | None = None,
+    tokens_path: str | None = None,
+    smtp: tuple[str, int] | None = None,
+    http_port: int | None = None,
+    fast_ticks: bool = False,
+    head: str = "",
+    issuer_extra: str = "",
+    extra: str = "",
+) -> Path:
     """A keyd.toml with the sections the arguments ask for. ``vault`` is
     (addr, token): the token goes to a 0600 ``vault-token`` file beside
     the config, as an operator would do (never into the TOML). ``head``
     holds top-level keys, ``issuer_extra`` lines for [issuer], ``extra``
     further sections."""
-    parts = [head, f'[database]\nurl = "{db_url}"\n',
-             f'[[sources]]\ntype = "directory"\npath = "{keys}"\n']
+    parts = [head, f'[database]\nurl = "{db_url}"\n', f'[[sources]]\ntype = "directory"\npath = "{keys}"\n']
     if issuer_url:
         parts.append(f'[issuer]\nurl = "{issuer_url}"\n{issuer_extra}')
     if vault:
@@ -128,8 +146,10 @@ def write_config(path: Path, *, db_url: str, keys: Path, issuer_url: str | None 
     if tokens_path:
         parts.append(f'[tokens]\nmount = "secret"\npath = "{tokens_path}"\n')
     if smtp:
-        parts.append(f'[alerts.email]\nhost = "{smtp[0]}"\nport = {smtp[1]}\nsecurity = "none"\n'
-                     'from = "keyd@test.example"\nto = ["ops@test.example"]\n')
+        parts.append(
+            f'[alerts.email]\nhost = "{smtp[0]}"\nport = {smtp[1]}\nsecurity = "none"\n'
+            'from = "keyd@test.example"\nto = ["ops@test.example"]\n'
+        )
     if http_port:
         parts.append(f'[http]\nlisten = "127.0.0.1:{http_port}"\n')
     if fast_ticks:

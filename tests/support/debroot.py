@@ -23,8 +23,11 @@ from pathlib import Path
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "debroot"
 MIRROR = os.environ.get("KEYD_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "LANG": "C.UTF-8", "HOME": "/root"}
+CLEAN_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+}
 
 
 def host_release() -> str:
@@ -36,8 +39,9 @@ def host_release() -> str:
 
 def dependency_names(deb: Path) -> list[str]:
     """Package names in the .deb's Depends (first alternative, no versions)."""
-    depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
-                             text=True, check=True).stdout
+    depends = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True, check=True
+    ).stdout
     names = {re.split(r"[\s(:]", part.split("|")[0].strip())[0] for part in depends.split(",")}
     return sorted(n for n in names if n)
 
@@ -52,14 +56,25 @@ def cached_tarball(release: str, include: list[str]) -> Path:
     build.chmod(0o755)  # it becomes the root directory: mkdtemp's 0700 would lock out users
     try:
         result = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(include)}", release,
-             str(build), MIRROR], capture_output=True, text=True, timeout=1800, check=False)
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(include)}",
+                release,
+                str(build),
+                MIRROR,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
         if result.returncode != 0:
-            raise RuntimeError(
-                f"debootstrap failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+            raise RuntimeError(f"debootstrap failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
         partial = build.with_suffix(".partial")
-        subprocess.run(["tar", "-C", str(build), "--numeric-owner", "-cf", str(partial), "."],
-                       check=True, timeout=600)
+        subprocess.run(
+            ["tar", "-C", str(build), "--numeric-owner", "-cf", str(partial), "."], check=True, timeout=600
+        )
         partial.rename(tarball)
     finally:
         # An interrupted debootstrap leaves /proc and /sys mounted in the target.
@@ -80,12 +95,18 @@ class DebianRoot:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def run(self, script: str, *, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, script: str, *, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """``sh -c script`` inside the root, as root, in a clean environment."""
-        return subprocess.run(["chroot", str(self.path), "/bin/sh", "-c", script],
-                              env={**CLEAN_ENV, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            ["chroot", str(self.path), "/bin/sh", "-c", script],
+            env={**CLEAN_ENV, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def file(self, path: str) -> Path:
         return self.path / path.lstrip("/")
@@ -96,8 +117,7 @@ def debian_root(where: Path, include: list[str]) -> Iterator[DebianRoot]:
     tarball = cached_tarball(host_release(), include)
     root = where / "root"
     root.mkdir()
-    subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-xf", str(tarball)],
-                   check=True, timeout=600)
+    subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-xf", str(tarball)], check=True, timeout=600)
     root.chmod(0o755)  # "/" as a Debian system has it (a tarball's "." may say otherwise)
     proc = root / "proc"
     if proc.is_symlink():  # debootstrap's container mode links it to the host's /proc

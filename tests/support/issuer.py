@@ -48,8 +48,23 @@ log = logging.getLogger(__name__)
 
 TOKEN_PATH, INTROSPECT_PATH = "/oauth/v2/token", "/oauth/v2/introspect"
 DISCOVERY_PATH, JWKS_PATH = "/.well-known/openid-configuration", "/oauth/v2/keys"
-FAULT_MODES = {"503", "502", "504", "500", "hang", "garbage", "no_token", "oversized", "close",
-               "bad_page", "pass", "drip", "gzip_junk", "huge_expiry", "crlf_token"}
+FAULT_MODES = {
+    "503",
+    "502",
+    "504",
+    "500",
+    "hang",
+    "garbage",
+    "no_token",
+    "oversized",
+    "close",
+    "bad_page",
+    "pass",
+    "drip",
+    "gzip_junk",
+    "huge_expiry",
+    "crlf_token",
+}
 REJECTIONS = {"invalid_grant", "invalid_client", "unauthorized_client"}
 OLD_STYLE = {"error": "server_error", "error_description": "Errors.Internal"}  # docs/zitadel.md §4
 NEW_STYLE = {"error": "invalid_grant", "error_description": "invalid assertion"}
@@ -88,8 +103,7 @@ class IssuerServer(Registry):
     (Authlib's reasons), ``errors`` (unexpected exceptions: should stay empty).
     """
 
-    def __init__(self, *, port: int = 0, admin: bool = False,
-                 state_file: Path | str | None = None) -> None:
+    def __init__(self, *, port: int = 0, admin: bool = False, state_file: Path | str | None = None) -> None:
         super().__init__()
         self._bind(port)
         self.url = self.issuer = f"http://127.0.0.1:{self._httpd.server_port}"
@@ -133,8 +147,9 @@ class IssuerServer(Registry):
         if self._closed:
             self._bind(self.port)
             self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        name=f"issuer-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name=f"issuer-{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -176,8 +191,7 @@ class IssuerServer(Registry):
             self._faults.extend([mode] * n)
 
     def _take_fault(self, path: str) -> str | None:
-        if not any(path == p or (p.endswith("*") and path.startswith(p[:-1]))
-                   for p in self.fault_paths):
+        if not any(path == p or (p.endswith("*") and path.startswith(p[:-1])) for p in self.fault_paths):
             return None
         with self._lock:
             return self._faults.popleft() if self._faults else self.fail_mode
@@ -189,8 +203,13 @@ class IssuerServer(Registry):
         if mode == "500":
             return _json(500, {"code": 13, "message": "Errors.Internal", "details": []})
         if mode == "bad_page":  # well-formed JSON, wrong shape (a key without an id)
-            return _json(200, {"pagination": {"totalResult": "1000000"},
-                               "result": [{"userId": "1", "creationDate": "yesterday"}]})
+            return _json(
+                200,
+                {
+                    "pagination": {"totalResult": "1000000"},
+                    "result": [{"userId": "1", "creationDate": "yesterday"}],
+                },
+            )
         if mode in ("502", "503", "504"):
             return int(mode), "text/html", b"<html><body>Bad Gateway</body></html>"
         if mode == "hang":
@@ -247,7 +266,8 @@ class IssuerServer(Registry):
             return self._token(self._form(path, headers, body))
         if method == "POST" and path == INTROSPECT_PATH:
             status, payload = self.oauth.create_endpoint_response(
-                "introspection", self._form(path, headers, body))
+                "introspection", self._form(path, headers, body)
+            )
             if payload.get("error") == "invalid_client":
                 status = 401
             return _json(status, payload)
@@ -296,9 +316,13 @@ class IssuerServer(Registry):
             try:
                 spec = json.loads(body)
                 expires = spec.get("expires_at")
-                self.add_key(spec["principal"], spec["key_id"], spec["public_key_pem"],
-                             datetime.fromisoformat(expires) if expires else None,
-                             spec.get("kind", "serviceaccount"))
+                self.add_key(
+                    spec["principal"],
+                    spec["key_id"],
+                    spec["public_key_pem"],
+                    datetime.fromisoformat(expires) if expires else None,
+                    spec.get("kind", "serviceaccount"),
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 return _json(400, {"error": "invalid_request", "error_description": str(exc)})
             return _json(201, {"key_id": spec["key_id"]})
@@ -317,9 +341,14 @@ class IssuerServer(Registry):
             return 204, "application/json", b""
         if method == "GET" and path == "/_admin/stats":
             with self._lock:
-                return _json(200, {"requests_seen": self.requests_seen,
-                                   "tokens_issued": self.tokens_issued,
-                                   "tokens_by_key": dict(self.tokens_by_key)})
+                return _json(
+                    200,
+                    {
+                        "requests_seen": self.requests_seen,
+                        "tokens_issued": self.tokens_issued,
+                        "tokens_by_key": dict(self.tokens_by_key),
+                    },
+                )
         return _json(404, {"error": "not_found"})
 
     def add_key(self, *args: Any, **kwargs: Any) -> None:
@@ -333,13 +362,21 @@ class IssuerServer(Registry):
     def _save_state(self) -> None:
         if self.state_file is None:
             return
-        keys = [{"principal": k.principal, "key_id": k.key_id, "public_key_pem": k.public_pem,
-                 "kind": k.kind, "expires_at": k.expires_at and k.expires_at.isoformat(),
-                 "created_at": k.created_at.isoformat()}
-                for k in self.keys()]
+        keys = [
+            {
+                "principal": k.principal,
+                "key_id": k.key_id,
+                "public_key_pem": k.public_pem,
+                "kind": k.kind,
+                "expires_at": k.expires_at and k.expires_at.isoformat(),
+                "created_at": k.created_at.isoformat(),
+            }
+            for k in self.keys()
+        ]
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": keys, "token_lifetime": self.token_lifetime,
-                                   "key_api": self.key_api.state()}))
+        tmp.write_text(
+            json.dumps({"keys": keys, "token_lifetime": self.token_lifetime, "key_api": self.key_api.state()})
+        )
         os.replace(tmp, self.state_file)
 
     def _load_state(self) -> None:
@@ -348,9 +385,15 @@ class IssuerServer(Registry):
         self.token_lifetime = int(state.get("token_lifetime", self.token_lifetime))
         for k in state.get("keys", []):
             expires, created = k.get("expires_at"), k.get("created_at")
-            Registry.add_key(self, k["principal"], k["key_id"], k["public_key_pem"],
-                             datetime.fromisoformat(expires) if expires else None, k["kind"],
-                             datetime.fromisoformat(created) if created else None)
+            Registry.add_key(
+                self,
+                k["principal"],
+                k["key_id"],
+                k["public_key_pem"],
+                datetime.fromisoformat(expires) if expires else None,
+                k["kind"],
+                datetime.fromisoformat(created) if created else None,
+            )
         self.key_api.load_state(state.get("key_api", {}))
 
 
@@ -416,12 +459,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-
     def _drip(self, status: int, content_type: str, body: bytes) -> None:
         """The whole answer one byte at a time (a slow middlebox)."""
         owner = self.server.owner
-        head = (f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.close_connection = True
         with owner._lock:
             owner.dripping += 1
@@ -429,7 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
             for i in range(len(head) + len(body)):
                 if owner._stopping.wait(owner.drip_seconds):
                     raise ConnectionAbortedError("test issuer stopping")
-                self.wfile.write((head + body)[i:i + 1])
+                self.wfile.write((head + body)[i : i + 1])
                 self.wfile.flush()
         except OSError:
             with owner._lock:

@@ -122,8 +122,7 @@ def load_public_key(public_key: Any, key_id: str) -> tuple[str, Key]:
         public_key = serialization.load_pem_public_key(text)
     if isinstance(public_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         public_key = public_key.public_key()
-    pem = public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     key_cls = RSAKey if isinstance(public_key, rsa.RSAPublicKey) else ECKey
     return pem.decode("ascii"), key_cls.import_key(pem, {"kid": key_id})
 
@@ -162,9 +161,15 @@ class Registry:
         with self._lock:
             self._principals.setdefault(user_id, Principal(user_id, SERVICE))
 
-    def add_key(self, principal: str, key_id: str, public_key: Any,
-                expires_at: datetime | None = None, kind: str = SERVICE,
-                created_at: datetime | None = None) -> None:
+    def add_key(
+        self,
+        principal: str,
+        key_id: str,
+        public_key: Any,
+        expires_at: datetime | None = None,
+        kind: str = SERVICE,
+        created_at: datetime | None = None,
+    ) -> None:
         """Register a public key (cryptography object or PEM; a private key is
         reduced to its public half) for ``principal``, creating it if new."""
         if kind not in (SERVICE, APPLICATION):
@@ -176,8 +181,7 @@ class Registry:
             self._principals.setdefault(principal, Principal(principal, kind))
             old = self._keys.get(key_id)
             created = created_at or (old.created_at if old is not None else self.now())
-            self._keys[key_id] = RegisteredKey(key_id, principal, kind, pem, expires_at, jwk,
-                                               created)
+            self._keys[key_id] = RegisteredKey(key_id, principal, kind, pem, expires_at, jwk, created)
 
     def remove_key(self, key_id: str) -> None:
         """Forget a key; succeeds when it is already gone (as ZITADEL does)."""
@@ -206,13 +210,24 @@ class Registry:
         """The keys ``kid`` may select for this ``iss``: strictly ``expiration > now``."""
         now = self.now()
         with self._lock:
-            return KeySet([k.jwk for k in self._keys.values() if k.principal == principal.id
-                           and (k.expires_at is None or k.expires_at > now)])
+            return KeySet(
+                [
+                    k.jwk
+                    for k in self._keys.values()
+                    if k.principal == principal.id and (k.expires_at is None or k.expires_at > now)
+                ]
+            )
 
     def record_token(self, token: dict[str, Any], request: FormRequest) -> None:
         issued = int(self.now().timestamp())
-        record = TokenRecord(request.user.id, request.key_id or "", token.get("scope", ""),
-                             issued, issued + int(token["expires_in"]), lambda: self.now())
+        record = TokenRecord(
+            request.user.id,
+            request.key_id or "",
+            token.get("scope", ""),
+            issued,
+            issued + int(token["expires_in"]),
+            lambda: self.now(),
+        )
         with self._lock:
             self._tokens[token["access_token"]] = record
             self.issued_tokens.append(token["access_token"])
@@ -223,12 +238,14 @@ class Registry:
             return self._tokens.get(value)
 
 
-def verify_claims(claims: dict[str, Any], options: dict[str, Any], audience: str,
-                  now: datetime, error: type[OAuth2Error]) -> None:
+def verify_claims(
+    claims: dict[str, Any], options: dict[str, Any], audience: str, now: datetime, error: type[OAuth2Error]
+) -> None:
     """docs/zitadel.md §3 claim rules; raises ``error`` naming the broken rule."""
     ts = now.timestamp()
-    registry = jwt.JWTClaimsRegistry(now=int(ts), leeway=LEEWAY, **options,
-                                     aud={"essential": True, "values": [audience]})
+    registry = jwt.JWTClaimsRegistry(
+        now=int(ts), leeway=LEEWAY, **options, aud={"essential": True, "values": [audience]}
+    )
     try:
         registry.validate(claims)
     except JoseError as exc:
@@ -282,8 +299,9 @@ class ZitadelJWTBearerGrant(JWTBearerGrant):
         return claims
 
     def verify_claims(self, claims: dict[str, Any]) -> None:
-        verify_claims(claims, self.CLAIMS_OPTIONS, self.server.issuer,
-                      self.server.registry.now(), InvalidGrantError)
+        verify_claims(
+            claims, self.CLAIMS_OPTIONS, self.server.issuer, self.server.registry.now(), InvalidGrantError
+        )
 
     def get_audiences(self) -> list[str]:
         return [self.server.issuer]
@@ -321,8 +339,7 @@ class ZitadelClientAssertion(JWTBearerClientAssertion):
         return claims
 
     def verify_claims(self, claims: dict[str, Any]) -> None:
-        verify_claims(claims, CLAIMS, self.server.issuer, self.server.registry.now(),
-                      InvalidClientError)
+        verify_claims(claims, CLAIMS, self.server.issuer, self.server.registry.now(), InvalidClientError)
         self.server.registry.check_jti(claims, InvalidClientError)
 
     def get_audiences(self) -> list[str]:
@@ -343,9 +360,15 @@ class ZitadelIntrospection(IntrospectionEndpoint):
         return True
 
     def introspect_token(self, token: TokenRecord) -> dict[str, Any]:
-        return {"active": True, "sub": token.principal, "scope": token.scope,
-                "iat": token.issued_at, "exp": token.expires_at, "token_type": "Bearer",
-                "iss": self.server.issuer}
+        return {
+            "active": True,
+            "sub": token.principal,
+            "scope": token.scope,
+            "iat": token.issued_at,
+            "exp": token.expires_at,
+            "token_type": "Bearer",
+            "iss": self.server.issuer,
+        }
 
 
 class IssuerOAuth(AuthorizationServer):
@@ -358,9 +381,13 @@ class IssuerOAuth(AuthorizationServer):
         self.register_grant(ZitadelJWTBearerGrant)
         self.register_endpoint(ZitadelIntrospection)
         self.register_client_auth_method(AUTH_METHOD, ZitadelClientAssertion(self))
-        self.register_token_generator("default", BearerTokenGenerator(
-            access_token_generator=lambda **_: "zat_" + secrets.token_urlsafe(32),
-            expires_generator=lambda client, grant_type: self.registry.token_lifetime))
+        self.register_token_generator(
+            "default",
+            BearerTokenGenerator(
+                access_token_generator=lambda **_: "zat_" + secrets.token_urlsafe(32),
+                expires_generator=lambda client, grant_type: self.registry.token_lifetime,
+            ),
+        )
 
     def query_client(self, client_id: str) -> Principal | None:
         return self.registry.principal(client_id)

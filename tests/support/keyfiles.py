@@ -18,21 +18,29 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 def rsa_pem(n: int = 0) -> str:
     """The ``n``-th RSA-2048 test key as PKCS#1 PEM (as ZITADEL writes it)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM,
-                             serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
 
 
 @functools.cache
 def ec_pem(n: int = 0) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
-def keyfile_doc(key_id: str, user_id: str = "user-1", *, pem: str | None = None,
-                expires: datetime | str | None = "2027-01-01T00:00:00Z",
-                kind: str = "serviceaccount") -> dict[str, Any]:
+def keyfile_doc(
+    key_id: str,
+    user_id: str = "user-1",
+    *,
+    pem: str | None = None,
+    expires: datetime | str | None = "2027-01-01T00:00:00Z",
+    kind: str = "serviceaccount",
+) -> dict[str, Any]:
     doc: dict[str, Any] = {"type": kind, "keyId": key_id, "key": pem or rsa_pem(0)}
     if kind == "serviceaccount":
         doc["userId"] = user_id
@@ -40,13 +48,15 @@ def keyfile_doc(key_id: str, user_id: str = "user-1", *, pem: str | None = None,
         doc["clientId"] = user_id
         doc["appId"] = "app-" + user_id
     if expires is not None:
-        doc["expirationDate"] = (expires if isinstance(expires, str)
-                                 else expires.isoformat().replace("+00:00", "Z"))
+        doc["expirationDate"] = (
+            expires if isinstance(expires, str) else expires.isoformat().replace("+00:00", "Z")
+        )
     return doc
 
 
-def write_keyfile(path: Path, key_id: str, user_id: str = "user-1", *, mode: int = 0o600,
-                  **kwargs: Any) -> Path:
+def write_keyfile(
+    path: Path, key_id: str, user_id: str = "user-1", *, mode: int = 0o600, **kwargs: Any
+) -> Path:
     """Write a key file (parents created 0700) and return its path."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.write_text(json.dumps(keyfile_doc(key_id, user_id, **kwargs)))

@@ -19,22 +19,48 @@ def create_schema(engine: Engine) -> None:
     Base.metadata.create_all(engine)
 
 
-def add_key(engine: Engine, keyfile: KeyFile, *, ref: str, source: str = "dir",
-            now: datetime, status: str = "active", next_probe_at: datetime | None = None,
-            probe_failures: int = 0) -> int:
+def add_key(
+    engine: Engine,
+    keyfile: KeyFile,
+    *,
+    ref: str,
+    source: str = "dir",
+    now: datetime,
+    status: str = "active",
+    next_probe_at: datetime | None = None,
+    probe_failures: int = 0,
+) -> int:
     """Insert a key row and one present location; returns the key's pk."""
     with Session(engine) as session, session.begin():
         key = Key(
-            key_id=keyfile.key_id, kind=keyfile.kind, principal=keyfile.principal,
-            algorithm=keyfile.algorithm, key_size=keyfile.key_size,
-            fingerprint=keyfile.fingerprint, expires_at=keyfile.expires_at,
-            content_hash=keyfile.content_hash, status=status, first_seen=now, last_seen=now,
-            updated_at=now, next_probe_at=next_probe_at, probe_failures=probe_failures,
+            key_id=keyfile.key_id,
+            kind=keyfile.kind,
+            principal=keyfile.principal,
+            algorithm=keyfile.algorithm,
+            key_size=keyfile.key_size,
+            fingerprint=keyfile.fingerprint,
+            expires_at=keyfile.expires_at,
+            content_hash=keyfile.content_hash,
+            status=status,
+            first_seen=now,
+            last_seen=now,
+            updated_at=now,
+            next_probe_at=next_probe_at,
+            probe_failures=probe_failures,
         )
         session.add(key)
         session.flush()
-        session.add(KeyLocation(source=source, ref=ref, key_pk=key.id, status="present",
-                                first_seen=now, last_seen=now, content_hash=keyfile.content_hash))
+        session.add(
+            KeyLocation(
+                source=source,
+                ref=ref,
+                key_pk=key.id,
+                status="present",
+                first_seen=now,
+                last_seen=now,
+                content_hash=keyfile.content_hash,
+            )
+        )
         return key.id
 
 
@@ -68,8 +94,10 @@ def rows(engine: Engine, model: Any) -> list[Any]:
 def failing_for(load_key: Any, key_id: str) -> Any:
     """``load_key`` that raises ``ZeroDivisionError`` (a stand-in for a bug)
     for ``key_id`` and loads every other key as before: for isolation tests."""
+
     def load(target: Any) -> Any:
         if target.key_id == key_id:
             raise ZeroDivisionError("bug")
         return load_key(target)
+
     return load

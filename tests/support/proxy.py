@@ -20,8 +20,12 @@ class _Forward(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         upstream = http.client.HTTPConnection(target.hostname or "", target.port or 80, timeout=10)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection",)}
-        upstream.request(self.command, target.path + (f"?{target.query}" if target.query else ""),
-                         body=body or None, headers=headers)
+        upstream.request(
+            self.command,
+            target.path + (f"?{target.query}" if target.query else ""),
+            body=body or None,
+            headers=headers,
+        )
         answer = upstream.getresponse()
         data = answer.read()
         self.send_response(answer.status)
@@ -55,8 +59,9 @@ class ForwardProxy(ThreadingHTTPServer):
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.shutdown()
         self.server_close()
         self._thread.join(timeout=10)

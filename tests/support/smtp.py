@@ -62,21 +62,26 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyd test smtp")])
     now = dt.datetime.now(dt.UTC)
-    san = x509.SubjectAlternativeName([
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address(HOST))])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(san, critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(san, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = directory / "smtp-cert.pem", directory / "smtp-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert_path, key_path
 
 
@@ -84,8 +89,7 @@ class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
 
-    async def handle_DATA(self, server: SMTPProtocol, session: Session,
-                          envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTPProtocol, session: Session, envelope: Envelope) -> str:
         if self.server.reject_with:
             return self.server.reject_with
         raw = envelope.original_content or envelope.content or b""
@@ -93,14 +97,19 @@ class _Handler:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         with self.server.lock:
-            self.server.messages.append(Received(str(envelope.mail_from),
-                                                 tuple(envelope.rcpt_tos), msg, raw))
+            self.server.messages.append(Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), msg, raw))
         return "250 OK"
 
 
 class SmtpServer:
-    def __init__(self, directory: Path, *, starttls: bool = False, implicit_tls: bool = False,
-                 users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        starttls: bool = False,
+        implicit_tls: bool = False,
+        users: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.host = HOST
         self.messages: list[Received] = []
@@ -122,10 +131,14 @@ class SmtpServer:
         assert self.cert_path is not None
         return ssl.create_default_context(cafile=str(self.cert_path))
 
-    def _authenticate(self, server: SMTPProtocol, session: Session, envelope: Envelope,
-                      mechanism: str, auth_data: Any) -> AuthResult:
-        ok = (isinstance(auth_data, LoginPassword) and self.users is not None
-              and self.users.get(auth_data.login.decode()) == auth_data.password.decode())
+    def _authenticate(
+        self, server: SMTPProtocol, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and self.users is not None
+            and self.users.get(auth_data.login.decode()) == auth_data.password.decode()
+        )
         return AuthResult(success=ok, handled=False)
 
     def start(self) -> None:
@@ -138,12 +151,19 @@ class SmtpServer:
         if self.users is not None:
             # aiosmtpd cannot tell that an implicit-TLS session is encrypted: there
             # it offers AUTH without requiring it (requiring it warns).
-            kwargs.update(authenticator=self._authenticate, auth_required=self.starttls,
-                          auth_require_tls=self.starttls)
+            kwargs.update(
+                authenticator=self._authenticate, auth_required=self.starttls, auth_require_tls=self.starttls
+            )
         self._loop = asyncio.new_event_loop()
-        self._controller = Controller(_Handler(self), hostname=self.host, port=self.port,
-                                      loop=self._loop, server_hostname="localhost",
-                                      ready_timeout=5, **kwargs)
+        self._controller = Controller(
+            _Handler(self),
+            hostname=self.host,
+            port=self.port,
+            loop=self._loop,
+            server_hostname="localhost",
+            ready_timeout=5,
+            **kwargs,
+        )
         self._controller.start()
 
     def stop(self) -> None:

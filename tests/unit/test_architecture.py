@@ -13,10 +13,20 @@ PKG = Path(__file__).resolve().parents[2] / "keyd"
 
 # Lower number = lower layer. A module may import its own layer or lower.
 LAYERS = {
-    "clock": 0, "errors": 0, "retry": 0, "redact": 0, "text": 0, "timeutil": 0, "urls": 0,
-    "vocab": 0, "config": 0,
-    "log": 0, "__init__": 0, "progress": 0,
-    "store": 1, "clients": 1,
+    "clock": 0,
+    "errors": 0,
+    "retry": 0,
+    "redact": 0,
+    "text": 0,
+    "timeutil": 0,
+    "urls": 0,
+    "vocab": 0,
+    "config": 0,
+    "log": 0,
+    "__init__": 0,
+    "progress": 0,
+    "store": 1,
+    "clients": 1,
     "sources": 2,
     "inventory": 3,
     "checks": 4,
@@ -91,8 +101,9 @@ def test_clock_has_one_source(path: Path) -> None:
             owner = node.func.value
             owner_name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
             call = f"{owner_name}.{node.func.attr}"
-            assert call not in {"datetime.now", "datetime.utcnow", "time.time", "time.sleep",
-                                "date.today"}, f"keyd/{rel}:{node.lineno} calls {call}()"
+            assert call not in {"datetime.now", "datetime.utcnow", "time.time", "time.sleep", "date.today"}, (
+                f"keyd/{rel}:{node.lineno} calls {call}()"
+            )
 
 
 def test_no_print_outside_the_cli() -> None:

@@ -9,10 +9,40 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SKIP_DIRS = {".git", ".venv", ".cache", "dist", "build", "demo-run", "__pycache__", ".mypy_cache",
-             ".pytest_cache", ".ruff_cache", ".hypothesis", "node_modules"}
-TEXT = {".py", ".md", ".toml", ".ini", ".yml", ".yaml", ".cfg", ".txt", ".mako", ".service",
-        ".timer", ".conf", ".sh", ".in", ".json", ".html", ".css", ""}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    ".cache",
+    "dist",
+    "build",
+    "demo-run",
+    "__pycache__",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "node_modules",
+}
+TEXT = {
+    ".py",
+    ".md",
+    ".toml",
+    ".ini",
+    ".yml",
+    ".yaml",
+    ".cfg",
+    ".txt",
+    ".mako",
+    ".service",
+    ".timer",
+    ".conf",
+    ".sh",
+    ".in",
+    ".json",
+    ".html",
+    ".css",
+    "",
+}
 # Spelled in pieces so that this file does not match itself.
 OUTSIDE = "|".join(name + r"\.md" for name in ("DESIGN", "STYLE", "ZITADEL"))
 FORBIDDEN = re.compile(rf"(?<![\w/])(?:{OUTSIDE})|\.\./shared/|\b[Ii]ssues? (?:#?\d|\")")

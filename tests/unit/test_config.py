@@ -39,6 +39,7 @@ def error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Confi
 
 # -- what a good file gives ---------------------------------------------------
 
+
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     config = load(tmp_path, "")
     assert config.issuer is None  # inventory-only setups are valid
@@ -50,30 +51,36 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_issuer_keeps_url_exactly_and_adds_openid_first(tmp_path: Path) -> None:
-    config = load(tmp_path, '[issuer]\nurl = "https://acme.zitadel.cloud/"\n'
-                  'scopes = ["urn:zitadel:iam:org:project:id:zitadel:aud", "profile", "profile"]\n'
-                  'probe_interval = "90m"\nconcurrency = 2\nrate_limit = 5\n')
+    config = load(
+        tmp_path,
+        '[issuer]\nurl = "https://acme.zitadel.cloud/"\n'
+        'scopes = ["urn:zitadel:iam:org:project:id:zitadel:aud", "profile", "profile"]\n'
+        'probe_interval = "90m"\nconcurrency = 2\nrate_limit = 5\n',
+    )
     assert config.issuer is not None
     assert config.issuer.url == "https://acme.zitadel.cloud/"  # docs/zitadel.md §3: aud is exact
-    assert config.issuer.scopes == ("openid", "urn:zitadel:iam:org:project:id:zitadel:aud",
-                                     "profile")
+    assert config.issuer.scopes == ("openid", "urn:zitadel:iam:org:project:id:zitadel:aud", "profile")
     assert config.issuer.probe_interval == timedelta(minutes=90)
     assert config.issuer.concurrency == 2 and config.issuer.rate_limit == 5.0
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://127.3.4.5", "http://[::1]:80",
-                                 "http://localhost:8080/"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://127.3.4.5", "http://[::1]:80", "http://localhost:8080/"]
+)
 def test_http_issuer_allowed_on_loopback(tmp_path: Path, url: str) -> None:
     config = load(tmp_path, f'[issuer]\nurl = "{url}"\n')
     assert config.issuer is not None and config.issuer.url == url
 
 
 def test_sources_defaults_and_relative_paths(tmp_path: Path) -> None:
-    config = load(tmp_path, '[[sources]]\ntype = "directory"\npath = "keys"\n'
-                  '[[sources]]\ntype = "vault"\nprefix = "zitadel/keys"\n' + VAULT, TOKEN_ENV)
+    config = load(
+        tmp_path,
+        '[[sources]]\ntype = "directory"\npath = "keys"\n'
+        '[[sources]]\ntype = "vault"\nprefix = "zitadel/keys"\n' + VAULT,
+        TOKEN_ENV,
+    )
     directory, vault = config.sources
-    assert directory == DirectorySourceConfig(name=f"directory:{tmp_path / 'keys'}",
-                                              path=tmp_path / "keys")
+    assert directory == DirectorySourceConfig(name=f"directory:{tmp_path / 'keys'}", path=tmp_path / "keys")
     assert vault == VaultSourceConfig(name="vault:secret/zitadel/keys", prefix="zitadel/keys")
 
 
@@ -83,18 +90,24 @@ def test_thresholds_deduplicated_and_sorted_descending(tmp_path: Path) -> None:
 
 
 def test_email_defaults_port_from_security_and_routes(tmp_path: Path) -> None:
-    config = load(tmp_path, EMAIL + 'security = "ssl"\n[alerts.email.routes]\n'
-                  '"svc-1" = ["a@example.org"]\n"dir:x" = ["b@example.org", "c@example.org"]\n')
+    config = load(
+        tmp_path,
+        EMAIL + 'security = "ssl"\n[alerts.email.routes]\n'
+        '"svc-1" = ["a@example.org"]\n"dir:x" = ["b@example.org", "c@example.org"]\n',
+    )
     email = config.alerts.email
     assert email is not None and email.port == 465 and email.password is None
     assert email.from_addr == "keyd@example.org" and email.to == ("ops@example.org",)
-    assert email.routes == (("svc-1", ("a@example.org",)),
-                            ("dir:x", ("b@example.org", "c@example.org")))
+    assert email.routes == (("svc-1", ("a@example.org",)), ("dir:x", ("b@example.org", "c@example.org")))
 
 
 def test_tokens_and_log(tmp_path: Path) -> None:
-    config = load(tmp_path, ISSUER + VAULT + '[tokens]\npath = "t/{principal}/{key_id}"\n'
-                  'principals = ["svc-1"]\n[log]\nformat = "json"\nlevel = "debug"\n', TOKEN_ENV)
+    config = load(
+        tmp_path,
+        ISSUER + VAULT + '[tokens]\npath = "t/{principal}/{key_id}"\n'
+        'principals = ["svc-1"]\n[log]\nformat = "json"\nlevel = "debug"\n',
+        TOKEN_ENV,
+    )
     assert config.tokens is not None and config.tokens.path == "t/{principal}/{key_id}"
     assert config.tokens.principals == ("svc-1",)
     assert config.log.format == "json" and config.log.level == "DEBUG"
@@ -104,8 +117,7 @@ def test_tokens_and_log(tmp_path: Path) -> None:
 
 ERRORS = [
     # (toml, env, where after "<file>: ", problem fragment)
-    ('[alerts]\nthresholds = ["30d", "7d", "7x"]\n', {}, "alerts.thresholds[2]",
-     '"7x" is not a duration'),
+    ('[alerts]\nthresholds = ["30d", "7d", "7x"]\n', {}, "alerts.thresholds[2]", '"7x" is not a duration'),
     ('[alerts]\nthresholds = ["30d", "0s"]\n', {}, "alerts.thresholds[1]", "longer than 0"),
     ("[alerts]\nthresholds = []\n", {}, "alerts.thresholds", "at least one"),
     ('timezone = "Mars/Olympus"\n', {}, "timezone", "not a known time zone"),
@@ -124,30 +136,49 @@ ERRORS = [
     (ISSUER + "concurrency = true\n", {}, "issuer.concurrency", "got a boolean"),
     (ISSUER + "rate_limit = 0\n", {}, "issuer.rate_limit", "greater than 0"),
     (ISSUER + 'probe_interval = "6 hours"\n', {}, "issuer.probe_interval", "not a duration"),
-    (ISSUER + 'prob_interval = "6h"\n', {}, "issuer.prob_interval",
-     'did you mean "probe_interval"'),
-    ('[alert]\ndigest = true\n', {}, "alert", 'did you mean "alerts"'),
-    ('[[sources]]\ntype = "directory"\npath = "k"\n[[sources]]\ntype = "s3"\n', {},
-     "sources[1].type", 'unknown source type "s3"'),
+    (ISSUER + 'prob_interval = "6h"\n', {}, "issuer.prob_interval", 'did you mean "probe_interval"'),
+    ("[alert]\ndigest = true\n", {}, "alert", 'did you mean "alerts"'),
+    (
+        '[[sources]]\ntype = "directory"\npath = "k"\n[[sources]]\ntype = "s3"\n',
+        {},
+        "sources[1].type",
+        'unknown source type "s3"',
+    ),
     ('[[sources]]\ntype = "directory"\n', {}, "sources[0].path", "required"),
-    ('[[sources]]\ntype = "directory"\npath = "k"\nprefix = "x"\n', {}, "sources[0].prefix",
-     "unknown key"),
-    ('[[sources]]\ntype = "directory"\npath = "k"\n[[sources]]\ntype = "directory"\npath = "k"\n',
-     {}, "sources[1]", "already used by sources[0]"),
+    ('[[sources]]\ntype = "directory"\npath = "k"\nprefix = "x"\n', {}, "sources[0].prefix", "unknown key"),
+    (
+        '[[sources]]\ntype = "directory"\npath = "k"\n[[sources]]\ntype = "directory"\npath = "k"\n',
+        {},
+        "sources[1]",
+        "already used by sources[0]",
+    ),
     ('[[sources]]\ntype = "vault"\n', {}, "sources[0]", "needs a [vault] section"),
     ("sources = 3\n", {}, "sources", "expected a list"),
     (ISSUER + '[tokens]\npath = "x/{principal}"\n', {}, "tokens", "needs a [vault] section"),
     (VAULT + '[tokens]\npath = "x/{principal}"\n', TOKEN_ENV, "tokens", "needs an [issuer]"),
-    (ISSUER + VAULT + '[tokens]\npath = "x/{user}"\n', TOKEN_ENV, "tokens.path",
-     'unknown placeholder "{user}"'),
-    (ISSUER + VAULT + '[tokens]\npath = "x/{principal!r}"\n', TOKEN_ENV, "tokens.path",
-     "unknown placeholder"),
-    (ISSUER + VAULT + '[tokens]\npath = "x/{principal"\n', TOKEN_ENV, "tokens.path",
-     "not a valid template"),
+    (
+        ISSUER + VAULT + '[tokens]\npath = "x/{user}"\n',
+        TOKEN_ENV,
+        "tokens.path",
+        'unknown placeholder "{user}"',
+    ),
+    (
+        ISSUER + VAULT + '[tokens]\npath = "x/{principal!r}"\n',
+        TOKEN_ENV,
+        "tokens.path",
+        "unknown placeholder",
+    ),
+    (ISSUER + VAULT + '[tokens]\npath = "x/{principal"\n', TOKEN_ENV, "tokens.path", "not a valid template"),
     (ISSUER + VAULT + '[tokens]\npath = "x/all"\n', TOKEN_ENV, "tokens.path", "no placeholder"),
-    ('[[sources]]\ntype = "directory"\npath = "k"\nname = "local"\n' + ISSUER + VAULT
-     + '[tokens]\nsources = ["local", "/etc/keyd/keys/*.json", "locl"]\n', TOKEN_ENV,
-     "tokens.sources[2]", '"locl" is not the name of a source (did you mean "local"?)'),
+    (
+        '[[sources]]\ntype = "directory"\npath = "k"\nname = "local"\n'
+        + ISSUER
+        + VAULT
+        + '[tokens]\nsources = ["local", "/etc/keyd/keys/*.json", "locl"]\n',
+        TOKEN_ENV,
+        "tokens.sources[2]",
+        '"locl" is not the name of a source (did you mean "local"?)',
+    ),
     (VAULT + 'auth = "kerberos"\n', TOKEN_ENV, "vault.auth", '"kerberos" is not one of'),
     (VAULT, {}, "vault.token_file", "no Vault token"),
     (VAULT + 'auth = "approle"\n', {}, "vault.role_id_file", "no AppRole role_id"),
@@ -157,32 +188,45 @@ ERRORS = [
     (VAULT + 'secret_id = "inline-secret"\n', {}, "vault.secret_id", "secret_id_file"),
     (EMAIL + 'password = "inline-secret"\n', {}, "alerts.email.password", "password_file"),
     (EMAIL + 'username = "keyd"\n', {}, "alerts.email.password_file", "no password"),
-    ('[alerts.email]\nhost = "smtp"\nfrom = "keyd@example.org"\nto = []\n', {},
-     "alerts.email.to", "at least one"),
-    ('[alerts.email]\nhost = "smtp"\nfrom = "keyd@example.org"\nto = ["ops"]\n', {},
-     "alerts.email.to[0]", '"ops" is not an e-mail address'),
+    (
+        '[alerts.email]\nhost = "smtp"\nfrom = "keyd@example.org"\nto = []\n',
+        {},
+        "alerts.email.to",
+        "at least one",
+    ),
+    (
+        '[alerts.email]\nhost = "smtp"\nfrom = "keyd@example.org"\nto = ["ops"]\n',
+        {},
+        "alerts.email.to[0]",
+        '"ops" is not an e-mail address',
+    ),
     ('[alerts.email]\nhost = "smtp"\nto = ["a@b.c"]\n', {}, "alerts.email.from", "required"),
     (EMAIL + 'security = "startls"\n', {}, "alerts.email.security", 'did you mean "starttls"'),
     (EMAIL + "port = 70000\n", {}, "alerts.email.port", "out of range"),
     (EMAIL + 'too = ["x@y.z"]\n', {}, "alerts.email.too", 'did you mean "to"'),
-    (EMAIL + '[alerts.email.routes]\nsvc = "a@b.c"\n', {}, "alerts.email.routes.svc",
-     "expected a list"),
+    (EMAIL + '[alerts.email.routes]\nsvc = "a@b.c"\n', {}, "alerts.email.routes.svc", "expected a list"),
     ('[alerts.webhook]\nurl = "http://hooks.example.org"\n', {}, "alerts.webhook.url", "https"),
     ('[http]\nlisten = "9464"\n', {}, "http.listen", "host:port"),
     ('[http]\nlisten = "127.0.0.1:99999"\n', {}, "http.listen", "out of range"),
     ('[log]\nformat = "xml"\n', {}, "log.format", "is not one of"),
     ('[log]\nlevel = "loud"\n', {}, "log.level", "not a log level"),
     ('[database]\nurl = "/var/lib/keyd.db"\n', {}, "database.url", "not a database URL"),
-    ('[database]\nurl = "postgresql://keyd:hunter2@db/keyd"\n', {}, "database.url",
-     "must not contain a password"),
+    (
+        '[database]\nurl = "postgresql://keyd:hunter2@db/keyd"\n',
+        {},
+        "database.url",
+        "must not contain a password",
+    ),
     ("database = 1\n", {}, "database", "expected a table"),
 ]
 
 
-@pytest.mark.parametrize(("text", "env", "key", "problem"), ERRORS,
-                         ids=[f"{i}-{case[2]}" for i, case in enumerate(ERRORS)])
-def test_errors_name_file_and_key(tmp_path: Path, text: str, env: dict[str, str], key: str,
-                                  problem: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "env", "key", "problem"), ERRORS, ids=[f"{i}-{case[2]}" for i, case in enumerate(ERRORS)]
+)
+def test_errors_name_file_and_key(
+    tmp_path: Path, text: str, env: dict[str, str], key: str, problem: str
+) -> None:
     err = error(tmp_path, text, env)
     path = tmp_path / "keyd.toml"
     assert err.where == f"{path}: {key}"
@@ -192,14 +236,15 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, env: dict[str, str]
     assert "inline-secret" not in str(err) and "hunter2" not in str(err)
 
 
-def test_relative_config_path_is_named_as_given(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_config_path_is_named_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     write(tmp_path, '[alerts]\nthresholds = ["30d", "7d", "7x"]\n')
     with pytest.raises(ConfigError) as info:
         load_config(Path("keyd.toml"), {})
-    assert str(info.value) == ('keyd.toml: alerts.thresholds[2]: "7x" is not a duration '
-                               '(a number and ms, s, m, h, d or w, or several: "90s", "6h", "30d", "1h30m")')
+    assert str(info.value) == (
+        'keyd.toml: alerts.thresholds[2]: "7x" is not a duration '
+        '(a number and ms, s, m, h, d or w, or several: "90s", "6h", "30d", "1h30m")'
+    )
 
 
 def test_several_unknown_keys_are_all_named(tmp_path: Path) -> None:
@@ -229,18 +274,23 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
 
 # -- environment overrides ------------------------------------------------------
 
+
 def test_env_overrides_scalars_with_types(tmp_path: Path) -> None:
-    config = load(tmp_path, ISSUER + '[alerts]\ndigest = false\n', {
-        "KEYD_TIMEZONE": "Europe/Zurich",
-        "KEYD_DATABASE_URL": "postgresql+psycopg://keyd@db/keyd",
-        "KEYD_ISSUER_URL": "https://other.zitadel.cloud",
-        "KEYD_ISSUER_PROBE_INTERVAL": "1h",
-        "KEYD_ISSUER_CONCURRENCY": "3",
-        "KEYD_ISSUER_RATE_LIMIT": "2.5",
-        "KEYD_ALERTS_DIGEST": "true",
-        "KEYD_HTTP_LISTEN": "[::1]:9464",
-        "KEYD_CONFIG": "/elsewhere.toml",  # names the file; not an override
-    })
+    config = load(
+        tmp_path,
+        ISSUER + "[alerts]\ndigest = false\n",
+        {
+            "KEYD_TIMEZONE": "Europe/Zurich",
+            "KEYD_DATABASE_URL": "postgresql+psycopg://keyd@db/keyd",
+            "KEYD_ISSUER_URL": "https://other.zitadel.cloud",
+            "KEYD_ISSUER_PROBE_INTERVAL": "1h",
+            "KEYD_ISSUER_CONCURRENCY": "3",
+            "KEYD_ISSUER_RATE_LIMIT": "2.5",
+            "KEYD_ALERTS_DIGEST": "true",
+            "KEYD_HTTP_LISTEN": "[::1]:9464",
+            "KEYD_CONFIG": "/elsewhere.toml",  # names the file; not an override
+        },
+    )
     assert config.timezone_name == "Europe/Zurich"
     assert config.database.url == "postgresql+psycopg://keyd@db/keyd"
     assert config.issuer is not None and config.issuer.url == "https://other.zitadel.cloud"
@@ -256,24 +306,25 @@ def test_env_can_create_a_section(tmp_path: Path) -> None:
     assert config.issuer is not None and config.issuer.url == "https://acme.zitadel.cloud"
 
 
-@pytest.mark.parametrize(("name", "value", "problem"), [
-    ("KEYD_ALERTS_DIGEST", "maybe", "not a boolean"),
-    ("KEYD_ISSUER_CONCURRENCY", "many", "not an integer"),
-    ("KEYD_ISSUER_RATE_LIMIT", "fast", "not a number"),
-    ("KEYD_ISSUER_TIMEOUT", "10 seconds", "not a duration"),
-    ("KEYD_ISSUER_URL", "http://acme.zitadel.cloud", "https"),  # checked later, still named
-    ("KEYD_ISSUER_CONCURRENCY", "0", "out of range"),
-])
-def test_env_errors_name_the_variable(tmp_path: Path, name: str, value: str,
-                                      problem: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("KEYD_ALERTS_DIGEST", "maybe", "not a boolean"),
+        ("KEYD_ISSUER_CONCURRENCY", "many", "not an integer"),
+        ("KEYD_ISSUER_RATE_LIMIT", "fast", "not a number"),
+        ("KEYD_ISSUER_TIMEOUT", "10 seconds", "not a duration"),
+        ("KEYD_ISSUER_URL", "http://acme.zitadel.cloud", "https"),  # checked later, still named
+        ("KEYD_ISSUER_CONCURRENCY", "0", "out of range"),
+    ],
+)
+def test_env_errors_name_the_variable(tmp_path: Path, name: str, value: str, problem: str) -> None:
     err = error(tmp_path, ISSUER, {name: value})
     assert err.where == name
     assert problem in err.problem
 
 
 def test_unknown_env_vars_warn_and_suggest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    config = load(tmp_path, "", {"KEYD_ISSUER_CONCURENCY": "3", "KEYD_ALERTS_THRESHOLDS": "1d",
-                                 "OTHER": "x"})
+    config = load(tmp_path, "", {"KEYD_ISSUER_CONCURENCY": "3", "KEYD_ALERTS_THRESHOLDS": "1d", "OTHER": "x"})
     assert len(config.warnings) == 2
     assert any('did you mean "KEYD_ISSUER_CONCURRENCY"' in w for w in config.warnings)
     assert any("KEYD_ALERTS_THRESHOLDS" in w for w in config.warnings)  # lists: not scalars
@@ -287,6 +338,7 @@ def test_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 # -- secrets ------------------------------------------------------------------------
+
 
 def creds(tmp_path: Path, **values: str) -> dict[str, str]:
     directory = tmp_path / "credentials"
@@ -309,8 +361,12 @@ def test_secret_resolution_order(tmp_path: Path) -> None:
 
 
 def test_approle_and_smtp_from_credentials_never_printed(tmp_path: Path) -> None:
-    env = creds(tmp_path, vault_role_id="ROLE-ID-MARKER", vault_secret_id="SECRET-ID-MARKER",
-                smtp_password="PASSWORD-MARKER\n")
+    env = creds(
+        tmp_path,
+        vault_role_id="ROLE-ID-MARKER",
+        vault_secret_id="SECRET-ID-MARKER",
+        smtp_password="PASSWORD-MARKER\n",
+    )
     config = load(tmp_path, VAULT + 'auth = "approle"\n' + EMAIL + 'username = "keyd"\n', env)
     assert config.vault is not None and config.alerts.email is not None
     assert config.vault.role_id == Secret("ROLE-ID-MARKER")
@@ -330,8 +386,9 @@ def test_smtp_credential_unused_without_username(tmp_path: Path) -> None:
     assert config.alerts.email is not None and config.alerts.email.password is None
 
 
-@pytest.mark.parametrize(("content", "problem"), [(b"", "is empty"), (b"\n", "is empty"),
-                                                   (b"\xff\xfe", "not UTF-8")])
+@pytest.mark.parametrize(
+    ("content", "problem"), [(b"", "is empty"), (b"\n", "is empty"), (b"\xff\xfe", "not UTF-8")]
+)
 def test_bad_secret_files(tmp_path: Path, content: bytes, problem: str) -> None:
     (tmp_path / "token").write_bytes(content)
     err = error(tmp_path, VAULT + 'token_file = "token"\n')
@@ -348,9 +405,11 @@ def test_unreadable_credential_is_named_without_content(tmp_path: Path) -> None:
 
 # -- the shipped example and the reference stay complete -----------------------
 
+
 def example_env(tmp_path: Path) -> dict[str, str]:
-    return creds(tmp_path, vault_role_id="role", vault_secret_id="secret", smtp_password="pw",
-                 zitadel_api_key="{}")
+    return creds(
+        tmp_path, vault_role_id="role", vault_secret_id="secret", smtp_password="pw", zitadel_api_key="{}"
+    )
 
 
 def test_example_loads_cleanly(tmp_path: Path) -> None:
@@ -373,8 +432,21 @@ def all_keys() -> list[tuple[str, str]]:
 def test_example_shows_every_key() -> None:
     text = (ROOT / "examples" / "keyd.toml").read_text()
     for _, key in all_keys():
-        if key in ("database", "issuer", "sources", "vault", "tokens", "alerts", "http", "daemon", "log",
-                   "email", "webhook", "routes", "rotation"):
+        if key in (
+            "database",
+            "issuer",
+            "sources",
+            "vault",
+            "tokens",
+            "alerts",
+            "http",
+            "daemon",
+            "log",
+            "email",
+            "webhook",
+            "routes",
+            "rotation",
+        ):
             assert re.search(rf"^\[+[a-z.]*{key}\]+", text, re.M), key
         else:
             assert re.search(rf"^#? ?{key} = ", text, re.M), key
@@ -413,7 +485,8 @@ def test_example_names_only_declared_keys() -> None:
 
 
 def test_secret_looking_env_var_is_not_an_override_and_not_echoed(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = load(tmp_path, "", {"KEYD_VAULT_TOKEN": "hvs.ENV-SECRET-MARKER"})
     assert config.vault is None
     assert "KEYD_VAULT_TOKEN" in config.warnings[0]
@@ -455,16 +528,23 @@ def test_zitadel_source(tmp_path: Path) -> None:
     keyfile.write_text("{}")
     head = '[issuer]\nurl = "https://zitadel.example.com"\n'
     source = '[[sources]]\ntype = "zitadel"\n'
-    config = load_config(write(tmp_path, head + source + 'organizations = ["1", "2", "1"]\n'
-                               f'credential = "{keyfile}"\n'), {})
+    config = load_config(
+        write(tmp_path, head + source + f'organizations = ["1", "2", "1"]\ncredential = "{keyfile}"\n'), {}
+    )
     (zitadel,) = config.sources
     assert zitadel.name == "zitadel:1,2" and zitadel.organizations == ("1", "2")  # type: ignore[union-attr]
     assert zitadel.interval == timedelta(hours=1) and zitadel.credential == keyfile  # type: ignore[union-attr]
-    fallback = load_config(write(tmp_path, head + f'[rotation]\ncredential = "{keyfile}"\n'
-                                 + source + 'users = ["7"]\ninterval = "2h"\n'), {})
+    fallback = load_config(
+        write(
+            tmp_path,
+            head + f'[rotation]\ncredential = "{keyfile}"\n' + source + 'users = ["7"]\ninterval = "2h"\n',
+        ),
+        {},
+    )
     assert fallback.sources[0].credential == keyfile  # type: ignore[union-attr]
-    systemd = load_config(write(tmp_path, head + source + 'users = ["7"]\n'),
-                          creds(tmp_path, zitadel_api_key="{}"))
+    systemd = load_config(
+        write(tmp_path, head + source + 'users = ["7"]\n'), creds(tmp_path, zitadel_api_key="{}")
+    )
     assert systemd.sources[0].credential == tmp_path / "credentials" / "zitadel-api-key"  # type: ignore[union-attr]
     bad = {
         'organizations = ["1"]\nusers = ["2"]\n': "either organizations or users",

@@ -137,11 +137,12 @@ def test_listen_off_loopback_is_warned_about(tmp_path: Path, listen: str, warned
         assert "/healthz and /readyz answer anyone" in text
 
 
-@pytest.mark.parametrize("path", ["zitadel/../{principal}", "../{key_id}", "a//{principal}",
-                                  "a/./{key_id}", "tokens/{principal} x"])
+@pytest.mark.parametrize(
+    "path",
+    ["zitadel/../{principal}", "../{key_id}", "a//{principal}", "a/./{key_id}", "tokens/{principal} x"],
+)
 def test_a_token_path_that_is_not_plain_is_refused_at_load(tmp_path: Path, path: str) -> None:
-    text = (ISSUER + '[vault]\naddr = "https://vault.example"\n'
-            f'[tokens]\npath = "{path}"\n')
+    text = ISSUER + f'[vault]\naddr = "https://vault.example"\n[tokens]\npath = "{path}"\n'
     err = _error(tmp_path, text, {"VAULT_TOKEN": "hvs.x"})
     assert err.where.endswith("keyd.toml: tokens.path")
     assert "must be a plain relative path" in err.problem

@@ -33,8 +33,11 @@ def commands(group: click.Group, prefix: str = "keyd") -> list[tuple[str, click.
 
 
 def test_every_json_option_names_a_documented_schema() -> None:
-    with_json = [(name, c) for name, c in commands(cli)
-                 if any("--json" in p.opts for p in c.params if isinstance(p, click.Option))]
+    with_json = [
+        (name, c)
+        for name, c in commands(cli)
+        if any("--json" in p.opts for p in c.params if isinstance(p, click.Option))
+    ]
     assert len(with_json) >= 6
     for name, command in with_json:
         option = next(p for p in command.params if "--json" in getattr(p, "opts", ()))

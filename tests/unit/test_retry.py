@@ -56,8 +56,9 @@ def test_retries_retryable_errors_then_succeeds(caplog: pytest.LogCaptureFixture
         return "ok"
 
     with caplog.at_level(logging.DEBUG, logger="keyd.retry"):
-        result = retry_call(flaky, attempts=5, base=1.0, cap=300.0, sleep=clock.sleep,
-                            rng=FixedRng(0.5), what="token request")
+        result = retry_call(
+            flaky, attempts=5, base=1.0, cap=300.0, sleep=clock.sleep, rng=FixedRng(0.5), what="token request"
+        )
     assert result == "ok"
     assert len(calls) == 3
     assert clock.slept == [0.5, 1.0]
@@ -105,8 +106,18 @@ def test_custom_retry_on() -> None:
             raise OSError("reset")
         return 7
 
-    assert retry_call(boom, attempts=2, base=1, cap=1, sleep=clock.sleep, rng=FixedRng(0.0),
-                      retry_on=lambda exc: isinstance(exc, OSError)) == 7
+    assert (
+        retry_call(
+            boom,
+            attempts=2,
+            base=1,
+            cap=1,
+            sleep=clock.sleep,
+            rng=FixedRng(0.0),
+            retry_on=lambda exc: isinstance(exc, OSError),
+        )
+        == 7
+    )
 
 
 def test_log_lines_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
@@ -116,6 +127,13 @@ def test_log_lines_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
         raise OSError(f"server said {jwt}")
 
     with caplog.at_level(logging.DEBUG), pytest.raises(OSError):
-        retry_call(leaky, attempts=2, base=1, cap=1, sleep=FakeClock().sleep, rng=FixedRng(0),
-                   retry_on=lambda exc: True)
+        retry_call(
+            leaky,
+            attempts=2,
+            base=1,
+            cap=1,
+            sleep=FakeClock().sleep,
+            rng=FixedRng(0),
+            retry_on=lambda exc: True,
+        )
     assert jwt not in caplog.text

@@ -35,12 +35,20 @@ EXPIRY = datetime(2026, 12, 31, 23, 0, tzinfo=UTC)
 
 
 def make_config(server: SmtpServer, **alerts: Any) -> Config:
-    email = EmailConfig(host=server.host, port=server.port, from_addr="keyd@example.org",
-                        to=("ops@example.org",), security="none",
-                        timeout=timedelta(seconds=5))
-    return Config(timezone_name="Europe/Zurich", timezone=get_zone("Europe/Zurich"),
-                  issuer=IssuerConfig(url="https://issuer.example"),
-                  alerts=AlertsConfig(email=email, **alerts))
+    email = EmailConfig(
+        host=server.host,
+        port=server.port,
+        from_addr="keyd@example.org",
+        to=("ops@example.org",),
+        security="none",
+        timeout=timedelta(seconds=5),
+    )
+    return Config(
+        timezone_name="Europe/Zurich",
+        timezone=get_zone("Europe/Zurich"),
+        issuer=IssuerConfig(url="https://issuer.example"),
+        alerts=AlertsConfig(email=email, **alerts),
+    )
 
 
 @dataclass
@@ -59,33 +67,64 @@ class AlertWorld:
         finally:
             engine.dispose()
 
-    def add_key(self, key_id: str, principal: str = "292834923480001", *,
-                expires_at: datetime | None = EXPIRY, ref: str | None = None,
-                status: str = "active", kind: str = "serviceaccount", **extra: Any) -> int:
+    def add_key(
+        self,
+        key_id: str,
+        principal: str = "292834923480001",
+        *,
+        expires_at: datetime | None = EXPIRY,
+        ref: str | None = None,
+        status: str = "active",
+        kind: str = "serviceaccount",
+        **extra: Any,
+    ) -> int:
         now = self.clock.now()
 
         def add(session: Session) -> int:
-            key = Key(key_id=key_id, kind=kind, principal=principal, algorithm="RS256",
-                      key_size=2048, fingerprint=hashlib.sha256(key_id.encode()).hexdigest(),
-                      expires_at=expires_at, content_hash="0" * 64, status=status,
-                      first_seen=now, last_seen=now, updated_at=now, **extra)
+            key = Key(
+                key_id=key_id,
+                kind=kind,
+                principal=principal,
+                algorithm="RS256",
+                key_size=2048,
+                fingerprint=hashlib.sha256(key_id.encode()).hexdigest(),
+                expires_at=expires_at,
+                content_hash="0" * 64,
+                status=status,
+                first_seen=now,
+                last_seen=now,
+                updated_at=now,
+                **extra,
+            )
             session.add(key)
             session.flush()
-            session.add(KeyLocation(source="directory:/etc/keyd/keys",
-                                    ref=ref or f"/etc/keyd/keys/{key_id}.json", key_pk=key.id,
-                                    status="present", first_seen=now, last_seen=now))
+            session.add(
+                KeyLocation(
+                    source="directory:/etc/keyd/keys",
+                    ref=ref or f"/etc/keyd/keys/{key_id}.json",
+                    key_pk=key.id,
+                    status="present",
+                    first_seen=now,
+                    last_seen=now,
+                )
+            )
             return key.id
+
         return int(self.engine_do(add))
 
     def update_key(self, key_id: str, **values: Any) -> None:
         """A Core write, as the probe stage does: it re-arms the alert
         evaluation itself (``keys.next_alert_at``), as every writer must."""
-        self.engine_do(lambda s: s.execute(update(Key).where(Key.key_id == key_id)
-                                           .values(next_alert_at=ALERT_NOW, **values)))
+        self.engine_do(
+            lambda s: s.execute(
+                update(Key).where(Key.key_id == key_id).values(next_alert_at=ALERT_NOW, **values)
+            )
+        )
 
     def evaluate(self) -> list[str]:
-        return list(self.engine_do(lambda s: [a.threshold for a in evaluate_alerts(
-            s, self.config, self.clock.now())]))
+        return list(
+            self.engine_do(lambda s: [a.threshold for a in evaluate_alerts(s, self.config, self.clock.now())])
+        )
 
     def drain(self, config: Config | None = None) -> DrainReport:
         cfg = config or self.config
@@ -93,8 +132,9 @@ class AlertWorld:
         assert email is not None
         engine = make_engine(self.url)
         try:
-            report = drain_outbox(engine, cfg, self.clock, lambda: SmtpClient(email), None,
-                                  render=render_message)
+            report = drain_outbox(
+                engine, cfg, self.clock, lambda: SmtpClient(email), None, render=render_message
+            )
         finally:
             engine.dispose()
         self.reports.append(report)
@@ -119,8 +159,7 @@ class AlertWorld:
         return list(self.engine_do(lambda s: list(s.scalars(select(Alert).order_by(Alert.id)))))
 
     def deliveries(self) -> list[Delivery]:
-        return list(self.engine_do(lambda s: list(s.scalars(select(Delivery)
-                                                            .order_by(Delivery.id)))))
+        return list(self.engine_do(lambda s: list(s.scalars(select(Delivery).order_by(Delivery.id)))))
 
     def with_alerts(self, **changes: Any) -> None:
         self.config = replace(self.config, alerts=replace(self.config.alerts, **changes))

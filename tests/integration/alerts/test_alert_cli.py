@@ -14,9 +14,15 @@ PASSWORD = "cli-smtp-password-xyz"
 
 
 def _config(tmp_path: Path, port: int, security: str = "none", auth: bool = False) -> Path:
-    lines = ["[alerts.email]", 'host = "127.0.0.1"', f"port = {port}",
-             f'security = "{security}"', 'from = "keyd@example.org"', 'to = ["ops@example.org"]',
-             'timeout = "5s"']
+    lines = [
+        "[alerts.email]",
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        f'security = "{security}"',
+        'from = "keyd@example.org"',
+        'to = ["ops@example.org"]',
+        'timeout = "5s"',
+    ]
     if auth:
         secret = tmp_path / "smtp-password"
         secret.write_text(PASSWORD + "\n")
@@ -27,8 +33,9 @@ def _config(tmp_path: Path, port: int, security: str = "none", auth: bool = Fals
     return path
 
 
-def test_sends_a_test_message(tmp_path: Path, smtp_server: SmtpServer,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_sends_a_test_message(
+    tmp_path: Path, smtp_server: SmtpServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = _config(tmp_path, smtp_server.port)
     assert main(["--config", str(cfg), "alert", "test", "--to", "me@example.org"]) == 0
     out = capsys.readouterr().out
@@ -39,8 +46,9 @@ def test_sends_a_test_message(tmp_path: Path, smtp_server: SmtpServer,
     assert received.message.get_content_type() == "multipart/alternative"
 
 
-def test_starttls_with_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_starttls_with_auth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     with SmtpServer(tmp_path, starttls=True, users={"keyd": PASSWORD}) as server:
         monkeypatch.setenv("SSL_CERT_FILE", str(server.cert_path))
         cfg = _config(tmp_path, server.port, "starttls", auth=True)
@@ -49,8 +57,7 @@ def test_starttls_with_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert len(server.inbox()) == 1
 
 
-def test_failure_exits_6_and_names_the_stage(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_failure_exits_6_and_names_the_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     cfg = _config(tmp_path, port)
     assert main(["--config", str(cfg), "alert", "test", "--to", "me@example.org"]) == 6
@@ -58,8 +65,9 @@ def test_failure_exits_6_and_names_the_stage(tmp_path: Path,
     assert err.startswith(f"keyd: SMTP 127.0.0.1:{port}: cannot connect")
 
 
-def test_wrong_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     with SmtpServer(tmp_path, starttls=True, users={"keyd": "other"}) as server:
         monkeypatch.setenv("SSL_CERT_FILE", str(server.cert_path))
         cfg = _config(tmp_path, server.port, "starttls", auth=True)

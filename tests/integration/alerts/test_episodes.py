@@ -52,8 +52,12 @@ def test_untouched_peer_does_not_count_as_rotation(world: AlertWorld) -> None:
 
 def test_rejected_once_per_episode(world: AlertWorld) -> None:
     world.add_key("k", "u1", expires_at=EXPIRY + 365 * D)
-    world.update_key("k", status="rejected", last_probe_outcome="rejected",
-                     last_error="invalid_grant: key revoked or unknown")
+    world.update_key(
+        "k",
+        status="rejected",
+        last_probe_outcome="rejected",
+        last_error="invalid_grant: key revoked or unknown",
+    )
     for _ in range(3):
         world.step()
         world.clock.advance(timedelta(hours=6))
@@ -92,8 +96,9 @@ def test_issuer_outage_episode(world: AlertWorld) -> None:
     world.step()
     world.engine_do(lambda s: note_issuer_health(s, True, world.clock.now()))
     world.step()
-    assert world.subjects()[1] == ("[keyd INFO] issuer https://issuer.example is reachable "
-                                   "again after 2h 35m")
+    assert world.subjects()[1] == (
+        "[keyd INFO] issuer https://issuer.example is reachable again after 2h 35m"
+    )
     assert len(world.subjects()) == 2
     # a short blip afterwards: no alert at all
     world.engine_do(lambda s: note_issuer_health(s, False, world.clock.now()))
@@ -113,15 +118,15 @@ def test_canary_no_key_material_in_mail_or_db(world: AlertWorld, tmp_path: objec
     made = make_key_file(user_id="u1", key_id="k1", expires_at=EXPIRY)
     pem = made.data["key"]
     jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJ1MSJ9.c2lnbmF0dXJlLXNpZw"
-    world.add_key("k1", "u1", status="rejected",
-                  last_error=f"issuer echoed assertion={jwt} and {pem}")
+    world.add_key("k1", "u1", status="rejected", last_error=f"issuer echoed assertion={jwt} and {pem}")
     world.clock.set(EXPIRY - 2 * D)
     world.step()
     assert len(world.inbox()) == 2
     engine = make_engine(world.url)
     try:
-        dump = "\n".join(line for line in dump_all(engine).splitlines()
-                         if not line.startswith("keys:"))  # the planted row itself
+        dump = "\n".join(
+            line for line in dump_all(engine).splitlines() if not line.startswith("keys:")
+        )  # the planted row itself
     finally:
         engine.dispose()
     raws = [r.raw.decode() for r in world.inbox()]
@@ -134,6 +139,7 @@ def test_canary_no_key_material_in_mail_or_db(world: AlertWorld, tmp_path: objec
 @pytest.mark.slow
 def test_two_daemons_racing_on_postgres(tmp_path: object, smtp_server: SmtpServer) -> None:
     from pathlib import Path
+
     assert isinstance(tmp_path, Path)
     with postgres_database() as url:
         upgrade(url)
@@ -150,8 +156,9 @@ def test_two_daemons_racing_on_postgres(tmp_path: object, smtp_server: SmtpServe
                 barrier.wait()
                 with transaction(engine) as session:
                     evaluate_alerts(session, config, world.clock.now())
-                drain_outbox(engine, config, world.clock, lambda: SmtpClient(email), None,
-                             render=render_message)
+                drain_outbox(
+                    engine, config, world.clock, lambda: SmtpClient(email), None, render=render_message
+                )
             except BaseException as exc:  # reported to the main thread
                 errors.append(exc)
             finally:
@@ -195,7 +202,9 @@ def test_rotation_after_the_old_key_was_deleted_in_zitadel(world: AlertWorld) ->
     world.step()
     world.add_key("new", "u1", expires_at=EXPIRY + 365 * D)
     world.run(until=EXPIRY + D, every=timedelta(hours=12))
-    assert world.subjects() == ["[keyd INFO] key old of user u1 expires in 20 days",
-                                "[keyd CRITICAL] key old of user u1 is rejected by the issuer",
-                                "[keyd INFO] key old of user u1 was replaced by key new"]
+    assert world.subjects() == [
+        "[keyd INFO] key old of user u1 expires in 20 days",
+        "[keyd CRITICAL] key old of user u1 is rejected by the issuer",
+        "[keyd INFO] key old of user u1 was replaced by key new",
+    ]
     assert all(a.resolved_at is not None for a in world.alerts() if a.kind != "rotated")

@@ -21,12 +21,14 @@ def _expected_subjects() -> list[str]:
     who = f"key {KEY} of user {USER}"
     # Each rung is due at 23:00 and decided at the next 6-hourly step, an
     # hour later: whole days left, rounded down as `keyd status` counts them.
-    return [f"[keyd INFO] {who} expires in 29 days",
-            f"[keyd WARNING] {who} expires in 13 days",
-            f"[keyd WARNING] {who} expires in 6 days",
-            f"[keyd CRITICAL] {who} expires in 2 days",
-            f"[keyd CRITICAL] {who} expires in 23h",
-            f"[keyd CRITICAL] {who} has expired"]
+    return [
+        f"[keyd INFO] {who} expires in 29 days",
+        f"[keyd WARNING] {who} expires in 13 days",
+        f"[keyd WARNING] {who} expires in 6 days",
+        f"[keyd CRITICAL] {who} expires in 2 days",
+        f"[keyd CRITICAL] {who} expires in 23h",
+        f"[keyd CRITICAL] {who} has expired",
+    ]
 
 
 def test_forty_days_of_ladder(world: AlertWorld) -> None:
@@ -68,7 +70,11 @@ def test_first_seen_inside_seven_days_is_one_alert(world: AlertWorld) -> None:
     assert world.subjects() == [f"[keyd WARNING] key {KEY} of user {USER} expires in 5 days"]
     world.run(until=EXPIRY + D, every=timedelta(hours=6))
     assert [s.split("] ")[0] for s in world.subjects()] == [
-        "[keyd WARNING", "[keyd CRITICAL", "[keyd CRITICAL", "[keyd CRITICAL"]
+        "[keyd WARNING",
+        "[keyd CRITICAL",
+        "[keyd CRITICAL",
+        "[keyd CRITICAL",
+    ]
     assert world.subjects()[-1].endswith("has expired")
 
 
@@ -130,12 +136,22 @@ def test_routes_add_recipients(world: AlertWorld) -> None:
     email = world.config.alerts.email
     assert email is not None
     from dataclasses import replace
-    world.with_alerts(email=replace(email, routes=(
-        ("u1", ("team-a@example.org", "OPS@example.org")),
-        ("directory:/etc/keyd/keys", ("keys@example.org",)))))
+
+    world.with_alerts(
+        email=replace(
+            email,
+            routes=(
+                ("u1", ("team-a@example.org", "OPS@example.org")),
+                ("directory:/etc/keyd/keys", ("keys@example.org",)),
+            ),
+        )
+    )
     world.clock.set(EXPIRY - 2 * D)
     world.add_key("111", "u1")
     world.step()
     assert sorted(r.rcpt_tos[0] for r in world.inbox()) == [
-        "keys@example.org", "ops@example.org", "team-a@example.org"]
+        "keys@example.org",
+        "ops@example.org",
+        "team-a@example.org",
+    ]
     assert len({str(r.message["Message-ID"]) for r in world.inbox()}) == 1

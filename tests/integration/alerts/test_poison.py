@@ -72,7 +72,8 @@ def test_an_alert_that_cannot_be_rendered_is_failed_and_the_rest_is_sent(world: 
 
 
 def test_a_key_whose_alerts_cannot_be_decided_is_recorded_and_the_rest_go_on(
-        world: AlertWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    world: AlertWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sqlalchemy import select
 
     from keyd.actions import alerts as alerts_mod
@@ -83,17 +84,23 @@ def test_a_key_whose_alerts_cannot_be_decided_is_recorded_and_the_rest_go_on(
     world.add_key("200", "svc-good")
     real = alerts_mod._key_alerts
 
-    def key_alerts(session: object, config: object, key: object, *a: object,
-                   **k: object) -> object:
+    def key_alerts(session: object, config: object, key: object, *a: object, **k: object) -> object:
         if getattr(key, "key_id", None) == "100":
             raise OverflowError("date value out of range")
         return real(session, config, key, *a, **k)  # type: ignore[arg-type]
 
     monkeypatch.setattr(alerts_mod, "_key_alerts", key_alerts)
     world.step()
-    assert [s.split("] ")[1] for s in world.subjects()] == [
-        "key 200 of user svc-good expires in 3 days"]
-    events = world.engine_do(lambda s: [(e.key_id, e.kind, e.detail) for e in s.scalars(
-        select(Event).where(Event.kind == "alert.error"))])
-    assert events == [("100", "alert.error", json.dumps(
-        {"error": "internal error while deciding alerts (OverflowError); run with --debug"}))]
+    assert [s.split("] ")[1] for s in world.subjects()] == ["key 200 of user svc-good expires in 3 days"]
+    events = world.engine_do(
+        lambda s: [
+            (e.key_id, e.kind, e.detail) for e in s.scalars(select(Event).where(Event.kind == "alert.error"))
+        ]
+    )
+    assert events == [
+        (
+            "100",
+            "alert.error",
+            json.dumps({"error": "internal error while deciding alerts (OverflowError); run with --debug"}),
+        )
+    ]

@@ -23,10 +23,16 @@ LATER = datetime(2027, 1, 1, tzinfo=UTC)
 SRC = "directory:/keys"
 
 
-def cand(ref: str, key_id: str, *, user: str = "u1", expires_at: datetime | None = LATER,
-         key: Any = None, **kw: Any) -> Candidate:
-    made = make_key_file(key_id=key_id, user_id=user, expires_at=expires_at,
-                         private_key=key or rsa_key())
+def cand(
+    ref: str,
+    key_id: str,
+    *,
+    user: str = "u1",
+    expires_at: datetime | None = LATER,
+    key: Any = None,
+    **kw: Any,
+) -> Candidate:
+    made = make_key_file(key_id=key_id, user_id=user, expires_at=expires_at, private_key=key or rsa_key())
     kf = parse_keyfile(made.text, source=ref)
     return Candidate(ref=ref, keyfile=kf, size=100, mtime_ns=1, inode=7, **kw)
 
@@ -35,8 +41,7 @@ def bad(ref: str, problem: str = "is not valid JSON") -> Candidate:
     return Candidate(ref=ref, error=KeyFileError(ref, problem))
 
 
-def scan(engine: Engine, *cands: Candidate, source: str = SRC,
-         now: datetime = NOW) -> SourceOutcome:
+def scan(engine: Engine, *cands: Candidate, source: str = SRC, now: datetime = NOW) -> SourceOutcome:
     return reconcile(engine, ScanResult(source=source, candidates=list(cands)), now)
 
 
@@ -52,8 +57,10 @@ def locations(engine: Engine) -> dict[str, KeyLocation]:
 
 def events(engine: Engine) -> list[tuple[str, str | None, dict[str, Any]]]:
     with Session(engine) as s:
-        return [(e.kind, e.key_id, json.loads(e.detail) if e.detail else {})
-                for e in s.scalars(select(Event).order_by(Event.id))]
+        return [
+            (e.kind, e.key_id, json.loads(e.detail) if e.detail else {})
+            for e in s.scalars(select(Event).order_by(Event.id))
+        ]
 
 
 def kinds(engine: Engine) -> list[str]:
@@ -61,13 +68,15 @@ def kinds(engine: Engine) -> list[str]:
 
 
 def test_new_keys_active_or_expired(migrated_engine: Engine) -> None:
-    out = scan(migrated_engine, cand("/keys/a.json", "k1"),
-               cand("/keys/b.json", "k2", expires_at=NOW - timedelta(days=1)),
-               cand("/keys/c.json", "k3", expires_at=NOW))  # dead at the instant (§2)
+    out = scan(
+        migrated_engine,
+        cand("/keys/a.json", "k1"),
+        cand("/keys/b.json", "k2", expires_at=NOW - timedelta(days=1)),
+        cand("/keys/c.json", "k3", expires_at=NOW),
+    )  # dead at the instant (§2)
     assert (out.new, out.keys, out.changed, out.missing, out.ok) == (3, 3, 0, 0, True)
     ks = keys(migrated_engine)
-    assert {k: v.status for k, v in ks.items()} == {"k1": "active", "k2": "expired",
-                                                     "k3": "expired"}
+    assert {k: v.status for k, v in ks.items()} == {"k1": "active", "k2": "expired", "k3": "expired"}
     assert ks["k1"].expires_at == LATER and ks["k1"].principal == "u1"
     assert ks["k1"].first_seen == NOW and ks["k1"].algorithm == "RS256"
     assert kinds(migrated_engine).count("key.new") == 3
@@ -106,12 +115,12 @@ def test_changed_content_rearms_and_clears_rejected(migrated_engine: Engine) -> 
     assert out.changed == 0 and keys(migrated_engine)["k1"].status == "rejected"
     # new expiry = new content: re-armed
     new_exp = LATER + timedelta(days=90)
-    out = scan(migrated_engine, cand("/keys/a.json", "k1", key=k, expires_at=new_exp),
-               now=NOW + timedelta(hours=2))
+    out = scan(
+        migrated_engine, cand("/keys/a.json", "k1", key=k, expires_at=new_exp), now=NOW + timedelta(hours=2)
+    )
     assert out.changed == 1
     key = keys(migrated_engine)["k1"]
-    assert (key.status, key.expires_at, key.probe_failures, key.next_probe_at) == (
-        "active", new_exp, 0, None)
+    assert (key.status, key.expires_at, key.probe_failures, key.next_probe_at) == ("active", new_exp, 0, None)
     kind, key_id, detail = [e for e in events(migrated_engine) if e[0] == "key.changed"][0]
     assert key_id == "k1" and detail["old_status"] == "rejected"
     assert detail["old_expires_at"] == "2027-01-01T00:00:00Z"
@@ -126,12 +135,18 @@ def test_missing_then_returned(migrated_engine: Engine) -> None:
     assert locations(migrated_engine)["/keys/a.json"].status == "missing"
     assert "key.missing" in kinds(migrated_engine)
     assert "location.missing" in kinds(migrated_engine)
-    out = scan(migrated_engine, cand("/keys/a.json", "k1", key=k), cand("/keys/b.json", "k2"),
-               now=NOW + timedelta(hours=2))
+    out = scan(
+        migrated_engine,
+        cand("/keys/a.json", "k1", key=k),
+        cand("/keys/b.json", "k2"),
+        now=NOW + timedelta(hours=2),
+    )
     assert (out.returned, out.new) == (1, 0)
     assert keys(migrated_engine)["k1"].status == "active"
-    assert kinds(migrated_engine)[-3:] == ["location.returned", "key.returned"] or \
-        {"location.returned", "key.returned"} <= set(kinds(migrated_engine))
+    assert kinds(migrated_engine)[-3:] == ["location.returned", "key.returned"] or {
+        "location.returned",
+        "key.returned",
+    } <= set(kinds(migrated_engine))
 
 
 def test_rejected_key_that_went_missing_returns_rejected(migrated_engine: Engine) -> None:
@@ -148,13 +163,21 @@ def test_rejected_key_that_went_missing_returns_rejected(migrated_engine: Engine
 
 def test_invalid_file_keeps_key_unless_all_locations_invalid(migrated_engine: Engine) -> None:
     k = rsa_key()
-    scan(migrated_engine, cand("/keys/a.json", "k1", key=k), cand("/keys/b.json", "k1", key=k),
-         bad("/keys/junk.json"))
+    scan(
+        migrated_engine,
+        cand("/keys/a.json", "k1", key=k),
+        cand("/keys/b.json", "k1", key=k),
+        bad("/keys/junk.json"),
+    )
     locs = locations(migrated_engine)
     junk = locs["/keys/junk.json"]
     assert (junk.status, junk.key_pk, junk.last_error) == ("invalid", None, "is not valid JSON")
-    out = scan(migrated_engine, bad("/keys/a.json", "field 'key' is not a PEM private key"),
-               cand("/keys/b.json", "k1", key=k), bad("/keys/junk.json"))
+    out = scan(
+        migrated_engine,
+        bad("/keys/a.json", "field 'key' is not a PEM private key"),
+        cand("/keys/b.json", "k1", key=k),
+        bad("/keys/junk.json"),
+    )
     assert out.invalid == 2 and keys(migrated_engine)["k1"].status == "active"
     a = locations(migrated_engine)["/keys/a.json"]
     assert a.status == "invalid" and a.size is None  # re-read next time
@@ -165,8 +188,7 @@ def test_invalid_file_keeps_key_unless_all_locations_invalid(migrated_engine: En
     n = len(events(migrated_engine))
     scan(migrated_engine, bad("/keys/a.json"), bad("/keys/b.json"), bad("/keys/junk.json"))
     assert len(events(migrated_engine)) == n
-    scan(migrated_engine, cand("/keys/a.json", "k1", key=k), bad("/keys/b.json"),
-         bad("/keys/junk.json"))
+    scan(migrated_engine, cand("/keys/a.json", "k1", key=k), bad("/keys/b.json"), bad("/keys/junk.json"))
     assert keys(migrated_engine)["k1"].status == "active"
 
 
@@ -175,16 +197,19 @@ def test_source_failure_leaves_everything_and_recovers(migrated_engine: Engine) 
     scan(migrated_engine, cand("/keys/a.json", "k1", key=k))
     before = (keys(migrated_engine)["k1"].status, locations(migrated_engine)["/keys/a.json"].status)
     for i in range(2):
-        out = record_failure(migrated_engine, SRC, VaultUnavailable("Vault is sealed"),
-                             NOW + timedelta(hours=i + 1))
+        out = record_failure(
+            migrated_engine, SRC, VaultUnavailable("Vault is sealed"), NOW + timedelta(hours=i + 1)
+        )
         assert not out.ok and out.error == "Vault is sealed"
-    assert (keys(migrated_engine)["k1"].status,
-            locations(migrated_engine)["/keys/a.json"].status) == before == ("active", "present")
+    assert (
+        (keys(migrated_engine)["k1"].status, locations(migrated_engine)["/keys/a.json"].status)
+        == before
+        == ("active", "present")
+    )
     with Session(migrated_engine) as s:
         state = s.get(SourceState, SRC)
         assert state is not None
-        assert (state.consecutive_failures, state.error_count, state.last_error) == (
-            2, 2, "Vault is sealed")
+        assert (state.consecutive_failures, state.error_count, state.last_error) == (2, 2, "Vault is sealed")
         assert state.last_success_at == NOW
     failed = [e for e in events(migrated_engine) if e[0] == "source.failed"]
     assert failed[-1][2] == {"error": "Vault is sealed", "consecutive_failures": 2}
@@ -201,8 +226,11 @@ def test_unchanged_only_moves_the_expiry_status(migrated_engine: Engine) -> None
     was read; ``keyd status`` shows the source's last successful scan."""
     scan(migrated_engine, cand("/keys/a.json", "k1", expires_at=NOW + timedelta(days=1)))
     later = NOW + timedelta(days=2)
-    out = scan(migrated_engine, Candidate(ref="/keys/a.json", unchanged=True, size=100,
-                                          mtime_ns=1, inode=7), now=later)
+    out = scan(
+        migrated_engine,
+        Candidate(ref="/keys/a.json", unchanged=True, size=100, mtime_ns=1, inode=7),
+        now=later,
+    )
     assert (out.unchanged, out.keys, out.new) == (1, 1, 0)
     key = keys(migrated_engine)["k1"]
     assert key.status == "expired" and key.last_seen == NOW
@@ -253,9 +281,13 @@ def test_many_keys_in_one_scan(migrated_engine: Engine, n: int) -> None:
     k = rsa_key()
     made = make_key_file(key_id="x", user_id="u", expires_at=LATER, private_key=k)
     base = parse_keyfile(made.text, source="x")
-    cands = [Candidate(ref=f"/keys/{i}.json", keyfile=base.__class__(
-        **{**base.__dict__, "key_id": f"k{i}", "content_hash": f"{i:064d}"}))
-        for i in range(n)]  # > the 500-item IN chunks
+    cands = [
+        Candidate(
+            ref=f"/keys/{i}.json",
+            keyfile=base.__class__(**{**base.__dict__, "key_id": f"k{i}", "content_hash": f"{i:064d}"}),
+        )
+        for i in range(n)
+    ]  # > the 500-item IN chunks
     out = scan(migrated_engine, *cands)
     assert out.new == n and out.keys == n
     out = scan(migrated_engine, *cands[: n // 2])
@@ -277,20 +309,30 @@ def test_broken_file_fixed_becomes_a_key(migrated_engine: Engine) -> None:
 
 def test_unchanged_file_with_new_permission_warning(migrated_engine: Engine) -> None:
     scan(migrated_engine, cand("/keys/a.json", "k1"))
-    unchanged = Candidate(ref="/keys/a.json", unchanged=True, size=100, mtime_ns=1, inode=7,
-                          warning="key file /keys/a.json is readable by group/other")
+    unchanged = Candidate(
+        ref="/keys/a.json",
+        unchanged=True,
+        size=100,
+        mtime_ns=1,
+        inode=7,
+        warning="key file /keys/a.json is readable by group/other",
+    )
     out = scan(migrated_engine, unchanged, now=NOW + timedelta(hours=1))
     assert (out.unchanged, out.warnings, out.keys) == (1, 1, 1)
     loc = locations(migrated_engine)["/keys/a.json"]
     assert loc.warning == unchanged.warning and loc.last_seen == NOW + timedelta(hours=1)
-    out = scan(migrated_engine, Candidate(ref="/keys/a.json", unchanged=True, size=100,
-                                          mtime_ns=1, inode=7), now=NOW + timedelta(hours=2))
+    out = scan(
+        migrated_engine,
+        Candidate(ref="/keys/a.json", unchanged=True, size=100, mtime_ns=1, inode=7),
+        now=NOW + timedelta(hours=2),
+    )
     assert locations(migrated_engine)["/keys/a.json"].warning is None
     assert keys(migrated_engine)["k1"].last_seen == NOW + timedelta(hours=2)
 
 
-def test_race_with_another_writer_is_retried(migrated_engine: Engine,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_race_with_another_writer_is_retried(
+    migrated_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from keyd.store.inventory import InventoryTx
 
     k = rsa_key()

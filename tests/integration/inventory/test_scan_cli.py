@@ -27,7 +27,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     config.write_text(f"""
 timezone = "Europe/Zurich"
 [database]
-url = "sqlite:///{tmp_path / 'keyd.db'}"
+url = "sqlite:///{tmp_path / "keyd.db"}"
 [[sources]]
 type = "directory"
 path = "{keys}"
@@ -39,14 +39,21 @@ def run(config: Path, *args: str) -> int:
     return main(["--config", str(config), *args])
 
 
-def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
-                          caplog: pytest.LogCaptureFixture) -> None:
+def test_scan_then_status(
+    setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     config, keys = setup
     caplog.set_level("DEBUG")
     shared = rsa_key()
     a = make_key_file(keys, key_id="100", user_id="svc-a", expires_at=LATER, private_key=shared)
-    make_key_file(keys / "copies", key_id="100", user_id="svc-a", expires_at=LATER,
-                  private_key=shared, filename="a-copy.json")
+    make_key_file(
+        keys / "copies",
+        key_id="100",
+        user_id="svc-a",
+        expires_at=LATER,
+        private_key=shared,
+        filename="a-copy.json",
+    )
     make_key_file(keys, key_id="200", user_id="svc-b", expires_at=SOON)
     make_key_file(keys, key_id="300", user_id="svc-c", expires_at=NEVER)
     make_key_file(keys, key_id="400", user_id="svc-d", expires_at=None)
@@ -79,10 +86,27 @@ def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixtur
     assert by_id["400"]["expiry_status"] == "unknown"
     assert by_id[None]["locations"][0]["error"] == "is not valid JSON (line 1)"
     assert set(by_id["100"]) == {
-        "key_id", "kind", "principal", "fingerprint", "algorithm", "status", "expiry_status",
-        "expires_at", "last_usable_day", "seconds_left", "days_left", "locations",
-        "last_probe_at", "last_probe_outcome", "last_ok_at", "last_error", "held",
-        "expiry_source", "diagnosis", "zitadel_created_at"}
+        "key_id",
+        "kind",
+        "principal",
+        "fingerprint",
+        "algorithm",
+        "status",
+        "expiry_status",
+        "expires_at",
+        "last_usable_day",
+        "seconds_left",
+        "days_left",
+        "locations",
+        "last_probe_at",
+        "last_probe_outcome",
+        "last_ok_at",
+        "last_error",
+        "held",
+        "expiry_source",
+        "diagnosis",
+        "zitadel_created_at",
+    }
 
     # --at in the future: key 200 has expired by then (date = midnight in Zurich)
     when = (SOON + timedelta(days=2)).date().isoformat()
@@ -97,15 +121,15 @@ def test_scan_then_status(setup: tuple[Path, Path], capsys: pytest.CaptureFixtur
     a.path.unlink()
     make_key_file(keys, key_id="200", user_id="svc-b", expires_at=LATER)
     assert run(config, "scan") == EXIT_OK
-    assert capsys.readouterr().out.strip() == \
-        "1 source, 4 keys (0 new, 1 changed, 0 missing, 1 invalid)"
+    assert capsys.readouterr().out.strip() == "1 source, 4 keys (0 new, 1 changed, 0 missing, 1 invalid)"
     assert "PRIVATE KEY" not in caplog.text and "BEGIN" not in caplog.text
     for db in config.parent.glob("keyd.db*"):  # the database and its WAL
         assert b"PRIVATE KEY" not in db.read_bytes()
 
 
-def test_failed_source_exits_6_and_keeps_keys(setup: tuple[Path, Path], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_source_exits_6_and_keeps_keys(
+    setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, keys = setup
     make_key_file(keys, key_id="100", user_id="svc-a", expires_at=LATER)
     assert run(config, "db", "upgrade") == EXIT_OK
@@ -114,8 +138,10 @@ def test_failed_source_exits_6_and_keeps_keys(setup: tuple[Path, Path], tmp_path
     keys.rename(tmp_path / "moved")
     assert run(config, "scan") == EXIT_UNAVAILABLE
     out = capsys.readouterr().out.strip()
-    assert out == (f"1 source, 1 key (0 new, 0 changed, 0 missing, 0 invalid); source "
-                   f"directory:{keys} failed: directory {keys}: does not exist")
+    assert out == (
+        f"1 source, 1 key (0 new, 0 changed, 0 missing, 0 invalid); source "
+        f"directory:{keys} failed: directory {keys}: does not exist"
+    )
     assert run(config, "status", "--json") == EXIT_OK
     rows = json.loads(capsys.readouterr().out)["keys"]
     assert rows[0]["status"] == "active"  # an outage never makes keys missing

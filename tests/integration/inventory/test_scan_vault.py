@@ -25,22 +25,21 @@ pytestmark = pytest.mark.openbao
 LATER = datetime.now(UTC) + timedelta(days=300)
 
 
-def test_directory_and_vault(migrated_engine: Engine, openbao_fresh: OpenBao,
-                             tmp_path: Path) -> None:
+def test_directory_and_vault(migrated_engine: Engine, openbao_fresh: OpenBao, tmp_path: Path) -> None:
     bao, prefix = openbao_fresh, "zitadel/keys"
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     os.chmod(keys, 0o700)
     shared = rsa_key()
-    both = make_key_file(keys, key_id="111", user_id="svc-a", expires_at=LATER,
-                         private_key=shared)
+    both = make_key_file(keys, key_id="111", user_id="svc-a", expires_at=LATER, private_key=shared)
     only_vault = make_key_file(key_id="222", user_id="svc-b", expires_at=LATER)
     bao.kv_put(f"{prefix}/a", both.data)  # the key-file fields as the secret's fields
     bao.kv_put(f"{prefix}/b", {"keyfile": json.dumps(only_vault.data)})  # one field
     bao.kv_put(f"{prefix}/junk", {"note": "not a key"})
     vault_src = VaultSourceConfig(name="vault:secret/zitadel/keys", prefix=prefix)
-    config = Config(sources=(DirectorySourceConfig(name="dir", path=keys), vault_src),
-                    vault=bao.vault_config())
+    config = Config(
+        sources=(DirectorySourceConfig(name="dir", path=keys), vault_src), vault=bao.vault_config()
+    )
     clock = FakeClock(datetime.now(UTC))
     with VaultClient(config.vault, clock) as client:  # type: ignore[arg-type]
         report = scan_all(config, migrated_engine, clock, client)
@@ -72,8 +71,7 @@ def test_directory_and_vault(migrated_engine: Engine, openbao_fresh: OpenBao,
         assert "failed" in report.summary() and report.keys == 2
         snap = inventory_snapshot(migrated_engine)
         assert {k.key_id: k.status for k in snap.keys} == {"111": "active", "222": "active"}
-        vault_locs = [loc for k in snap.keys for loc in k.locations
-                      if loc.source == vault_src.name]
+        vault_locs = [loc for k in snap.keys for loc in k.locations if loc.source == vault_src.name]
         assert {loc.status for loc in vault_locs} == {"present"}
         state = {s.name: s for s in snap.sources}[vault_src.name]
         assert state.consecutive_failures == 1 and state.last_error

@@ -38,8 +38,13 @@ def test_a_warm_scan_issues_no_write(tmp_path: Path, migrated_engine: Engine) ->
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     for i in range(12):
-        make_key_file(keys / f"team{i % 3}", key_id=f"40{i}", user_id=f"svc-{i}", alg="ES256",
-                      expires_at=START + timedelta(days=90 + i))
+        make_key_file(
+            keys / f"team{i % 3}",
+            key_id=f"40{i}",
+            user_id=f"svc-{i}",
+            alg="ES256",
+            expires_at=START + timedelta(days=90 + i),
+        )
     (keys / "broken.json").write_text("{not json")
     config = Config(sources=(DirectorySourceConfig(name="dir", path=keys),))
     clock = FakeClock(START)
@@ -70,11 +75,11 @@ def test_a_warm_scan_issues_no_write(tmp_path: Path, migrated_engine: Engine) ->
 
 
 def test_a_key_expiring_between_warm_scans_still_turns_expired(
-        tmp_path: Path, migrated_engine: Engine) -> None:
+    tmp_path: Path, migrated_engine: Engine
+) -> None:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
-    make_key_file(keys, key_id="501", user_id="svc", alg="ES256",
-                  expires_at=START + timedelta(hours=1))
+    make_key_file(keys, key_id="501", user_id="svc", alg="ES256", expires_at=START + timedelta(hours=1))
     config = Config(sources=(DirectorySourceConfig(name="dir", path=keys),))
     clock = FakeClock(START)
     scan_all(config, migrated_engine, clock)

@@ -34,13 +34,15 @@ def foreign() -> Iterator[IssuerServer]:
 
 
 def test_a_token_endpoint_on_another_origin_gets_no_assertion(
-        issuer: IssuerServer, foreign: IssuerServer, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    issuer: IssuerServer, foreign: IssuerServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     made = make_key_file(tmp_path, expires_at=LATER, register_with=issuer)
     issuer.discovery_overrides = {"token_endpoint": foreign.url + TOKEN_PATH}
     key = read_keyfile(made.path)
-    with IssuerClient(issuer.url, clock=SystemClock()) as client, \
-            pytest.raises(IssuerDiscoveryRefused, match="unless issuer.allow_endpoints lists it"):
+    with (
+        IssuerClient(issuer.url, clock=SystemClock()) as client,
+        pytest.raises(IssuerDiscoveryRefused, match="unless issuer.allow_endpoints lists it"),
+    ):
         mint(key, client, AssertionSigner(SystemClock()), ["openid"])
     assert foreign.requests_by_path[TOKEN_PATH] == 0 and foreign.assertions == []
     assert main(["mint", str(made.path), "--issuer", issuer.url]) == EXIT_CONFIG
@@ -56,11 +58,12 @@ def test_a_token_endpoint_on_another_origin_gets_no_assertion(
     assert foreign.assertions[-1][1]["aud"] == issuer.url
 
 
-def test_discovery_naming_another_issuer_is_refused(issuer: IssuerServer,
-                                                    tmp_path: Path) -> None:
+def test_discovery_naming_another_issuer_is_refused(issuer: IssuerServer, tmp_path: Path) -> None:
     made = make_key_file(tmp_path, expires_at=LATER, register_with=issuer)
     issuer.discovery_overrides = {"issuer": "https://evil.example"}
-    with IssuerClient(issuer.url, clock=SystemClock()) as client, \
-            pytest.raises(IssuerDiscoveryRefused, match="must be identical"):
+    with (
+        IssuerClient(issuer.url, clock=SystemClock()) as client,
+        pytest.raises(IssuerDiscoveryRefused, match="must be identical"),
+    ):
         mint(read_keyfile(made.path), client, AssertionSigner(SystemClock()), ["openid"])
     assert issuer.requests_by_path[TOKEN_PATH] == 0  # no assertion for evil.example

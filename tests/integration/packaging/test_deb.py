@@ -34,9 +34,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deb")
     result = subprocess.run(
-        ["make", "deb", f"DIST={out}"], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        ["make", "deb", f"DIST={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
         env={**os.environ, "DEB_MAINTAINER": "keyd tests <keyd-tests@example.org>"},
-        check=False)
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     (package,) = out.glob("keyd_*.deb")
     return package
@@ -69,25 +74,38 @@ def test_install_reloads_systemd_but_enables_and_starts_nothing(root: DebianRoot
 
 
 def test_layout(root: DebianRoot) -> None:
-    for path in ("/usr/lib/systemd/system/keyd.service", "/usr/lib/sysusers.d/keyd.conf",
-                 "/usr/lib/tmpfiles.d/keyd.conf", "/usr/share/man/man1/keyd.1.gz",
-                 "/usr/share/man/man1/keyd-run.1.gz", "/usr/share/bash-completion/completions/keyd",
-                 "/usr/share/zsh/vendor-completions/_keyd",
-                 "/usr/share/fish/vendor_completions.d/keyd.fish",
-                 "/usr/share/doc/keyd/README.md.gz", "/usr/share/doc/keyd/copyright",
-                 "/usr/share/doc/keyd/examples/prometheus-rules.yml"):
+    for path in (
+        "/usr/lib/systemd/system/keyd.service",
+        "/usr/lib/sysusers.d/keyd.conf",
+        "/usr/lib/tmpfiles.d/keyd.conf",
+        "/usr/share/man/man1/keyd.1.gz",
+        "/usr/share/man/man1/keyd-run.1.gz",
+        "/usr/share/bash-completion/completions/keyd",
+        "/usr/share/zsh/vendor-completions/_keyd",
+        "/usr/share/fish/vendor_completions.d/keyd.fish",
+        "/usr/share/doc/keyd/README.md.gz",
+        "/usr/share/doc/keyd/copyright",
+        "/usr/share/doc/keyd/examples/prometheus-rules.yml",
+    ):
         assert root.file(path).is_file(), path
     assert ok(root, "dpkg-query -W -f='${Conffiles}' keyd").split()[0] == "/etc/keyd/keyd.toml"
     assert ok(root, "stat -c '%U:%G %a' /etc/keyd /etc/keyd/keys /var/lib/keyd").split() == [
-        "root:keyd", "750", "root:keyd", "750", "keyd:keyd", "700"]
+        "root:keyd",
+        "750",
+        "root:keyd",
+        "750",
+        "keyd:keyd",
+        "700",
+    ]
     # The completion answers from the installed keyd itself.
     words = ok(root, "COMP_WORDS='keyd d' COMP_CWORD=1 _KEYD_COMPLETE=bash_complete keyd")
     assert "plain,db" in words
 
 
 def test_version(root: DebianRoot, deb: Path) -> None:
-    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True,
-                             text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert ok(root, "keyd --version").strip() == f"keyd, version {version}"
 
 
@@ -109,8 +127,7 @@ def test_config_check_on_the_shipped_config(root: DebianRoot) -> None:
     ]
 
 
-def test_a_key_file_on_the_prescribed_layout_scans_without_warnings(
-        root: DebianRoot, tmp_path: Path) -> None:
+def test_a_key_file_on_the_prescribed_layout_scans_without_warnings(root: DebianRoot, tmp_path: Path) -> None:
     """/etc/keyd/keys as tmpfiles makes it (0750 root:keyd), a key file in
     it 0640 root:keyd, as sysusers.conf advises: keyd reads it, no warning."""
     key = make_key_file(tmp_path, expires_at=datetime(2030, 1, 1, tzinfo=UTC))
@@ -129,8 +146,10 @@ def test_installed_units_verify_with_the_real_exec_start(root: DebianRoot) -> No
     units = " ".join(f"/usr/lib/systemd/system/{u}" for u in UNITS)
     result = root.run(f"cd / && systemd-analyze verify --man=no {units}")
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
-    assert "ExecStart=/usr/bin/keyd --config /etc/keyd/keyd.toml run" in root.file(
-        "/usr/lib/systemd/system/keyd.service").read_text()
+    assert (
+        "ExecStart=/usr/bin/keyd --config /etc/keyd/keyd.toml run"
+        in root.file("/usr/lib/systemd/system/keyd.service").read_text()
+    )
 
 
 def test_purge_removes_the_package_and_keeps_the_database(root: DebianRoot, deb: Path) -> None:
@@ -140,8 +159,14 @@ def test_purge_removes_the_package_and_keeps_the_database(root: DebianRoot, deb:
     result = root.run("dpkg --purge keyd")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "kept /var/lib/keyd" in result.stderr
-    for gone in ("/usr/lib/keyd", "/usr/bin/keyd", "/etc/keyd/keyd.toml", "/run/keyd",
-                 "/usr/lib/systemd/system/keyd.service", "/usr/share/doc/keyd"):
+    for gone in (
+        "/usr/lib/keyd",
+        "/usr/bin/keyd",
+        "/etc/keyd/keyd.toml",
+        "/run/keyd",
+        "/usr/lib/systemd/system/keyd.service",
+        "/usr/share/doc/keyd",
+    ):
         assert not root.file(gone).exists(), gone
     assert root.file("/var/lib/keyd/keyd.db").is_file() and mine.is_file()
     # Asked for, the database goes too; with nothing of anyone else's in

@@ -44,8 +44,14 @@ path = "{keydir}"
 
 def _add(engine, keydir, issuer, register=True):
     made = make_key_file(keydir, register_with=issuer if register else None)
-    add_key(engine, read_keyfile(made.path), ref=str(made.path), source=f"directory:{keydir}",
-            now=SystemClock().now(), status="rejected")
+    add_key(
+        engine,
+        read_keyfile(made.path),
+        ref=str(made.path),
+        source=f"directory:{keydir}",
+        now=SystemClock().now(),
+        status="rejected",
+    )
     return made
 
 

@@ -23,8 +23,9 @@ def proxy() -> Iterator[ForwardProxy]:
         yield server
 
 
-def test_requests_go_through_http_proxy(issuer: IssuerServer, proxy: ForwardProxy,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_requests_go_through_http_proxy(
+    issuer: IssuerServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     with IssuerClient(issuer.url, clock=SystemClock()) as client:
         monkeypatch.delenv("HTTP_PROXY")  # read once, at construction
@@ -34,8 +35,9 @@ def test_requests_go_through_http_proxy(issuer: IssuerServer, proxy: ForwardProx
 
 
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "*"])
-def test_no_proxy_exempts_the_issuer(issuer: IssuerServer, proxy: ForwardProxy, no_proxy: str,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_proxy_exempts_the_issuer(
+    issuer: IssuerServer, proxy: ForwardProxy, no_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", no_proxy)
     with IssuerClient(issuer.url, clock=SystemClock()) as client:

@@ -50,17 +50,28 @@ class World:
         return probe_due(self.engine, self.services, self.clock.now(), **kw)
 
 
-def _world(engine: Any, issuer: IssuerServer, tmp_path: Path, url: str | None = None,
-           timeout: float = 2.0, **policy: Any) -> Iterator[World]:
+def _world(
+    engine: Any,
+    issuer: IssuerServer,
+    tmp_path: Path,
+    url: str | None = None,
+    timeout: float = 2.0,
+    **policy: Any,
+) -> Iterator[World]:
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     issuer.now = clock.now
     client = IssuerClient(url or issuer.url, clock=clock, timeout=timeout)
     keydir = tmp_path / "keys"
     policy.setdefault("rate_limit", 0)
     services = ProbeServices(
-        client=client, signer=AssertionSigner(clock), clock=clock,
+        client=client,
+        signer=AssertionSigner(clock),
+        clock=clock,
         load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None, UTC),
-        policy=ProbePolicy(**policy), rng=random.Random(5), on_round=note_issuer_health)
+        policy=ProbePolicy(**policy),
+        rng=random.Random(5),
+        on_round=note_issuer_health,
+    )
     try:
         yield World(engine, issuer, clock, services, keydir)
     finally:
@@ -114,13 +125,22 @@ def test_expired_key_diagnosed_by_file_date(world):
     assert made.key_id in (result.message or "")
 
 
-@pytest.mark.parametrize("mode,outcome", [
-    ("503", "unavailable"), ("502", "unavailable"), ("504", "unavailable"),
-    ("close", "unavailable"), ("garbage", "bad_response"), ("no_token", "bad_response"),
-    ("oversized", "bad_response"),
-    # odd token answers: a probe row each, never a failed stage, never a written token
-    ("gzip_junk", "bad_response"), ("huge_expiry", "bad_response"), ("crlf_token", "bad_response"),
-])
+@pytest.mark.parametrize(
+    "mode,outcome",
+    [
+        ("503", "unavailable"),
+        ("502", "unavailable"),
+        ("504", "unavailable"),
+        ("close", "unavailable"),
+        ("garbage", "bad_response"),
+        ("no_token", "bad_response"),
+        ("oversized", "bad_response"),
+        # odd token answers: a probe row each, never a failed stage, never a written token
+        ("gzip_junk", "bad_response"),
+        ("huge_expiry", "bad_response"),
+        ("crlf_token", "bad_response"),
+    ],
+)
 def test_faults_are_never_blamed_on_the_key(world, mode, outcome):
     made = world.add()
     world.issuer.fail_mode = mode
@@ -151,13 +171,13 @@ def test_connection_refused_marks_issuer_unavailable(migrated_engine, issuer, tm
         [result] = world.run().results
         assert result.outcome == "unavailable"
         from sqlalchemy.orm import Session
+
         with Session(world.engine) as session:
             assert issuer_outage(session) is not None
 
 
 def test_hang_times_out_fast_and_does_not_stall_others(migrated_engine, issuer, tmp_path):
-    for world in _world(migrated_engine, issuer, tmp_path, timeout=0.5, fast_attempts=1,
-                        concurrency=4):
+    for world in _world(migrated_engine, issuer, tmp_path, timeout=0.5, fast_attempts=1, concurrency=4):
         made = [world.add() for _ in range(6)]
         world.issuer.hang_seconds = 30
         world.issuer.fail_next(1, "hang")
@@ -174,8 +194,7 @@ def test_rejection_is_final_until_forced(world):
     world.run()
     world.clock.advance(timedelta(days=3))
     assert world.run().results == []
-    world.issuer.add_key(made.principal, made.key_id, made.private_key.public_key(),
-                         made.expires_at)
+    world.issuer.add_key(made.principal, made.key_id, made.private_key.public_key(), made.expires_at)
     assert world.run(force_key_id=made.key_id).counts() == {"ok": 1}
     assert outcome_of(world, made.key_id) == ("ok", "active")
 
@@ -187,8 +206,9 @@ def test_no_secret_in_logs_or_db(world, caplog):
     world.add(kind="application")
     world.issuer.fail_next(1, "503")
     world.run()
-    text = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records
-                     if not r.name.startswith(("authlib", "tests."))) + dump_all(world.engine)
+    text = "\n".join(
+        f"{r.name} {r.getMessage()}" for r in caplog.records if not r.name.startswith(("authlib", "tests."))
+    ) + dump_all(world.engine)
     assert world.issuer.issued_tokens
     for marker in ["zat_", "eyJ", "PRIVATE KEY", *world.issuer.issued_tokens]:
         assert marker not in text

@@ -27,28 +27,34 @@ pytestmark = [pytest.mark.issuer, pytest.mark.openbao]
 
 
 @pytest.mark.parametrize("as_field", [True, False])
-def test_vault_key_probed_and_sealed_vault_is_unreadable(migrated_engine, openbao_fresh,
-                                                         issuer, as_field):
+def test_vault_key_probed_and_sealed_vault_is_unreadable(migrated_engine, openbao_fresh, issuer, as_field):
     bao = openbao_fresh
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     issuer.now = clock.now
     made = make_key_file(register_with=issuer, expires_at=clock.now() + timedelta(days=30))
     path = f"zitadel/keys/{made.key_id}"
     bao.kv_put(path, {"keyfile": json.dumps(made.data)} if as_field else made.data)
-    source = VaultSourceConfig(name="vault:secret/zitadel/keys", mount="secret",
-                               prefix="zitadel/keys")
+    source = VaultSourceConfig(name="vault:secret/zitadel/keys", mount="secret", prefix="zitadel/keys")
     ref = f"secret/{path}"
-    add_key(migrated_engine, parse_keyfile_mapping(made.data, source=ref), ref=ref,
-            source=source.name, now=clock.now())
-    with IssuerClient(issuer.url, clock=clock) as client, \
-            VaultClient(bao.vault_config(), clock) as vault:
-        services = ProbeServices(client=client, signer=AssertionSigner(clock), clock=clock,
-                                 load_key=make_key_loader([source], vault, UTC),
-                                 policy=ProbePolicy(rate_limit=0), rng=random.Random(1))
+    add_key(
+        migrated_engine,
+        parse_keyfile_mapping(made.data, source=ref),
+        ref=ref,
+        source=source.name,
+        now=clock.now(),
+    )
+    with IssuerClient(issuer.url, clock=clock) as client, VaultClient(bao.vault_config(), clock) as vault:
+        services = ProbeServices(
+            client=client,
+            signer=AssertionSigner(clock),
+            clock=clock,
+            load_key=make_key_loader([source], vault, UTC),
+            policy=ProbePolicy(rate_limit=0),
+            rng=random.Random(1),
+        )
         assert probe_due(migrated_engine, services, clock.now()).counts() == {"ok": 1}
         bao.seal()
-        [result] = probe_due(migrated_engine, services, clock.now(),
-                             force_key_id=made.key_id).results
+        [result] = probe_due(migrated_engine, services, clock.now(), force_key_id=made.key_id).results
         assert result.outcome == "unreadable" and "unavailable" in (result.message or "")
     assert len(rows(migrated_engine, Probe)) == 1
     key = key_row(migrated_engine, made.key_id)

@@ -57,19 +57,27 @@ def check(config: Path, *args: str) -> int:
     return main(["--config", str(config), "check", *args])
 
 
-def test_exit_codes_follow_the_inventory(migrated_engine: Engine, db_url: str, tmp_path: Path,
-                                         keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exit_codes_follow_the_inventory(
+    migrated_engine: Engine, db_url: str, tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_config(tmp_path, db_url, keys)
     make_key_file(keys, key_id="100", user_id="svc-a", expires_at=NOW + timedelta(days=200))
     assert check(config) == 0
     assert capsys.readouterr().out.startswith("KEYD OK - 1 key, none expiring within 14d | keys=1")
 
-    make_key_file(keys, key_id="200", user_id="svc-b",
-                  expires_at=NOW + timedelta(days=5, hours=2), private_key=rsa_key(fresh=True))
+    make_key_file(
+        keys,
+        key_id="200",
+        user_id="svc-b",
+        expires_at=NOW + timedelta(days=5, hours=2),
+        private_key=rsa_key(fresh=True),
+    )
     assert check(config) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == ("KEYD WARNING - 1 key expiring in 5d, 0 rejected | keys=2 expiring=1 "
-                      "expired=0 rejected=0 invalid=0 missing=0 source_errors=0 unheld=0 gone=0")
+    assert out[0] == (
+        "KEYD WARNING - 1 key expiring in 5d, 0 rejected | keys=2 expiring=1 "
+        "expired=0 rejected=0 invalid=0 missing=0 source_errors=0 unheld=0 gone=0"
+    )
     assert out[1].startswith("WARNING: key 200 (svc-b) expires at ")
 
     (keys / "junk.json").write_text("not json")
@@ -91,16 +99,17 @@ def test_exit_codes_follow_the_inventory(migrated_engine: Engine, db_url: str, t
     assert PEM_MARKER not in dump_all(migrated_engine)
 
 
-def test_source_failure_alone_is_unknown(migrated_engine: Engine, db_url: str, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_source_failure_alone_is_unknown(
+    migrated_engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_config(tmp_path, db_url, tmp_path / "does-not-exist")
     assert check(config) == 3
     assert capsys.readouterr().out.startswith("KEYD UNKNOWN - source directory:")
 
 
 def test_dry_run_changes_nothing_and_lists_skipped_effects(
-        migrated_engine: Engine, db_url: str, tmp_path: Path, keys: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    migrated_engine: Engine, db_url: str, tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_config(tmp_path, db_url, keys, EMAIL)
     make_key_file(keys, key_id="300", user_id="svc-c", expires_at=NOW - timedelta(hours=1))
     before = dump_all(migrated_engine)
@@ -110,8 +119,8 @@ def test_dry_run_changes_nothing_and_lists_skipped_effects(
     assert doc["counts"]["expired"] == 1 and doc["status"] == "critical"
     assert [s["name"] for s in doc["stages"]] == ["scan", "evaluate", "outbox", "prune"]
     assert doc["skipped_side_effects"] == [
-        "outbox: would send email to ops@example.org: " + doc["skipped_side_effects"][0]
-        .split(": ", 2)[2]]
+        "outbox: would send email to ops@example.org: " + doc["skipped_side_effects"][0].split(": ", 2)[2]
+    ]
     assert "expired" in doc["skipped_side_effects"][0]
     assert dump_all(migrated_engine) == before  # nothing was written
     assert check(config) == 2  # for real this time: the key is now in the inventory
@@ -119,8 +128,9 @@ def test_dry_run_changes_nothing_and_lists_skipped_effects(
     assert "300" in dump_all(migrated_engine)
 
 
-def test_schema_behind_is_unknown_with_the_fix(db_url: str, tmp_path: Path, keys: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_schema_behind_is_unknown_with_the_fix(
+    db_url: str, tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with checked_engine(db_url):
         pass
     assert check(write_config(tmp_path, db_url, keys)) == 3

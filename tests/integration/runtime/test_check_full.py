@@ -26,14 +26,24 @@ NOW = datetime.now(UTC)
 
 
 @pytest.fixture
-def config(tmp_path: Path, db_url: str, migrated_engine: Engine, issuer: IssuerServer,
-           smtp_server: SmtpServer) -> Path:  # noqa: F811
+def config(
+    tmp_path: Path,
+    db_url: str,
+    migrated_engine: Engine,
+    issuer: IssuerServer,
+    smtp_server: SmtpServer,  # noqa: F811
+) -> Path:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
-    path = write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys,
-                        issuer_url=issuer.url, issuer_extra='timeout = "2s"\n',
-                        smtp=(smtp_server.host, smtp_server.port),
-                        extra='[alerts]\nthresholds = ["14d", "7d"]\n')
+    path = write_config(
+        tmp_path / "keyd.toml",
+        db_url=db_url,
+        keys=keys,
+        issuer_url=issuer.url,
+        issuer_extra='timeout = "2s"\n',
+        smtp=(smtp_server.host, smtp_server.port),
+        extra='[alerts]\nthresholds = ["14d", "7d"]\n',
+    )
     return path
 
 
@@ -42,11 +52,16 @@ def check(config: Path, *args: str) -> int:
 
 
 def test_full_cycle_probes_alerts_and_mails_once(
-        config: Path, issuer: IssuerServer, smtp_server: SmtpServer,  # noqa: F811
-        migrated_engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    config: Path,
+    issuer: IssuerServer,
+    smtp_server: SmtpServer,  # noqa: F811
+    migrated_engine: Engine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     keys = config.parent / "keys"
-    make_key_file(keys, key_id="100", user_id="svc-a", register_with=issuer,
-                  expires_at=NOW + timedelta(days=5, hours=2))
+    make_key_file(
+        keys, key_id="100", user_id="svc-a", register_with=issuer, expires_at=NOW + timedelta(days=5, hours=2)
+    )
 
     assert check(config, "--dry-run", "--json") == 1
     doc = json.loads(capsys.readouterr().out)
@@ -54,9 +69,9 @@ def test_full_cycle_probes_alerts_and_mails_once(
     assert [s["skipped"] for s in doc["stages"]] == [False, False, True, True, True]
     assert doc["skipped_side_effects"][:2] == [
         f"probe: would probe 1 key(s) at {issuer.url} (skipped: a probe mints a real token)",
-        "probe: would probe key 100 (svc-a): never probed"]
-    assert any("would send email to ops@test.example" in line
-               for line in doc["skipped_side_effects"])
+        "probe: would probe key 100 (svc-a): never probed",
+    ]
+    assert any("would send email to ops@test.example" in line for line in doc["skipped_side_effects"])
     assert issuer.requests_seen == 0 and issuer.tokens_issued == 0  # not even discovery
     assert smtp_server.inbox() == []  # dry run: nothing sent
     assert "100" not in dump_all(migrated_engine)  # ... and nothing kept
@@ -79,18 +94,24 @@ def test_full_cycle_probes_alerts_and_mails_once(
     assert PEM_MARKER not in out + dump_all(migrated_engine)
 
 
-def test_issuer_down_alone_is_unknown(config: Path, issuer: IssuerServer,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    make_key_file(config.parent / "keys", key_id="300", user_id="svc-c", register_with=issuer,
-                  expires_at=NOW + timedelta(days=200))
+def test_issuer_down_alone_is_unknown(
+    config: Path, issuer: IssuerServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_key_file(
+        config.parent / "keys",
+        key_id="300",
+        user_id="svc-c",
+        register_with=issuer,
+        expires_at=NOW + timedelta(days=200),
+    )
     issuer.fail_mode = "503"
     assert check(config) == 3
     assert capsys.readouterr().out.startswith("KEYD UNKNOWN - issuer unavailable")
 
 
 def test_dry_run_judges_on_stored_probe_results(
-        config: Path, issuer: IssuerServer, migrated_engine: Engine,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    config: Path, issuer: IssuerServer, migrated_engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = config.parent / "keys"
     make_key_file(keys, key_id="200", user_id="svc-b", expires_at=NOW + timedelta(days=90))
     assert check(config) == 2  # a real probe: not registered at the issuer, rejected
@@ -98,16 +119,17 @@ def test_dry_run_judges_on_stored_probe_results(
     capsys.readouterr()
     seen = issuer.requests_seen
 
-    make_key_file(keys, key_id="300", user_id="svc-c", register_with=issuer,
-                  expires_at=NOW + timedelta(days=90))
+    make_key_file(
+        keys, key_id="300", user_id="svc-c", register_with=issuer, expires_at=NOW + timedelta(days=90)
+    )
     assert check(config, "--dry-run") == 2  # still rejected: the stored result
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("KEYD CRITICAL - 0 expired, 1 rejected")
     assert out[1].startswith("CRITICAL: key 200 (svc-b) is rejected by the issuer")
     assert out[2:4] == [  # the rejected key is out of the schedule; the new one is due
-        f"dry run: skipped probe: would probe 1 key(s) at {issuer.url} "
-        "(skipped: a probe mints a real token)",
-        "dry run: skipped probe: would probe key 300 (svc-c): never probed"]
+        f"dry run: skipped probe: would probe 1 key(s) at {issuer.url} (skipped: a probe mints a real token)",
+        "dry run: skipped probe: would probe key 300 (svc-c): never probed",
+    ]
     # the rejection alert was decided and mailed by the run that found it
     assert out[4:] == []
     assert issuer.requests_seen == seen  # the dry run asked the issuer nothing
@@ -125,16 +147,20 @@ def test_dry_run_judges_on_stored_probe_results(
     assert issuer.requests_seen == seen
 
 
-def test_dry_run_lists_at_most_20_due_keys(config: Path, issuer: IssuerServer,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_lists_at_most_20_due_keys(
+    config: Path, issuer: IssuerServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     for n in range(23):
-        make_key_file(config.parent / "keys", key_id=f"{500 + n}", user_id=f"svc-{n}",
-                      alg="ES256", expires_at=NOW + timedelta(days=90))
+        make_key_file(
+            config.parent / "keys",
+            key_id=f"{500 + n}",
+            user_id=f"svc-{n}",
+            alg="ES256",
+            expires_at=NOW + timedelta(days=90),
+        )
     assert check(config, "--dry-run", "--json") == 0
     lines = json.loads(capsys.readouterr().out)["skipped_side_effects"]
-    assert lines[0] == (f"probe: would probe 23 key(s) at {issuer.url} "
-                        "(skipped: a probe mints a real token)")
-    assert lines[1:21] == [f"probe: would probe key {500 + n} (svc-{n}): never probed"
-                           for n in range(20)]
+    assert lines[0] == (f"probe: would probe 23 key(s) at {issuer.url} (skipped: a probe mints a real token)")
+    assert lines[1:21] == [f"probe: would probe key {500 + n} (svc-{n}): never probed" for n in range(20)]
     assert lines[21:] == ["probe: ... and 3 more key(s) due"]
     assert issuer.requests_seen == 0

@@ -19,7 +19,7 @@ def write(tmp_path: Path, issuer_url: str, smtp: SmtpServer, keys: Path) -> Path
     config = tmp_path / "keyd.toml"
     config.write_text(f"""
 [database]
-url = "sqlite:///{tmp_path / 'keyd.db'}"
+url = "sqlite:///{tmp_path / "keyd.db"}"
 [issuer]
 url = "{issuer_url}"
 timeout = "2s"
@@ -36,9 +36,12 @@ to = ["ops@example.org"]
     return config
 
 
-def test_all_dependencies_reachable(tmp_path: Path, issuer: IssuerServer,
-                                    smtp_server: SmtpServer,  # noqa: F811
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_dependencies_reachable(
+    tmp_path: Path,
+    issuer: IssuerServer,
+    smtp_server: SmtpServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     (tmp_path / "keys").mkdir()
     config = write(tmp_path, issuer.url, smtp_server, tmp_path / "keys")
     upgrade(f"sqlite:///{tmp_path / 'keyd.db'}")
@@ -49,8 +52,11 @@ def test_all_dependencies_reachable(tmp_path: Path, issuer: IssuerServer,
     assert smtp_server.inbox() == []  # connected, sent nothing
 
 
-def test_every_problem_is_listed(tmp_path: Path, smtp_server: SmtpServer,  # noqa: F811
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_problem_is_listed(
+    tmp_path: Path,
+    smtp_server: SmtpServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     smtp_server.stop()
     config = write(tmp_path, "http://127.0.0.1:9", smtp_server, tmp_path / "missing")
     assert main(["--config", str(config), "config", "check", "--json"]) == 6

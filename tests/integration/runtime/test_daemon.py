@@ -72,12 +72,16 @@ def test_daemon_lifecycle(setup: tuple[Path, Path, int, Notifications], tmp_path
             assert 'keyd_key_status_code{key_id="100",principal="svc-a"} 0.0' in metrics
             assert "keyd_leader 1.0" in metrics
 
-        second = subprocess.run([*KEYD, "--config", str(config), "run"], capture_output=True,
-                                timeout=30, env={k: v for k, v in os.environ.items()
-                                                 if k != "NOTIFY_SOCKET"})
+        second = subprocess.run(
+            [*KEYD, "--config", str(config), "run"],
+            capture_output=True,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+        )
         assert second.returncode == 4
         assert f"another keyd owns {tmp_path.resolve() / 'keyd.db'} (pid {proc.pid})" in (
-            second.stderr.decode())
+            second.stderr.decode()
+        )
 
         good = config.read_text()
         config.write_text(good.replace('thresholds = ["30d", "7d"]', 'thresholds = ["7x"]'))
@@ -120,16 +124,17 @@ def test_postgres_standby_takes_over_when_the_leader_dies(tmp_path: Path) -> Non
             for name in ("a", "b"):
                 ports.append(free_port())
                 config = tmp_path / f"{name}.toml"
-                config.write_text(config_text(tmp_path / "unused.db", keys, ports[-1])
-                                  .replace(f'url = "sqlite:///{tmp_path / "unused.db"}"',
-                                           f'url = "{url}"'))
+                config.write_text(
+                    config_text(tmp_path / "unused.db", keys, ports[-1]).replace(
+                        f'url = "sqlite:///{tmp_path / "unused.db"}"', f'url = "{url}"'
+                    )
+                )
                 notes.append(Notifications(tmp_path / f"{name}.sock"))
                 procs.append(start(config, notes[-1], tmp_path / f"{name}.log"))
                 ready = notes[-1].wait_for("READY=1")
                 assert ("STATUS=leader" if name == "a" else "STATUS=standby") in ready, ready
             with httpx.Client(timeout=5) as http:
-                assert http.get(f"http://127.0.0.1:{ports[1]}/readyz").json() == {
-                    "role": "standby"}
+                assert http.get(f"http://127.0.0.1:{ports[1]}/readyz").json() == {"role": "standby"}
                 assert "keyd_leader 0.0" in http.get(f"http://127.0.0.1:{ports[1]}/metrics").text
 
                 procs[0].kill()  # the leader dies without a goodbye: its connection drops
@@ -137,8 +142,7 @@ def test_postgres_standby_takes_over_when_the_leader_dies(tmp_path: Path) -> Non
                 started = time.monotonic()
                 notes[1].wait_for("STATUS=leader", timeout=15)
                 assert time.monotonic() - started < 10  # "within seconds"
-                assert http.get(f"http://127.0.0.1:{ports[1]}/readyz").json() == {
-                    "role": "leader"}
+                assert http.get(f"http://127.0.0.1:{ports[1]}/readyz").json() == {"role": "leader"}
             procs[1].send_signal(signal.SIGTERM)
             assert procs[1].wait(timeout=25) == 0
         finally:

@@ -57,17 +57,22 @@ def setup(tmp_path: Path, issuer: IssuerServer, days: list[int], **config: Any) 
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     for n, left in enumerate(days):
-        make_key_file(keys, key_id=f"{100 + n}", user_id=f"svc-{n}",
-                      expires_at=NOW + timedelta(days=left), register_with=issuer)
+        make_key_file(
+            keys,
+            key_id=f"{100 + n}",
+            user_id=f"svc-{n}",
+            expires_at=NOW + timedelta(days=left),
+            register_with=issuer,
+        )
     url = f"sqlite:///{tmp_path / 'keyd.db'}"
     upgrade(url)
-    return write_config(tmp_path / "keyd.toml", db_url=url, keys=keys, issuer_url=issuer.url,
-                        **config)
+    return write_config(tmp_path / "keyd.toml", db_url=url, keys=keys, issuer_url=issuer.url, **config)
 
 
 def test_check_with_a_dripping_issuer_ends_while_it_drips(tmp_path: Path, issuer: IssuerServer) -> None:
-    config = setup(tmp_path, issuer, [200, 200, 200],
-                   issuer_extra=f'timeout = "{DEADLINE:g}s"\nconcurrency = 1\n')
+    config = setup(
+        tmp_path, issuer, [200, 200, 200], issuer_extra=f'timeout = "{DEADLINE:g}s"\nconcurrency = 1\n'
+    )
     drip(issuer)
     done = subprocess.run(
         [*KEYD, "--config", str(config), "check"], capture_output=True, text=True, timeout=120
@@ -85,8 +90,14 @@ def test_a_decided_alert_is_mailed_while_a_probe_drips(
     smtp_server: SmtpServer,  # noqa: F811
 ) -> None:
     # a long deadline: the probe round is still waiting when the mail must go out
-    config = setup(tmp_path, issuer, [5], smtp=(smtp_server.host, smtp_server.port),
-                   issuer_extra='timeout = "60s"\n', fast_ticks=True)
+    config = setup(
+        tmp_path,
+        issuer,
+        [5],
+        smtp=(smtp_server.host, smtp_server.port),
+        issuer_extra='timeout = "60s"\n',
+        fast_ticks=True,
+    )
     drip(issuer)
     notes = Notifications(tmp_path / "notify.sock")
     proc = start_keyd(config, notes, tmp_path / "keyd.log")

@@ -29,33 +29,52 @@ from tests.support.keys import make_key_file
 from tests.support.openbao import OpenBao, openbao  # noqa: F401
 from tests.support.smtp import SmtpServer, smtp_server  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.openbao, pytest.mark.issuer,
-              pytest.mark.smtp]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.openbao,
+    pytest.mark.issuer,
+    pytest.mark.smtp,
+]
 NOW = datetime.now(UTC)
 
 
-def e2e_config(tmp_path: Path, db_url: str, keys: Path, issuer: IssuerServer, bao: OpenBao,
-               smtp: SmtpServer, prefix: str) -> Path:
+def e2e_config(
+    tmp_path: Path, db_url: str, keys: Path, issuer: IssuerServer, bao: OpenBao, smtp: SmtpServer, prefix: str
+) -> Path:
     return write_config(
-        tmp_path / "keyd.toml", db_url=db_url, keys=keys, issuer_url=issuer.url,
-        vault=(bao.addr, bao.root_token), tokens_path=f"{prefix}/tokens/{{principal}}",
-        smtp=(smtp.host, smtp.port), http_port=free_port(), fast_ticks=True,
+        tmp_path / "keyd.toml",
+        db_url=db_url,
+        keys=keys,
+        issuer_url=issuer.url,
+        vault=(bao.addr, bao.root_token),
+        tokens_path=f"{prefix}/tokens/{{principal}}",
+        smtp=(smtp.host, smtp.port),
+        http_port=free_port(),
+        fast_ticks=True,
         head='timezone = "Europe/Zurich"\n',
         extra=f'[[sources]]\ntype = "vault"\nmount = "secret"\nprefix = "{prefix}/keys"\n'
-              '[log]\nlevel = "DEBUG"\n')
+        '[log]\nlevel = "DEBUG"\n',
+    )
 
 
-def test_keyd_run_end_to_end(tmp_path: Path, issuer: IssuerServer, openbao: OpenBao,  # noqa: F811
-                             smtp_server: SmtpServer) -> None:  # noqa: F811
+def test_keyd_run_end_to_end(
+    tmp_path: Path,
+    issuer: IssuerServer,
+    openbao: OpenBao,  # noqa: F811
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
     prefix = f"e2e-{tmp_path.name[-8:]}"
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
-    expiring = make_key_file(keys, user_id="svc-expiring", expires_at=NOW + timedelta(days=5),
-                             register_with=issuer)
+    expiring = make_key_file(
+        keys, user_id="svc-expiring", expires_at=NOW + timedelta(days=5), register_with=issuer
+    )
     staging = tmp_path / "staging"
     staging.mkdir()
-    in_vault = make_key_file(staging, user_id="svc-vault", expires_at=NOW + timedelta(days=200),
-                             register_with=issuer)
+    in_vault = make_key_file(
+        staging, user_id="svc-vault", expires_at=NOW + timedelta(days=200), register_with=issuer
+    )
     openbao.kv_put(f"{prefix}/keys/vault-user", {"keyfile": in_vault.path.read_text()})
     notes = Notifications(tmp_path / "notify.sock")
     log = tmp_path / "keyd.log"
@@ -76,28 +95,33 @@ def test_keyd_run_end_to_end(tmp_path: Path, issuer: IssuerServer, openbao: Open
             # both service users get a token in Vault, marked as keyd's
             def tokens_written() -> bool:
                 try:
-                    return all(openbao.kv_metadata(f"{prefix}/tokens/{user}")
-                               for user in ("svc-expiring", "svc-vault"))
+                    return all(
+                        openbao.kv_metadata(f"{prefix}/tokens/{user}")
+                        for user in ("svc-expiring", "svc-vault")
+                    )
                 except Exception:  # not written yet: hvac's InvalidPath
                     return False
 
             wait_until(tokens_written, what="tokens in Vault")
             secret = openbao.client.secrets.kv.v2.read_secret_version(
-                path=f"{prefix}/tokens/svc-vault", mount_point="secret",
-                raise_on_deleted_version=True)["data"]
+                path=f"{prefix}/tokens/svc-vault", mount_point="secret", raise_on_deleted_version=True
+            )["data"]
             assert secret["data"]["access_token"] in issuer.issued_tokens
             assert secret["data"]["key_id"] == in_vault.key_id
             assert secret["metadata"]["custom_metadata"]["managed-by"] == "keyd"
 
             # SIGHUP: reload and re-scan; a key added meanwhile appears
-            fresh = make_key_file(keys, user_id="svc-new", expires_at=NOW + timedelta(days=2),
-                                  register_with=issuer)
+            fresh = make_key_file(
+                keys, user_id="svc-new", expires_at=NOW + timedelta(days=2), register_with=issuer
+            )
             proc.send_signal(signal.SIGHUP)
             notes.wait_for("RELOADING=1", timeout=10)
             ready = notes.wait_for("READY=1", timeout=20)
             assert "3 keys" in ready, ready
-            wait_until(lambda: any(fresh.key_id in str(r.message["Subject"])
-                                   for r in smtp_server.inbox()), what="the new key's alert")
+            wait_until(
+                lambda: any(fresh.key_id in str(r.message["Subject"]) for r in smtp_server.inbox()),
+                what="the new key's alert",
+            )
 
             proc.send_signal(signal.SIGTERM)
             notes.wait_for("STOPPING=1", timeout=10)
@@ -124,9 +148,13 @@ def dump_database(url: str) -> str:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            tables = conn.execute(text(
-                "select tablename from pg_tables where schemaname = 'public'")).scalars().all()
-            return "\n".join(str(row) for table in tables
-                             for row in conn.execute(text(f'select * from "{table}"')))
+            tables = (
+                conn.execute(text("select tablename from pg_tables where schemaname = 'public'"))
+                .scalars()
+                .all()
+            )
+            return "\n".join(
+                str(row) for table in tables for row in conn.execute(text(f'select * from "{table}"'))
+            )
     finally:
         engine.dispose()

@@ -48,8 +48,13 @@ from tests.support.keys import MadeKey, make_key_file
 from tests.support.openbao import OpenBao, openbao  # noqa: F401
 from tests.support.smtp import SmtpServer, smtp_server  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.openbao, pytest.mark.issuer,
-              pytest.mark.smtp]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.openbao,
+    pytest.mark.issuer,
+    pytest.mark.smtp,
+]
 
 THRESHOLDS = ["30d", "14d", "7d", "3d", "1d"]
 TOKEN_LIFETIME = 6  # seconds: a refresh every ~4 s (2/3 TTL minus jitter)
@@ -99,8 +104,11 @@ class DrainedNotifications:
 
     def wait_for(self, prefix: str, timeout: float = WAIT) -> str:
         found: list[str] = []
-        wait_until(lambda: bool(found.append(self.saw(prefix) or "") or found[-1]),
-                   timeout=timeout, what=f"{prefix!r} on {self.path.name} ({self.messages()})")
+        wait_until(
+            lambda: bool(found.append(self.saw(prefix) or "") or found[-1]),
+            timeout=timeout,
+            what=f"{prefix!r} on {self.path.name} ({self.messages()})",
+        )
         return found[-1]
 
     def close(self) -> None:
@@ -128,13 +136,18 @@ class Daemon:
         return out
 
     def token_writes(self) -> list[Write]:
-        return [Write(self.name, e["ts"], *parse_write(e["msg"])) for e in self.events()
-                if e.get("logger") == "keyd.actions.tokensink" and " written to " in e["msg"]]
+        return [
+            Write(self.name, e["ts"], *parse_write(e["msg"]))
+            for e in self.events()
+            if e.get("logger") == "keyd.actions.tokensink" and " written to " in e["msg"]
+        ]
 
     def sent_mails(self) -> list[str]:
-        return [e["msg"].split()[3] for e in self.events()
-                if e.get("logger") == "keyd.actions.deliver"
-                and e["msg"].startswith("sent email alert ")]
+        return [
+            e["msg"].split()[3]
+            for e in self.events()
+            if e.get("logger") == "keyd.actions.deliver" and e["msg"].startswith("sent email alert ")
+        ]
 
 
 @dataclass(frozen=True)
@@ -154,14 +167,30 @@ def parse_write(msg: str) -> tuple[str, str, int]:
     return words[2], words[5], int(words[7])
 
 
-def daemon_config(tmp_path: Path, name: str, port: int, *, db_url: str, keys: Path,
-                  issuer: IssuerServer, bao: OpenBao, smtp: SmtpServer, prefix: str) -> Path:
+def daemon_config(
+    tmp_path: Path,
+    name: str,
+    port: int,
+    *,
+    db_url: str,
+    keys: Path,
+    issuer: IssuerServer,
+    bao: OpenBao,
+    smtp: SmtpServer,
+    prefix: str,
+) -> Path:
     return write_config(
-        tmp_path / f"{name}.toml", db_url=db_url, keys=keys, issuer_url=issuer.url,
-        vault=(bao.addr, bao.root_token), tokens_path=f"{prefix}/{{principal}}",
-        smtp=(smtp.host, smtp.port), http_port=port, fast_ticks=True,
-        extra=f'[alerts]\nthresholds = {json.dumps(THRESHOLDS)}\n'
-              '[log]\nlevel = "INFO"\nformat = "json"\n')
+        tmp_path / f"{name}.toml",
+        db_url=db_url,
+        keys=keys,
+        issuer_url=issuer.url,
+        vault=(bao.addr, bao.root_token),
+        tokens_path=f"{prefix}/{{principal}}",
+        smtp=(smtp.host, smtp.port),
+        http_port=port,
+        fast_ticks=True,
+        extra=f'[alerts]\nthresholds = {json.dumps(THRESHOLDS)}\n[log]\nlevel = "INFO"\nformat = "json"\n',
+    )
 
 
 def role(http: httpx.Client, daemon: Daemon) -> object:
@@ -180,10 +209,8 @@ def quiet(engine: Engine, bao: OpenBao, prefix: str, paths: int) -> bool:
     alert deliveries are all recorded as sent."""
     soon = datetime.now(UTC) + timedelta(seconds=1)
     with engine.connect() as conn:
-        sinks = conn.execute(text(
-            "select path, vault_version, next_refresh_at, state from tokens")).all()
-        open_mail = conn.execute(text(
-            "select count(*) from deliveries where state <> 'sent'")).scalar_one()
+        sinks = conn.execute(text("select path, vault_version, next_refresh_at, state from tokens")).all()
+        open_mail = conn.execute(text("select count(*) from deliveries where state <> 'sent'")).scalar_one()
     if len(sinks) != paths or open_mail:
         return False
     for path, version, next_at, state in sinks:
@@ -210,8 +237,10 @@ def eventually(predicate: Callable[[], bool], what: str) -> None:
 def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
     """Three daemon slots (port, log, notify socket); every process still
     running at the end is killed, every socket closed."""
-    daemons = [Daemon(name, free_port(), tmp_path / f"{name}.log",
-                      DrainedNotifications(tmp_path / f"{name}.sock")) for name in NAMES]
+    daemons = [
+        Daemon(name, free_port(), tmp_path / f"{name}.log", DrainedNotifications(tmp_path / f"{name}.sock"))
+        for name in NAMES
+    ]
     try:
         yield daemons
     finally:
@@ -222,36 +251,52 @@ def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
 
 
 def test_three_daemons_one_leader_failover_without_duplicates(
-        tmp_path: Path, cluster: list[Daemon], issuer: IssuerServer,
-        openbao: OpenBao, smtp_server: SmtpServer) -> None:  # noqa: F811
+    tmp_path: Path,
+    cluster: list[Daemon],
+    issuer: IssuerServer,
+    openbao: OpenBao,  # noqa: F811
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
     prefix = f"ha-{uuid.uuid4().hex[:8]}"
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     issuer.set_token_lifetime(TOKEN_LIFETIME)
     now = datetime.now(UTC)
-    expiring = make_key_file(keys, user_id="svc-expiring", expires_at=now + timedelta(days=5),
-                             register_with=issuer)
-    healthy = make_key_file(keys, user_id="svc-healthy", expires_at=now + timedelta(days=200),
-                            register_with=issuer)
+    expiring = make_key_file(
+        keys, user_id="svc-expiring", expires_at=now + timedelta(days=5), register_with=issuer
+    )
+    healthy = make_key_file(
+        keys, user_id="svc-healthy", expires_at=now + timedelta(days=200), register_with=issuer
+    )
     a = cluster[0]
     with postgres_database() as db_url:
         upgrade(db_url)
         engine = create_engine(db_url)
         try:
             for daemon in cluster:
-                config = daemon_config(tmp_path, daemon.name, daemon.port, db_url=db_url,
-                                      keys=keys, issuer=issuer, bao=openbao, smtp=smtp_server,
-                                      prefix=prefix)
+                config = daemon_config(
+                    tmp_path,
+                    daemon.name,
+                    daemon.port,
+                    db_url=db_url,
+                    keys=keys,
+                    issuer=issuer,
+                    bao=openbao,
+                    smtp=smtp_server,
+                    prefix=prefix,
+                )
                 daemon.proc = start_keyd(config, daemon.notes, daemon.log, watchdog_usec=0)
                 ready = daemon.notes.wait_for("READY=1")
                 expected = "STATUS=leader" if daemon is a else "STATUS=standby"
                 assert expected in ready, ready
-            made, winner = run_failover(cluster, engine, issuer, openbao, keys, prefix,
-                                        [expiring, healthy])
+            made, winner = run_failover(cluster, engine, issuer, openbao, keys, prefix, [expiring, healthy])
             with engine.connect() as conn:
-                alerts = conn.execute(text(
-                    "select k.key_id, a.kind, a.threshold, a.message_id from alerts a "
-                    "left join keys k on k.id = a.key_pk")).all()
+                alerts = conn.execute(
+                    text(
+                        "select k.key_id, a.kind, a.threshold, a.message_id from alerts a "
+                        "left join keys k on k.id = a.key_pk"
+                    )
+                ).all()
         finally:
             for daemon in cluster:
                 if daemon.proc is not None:
@@ -262,8 +307,15 @@ def test_three_daemons_one_leader_failover_without_duplicates(
     check_logs(cluster, issuer, openbao)
 
 
-def run_failover(cluster: list[Daemon], engine: Engine, issuer: IssuerServer, bao: OpenBao,
-                 keys: Path, prefix: str, made: list[MadeKey]) -> tuple[list[MadeKey], str]:
+def run_failover(
+    cluster: list[Daemon],
+    engine: Engine,
+    issuer: IssuerServer,
+    bao: OpenBao,
+    keys: Path,
+    prefix: str,
+    made: list[MadeKey],
+) -> tuple[list[MadeKey], str]:
     """Start-up to SIGTERM; returns every key made (the one added after the
     failover too) and the name of the standby that took over."""
     a, b, c = cluster
@@ -273,8 +325,10 @@ def run_failover(cluster: list[Daemon], engine: Engine, issuer: IssuerServer, ba
         # the leader delivers the 7d alert and refreshes both tokens at least once
         eventually(lambda: len(a.sent_mails()) >= 1, "the first alert sent by a")
         refs = [f"secret/{prefix}/{k.principal}" for k in made]
-        eventually(lambda: all(writes_by(cluster, "a", r) >= 2 for r in refs),
-                   "two token versions per path written by a")
+        eventually(
+            lambda: all(writes_by(cluster, "a", r) >= 2 for r in refs),
+            "two token versions per path written by a",
+        )
 
         # SIGKILL at a quiet moment: no refresh in flight, every mail recorded
         eventually(lambda: quiet(engine, bao, prefix, paths=2), "a quiet moment")
@@ -300,16 +354,17 @@ def run_failover(cluster: list[Daemon], engine: Engine, issuer: IssuerServer, ba
         assert role(http, winner) == "leader" and role(http, loser) == "standby"
 
         # a key appears: the new leader scans it, alerts once, writes its token
-        fresh = make_key_file(keys, user_id="svc-fresh", expires_at=datetime.now(UTC)
-                              + timedelta(days=2), register_with=issuer)
+        fresh = make_key_file(
+            keys, user_id="svc-fresh", expires_at=datetime.now(UTC) + timedelta(days=2), register_with=issuer
+        )
         made.append(fresh)
         refs.append(f"secret/{prefix}/{fresh.principal}")
         # (counted over both standbys: check_* say who did what)
-        eventually(lambda: len(b.sent_mails()) + len(c.sent_mails()) >= 1,
-                   "the new key's alert")
-        eventually(lambda: all(writes_by(cluster, "b", r) + writes_by(cluster, "c", r) >= 2
-                               for r in refs),
-                   "two token versions per path written after the failover")
+        eventually(lambda: len(b.sent_mails()) + len(c.sent_mails()) >= 1, "the new key's alert")
+        eventually(
+            lambda: all(writes_by(cluster, "b", r) + writes_by(cluster, "c", r) >= 2 for r in refs),
+            "two token versions per path written after the failover",
+        )
         assert role(http, loser) == "standby"
         assert loser.notes.saw("STATUS=leader") is None
 
@@ -323,8 +378,9 @@ def run_failover(cluster: list[Daemon], engine: Engine, issuer: IssuerServer, ba
     return made, winner.name
 
 
-def check_alerts(cluster: list[Daemon], smtp: SmtpServer, alerts: list[Any],
-                 made: list[MadeKey], winner: str) -> None:
+def check_alerts(
+    cluster: list[Daemon], smtp: SmtpServer, alerts: list[Any], made: list[MadeKey], winner: str
+) -> None:
     """Exactly the alerts the ladder asks for, each mailed exactly once."""
     thresholds = [parse_duration(t) for t in THRESHOLDS]
     at = datetime.now(UTC)
@@ -349,13 +405,13 @@ def check_alerts(cluster: list[Daemon], smtp: SmtpServer, alerts: list[Any],
     # the 7d alert before the failover, the 3d alert after it, nothing from the loser
     assert sent == {"a": 1, winner: 1, loser: 0}, sent
     for row in alerts:
-        subjects = [str(r.message["Subject"]) for r in smtp.inbox()
-                    if str(r.message["Message-ID"]) == row.message_id]
+        subjects = [
+            str(r.message["Subject"]) for r in smtp.inbox() if str(r.message["Message-ID"]) == row.message_id
+        ]
         assert len(subjects) == 1 and row.key_id in subjects[0], subjects
 
 
-def check_token_writes(cluster: list[Daemon], bao: OpenBao, prefix: str,
-                       new_leader: str) -> None:
+def check_token_writes(cluster: list[Daemon], bao: OpenBao, prefix: str, new_leader: str) -> None:
     """One writer at a time, per path, over the whole test."""
     writes = [w for d in cluster for w in d.token_writes()]
     writers = {w.daemon for w in writes}
@@ -380,8 +436,7 @@ def check_token_writes(cluster: list[Daemon], bao: OpenBao, prefix: str,
 
 
 def check_logs(cluster: list[Daemon], issuer: IssuerServer, bao: OpenBao) -> None:
-    secrets = ["Traceback", "zat_", "eyJ", "PRIVATE KEY", bao.root_token,
-               *issuer.issued_tokens]
+    secrets = ["Traceback", "zat_", "eyJ", "PRIVATE KEY", bao.root_token, *issuer.issued_tokens]
     for daemon in cluster:
         logged = daemon.log.read_text(errors="replace")
         for needle in secrets:

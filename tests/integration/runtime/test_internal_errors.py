@@ -37,19 +37,22 @@ def no_grants_url(tmp_path: Path) -> Iterator[str]:
         finally:
             with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
                 name = url.rsplit("/", 1)[1]
-                admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
-                    sql.Identifier(name), sql.Identifier(role)))
+                admin.execute(
+                    sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                        sql.Identifier(name), sql.Identifier(role)
+                    )
+                )
                 admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def keyd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KEYD, "--config", str(config), *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [*KEYD, "--config", str(config), *args], capture_output=True, text=True, timeout=120
+    )
 
 
-def test_a_role_without_grants_is_one_line_not_a_traceback(tmp_path: Path,
-                                                           no_grants_url: str) -> None:
+def test_a_role_without_grants_is_one_line_not_a_traceback(tmp_path: Path, no_grants_url: str) -> None:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     make_key_file(keys, user_id="svc-a", expires_at=datetime.now(UTC) + timedelta(days=90))

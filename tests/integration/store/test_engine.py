@@ -21,14 +21,33 @@ NEVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # docs/zitadel.md §1 se
 
 
 def a_key(key_id: str = "k1", expires_at: datetime | None = NEVER) -> Key:
-    return Key(key_id=key_id, kind="serviceaccount", principal="u1", algorithm="RS256",
-               fingerprint="f" * 64, expires_at=expires_at, content_hash="c" * 64,
-               status="active", first_seen=T0, last_seen=T0, updated_at=T0)
+    return Key(
+        key_id=key_id,
+        kind="serviceaccount",
+        principal="u1",
+        algorithm="RS256",
+        fingerprint="f" * 64,
+        expires_at=expires_at,
+        content_hash="c" * 64,
+        status="active",
+        first_seen=T0,
+        last_seen=T0,
+        updated_at=T0,
+    )
 
 
 def an_alert(threshold: str = "7d") -> Alert:
-    return Alert(about="key:k1", fingerprint="f" * 64, kind="expiring", threshold=threshold,
-                 severity="warning", created_at=T0, message_id="<m@keyd>", subject="s", context="{}")
+    return Alert(
+        about="key:k1",
+        fingerprint="f" * 64,
+        kind="expiring",
+        threshold=threshold,
+        severity="warning",
+        created_at=T0,
+        message_id="<m@keyd>",
+        subject="s",
+        context="{}",
+    )
 
 
 def test_datetimes_round_trip_as_aware_utc(migrated_engine: Engine) -> None:
@@ -124,6 +143,7 @@ def test_session_scope_rolls_back_on_error(migrated_engine: Engine) -> None:
 def test_sqlite_pragmas(tmp_path) -> None:
     with checked_engine(f"sqlite:///{tmp_path / 'deep' / 'dir' / 'keyd.db'}") as engine:
         with engine.connect() as connection:
+
             def pragma(name: str) -> object:
                 return connection.exec_driver_sql(f"PRAGMA {name}").scalar()
 
@@ -159,12 +179,10 @@ def test_postgres_sessions_are_utc_whatever_the_server_says() -> None:
         name = url.rsplit("/", 1)[1]
         with checked_engine(url) as engine:
             with engine.begin() as connection:
-                connection.exec_driver_sql(
-                    f"ALTER DATABASE {name} SET timezone TO 'America/New_York'")
+                connection.exec_driver_sql(f"ALTER DATABASE {name} SET timezone TO 'America/New_York'")
         with checked_engine(url) as engine, engine.connect() as connection:
             assert connection.exec_driver_sql("SHOW timezone").scalar() == "UTC"
-            noon = connection.exec_driver_sql(
-                "SELECT '2026-06-01 12:00:00+00'::timestamptz::text").scalar()
+            noon = connection.exec_driver_sql("SELECT '2026-06-01 12:00:00+00'::timestamptz::text").scalar()
             assert noon == "2026-06-01 12:00:00+00"
 
 

@@ -73,8 +73,7 @@ class Scripts:
 @pytest.fixture
 def scripts(tmp_path: Path) -> Iterator[Scripts]:
     location = tmp_path / "scripts"
-    shutil.copytree(migrate.script_location(), location,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(migrate.script_location(), location, ignore=shutil.ignore_patterns("__pycache__"))
     active = Scripts(location)
     yield active
     active.restore()
@@ -137,9 +136,7 @@ def test_ensure_current_rejects_older_schema(db_engine: Engine, scripts: Scripts
     assert "note" not in columns(db_engine, "state")
 
 
-def test_ensure_current_rejects_newer_schema(
-    db_engine: Engine, scripts: Scripts
-) -> None:
+def test_ensure_current_rejects_newer_schema(db_engine: Engine, scripts: Scripts) -> None:
     scripts.add_0002()
     migrate.upgrade(db_engine)  # a "newer keyd" migrated it to 0002
     scripts.restore()  # back to this keyd (head 0001)

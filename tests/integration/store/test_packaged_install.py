@@ -37,9 +37,10 @@ def build_wheel(tmp_path: Path) -> Path:
         (source / "README.md").write_text("keyd\n")  # pyproject names it
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(dist),
-         str(source)],
-        check=True, cwd=tmp_path, timeout=300,
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(dist), str(source)],
+        check=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     (wheel,) = dist.glob("keyd-*.whl")
     return wheel
@@ -51,9 +52,13 @@ def test_wheel_ships_migrations_and_upgrades_without_checkout(tmp_path: Path) ->
         names = set(archive.namelist())
         site = tmp_path / "site"
         archive.extractall(site)
-    for required in ("keyd/_migrations/env.py", "keyd/_migrations/script.py.mako",
-                     "keyd/_migrations/versions/0001_initial.py", "keyd/store/migrate.py",
-                     "keyd/py.typed"):
+    for required in (
+        "keyd/_migrations/env.py",
+        "keyd/_migrations/script.py.mako",
+        "keyd/_migrations/versions/0001_initial.py",
+        "keyd/store/migrate.py",
+        "keyd/py.typed",
+    ):
         assert required in names
     assert not any(n.startswith("alembic/") for n in names), "would shadow the alembic library"
 
@@ -64,14 +69,28 @@ def test_wheel_ships_migrations_and_upgrades_without_checkout(tmp_path: Path) ->
     db = tmp_path / "var" / "keyd.db"
 
     def keyd(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "keyd.cli", *argv], cwd=elsewhere, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "keyd.cli", *argv],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     where = subprocess.run(
-        [sys.executable, "-c",
-         "import keyd; from keyd.store import migrate; print(keyd.__file__); "
-         "print(migrate.script_location())"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, check=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import keyd; from keyd.store import migrate; print(keyd.__file__); "
+            "print(migrate.script_location())",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout.split()
     assert where == [str(site / "keyd" / "__init__.py"), str(site / "keyd" / "_migrations")]
 

@@ -25,13 +25,23 @@ NOW = datetime.now(UTC)
 def _seed(engine: Engine, keys: int = 3, days: int = 40) -> None:
     with Session(engine) as s, s.begin():
         for i in range(keys):
-            key = Key(key_id=f"k{i}", kind="serviceaccount", principal=f"u{i}", algorithm="ES256",
-                      fingerprint="f" * 64, content_hash="0", status="active", first_seen=NOW,
-                      last_seen=NOW, updated_at=NOW)
+            key = Key(
+                key_id=f"k{i}",
+                kind="serviceaccount",
+                principal=f"u{i}",
+                algorithm="ES256",
+                fingerprint="f" * 64,
+                content_hash="0",
+                status="active",
+                first_seen=NOW,
+                last_seen=NOW,
+                updated_at=NOW,
+            )
             s.add(key)
             s.flush()
-            s.add_all(Probe(key_pk=key.id, at=NOW - timedelta(days=d), outcome="ok")
-                      for d in range(days, 0, -1))
+            s.add_all(
+                Probe(key_pk=key.id, at=NOW - timedelta(days=d), outcome="ok") for d in range(days, 0, -1)
+            )
         s.add_all(Event(at=NOW - timedelta(days=d), kind="key.new") for d in (400, 380, 10))
 
 
@@ -40,27 +50,35 @@ def _count(engine: Engine, model: type) -> int:
         return int(s.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def test_prune_in_batches_keeps_each_keys_newest(migrated_engine: Engine,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prune_in_batches_keeps_each_keys_newest(
+    migrated_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _seed(migrated_engine)
     with Session(migrated_engine) as s, s.begin():  # one key only has old probes
         k0 = select(Key.id).where(Key.key_id == "k0").scalar_subquery()
         s.execute(delete(Probe).where(Probe.key_pk == k0, Probe.at > NOW - timedelta(days=35)))
     monkeypatch.setattr(prune, "BATCH", 7)  # several batches
-    report = prune.prune_history(migrated_engine, probes_before=NOW - timedelta(days=30),
-                                 events_before=NOW - timedelta(days=365))
+    report = prune.prune_history(
+        migrated_engine, probes_before=NOW - timedelta(days=30), events_before=NOW - timedelta(days=365)
+    )
     assert report.events == 2 and _count(migrated_engine, Event) == 1
     with Session(migrated_engine) as s:
-        left = dict(s.execute(select(Key.key_id, func.count(Probe.id))
-                              .join(Probe, Probe.key_pk == Key.id).group_by(Key.key_id)).all())
+        left = dict(
+            s.execute(
+                select(Key.key_id, func.count(Probe.id))
+                .join(Probe, Probe.key_pk == Key.id)
+                .group_by(Key.key_id)
+            ).all()
+        )
     assert left == {"k0": 1, "k1": 30, "k2": 30}  # k0's newest (35 days old) stays
     assert report.probes == 5 + 10 + 10
     if migrated_engine.dialect.name == "postgresql":
         assert report.vacuumed == ("probes", "events")
 
 
-def test_keyd_check_prunes_too(tmp_path: Path, db_url: str, migrated_engine: Engine,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_keyd_check_prunes_too(
+    tmp_path: Path, db_url: str, migrated_engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     config = write_config(tmp_path / "keyd.toml", db_url=db_url, keys=keys)

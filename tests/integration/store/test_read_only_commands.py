@@ -21,12 +21,19 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     return config, db
 
 
-@pytest.mark.parametrize(("args", "code"), [
-    (["db", "current"], 4), (["status"], 4), (["status", "--json"], 4),
-    (["config", "check"], 6), (["scan"], 4),
-])
-def test_looking_creates_nothing(setup: tuple[Path, Path], args: list[str], code: int,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["db", "current"], 4),
+        (["status"], 4),
+        (["status", "--json"], 4),
+        (["config", "check"], 6),
+        (["scan"], 4),
+    ],
+)
+def test_looking_creates_nothing(
+    setup: tuple[Path, Path], args: list[str], code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, db = setup
     assert main(["--config", str(config), *args]) == code
     captured = capsys.readouterr()
@@ -34,8 +41,9 @@ def test_looking_creates_nothing(setup: tuple[Path, Path], args: list[str], code
     assert not db.parent.exists()
 
 
-def test_upgrade_creates_and_then_current_reads(setup: tuple[Path, Path],
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_upgrade_creates_and_then_current_reads(
+    setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     config, db = setup
     assert main(["--config", str(config), "db", "upgrade"]) == 0
     assert db.is_file()

@@ -36,25 +36,40 @@ def key(issuer: IssuerServer, clock: FakeClock) -> MadeKey:
 
 
 def public_pem(key: MadeKey) -> str:
-    return key.private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        key.private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
-def sign(key: MadeKey, aud: Any, *, alg: str = "RS256", kid: str | None = None,
-         headers: dict[str, Any] | None = None, **claims: Any) -> str:
+def sign(
+    key: MadeKey,
+    aud: Any,
+    *,
+    alg: str = "RS256",
+    kid: str | None = None,
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
     """An assertion at T0 (iat now, exp +5 min); ``claims`` override (None drops)."""
-    body = {"iss": key.principal, "sub": key.principal, "aud": aud,
-            "iat": T0.timestamp(), "exp": T0.timestamp() + 300, **claims}
+    body = {
+        "iss": key.principal,
+        "sub": key.principal,
+        "aud": aud,
+        "iat": T0.timestamp(),
+        "exp": T0.timestamp() + 300,
+        **claims,
+    }
     body = {k: v for k, v in body.items() if v is not None}
     head = {"kid": key.key_id if kid is None else kid, **(headers or {})}
-    return jwt.encode(body, key.private_key, algorithm=alg,
-                      headers={k: v for k, v in head.items() if v})
+    return jwt.encode(body, key.private_key, algorithm=alg, headers={k: v for k, v in head.items() if v})
 
 
-def mint(client: httpx.Client, issuer: IssuerServer, assertion: str,
-         scope: str = "openid") -> httpx.Response:
-    return client.post(issuer.url + "/oauth/v2/token",
-                       data={"grant_type": GRANT, "assertion": assertion, "scope": scope})
+def mint(client: httpx.Client, issuer: IssuerServer, assertion: str, scope: str = "openid") -> httpx.Response:
+    return client.post(
+        issuer.url + "/oauth/v2/token", data={"grant_type": GRANT, "assertion": assertion, "scope": scope}
+    )
 
 
 def test_discovery_names_the_server_exactly(issuer: IssuerServer, client: httpx.Client) -> None:
@@ -66,11 +81,16 @@ def test_discovery_names_the_server_exactly(issuer: IssuerServer, client: httpx.
 
 
 @pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256"])
-def test_good_assertion_gets_a_token(issuer: IssuerServer, client: httpx.Client,
-                                     clock: FakeClock, alg: str) -> None:
+def test_good_assertion_gets_a_token(
+    issuer: IssuerServer, client: httpx.Client, clock: FakeClock, alg: str
+) -> None:
     key = make_key_file(None, alg=alg, register_with=issuer, expires_at=None)
-    response = mint(client, issuer, sign(key, [issuer.url, "other"], alg=alg),
-                    "openid urn:zitadel:iam:org:project:id:zitadel:aud")
+    response = mint(
+        client,
+        issuer,
+        sign(key, [issuer.url, "other"], alg=alg),
+        "openid urn:zitadel:iam:org:project:id:zitadel:aud",
+    )
     assert response.status_code == 200, issuer.rejections
     body = response.json()
     assert body["access_token"].startswith("zat_") and body["token_type"] == "Bearer"
@@ -99,8 +119,7 @@ REJECTED = {  # case: (claims overrides, expected reason fragment)
 @pytest.mark.parametrize("case", REJECTED)
 def test_claim_rules(issuer: IssuerServer, client: httpx.Client, key: MadeKey, case: str) -> None:
     overrides, reason = REJECTED[case]
-    overrides = {k: v.format(url=issuer.url) if isinstance(v, str) else v
-                 for k, v in overrides.items()}
+    overrides = {k: v.format(url=issuer.url) if isinstance(v, str) else v for k, v in overrides.items()}
     aud = overrides.pop("aud", issuer.url)
     response = mint(client, issuer, sign(key, aud, **overrides))
     assert (response.status_code, response.json()) == (400, NEW_STYLE)
@@ -110,8 +129,9 @@ def test_claim_rules(issuer: IssuerServer, client: httpx.Client, key: MadeKey, c
 
 def test_key_rules(issuer: IssuerServer, client: httpx.Client, key: MadeKey) -> None:
     other = make_key_file(None, register_with=issuer)
-    dying = make_key_file(None, user_id=key.principal, register_with=issuer,
-                          expires_at=T0 + timedelta(seconds=1))
+    dying = make_key_file(
+        None, user_id=key.principal, register_with=issuer, expires_at=T0 + timedelta(seconds=1)
+    )
     assert mint(client, issuer, sign(dying, issuer.url)).status_code == 200  # 1 s left: alive
     dead = make_key_file(None, user_id=key.principal, register_with=issuer, expires_at=T0)
     cases = {
@@ -130,14 +150,12 @@ def test_key_rules(issuer: IssuerServer, client: httpx.Client, key: MadeKey) -> 
     assert len(issuer.issued_tokens) == 1
 
 
-def test_scope_must_include_openid(issuer: IssuerServer, client: httpx.Client,
-                                   key: MadeKey) -> None:
+def test_scope_must_include_openid(issuer: IssuerServer, client: httpx.Client, key: MadeKey) -> None:
     response = mint(client, issuer, sign(key, issuer.url), scope="profile")
     assert response.status_code == 400 and response.json()["error"] == "invalid_scope"
 
 
-def test_old_zitadel_rejects_with_500(issuer: IssuerServer, client: httpx.Client,
-                                      key: MadeKey) -> None:
+def test_old_zitadel_rejects_with_500(issuer: IssuerServer, client: httpx.Client, key: MadeKey) -> None:
     issuer.reject_style = "500"
     response = mint(client, issuer, sign(key, issuer.url + "/"))
     assert (response.status_code, response.json()) == (500, OLD_STYLE)
@@ -145,8 +163,7 @@ def test_old_zitadel_rejects_with_500(issuer: IssuerServer, client: httpx.Client
 
 
 @pytest.mark.parametrize("mode", ["502", "503", "504", "garbage", "no_token", "oversized"])
-def test_fault_replies(issuer: IssuerServer, client: httpx.Client, key: MadeKey,
-                       mode: str) -> None:
+def test_fault_replies(issuer: IssuerServer, client: httpx.Client, key: MadeKey, mode: str) -> None:
     issuer.fail_next(2, mode)
     for _ in range(2):
         response = mint(client, issuer, sign(key, issuer.url))
@@ -162,8 +179,7 @@ def test_fault_replies(issuer: IssuerServer, client: httpx.Client, key: MadeKey,
     assert "access_token" not in mint(client, issuer, sign(key, issuer.url)).text
 
 
-def test_close_and_outage(issuer: IssuerServer, client: httpx.Client,
-                                    key: MadeKey) -> None:
+def test_close_and_outage(issuer: IssuerServer, client: httpx.Client, key: MadeKey) -> None:
     issuer.fail_next(1, "close")
     with pytest.raises(httpx.RemoteProtocolError):
         mint(client, issuer, sign(key, issuer.url))
@@ -182,8 +198,7 @@ def test_hang_delays_one_request_but_not_others(issuer: IssuerServer, key: MadeK
     def slow() -> None:
         with httpx.Client() as c:
             start = time.monotonic()
-            results.append((mint(c, issuer, sign(key, issuer.url)).status_code,
-                            time.monotonic() - start))
+            results.append((mint(c, issuer, sign(key, issuer.url)).status_code, time.monotonic() - start))
 
     thread = threading.Thread(target=slow)
     thread.start()
@@ -236,20 +251,25 @@ def test_concurrent_requests(issuer: IssuerServer, key: MadeKey) -> None:
 
 
 def test_introspection_authenticates_application_keys(
-        issuer: IssuerServer, client: httpx.Client, key: MadeKey) -> None:
+    issuer: IssuerServer, client: httpx.Client, key: MadeKey
+) -> None:
     app = make_key_file(None, kind="application", register_with=issuer)
     token = mint(client, issuer, sign(key, issuer.url)).json()["access_token"]
 
     def introspect(assertion: str, value: str) -> httpx.Response:
-        return client.post(issuer.url + "/oauth/v2/introspect", data={
-            "client_assertion_type": CLIENT_ASSERTION, "client_assertion": assertion,
-            "token": value})
+        return client.post(
+            issuer.url + "/oauth/v2/introspect",
+            data={"client_assertion_type": CLIENT_ASSERTION, "client_assertion": assertion, "token": value},
+        )
 
     assert introspect(sign(app, issuer.url), "zat_unknown").json() == {"active": False}
     active = introspect(sign(app, issuer.url), token).json()
     assert active["active"] is True and active["sub"] == key.principal
-    for bad in (sign(app, issuer.url + "/"), sign(key, issuer.url),
-                sign(app, issuer.url, exp=T0.timestamp() + 0.5)):
+    for bad in (
+        sign(app, issuer.url + "/"),
+        sign(key, issuer.url),
+        sign(app, issuer.url, exp=T0.timestamp() + 0.5),
+    ):
         response = introspect(bad, token)
         assert (response.status_code, response.json()["error"]) == (401, "invalid_client")
     app_grant = mint(client, issuer, sign(app, issuer.url))  # apps do not get user tokens
@@ -271,21 +291,31 @@ def test_key_files_match_zitadel(tmp_path: Path, issuer: IssuerServer) -> None:
 
 def test_standalone_admin_api_and_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.issuer", "--port", "0",
-                             "--state-file", str(state)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.issuer", "--port", "0", "--state-file", str(state)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         key = make_key_file(None)
-        spec = {"principal": key.principal, "key_id": key.key_id, "kind": "serviceaccount",
-                "public_key_pem": public_pem(key),
-                "expires_at": "2099-01-01T00:00:00Z"}
+        spec = {
+            "principal": key.principal,
+            "key_id": key.key_id,
+            "kind": "serviceaccount",
+            "public_key_pem": public_pem(key),
+            "expires_at": "2099-01-01T00:00:00Z",
+        }
         with httpx.Client() as c:
             assert c.post(url + "/_admin/keys", json=spec).status_code == 201
             now = time.time()
-            assertion = jwt.encode({"iss": key.principal, "sub": key.principal, "aud": url,
-                                    "iat": now, "exp": now + 60}, key.private_key, "RS256",
-                                   {"kid": key.key_id})
+            assertion = jwt.encode(
+                {"iss": key.principal, "sub": key.principal, "aud": url, "iat": now, "exp": now + 60},
+                key.private_key,
+                "RS256",
+                {"kid": key.key_id},
+            )
             data = {"grant_type": GRANT, "assertion": assertion, "scope": "openid"}
             assert c.post(url + "/oauth/v2/token", data=data).status_code == 200
             assert json.loads(state.read_text())["keys"][0]["key_id"] == key.key_id

@@ -27,8 +27,10 @@ MAX_EXPOSURE = 2.0
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: install the 'systemd' package "
-                    "(apt-get install -y systemd); these tests need it")
+        pytest.fail(
+            f"{name} is not installed: install the 'systemd' package "
+            "(apt-get install -y systemd); these tests need it"
+        )
     return path
 
 
@@ -48,15 +50,17 @@ def test_units_verify_without_warnings(tmp_path: Path) -> None:
         copies.append(str(copy))
     result = run(analyze, "verify", "--man=no", *copies, cwd=tmp_path)
     assert result.returncode == 0 and result.stderr == "" and result.stdout == "", (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
 
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_hardening_exposure(name: str) -> None:
     analyze = tool("systemd-analyze")
     # --threshold counts tenths: 20 = exposure 2.0
-    result = run(analyze, "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}",
-                 str(UNITS / name))
+    result = run(
+        analyze, "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}", str(UNITS / name)
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
@@ -82,8 +86,14 @@ def test_service_contract() -> None:
     """What keyd run relies on (daemon.py): notify, watchdog, HUP reload, a
     stop timeout above keyd's 20 s drain, no restart loop on exit 4."""
     text = (UNITS / "keyd.service").read_text()
-    for line in ("Type=notify", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "RestartPreventExitStatus=4", "WatchdogSec=60s", "TimeoutStopSec=30s"):
+    for line in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "RestartPreventExitStatus=4",
+        "WatchdogSec=60s",
+        "TimeoutStopSec=30s",
+    ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
 
 
@@ -94,7 +104,8 @@ def test_check_unit_counts_only_warning_as_success() -> None:
     from keyd.errors import EXIT_CRITICAL, EXIT_INTERNAL, EXIT_UNKNOWN, EXIT_WARNING
 
     text = (UNITS / "keyd-check.service").read_text()
-    codes = {int(code) for line in re.findall(r"^SuccessExitStatus=(.*)$", text, re.M)
-             for code in line.split()}
+    codes = {
+        int(code) for line in re.findall(r"^SuccessExitStatus=(.*)$", text, re.M) for code in line.split()
+    }
     assert codes == {EXIT_WARNING}
     assert not codes & {EXIT_CRITICAL, EXIT_UNKNOWN, EXIT_INTERNAL}

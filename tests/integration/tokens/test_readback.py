@@ -42,8 +42,13 @@ class CountingSession(requests.Session):
         super().__init__()
         self.calls: Counter[tuple[str, str]] = Counter()
 
-    def request(self, method: str | bytes, url: str | bytes,  # type: ignore[override]
-                *args: Any, **kwargs: Any) -> requests.Response:
+    def request(
+        self,
+        method: str | bytes,
+        url: str | bytes,  # type: ignore[override]
+        *args: Any,
+        **kwargs: Any,
+    ) -> requests.Response:
         path = urlsplit(str(url)).path.split("/")
         kind = path[3] if len(path) > 3 and path[2] == "secret" else "/".join(path[2:4])
         self.calls[(str(method).upper(), kind)] += 1
@@ -63,8 +68,12 @@ class World:
     listing: bool  # keyd's token may use the detailed-metadata listing
 
     def add_key(self, user_id: str) -> Any:
-        made = make_key_file(self.keydir, register_with=self.issuer, user_id=user_id,
-                             expires_at=self.clock.now() + timedelta(days=90))
+        made = make_key_file(
+            self.keydir,
+            register_with=self.issuer,
+            user_id=user_id,
+            expires_at=self.clock.now() + timedelta(days=90),
+        )
         add_key(self.engine, read_keyfile(made.path), ref=str(made.path), now=self.clock.now())
         return made
 
@@ -76,14 +85,17 @@ class World:
 
     def refresh_round(self) -> Any:
         """Move to the earliest refresh time and run; counts only that round."""
-        self.clock.set(min(s.next_refresh_at for s in store.all_sinks(self.engine)
-                           if s.next_refresh_at is not None) + timedelta(hours=1))
+        self.clock.set(
+            min(s.next_refresh_at for s in store.all_sinks(self.engine) if s.next_refresh_at is not None)
+            + timedelta(hours=1)
+        )
         self.session.calls.clear()
         return self.run()
 
 
-def _world(engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, prefix: str,
-           token: str | None = None) -> Iterator[World]:
+def _world(
+    engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, prefix: str, token: str | None = None
+) -> Iterator[World]:
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     issuer.now = clock.now
     client = IssuerClient(issuer.url, clock=clock, timeout=2.0)
@@ -92,12 +104,16 @@ def _world(engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, pref
     keydir = tmp_path / "keys"
     services = TokenServices(
         tokens=TokensConfig(mount="secret", path=f"{prefix}/tokens/{{principal}}"),
-        client=client, signer=AssertionSigner(clock), vault=vault, clock=clock,
+        client=client,
+        signer=AssertionSigner(clock),
+        vault=vault,
+        clock=clock,
         load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None, UTC),
-        policy=TokenPolicy(concurrency=4), rng=random.Random(5))
+        policy=TokenPolicy(concurrency=4),
+        rng=random.Random(5),
+    )
     try:
-        yield World(engine, bao, issuer, clock, services, session, keydir, prefix,
-                    listing=token is None)
+        yield World(engine, bao, issuer, clock, services, session, keydir, prefix, listing=token is None)
     finally:
         client.close()
         vault.close()
@@ -107,9 +123,13 @@ def _world(engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, pref
 def _no_list_token(bao: OpenBao, prefix: str) -> str:
     """A token whose policy can write and read the tokens but not list them."""
     name = f"keyd-nolist-{prefix}"
-    bao.write_policy(name, "\n".join(
-        f'path "secret/{area}/{prefix}/*" {{ capabilities = ["create", "update", "read"] }}'
-        for area in ("data", "metadata")))
+    bao.write_policy(
+        name,
+        "\n".join(
+            f'path "secret/{area}/{prefix}/*" {{ capabilities = ["create", "update", "read"] }}'
+            for area in ("data", "metadata")
+        ),
+    )
     return bao.create_token([name])
 
 
@@ -120,8 +140,9 @@ def world(migrated_engine, openbao, issuer, tmp_path, kv_prefix) -> Iterator[Wor
 
 @pytest.fixture
 def nolist(migrated_engine, openbao, issuer, tmp_path, kv_prefix) -> Iterator[World]:
-    yield from _world(migrated_engine, openbao, issuer, tmp_path, kv_prefix,
-                      token=_no_list_token(openbao, kv_prefix))
+    yield from _world(
+        migrated_engine, openbao, issuer, tmp_path, kv_prefix, token=_no_list_token(openbao, kv_prefix)
+    )
 
 
 def _versions_match(world: World) -> None:
@@ -136,8 +157,7 @@ def test_refresh_round_is_one_write_per_sink_and_one_listing_per_folder(world):
     assert world.run().counts() == {"written": 3}
     report = world.refresh_round()
     assert report.counts() == {"written": 3}
-    assert world.session.calls == Counter({("POST", "data"): 3,
-                                           ("LIST", "detailed-metadata"): 1})
+    assert world.session.calls == Counter({("POST", "data"): 3, ("LIST", "detailed-metadata"): 1})
     assert all(s.vault_version == 2 for s in store.all_sinks(world.engine))
     _versions_match(world)
 
@@ -172,8 +192,8 @@ def test_write_by_someone_else_before_read_back_is_a_conflict(either):
     [result] = world.refresh_round().results
     assert result.outcome == "conflict" and "someone else" in result.message
     secret = world.bao.client.secrets.kv.v2.read_secret_version(
-        path=world.path(made.principal), mount_point="secret",
-        raise_on_deleted_version=True)["data"]
+        path=world.path(made.principal), mount_point="secret", raise_on_deleted_version=True
+    )["data"]
     assert secret["data"] == {"access_token": "someone-else"}
     assert secret["metadata"]["version"] == 3
     [sink] = store.all_sinks(world.engine)

@@ -64,31 +64,35 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_sigkill_after_write_is_repaired(migrated_engine, db_url, openbao, issuer, tmp_path,
-                                         kv_prefix):
+def test_sigkill_after_write_is_repaired(migrated_engine, db_url, openbao, issuer, tmp_path, kv_prefix):
     clock = SystemClock()
     keydir = tmp_path / "keys"
-    made = make_key_file(keydir, register_with=issuer,
-                         expires_at=clock.now() + timedelta(days=30))
+    made = make_key_file(keydir, register_with=issuer, expires_at=clock.now() + timedelta(days=30))
     add_key(migrated_engine, read_keyfile(made.path), ref=str(made.path), now=clock.now())
     template = f"{kv_prefix}/tokens/{{principal}}"
     root = Path(__file__).resolve().parents[3]
     child = subprocess.run(
         [sys.executable, "-c", CHILD, db_url, issuer.url, openbao.addr, str(keydir), template],
-        cwd=root, env={**os.environ, "T_TOKEN": openbao.root_token, "PYTHONPATH": str(root)},
-        capture_output=True, text=True, timeout=60)
+        cwd=root,
+        env={**os.environ, "T_TOKEN": openbao.root_token, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     [sink] = store.all_sinks(migrated_engine)
     assert sink.vault_version is None and sink.state == "pending"  # nothing recorded
     path = f"{kv_prefix}/tokens/{made.principal}"
     assert openbao.kv_metadata(path)["current_version"] == 1  # but the write happened
-    with IssuerClient(issuer.url, clock=clock) as client, \
-            VaultClient(openbao.vault_config(), clock) as vault:
+    with IssuerClient(issuer.url, clock=clock) as client, VaultClient(openbao.vault_config(), clock) as vault:
         services = TokenServices(
-            tokens=TokensConfig(path=template), client=client, signer=AssertionSigner(clock),
-            vault=vault, clock=clock,
-            load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None,
-                                     clock.now().tzinfo))  # type: ignore[arg-type]
+            tokens=TokensConfig(path=template),
+            client=client,
+            signer=AssertionSigner(clock),
+            vault=vault,
+            clock=clock,
+            load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None, clock.now().tzinfo),
+        )  # type: ignore[arg-type]
         [result] = refresh_tokens(migrated_engine, services, clock.now()).results
     assert result.outcome == "kept" and result.vault_version == 1
     [sink] = store.all_sinks(migrated_engine)

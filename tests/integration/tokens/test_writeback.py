@@ -36,8 +36,9 @@ PEM = "PRIVATE KEY"
 def keyd_side_logs(caplog: Any) -> str:
     """Every log line of the run except the test issuer's own (it is the
     server: it knows the tokens it issues and Authlib logs them)."""
-    return "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records
-                     if not r.name.startswith(("authlib", "tests.")))
+    return "\n".join(
+        f"{r.name} {r.getMessage()}" for r in caplog.records if not r.name.startswith(("authlib", "tests."))
+    )
 
 
 @dataclass
@@ -51,8 +52,9 @@ class World:
     prefix: str
 
     def add_key(self, **kw: Any) -> Any:
-        made = make_key_file(self.keydir, register_with=self.issuer,
-                             expires_at=self.clock.now() + timedelta(days=90), **kw)
+        made = make_key_file(
+            self.keydir, register_with=self.issuer, expires_at=self.clock.now() + timedelta(days=90), **kw
+        )
         add_key(self.engine, read_keyfile(made.path), ref=str(made.path), now=self.clock.now())
         return made
 
@@ -61,7 +63,8 @@ class World:
 
     def secret(self, principal: str) -> dict[str, Any]:
         resp = self.bao.client.secrets.kv.v2.read_secret_version(
-            path=self.path(principal), mount_point="secret", raise_on_deleted_version=True)
+            path=self.path(principal), mount_point="secret", raise_on_deleted_version=True
+        )
         return dict(resp["data"])
 
     def run(self, **kw: Any) -> Any:
@@ -75,8 +78,9 @@ class World:
 HOOK = "http://127.0.0.1:9/services/T000/B000/hook-secret-XYZ"  # a Slack-style secret path
 
 
-def _world(engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, prefix: str,
-           **tokens: Any) -> Iterator[World]:
+def _world(
+    engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, prefix: str, **tokens: Any
+) -> Iterator[World]:
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     issuer.now = clock.now
     client = IssuerClient(issuer.url, clock=clock, timeout=2.0)
@@ -84,10 +88,16 @@ def _world(engine: Any, bao: OpenBao, issuer: IssuerServer, tmp_path: Path, pref
     keydir = tmp_path / "keys"
     cfg = TokensConfig(mount="secret", path=f"{prefix}/tokens/{{principal}}", **tokens)
     services = TokenServices(
-        tokens=cfg, client=client, signer=AssertionSigner(clock), vault=vault, clock=clock,
+        tokens=cfg,
+        client=client,
+        signer=AssertionSigner(clock),
+        vault=vault,
+        clock=clock,
         load_key=make_key_loader([DirectorySourceConfig("dir", keydir)], None, UTC),
-        policy=TokenPolicy(concurrency=4), rng=random.Random(3),
-        alerts=AlertsConfig(webhook=WebhookConfig(HOOK)))
+        policy=TokenPolicy(concurrency=4),
+        rng=random.Random(3),
+        alerts=AlertsConfig(webhook=WebhookConfig(HOOK)),
+    )
     try:
         yield World(engine, bao, issuer, clock, services, keydir, prefix)
     finally:
@@ -108,8 +118,7 @@ def test_writes_fresh_token_marked_and_versioned(world):
     data, meta = secret["data"], secret["metadata"]
     assert data["access_token"].startswith("zat_") and data["token_type"] == "Bearer"
     assert data["key_id"] == made.key_id and "openid" in data["scope"]
-    assert set(data) == {"access_token", "token_type", "expires_at", "issued_at", "key_id",
-                         "scope"}
+    assert set(data) == {"access_token", "token_type", "expires_at", "issued_at", "key_id", "scope"}
     assert meta["custom_metadata"] == {"managed-by": "keyd", "key-id": made.key_id}
     sink = world.sink()
     assert sink.vault_version == meta["version"] == 1 and sink.state == "ok"
@@ -273,26 +282,31 @@ def test_vault_sealed_mid_run(migrated_engine, openbao_fresh, issuer, tmp_path, 
 
 @pytest.fixture
 def filesink(migrated_engine, openbao, issuer, tmp_path, kv_prefix) -> Iterator[World]:
-    yield from _world(migrated_engine, openbao, issuer, tmp_path, kv_prefix,
-                      file_dir=tmp_path / "tokens")
+    yield from _world(migrated_engine, openbao, issuer, tmp_path, kv_prefix, file_dir=tmp_path / "tokens")
 
 
 def test_file_sink_is_0600_and_matches_vault(filesink):
     import json
+
     world = filesink
     made = world.add_key()
     world.run()
     path = Path(world.sink().file_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert json.loads(path.read_text())["access_token"] == \
-        world.secret(made.principal)["data"]["access_token"]
+    assert (
+        json.loads(path.read_text())["access_token"] == world.secret(made.principal)["data"]["access_token"]
+    )
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
 
 
 def test_selectors_and_rotation_pick_one_key_per_path(world):
     old = world.add_key(user_id="svc-a")
-    new = make_key_file(world.keydir, user_id="svc-a", register_with=world.issuer,
-                        expires_at=world.clock.now() + timedelta(days=400))
+    new = make_key_file(
+        world.keydir,
+        user_id="svc-a",
+        register_with=world.issuer,
+        expires_at=world.clock.now() + timedelta(days=400),
+    )
     add_key(world.engine, read_keyfile(new.path), ref=str(new.path), now=world.clock.now())
     world.add_key(user_id="svc-b")
     world.services.tokens = replace(world.services.tokens, principals=("svc-a",))
@@ -329,6 +343,7 @@ def test_a_failed_token_file_write_is_retried_soon(filesink):
     full or permissions alike): the sink is failed, not ok, and due again
     within the retry backoff, not at 2/3 of the token's lifetime."""
     import json
+
     world = filesink
     made = world.add_key()
     file_dir = world.keydir.parent / "tokens"
@@ -347,5 +362,6 @@ def test_a_failed_token_file_write_is_retried_soon(filesink):
     world.clock.set(sink.next_refresh_at)
     assert world.run().counts() == {"written": 1}
     assert world.sink().state == "ok"
-    assert json.loads(path.read_text())["access_token"] == \
-        world.secret(made.principal)["data"]["access_token"]
+    assert (
+        json.loads(path.read_text())["access_token"] == world.secret(made.principal)["data"]["access_token"]
+    )

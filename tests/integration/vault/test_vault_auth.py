@@ -30,15 +30,16 @@ def reader(openbao: OpenBao, kv_prefix: str) -> str:
 
 
 def test_token_auth_reads_with_the_given_token(
-        openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str) -> None:
+    openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str
+) -> None:
     token = openbao.create_token([reader], ttl="1h")
     with VaultClient(openbao.vault_config(token), clock) as client:
         assert client.list_recursive("secret", kv_prefix) == [f"{kv_prefix}/k"]
 
 
 def test_token_is_renewed_when_a_third_of_its_ttl_is_left(
-        openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     token = openbao.create_token([reader], ttl="90s")
     with VaultClient(openbao.vault_config(token), clock) as client:
@@ -58,8 +59,8 @@ def test_token_is_renewed_when_a_third_of_its_ttl_is_left(
 
 
 def test_unrenewable_token_warns_then_fails_clearly_once_expired(
-        openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     token = openbao.create_token([reader], ttl="90s", renewable=False)
     with VaultClient(openbao.vault_config(token), clock) as client:
         client.ensure_token()
@@ -81,7 +82,8 @@ def test_unrenewable_token_warns_then_fails_clearly_once_expired(
 
 
 def test_revoked_token_with_token_auth_fails_with_a_clear_message(
-        openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str) -> None:
+    openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str
+) -> None:
     token = openbao.create_token([reader])
     with VaultClient(openbao.vault_config(token), clock) as client:
         client.ensure_token()
@@ -99,16 +101,23 @@ def test_wrong_token_is_refused_up_front(openbao: OpenBao, clock: FakeClock) -> 
     assert "s.not-a-token" not in str(failed.value)
 
 
-def approle_client(openbao: OpenBao, clock: FakeClock, policy: str, *,
-                   token_ttl: str = "1h", secret_id: str | None = None) -> VaultClient:
+def approle_client(
+    openbao: OpenBao, clock: FakeClock, policy: str, *, token_ttl: str = "1h", secret_id: str | None = None
+) -> VaultClient:
     role_id, real_secret_id = openbao.create_approle(f"keyd-{policy}", [policy], token_ttl)
-    cfg = replace(openbao.vault_config(), auth="approle", token=None, role_id=Secret(role_id),
-                  secret_id=Secret(secret_id or real_secret_id))
+    cfg = replace(
+        openbao.vault_config(),
+        auth="approle",
+        token=None,
+        role_id=Secret(role_id),
+        secret_id=Secret(secret_id or real_secret_id),
+    )
     return VaultClient(cfg, clock)
 
 
-def test_approle_login_reads(openbao: OpenBao, clock: FakeClock, reader: str,
-                             kv_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_approle_login_reads(
+    openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     with approle_client(openbao, clock, reader) as client:
         secret = client.read("secret", f"{kv_prefix}/k")
@@ -117,8 +126,8 @@ def test_approle_login_reads(openbao: OpenBao, clock: FakeClock, reader: str,
 
 
 def test_approle_logs_in_again_when_its_token_is_revoked(
-        openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    openbao: OpenBao, clock: FakeClock, reader: str, kv_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     with approle_client(openbao, clock, reader) as client:
         client.ensure_token()
@@ -136,18 +145,15 @@ def test_approle_logs_in_again_when_its_token_is_revoked(
     assert "renewal of keyd's token was refused" in caplog.text
 
 
-def test_approle_with_a_bad_secret_id_fails_clearly(
-        openbao: OpenBao, clock: FakeClock, reader: str) -> None:
+def test_approle_with_a_bad_secret_id_fails_clearly(openbao: OpenBao, clock: FakeClock, reader: str) -> None:
     with approle_client(openbao, clock, reader, secret_id="wrong-secret-id") as client:
         with pytest.raises(VaultAuthFailed) as failed:
             client.ensure_token()
     assert "AppRole" in str(failed.value) and "wrong-secret-id" not in str(failed.value)
 
 
-
 @pytest.mark.slow
-def test_real_short_ttl_token_is_really_renewed(
-        openbao: OpenBao, reader: str, kv_prefix: str) -> None:
+def test_real_short_ttl_token_is_really_renewed(openbao: OpenBao, reader: str, kv_prefix: str) -> None:
     """The one real-time check (one 2 s sleep): with the system clock, a 3 s
     token is renewed before it dies and OpenBao grants it a fresh TTL."""
     clock = SystemClock()

@@ -15,14 +15,20 @@ pytestmark = pytest.mark.openbao
 
 
 def test_list_recursive_returns_paths_relative_to_the_mount(
-        openbao: OpenBao, root_client: VaultClient, kv_prefix: str) -> None:
+    openbao: OpenBao, root_client: VaultClient, kv_prefix: str
+) -> None:
     for path in ("a", "team/b", "team/deep/c"):
         openbao.kv_put(f"{kv_prefix}/{path}", {"x": "1"})
 
     assert root_client.list_recursive("secret", kv_prefix) == [
-        f"{kv_prefix}/a", f"{kv_prefix}/team/b", f"{kv_prefix}/team/deep/c"]
+        f"{kv_prefix}/a",
+        f"{kv_prefix}/team/b",
+        f"{kv_prefix}/team/deep/c",
+    ]
     assert root_client.list_recursive("secret", f"/{kv_prefix}/team/") == [
-        f"{kv_prefix}/team/b", f"{kv_prefix}/team/deep/c"]
+        f"{kv_prefix}/team/b",
+        f"{kv_prefix}/team/deep/c",
+    ]
 
 
 def test_missing_prefix_lists_nothing(root_client: VaultClient, kv_prefix: str) -> None:
@@ -31,7 +37,8 @@ def test_missing_prefix_lists_nothing(root_client: VaultClient, kv_prefix: str) 
 
 
 def test_list_versions_gives_current_versions(
-        openbao: OpenBao, root_client: VaultClient, kv_prefix: str) -> None:
+    openbao: OpenBao, root_client: VaultClient, kv_prefix: str
+) -> None:
     openbao.kv_put(f"{kv_prefix}/a", {"x": "1"})
     openbao.kv_put(f"{kv_prefix}/a", {"x": "2"})
     openbao.kv_put(f"{kv_prefix}/sub/b", {"x": "1"})
@@ -57,7 +64,8 @@ def test_read_and_metadata(openbao: OpenBao, root_client: VaultClient, kv_prefix
 
 
 def test_absent_and_deleted_secrets_read_as_none(
-        openbao: OpenBao, root_client: VaultClient, clock: FakeClock, kv_prefix: str) -> None:
+    openbao: OpenBao, root_client: VaultClient, clock: FakeClock, kv_prefix: str
+) -> None:
     assert root_client.read("secret", f"{kv_prefix}/never") is None
     assert root_client.read_metadata("secret", f"{kv_prefix}/never") is None
 
@@ -76,7 +84,8 @@ def test_absent_and_deleted_secrets_read_as_none(
 
 
 def test_write_cas_create_update_and_conflict(
-        openbao: OpenBao, root_client: VaultClient, kv_prefix: str) -> None:
+    openbao: OpenBao, root_client: VaultClient, kv_prefix: str
+) -> None:
     path = f"{kv_prefix}/token"
 
     assert root_client.write_cas("secret", path, {"v": "1"}, cas=0) == 1
@@ -94,12 +103,15 @@ def test_write_cas_create_update_and_conflict(
 
 
 def test_custom_metadata_round_trip_keeps_other_settings(
-        openbao: OpenBao, root_client: VaultClient, kv_prefix: str) -> None:
+    openbao: OpenBao, root_client: VaultClient, kv_prefix: str
+) -> None:
     path = f"{kv_prefix}/managed"
-    root_client.write_cas("secret", path, {"v": "1"}, cas=0,
-                          custom_metadata={"managed-by": "keyd", "key-id": "123"})
-    openbao.client.secrets.kv.v2.update_metadata(path=path, max_versions=7, mount_point="secret",
-                                                 delete_version_after="0s")
+    root_client.write_cas(
+        "secret", path, {"v": "1"}, cas=0, custom_metadata={"managed-by": "keyd", "key-id": "123"}
+    )
+    openbao.client.secrets.kv.v2.update_metadata(
+        path=path, max_versions=7, mount_point="secret", delete_version_after="0s"
+    )
 
     root_client.write_metadata("secret", path, {"managed-by": "keyd", "key-id": "456"})
 
@@ -111,34 +123,34 @@ def test_custom_metadata_round_trip_keeps_other_settings(
 
 
 def test_create_never_marks_someone_else_s_secret(
-        openbao: OpenBao, root_client: VaultClient, kv_prefix: str) -> None:
+    openbao: OpenBao, root_client: VaultClient, kv_prefix: str
+) -> None:
     path = f"{kv_prefix}/theirs"
     openbao.kv_put(path, {"owner": "them"})
     root_client.write_metadata("secret", path, {"owner": "team-x"})
 
     with pytest.raises(VaultConflict):
-        root_client.write_cas("secret", path, {"v": "1"}, cas=0,
-                              custom_metadata={"managed-by": "keyd"})
+        root_client.write_cas("secret", path, {"v": "1"}, cas=0, custom_metadata={"managed-by": "keyd"})
 
     meta = root_client.read_metadata("secret", path)
     assert meta is not None and meta.custom_metadata == {"owner": "team-x"}
     assert meta.current_version == 1
 
 
-def test_create_after_a_crash_between_metadata_and_data(
-        root_client: VaultClient, kv_prefix: str) -> None:
+def test_create_after_a_crash_between_metadata_and_data(root_client: VaultClient, kv_prefix: str) -> None:
     path = f"{kv_prefix}/half"
     root_client.write_metadata("secret", path, {"managed-by": "keyd"})  # the crash left this
 
-    assert root_client.write_cas("secret", path, {"v": "1"}, cas=0,
-                                 custom_metadata={"managed-by": "keyd"}) == 1
+    assert (
+        root_client.write_cas("secret", path, {"v": "1"}, cas=0, custom_metadata={"managed-by": "keyd"}) == 1
+    )
     secret = root_client.read("secret", path)
     assert secret is not None and secret.custom_metadata == {"managed-by": "keyd"}
 
 
 def test_denied_path_is_vault_denied_naming_it(
-        openbao: OpenBao, clock: FakeClock, kv_prefix: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    openbao: OpenBao, clock: FakeClock, kv_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     openbao.kv_put(f"{kv_prefix}/ok", {"x": "1"})
     openbao.kv_put(f"{kv_prefix}/secret-one", {"x": "1"})

@@ -55,13 +55,14 @@ def client(openbao: OpenBao, clock: FakeClock) -> Iterator[CountingClient]:
         yield c
 
 
-def test_both_layouts_and_nested_folders(
-        openbao: OpenBao, client: CountingClient, kv_prefix: str) -> None:
+def test_both_layouts_and_nested_folders(openbao: OpenBao, client: CountingClient, kv_prefix: str) -> None:
     openbao.kv_put(f"{kv_prefix}/fields", keyfile_doc("k-fields", "u1"))
     openbao.kv_put(f"{kv_prefix}/json", {"keyfile": json.dumps(keyfile_doc("k-json", "u2"))})
     openbao.kv_put(f"{kv_prefix}/object", {"keyfile": keyfile_doc("k-obj", "u3")})
-    openbao.kv_put(f"{kv_prefix}/team/deep/app",
-                   {"zitadel": json.dumps(keyfile_doc("k-app", "client-4", kind="application"))})
+    openbao.kv_put(
+        f"{kv_prefix}/team/deep/app",
+        {"zitadel": json.dumps(keyfile_doc("k-app", "client-4", kind="application"))},
+    )
     source = VaultSource(source_cfg(kv_prefix), client)
     custom = VaultSource(source_cfg(kv_prefix, field="zitadel"), client)
 
@@ -69,7 +70,10 @@ def test_both_layouts_and_nested_folders(
     app = by_path(custom.scan({}), kv_prefix)["team/deep/app"]
 
     assert {name: c.keyfile.key_id for name, c in found.items() if c.keyfile} == {
-        "fields": "k-fields", "json": "k-json", "object": "k-obj"}
+        "fields": "k-fields",
+        "json": "k-json",
+        "object": "k-obj",
+    }
     assert found["fields"].version == 1 and found["fields"].ref == f"secret/{kv_prefix}/fields"
     assert found["fields"].keyfile is not None
     assert found["fields"].keyfile.source == f"vault:secret/{kv_prefix}/fields"
@@ -85,8 +89,10 @@ ODD: dict[str, tuple[dict[str, Any], str]] = {
     "not-json": ({"keyfile": "{not json"}, "not valid JSON"),
     "binary": ({"keyfile": base64.b64encode(os.urandom(64)).decode()}, "not valid JSON"),
     "nested": ({"keyfile": {"a": {"b": {"c": [1, {"d": None}]}}}}, "missing field 'type'"),
-    "bad-pem": ({"type": "serviceaccount", "keyId": "k", "userId": "u", "key": "garbage"},
-                "not a PEM private key"),
+    "bad-pem": (
+        {"type": "serviceaccount", "keyId": "k", "userId": "u", "key": "garbage"},
+        "not a PEM private key",
+    ),
     "json-list": ({"keyfile": "[1, 2]"}, "expected a JSON object"),
     "huge": ({"keyfile": "x" * (1 << 20) + "y"}, "limit"),
     "weird-types": ({"type": ["serviceaccount"], "keyId": 1}, "must be a string"),
@@ -94,8 +100,8 @@ ODD: dict[str, tuple[dict[str, Any], str]] = {
 
 
 def test_odd_data_is_invalid_with_a_clear_message_never_a_crash(
-        openbao: OpenBao, client: CountingClient, kv_prefix: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    openbao: OpenBao, client: CountingClient, kv_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     for name, (data, _) in ODD.items():
         openbao.kv_put(f"{kv_prefix}/{name}", data)
@@ -114,7 +120,8 @@ def test_odd_data_is_invalid_with_a_clear_message_never_a_crash(
 
 
 def test_unchanged_versions_are_not_read_again(
-        openbao: OpenBao, client: CountingClient, kv_prefix: str) -> None:
+    openbao: OpenBao, client: CountingClient, kv_prefix: str
+) -> None:
     for i in range(3):
         openbao.kv_put(f"{kv_prefix}/k{i}", keyfile_doc(f"k{i}"))
     source = VaultSource(source_cfg(kv_prefix), client)
@@ -137,7 +144,8 @@ def test_unchanged_versions_are_not_read_again(
 
 
 def test_without_detailed_listing_a_known_secret_costs_one_metadata_read(
-        openbao: OpenBao, clock: FakeClock, kv_prefix: str) -> None:
+    openbao: OpenBao, clock: FakeClock, kv_prefix: str
+) -> None:
     openbao.kv_put(f"{kv_prefix}/a", keyfile_doc("a"))
     openbao.kv_put(f"{kv_prefix}/b", keyfile_doc("b"))
     openbao.write_policy(f"plain-{kv_prefix}", kv_policy(kv_prefix, detailed=False))
@@ -152,12 +160,12 @@ def test_without_detailed_listing_a_known_secret_costs_one_metadata_read(
         again = source.scan(known)
 
     assert all(c.unchanged for c in again.candidates) and len(again.candidates) == 2
-    assert client.reads == [] and sorted(client.metadata_reads) == [f"{kv_prefix}/a",
-                                                                    f"{kv_prefix}/b"]
+    assert client.reads == [] and sorted(client.metadata_reads) == [f"{kv_prefix}/a", f"{kv_prefix}/b"]
 
 
-def test_deleted_secret_disappears(openbao: OpenBao, client: CountingClient,
-                                   clock: FakeClock, kv_prefix: str) -> None:
+def test_deleted_secret_disappears(
+    openbao: OpenBao, client: CountingClient, clock: FakeClock, kv_prefix: str
+) -> None:
     openbao.kv_put(f"{kv_prefix}/a", keyfile_doc("a"))
     openbao.kv_put(f"{kv_prefix}/b", keyfile_doc("b"))
     source = VaultSource(source_cfg(kv_prefix), client)
@@ -173,7 +181,8 @@ def test_deleted_secret_disappears(openbao: OpenBao, client: CountingClient,
 
 
 def test_one_denied_secret_is_that_location_s_error(
-        openbao: OpenBao, clock: FakeClock, kv_prefix: str) -> None:
+    openbao: OpenBao, clock: FakeClock, kv_prefix: str
+) -> None:
     for name in ("a", "denied", "z"):
         openbao.kv_put(f"{kv_prefix}/{name}", keyfile_doc(name))
     openbao.write_policy(f"part-{kv_prefix}", kv_policy(kv_prefix, deny=("denied",)))
@@ -188,8 +197,7 @@ def test_one_denied_secret_is_that_location_s_error(
     assert "permission denied" in error.problem
 
 
-def test_denied_listing_fails_the_whole_source(
-        openbao: OpenBao, clock: FakeClock, kv_prefix: str) -> None:
+def test_denied_listing_fails_the_whole_source(openbao: OpenBao, clock: FakeClock, kv_prefix: str) -> None:
     openbao.kv_put(f"{kv_prefix}/a", keyfile_doc("a"))
     openbao.write_policy(f"nolist-{kv_prefix}", kv_policy(kv_prefix, list_allowed=False))
     token = openbao.create_token([f"nolist-{kv_prefix}"])
@@ -200,8 +208,7 @@ def test_denied_listing_fails_the_whole_source(
     assert f"secret/{kv_prefix}" in str(denied.value)
 
 
-def test_dead_token_fails_the_whole_source(
-        openbao: OpenBao, clock: FakeClock, kv_prefix: str) -> None:
+def test_dead_token_fails_the_whole_source(openbao: OpenBao, clock: FakeClock, kv_prefix: str) -> None:
     openbao.kv_put(f"{kv_prefix}/a", keyfile_doc("a"))
     openbao.write_policy(f"r-{kv_prefix}", kv_policy(kv_prefix))
     token = openbao.create_token([f"r-{kv_prefix}"])

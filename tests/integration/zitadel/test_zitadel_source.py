@@ -170,12 +170,16 @@ def test_daemon_reads_a_zitadel_source_on_its_own_interval(world: World) -> None
         apis = zitadel_key_apis(config, issuer, world.clock)
         try:
             world.clock.advance(timedelta(minutes=59))
-            names = [s.source for s in scan_all(config, world.engine, world.clock,
-                                                key_apis=apis, due_only=True).sources]
+            names = [
+                s.source
+                for s in scan_all(config, world.engine, world.clock, key_apis=apis, due_only=True).sources
+            ]
             assert names == ["files"] and len(world.issuer.key_api.calls) == calls
             world.clock.advance(timedelta(minutes=1))
-            names = [s.source for s in scan_all(config, world.engine, world.clock,
-                                                key_apis=apis, due_only=True).sources]
+            names = [
+                s.source
+                for s in scan_all(config, world.engine, world.clock, key_apis=apis, due_only=True).sources
+            ]
             assert names == ["files", "zitadel"] and len(world.issuer.key_api.calls) > calls
         finally:
             for api in apis.values():
@@ -183,7 +187,8 @@ def test_daemon_reads_a_zitadel_source_on_its_own_interval(world: World) -> None
 
 
 def test_no_access_token_or_key_material_in_logs_or_database(
-        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("DEBUG")
     user = world.user()
     world.held(user)
@@ -195,9 +200,11 @@ def test_no_access_token_or_key_material_in_logs_or_database(
     from sqlalchemy import text
 
     with world.engine.connect() as conn:
-        stored = " ".join(str(row) for table in ("events", "source_states", "keys",
-                                                 "key_locations", "probes")
-                          for row in conn.execute(text(f"SELECT * FROM {table}")))  # noqa: S608
+        stored = " ".join(
+            str(row)
+            for table in ("events", "source_states", "keys", "key_locations", "probes")
+            for row in conn.execute(text(f"SELECT * FROM {table}"))
+        )  # noqa: S608
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("keyd"))
     assert "ZITADEL unavailable" in logged or "503" in logged
     for token in world.issuer.issued_tokens:  # ... and never written anywhere by keyd

@@ -19,21 +19,44 @@ from keyd.store.engine import make_engine
 from keyd.store.models import Alert, Base, Delivery, Key, KeyLocation
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
-EMAIL = EmailConfig(host="h", from_addr="k@x", to=("ops@x",),
-                    routes=(("u1", ("team@x", "OPS@x")), ("dir", ("keys@x",))))
+EMAIL = EmailConfig(
+    host="h", from_addr="k@x", to=("ops@x",), routes=(("u1", ("team@x", "OPS@x")), ("dir", ("keys@x",)))
+)
 CONFIG = Config(alerts=AlertsConfig(email=EMAIL, webhook=WebhookConfig(url="https://h.x/s/t")))
 
 
-def _key(engine: Engine, key_id: str = "k1", principal: str = "u1",
-         expires_at: datetime | None = NOW + timedelta(days=2)) -> None:
+def _key(
+    engine: Engine,
+    key_id: str = "k1",
+    principal: str = "u1",
+    expires_at: datetime | None = NOW + timedelta(days=2),
+) -> None:
     with store.transaction(engine) as s:
-        key = Key(key_id=key_id, kind="serviceaccount", principal=principal, algorithm="RS256",
-                  fingerprint=key_id * 4, expires_at=expires_at, content_hash="0",
-                  status="active", first_seen=NOW, last_seen=NOW, updated_at=NOW)
+        key = Key(
+            key_id=key_id,
+            kind="serviceaccount",
+            principal=principal,
+            algorithm="RS256",
+            fingerprint=key_id * 4,
+            expires_at=expires_at,
+            content_hash="0",
+            status="active",
+            first_seen=NOW,
+            last_seen=NOW,
+            updated_at=NOW,
+        )
         s.add(key)
         s.flush()
-        s.add(KeyLocation(source="dir", ref=f"/k/{key_id}.json", key_pk=key.id,
-                          status="present", first_seen=NOW, last_seen=NOW))
+        s.add(
+            KeyLocation(
+                source="dir",
+                ref=f"/k/{key_id}.json",
+                key_pk=key.id,
+                status="present",
+                first_seen=NOW,
+                last_seen=NOW,
+            )
+        )
 
 
 def _count(engine: Engine, model: type) -> int:
@@ -42,8 +65,10 @@ def _count(engine: Engine, model: type) -> int:
 
 
 def test_message_id_is_deterministic() -> None:
-    assert message_id("key:2891\r\nBcc: x", "expiring", "7d@2027-01-01T00:00:00Z") == \
-        "<alert-key-2891-bcc-x-expiring-7d-2027-01-01t00-00-00z@keyd>"
+    assert (
+        message_id("key:2891\r\nBcc: x", "expiring", "7d@2027-01-01T00:00:00Z")
+        == "<alert-key-2891-bcc-x-expiring-7d-2027-01-01t00-00-00z@keyd>"
+    )
 
 
 def test_recipients_routes_and_dedupe() -> None:
@@ -58,8 +83,11 @@ def test_alert_and_deliveries_in_one_transaction(migrated_engine: Engine) -> Non
         assert [(a.kind, a.threshold) for a in new] == [("expiring", "3d@2026-12-03T00:00:00Z")]
         rows = s.scalars(select(Delivery).where(Delivery.alert_id == new[0].id)).all()
         assert sorted((d.channel, d.recipient) for d in rows) == [
-            ("email", "keys@x"), ("email", "ops@x"), ("email", "team@x"),
-            ("webhook", "https://h.x/…")]
+            ("email", "keys@x"),
+            ("email", "ops@x"),
+            ("email", "team@x"),
+            ("webhook", "https://h.x/…"),
+        ]
     assert _count(migrated_engine, Alert) == 1 and _count(migrated_engine, Delivery) == 4
 
 
@@ -84,8 +112,17 @@ def test_second_evaluation_inserts_nothing(migrated_engine: Engine) -> None:
 
 def test_unique_constraint_not_python_check(migrated_engine: Engine) -> None:
     """Even a caller that skips the fired-set check cannot insert twice."""
-    kw = dict(about="key:k", key_pk=None, kind="expiring", threshold="7d@x",
-              severity="warning", created_at=NOW, message_id="<m>", subject="s", context={})
+    kw = dict(
+        about="key:k",
+        key_pk=None,
+        kind="expiring",
+        threshold="7d@x",
+        severity="warning",
+        created_at=NOW,
+        message_id="<m>",
+        subject="s",
+        context={},
+    )
     with store.transaction(migrated_engine) as s:
         assert store.insert_alert(s, **kw) is not None  # type: ignore[arg-type]
         assert store.insert_alert(s, **kw) is None  # type: ignore[arg-type]

@@ -25,18 +25,34 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 CONFIG = Config(alerts=AlertsConfig(email=EmailConfig(host="h", from_addr="k@x", to=("o@x",))))
 
 
-def _keys(engine: Engine, count: int, start: int = 0, expires_in: timedelta = timedelta(days=200)
-          ) -> None:
+def _keys(engine: Engine, count: int, start: int = 0, expires_in: timedelta = timedelta(days=200)) -> None:
     with store.transaction(engine) as s:
         for i in range(start, start + count):
-            key = Key(key_id=f"k{i}", kind="serviceaccount", principal=f"u{i}",
-                      algorithm="ES256", fingerprint="f" * 64, expires_at=NOW + expires_in,
-                      content_hash="0", status="active", first_seen=NOW, last_seen=NOW,
-                      updated_at=NOW)
+            key = Key(
+                key_id=f"k{i}",
+                kind="serviceaccount",
+                principal=f"u{i}",
+                algorithm="ES256",
+                fingerprint="f" * 64,
+                expires_at=NOW + expires_in,
+                content_hash="0",
+                status="active",
+                first_seen=NOW,
+                last_seen=NOW,
+                updated_at=NOW,
+            )
             s.add(key)
             s.flush()
-            s.add(KeyLocation(source="dir", ref=f"/k/{i}.json", key_pk=key.id,
-                              status="present", first_seen=NOW, last_seen=NOW))
+            s.add(
+                KeyLocation(
+                    source="dir",
+                    ref=f"/k/{i}.json",
+                    key_pk=key.id,
+                    status="present",
+                    first_seen=NOW,
+                    last_seen=NOW,
+                )
+            )
 
 
 def _evaluate(engine: Engine, now: datetime, config: Config = CONFIG) -> list[str]:
@@ -45,8 +61,11 @@ def _evaluate(engine: Engine, now: datetime, config: Config = CONFIG) -> list[st
 
 
 def _reading_keys(statements: list[str]) -> list[str]:
-    return [s for s in statements if s.lstrip().startswith("SELECT")
-            and ("FROM keys" in s or "key_locations" in s)]
+    return [
+        s
+        for s in statements
+        if s.lstrip().startswith("SELECT") and ("FROM keys" in s or "key_locations" in s)
+    ]
 
 
 def test_nothing_due_costs_one_indexed_query_whatever_the_size(migrated_engine: Engine) -> None:
@@ -68,9 +87,15 @@ def test_nothing_due_costs_one_indexed_query_whatever_the_size(migrated_engine: 
     assert "keys.next_alert_at <=" in query and "key_locations" not in query
     if migrated_engine.dialect.name == "sqlite":
         with migrated_engine.connect() as conn:
-            plan = " ".join(str(r[-1]) for r in conn.execute(
-                text("EXPLAIN QUERY PLAN SELECT keys.principal FROM keys "
-                     "WHERE keys.next_alert_at <= '2026-12-02 00:00:00'")))
+            plan = " ".join(
+                str(r[-1])
+                for r in conn.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN SELECT keys.principal FROM keys "
+                        "WHERE keys.next_alert_at <= '2026-12-02 00:00:00'"
+                    )
+                )
+            )
         assert "ix_keys_next_alert_at" in plan, plan
 
 
@@ -118,7 +143,8 @@ def test_missing_and_never_expiring_keys_wait_for_a_change(migrated_engine: Engi
 
 
 def test_a_cold_start_is_evaluated_in_batches_of_principals(
-        migrated_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    migrated_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every key due at once (first tick after a cold scan) is read a batch
     of principals at a time, never the whole inventory in one load."""
     monkeypatch.setattr(alerts, "PRINCIPALS_PER_BATCH", 7)

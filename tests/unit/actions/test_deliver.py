@@ -47,14 +47,23 @@ def _config(**alerts: object) -> Config:
     return Config(alerts=AlertsConfig(email=EMAIL, **alerts))  # type: ignore[arg-type]
 
 
-def _queue(engine: Engine, n: int = 1, recipients: Sequence[str] = ("ops@example.org",),
-           channel: str = "email") -> None:
+def _queue(
+    engine: Engine, n: int = 1, recipients: Sequence[str] = ("ops@example.org",), channel: str = "email"
+) -> None:
     with store.transaction(engine) as s:
         for i in range(n):
             alert = store.insert_alert(
-                s, about=f"fp{i}", key_pk=None, kind="expiring", threshold=f"7d@{i}",
-                severity="warning", created_at=NOW, message_id=f"<alert-fp{i}@keyd>",
-                subject=f"[keyd WARNING] key {i} expires in 7 days", context={"key_id": str(i)})
+                s,
+                about=f"fp{i}",
+                key_pk=None,
+                kind="expiring",
+                threshold=f"7d@{i}",
+                severity="warning",
+                created_at=NOW,
+                message_id=f"<alert-fp{i}@keyd>",
+                subject=f"[keyd WARNING] key {i} expires in 7 days",
+                context={"key_id": str(i)},
+            )
             assert alert is not None
             store.add_deliveries(s, alert.id, [(channel, r) for r in recipients], NOW)
 
@@ -64,10 +73,22 @@ def _rows(engine: Engine) -> list[Delivery]:
         return list(s.scalars(select(Delivery).order_by(Delivery.id)))
 
 
-def _drain(engine: Engine, clock: FakeClock, sender: FakeSender, config: Config | None = None,
-           webhook: WebhookClient | None = None) -> deliver.DrainReport:
-    return drain_outbox(engine, config or _config(), clock, lambda: sender, webhook,
-                        render=render_message, rng=random.Random(7))
+def _drain(
+    engine: Engine,
+    clock: FakeClock,
+    sender: FakeSender,
+    config: Config | None = None,
+    webhook: WebhookClient | None = None,
+) -> deliver.DrainReport:
+    return drain_outbox(
+        engine,
+        config or _config(),
+        clock,
+        lambda: sender,
+        webhook,
+        render=render_message,
+        rng=random.Random(7),
+    )
 
 
 def test_sends_and_marks_sent(migrated_engine: Engine) -> None:
@@ -76,10 +97,12 @@ def test_sends_and_marks_sent(migrated_engine: Engine) -> None:
     report = _drain(migrated_engine, clock, sender)
     assert (report.sent, report.messages, report.failed) == (3, 3, 0)
     assert [str(m["Message-ID"]) for m, _ in sender.sent] == [
-        "<alert-fp0@keyd>", "<alert-fp1@keyd>", "<alert-fp2@keyd>"]
+        "<alert-fp0@keyd>",
+        "<alert-fp1@keyd>",
+        "<alert-fp2@keyd>",
+    ]
     assert sender.closed == 1
-    assert all(d.state == "sent" and d.attempts == 1 and d.sent_at == NOW
-               for d in _rows(migrated_engine))
+    assert all(d.state == "sent" and d.attempts == 1 and d.sent_at == NOW for d in _rows(migrated_engine))
     assert _drain(migrated_engine, clock, sender).sent == 0
 
 
@@ -120,9 +143,17 @@ def test_budget_then_failed_and_woken_by_a_success(migrated_engine: Engine) -> N
 def _queue_other(engine: Engine, now: datetime) -> None:
     with store.transaction(engine) as s:
         alert = store.insert_alert(
-            s, about="other", key_pk=None, kind="expiring", threshold="1d@x",
-            severity="critical", created_at=now, message_id="<alert-other@keyd>",
-            subject="s", context={})
+            s,
+            about="other",
+            key_pk=None,
+            kind="expiring",
+            threshold="1d@x",
+            severity="critical",
+            created_at=now,
+            message_id="<alert-other@keyd>",
+            subject="s",
+            context={},
+        )
         assert alert is not None
         store.add_deliveries(s, alert.id, [("email", "ops@example.org")], now)
 
@@ -137,8 +168,9 @@ def test_permanent_error_is_failed_at_once_but_retried(migrated_engine: Engine) 
     assert row.state == "failed" and row.next_attempt_at == NOW + CAP
 
 
-def test_crash_after_send_repeats_never_loses(migrated_engine: Engine,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_after_send_repeats_never_loses(
+    migrated_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _queue(migrated_engine, 1)
     sender, clock = FakeSender(), FakeClock(NOW)
     real = store.mark_sent

@@ -36,8 +36,7 @@ class Fixed:
 
 
 def test_render_path_substitutes():
-    assert render_path("zitadel/tokens/{principal}", principal="123", key_id="k") == \
-        "zitadel/tokens/123"
+    assert render_path("zitadel/tokens/{principal}", principal="123", key_id="k") == "zitadel/tokens/123"
     assert render_path("t/{principal}-{key_id}", principal="u", key_id="k") == "t/u-k"
 
 
@@ -47,8 +46,10 @@ def test_render_path_refuses_hostile_values(principal):
         render_path("zitadel/tokens/{principal}", principal=principal, key_id="k")
 
 
-@pytest.mark.parametrize("template", ["/abs/{principal}", "a/../{principal}", "a//{principal}",
-                                      "a/{user}", "a/{principal", "a/{principal}/"])
+@pytest.mark.parametrize(
+    "template",
+    ["/abs/{principal}", "a/../{principal}", "a//{principal}", "a/{user}", "a/{principal", "a/{principal}/"],
+)
 def test_bad_templates_are_refused(template):
     with pytest.raises(TokenPathError, match="tokens.path"):
         render_path(template, principal="u", key_id="k")
@@ -79,8 +80,7 @@ def test_judge():
     assert info.value.reason == "unmanaged"
     assert judge(cur(managed=False), None, adopt=True, ref="r") == "adopt"
     # managed but soft-deleted: keyd may write again
-    assert judge(cur(version=5, readable=False, keyd_shaped=False), 3, adopt=False,
-                 ref="r") == "ours"
+    assert judge(cur(version=5, readable=False, keyd_shaped=False), 3, adopt=False, ref="r") == "ours"
 
 
 def test_listed_read_back_entry():
@@ -100,17 +100,33 @@ def test_listed_read_back_entry():
     assert listed(meta(custom_metadata={}), version=4, key_id="k1") == "unknown"
 
 
-def target(pk: int, principal: str, key_id: str, expires: datetime | None,
-           source: str = "dir", ref: str = "/k/x.json") -> KeyRecord:
-    return KeyRecord(pk=pk, key_id=key_id, kind="serviceaccount", principal=principal,
-                     status="active", content_hash="h", expires_at=expires,
-                     locations=(Location(source, ref),))
+def target(
+    pk: int,
+    principal: str,
+    key_id: str,
+    expires: datetime | None,
+    source: str = "dir",
+    ref: str = "/k/x.json",
+) -> KeyRecord:
+    return KeyRecord(
+        pk=pk,
+        key_id=key_id,
+        kind="serviceaccount",
+        principal=principal,
+        status="active",
+        content_hash="h",
+        expires_at=expires,
+        locations=(Location(source, ref),),
+    )
 
 
 def test_plan_sinks_selectors_and_rotation(tmp_path):
-    keys = [target(1, "u1", "old", T0), target(2, "u1", "new", T0 + timedelta(days=90)),
-            target(3, "u2", "k3", None, source="vault:secret/x", ref="secret/x/k3"),
-            target(4, "../evil", "k4", None)]
+    keys = [
+        target(1, "u1", "old", T0),
+        target(2, "u1", "new", T0 + timedelta(days=90)),
+        target(3, "u2", "k3", None, source="vault:secret/x", ref="secret/x/k3"),
+        target(4, "../evil", "k4", None),
+    ]
     cfg = TokensConfig(path="tok/{principal}", file_dir=tmp_path)
     plan, errors = plan_sinks(keys, cfg)
     assert {(a.key_pk, a.path) for a in plan} == {(2, "tok/u1"), (3, "tok/u2")}

@@ -22,11 +22,19 @@ AUD = "https://acme.zitadel.cloud"
 
 
 def keyfile(private: Any, **extra: Any) -> Any:
-    pem = private.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption()).decode()
-    doc = {"type": "serviceaccount", "keyId": "kid-1", "key": pem, "userId": "user-1",
-           "expirationDate": "2027-01-01T00:00:00Z", **extra}
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    doc = {
+        "type": "serviceaccount",
+        "keyId": "kid-1",
+        "key": pem,
+        "userId": "user-1",
+        "expirationDate": "2027-01-01T00:00:00Z",
+        **extra,
+    }
     return parse_keyfile(json.dumps(doc), source="k.json")
 
 
@@ -36,14 +44,18 @@ EC = ec.generate_private_key(ec.SECP256R1())
 
 @pytest.mark.parametrize(("private", "alg"), [(RSA, "RS256"), (RSA, "PS256"), (EC, "ES256")])
 def test_claims_and_header(private: Any, alg: str) -> None:
-    signer = AssertionSigner(FakeClock(NOW), lifetime=timedelta(minutes=5),
-                             skew=timedelta(seconds=5))
+    signer = AssertionSigner(FakeClock(NOW), lifetime=timedelta(minutes=5), skew=timedelta(seconds=5))
     token = signer.sign(keyfile(private), AUD, algorithm=alg if alg == "PS256" else None)
     assert "eyJ" not in repr(token)
     raw = token.reveal()
     assert jwt.get_unverified_header(raw) == {"alg": alg, "kid": "kid-1", "typ": "JWT"}
-    claims = jwt.decode(raw, private.public_key(), algorithms=[alg], audience=AUD,
-                        options={"verify_exp": False, "verify_iat": False})
+    claims = jwt.decode(
+        raw,
+        private.public_key(),
+        algorithms=[alg],
+        audience=AUD,
+        options={"verify_exp": False, "verify_iat": False},
+    )
     iat = int(NOW.timestamp()) - 5
     jti = claims.pop("jti")
     assert claims == {"iss": "user-1", "sub": "user-1", "aud": AUD, "iat": iat, "exp": iat + 300}
@@ -54,8 +66,10 @@ def test_every_assertion_has_its_own_jti() -> None:
     """OpenID Connect Core §9: same key, same instant, different jti."""
     signer = AssertionSigner(FakeClock(NOW))
     key = keyfile(RSA)
-    ids = {jwt.decode(signer.sign(key, AUD).reveal(),
-                      options={"verify_signature": False})["jti"] for _ in range(50)}
+    ids = {
+        jwt.decode(signer.sign(key, AUD).reveal(), options={"verify_signature": False})["jti"]
+        for _ in range(50)
+    }
     assert len(ids) == 50
 
 

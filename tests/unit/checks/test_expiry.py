@@ -40,7 +40,11 @@ def test_table(expires_at: datetime, at: datetime, status: str, seconds_left: in
 def test_never_sentinel_has_no_countdown() -> None:
     view = evaluate(Expiry(NEVER), T0)
     assert (view.status, view.seconds_left, view.last_usable_day, view.days_left) == (
-        "never", None, None, None)
+        "never",
+        None,
+        None,
+        None,
+    )
     assert view.expires_at == NEVER
     assert view.usable is True
 
@@ -94,8 +98,9 @@ def test_offset_expiry_normalised() -> None:
     assert view.status == "expiring"
 
 
-instants = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1),
-                        timezones=st.just(UTC))
+instants = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
 zones = st.sampled_from([UTC, ZRH, ZoneInfo("America/St_Johns"), ZoneInfo("Pacific/Kiritimati")])
 
 

@@ -18,10 +18,14 @@ D = timedelta(days=1)
 def test_ladder_names_include_the_expiry() -> None:
     rungs = ladder(EXP, DEFAULT)
     assert [r.threshold for r in rungs] == [
-        "30d@2027-01-01T00:00:00Z", "14d@2027-01-01T00:00:00Z", "7d@2027-01-01T00:00:00Z",
-        "3d@2027-01-01T00:00:00Z", "1d@2027-01-01T00:00:00Z", "expired@2027-01-01T00:00:00Z"]
-    assert [r.severity for r in rungs] == [
-        "info", "warning", "warning", "critical", "critical", "critical"]
+        "30d@2027-01-01T00:00:00Z",
+        "14d@2027-01-01T00:00:00Z",
+        "7d@2027-01-01T00:00:00Z",
+        "3d@2027-01-01T00:00:00Z",
+        "1d@2027-01-01T00:00:00Z",
+        "expired@2027-01-01T00:00:00Z",
+    ]
+    assert [r.severity for r in rungs] == ["info", "warning", "warning", "critical", "critical", "critical"]
     assert rungs[-1].due_at == EXP and rungs[-1].kind == "expired"
 
 
@@ -29,24 +33,34 @@ def test_never_expires_has_no_ladder() -> None:
     assert ladder(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), DEFAULT) == []
 
 
-@pytest.mark.parametrize(("before", "label"), [
-    (timedelta(days=30), "30d"), (timedelta(hours=12), "12h"), (timedelta(minutes=90), "90m"),
-    (timedelta(seconds=45), "45s"), (timedelta(hours=48), "2d")])
+@pytest.mark.parametrize(
+    ("before", "label"),
+    [
+        (timedelta(days=30), "30d"),
+        (timedelta(hours=12), "12h"),
+        (timedelta(minutes=90), "90m"),
+        (timedelta(seconds=45), "45s"),
+        (timedelta(hours=48), "2d"),
+    ],
+)
 def test_labels(before: timedelta, label: str) -> None:
     assert threshold_label(before) == label
 
 
-@pytest.mark.parametrize(("now", "fired", "expected"), [
-    (EXP - 31 * D, set(), None),
-    (EXP - 30 * D, set(), "30d"),               # due exactly at its instant
-    (EXP - 20 * D, {"30d"}, None),
-    (EXP - 5 * D, set(), "7d"),                 # first seen inside 7 days: one alert, no burst
-    (EXP - 5 * D, {"7d"}, None),
-    (EXP - 2 * D, {"7d"}, "3d"),                # later rungs still fire at their time
-    (EXP - timedelta(microseconds=1), {"1d"}, None),
-    (EXP, {"1d"}, "expired"),                   # dead at the instant itself
-    (EXP + 100 * D, {"expired"}, None),
-])
+@pytest.mark.parametrize(
+    ("now", "fired", "expected"),
+    [
+        (EXP - 31 * D, set(), None),
+        (EXP - 30 * D, set(), "30d"),  # due exactly at its instant
+        (EXP - 20 * D, {"30d"}, None),
+        (EXP - 5 * D, set(), "7d"),  # first seen inside 7 days: one alert, no burst
+        (EXP - 5 * D, {"7d"}, None),
+        (EXP - 2 * D, {"7d"}, "3d"),  # later rungs still fire at their time
+        (EXP - timedelta(microseconds=1), {"1d"}, None),
+        (EXP, {"1d"}, "expired"),  # dead at the instant itself
+        (EXP + 100 * D, {"expired"}, None),
+    ],
+)
 def test_due_rungs(now: datetime, fired: set[str], expected: str | None) -> None:
     suffix = "@2027-01-01T00:00:00Z"
     rung = due_rungs(EXP, DEFAULT, now, {f + suffix for f in fired})
@@ -64,8 +78,7 @@ def test_rungs_of_an_old_expiry_do_not_block() -> None:
     offsets=st.lists(st.integers(-40 * 86_400, 5 * 86_400), min_size=1, max_size=40),
     thresholds=st.lists(st.integers(1, 60 * 86_400), min_size=0, max_size=6),
 )
-def test_each_rung_fires_at_most_once_and_never_early(
-        offsets: list[int], thresholds: list[int]) -> None:
+def test_each_rung_fires_at_most_once_and_never_early(offsets: list[int], thresholds: list[int]) -> None:
     ths = [timedelta(seconds=t) for t in thresholds]
     fired: dict[str, datetime] = {}
     for offset in offsets:  # any order of scan times, also backwards

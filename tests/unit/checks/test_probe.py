@@ -41,8 +41,9 @@ def _kid(request: httpx.Request) -> str:
 
 
 def ok_token(_: httpx.Request) -> httpx.Response:
-    return httpx.Response(200, json={"access_token": "zat_secret_token", "token_type": "Bearer",
-                                     "expires_in": 3600})
+    return httpx.Response(
+        200, json={"access_token": "zat_secret_token", "token_type": "Bearer", "expires_in": 3600}
+    )
 
 
 class FakeIssuer:
@@ -54,10 +55,15 @@ class FakeIssuer:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("openid-configuration"):
-            return httpx.Response(200, json={
-                "issuer": ISSUER, "token_endpoint": ISSUER + "/oauth/v2/token",
-                "introspection_endpoint": ISSUER + "/oauth/v2/introspect",
-                "jwks_uri": ISSUER + "/oauth/v2/keys"})
+            return httpx.Response(
+                200,
+                json={
+                    "issuer": ISSUER,
+                    "token_endpoint": ISSUER + "/oauth/v2/token",
+                    "introspection_endpoint": ISSUER + "/oauth/v2/introspect",
+                    "jwks_uri": ISSUER + "/oauth/v2/keys",
+                },
+            )
         kid = _kid(request)
         self.calls.append(f"{request.url.path}:{kid}")
         steps = self.script.get(kid) or []
@@ -74,6 +80,7 @@ def status(code: int, body: object) -> Handler:
         if isinstance(body, bytes):
             return httpx.Response(code, content=body, headers={"content-type": "text/html"})
         return httpx.Response(code, json=body)
+
     return handler
 
 
@@ -97,18 +104,28 @@ def engine(migrated_engine: object) -> object:  # noqa: F811
 def services(clock: FakeClock, fake: FakeIssuer, tmp_path: Path) -> Iterator[ProbeServices]:
     client = IssuerClient(ISSUER, clock=clock, transport=httpx.MockTransport(fake))
     source = DirectorySourceConfig(name="dir", path=tmp_path / "keys")
-    yield ProbeServices(client=client, signer=AssertionSigner(clock), clock=clock,
-                        load_key=make_key_loader([source], None, UTC),
-                        policy=ProbePolicy(concurrency=4, rate_limit=0),
-                        rng=random.Random(7))
+    yield ProbeServices(
+        client=client,
+        signer=AssertionSigner(clock),
+        clock=clock,
+        load_key=make_key_loader([source], None, UTC),
+        policy=ProbePolicy(concurrency=4, rate_limit=0),
+        rng=random.Random(7),
+    )
     client.close()
 
 
 def add(engine: object, tmp_path: Path, key_id: str, **kw: object) -> Path:
     kind = str(kw.pop("kind", "serviceaccount"))
     expires = kw.pop("expires", "2027-01-01T00:00:00Z")
-    path = write_keyfile(tmp_path / "keys" / f"{key_id}.json", key_id, f"user-{key_id}",
-                         pem=rsa_pem(0), kind=kind, expires=expires)  # type: ignore[arg-type]
+    path = write_keyfile(
+        tmp_path / "keys" / f"{key_id}.json",
+        key_id,
+        f"user-{key_id}",
+        pem=rsa_pem(0),
+        kind=kind,
+        expires=expires,
+    )  # type: ignore[arg-type]
     add_key(engine, read_keyfile(path), ref=str(path), now=T0, **kw)  # type: ignore[arg-type]
     return path
 
@@ -136,12 +153,14 @@ def test_many_keys_first_probed_together_drift_apart(engine, services, tmp_path)
     assert len(due) == 20  # jitter spreads them
 
 
-@pytest.mark.parametrize("code,body,error_code", [
-    (400, {"error": "invalid_grant", "error_description": "invalid assertion"}, "invalid_grant"),
-    (500, {"error": "server_error", "error_description": "Errors.Internal"}, "server_error"),
-])
-def test_oauth_error_body_is_a_final_rejection(engine, services, fake, tmp_path, code, body,
-                                               error_code):
+@pytest.mark.parametrize(
+    "code,body,error_code",
+    [
+        (400, {"error": "invalid_grant", "error_description": "invalid assertion"}, "invalid_grant"),
+        (500, {"error": "server_error", "error_description": "Errors.Internal"}, "server_error"),
+    ],
+)
+def test_oauth_error_body_is_a_final_rejection(engine, services, fake, tmp_path, code, body, error_code):
     add(engine, tmp_path, "k1")
     fake.script["k1"] = [status(code, body)]
     report = probe_due(engine, services, T0)
@@ -242,8 +261,9 @@ def test_no_secret_reaches_logs_or_db(engine, services, fake, tmp_path, caplog):
     add(engine, tmp_path, "k1")
     add(engine, tmp_path, "k2")
     add(engine, tmp_path, "app1", kind="application")
-    fake.script["k2"] = [status(400, {"error": "invalid_grant",
-                                      "error_description": "bad eyJhbGciOi.eyJzdWIiOiJ4.sig"})]
+    fake.script["k2"] = [
+        status(400, {"error": "invalid_grant", "error_description": "bad eyJhbGciOi.eyJzdWIiOiJ4.sig"})
+    ]
     probe_due(engine, services, T0)
     text = caplog.text + dump_all(engine)
     for marker in ("zat_", "eyJ", PEM_MARKER):

@@ -108,8 +108,7 @@ def test_proxied_requests_keep_the_deadline(monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         with deadline_client(timeout=5.0) as client:
             mounted = [t for t in client._mounts.values() if t is not None]
-            assert mounted and all(isinstance(t._pool._network_backend, DeadlineBackend)
-                                   for t in mounted)
+            assert mounted and all(isinstance(t._pool._network_backend, DeadlineBackend) for t in mounted)
             with within(1.0, "via proxy") as deadline, pytest.raises(httpx.TimeoutException):
                 client.get("http://issuer.test/")
         assert deadline.expired and not proxy.finished.is_set()

@@ -20,9 +20,12 @@ from keyd.errors import (
 from keyd.redact import Secret
 
 ISSUER = "https://zitadel.example"
-DISCOVERY = {"issuer": ISSUER, "token_endpoint": f"{ISSUER}/oauth/v2/token",
-             "introspection_endpoint": f"{ISSUER}/oauth/v2/introspect",
-             "jwks_uri": f"{ISSUER}/oauth/v2/keys"}
+DISCOVERY = {
+    "issuer": ISSUER,
+    "token_endpoint": f"{ISSUER}/oauth/v2/token",
+    "introspection_endpoint": f"{ISSUER}/oauth/v2/introspect",
+    "jwks_uri": f"{ISSUER}/oauth/v2/keys",
+}
 ASSERTION = Secret("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ1MSJ9.c2ln")
 
 
@@ -44,18 +47,24 @@ def client_for(handler: Callable[[httpx.Request], httpx.Response]) -> IssuerClie
     return IssuerClient(ISSUER, clock=FakeClock(), transport=httpx.MockTransport(handler))
 
 
-def answer(status: int, body: object = None, *, text: str | None = None,
-           headers: dict[str, str] | None = None) -> Callable[[httpx.Request], httpx.Response]:
+def answer(
+    status: int, body: object = None, *, text: str | None = None, headers: dict[str, str] | None = None
+) -> Callable[[httpx.Request], httpx.Response]:
     def handler(_: httpx.Request) -> httpx.Response:
         if text is not None:
             return httpx.Response(status, text=text, headers=headers)
         return httpx.Response(status, json=body, headers=headers)
+
     return handler
 
 
 def test_success_and_request_shape() -> None:
-    rec = Recorder(answer(200, {"access_token": "zat_abc", "token_type": "Bearer",
-                                "expires_in": 43200, "id_token": "ignored"}))
+    rec = Recorder(
+        answer(
+            200,
+            {"access_token": "zat_abc", "token_type": "Bearer", "expires_in": 43200, "id_token": "ignored"},
+        )
+    )
     with client_for(rec) as client:
         token = client.request_token(ASSERTION, ["urn:zitadel:iam:org:project:id:zitadel:aud"])
     assert token.access_token.reveal() == "zat_abc" and "zat_abc" not in repr(token)
@@ -67,38 +76,55 @@ def test_success_and_request_shape() -> None:
     assert form["assertion"] == ASSERTION.reveal()
 
 
-@pytest.mark.parametrize(("handler", "error", "words"), [
-    (answer(400, {"error": "invalid_grant", "error_description": "invalid assertion"}),
-     IssuerRejected, "invalid_grant"),
-    (answer(500, {"error": "server_error", "error_description": "Errors.Internal"}),
-     IssuerRejected, "server_error"),  # older ZITADEL: an ordinary unknown key
-    (answer(401, {"error": "invalid_client"}), IssuerRejected, "invalid_client"),
-    (answer(503, {"error": "temporarily_unavailable"}), IssuerUnavailable, "503"),
-    (answer(502, text="<html>bad gateway</html>"), IssuerUnavailable, "502"),
-    (answer(504, text=""), IssuerUnavailable, "504"),
-    (answer(429, text="slow down"), IssuerUnavailable, "429"),
-    (answer(200, text="<html><body>login</body></html>", headers={"content-type": "text/html"}),
-     IssuerBadResponse, "HTML"),
-    (answer(200, {"token_type": "Bearer", "expires_in": 10}), IssuerBadResponse, "no access_token"),
-    (answer(200, {"access_token": "", "expires_in": 10}), IssuerBadResponse, "no access_token"),
-    (answer(200, {"access_token": "x", "token_type": "mac", "expires_in": 10}), IssuerBadResponse,
-     "token_type"),
-    (answer(200, {"access_token": "x", "expires_in": -1}), IssuerBadResponse, "expires_in"),
-    (answer(200, [1, 2]), IssuerBadResponse, "not a JSON object"),
-    (answer(500, text="Internal Server Error"), IssuerBadResponse, "not JSON"),
-    (answer(404, {"message": "nope"}), IssuerBadResponse, "HTTP 404"),
-    (answer(200, text="x" * 400_000), IssuerBadResponse, "larger than"),
-])
-def test_classification(handler: Callable[[httpx.Request], httpx.Response],
-                        error: type[Exception], words: str) -> None:
+@pytest.mark.parametrize(
+    ("handler", "error", "words"),
+    [
+        (
+            answer(400, {"error": "invalid_grant", "error_description": "invalid assertion"}),
+            IssuerRejected,
+            "invalid_grant",
+        ),
+        (
+            answer(500, {"error": "server_error", "error_description": "Errors.Internal"}),
+            IssuerRejected,
+            "server_error",
+        ),  # older ZITADEL: an ordinary unknown key
+        (answer(401, {"error": "invalid_client"}), IssuerRejected, "invalid_client"),
+        (answer(503, {"error": "temporarily_unavailable"}), IssuerUnavailable, "503"),
+        (answer(502, text="<html>bad gateway</html>"), IssuerUnavailable, "502"),
+        (answer(504, text=""), IssuerUnavailable, "504"),
+        (answer(429, text="slow down"), IssuerUnavailable, "429"),
+        (
+            answer(200, text="<html><body>login</body></html>", headers={"content-type": "text/html"}),
+            IssuerBadResponse,
+            "HTML",
+        ),
+        (answer(200, {"token_type": "Bearer", "expires_in": 10}), IssuerBadResponse, "no access_token"),
+        (answer(200, {"access_token": "", "expires_in": 10}), IssuerBadResponse, "no access_token"),
+        (
+            answer(200, {"access_token": "x", "token_type": "mac", "expires_in": 10}),
+            IssuerBadResponse,
+            "token_type",
+        ),
+        (answer(200, {"access_token": "x", "expires_in": -1}), IssuerBadResponse, "expires_in"),
+        (answer(200, [1, 2]), IssuerBadResponse, "not a JSON object"),
+        (answer(500, text="Internal Server Error"), IssuerBadResponse, "not JSON"),
+        (answer(404, {"message": "nope"}), IssuerBadResponse, "HTTP 404"),
+        (answer(200, text="x" * 400_000), IssuerBadResponse, "larger than"),
+    ],
+)
+def test_classification(
+    handler: Callable[[httpx.Request], httpx.Response], error: type[Exception], words: str
+) -> None:
     with client_for(Recorder(handler)) as client, pytest.raises(error) as exc:
         client.request_token(ASSERTION, [])
     assert words in str(exc.value)
     assert ASSERTION.reveal() not in str(exc.value)
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"),
-                                 httpx.RemoteProtocolError("closed")])
+@pytest.mark.parametrize(
+    "exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("closed")]
+)
 def test_transport_errors_are_unavailable(exc: Exception) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise exc
@@ -110,8 +136,9 @@ def test_transport_errors_are_unavailable(exc: Exception) -> None:
 
 def test_remote_text_is_scrubbed() -> None:
     leak = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.abcdefgh"
-    with client_for(Recorder(answer(400, {"error": "invalid_grant",
-                                          "error_description": f"bad {leak}"}))) as client:
+    with client_for(
+        Recorder(answer(400, {"error": "invalid_grant", "error_description": f"bad {leak}"}))
+    ) as client:
         with pytest.raises(IssuerRejected) as err:
             client.request_token(ASSERTION, [])
     assert leak not in str(err.value) and "[redacted]" in str(err.value)
@@ -142,15 +169,24 @@ def test_introspection_any_wellformed_answer_proves_the_key() -> None:
             client.introspect(ASSERTION)
 
 
-@pytest.mark.parametrize("url", ["http://zitadel.example", "ftp://x", "https://x/?a=1",
-                                 "https://user:pw@x", "zitadel.example"])
+@pytest.mark.parametrize(
+    "url", ["http://zitadel.example", "ftp://x", "https://x/?a=1", "https://user:pw@x", "zitadel.example"]
+)
 def test_issuer_url_rules(url: str) -> None:
     with pytest.raises(UsageError):
         IssuerClient(url, clock=FakeClock())
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost", "http://[::1]:1",
-                                 "http://127.3.4.5", "https://acme.zitadel.cloud"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "http://localhost",
+        "http://[::1]:1",
+        "http://127.3.4.5",
+        "https://acme.zitadel.cloud",
+    ],
+)
 def test_loopback_http_allowed(url: str) -> None:
     IssuerClient(url, clock=FakeClock()).close()
 

@@ -19,21 +19,41 @@ from keyd.errors import IssuerBadResponse, IssuerRejected, IssuerUnavailable
 from keyd.redact import Secret
 
 ISSUER = "https://zitadel.example"
-DISCOVERY = {"issuer": ISSUER, "token_endpoint": f"{ISSUER}/oauth/v2/token",
-             "introspection_endpoint": f"{ISSUER}/oauth/v2/introspect"}
+DISCOVERY = {
+    "issuer": ISSUER,
+    "token_endpoint": f"{ISSUER}/oauth/v2/token",
+    "introspection_endpoint": f"{ISSUER}/oauth/v2/introspect",
+}
 OUTCOMES = (IssuerRejected, IssuerUnavailable, IssuerBadResponse)
 
-scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
-           | st.text() | st.sampled_from(["Bearer", "bearer", "0", "1" * 5000, "\udb37", "\x00"]))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True)
+    | st.text()
+    | st.sampled_from(["Bearer", "bearer", "0", "1" * 5000, "\udb37", "\x00"])
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 token_docs = st.fixed_dictionaries(
-    {}, optional={"access_token": scalars | st.text(alphabet="ab\r\n =-", min_size=1),
-                  "token_type": scalars, "expires_in": scalars | st.integers(10**6, 10**40),
-                  "scope": scalars, "error": scalars, "error_description": scalars})
+    {},
+    optional={
+        "access_token": scalars | st.text(alphabet="ab\r\n =-", min_size=1),
+        "token_type": scalars,
+        "expires_in": scalars | st.integers(10**6, 10**40),
+        "scope": scalars,
+        "error": scalars,
+        "error_description": scalars,
+    },
+)
 header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
-headers = st.dictionaries(st.sampled_from(["content-type", "content-encoding", "date",
-                                           "x-odd"]), header_values, max_size=3)
+headers = st.dictionaries(
+    st.sampled_from(["content-type", "content-encoding", "date", "x-odd"]), header_values, max_size=3
+)
 
 
 def encode(doc: Any) -> bytes:
@@ -43,12 +63,12 @@ def encode(doc: Any) -> bytes:
         return b"{"
 
 
-bodies = (token_docs.map(encode) | json_values.map(encode) | st.binary(max_size=300)
-          | st.just(b"\x1f\x8bnot gzip"))
+bodies = (
+    token_docs.map(encode) | json_values.map(encode) | st.binary(max_size=300) | st.just(b"\x1f\x8bnot gzip")
+)
 
 
-def client(status: int, hdrs: dict[str, str], body: bytes, *, discovery: bytes | None = None
-           ) -> IssuerClient:
+def client(status: int, hdrs: dict[str, str], body: bytes, *, discovery: bytes | None = None) -> IssuerClient:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/.well-known/openid-configuration":
             if discovery is not None:
@@ -74,8 +94,9 @@ def test_token_answers_are_classified(status: int, hdrs: dict[str, str], body: b
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(status=st.integers(100, 599), hdrs=headers, body=bodies)
-def test_discovery_and_introspection_answers_are_classified(status: int, hdrs: dict[str, str],
-                                                            body: bytes) -> None:
+def test_discovery_and_introspection_answers_are_classified(
+    status: int, hdrs: dict[str, str], body: bytes
+) -> None:
     with client(status, hdrs, body, discovery=body) as issuer:
         try:
             issuer.discover()

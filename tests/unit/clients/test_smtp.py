@@ -33,9 +33,13 @@ def _msg(subject: str = "hello") -> EmailMessage:
 
 def _cfg(server: SmtpServer | None, **kw: object) -> EmailConfig:
     base: dict[str, object] = {
-        "host": "127.0.0.1", "port": server.port if server else free_port(),
-        "from_addr": "keyd@example.org", "to": ("ops@example.org",), "security": "none",
-        "timeout": timedelta(seconds=5)}
+        "host": "127.0.0.1",
+        "port": server.port if server else free_port(),
+        "from_addr": "keyd@example.org",
+        "to": ("ops@example.org",),
+        "security": "none",
+        "timeout": timedelta(seconds=5),
+    }
     base.update(kw)
     return EmailConfig(**base)  # type: ignore[arg-type]
 
@@ -58,8 +62,7 @@ def test_plain_send(smtp_server: SmtpServer) -> None:  # noqa: F811
 
 def test_starttls_with_auth(tls_server: SmtpServer, caplog: pytest.LogCaptureFixture) -> None:
     cfg = _cfg(tls_server, security="starttls", username="keyd", password=Secret(PASSWORD))
-    with caplog.at_level(logging.DEBUG), SmtpClient(
-            cfg, ssl_context=tls_server.client_context()) as client:
+    with caplog.at_level(logging.DEBUG), SmtpClient(cfg, ssl_context=tls_server.client_context()) as client:
         client.send(_msg(), ["ops@example.org"])
     assert len(tls_server.inbox()) == 1
     assert PASSWORD not in caplog.text
@@ -74,8 +77,7 @@ def test_starttls_with_ca_file(tls_server: SmtpServer) -> None:
 
 def test_wrong_password_names_the_stage(tls_server: SmtpServer) -> None:
     cfg = _cfg(tls_server, security="starttls", username="keyd", password=Secret("nope-wrong"))
-    with pytest.raises(MailError) as info, SmtpClient(
-            cfg, ssl_context=tls_server.client_context()) as client:
+    with pytest.raises(MailError) as info, SmtpClient(cfg, ssl_context=tls_server.client_context()) as client:
         client.send(_msg(), ["ops@example.org"])
     err = info.value
     assert err.stage == "auth" and not err.retryable

@@ -66,6 +66,7 @@ class FakeTransport(BaseAdapter):
 
 def route(table: dict[tuple[str, str], Answer]) -> Handler:
     """Answer by (method, path-prefix); lookup-self is fine unless listed."""
+
     def handler(request: requests.PreparedRequest) -> Answer:
         path = str(request.path_url).split("?")[0]
         for (method, prefix), answer in table.items():
@@ -74,6 +75,7 @@ def route(table: dict[tuple[str, str], Answer]) -> Handler:
         if path == "/v1/auth/token/lookup-self":
             return 200, {"data": {"ttl": 0, "renewable": False}}
         return 404, {"errors": []}
+
     return handler
 
 
@@ -88,8 +90,7 @@ def make(handler: Handler, clock: FakeClock | None = None, **cfg: Any) -> tuple[
     transport = FakeTransport(handler)
     session = requests.Session()
     session.mount("http://", transport)
-    values: dict[str, Any] = {"addr": ADDR, "token": Secret(TOKEN),
-                              "timeout": timedelta(seconds=5)}
+    values: dict[str, Any] = {"addr": ADDR, "token": Secret(TOKEN), "timeout": timedelta(seconds=5)}
     values.update(cfg)
     return VaultClient(VaultConfig(**values), clock or FakeClock(), session=session), transport
 
@@ -98,18 +99,22 @@ def failing(status: int, errors: list[str]) -> Handler:
     return route({("GET", "/v1/secret/data/"): (status, {"errors": errors})})
 
 
-@pytest.mark.parametrize(("status", "errors", "kind", "words"), [
-    (503, ["Vault is sealed"], VaultUnavailable, "503: Vault is sealed"),
-    (500, ["internal error"], VaultUnavailable, "500: internal error"),
-    (502, [], VaultUnavailable, "502: no detail"),
-    (429, ["rate limited"], VaultUnavailable, "429"),
-    (400, ["bad request"], VaultUnavailable, "400: bad request"),
-    (418, ["teapot"], VaultUnavailable, "HTTP error"),
-    (403, ["permission denied"], VaultDenied, "permission denied"),
-    (401, [], VaultDenied, "permission denied"),
-])
-def test_http_failures_map_to_types(status: int, errors: list[str], kind: type[Exception],
-                                    words: str, caplog_debug: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("status", "errors", "kind", "words"),
+    [
+        (503, ["Vault is sealed"], VaultUnavailable, "503: Vault is sealed"),
+        (500, ["internal error"], VaultUnavailable, "500: internal error"),
+        (502, [], VaultUnavailable, "502: no detail"),
+        (429, ["rate limited"], VaultUnavailable, "429"),
+        (400, ["bad request"], VaultUnavailable, "400: bad request"),
+        (418, ["teapot"], VaultUnavailable, "HTTP error"),
+        (403, ["permission denied"], VaultDenied, "permission denied"),
+        (401, [], VaultDenied, "permission denied"),
+    ],
+)
+def test_http_failures_map_to_types(
+    status: int, errors: list[str], kind: type[Exception], words: str, caplog_debug: pytest.LogCaptureFixture
+) -> None:
     client, _ = make(failing(status, errors))
     with client, pytest.raises(kind) as raised:
         client.read("secret", "zitadel/keys/a")
@@ -128,24 +133,34 @@ def test_messages_never_carry_the_token_or_a_jwt(caplog_debug: pytest.LogCapture
 
 
 def test_cas_mismatch_is_a_conflict() -> None:
-    handler = route({("POST", "/v1/secret/data/"): (400, {"errors": [
-        "check-and-set parameter did not match the current version"]})})
+    handler = route(
+        {
+            ("POST", "/v1/secret/data/"): (
+                400,
+                {"errors": ["check-and-set parameter did not match the current version"]},
+            )
+        }
+    )
     client, _ = make(handler)
     with client, pytest.raises(VaultConflict) as raised:
         client.write_cas("secret", "tokens/u1", {"access_token": TOKEN}, cas=3)
     assert raised.value.path == "secret/tokens/u1" and TOKEN not in str(raised.value)
 
 
-@pytest.mark.parametrize(("exc", "words"), [
-    (requests.exceptions.ConnectTimeout("http://vault.test:8200/v1/x?secret"),
-     "no complete answer within 5s"),
-    (requests.exceptions.ReadTimeout("read timed out"), "no complete answer within 5s"),
-    (requests.exceptions.SSLError("certificate verify failed"), "vault.ca_bundle"),
-    (requests.exceptions.ConnectionError("refused /v1/secret?secret"), "connection failed"),
-    (requests.exceptions.ChunkedEncodingError("broken"), "ChunkedEncodingError"),
-])
-def test_transport_failures_are_unavailable_with_rebuilt_messages(
-        exc: BaseException, words: str) -> None:
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (
+            requests.exceptions.ConnectTimeout("http://vault.test:8200/v1/x?secret"),
+            "no complete answer within 5s",
+        ),
+        (requests.exceptions.ReadTimeout("read timed out"), "no complete answer within 5s"),
+        (requests.exceptions.SSLError("certificate verify failed"), "vault.ca_bundle"),
+        (requests.exceptions.ConnectionError("refused /v1/secret?secret"), "connection failed"),
+        (requests.exceptions.ChunkedEncodingError("broken"), "ChunkedEncodingError"),
+    ],
+)
+def test_transport_failures_are_unavailable_with_rebuilt_messages(exc: BaseException, words: str) -> None:
     client, _ = make(lambda request: exc)
     with client, pytest.raises(VaultUnavailable) as raised:
         client.list_recursive("secret", "keys")
@@ -157,15 +172,18 @@ def test_unreachable_server_is_unavailable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = VaultConfig(addr=f"http://127.0.0.1:{port}", token=Secret(TOKEN),
-                      timeout=timedelta(seconds=2))
+    cfg = VaultConfig(addr=f"http://127.0.0.1:{port}", token=Secret(TOKEN), timeout=timedelta(seconds=2))
     with VaultClient(cfg, FakeClock()) as client, pytest.raises(VaultUnavailable):
         client.health()
 
 
 def test_non_json_answers_are_unavailable_not_crashes() -> None:
-    handler = route({("GET", "/v1/secret/data/"): (200, b"<html>proxy login</html>"),
-                     ("GET", "/v1/sys/health"): (200, b"<html></html>")})
+    handler = route(
+        {
+            ("GET", "/v1/secret/data/"): (200, b"<html>proxy login</html>"),
+            ("GET", "/v1/sys/health"): (200, b"<html></html>"),
+        }
+    )
     client, _ = make(handler)
     with client:
         with pytest.raises(VaultUnavailable):
@@ -184,19 +202,25 @@ def test_not_found_is_none_or_empty() -> None:
 
 
 def test_without_detailed_listing_falls_back_to_list() -> None:
-    handler = route({
-        ("LIST", "/v1/secret/detailed-metadata/"): (405, {"errors": ["unsupported operation"]}),
-        ("LIST", "/v1/secret/metadata/keys/b"): (200, {"data": {"keys": ["c"]}}),
-        ("LIST", "/v1/secret/metadata/keys"): (200, {"data": {"keys": ["a", "b/"]}}),
-    })
+    handler = route(
+        {
+            ("LIST", "/v1/secret/detailed-metadata/"): (405, {"errors": ["unsupported operation"]}),
+            ("LIST", "/v1/secret/metadata/keys/b"): (200, {"data": {"keys": ["c"]}}),
+            ("LIST", "/v1/secret/metadata/keys"): (200, {"data": {"keys": ["a", "b/"]}}),
+        }
+    )
     client, _ = make(handler)
     with client:
         assert client.list_versions("secret", "keys") == {"keys/a": None, "keys/b/c": None}
 
 
 def test_dead_token_on_a_403_is_auth_failure_for_token_auth() -> None:
-    handler = route({("GET", "/v1/secret/data/"): (403, {"errors": ["permission denied"]}),
-                     ("GET", "/v1/auth/token/lookup-self"): (403, {"errors": ["bad token"]})})
+    handler = route(
+        {
+            ("GET", "/v1/secret/data/"): (403, {"errors": ["permission denied"]}),
+            ("GET", "/v1/auth/token/lookup-self"): (403, {"errors": ["bad token"]}),
+        }
+    )
     calls = {"lookups": 0}
 
     def counting(request: requests.PreparedRequest) -> Answer:
@@ -213,8 +237,7 @@ def test_dead_token_on_a_403_is_auth_failure_for_token_auth() -> None:
 
 
 def test_tls_verification_is_on_by_default_and_configurable(tmp_path: Any) -> None:
-    ok = route({("GET", "/v1/sys/health"): (200, {"initialized": True, "sealed": False,
-                                                  "version": "2.7.2"})})
+    ok = route({("GET", "/v1/sys/health"): (200, {"initialized": True, "sealed": False, "version": "2.7.2"})})
     bundle = tmp_path / "ca.pem"
     bundle.write_text("not used by the fake transport")
     seen = []
@@ -227,9 +250,17 @@ def test_tls_verification_is_on_by_default_and_configurable(tmp_path: Any) -> No
 
 
 def test_namespace_and_token_headers(caplog_debug: pytest.LogCaptureFixture) -> None:
-    client, transport = make(route({("GET", "/v1/secret/data/"): (200, {"data": {
-        "data": {"k": "v"}, "metadata": {"version": 4, "custom_metadata": {"m": "1"}}}})}),
-        namespace="team-a")
+    client, transport = make(
+        route(
+            {
+                ("GET", "/v1/secret/data/"): (
+                    200,
+                    {"data": {"data": {"k": "v"}, "metadata": {"version": 4, "custom_metadata": {"m": "1"}}}},
+                )
+            }
+        ),
+        namespace="team-a",
+    )
     with client:
         secret = client.read("secret", "x")
     assert secret is not None and secret.version == 4 and secret.custom_metadata == {"m": "1"}
@@ -238,12 +269,15 @@ def test_namespace_and_token_headers(caplog_debug: pytest.LogCaptureFixture) -> 
     assert request.headers["X-Vault-Token"] == TOKEN
 
 
-@pytest.mark.parametrize("cfg", [
-    {"auth": "token", "token": None},
-    {"auth": "approle", "token": None},
-    {"auth": "approle", "token": None, "role_id": Secret("r")},
-    {"auth": "kerberos"},
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"auth": "token", "token": None},
+        {"auth": "approle", "token": None},
+        {"auth": "approle", "token": None, "role_id": Secret("r")},
+        {"auth": "kerberos"},
+    ],
+)
 def test_configs_that_cannot_authenticate_are_refused(cfg: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         make(route({}), **cfg)
@@ -290,10 +324,8 @@ def test_token_renewal_flow_with_a_fake_server() -> None:
 def test_metadata_deletion_states() -> None:
     clock = FakeClock()
     base = {"current_version": 2, "custom_metadata": None}
-    past = {**base, "versions": {"2": {"deletion_time": "2025-01-01T00:00:00.1234Z",
-                                       "destroyed": False}}}
-    future = {**base, "versions": {"2": {"deletion_time": "2099-01-01T00:00:00Z",
-                                         "destroyed": False}}}
+    past = {**base, "versions": {"2": {"deletion_time": "2025-01-01T00:00:00.1234Z", "destroyed": False}}}
+    future = {**base, "versions": {"2": {"deletion_time": "2099-01-01T00:00:00Z", "destroyed": False}}}
     destroyed = {**base, "versions": {"2": {"deletion_time": "", "destroyed": True}}}
     live = {**base, "versions": {"2": {"deletion_time": "", "destroyed": False}}}
     assert metadata_from(past, clock.now()).deleted

@@ -12,10 +12,12 @@ from keyd.errors import VaultUnavailable
 
 
 def test_walk_tree_collects_nested_secrets() -> None:
-    tree = {"p": [("a", 1), ("sub/", None)], "p/sub": [("b", 2), ("deeper/", None)],
-            "p/sub/deeper": [("c", 3)]}
-    assert walk_tree("secret", "p", lambda f: tree[f]) == {"p/a": 1, "p/sub/b": 2,
-                                                          "p/sub/deeper/c": 3}
+    tree = {
+        "p": [("a", 1), ("sub/", None)],
+        "p/sub": [("b", 2), ("deeper/", None)],
+        "p/sub/deeper": [("c", 3)],
+    }
+    assert walk_tree("secret", "p", lambda f: tree[f]) == {"p/a": 1, "p/sub/b": 2, "p/sub/deeper/c": 3}
     assert walk_tree("secret", "", lambda f: [("x", 0)] if f == "" else []) == {"x": 0}
 
 
@@ -48,5 +50,6 @@ def test_health_from_answers() -> None:
 
 
 def test_transport_problem_never_echoes_the_exception() -> None:
-    assert transport_problem(ValueError("secret body"), timedelta(seconds=3)) == \
-        "unexpected answer (ValueError)"
+    assert (
+        transport_problem(ValueError("secret body"), timedelta(seconds=3)) == "unexpected answer (ValueError)"
+    )

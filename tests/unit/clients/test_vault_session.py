@@ -19,16 +19,14 @@ ADDR = "https://vault.test:8200"
 
 
 def config(**extra: object) -> VaultConfig:
-    return VaultConfig(addr=ADDR, token=Secret("hvs.x"), timeout=timedelta(seconds=5),
-                       **extra)  # type: ignore[arg-type]
+    return VaultConfig(addr=ADDR, token=Secret("hvs.x"), timeout=timedelta(seconds=5), **extra)  # type: ignore[arg-type]
 
 
 def session_of(client: VaultClient) -> requests.Session:
     return client._hvac.adapter.session  # type: ignore[no-any-return]
 
 
-def test_proxy_and_ca_bundle_from_the_environment_are_pinned(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxy_and_ca_bundle_from_the_environment_are_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/env-bundle.pem")
     monkeypatch.delenv("NO_PROXY", raising=False)

@@ -40,8 +40,9 @@ def test_posts_json() -> None:
     assert json.loads(req.content) == {"kind": "expiring", "facts": {"key_id": "1"}}
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True),
-                                                   (400, False), (404, False)])
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(500, True), (503, True), (429, True), (400, False), (404, False)]
+)
 def test_status_errors(status: int, retryable: bool) -> None:
     with _client(Recorder(status)) as client, pytest.raises(WebhookError) as info:
         client.post({})

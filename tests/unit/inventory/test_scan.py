@@ -32,18 +32,19 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     eng.dispose()
 
 
-def test_each_source_fails_alone(engine: Engine, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_source_fails_alone(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     os.chmod(keys, 0o700)
     make_key_file(keys, key_id="1", user_id="svc")
     broken = DirectorySourceConfig(name="buggy", path=keys)
-    config = Config(sources=(
-        DirectorySourceConfig(name="dir", path=keys),
-        VaultSourceConfig(name="vault:secret/k", prefix="k"),  # no [vault]: no client
-        broken,
-    ))
+    config = Config(
+        sources=(
+            DirectorySourceConfig(name="dir", path=keys),
+            VaultSourceConfig(name="vault:secret/k", prefix="k"),  # no [vault]: no client
+            broken,
+        )
+    )
     real = scan_mod.DirectorySource.scan
 
     def scan(self: scan_mod.DirectorySource, *a: object, **k: object) -> object:
@@ -60,7 +61,8 @@ def test_each_source_fails_alone(engine: Engine, tmp_path: Path,
 
 
 def test_a_bug_while_recording_one_location_makes_it_invalid(
-        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     make_key_file(keys, key_id="1", user_id="svc", filename="a.json")
@@ -78,14 +80,16 @@ def test_a_bug_while_recording_one_location_makes_it_invalid(
     (outcome,) = report.sources
     assert outcome.ok and outcome.new == 1 and outcome.invalid == 1
     with Session(engine) as s:
-        errors = {loc.ref.rsplit("/", 1)[1]: loc.last_error for loc in s.scalars(
-            select(KeyLocation))}
-    assert errors == {"a.json": None, "b.json": "internal error while recording it (KeyError); "
-                                                "run with --debug and report it"}
+        errors = {loc.ref.rsplit("/", 1)[1]: loc.last_error for loc in s.scalars(select(KeyLocation))}
+    assert errors == {
+        "a.json": None,
+        "b.json": "internal error while recording it (KeyError); run with --debug and report it",
+    }
 
 
 def test_a_bug_while_recording_a_source_fails_that_source(
-        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*a: object, **k: object) -> object:
         raise ZeroDivisionError("bug")
 
@@ -93,12 +97,12 @@ def test_a_bug_while_recording_a_source_fails_that_source(
     config = Config(sources=(DirectorySourceConfig(name="dir", path=tmp_path),))
     (outcome,) = scan_all(config, engine, FakeClock(), None).sources
     assert not outcome.ok
-    assert outcome.error == ("internal error while recording the scan (ZeroDivisionError); "
-                             "run with --debug and report it")
+    assert outcome.error == (
+        "internal error while recording the scan (ZeroDivisionError); run with --debug and report it"
+    )
 
 
-def test_store_errors_propagate(engine: Engine, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_store_errors_propagate(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def down(*a: object, **k: object) -> object:
         raise StoreError("database x: cannot connect")
 
@@ -112,8 +116,14 @@ def test_summary_wording() -> None:
     one = ScanReport(sources=(SourceOutcome("dir", new=1),), key_counts={"active": 1})
     assert one.summary() == "1 source, 1 key (1 new, 0 changed, 0 missing, 0 invalid)"
     many = ScanReport(
-        sources=(SourceOutcome("a", new=2, invalid=1), SourceOutcome("b", changed=1, missing=1),
-                 SourceOutcome("vault:secret/zitadel/keys", ok=False, error="Vault is sealed")),
-        key_counts={"active": 40, "expired": 2, "missing": 5})
-    assert many.summary() == ("3 sources, 42 keys (2 new, 1 changed, 1 missing, 1 invalid); "
-                              "source vault:secret/zitadel/keys failed: Vault is sealed")
+        sources=(
+            SourceOutcome("a", new=2, invalid=1),
+            SourceOutcome("b", changed=1, missing=1),
+            SourceOutcome("vault:secret/zitadel/keys", ok=False, error="Vault is sealed"),
+        ),
+        key_counts={"active": 40, "expired": 2, "missing": 5},
+    )
+    assert many.summary() == (
+        "3 sources, 42 keys (2 new, 1 changed, 1 missing, 1 invalid); "
+        "source vault:secret/zitadel/keys failed: Vault is sealed"
+    )

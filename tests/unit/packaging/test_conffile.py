@@ -19,9 +19,11 @@ EXAMPLE = (ROOT / "examples/keyd.toml").read_text()
 
 
 def test_only_the_local_key_directory_is_active() -> None:
-    assert tomllib.loads(commented_config(EXAMPLE)) == {"sources": [
-        {"type": "directory", "path": "/etc/keyd/keys", "pattern": "*.json",
-         "name": "local-keys"}]}
+    assert tomllib.loads(commented_config(EXAMPLE)) == {
+        "sources": [
+            {"type": "directory", "path": "/etc/keyd/keys", "pattern": "*.json", "name": "local-keys"}
+        ]
+    }
 
 
 def test_every_setting_of_the_example_is_kept_commented() -> None:

@@ -28,8 +28,9 @@ class State:
 @pytest.fixture
 def served(engine: Engine) -> Iterator[tuple[State, httpx.Client]]:
     state = State()
-    server = ObservabilityServer("127.0.0.1:0", KeydMetrics(engine, version="0.1.0"),
-                                 state.health, state.ready)
+    server = ObservabilityServer(
+        "127.0.0.1:0", KeydMetrics(engine, version="0.1.0"), state.health, state.ready
+    )
     server.start()
     host, port = server.address
     with httpx.Client(base_url=f"http://{host}:{port}", timeout=5) as client:

@@ -36,9 +36,14 @@ class FakeViews:
 
 def serve(engine: Engine, access: Access | None) -> tuple[ObservabilityServer, FakeViews]:
     views = FakeViews()
-    server = ObservabilityServer("127.0.0.1:0", KeydMetrics(engine, version="t"),
-                                 lambda: (True, "ok"), lambda: (True, {"role": "leader"}),
-                                 views=views, access=access)
+    server = ObservabilityServer(
+        "127.0.0.1:0",
+        KeydMetrics(engine, version="t"),
+        lambda: (True, "ok"),
+        lambda: (True, {"role": "leader"}),
+        views=views,
+        access=access,
+    )
     server.start()
     return server, views
 
@@ -54,8 +59,13 @@ def locked(engine: Engine) -> Iterator[httpx.Client]:
 
 @pytest.mark.parametrize("path", ["/", "/api/v1/status", "/keys/k1", "/metrics", "/nothing"])
 def test_token_required_everywhere(locked: httpx.Client, path: str) -> None:
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"},
-                    {"Authorization": TOKEN}, {"Authorization": "Basic !!notbase64"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Basic !!notbase64"},
+    ):
         response = locked.get(path, headers=headers)
         assert response.status_code == 401, headers
         assert TOKEN not in response.text
@@ -65,8 +75,9 @@ def test_token_required_everywhere(locked: httpx.Client, path: str) -> None:
 def test_bearer_and_basic_open_it(locked: httpx.Client) -> None:
     assert locked.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     basic = base64.b64encode(f"anyone:{TOKEN}".encode()).decode()
-    assert locked.get("/api/v1/status",
-                      headers={"Authorization": f"Basic {basic}"}).json() == [{"key_id": "k1"}]
+    assert locked.get("/api/v1/status", headers={"Authorization": f"Basic {basic}"}).json() == [
+        {"key_id": "k1"}
+    ]
 
 
 def test_health_stays_open_for_probes(locked: httpx.Client) -> None:

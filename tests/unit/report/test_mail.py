@@ -12,18 +12,34 @@ from keyd.store.alerts import AlertRecord
 AT = datetime(2026, 12, 24, 23, 0, tzinfo=UTC)
 
 
-def _record(id: int = 1, kind: str = "expiring", severity: str = "critical",
-            **ctx: Any) -> AlertRecord:
-    context = {"key_id": "292834923480293", "principal": "292834923480001",
-               "key_kind": "serviceaccount", "fingerprint": "ab" * 32,
-               "expires_at": "2026-12-31T23:00:00Z", "last_usable_day": "2026-12-31",
-               "timezone": "Europe/Zurich", "seconds_left": 3 * 86400, "decided_at": "x",
-               "locations": [{"source": "vault:secret/zitadel", "ref": "secret/zitadel/<a&b>",
-                              "status": "present"}], **ctx}
-    return AlertRecord(id, "key:292834923480293", "ab" * 32, 1, kind, f"3d@{id}", severity, AT,
-                       f"<alert-{id}@keyd>", f"[keyd {severity.upper()}] key "
-                       f"292834923480293 of user 292834923480001 expires in 3 days <b>",
-                       context, None)
+def _record(id: int = 1, kind: str = "expiring", severity: str = "critical", **ctx: Any) -> AlertRecord:
+    context = {
+        "key_id": "292834923480293",
+        "principal": "292834923480001",
+        "key_kind": "serviceaccount",
+        "fingerprint": "ab" * 32,
+        "expires_at": "2026-12-31T23:00:00Z",
+        "last_usable_day": "2026-12-31",
+        "timezone": "Europe/Zurich",
+        "seconds_left": 3 * 86400,
+        "decided_at": "x",
+        "locations": [{"source": "vault:secret/zitadel", "ref": "secret/zitadel/<a&b>", "status": "present"}],
+        **ctx,
+    }
+    return AlertRecord(
+        id,
+        "key:292834923480293",
+        "ab" * 32,
+        1,
+        kind,
+        f"3d@{id}",
+        severity,
+        AT,
+        f"<alert-{id}@keyd>",
+        f"[keyd {severity.upper()}] key 292834923480293 of user 292834923480001 expires in 3 days <b>",
+        context,
+        None,
+    )
 
 
 def _bodies(msg: Any) -> tuple[str, str]:
@@ -61,15 +77,25 @@ def test_digest() -> None:
 
 
 def test_application_key_console_path() -> None:
-    plain, _ = _bodies(render_message([_record(key_kind="application")], sender="k@x",
-                                      to=["o@x"]))
+    plain, _ = _bodies(render_message([_record(key_kind="application")], sender="k@x", to=["o@x"]))
     assert "Projects → <project> → Applications → 292834923480001 → Keys → New" in plain
 
 
 def test_issuer_alert() -> None:
-    rec = AlertRecord(1, "issuer", None, None, "unavailable", "t", "warning", AT, "<a@keyd>",
-                      "[keyd WARNING] issuer https://i.example unavailable for 35m",
-                      {"issuer": "https://i.example", "since": "2026-12-24T22:25:00Z"}, None)
+    rec = AlertRecord(
+        1,
+        "issuer",
+        None,
+        None,
+        "unavailable",
+        "t",
+        "warning",
+        AT,
+        "<a@keyd>",
+        "[keyd WARNING] issuer https://i.example unavailable for 35m",
+        {"issuer": "https://i.example", "since": "2026-12-24T22:25:00Z"},
+        None,
+    )
     plain, _ = _bodies(render_message([rec], sender="k@x", to=["o@x"]))
     assert "Unavailable since" in plain and "keyd config check" in plain
 

@@ -20,10 +20,21 @@ NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def _key(key_id: str, status: str = "active", expires: datetime | None = None) -> Key:
-    return Key(key_id=key_id, kind="serviceaccount", principal=f"user-{key_id}", algorithm="RS256",
-               fingerprint="f" * 64, expires_at=expires, content_hash="c" * 64, status=status,
-               first_seen=NOW, last_seen=NOW, updated_at=NOW, probe_failures=0,
-               last_ok_at=NOW - timedelta(hours=1) if status == "active" else None)
+    return Key(
+        key_id=key_id,
+        kind="serviceaccount",
+        principal=f"user-{key_id}",
+        algorithm="RS256",
+        fingerprint="f" * 64,
+        expires_at=expires,
+        content_hash="c" * 64,
+        status=status,
+        first_seen=NOW,
+        last_seen=NOW,
+        updated_at=NOW,
+        probe_failures=0,
+        last_ok_at=NOW - timedelta(hours=1) if status == "active" else None,
+    )
 
 
 def seed(engine: Engine) -> None:
@@ -31,18 +42,45 @@ def seed(engine: Engine) -> None:
         good = _key("k1", expires=NOW + timedelta(days=5))
         s.add_all([good, _key("k2", "rejected", NOW + timedelta(days=90)), _key("k3")])
         s.flush()
-        s.add(TokenSink(key_pk=good.id, mount="secret", path="zitadel/tokens/user-k1",
-                        state="ok", expires_at=NOW + timedelta(hours=12), updated_at=NOW,
-                        failures=0))
-        s.add(SourceState(name="directory:/etc/keyd/keys", error_count=3,
-                          consecutive_failures=1, last_error="boom"))
-        alert = Alert(about="key:good", key_pk=good.id, kind="expiring", threshold="7d",
-                      severity="warning", created_at=NOW, message_id="<m@keyd>", subject="s",
-                      context="{}")
+        s.add(
+            TokenSink(
+                key_pk=good.id,
+                mount="secret",
+                path="zitadel/tokens/user-k1",
+                state="ok",
+                expires_at=NOW + timedelta(hours=12),
+                updated_at=NOW,
+                failures=0,
+            )
+        )
+        s.add(
+            SourceState(
+                name="directory:/etc/keyd/keys", error_count=3, consecutive_failures=1, last_error="boom"
+            )
+        )
+        alert = Alert(
+            about="key:good",
+            key_pk=good.id,
+            kind="expiring",
+            threshold="7d",
+            severity="warning",
+            created_at=NOW,
+            message_id="<m@keyd>",
+            subject="s",
+            context="{}",
+        )
         s.add(alert)
         s.flush()
-        s.add(Delivery(alert_id=alert.id, channel="email", recipient="ops@example.org",
-                       state="pending", attempts=0, next_attempt_at=NOW))
+        s.add(
+            Delivery(
+                alert_id=alert.id,
+                channel="email",
+                recipient="ops@example.org",
+                state="pending",
+                attempts=0,
+                next_attempt_at=NOW,
+            )
+        )
 
 
 def samples(metrics: KeydMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -62,27 +100,32 @@ def test_default_series_two_per_key_the_rest_aggregates(engine: Engine) -> None:
     got = samples(metrics)
     k1 = {("key_id", "k1"), ("principal", "user-k1")}
     k2 = {("key_id", "k2"), ("principal", "user-k2")}
-    assert got[("keyd_key_expiration_timestamp_seconds", frozenset(k1))] == (
-        NOW + timedelta(days=5)).timestamp()
-    assert ("keyd_key_expiration_timestamp_seconds",
-            frozenset({("key_id", "k3"), ("principal", "user-k3")})) not in got  # unknown expiry
+    assert (
+        got[("keyd_key_expiration_timestamp_seconds", frozenset(k1))] == (NOW + timedelta(days=5)).timestamp()
+    )
+    assert (
+        "keyd_key_expiration_timestamp_seconds",
+        frozenset({("key_id", "k3"), ("principal", "user-k3")}),
+    ) not in got  # unknown expiry
     assert got[("keyd_key_status_code", frozenset(k1))] == 0
     assert got[("keyd_key_status_code", frozenset(k2))] == 2  # rejected
     per_key = [name for name, labels in got if dict(labels).get("key_id")]
-    assert sorted(set(per_key)) == ["keyd_key_expiration_timestamp_seconds",
-                                    "keyd_key_status_code"]
+    assert sorted(set(per_key)) == ["keyd_key_expiration_timestamp_seconds", "keyd_key_status_code"]
     assert len(per_key) <= 2 * 3
     assert got[("keyd_keys", frozenset({("status", "active")}))] == 2
     assert got[("keyd_keys", frozenset({("status", "rejected")}))] == 1
     assert got[("keyd_keys", frozenset({("status", "missing")}))] == 0
-    assert got[("keyd_key_last_probe_success_oldest_timestamp_seconds", frozenset())] == (
-        NOW - timedelta(hours=1)).timestamp()
+    assert (
+        got[("keyd_key_last_probe_success_oldest_timestamp_seconds", frozenset())]
+        == (NOW - timedelta(hours=1)).timestamp()
+    )
     assert got[("keyd_keys_without_probe_success", frozenset())] == 0
     assert got[("keyd_tokens", frozenset({("state", "ok")}))] == 1
-    assert got[("keyd_token_expiration_earliest_timestamp_seconds", frozenset())] == (
-        NOW + timedelta(hours=12)).timestamp()
-    assert got[("keyd_source_errors_total",
-                frozenset({("source", "directory:/etc/keyd/keys")}))] == 3
+    assert (
+        got[("keyd_token_expiration_earliest_timestamp_seconds", frozenset())]
+        == (NOW + timedelta(hours=12)).timestamp()
+    )
+    assert got[("keyd_source_errors_total", frozenset({("source", "directory:/etc/keyd/keys")}))] == 3
     assert got[("keyd_alert_deliveries_unsent", frozenset())] == 1
     assert got[("keyd_leader", frozenset())] == 1
     assert got[("keyd_db_up", frozenset())] == 1
@@ -96,13 +139,21 @@ def test_per_key_detail_behind_the_option(engine: Engine) -> None:
     got = samples(KeydMetrics(engine, version="0.1.0", per_key=True))
     k1 = {("key_id", "k1"), ("principal", "user-k1")}
     k2 = {("key_id", "k2"), ("principal", "user-k2")}
-    assert got[("keyd_key_last_probe_success_timestamp_seconds", frozenset(k1))] == (
-        NOW - timedelta(hours=1)).timestamp()
+    assert (
+        got[("keyd_key_last_probe_success_timestamp_seconds", frozenset(k1))]
+        == (NOW - timedelta(hours=1)).timestamp()
+    )
     assert got[("keyd_key_status", frozenset(k2 | {("status", "rejected")}))] == 1
     assert got[("keyd_key_status", frozenset(k2 | {("status", "active")}))] == 0
-    assert got[("keyd_token_expiration_timestamp_seconds",
-                frozenset(k1 | {("sink", "secret/zitadel/tokens/user-k1")}))] == (
-        NOW + timedelta(hours=12)).timestamp()
+    assert (
+        got[
+            (
+                "keyd_token_expiration_timestamp_seconds",
+                frozenset(k1 | {("sink", "secret/zitadel/tokens/user-k1")}),
+            )
+        ]
+        == (NOW + timedelta(hours=12)).timestamp()
+    )
     assert got[("keyd_key_status_code", frozenset(k1))] == 0  # the defaults stay
 
 
@@ -129,16 +180,18 @@ def test_a_scrape_reads_the_snapshot_not_the_database(engine: Engine) -> None:
     finally:
         event.remove(engine, "before_cursor_execute", count)
     with Session(engine) as s, s.begin():
-        s.execute(update(Key).where(Key.key_id == "k3")
-                  .values(status="missing", updated_at=NOW + timedelta(minutes=1)))
+        s.execute(
+            update(Key)
+            .where(Key.key_id == "k3")
+            .values(status="missing", updated_at=NOW + timedelta(minutes=1))
+        )
     k3 = frozenset({("key_id", "k3"), ("principal", "user-k3")})
     assert samples(metrics)[("keyd_key_status_code", k3)] == 0  # the snapshot, until...
     assert metrics.refresh() is True
     assert samples(metrics)[("keyd_key_status_code", k3)] == 4
 
 
-def test_one_bad_row_does_not_break_metrics(engine: Engine,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_one_bad_row_does_not_break_metrics(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     seed(engine)
     with engine.begin() as conn:  # what a corrupt or foreign write could leave behind
         conn.execute(text("UPDATE keys SET expires_at = 'not a date' WHERE key_id = 'k2'"))
@@ -146,8 +199,7 @@ def test_one_bad_row_does_not_break_metrics(engine: Engine,
     with caplog.at_level(logging.ERROR):
         got = samples(metrics)
     names = {name for name, _ in got}
-    assert ("keyd_key_status_code", frozenset({("key_id", "k1"),
-                                               ("principal", "user-k1")})) in got
+    assert ("keyd_key_status_code", frozenset({("key_id", "k1"), ("principal", "user-k1")})) in got
     assert not any(dict(labels).get("key_id") == "k2" for _, labels in got)
     assert "keyd_leader" not in names  # unknown yet: not exported as 0
     assert any("unreadable keys row" in r.getMessage() for r in caplog.records)

@@ -16,49 +16,98 @@ AT = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 ZRH = ZoneInfo("Europe/Zurich")
 
 
-def loc(ref: str, status: str = "present", *, error: str | None = None,
-        warning: str | None = None, key_id: str | None = "k1", source: str = "dir") -> Location:
-    return Location(source=source, ref=ref, status=status, error=error, warning=warning,
-                       last_seen=AT, key_id=key_id)
+def loc(
+    ref: str,
+    status: str = "present",
+    *,
+    error: str | None = None,
+    warning: str | None = None,
+    key_id: str | None = "k1",
+    source: str = "dir",
+) -> Location:
+    return Location(
+        source=source, ref=ref, status=status, error=error, warning=warning, last_seen=AT, key_id=key_id
+    )
 
 
-def key(key_id: str, expires_at: datetime | None, status: str = "active",
-        *locations: Location, **kw: object) -> KeyRecord:
+def key(
+    key_id: str, expires_at: datetime | None, status: str = "active", *locations: Location, **kw: object
+) -> KeyRecord:
     fields: dict[str, object] = dict(
-        pk=1, key_id=key_id, kind="serviceaccount", principal=f"svc-{key_id}", fingerprint="ab" * 32,
-        algorithm="RS256", status=status, expires_at=expires_at, first_seen=AT, last_seen=AT,
-        last_probe_at=None, last_probe_outcome=None, last_ok_at=None, last_error=None,
-        locations=locations or (loc(f"/keys/{key_id}.json", key_id=key_id),))
+        pk=1,
+        key_id=key_id,
+        kind="serviceaccount",
+        principal=f"svc-{key_id}",
+        fingerprint="ab" * 32,
+        algorithm="RS256",
+        status=status,
+        expires_at=expires_at,
+        first_seen=AT,
+        last_seen=AT,
+        last_probe_at=None,
+        last_probe_outcome=None,
+        last_ok_at=None,
+        last_error=None,
+        locations=locations or (loc(f"/keys/{key_id}.json", key_id=key_id),),
+    )
     fields.update(kw)
     return KeyRecord(**fields)  # type: ignore[arg-type]
 
 
-def snapshot(*keys: KeyRecord, orphans: tuple[Location, ...] = (),
-             sources: tuple[SourceState, ...] = ()) -> InventorySnapshot:
+def snapshot(
+    *keys: KeyRecord, orphans: tuple[Location, ...] = (), sources: tuple[SourceState, ...] = ()
+) -> InventorySnapshot:
     return InventorySnapshot(tuple(keys), orphans, sources)
 
 
 def test_json_schema_and_values() -> None:
     dies = datetime(2026, 5, 31, 22, 0, tzinfo=UTC)  # "2026-06-01" picked in Zurich
     snap = snapshot(
-        key("k1", dies, "active", last_probe_at=AT - timedelta(hours=3),
-            last_probe_outcome="ok", last_ok_at=AT - timedelta(hours=3)),
-        key("k2", NEVER), key("k3", None, "missing"),
-        orphans=(loc("/keys/junk.json", "invalid", error="is not valid JSON", key_id=None),))
+        key(
+            "k1",
+            dies,
+            "active",
+            last_probe_at=AT - timedelta(hours=3),
+            last_probe_outcome="ok",
+            last_ok_at=AT - timedelta(hours=3),
+        ),
+        key("k2", NEVER),
+        key("k3", None, "missing"),
+        orphans=(loc("/keys/junk.json", "invalid", error="is not valid JSON", key_id=None),),
+    )
     rows = to_json(build_status(snap, AT, ZRH))
     assert [r["key_id"] for r in rows] == ["k1", "k2", "k3", None]
     k1 = rows[0]
     assert k1 == {
-        "key_id": "k1", "kind": "serviceaccount", "principal": "svc-k1",
-        "fingerprint": "ab" * 32, "algorithm": "RS256", "status": "active",
-        "expiry_status": "valid", "expires_at": "2026-05-31T22:00:00Z",
-        "last_usable_day": "2026-05-31", "seconds_left": 30 * 86400 + 10 * 3600,
+        "key_id": "k1",
+        "kind": "serviceaccount",
+        "principal": "svc-k1",
+        "fingerprint": "ab" * 32,
+        "algorithm": "RS256",
+        "status": "active",
+        "expiry_status": "valid",
+        "expires_at": "2026-05-31T22:00:00Z",
+        "last_usable_day": "2026-05-31",
+        "seconds_left": 30 * 86400 + 10 * 3600,
         "days_left": 30,
-        "locations": [{"source": "dir", "ref": "/keys/k1.json", "status": "present",
-                       "error": None, "warning": None, "kind": "file"}],
-        "last_probe_at": "2026-05-01T09:00:00Z", "last_probe_outcome": "ok",
-        "last_ok_at": "2026-05-01T09:00:00Z", "last_error": None,
-        "held": True, "expiry_source": "file", "diagnosis": None, "zitadel_created_at": None,
+        "locations": [
+            {
+                "source": "dir",
+                "ref": "/keys/k1.json",
+                "status": "present",
+                "error": None,
+                "warning": None,
+                "kind": "file",
+            }
+        ],
+        "last_probe_at": "2026-05-01T09:00:00Z",
+        "last_probe_outcome": "ok",
+        "last_ok_at": "2026-05-01T09:00:00Z",
+        "last_error": None,
+        "held": True,
+        "expiry_source": "file",
+        "diagnosis": None,
+        "zitadel_created_at": None,
     }
     assert rows[1]["expiry_status"] == "never" and rows[1]["seconds_left"] is None
     assert rows[1]["expires_at"] == "9999-12-31T23:59:59Z"
@@ -69,12 +118,12 @@ def test_json_schema_and_values() -> None:
 
 def test_status_rederived_at_instant() -> None:
     exp = AT + timedelta(days=1)
-    snap = snapshot(key("k1", exp, "active"), key("k2", AT - timedelta(days=1), "expired"),
-                    key("k3", exp, "rejected"))
+    snap = snapshot(
+        key("k1", exp, "active"), key("k2", AT - timedelta(days=1), "expired"), key("k3", exp, "rejected")
+    )
     later = {r["key_id"]: r["status"] for r in to_json(build_status(snap, exp, UTC))}
     assert later == {"k1": "expired", "k2": "expired", "k3": "rejected"}
-    earlier = {r["key_id"]: r["status"]
-               for r in to_json(build_status(snap, AT - timedelta(days=2), UTC))}
+    earlier = {r["key_id"]: r["status"] for r in to_json(build_status(snap, AT - timedelta(days=2), UTC))}
     assert earlier == {"k1": "active", "k2": "active", "k3": "rejected"}
 
 
@@ -88,21 +137,41 @@ def test_effective_status_keeps_inventory_verdicts() -> None:
 
 
 def test_text_table_and_problems() -> None:
-    failing = SourceState(name="vault:secret/keys", consecutive_failures=3,
-                          last_error="Vault is sealed", error_count=3)
+    failing = SourceState(
+        name="vault:secret/keys", consecutive_failures=3, last_error="Vault is sealed", error_count=3
+    )
     snap = snapshot(
-        key("k1", AT + timedelta(days=10), "active",
+        key(
+            "k1",
+            AT + timedelta(days=10),
+            "active",
             loc("/keys/a.json", warning="key file /keys/a.json is readable by group/other"),
             loc("/keys/b.json", "invalid", error="is not valid JSON"),
-            last_probe_at=AT - timedelta(hours=2), last_probe_outcome="rejected",
-            last_error="key revoked or unknown to the issuer"),
+            last_probe_at=AT - timedelta(hours=2),
+            last_probe_outcome="rejected",
+            last_error="key revoked or unknown to the issuer",
+        ),
         key("k2", None, "missing", loc("/keys/gone.json", "missing", key_id="k2")),
         orphans=(loc("/keys/junk.json", "invalid", error="is empty", key_id=None),),
-        sources=(failing,))
+        sources=(failing,),
+    )
     text = render_text(build_status(snap, AT, ZRH))
     lines = text.splitlines()
-    assert lines[0].split() == ["KEY", "ID", "PRINCIPAL", "SOURCE", "EXPIRES", "(UTC)", "LAST",
-                                "DAY", "(Europe/Zurich)", "DAYS", "STATUS", "LAST", "PROBE"]
+    assert lines[0].split() == [
+        "KEY",
+        "ID",
+        "PRINCIPAL",
+        "SOURCE",
+        "EXPIRES",
+        "(UTC)",
+        "LAST",
+        "DAY",
+        "(Europe/Zurich)",
+        "DAYS",
+        "STATUS",
+        "LAST",
+        "PROBE",
+    ]
     assert "2026-05-11T12:00:00Z" in lines[1] and "2026-05-11" in lines[1]
     assert "expiring" in lines[1] and "rejected 2h ago" in lines[1]
     assert "(dir)" in lines[2] and "missing" in lines[2] and "unknown" in lines[2]
@@ -116,7 +185,7 @@ def test_text_table_and_problems() -> None:
 
 
 def test_empty_inventory() -> None:
-    assert "run \"keyd scan\"" in render_text(build_status(snapshot(), AT, UTC))
+    assert 'run "keyd scan"' in render_text(build_status(snapshot(), AT, UTC))
     assert to_json(build_status(snapshot(), AT, UTC)) == []
 
 
@@ -133,18 +202,27 @@ def test_render_helpers() -> None:
 def test_control_characters_never_reach_the_terminal_and_warnings_stay_whole() -> None:
     """Rows an older keyd (or a direct database write) left with control
     characters; a permission warning whose text holds a comma-separated hint."""
-    warning = ("key file /keys/a.json is readable by other users (mode 0644, chmod o-r it); "
-               "its directory /keys is readable by other users (mode 0755, chmod o-r it)")
+    warning = (
+        "key file /keys/a.json is readable by other users (mode 0644, chmod o-r it); "
+        "its directory /keys is readable by other users (mode 0755, chmod o-r it)"
+    )
     snap = snapshot(
-        key("k1\r\nKEYD OK - forged", AT + timedelta(days=10), "active",
+        key(
+            "k1\r\nKEYD OK - forged",
+            AT + timedelta(days=10),
+            "active",
             loc("/keys/a.json", warning=warning),
-            loc("/keys/b\n.json", "invalid", error="\x1b[2Jis not valid JSON")),
-        sources=())
+            loc("/keys/b\n.json", "invalid", error="\x1b[2Jis not valid JSON"),
+        ),
+        sources=(),
+    )
     text = render_text(build_status(snap, AT, ZRH))
     assert "\r" not in text and "\x1b" not in text
     assert not any(line.startswith("KEYD OK") for line in text.splitlines())
     assert "k1\\r\\nKEYD OK - forged" in text
     assert "/keys/b\\n.json: INVALID (k1\\r\\nKEYD OK - forged): \\x1b[2Jis not valid JSON" in text
-    assert ("dir: /keys/a.json: warning: key file /keys/a.json is readable by other users "
-            "(mode 0644, chmod o-r it)") in text
+    assert (
+        "dir: /keys/a.json: warning: key file /keys/a.json is readable by other users "
+        "(mode 0644, chmod o-r it)"
+    ) in text
     assert "dir: warning: directory /keys is readable by other users (mode 0755, chmod o-r it)" in text

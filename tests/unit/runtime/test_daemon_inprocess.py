@@ -57,7 +57,9 @@ class Calls:
                 self.names.append(name)
                 if name == "evaluate":
                     self.evaluated.set()
+
             return Stage(name, run)
+
         return [record("scan"), record("evaluate")]
 
 
@@ -67,8 +69,9 @@ def test_run_catches_up_reloads_and_stops(tmp_path: Path) -> None:
     config = Config(database=DatabaseConfig(url=url))
     configs = [config]
     calls = Calls()
-    daemon = Daemon(lambda: configs[-1], SystemClock(), calls.stages,
-                    DaemonSettings(control_interval=0.2, stop_timeout=5))
+    daemon = Daemon(
+        lambda: configs[-1], SystemClock(), calls.stages, DaemonSettings(control_interval=0.2, stop_timeout=5)
+    )
     outcome: list[object] = []
 
     def drive() -> None:
@@ -107,8 +110,7 @@ def test_health_needs_recent_control_ticks() -> None:
 
 def test_health_turns_bad_when_a_stage_overruns_its_deadline() -> None:
     clock = FakeClock()
-    daemon = Daemon(lambda: Config(), clock, lambda s: [],
-                    DaemonSettings(control_interval=5, stuck_after=60))
+    daemon = Daemon(lambda: Config(), clock, lambda s: [], DaemonSettings(control_interval=5, stuck_after=60))
     daemon.scheduler = TickScheduler(clock=clock)
     daemon.scheduler.stats["control"] = TickStats(last_finished_mono=clock.monotonic())
     daemon.scheduler.stats["probe"] = TickStats(running=True, last_started=clock.now())

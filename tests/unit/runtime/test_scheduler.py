@@ -28,6 +28,7 @@ def _counter(n: int) -> tuple[threading.Event, list[int], Callable[[], None]]:
         calls.append(1)
         if len(calls) >= n:
             done.set()
+
     return done, calls, fn
 
 
@@ -40,8 +41,7 @@ def test_tick_runs_repeatedly(sched: TickScheduler) -> None:
     assert sched.stats["probe"].last_ok is not None
 
 
-def test_failing_tick_is_logged_and_retried(sched: TickScheduler,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_tick_is_logged_and_retried(sched: TickScheduler, caplog: pytest.LogCaptureFixture) -> None:
     done = threading.Event()
     attempts: list[int] = []
 
@@ -74,8 +74,7 @@ def test_standby_skips_leader_only_ticks() -> None:
     work_done, work_calls, work = _counter(1)
     hb_done, _, heartbeat = _counter(3)
     sched.add(Tick("probe", work, interval=0.05))
-    sched.add(Tick("heartbeat", heartbeat, interval=0.05, executor=CONTROL,
-                   leader_only=False))
+    sched.add(Tick("heartbeat", heartbeat, interval=0.05, executor=CONTROL, leader_only=False))
     try:
         sched.start()
         assert hb_done.wait(3)
@@ -124,8 +123,14 @@ def test_overrun_warnings_are_demoted(caplog: pytest.LogCaptureFixture) -> None:
         threading.Event().wait(0.3)  # several intervals pass while the run is busy
         release.set()
         sched.shutdown(timeout=3)
-    noisy = [r for r in caplog.records if r.name.startswith("apscheduler")
-             and "maximum number of running instances" in r.getMessage()]
+    noisy = [
+        r
+        for r in caplog.records
+        if r.name.startswith("apscheduler") and "maximum number of running instances" in r.getMessage()
+    ]
     assert noisy == []
-    assert any("maximum number of running instances" in r.getMessage()
-               for r in caplog.records if r.name == "keyd.runtime.scheduler")
+    assert any(
+        "maximum number of running instances" in r.getMessage()
+        for r in caplog.records
+        if r.name == "keyd.runtime.scheduler"
+    )

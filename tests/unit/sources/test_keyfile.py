@@ -23,16 +23,23 @@ RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def pem(key: Any, fmt: serialization.PrivateFormat = serialization.PrivateFormat.TraditionalOpenSSL,
-        password: bytes | None = None) -> str:
-    enc = (serialization.BestAvailableEncryption(password) if password
-           else serialization.NoEncryption())
+def pem(
+    key: Any,
+    fmt: serialization.PrivateFormat = serialization.PrivateFormat.TraditionalOpenSSL,
+    password: bytes | None = None,
+) -> str:
+    enc = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     return key.private_bytes(serialization.Encoding.PEM, fmt, enc).decode()
 
 
 def service_file(**over: Any) -> dict[str, Any]:
-    doc = {"type": "serviceaccount", "keyId": "292834923480293", "key": pem(RSA_KEY),
-           "expirationDate": "2026-01-01T00:00:00Z", "userId": "292834923480001"}
+    doc = {
+        "type": "serviceaccount",
+        "keyId": "292834923480293",
+        "key": pem(RSA_KEY),
+        "expirationDate": "2026-01-01T00:00:00Z",
+        "userId": "292834923480001",
+    }
     doc.update(over)
     return {k: v for k, v in doc.items() if v is not ...}
 
@@ -43,12 +50,12 @@ def parse(doc: Any, **kw: Any) -> kf.KeyFile:
 
 def test_service_user_key_as_zitadel_writes_it() -> None:
     key = parse(service_file())
-    assert (key.kind, key.key_id, key.principal) == ("serviceaccount", "292834923480293",
-                                                     "292834923480001")
+    assert (key.kind, key.key_id, key.principal) == ("serviceaccount", "292834923480293", "292834923480001")
     assert (key.algorithm, key.key_size) == ("RS256", 2048)
     assert key.expires_at == datetime(2026, 1, 1, tzinfo=UTC)
-    der = RSA_KEY.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     import hashlib
 
     assert key.fingerprint == hashlib.sha256(der).hexdigest()
@@ -67,13 +74,16 @@ def test_application_key_accepts_both_spellings(field: str) -> None:
     assert (key.kind, key.principal, key.app_id) == ("application", "c1", "a1")
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("2026-01-01T00:00:00Z", datetime(2026, 1, 1, tzinfo=UTC)),
-    ("2026-01-01T00:00:00.123456789Z", datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)),
-    ("2026-01-01T01:00:00+01:00", datetime(2026, 1, 1, tzinfo=UTC)),
-    ("2025-12-31T19:00:00.5-05:00", datetime(2026, 1, 1, 0, 0, 0, 500000, tzinfo=UTC)),
-    ("2026-01-01", datetime(2026, 1, 1, tzinfo=UTC)),  # bare date: midnight at its start, UTC
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026-01-01T00:00:00Z", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("2026-01-01T00:00:00.123456789Z", datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-01-01T01:00:00+01:00", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("2025-12-31T19:00:00.5-05:00", datetime(2026, 1, 1, 0, 0, 0, 500000, tzinfo=UTC)),
+        ("2026-01-01", datetime(2026, 1, 1, tzinfo=UTC)),  # bare date: midnight at its start, UTC
+    ],
+)
 def test_expiration_formats(raw: str, expected: datetime) -> None:
     assert parse(service_file(expirationDate=raw)).expires_at == expected
 
@@ -90,33 +100,42 @@ def test_never_and_unknown() -> None:
     assert unknown.expiry.unknown and unknown.expires_at is None
 
 
-@pytest.mark.parametrize(("doc", "problem"), [
-    ("not json", "not valid JSON"),
-    ("", "is empty"),
-    ("[1, 2]", "expected a JSON object, found a list"),
-    (service_file(type="human"), "unknown key type 'human'"),
-    (service_file(type=3), "field 'type' must be a string"),
-    (service_file(keyId=...), "missing field 'keyId'"),
-    (service_file(keyId=42), "field 'keyId' must be a string, not a number"),
-    (service_file(userId=...), "missing field 'userId'"),
-    (service_file(key=...), "missing field 'key'"),
-    (service_file(key=""), "field 'key' is empty"),
-    (service_file(expirationDate="next tuesday"), "is not an RFC 3339 timestamp or a date"),
-    (service_file(expirationDate="2026-02-30T00:00:00Z"), "is not an RFC 3339"),
-    (service_file(expirationDate=20260101), "must be a string"),
-    (service_file(key="-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"),
-     "not a valid PEM private key"),
-    (service_file(key="hello"), "not a PEM private key"),
-    (service_file(key=pem(RSA_KEY, serialization.PrivateFormat.PKCS8, b"pw")), "encrypted"),
-    (service_file(key=pem(RSA_KEY, serialization.PrivateFormat.TraditionalOpenSSL, b"pw")),
-     "encrypted"),
-    (service_file(key=RSA_KEY.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()),
-     "holds a public key"),
-    (service_file(key=pem(rsa.generate_private_key(65537, 1024))), "1024 bits"),
-    (service_file(key=pem(ec.generate_private_key(ec.SECP384R1()))), "only P-256"),
-    ({"type": "application", "keyId": "k", "key": "x"}, "missing field 'clientId'"),
-])
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        ("not json", "not valid JSON"),
+        ("", "is empty"),
+        ("[1, 2]", "expected a JSON object, found a list"),
+        (service_file(type="human"), "unknown key type 'human'"),
+        (service_file(type=3), "field 'type' must be a string"),
+        (service_file(keyId=...), "missing field 'keyId'"),
+        (service_file(keyId=42), "field 'keyId' must be a string, not a number"),
+        (service_file(userId=...), "missing field 'userId'"),
+        (service_file(key=...), "missing field 'key'"),
+        (service_file(key=""), "field 'key' is empty"),
+        (service_file(expirationDate="next tuesday"), "is not an RFC 3339 timestamp or a date"),
+        (service_file(expirationDate="2026-02-30T00:00:00Z"), "is not an RFC 3339"),
+        (service_file(expirationDate=20260101), "must be a string"),
+        (
+            service_file(key="-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"),
+            "not a valid PEM private key",
+        ),
+        (service_file(key="hello"), "not a PEM private key"),
+        (service_file(key=pem(RSA_KEY, serialization.PrivateFormat.PKCS8, b"pw")), "encrypted"),
+        (service_file(key=pem(RSA_KEY, serialization.PrivateFormat.TraditionalOpenSSL, b"pw")), "encrypted"),
+        (
+            service_file(
+                key=RSA_KEY.public_key()
+                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                .decode()
+            ),
+            "holds a public key",
+        ),
+        (service_file(key=pem(rsa.generate_private_key(65537, 1024))), "1024 bits"),
+        (service_file(key=pem(ec.generate_private_key(ec.SECP384R1()))), "only P-256"),
+        ({"type": "application", "keyId": "k", "key": "x"}, "missing field 'clientId'"),
+    ],
+)
 def test_invalid_input_names_the_source_and_problem(doc: Any, problem: str) -> None:
     text = doc if isinstance(doc, str) else json.dumps(doc)
     with pytest.raises(KeyFileError) as err:
@@ -157,8 +176,7 @@ def test_file_problems(tmp_path: Path) -> None:
         read_keyfile(fifo)
 
 
-def test_unreadable_file_is_invalid_not_a_crash(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_file_is_invalid_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """As root every file is readable, so read it with the effective uid of nobody."""
     from keyd.cli import main
 
@@ -196,8 +214,15 @@ def test_quick_check_catches_inconsistent_key() -> None:
     """A key that cannot produce a valid signature is refused. (OpenSSL 3
     re-checks CRT results and falls back to d, so both must be damaged.)"""
     nums = RSA_KEY.private_numbers()
-    bad = rsa.RSAPrivateNumbers(p=nums.p, q=nums.q, d=nums.d ^ 2, dmp1=nums.dmp1 ^ 2, dmq1=nums.dmq1,
-                                iqmp=nums.iqmp, public_numbers=nums.public_numbers)
+    bad = rsa.RSAPrivateNumbers(
+        p=nums.p,
+        q=nums.q,
+        d=nums.d ^ 2,
+        dmp1=nums.dmp1 ^ 2,
+        dmq1=nums.dmq1,
+        iqmp=nums.iqmp,
+        public_numbers=nums.public_numbers,
+    )
     broken = bad.private_key(unsafe_skip_rsa_key_validation=True)
     kf.clear_key_cache()
     with pytest.raises(KeyFileError, match="inconsistent|not a valid"):
@@ -209,16 +234,20 @@ def test_quick_check_catches_inconsistent_key() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
-fields = st.fixed_dictionaries({}, optional={
-    "type": st.sampled_from(["serviceaccount", "application", "x"]) | json_values,
-    "keyId": st.text(max_size=20) | json_values, "userId": st.text(max_size=20) | json_values,
-    "clientID": st.text(max_size=5), "expirationDate": st.text(max_size=30) | json_values,
-    "key": st.sampled_from([pem(RSA_KEY), pem(EC_KEY), "-----BEGIN PRIVATE KEY-----\n"]) | st.text(),
-})
+fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["serviceaccount", "application", "x"]) | json_values,
+        "keyId": st.text(max_size=20) | json_values,
+        "userId": st.text(max_size=20) | json_values,
+        "clientID": st.text(max_size=5),
+        "expirationDate": st.text(max_size=30) | json_values,
+        "key": st.sampled_from([pem(RSA_KEY), pem(EC_KEY), "-----BEGIN PRIVATE KEY-----\n"]) | st.text(),
+    },
+)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -242,9 +271,13 @@ def test_any_json_parses_or_raises_keyfileerror(doc: Any) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9998, 1, 1),
-                    timezones=st.sampled_from([UTC, get_zone("Europe/Zurich"),
-                                               get_zone("America/St_Johns")])))
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 2),
+        max_value=datetime(9998, 1, 1),
+        timezones=st.sampled_from([UTC, get_zone("Europe/Zurich"), get_zone("America/St_Johns")]),
+    )
+)
 def test_rfc3339_round_trip(moment: datetime) -> None:
     text = moment.isoformat()  # fixed offset in the text; compare as a fixed-offset instant
     expected = datetime.fromisoformat(text).astimezone(UTC)

@@ -22,15 +22,18 @@ def test_one_field_layout_as_text_or_object(value: Any) -> None:
     assert extract({"keyfile": value, "note": "x"}, "keyfile", SRC) == value
 
 
-@pytest.mark.parametrize(("data", "words"), [
-    ({}, "is empty"),
-    ({"keyfile": 3.5}, "not a number"),
-    ({"keyfile": None}, "not null"),
-    ({"keyfile": True}, "not a boolean"),
-    ({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}, "'a', 'b', 'c', 'd', 'e', …"),
-    ({"keyfile": "x" * (2 << 20)}, "limit"),
-    ({"keyfile": {"n": float("nan")}}, None),
-])
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({}, "is empty"),
+        ({"keyfile": 3.5}, "not a number"),
+        ({"keyfile": None}, "not null"),
+        ({"keyfile": True}, "not a boolean"),
+        ({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}, "'a', 'b', 'c', 'd', 'e', …"),
+        ({"keyfile": "x" * (2 << 20)}, "limit"),
+        ({"keyfile": {"n": float("nan")}}, None),
+    ],
+)
 def test_odd_secrets_name_the_problem(data: dict[str, Any], words: str | None) -> None:
     try:
         extract(data, "keyfile", SRC)

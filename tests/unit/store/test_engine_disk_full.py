@@ -25,8 +25,7 @@ def test_a_full_disk_while_scanning_is_a_store_error(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     for n in range(30):
-        make_key_file(keys, user_id=f"svc-{n}", alg="ES256",
-                      expires_at=datetime.now(UTC) + timedelta(days=9))
+        make_key_file(keys, user_id=f"svc-{n}", alg="ES256", expires_at=datetime.now(UTC) + timedelta(days=9))
     engine = make_engine(url)
     pages = engine.connect().exec_driver_sql("PRAGMA page_count").scalar()
     engine.dispose()
@@ -35,8 +34,7 @@ def test_a_full_disk_while_scanning_is_a_store_error(tmp_path: Path) -> None:
     def _full(dbapi: object, _record: object) -> None:  # the disk is full after this
         dbapi.execute(f"PRAGMA max_page_count = {pages}")  # type: ignore[attr-defined]
 
-    config = Config(database=DatabaseConfig(url=url),
-                    sources=(DirectorySourceConfig(name="dir", path=keys),))
+    config = Config(database=DatabaseConfig(url=url), sources=(DirectorySourceConfig(name="dir", path=keys),))
     with pytest.raises(StoreError, match=r"keyd\.db: the disk is full"):
         scan_all(config, engine, FakeClock(), None)
     engine.dispose()

@@ -12,8 +12,7 @@ from keyd.store.engine import make_engine, safe_url
 
 
 def test_safe_url_hides_the_password() -> None:
-    assert safe_url("postgresql+psycopg://keyd:hunter2@db/keyd") == \
-        "postgresql+psycopg://keyd:***@db/keyd"
+    assert safe_url("postgresql+psycopg://keyd:hunter2@db/keyd") == "postgresql+psycopg://keyd:***@db/keyd"
     assert safe_url("not a url") == "<unparsable database URL>"
 
 

@@ -42,8 +42,7 @@ def test_no_package_named_alembic_at_the_repository_root() -> None:
     assert Path(alembic.__file__).parent != REPO / "alembic"
 
 
-def test_missing_packaged_scripts_are_reported(monkeypatch: pytest.MonkeyPatch,
-                                               tmp_path: Path) -> None:
+def test_missing_packaged_scripts_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(migrate, "REPO_ROOT", tmp_path)  # "not a checkout"
     monkeypatch.setattr(migrate.resources, "files", lambda _pkg: tmp_path / "keyd")
     with pytest.raises(StoreError, match="migration scripts are missing"):
