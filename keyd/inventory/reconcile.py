@@ -175,7 +175,7 @@ class _Reconciler:
         for cand in batch:
             entry = entries[cand.ref]
             self.out.seen += 1
-            self.out.warnings += bool(cand.warning)
+            self.out.warnings += bool(cand.warnings)
             if cand.unchanged and entry is None:
                 log.debug("%s: %s reported unchanged but unknown; re-read next scan", self.source, cand.ref)
             elif (
@@ -183,7 +183,7 @@ class _Reconciler:
                 and entry is not None
                 and entry.key_pk is not None
                 and entry.status == LocationStatus.PRESENT
-                and entry.warning == cand.warning
+                and entry.warning == cand.warnings
             ):
                 self.out.unchanged += 1
                 self.unchanged_keys.add(entry.key_pk)
@@ -246,7 +246,7 @@ class _Reconciler:
             return
         self.out.unchanged += 1
         loc.last_seen = self.now
-        loc.warning = cand.warning
+        loc.warning = cand.warnings
         self._touch(loc.key, present=loc.status == LocationStatus.PRESENT, seen=True)
 
     def _found(self, cand: Candidate, kf: KeyFile, loc: KeyLocation | None, keys: dict[str, Key]) -> None:
@@ -456,7 +456,7 @@ def _fill_location(
         cand.version,
         content_hash,
         error,
-        cand.warning,
+        cand.warnings,
     )
     if loc.last_seen is not None and found == (
         loc.status,

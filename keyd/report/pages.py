@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
+from keyd.exposure import exposure_text
 from keyd.redact import scrub
 from keyd.report import render
 from keyd.report.status import KeyStatus, StatusReport, problems, shown_status
@@ -279,7 +280,7 @@ def _locations(key: KeyStatus) -> str:
                 f"<code>{e(loc.ref)}</code>",
                 e(loc.status),
                 e(_clean(loc.error) or "-"),
-                e(loc.warning or "-"),
+                e(exposure_text(loc.warnings) or "-"),
                 e(render.instant(loc.last_seen)),
             ],
         )

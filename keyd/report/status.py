@@ -43,6 +43,7 @@ from typing import Any, Final
 from keyd import vocab
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
 from keyd.config import Config
+from keyd.exposure import exposure_text
 from keyd.report import render
 from keyd.store.inventory import Engine, InventorySnapshot, inventory_snapshot
 from keyd.store.keys import KeyRecord, Location
@@ -109,7 +110,7 @@ def _location_json(loc: Location) -> dict[str, Any]:
         "ref": loc.ref,
         "status": loc.status,
         "error": loc.error,
-        "warning": loc.warning,
+        "warning": exposure_text(loc.warnings),
         "kind": loc.kind or "file",
     }
 
@@ -260,12 +261,12 @@ def problems(report: StatusReport) -> list[str]:
         for loc in key.row.locations:
             if loc.status == vocab.LocationStatus.INVALID:
                 lines.append(f"{loc.source}: {loc.ref}: INVALID ({key.row.key_id}): {loc.error}")
-            elif loc.warning and loc.status == vocab.LocationStatus.PRESENT:
-                for part in loc.warning.split("; "):
-                    if part.startswith("its directory "):
-                        text = f"{loc.source}: warning: directory{part[len('its directory') :]}"
+            elif loc.status == vocab.LocationStatus.PRESENT:
+                for warning in loc.warnings:
+                    if warning.directory:
+                        text = f"{loc.source}: warning: directory {warning.path} is {warning.readers}"
                     else:
-                        text = f"{loc.source}: {loc.ref}: warning: {part}"
+                        text = f"{loc.source}: {loc.ref}: warning: {warning.message}"
                     if text not in said:
                         said.add(text)
                         lines.append(text)

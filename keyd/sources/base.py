@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from keyd.errors import KeyFileError
+from keyd.exposure import Exposure
 from keyd.sources.keyfile import KeyFile
 from keyd.text import storable
 
@@ -27,8 +28,8 @@ class Candidate:
     version (Vault) and ``size``/``mtime_ns``/``inode`` the file stamp
     (directory), used for change detection. Exactly one of ``keyfile``,
     ``error`` is set, unless ``unchanged`` (then neither: the inventory's
-    row stays as it is). ``warning`` is advisory (e.g. file readable by
-    group/other) and never makes the location invalid.
+    row stays as it is). ``warnings`` are advisory (e.g. file readable by
+    group/other) and never make the location invalid.
     """
 
     ref: str
@@ -39,7 +40,7 @@ class Candidate:
     size: int | None = None
     mtime_ns: int | None = None
     inode: int | None = None
-    warning: str | None = None
+    warnings: tuple[Exposure, ...] = ()
 
     def __post_init__(self) -> None:
         # The ref is the location's identity in the database, which stores

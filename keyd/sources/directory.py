@@ -18,7 +18,7 @@ Contract:
 * Symlinks are followed only when their target resolves inside the root.
   Symlinked *directories* are not descended (no loops, no duplicates).
 * A file or its directory readable by other users, or by a group that is
-  not keyd's own (``exposure``), gets a ``warning`` (and
+  not keyd's own (``exposure``), gets an ``Exposure`` warning (and
   a log line); keyd still uses it.
 * Incremental: a file whose (size, mtime_ns, inode) equals ``known[ref]``
   is not opened (``Candidate.unchanged``).
@@ -51,6 +51,7 @@ from fnmatch import fnmatchcase
 from keyd import progress
 from keyd.config import DirectorySourceConfig
 from keyd.errors import EXIT_UNAVAILABLE, KeydError, KeyFileError
+from keyd.exposure import Exposure
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import KeyFile, Validation, parse_keyfile, read_bounded
 from keyd.text import path_text
@@ -114,7 +115,7 @@ class DirectorySource:
             progress.advance(task)
         progress.end(task)
         found = [c for c in candidates if c is not None]
-        exposed = sum(1 for c in found if c.warning)
+        exposed = sum(1 for c in found if c.warnings)
         if exposed:
             log.warning(
                 "%s: %d key file(s) readable beyond keyd's group (see keyd status)", self.name, exposed
@@ -219,14 +220,15 @@ class DirectorySource:
         if not stat.S_ISREG(st.st_mode):
             return _invalid(path, "is not a regular file")
         stamp = FileStamp(st.st_size, st.st_mtime_ns, st.st_ino)
-        warning = self._exposure(path, st)
+        warnings = self._exposure(path, st)
         seen = Candidate(
-            ref=path, size=stamp.size, mtime_ns=stamp.mtime_ns, inode=stamp.inode, warning=warning
+            ref=path, size=stamp.size, mtime_ns=stamp.mtime_ns, inode=stamp.inode, warnings=warnings
         )
         if known.get(path) == stamp:
             return replace(seen, unchanged=True)
-        if warning and warning.startswith("key file"):  # a directory's is logged once
-            log.warning("%s", warning.split("; its directory")[0])
+        for warning in warnings:
+            if not warning.directory:  # a directory's is logged once, in _exposure
+                log.warning("%s", warning.message)
         try:
             keyfile = self._parse(path, validated)
         except KeyFileError as exc:
@@ -239,13 +241,13 @@ class DirectorySource:
         level: Validation = "quick" if cheap.content_hash in validated else "full"
         return parse_keyfile(data, source=path, tz=self.tz, validate=level)
 
-    def _exposure(self, path: str, st: os.stat_result) -> str | None:
-        """Advisory text when the file or its directory is readable beyond
-        keyd's own group (see ``exposure``); the directory's once per scan."""
-        problems: list[str] = []
+    def _exposure(self, path: str, st: os.stat_result) -> tuple[Exposure, ...]:
+        """Warnings when the file or its directory is readable beyond
+        keyd's own group (see ``exposure``); the directory's logged once per scan."""
+        problems: list[Exposure] = []
         mine = exposure(st.st_mode, st.st_gid)
         if mine:
-            problems.append(f"key file {path} is {mine}")
+            problems.append(Exposure(path, mine))
         directory = os.path.dirname(path) or "."
         if directory not in self._dir_modes:
             try:
@@ -255,9 +257,10 @@ class DirectorySource:
                 self._dir_modes[directory] = None
             if self._dir_modes[directory]:
                 log.warning("directory %s holding key files is %s", directory, self._dir_modes[directory])
-        if self._dir_modes[directory]:
-            problems.append(f"its directory {directory} is {self._dir_modes[directory]}")
-        return "; ".join(problems) or None
+        readers = self._dir_modes[directory]
+        if readers:
+            problems.append(Exposure(directory, readers, directory=True))
+        return tuple(problems)
 
 
 def exposure(mode: int, gid: int) -> str | None:

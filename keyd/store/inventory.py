@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from keyd.errors import StoreError
+from keyd.exposure import Exposure
 from keyd.redact import scrub
 from keyd.store.engine import session_scope
 from keyd.store.keys import LOCATION_COLUMNS, KeyRecord, Location, key_records, location
@@ -52,7 +53,7 @@ class LocationIndex(NamedTuple):
     id: int
     key_pk: int | None
     status: str
-    warning: str | None
+    warning: tuple[Exposure, ...]
 
 
 class KeyState(NamedTuple):

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
+from keyd.exposure import Exposure
 from keyd.store.models import Key, KeyLocation
 from keyd.vocab import LocationStatus
 
@@ -31,7 +32,7 @@ class Location:
     status: str = LocationStatus.PRESENT  # vocab.LocationStatus
     kind: str | None = None  # None: a key file; "zitadel": a zitadel source's listing
     error: str | None = None
-    warning: str | None = None
+    warnings: tuple[Exposure, ...] = ()
     last_seen: datetime | None = None
     key_id: str | None = None  # None: an invalid file that holds no key
 
@@ -176,7 +177,7 @@ def location(row: Any, key_id: str | None, seen: Mapping[str, datetime] | None =
         status=row.status,
         kind=row.kind,
         error=row.last_error,
-        warning=row.warning,
+        warnings=row.warning or (),
         last_seen=last_seen,
         key_id=key_id,
     )

@@ -7,6 +7,7 @@ Changing a model means regenerating the migration (README: "Schema changes").
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
@@ -29,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from keyd.exposure import Exposure
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -59,6 +62,42 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+class Exposures(TypeDecorator[tuple[Exposure, ...]]):
+    """``key_locations.warning``: a location's permission warnings, stored
+    in the text column they always had (no migration) as a JSON list, NULL
+    when there are none. The one place they become text and back.
+
+    Rows written before this were the warnings' messages joined with
+    ``"; "``; they are read as such until the next scan rewrites them."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: tuple[Exposure, ...] | None, dialect: Dialect) -> str | None:
+        if not value:
+            return None
+        return json.dumps([{"path": e.path, "readers": e.readers, "directory": e.directory} for e in value])
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> tuple[Exposure, ...]:
+        if not value:
+            return ()
+        if not value.startswith("["):
+            return tuple(_legacy_exposure(part) for part in value.split("; "))
+        return tuple(
+            Exposure(str(e["path"]), str(e["readers"]), bool(e["directory"])) for e in json.loads(value)
+        )
+
+
+def _legacy_exposure(message: str) -> Exposure:
+    """One ``"; "``-joined part of a warning stored before ``Exposures``."""
+    directory = message.startswith("its directory ")
+    rest = message.removeprefix("its directory ").removeprefix("key file ")
+    path, sep, readers = rest.rpartition(" is readable by ")
+    if not sep:
+        return Exposure("", message)
+    return Exposure(path, f"readable by {readers}", directory)
 
 
 #: ``keys.next_alert_at``: evaluate at the next tick / nothing scheduled.
@@ -149,7 +188,8 @@ class KeyLocation(Base):
     version: Mapped[int | None] = mapped_column(Integer)
     content_hash: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
-    warning: Mapped[str | None] = mapped_column(Text)  # e.g. group/other-readable
+    # permission warnings (group/other-readable): never NULL in Python, () when none
+    warning: Mapped[tuple[Exposure, ...]] = mapped_column(Exposures, nullable=True, default=())
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -15,6 +15,7 @@ PKG = Path(__file__).resolve().parents[2] / "keyd"
 LAYERS = {
     "clock": 0,
     "errors": 0,
+    "exposure": 0,
     "retry": 0,
     "redact": 0,
     "text": 0,

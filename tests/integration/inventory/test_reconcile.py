@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from keyd.errors import KeyFileError, VaultUnavailable
+from keyd.exposure import Exposure
 from keyd.inventory.reconcile import SourceOutcome, is_expired, reconcile, record_failure
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import parse_keyfile
@@ -315,18 +316,18 @@ def test_unchanged_file_with_new_permission_warning(migrated_engine: Engine) -> 
         size=100,
         mtime_ns=1,
         inode=7,
-        warning="key file /keys/a.json is readable by group/other",
+        warnings=(Exposure("/keys/a.json", "readable by group/other"),),
     )
     out = scan(migrated_engine, unchanged, now=NOW + timedelta(hours=1))
     assert (out.unchanged, out.warnings, out.keys) == (1, 1, 1)
     loc = locations(migrated_engine)["/keys/a.json"]
-    assert loc.warning == unchanged.warning and loc.last_seen == NOW + timedelta(hours=1)
+    assert loc.warning == unchanged.warnings and loc.last_seen == NOW + timedelta(hours=1)
     out = scan(
         migrated_engine,
         Candidate(ref="/keys/a.json", unchanged=True, size=100, mtime_ns=1, inode=7),
         now=NOW + timedelta(hours=2),
     )
-    assert locations(migrated_engine)["/keys/a.json"].warning is None
+    assert locations(migrated_engine)["/keys/a.json"].warning == ()
     assert keys(migrated_engine)["k1"].last_seen == NOW + timedelta(hours=2)
 
 

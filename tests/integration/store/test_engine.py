@@ -11,9 +11,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from keyd.errors import StoreError
+from keyd.exposure import Exposure, exposure_text
 from keyd.store import engine as engine_module
 from keyd.store.engine import make_engine, session_factory, session_scope
-from keyd.store.models import Alert, Key, Probe, State
+from keyd.store.models import Alert, Key, KeyLocation, Probe, State
 from tests.support.db import checked_engine, postgres_database
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -197,3 +198,46 @@ def test_postgres_bare_scheme_uses_psycopg3() -> None:
                 assert connection.exec_driver_sql("SELECT 1").scalar() == 1
         finally:
             engine.dispose()
+
+
+def test_permission_warnings_round_trip_as_records(migrated_engine: Engine) -> None:
+    """A path holding "; " or " is " stays whole: warnings are stored as a
+    list, never as text to split again. None stores NULL and reads ()."""
+    warnings = (
+        Exposure("/keys/a; b is.json", "readable by other users (mode 0644, chmod o-r it)"),
+        Exposure("/keys", "readable by group adm (gid 4), which is not keyd's own group", directory=True),
+    )
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    with session_scope(migrated_engine) as session:
+        for ref, held in (("/keys/a", warnings), ("/keys/b", ())):
+            session.add(
+                KeyLocation(
+                    source="dir", ref=ref, status="present", warning=held, first_seen=at, last_seen=at
+                )
+            )
+    with session_scope(migrated_engine) as session:
+        got = {loc.ref: loc.warning for loc in session.scalars(select(KeyLocation))}
+        raw = {r.ref: r.warning for r in session.execute(text("SELECT ref, warning FROM key_locations"))}
+    assert got == {"/keys/a": warnings, "/keys/b": ()}
+    assert raw["/keys/b"] is None
+
+
+def test_permission_warnings_an_older_keyd_joined_are_read_as_records(migrated_engine: Engine) -> None:
+    legacy = (
+        "key file /keys/a.json is readable by other users (mode 0644, chmod o-r it); "
+        "its directory /keys is readable by other users (mode 0755, chmod o-r it)"
+    )
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    with session_scope(migrated_engine) as session:
+        session.add(
+            KeyLocation(source="dir", ref="/keys/a.json", status="present", first_seen=at, last_seen=at)
+        )
+    with session_scope(migrated_engine) as session:
+        session.execute(text("UPDATE key_locations SET warning = :w"), {"w": legacy})
+    with session_scope(migrated_engine) as session:
+        (loc,) = session.scalars(select(KeyLocation))
+        assert loc.warning == (
+            Exposure("/keys/a.json", "readable by other users (mode 0644, chmod o-r it)"),
+            Exposure("/keys", "readable by other users (mode 0755, chmod o-r it)", directory=True),
+        )
+        assert exposure_text(loc.warning) == legacy

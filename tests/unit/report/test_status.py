@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from keyd.exposure import Exposure
 from keyd.report import render
 from keyd.report.status import build_status, effective_status, render_text, to_json
 from keyd.sources.keyfile import NEVER
@@ -21,12 +22,12 @@ def loc(
     status: str = "present",
     *,
     error: str | None = None,
-    warning: str | None = None,
+    warnings: tuple[Exposure, ...] = (),
     key_id: str | None = "k1",
     source: str = "dir",
 ) -> Location:
     return Location(
-        source=source, ref=ref, status=status, error=error, warning=warning, last_seen=AT, key_id=key_id
+        source=source, ref=ref, status=status, error=error, warnings=warnings, last_seen=AT, key_id=key_id
     )
 
 
@@ -145,7 +146,7 @@ def test_text_table_and_problems() -> None:
             "k1",
             AT + timedelta(days=10),
             "active",
-            loc("/keys/a.json", warning="key file /keys/a.json is readable by group/other"),
+            loc("/keys/a.json", warnings=(Exposure("/keys/a.json", "readable by group/other"),)),
             loc("/keys/b.json", "invalid", error="is not valid JSON"),
             last_probe_at=AT - timedelta(hours=2),
             last_probe_outcome="rejected",
@@ -202,16 +203,16 @@ def test_render_helpers() -> None:
 def test_control_characters_never_reach_the_terminal_and_warnings_stay_whole() -> None:
     """Rows an older keyd (or a direct database write) left with control
     characters; a permission warning whose text holds a comma-separated hint."""
-    warning = (
-        "key file /keys/a.json is readable by other users (mode 0644, chmod o-r it); "
-        "its directory /keys is readable by other users (mode 0755, chmod o-r it)"
+    warnings = (
+        Exposure("/keys/a.json", "readable by other users (mode 0644, chmod o-r it)"),
+        Exposure("/keys", "readable by other users (mode 0755, chmod o-r it)", directory=True),
     )
     snap = snapshot(
         key(
             "k1\r\nKEYD OK - forged",
             AT + timedelta(days=10),
             "active",
-            loc("/keys/a.json", warning=warning),
+            loc("/keys/a.json", warnings=warnings),
             loc("/keys/b\n.json", "invalid", error="\x1b[2Jis not valid JSON"),
         ),
         sources=(),

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from keyd.exposure import Exposure
 from keyd.report import web
 from keyd.report.pages import IndexPage, render_index
 from keyd.report.status import build_status
@@ -84,7 +85,11 @@ def test_everything_from_files_is_escaped() -> None:
             HOSTILE,
             AT + timedelta(days=3),
             principal=HOSTILE,
-            locations=(loc(HOSTILE, "invalid", error=HOSTILE, warning=HOSTILE, key_id=HOSTILE),),
+            locations=(
+                loc(
+                    HOSTILE, "invalid", error=HOSTILE, warnings=(Exposure(HOSTILE, HOSTILE),), key_id=HOSTILE
+                ),
+            ),
             last_error=HOSTILE,
         ),
         orphans=(loc("/k/" + HOSTILE, "invalid", error=HOSTILE, key_id=None),),

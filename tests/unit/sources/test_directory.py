@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from keyd.config import DirectorySourceConfig
+from keyd.exposure import Exposure
 from keyd.sources import keyfile as keyfile_mod
 from keyd.sources.base import Candidate
 from keyd.sources.directory import DirectorySource, DirectoryUnavailable, FileStamp
@@ -52,7 +53,7 @@ def test_recursive_pattern_on_names_at_any_depth(root: Path) -> None:
     assert refs == [str(root / "a.json"), str(root / "team" / "deep" / "b.json")]
     assert [c.keyfile.key_id for c in result.candidates if c.keyfile] == ["k1", "k2"]
     c = result.candidates[0]
-    assert c.error is None and not c.unchanged and c.warning is None
+    assert c.error is None and not c.unchanged and c.warnings == ()
     st = os.stat(root / "a.json")
     assert (c.size, c.mtime_ns, c.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
 
@@ -71,13 +72,23 @@ def test_readable_by_others_warns_but_is_used(root: Path, caplog: pytest.LogCapt
     cands = by_ref(source(root).scan().candidates)
     a, b = cands[str(root / "a.json")], cands[str(root / "b.json")]
     assert a.keyfile is not None
-    assert a.warning == (f"key file {root / 'a.json'} is readable by other users (mode 0644, chmod o-r it)")
-    assert b.warning is None
+    assert a.warnings == (
+        Exposure(str(root / "a.json"), "readable by other users (mode 0644, chmod o-r it)"),
+    )
+    assert a.warnings[0].message == (
+        f"key file {root / 'a.json'} is readable by other users (mode 0644, chmod o-r it)"
+    )
+    assert b.warnings == ()
     assert "readable by other users" in caplog.text
     os.chmod(root, 0o755)
     b2 = by_ref(source(root).scan().candidates)[str(root / "b.json")]
     assert b2.keyfile is not None
-    assert b2.warning == f"its directory {root} is readable by other users (mode 0755, chmod o-r it)"
+    assert b2.warnings == (
+        Exposure(str(root), "readable by other users (mode 0755, chmod o-r it)", directory=True),
+    )
+    assert (
+        b2.warnings[0].message == f"its directory {root} is readable by other users (mode 0755, chmod o-r it)"
+    )
     assert PEM_MARKER not in caplog.text
 
 
@@ -88,7 +99,7 @@ def test_the_layout_keyds_snippets_prescribe_is_fine(root: Path) -> None:
     write_keyfile(root / "a.json", "k1", mode=0o640)
     os.chown(root / "a.json", -1, os.getegid())
     (cand,) = source(root).scan().candidates
-    assert cand.keyfile is not None and cand.warning is None
+    assert cand.keyfile is not None and cand.warnings == ()
 
 
 def test_readable_by_another_group_warns(root: Path) -> None:
@@ -96,11 +107,11 @@ def test_readable_by_another_group_warns(root: Path) -> None:
     write_keyfile(root / "a.json", "k1", mode=0o640)
     os.chown(root / "a.json", -1, other)
     (cand,) = source(root).scan().candidates
-    assert cand.warning == (
+    assert [w.message for w in cand.warnings] == [
         f"key file {root / 'a.json'} is readable by group gid {other}, "
         "which is not keyd's own group (mode 0640, chgrp it to keyd's group "
         "or chmod g-r it)"
-    )
+    ]
 
 
 def test_symlink_inside_root_followed_outside_refused(root: Path, tmp_path: Path) -> None:
