@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import Final
+from typing import Final, Literal
 
 from keyd.clock import utc
 from keyd.sources.keyfile import NEVER_YEAR, Expiry
@@ -74,14 +74,27 @@ def days_left(seconds_left: int | None) -> int | None:
     return seconds_left // _DAY_SECONDS
 
 
-def time_left(seconds: int) -> str:
-    """Time left for people: whole days rounded down, as ``days_left`` and
-    the status table count them ("4 days" at 4d 23h), else ``"5h 12m"``.
-    One rule, so a subject never says 5 days where the table says 4."""
+#: How ``time_left`` says 4 days 23 hours: ``"4 days"`` (alert subjects),
+#: ``"4d"`` (``keyd check``'s one line) or ``"4d 23h"`` (a mail's facts,
+#: ``keyd inspect``).
+LeftStyle = Literal["days", "short", "exact"]
+
+
+def time_left(seconds: int | None, style: LeftStyle = "days") -> str:
+    """Time left (or, negated, time since) for people: the one function
+    every view uses. ``days`` and ``short`` count whole days rounded down,
+    as ``days_left`` and the status table do (4d 23h is 4 days), so a
+    subject never says 5 days where the table says 4; under a day, and
+    always in the ``exact`` style, the two largest units (``"5h 12m"``).
+    None (no expiry) is ``"unknown time"``."""
+    if seconds is None:
+        return "unknown time"
     days = days_left(seconds) or 0
-    if days >= 1:
-        return f"{days} day" + ("s" if days != 1 else "")
-    return format_duration(seconds)
+    if days < 1 or style == "exact":
+        return format_duration(seconds)
+    if style == "short":
+        return f"{days}d"
+    return f"{days} day" + ("s" if days != 1 else "")
 
 
 def is_never(expires_at: datetime) -> bool:

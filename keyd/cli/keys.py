@@ -16,7 +16,7 @@ from typing import Any, Final
 import click
 
 from keyd.checks.assertion import AssertionSigner
-from keyd.checks.expiry import DEFAULT_WARN_BEFORE, evaluate
+from keyd.checks.expiry import DEFAULT_WARN_BEFORE, evaluate, time_left
 from keyd.checks.mint import mint, prove_application_key
 from keyd.cli.common import AppContext, app, echo_json, parse_at, parse_tz
 from keyd.clients.issuer import IssuerClient
@@ -104,9 +104,8 @@ def _left(seconds: int | None) -> str:
     if seconds is None:
         return ""
     if seconds <= 0:
-        return f"expired {(-seconds) // 86400}d ago" if seconds <= -86400 else "expired"
-    days, rest = divmod(seconds, 86400)
-    return f"{days}d {rest // 3600}h left"
+        return f"expired {time_left(-seconds, 'short')} ago" if seconds <= -86400 else "expired"
+    return f"{time_left(seconds, 'exact')} left"
 
 
 @click.command("inspect")

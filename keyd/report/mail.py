@@ -25,9 +25,10 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any, Final
 
+from keyd.checks.expiry import time_left
 from keyd.store.alerts import AlertRecord
 from keyd.text import escape
-from keyd.timeutil import format_duration, isoformat_z
+from keyd.timeutil import isoformat_z
 from keyd.vocab import AlertKind, KeyKind, LocationKind, LocationStatus, Severity
 
 _SEVERITY_ORDER: Final[dict[str, int]] = {severity: rank for rank, severity in enumerate(Severity)}
@@ -185,7 +186,7 @@ def _expiry_facts(ctx: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
     seconds = ctx.get("seconds_left")
     if isinstance(seconds, int) and seconds > 0:
-        facts.append(("Time left", f"{format_duration(seconds)} (at {ctx.get('decided_at')})"))
+        facts.append(("Time left", f"{time_left(seconds, 'exact')} (at {ctx.get('decided_at')})"))
     return facts
 
 

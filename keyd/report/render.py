@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 
+from keyd.checks.expiry import time_left
 from keyd.text import escape
-from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
+from keyd.timeutil import isoformat_z, rfc3339_z
 
 DASH = "-"
 
@@ -56,10 +57,10 @@ def ago(value: datetime | None, now: datetime) -> str:
     """``3h 12m ago`` (or ``in 5m`` for a future instant, e.g. with --at)."""
     if value is None:
         return DASH
-    delta = now - value
-    if delta.total_seconds() < 0:
-        return f"in {format_duration(-delta)}"
-    return f"{format_duration(delta)} ago"
+    seconds = int((now - value).total_seconds())
+    if seconds < 0:
+        return f"in {time_left(-seconds, 'exact')}"
+    return f"{time_left(seconds, 'exact')} ago"
 
 
 def shorten(text: str, width: int) -> str:

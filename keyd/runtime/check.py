@@ -42,7 +42,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
 
 from keyd.actions.findings import policy_findings
-from keyd.checks.expiry import evaluate
+from keyd.checks.expiry import evaluate, time_left
 from keyd.config import Config, ZitadelSourceConfig
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, EXIT_WARNING
 from keyd.redact import scrub
@@ -170,7 +170,7 @@ class Verdict:
                 text += f", {tokens[CheckStatus.CRITICAL]} token(s) expired in place"
             return text + (f", {c['expiring']} expiring" if c["expiring"] else "")
         if self.status == CheckStatus.WARNING:
-            when = f" in {_left(soonest)}" if soonest is not None else ""
+            when = f" in {time_left(soonest, 'short')}" if soonest is not None else ""
             noun = "key" if c["expiring"] == 1 else "keys"
             text = f"{c['expiring']} {noun} expiring{when}, {c['rejected']} rejected"
             return text + (
@@ -310,7 +310,7 @@ def _judge_key(
             Problem(
                 CheckStatus.WARNING,
                 ExpiryStatus.EXPIRING,
-                f"{who} expires at {rfc3339_z(view.expires_at)} (in {_left(view.seconds_left)}, "
+                f"{who} expires at {rfc3339_z(view.expires_at)} (in {time_left(view.seconds_left, 'short')}, "
                 f"last usable day {view.last_usable_day}){where}",
                 **common,
             )
@@ -433,14 +433,6 @@ def _status(verdict: Verdict) -> str:
         if status in severities:
             return status
     return CheckStatus.OK
-
-
-def _left(seconds: int | None) -> str:
-    if seconds is None:
-        return "unknown time"
-    if seconds >= 86_400:
-        return f"{seconds // 86_400}d"
-    return format_duration(seconds)
 
 
 def _clean(text: str | None) -> str:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyd.checks.expiry import days_left, evaluate, last_usable_day, seconds_until
+from keyd.checks.expiry import days_left, evaluate, last_usable_day, seconds_until, time_left
 from keyd.sources.keyfile import NEVER, Expiry
 
 ZRH = ZoneInfo("Europe/Zurich")
@@ -145,8 +145,6 @@ def test_the_ends_of_the_calendar_saturate(zone: str) -> None:
 def test_people_read_the_same_day_count_everywhere(seconds: int) -> None:
     """The mail subject ("expires in 4 days") and the status table's DAYS
     column count days the same way (4d 13h is 4 days, not 5)."""
-    from keyd.checks.expiry import time_left
-
     words = time_left(seconds)
     days = days_left(seconds)
     assert days is not None
@@ -154,3 +152,37 @@ def test_people_read_the_same_day_count_everywhere(seconds: int) -> None:
         assert words == f"{days} day" + ("s" if days != 1 else "")
     else:
         assert "day" not in words
+
+
+@pytest.mark.parametrize(
+    ("seconds", "days", "short", "exact"),
+    [
+        (4 * 86_400 + 23 * 3600, "4 days", "4d", "4d 23h"),  # whole days rounded down
+        (86_400, "1 day", "1d", "1d"),
+        (86_399, "23h 59m", "23h 59m", "23h 59m"),  # under a day: the two largest units
+        (5 * 3600 + 12 * 60 + 7, "5h 12m", "5h 12m", "5h 12m"),
+        (0, "0s", "0s", "0s"),
+        (-2 * 86_400 - 3600, "-2d 1h", "-2d 1h", "-2d 1h"),  # past: never "N days"
+        (None, "unknown time", "unknown time", "unknown time"),
+    ],
+)
+def test_time_left_styles(seconds: int | None, days: str, short: str, exact: str) -> None:
+    """The one "time left for people" function: alert subjects (days),
+    keyd check (short), mail facts, keyd inspect and "ago" (exact)."""
+    assert (time_left(seconds), time_left(seconds, "short"), time_left(seconds, "exact")) == (
+        days,
+        short,
+        exact,
+    )
+
+
+def test_views_say_time_left_through_time_left() -> None:
+    """keyd check's line, keyd inspect and the status pages' "ago" agree with it."""
+    from keyd.cli.keys import _left
+    from keyd.report.render import ago
+
+    assert _left(4 * 86_400 + 3 * 3600) == "4d 3h left"
+    assert _left(-3 * 86_400 - 5) == "expired 3d ago"
+    assert _left(-5) == "expired"
+    assert ago(T0, T0 + timedelta(hours=3, minutes=12, seconds=30)) == "3h 12m ago"
+    assert ago(T0 + timedelta(minutes=5), T0) == "in 5m"
