@@ -134,6 +134,8 @@ class ProbeReport:
     #: a chunked round stopped at its slice with keys still due (the daemon
     #: runs the next chunk at once, after whatever else is queued)
     more: bool = False
+    #: with ``more``: keys still due after this chunk (for /healthz), if counted
+    remaining: int | None = None
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -372,6 +372,13 @@ class DaemonConfig:
     scan_interval: timedelta = _tick(timedelta(minutes=5), "re-read every source")
     evaluate_interval: timedelta = _tick(timedelta(minutes=1), "decide alerts")
     probe_tick: timedelta = _tick(timedelta(seconds=30), "probe keys that are due")
+    probe_slice: timedelta = key(
+        "duration",
+        default=timedelta(seconds=10),
+        low=_SECOND,
+        high=timedelta(minutes=10),
+        doc="the longest one chunk of a probe round holds the work thread (at issuer.rate_limit)",
+    )
     tokens_tick: timedelta = _tick(timedelta(seconds=30), "refresh tokens that are due")
     rotate_tick: timedelta = _tick(timedelta(seconds=30), "plan and advance key rotations")
     outbox_tick: timedelta = _tick(timedelta(seconds=30), "send pending deliveries")

@@ -5,8 +5,9 @@ its JSON twin, Prometheus metrics and health.
   — one key (the id percent-encoded); ``GET /api/v1/status`` — exactly the
   document ``keyd status --json`` prints (one builder,
   ``keyd.report.status.load_status``).
-* ``GET /metrics`` — Prometheus; ``/healthz`` (200 while the scheduler is
-  ticking, else 503: for liveness checks) and ``/readyz`` (200 with
+* ``GET /metrics`` — Prometheus; ``/healthz`` (JSON; 200 while the
+  scheduler is ticking and work advances, else 503: for liveness checks;
+  the body shows the work in progress, docs/daemon.md) and ``/readyz`` (200 with
   ``{"role": "leader"|"standby"}`` once the database answers and the role
   is known, else 503).
 
@@ -43,8 +44,8 @@ from keyd.report.web import CONTENT_SECURITY_POLICY
 
 log = logging.getLogger(__name__)
 
-#: ``healthy()`` → (ok, reason); ``ready()`` → (ok, body).
-Health = Callable[[], tuple[bool, str]]
+#: ``healthy()`` → (ok, reason or JSON body); ``ready()`` → (ok, body).
+Health = Callable[[], tuple[bool, str | dict[str, Any]]]
 Ready = Callable[[], tuple[bool, dict[str, Any]]]
 
 OPEN_PATHS: Final = ("/healthz", "/readyz")
@@ -139,8 +140,13 @@ class _Handler(BaseHTTPRequestHandler):
             body, content_type = self.server.metrics.render(self.headers.get("Accept"))
             self._send(200, body, content_type)
         elif path == "/healthz":
-            ok, reason = self.server.healthy()
-            self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain")
+            ok, health = self.server.healthy()
+            doc = (
+                health
+                if isinstance(health, dict)
+                else {"status": "ok" if ok else "unhealthy", "reason": health}
+            )
+            self._send(200 if ok else 503, json.dumps(doc).encode() + b"\n", JSON)
         elif path == "/readyz":
             ok, data = self.server.ready()
             self._send(200 if ok else 503, json.dumps(data).encode() + b"\n", JSON)

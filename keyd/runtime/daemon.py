@@ -15,9 +15,11 @@ Signals (handled on the main thread, which does nothing else):
   flight (bounded, below systemd's ``TimeoutStopSec``), close, exit 0.
 
 The control tick (its own thread) re-checks leadership, retries it as a
-standby, and pings the watchdog, but only while no work tick has been
-stuck for ``stuck_after``: a wedged daemon is restarted by systemd.
-``/healthz`` turns unhealthy as soon as a stage overruns that deadline
+standby, and pings the watchdog, but only while no work tick has gone
+``stuck_after`` without progress (``keyd.runtime.liveness``: a long scan
+or probe round that advances is not stuck; a wedged one is restarted by
+systemd). ``/healthz`` (JSON) shows the work in progress and the chunked
+rounds, and turns unhealthy as soon as a stage overruns that deadline
 (naming it), before the watchdog gives up.
 
 The outbox (mail, webhooks) runs on its own thread (``MAIL``), so an alert
@@ -39,7 +41,7 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from keyd import __version__
+from keyd import __version__, progress
 from keyd.clock import Clock
 from keyd.config import Config
 from keyd.errors import KeydError
@@ -50,11 +52,13 @@ from keyd.report.metrics import KeydMetrics
 from keyd.runtime import sdnotify
 from keyd.runtime.check import judge
 from keyd.runtime.cycle import Stage
-from keyd.runtime.scheduler import CONTROL, MAIL, SNAPSHOT, WORK, Tick, TickScheduler
+from keyd.runtime.liveness import Rounds, WorkProgress
+from keyd.runtime.scheduler import CONTROL, MAIL, SNAPSHOT, WORK, Tick, TickScheduler, TickStats
 from keyd.runtime.views import StatusViews
 from keyd.runtime.wiring import Services, build_services
 from keyd.store import snapshot
 from keyd.store.migrate import ensure_current
+from keyd.timeutil import isoformat_z
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ DEFAULT_INTERVALS = {
 class DaemonSettings:
     control_interval: float = 5.0  # leadership re-check / standby retry / watchdog
     stop_timeout: float = 20.0  # keep below TimeoutStopSec (30 s in keyd.service)
-    stuck_after: float = 900.0  # a work tick running longer stops the watchdog pings
+    stuck_after: float = 900.0  # a work tick this long without progress stops the watchdog pings
     intervals: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
 
 
@@ -107,6 +111,8 @@ class Daemon:
         self._mail = threading.Lock()  # held by the outbox tick; a reload waits for it
         self._role: str | None = None
         self._started_mono = clock.monotonic()
+        self.progress = WorkProgress(clock)  # progress inside ticks (/healthz, watchdog)
+        self.rounds = Rounds(clock)  # chunked rounds (the probe round)
         self.services: Services | None = None
         self.guard: LeaderGuard | None = None
         self.scheduler: TickScheduler | None = None
@@ -123,10 +129,11 @@ class Daemon:
             self.settings.control_interval = min(self.settings.control_interval, watchdog / 3)
         previous = self._install_signal_handlers()
         try:
-            self._start(config)
-            sdnotify.ready(self.status_line())
-            log.info("keyd %s running: %s", __version__, self.status_line())
-            self._wait_for_signals()
+            with progress.reporting(self.progress):
+                self._start(config)
+                sdnotify.ready(self.status_line())
+                log.info("keyd %s running: %s", __version__, self.status_line())
+                self._wait_for_signals()
         finally:
             self._stop()
             for signum, handler in previous.items():
@@ -145,7 +152,7 @@ class Daemon:
             self._http = ObservabilityServer(
                 config.http.listen,
                 self.services.metrics,
-                self.healthy,
+                self.health,
                 self.ready,
                 views=StatusViews(self._current_services),
                 access=_access(config),
@@ -307,7 +314,9 @@ class Daemon:
         assert services is not None
         for stage in self._stages_for(services):
             if stage.name == name:
+                started = self._clock.now()
                 result = stage.run(services)
+                self.rounds.chunk_done(name, result, started)
                 if getattr(result, "more", False) and self.scheduler is not None:
                     self.scheduler.run_next(name)  # next chunk, after what is queued
                 if name == "scan":  # keep `systemctl status` current
@@ -342,21 +351,36 @@ class Daemon:
         overrun = self._overrun()
         if overrun is None:
             return False
-        log.error("tick %s stuck since %s: no watchdog ping", overrun[0], overrun[1].isoformat())
+        name, started, running, quiet = overrun
+        log.error(
+            "tick %s stuck (started %s, no progress for %.0fs): no watchdog ping",
+            name,
+            started.isoformat(),
+            quiet,
+        )
         return True
 
-    def _overrun(self) -> tuple[str, datetime, float] | None:
-        """The first tick running longer than the stage deadline
-        (``stuck_after``): name, start, seconds so far."""
+    def _overrun(self) -> tuple[str, datetime, float, float] | None:
+        """The first tick that has gone longer than the stage deadline
+        (``stuck_after``) without progress: name, start, seconds running,
+        seconds since its start or its last progress, whichever is later."""
         if self.scheduler is None:
             return None
-        now = self._clock.now()
         for name, stats in list(self.scheduler.stats.items()):
             if stats.running and stats.last_started is not None and name != "control":
-                running = (now - stats.last_started).total_seconds()
-                if running > self.settings.stuck_after:
-                    return name, stats.last_started, running
+                running, quiet = self._quiet_for(stats)
+                if quiet > self.settings.stuck_after:
+                    return name, stats.last_started, running, quiet
         return None
+
+    def _quiet_for(self, stats: TickStats) -> tuple[float, float]:
+        """(seconds running, seconds without progress) of a running tick."""
+        assert stats.last_started is not None
+        running = (self._clock.now() - stats.last_started).total_seconds()
+        last = self.progress.last_progress_mono(stats.thread)
+        if last is None:
+            return running, running
+        return running, min(running, self._clock.monotonic() - last)
 
     def _is_leader(self) -> bool:
         return self._role == "leader"
@@ -389,14 +413,43 @@ class Daemon:
         done = [s.last_finished for s in self.scheduler.stats.values() if s.last_finished]
         return max(done, default=None)
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``/healthz``'s JSON: ``healthy()``, the ticks running now (with
+        the task in progress and its last progress) and the chunked rounds."""
+        ok, reason = self.healthy()
+        return ok, {
+            "status": "ok" if ok else "unhealthy",
+            "reason": reason,
+            "running": self._running_json(),
+            "rounds": self.rounds.to_json(),
+        }
+
+    def _running_json(self) -> dict[str, Any]:
+        if self.scheduler is None:
+            return {}
+        out: dict[str, Any] = {}
+        for name, stats in list(self.scheduler.stats.items()):
+            if not stats.running or stats.last_started is None or name == "control":
+                continue
+            running, quiet = self._quiet_for(stats)
+            activity = self.progress.activity(stats.thread)
+            out[name] = {
+                "started": isoformat_z(stats.last_started),
+                "running_seconds": round(running, 1),
+                "seconds_without_progress": round(quiet, 1),
+                "progress": activity.to_json() if activity is not None else None,
+            }
+        return out
+
     def healthy(self) -> tuple[bool, str]:
-        """``/healthz``: the control tick ran within 3 intervals and no stage
-        has overrun its deadline."""
+        """The control tick ran within 3 intervals and no stage has gone
+        past its deadline without progress."""
         overrun = self._overrun()
         if overrun is not None:
+            name, _started, running, quiet = overrun
             return False, (
-                f"stage {overrun[0]} running for {overrun[2]:.0f}s "
-                f"(deadline {self.settings.stuck_after:.0f}s)"
+                f"stage {name} without progress for {quiet:.0f}s "
+                f"(running for {running:.0f}s, deadline {self.settings.stuck_after:.0f}s)"
             )
         limit = 3 * self.settings.control_interval
         stats = self.scheduler.stats.get("control") if self.scheduler else None

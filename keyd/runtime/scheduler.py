@@ -98,6 +98,7 @@ class TickStats:
     last_finished_mono: float | None = None
     last_error: str | None = None
     running: bool = False
+    thread: int | None = None  # the thread running it (its progress: keyd.runtime.liveness)
 
 
 @dataclass
@@ -226,6 +227,7 @@ class TickScheduler:
         with self._lock:
             self._in_flight += 1
             stats.running = True
+            stats.thread = threading.get_ident()
         stats.last_started = self.clock.now()
         try:
             tick.fn()

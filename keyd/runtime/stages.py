@@ -31,6 +31,7 @@ from keyd.report.mail import render_message
 from keyd.runtime.cycle import Stage
 from keyd.runtime.wiring import Services
 from keyd.store import alerts as alert_store
+from keyd.store import probes as probe_store
 from keyd.store.engine import session_scope
 from keyd.store.prune import PruneReport, prune_history
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 PROBE_HISTORY: Final = timedelta(days=30)
 EVENT_HISTORY: Final = timedelta(days=365)
-PROBE_SLICE: Final = timedelta(seconds=10)  # the longest a probe tick holds the work thread
 
 
 def _base_stages(services: Services) -> list[Stage]:
@@ -118,9 +118,14 @@ def probe(services: Services) -> ProbeReport:
 
 def probe_chunk(services: Services) -> ProbeReport:
     """The daemon's probe tick: at most one slice of the work thread
-    (``PROBE_SLICE`` at the rate limit); ``more`` when keys are still due."""
+    (``daemon.probe_slice`` at the rate limit); ``more`` when keys are still
+    due, and then how many (one indexed COUNT, only in a chunked round)."""
     assert services.probe is not None
-    return _probe(services, services.probe.policy.chunk(PROBE_SLICE.total_seconds()))
+    slice_seconds = services.config.daemon.probe_slice.total_seconds()
+    report = _probe(services, services.probe.policy.chunk(slice_seconds))
+    if report.more:
+        report.remaining = probe_store.due_preview(services.engine, services.clock.now(), limit=0)[0]
+    return report
 
 
 def _probe(services: Services, limit: int | None) -> ProbeReport:

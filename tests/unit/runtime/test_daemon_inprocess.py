@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from keyd.checks.probe import ProbeReport, ProbeResult
 from keyd.cli import main
 from keyd.clock import FakeClock, SystemClock
 from keyd.config import Config, DatabaseConfig
@@ -19,6 +20,8 @@ from keyd.runtime.daemon import Daemon, DaemonSettings
 from keyd.runtime.scheduler import TickScheduler, TickStats
 from keyd.runtime.wiring import Services
 from keyd.store.migrate import upgrade
+from keyd.timeutil import isoformat_z
+from keyd.vocab import ProbeOutcome
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -120,5 +123,86 @@ def test_health_turns_bad_when_a_stage_overruns_its_deadline() -> None:
     clock.advance(2)
     daemon.scheduler.stats["control"].last_finished_mono = clock.monotonic()
     ok, why = daemon.healthy()
-    assert not ok and why == "stage probe running for 61s (deadline 60s)"
+    assert not ok and why == "stage probe without progress for 61s (running for 61s, deadline 60s)"
     assert daemon._work_stuck()  # and the watchdog pings stop
+
+
+def _long_tick(clock: FakeClock) -> tuple[Daemon, TickStats]:
+    """A daemon whose probe tick runs on this thread since now."""
+    daemon = Daemon(lambda: Config(), clock, lambda s: [], DaemonSettings(control_interval=5, stuck_after=60))
+    daemon.scheduler = TickScheduler(clock=clock)
+    daemon.scheduler.stats["control"] = TickStats(last_finished_mono=clock.monotonic())
+    stats = TickStats(running=True, last_started=clock.now(), thread=threading.get_ident())
+    daemon.scheduler.stats["probe"] = stats
+    return daemon, stats
+
+
+def _control_ticked(daemon: Daemon, clock: FakeClock) -> None:
+    assert daemon.scheduler is not None
+    daemon.scheduler.stats["control"].last_finished_mono = clock.monotonic()
+
+
+def test_a_long_tick_that_advances_is_not_stuck() -> None:
+    clock = FakeClock()
+    daemon, _ = _long_tick(clock)
+    daemon.progress.begin("probing", 300, "keys")
+    for _ in range(10):  # 100 s in all, past the 60 s deadline, advancing every 10 s
+        clock.advance(10)
+        daemon.progress.advance("probing", 1)
+    _control_ticked(daemon, clock)
+    assert daemon.healthy() == (True, "ok") and not daemon._work_stuck()
+    ok, doc = daemon.health()
+    running = doc["running"]["probe"]
+    assert ok and running["running_seconds"] == 100 and running["seconds_without_progress"] == 0
+    assert running["progress"]["task"] == "probing" and running["progress"]["done"] == 10
+    assert running["progress"]["total"] == 300
+    clock.advance(61)  # then it stops advancing: stuck, judged from the last progress
+    _control_ticked(daemon, clock)
+    ok, why = daemon.healthy()
+    assert not ok and why == "stage probe without progress for 61s (running for 161s, deadline 60s)"
+    assert daemon._work_stuck()
+
+
+def test_progress_of_another_thread_does_not_count() -> None:
+    clock = FakeClock()
+    daemon, _ = _long_tick(clock)
+    other = threading.Thread(target=lambda: daemon.progress.begin("scanning", 10, "files"))
+    clock.advance(61)
+    other.start()  # the mail thread, say: advancing, but not the probe tick
+    other.join()
+    clock.advance(1)
+    _control_ticked(daemon, clock)
+    assert not daemon.healthy()[0] and daemon._work_stuck()
+
+
+def test_health_shows_chunked_rounds() -> None:
+    clock = FakeClock()
+    daemon, _ = _long_tick(clock)
+    start = clock.now()
+    daemon.rounds.chunk_done(
+        "probe", ProbeReport(at=start, results=[_ok()] * 5, more=True, remaining=7), start
+    )
+    clock.advance(3)
+    daemon.rounds.chunk_done(
+        "probe", ProbeReport(at=start, results=[_ok()] * 5, more=True, remaining=2), start
+    )
+    _control_ticked(daemon, clock)
+    round_ = daemon.health()[1]["rounds"]["probe"]
+    assert round_ == {
+        "started": isoformat_z(start),
+        "chunks_done": 2,
+        "done": 10,
+        "remaining": 2,
+        "finished": None,
+    }
+    clock.advance(1)
+    daemon.rounds.chunk_done("probe", ProbeReport(at=start, results=[_ok()] * 2), clock.now())
+    round_ = daemon.health()[1]["rounds"]["probe"]
+    assert round_["chunks_done"] == 3 and round_["done"] == 12 and round_["remaining"] == 0
+    assert round_["finished"] == isoformat_z(clock.now())
+    daemon.rounds.chunk_done("probe", ProbeReport(at=start, results=[_ok()]), clock.now())
+    assert daemon.health()[1]["rounds"]["probe"]["chunks_done"] == 3  # a one-chunk round is no round
+
+
+def _ok() -> ProbeResult:
+    return ProbeResult(key_id="1", principal="svc", kind="key", outcome=ProbeOutcome.OK, at=FakeClock().now())
