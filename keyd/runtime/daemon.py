@@ -167,6 +167,7 @@ class Daemon:
                 self.settings.control_interval,
             )
         self._register_ticks()
+        self._started_mono = self._clock.monotonic()  # /healthz: the control tick is due from now
         self.scheduler.start()
         if leader:
             self._catch_up(skip=("scan",))

@@ -119,12 +119,13 @@ def probe(services: Services) -> ProbeReport:
 def probe_chunk(services: Services) -> ProbeReport:
     """The daemon's probe tick: at most one slice of the work thread
     (``daemon.probe_slice`` at the rate limit); ``more`` when keys are still
-    due, and then how many (one indexed COUNT, only in a chunked round)."""
+    due, and then how many (one indexed COUNT, only when a chunk was full)."""
     assert services.probe is not None
     slice_seconds = services.config.daemon.probe_slice.total_seconds()
     report = _probe(services, services.probe.policy.chunk(slice_seconds))
     if report.more:
         report.remaining = probe_store.due_preview(services.engine, services.clock.now(), limit=0)[0]
+        report.more = report.remaining > 0  # a chunk that took the last due keys ends the round
     return report
 
 

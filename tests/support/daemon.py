@@ -60,6 +60,17 @@ class Notifications:
                 return message
         raise AssertionError(f"no {prefix!r} within {timeout}s; got {self.seen}")
 
+    def drain(self) -> list[str]:
+        """Every datagram received since the last call (no waiting)."""
+        got: list[str] = []
+        while True:
+            try:
+                got.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self.seen.extend(got)
+        return got
+
     def close(self) -> None:
         self._closed.set()
         self._reader.join(5)
