@@ -129,12 +129,17 @@ class _Watchdog:
     def watch(self, deadline: Deadline) -> int:
         ticket = next(self._ids)
         with self._cond:
+            # the thread sleeps until the earliest entry (spent or cancelled
+            # ones included); only a new earliest one needs to wake it, so a
+            # stream of requests with one timeout costs no thread switch each
+            earliest = not self._heap or deadline.at < self._heap[0][0]
             heapq.heappush(self._heap, (deadline.at, ticket, deadline))
             self._live.add(ticket)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="keyd-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if earliest:
+                self._cond.notify()
         return ticket
 
     def cancel(self, ticket: int) -> None:

@@ -1,7 +1,10 @@
 """The issuer's HTTP endpoints: discovery, token, introspection (docs/zitadel.md §4).
 
 One long-lived ``httpx.Client`` (connection pooling, TLS verification on)
-shared by all threads. ``timeout`` is the *total* deadline of one request
+shared by all threads; requests are sent straight to its transport for
+their URL (the pool, or the environment's proxy), built from parts fixed
+per endpoint, without the client's per-request merging, cookie jar and
+hooks: they cost a probe more CPU than its RSA signature. ``timeout`` is the *total* deadline of one request
 (connect + send + the whole answer, ``keyd.clients.deadline``): an issuer
 that drips its answer is cut off like one that hangs. Outcomes other than success are
 typed (``keyd.errors``):
@@ -27,11 +30,11 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote_plus, urlsplit
 
 import httpx
 
-from keyd.clients.deadline import deadline_client, within
+from keyd.clients.deadline import Deadline, deadline_client, within
 from keyd.clock import Clock
 from keyd.config import IssuerConfig
 from keyd.errors import (
@@ -83,7 +86,33 @@ class _Answer:
     status: int
     body: bytes
     content_type: str
-    server_date: datetime | None
+    date: str | None  # the Date header, parsed only when a rejection is diagnosed
+
+    @property
+    def server_date(self) -> datetime | None:
+        return _parse_date(self.date)
+
+
+@dataclass(frozen=True)
+class _Route:
+    url: httpx.URL
+    transport: httpx.BaseTransport
+    headers: tuple[tuple[bytes, bytes], ...]
+
+
+_HEADERS = ((b"User-Agent", USER_AGENT.encode()), (b"Accept", b"application/json"))
+_FORM_TYPE = (b"Content-Type", b"application/x-www-form-urlencoded")
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")  # what form encoding leaves as is
+
+
+def form_encode(data: Mapping[str, str]) -> bytes:
+    """``urlencode(data)``, without quoting what needs none (an assertion
+    is base64url and dots)."""
+    return "&".join(f"{_quoted(k)}={_quoted(v)}" for k, v in data.items()).encode("ascii")
+
+
+def _quoted(value: str) -> str:
+    return value if _UNRESERVED.fullmatch(value) else quote_plus(value)
 
 
 def normalise_scopes(scopes: Sequence[str]) -> list[str]:
@@ -128,8 +157,9 @@ class IssuerClient:
             follow_redirects=False,
             trust_env=True,
             limits=limits,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         )
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
+        self._routes: dict[str, _Route] = {}
         self._discovery: Discovery | None = None
         self._lock = threading.Lock()
 
@@ -257,24 +287,14 @@ class IssuerClient:
     # --- plumbing ----------------------------------------------------------
 
     def _send(self, method: str, url: str, *, what: str, data: Mapping[str, str] | None = None) -> _Answer:
+        request = self._request(method, url, data)
         try:
-            with (
-                within(self._timeout, f"{what} at {url}") as deadline,
-                self._http.stream(method, url, data=data) as response,
-            ):
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    deadline.clamp(None)
-                    body.extend(chunk)
-                    if len(body) > MAX_BODY:
-                        raise IssuerBadResponse(
-                            self.url,
-                            f"{what} at {url}: response larger than {MAX_BODY} bytes",
-                            status=response.status_code,
-                        )
-                status = response.status_code
-                ctype = response.headers.get("content-type", "")
-                date = _parse_date(response.headers.get("date"))
+            with within(self._timeout, f"{what} at {url}") as deadline:
+                response = self._route(url).transport.handle_request(request)
+                try:
+                    body = self._read(response, deadline, what, url)
+                finally:
+                    response.close()
         except (httpx.TimeoutException, TimeoutError):
             raise IssuerUnavailable(
                 self.url, f"{what} at {url}: no complete answer within {self._timeout:g}s"
@@ -287,9 +307,48 @@ class IssuerClient:
             raise IssuerUnavailable(
                 self.url, f"{what} at {url} failed: {type(exc).__name__}: {scrub(str(exc))[:200]}"
             ) from None
+        status = response.status_code
         if status in UNAVAILABLE_STATUS:
             raise IssuerUnavailable(self.url, f"{what} at {url} answered HTTP {status}", status=status)
-        return _Answer(status, bytes(body), ctype, date)
+        headers = response.headers
+        return _Answer(status, body, headers.get("content-type", ""), headers.get("date"))
+
+    def _request(self, method: str, url: str, data: Mapping[str, str] | None) -> httpx.Request:
+        """The request ``httpx.Client`` would send, built from the parts
+        fixed per endpoint (``_Route``) instead of merging base URL,
+        default headers and cookies per request (keyd's issuer exchange
+        uses none of them)."""
+        route = self._route(url)
+        if data is None:
+            return httpx.Request(method, route.url, headers=route.headers, extensions=self._extensions)
+        body = form_encode(data)
+        headers = [*route.headers, _FORM_TYPE, (b"Content-Length", str(len(body)).encode())]
+        return httpx.Request(
+            method, route.url, headers=headers, stream=httpx.ByteStream(body), extensions=self._extensions
+        )
+
+    def _route(self, url: str) -> _Route:
+        """``url`` parsed once, with its transport: the deadline pool, or
+        the proxy the environment names for it (``trust_env``, read once)."""
+        route = self._routes.get(url)
+        if route is None:
+            parsed = httpx.URL(url)
+            headers = ((b"Host", parsed.netloc), *_HEADERS)
+            route = self._routes[url] = _Route(parsed, self._http._transport_for_url(parsed), headers)
+        return route
+
+    def _read(self, response: httpx.Response, deadline: Deadline, what: str, url: str) -> bytes:
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            deadline.clamp(None)
+            body.extend(chunk)
+            if len(body) > MAX_BODY:
+                raise IssuerBadResponse(
+                    self.url,
+                    f"{what} at {url}: response larger than {MAX_BODY} bytes",
+                    status=response.status_code,
+                )
+        return bytes(body)
 
     def _json_object(self, answer: _Answer, url: str, *, what: str) -> dict[str, Any]:
         try:

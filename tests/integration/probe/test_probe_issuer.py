@@ -241,3 +241,24 @@ def test_a_round_in_chunks_with_batched_writes(world):
     assert statements.count("INSERT INTO PROBES") == 2
     assert statements.count("UPDATE KEYS SET") == 2
     assert len(rows(world.engine, Probe)) == 9
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_round_reuses_its_connections(migrated_engine, issuer, tmp_path, monkeypatch, concurrency):
+    """Keep-alive: a round of N keys opens at most one HTTP connection per
+    worker (discovery included), not one per probe."""
+    opened: list[socket.socket] = []
+    track = issuer.track
+
+    def counting(conn: socket.socket, alive: bool) -> None:
+        if alive:
+            opened.append(conn)
+        track(conn, alive)
+
+    monkeypatch.setattr(issuer, "track", counting)
+    for world in _world(migrated_engine, issuer, tmp_path, concurrency=concurrency):
+        for i in range(12):
+            world.add(key_id=f"70{i}", alg="ES256", kind="application" if i % 4 == 0 else "serviceaccount")
+        assert world.run().counts() == {"ok": 12}
+        assert world.issuer.requests_seen >= 13  # discovery and one request per key
+    assert 1 <= len(opened) <= concurrency
