@@ -38,6 +38,12 @@ class LocationKind(StrEnum):
     ZITADEL = "zitadel"  # listed by a zitadel source: metadata only
 
 
+class ExpirySource(StrEnum):
+    """``keys.expiry_source``: NULL when the key file says (``keyd status`` shows ``file``)."""
+
+    ZITADEL = "zitadel"  # the file has none; a zitadel source's listing does
+
+
 class KeyKind(StrEnum):
     """``keys.kind``: the ``type`` field of a ZITADEL key file (docs/zitadel.md §1)."""
 
@@ -135,3 +141,47 @@ class CheckStatus(StrEnum):
     WARNING = "warning"
     CRITICAL = "critical"
     UNKNOWN = "unknown"
+
+
+class RotationState(StrEnum):
+    """``rotations.state`` (README "Rotation"); each change is a ``rotation.<state>`` event."""
+
+    PLANNED = "planned"
+    REGISTERED = "registered"  # the new key exists in ZITADEL
+    PROVEN = "proven"  # the new key minted a token
+    PUBLISHED = "published"  # written to every location of the old key
+    RETIRED = "retired"  # the old key removed from ZITADEL
+    FAILED = "failed"  # waits for an operator (``keyd rotate KEY_ID`` resumes it)
+
+
+class RotationStep(StrEnum):
+    """``rotations.failed_step``: where a rotation failed, retried or started over."""
+
+    REGISTER = "register"
+    CLEANUP = "cleanup"  # removing keys an interrupted register left
+    PROOF = "proof"
+    PUBLISH = "publish"
+    CONFLICT = "conflict"  # a location changed under keyd: blocked
+    PERMISSION = "permission"  # ZITADEL denied the call: blocked
+    HOOK = "hook"
+    RETIRE = "retire"
+    RESTART = "restart"
+
+
+class RotationEvent(StrEnum):
+    """``events.kind`` ``rotation.<this>``, besides one per ``RotationState`` reached."""
+
+    RESUMED = "resumed"
+    RETRY = "retry"
+    RESTARTED = "restarted"
+    HOOK_DONE = "hook_done"
+    ORPHANS_REMOVED = "orphans_removed"
+    BLOCKED = "blocked"
+
+
+class RotationReason(StrEnum):
+    """``rotations.reason``: why a rotation was planned."""
+
+    DUE = "due"  # ``rotation.before`` from its expiry
+    NEVER_EXPIRING = "never_expiring"  # ``rotation.rotate_never_expiring`` after first seen
+    MANUAL = "manual"  # ``keyd rotate KEY_ID``

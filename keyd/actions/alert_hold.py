@@ -19,7 +19,7 @@ from keyd.store import alerts as store
 from keyd.store.alerts import Session
 from keyd.store.models import Key
 from keyd.store.rotations import OPEN_STATES, DueKey, LocationStamp
-from keyd.vocab import KeyKind, KeyStatus, LocationStatus
+from keyd.vocab import KeyKind, KeyStatus, LocationStatus, RotationReason
 
 __all__ = ["rotation_held"]
 
@@ -54,4 +54,4 @@ def _rotation_due(key: Key, policy: RotationPolicy, now: datetime) -> bool:
     if key.status != KeyStatus.ACTIVE or key.kind != KeyKind.SERVICE_ACCOUNT or not present:
         return False
     due = DueKey(key.id, key.key_id, key.principal, key.expires_at, key.first_seen, present)
-    return due_reason(due, now, policy) == "due"
+    return due_reason(due, now, policy) == RotationReason.DUE

@@ -26,10 +26,10 @@ from keyd.checks.rotation import (
 )
 from keyd.errors import UsageError
 from keyd.store import rotations as store
-from keyd.store.rotations import FAILED, PLANNED, PUBLISHED, RETIRED, DueKey, RotationRow
+from keyd.store.rotations import DueKey, RotationRow
 from keyd.store.snapshot import Engine
 from keyd.timeutil import isoformat_z
-from keyd.vocab import KeyKind
+from keyd.vocab import KeyKind, KeyStatus, RotationEvent, RotationReason, RotationState, RotationStep
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,15 @@ def rotate_key(engine: Engine, services: RotationServices, key_id: str) -> Rotat
             engine,
             key,
             now=now,
-            reason="manual",
+            reason=RotationReason.MANUAL,
             algorithm=services.policy.algorithm,
             new_expires_at=new_expiry(now, services.policy),
         )
         row = row or store.get(engine, key_id)
         assert row is not None
-    elif row.state == RETIRED or (row.state == PUBLISHED and not services.policy.retire):
+    elif row.state == RotationState.RETIRED or (
+        row.state == RotationState.PUBLISHED and not services.policy.retire
+    ):
         raise UsageError(
             "KEY_ID",
             f"key {key_id} was rotated already: key {row.new_key_id} replaces it (rotate that one instead)",
@@ -134,7 +136,7 @@ def _rotatable(engine: Engine, key_id: str) -> DueKey:
     if kind != KeyKind.SERVICE_ACCOUNT:
         raise UsageError("KEY_ID", f"key {key_id}: {APPLICATION_NOT_ROTATED}")
     key = store.key_for_rotation(engine, key_id)
-    if status != "active" or key is None or not key.locations:
+    if status != KeyStatus.ACTIVE or key is None or not key.locations:
         raise UsageError(
             "KEY_ID", f"key {key_id} is {status} with no present location: there is nothing to replace"
         )
@@ -143,14 +145,14 @@ def _rotatable(engine: Engine, key_id: str) -> DueKey:
 
 def _resume(engine: Engine, row: RotationRow, now: datetime) -> RotationRow:
     """A failed rotation continues from where it failed; an open one now."""
-    if row.state == FAILED:
-        if row.failed_step in ("hook", "retire"):
-            changes: dict[str, Any] = {"state": PUBLISHED}
-            if row.failed_step == "hook":
+    if row.state == RotationState.FAILED:
+        if row.failed_step in (RotationStep.HOOK, RotationStep.RETIRE):
+            changes: dict[str, Any] = {"state": RotationState.PUBLISHED}
+            if row.failed_step == RotationStep.HOOK:
                 changes["hook_done_at"] = None
         else:
             changes = {
-                "state": PLANNED,
+                "state": RotationState.PLANNED,
                 "attempt": row.attempt + 1,
                 "new_key_id": None,
                 "registered_at": None,
@@ -161,7 +163,7 @@ def _resume(engine: Engine, row: RotationRow, now: datetime) -> RotationRow:
             engine,
             row,
             now=now,
-            event="resumed",
+            event=RotationEvent.RESUMED,
             failed_step=None,
             last_error=None,
             failures=0,
@@ -188,7 +190,7 @@ def plan_rotations(
         row = store.get(engine, key_id)
         if row is None:
             key = _rotatable(engine, key_id)
-            return [_would_start(key, "manual", policy, now)]
+            return [_would_start(key, RotationReason.MANUAL, policy, now)]
         return [_would_continue(row, now, force=True)]
     for key, reason in due_keys(engine, policy, now):
         lines.append(_would_start(key, reason, policy, now))
@@ -208,13 +210,14 @@ def _would_start(key: DueKey, reason: str, policy: RotationPolicy, now: datetime
 
 
 def _would_continue(row: RotationRow, now: datetime, *, force: bool = False) -> str:
-    step = {
-        PLANNED: "register a new key",
-        "registered": "prove (or replace) the new key",
-        "proven": "publish the new key",
-        PUBLISHED: "run hooks / retire the old key",
-        FAILED: f"resume after the failed {row.failed_step} step",
-    }.get(row.state, "nothing (finished)")
+    steps: dict[str, str] = {
+        RotationState.PLANNED: "register a new key",
+        RotationState.REGISTERED: "prove (or replace) the new key",
+        RotationState.PROVEN: "publish the new key",
+        RotationState.PUBLISHED: "run hooks / retire the old key",
+        RotationState.FAILED: f"resume after the failed {row.failed_step} step",
+    }
+    step = steps.get(row.state, "nothing (finished)")
     return f"would continue the rotation of key {row.old_key_id} ({row.state}): {step}"
 
 

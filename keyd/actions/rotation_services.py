@@ -30,6 +30,7 @@ from keyd.errors import ConfigError
 from keyd.retry import Random, backoff_delay
 from keyd.sources.keyfile import KeyFile
 from keyd.store.keys import KeyRecord
+from keyd.vocab import KeyStatus, ProbeOutcome
 
 
 class ListedKeyLike(Protocol):
@@ -88,14 +89,14 @@ def probe_prover(probe: ProbeServices, policy: RotationPolicy) -> Prover:
             key_id=keyfile.key_id,
             kind=keyfile.kind,
             principal=keyfile.principal,
-            status="active",
+            status=KeyStatus.ACTIVE,
             content_hash=keyfile.content_hash,
             expires_at=keyfile.expires_at,
         )
         result: ProbeResult | None = None
         for attempt in range(1, max(1, policy.prove_attempts) + 1):
             _record, result = probe_one(target, services)
-            if result.outcome == "ok" or attempt == policy.prove_attempts:
+            if result.outcome == ProbeOutcome.OK or attempt == policy.prove_attempts:
                 break
             probe.clock.sleep(
                 max(

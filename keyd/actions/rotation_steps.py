@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -51,19 +52,21 @@ from keyd.errors import KeydError, ZitadelApiDenied, ZitadelApiError
 from keyd.redact import scrub
 from keyd.retry import backoff_delay
 from keyd.store import rotations as store
-from keyd.store.rotations import (
-    FAILED,
-    PLANNED,
-    PROVEN,
-    PUBLISHED,
-    REGISTERED,
-    RETIRED,
-    LocationStamp,
-    RotationRow,
-)
+from keyd.store.rotations import LocationStamp, RotationRow
 from keyd.store.snapshot import Engine
 from keyd.store.tokens import AlertSpec
 from keyd.timeutil import isoformat_z
+from keyd.vocab import (
+    AlertKind,
+    Channel,
+    KeyKind,
+    LocationStatus,
+    ProbeOutcome,
+    RotationEvent,
+    RotationState,
+    RotationStep,
+    Severity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +98,13 @@ class _Run:
         try:
             for _ in range(2 * MAX_ATTEMPTS + 6):  # every pass moves the state on or stops
                 assert current is not None
-                step = {
-                    PLANNED: self.register,
-                    REGISTERED: self.prove,
-                    PROVEN: self.publish,
-                    PUBLISHED: self.finish,
-                }.get(current.state)
+                steps: dict[str, Callable[[RotationRow], RotationRow]] = {
+                    RotationState.PLANNED: self.register,
+                    RotationState.REGISTERED: self.prove,
+                    RotationState.PROVEN: self.publish,
+                    RotationState.PUBLISHED: self.finish,
+                }
+                step = steps.get(current.state)
                 if step is None:
                     return current
                 nxt = step(current)
@@ -137,8 +141,8 @@ class _Run:
             added = api.add_key(row.principal, pair.public_pem(), expires)
         except ZitadelApiError as exc:
             if exc.retryable:  # AddKey may have happened: the mark stays for the cleanup
-                raise _Stop(self._retry(row, "register", exc)) from None
-            raise _Stop(self._fail(row, "register", exc, register_started_at=None)) from None
+                raise _Stop(self._retry(row, RotationStep.REGISTER, exc)) from None
+            raise _Stop(self._fail(row, RotationStep.REGISTER, exc, register_started_at=None)) from None
         self.doc = KeyDocument(added.key_id, row.principal, expires, pair)
         log.info(
             "rotation of %s: registered new key %s (expires %s)",
@@ -148,7 +152,7 @@ class _Run:
         )
         return self._move(
             row,
-            state=REGISTERED,
+            state=RotationState.REGISTERED,
             new_key_id=added.key_id,
             registered_at=self.now,
             register_started_at=None,
@@ -175,7 +179,9 @@ class _Run:
                 api.remove_key(row.principal, key_id)
         except ZitadelApiError as exc:
             raise _Stop(
-                self._retry(row, "cleanup", exc) if exc.retryable else self._fail(row, "cleanup", exc)
+                self._retry(row, RotationStep.CLEANUP, exc)
+                if exc.retryable
+                else self._fail(row, RotationStep.CLEANUP, exc)
             ) from None
         if orphans:
             log.warning(
@@ -187,7 +193,7 @@ class _Run:
         return self._move(
             row,
             register_started_at=None,
-            event="orphans_removed" if orphans else None,
+            event=RotationEvent.ORPHANS_REMOVED if orphans else None,
             detail={"removed": orphans},
         )
 
@@ -197,15 +203,15 @@ class _Run:
         if self.doc is None:  # the private key is gone with the process that made it
             return self._start_over(row, "keyd stopped before the new key was proven")
         result = self.services.prove(self.doc.keyfile())
-        if result.outcome == "ok":
+        if result.outcome == ProbeOutcome.OK:
             log.info("rotation of %s: new key %s mints", row.old_key_id, row.new_key_id)
-            return self._move(row, state=PROVEN, proven_at=self.now)
+            return self._move(row, state=RotationState.PROVEN, proven_at=self.now)
         problem = (
             f"the new key {row.new_key_id} never minted a token ({result.outcome}: "
             f"{result.message or 'no detail'})"
         )
-        row = self._remove_new(row, "proof", problem)
-        raise _Stop(self._fail(row, "proof", KeydError(problem), new_key_removed=True))
+        row = self._remove_new(row, RotationStep.PROOF, problem)
+        raise _Stop(self._fail(row, RotationStep.PROOF, KeydError(problem), new_key_removed=True))
 
     # -- 3. publish ---------------------------------------------------------------
 
@@ -215,11 +221,11 @@ class _Run:
             key = store.key_for_rotation(self.engine, row.old_key_id)
             targets = list(key.locations) if key is not None else []
             if not targets:
-                row = self._remove_new(row, "publish", "the old key is in no location any more")
+                row = self._remove_new(row, RotationStep.PUBLISH, "the old key is in no location any more")
                 raise _Stop(
                     self._fail(
                         row,
-                        "conflict",
+                        RotationStep.CONFLICT,
                         KeydError(f"key {row.old_key_id} is in no location any more; nothing to replace"),
                         new_key_removed=True,
                     )
@@ -246,18 +252,24 @@ class _Run:
                 log.info("rotation of %s: wrote key %s to %s", row.old_key_id, doc.key_id, target.ref)
         except PublishConflict as exc:
             if done + written == 0:
-                row = self._remove_new(row, "publish", str(exc))
+                row = self._remove_new(row, RotationStep.PUBLISH, str(exc))
             raise _Stop(
-                self._fail(row, "conflict", exc, new_key_removed=done + written == 0, written=done + written)
+                self._fail(
+                    row,
+                    RotationStep.CONFLICT,
+                    exc,
+                    new_key_removed=done + written == 0,
+                    written=done + written,
+                )
             ) from None
         except KeydError as exc:
-            raise _Stop(self._retry(row, "publish", exc)) from None
+            raise _Stop(self._retry(row, RotationStep.PUBLISH, exc)) from None
         policy = self.services.policy
         retire_at = retire_after(self.now, row.old_expires_at, policy)
-        rotated = None if policy.retire else self._alert(row, "rotated", "info", None)
+        rotated = None if policy.retire else self._alert(row, AlertKind.ROTATED, Severity.INFO, None)
         row = self._move(
             row,
-            state=PUBLISHED,
+            state=RotationState.PUBLISHED,
             published_at=self.now,
             retire_after=retire_at,
             next_attempt_at=self.now,
@@ -303,15 +315,19 @@ class _Run:
         try:
             self.services.api.remove_key(row.principal, row.old_key_id)
         except ZitadelApiError as exc:
-            return self._retry(row, "retire", exc) if exc.retryable else self._fail(row, "retire", exc)
+            return (
+                self._retry(row, RotationStep.RETIRE, exc)
+                if exc.retryable
+                else self._fail(row, RotationStep.RETIRE, exc)
+            )
         log.info("rotation of %s: retired; %s replaces it", row.old_key_id, row.new_key_id)
         return self._move(
             row,
-            state=RETIRED,
+            state=RotationState.RETIRED,
             finished_at=self.now,
             last_error=None,
             next_attempt_at=None,
-            alert=self._alert(row, "rotated", "info", None),
+            alert=self._alert(row, AlertKind.ROTATED, Severity.INFO, None),
         )
 
     def _retire_blocker(self, row: RotationRow) -> str | None:
@@ -341,21 +357,24 @@ class _Run:
             try:
                 run_hook(hook, env)
             except HookFailed as exc:
-                raise _Stop(self._fail(row, "hook", exc)) from None
+                raise _Stop(self._fail(row, RotationStep.HOOK, exc)) from None
             ran.append(target.ref)
         return self._move(
-            row, hook_done_at=self.now, event="hook_done" if ran else None, detail={"locations": ran}
+            row,
+            hook_done_at=self.now,
+            event=RotationEvent.HOOK_DONE if ran else None,
+            detail={"locations": ran},
         )
 
     # -- failure paths ----------------------------------------------------------------
 
     def _start_over(self, row: RotationRow, why: str) -> RotationRow:
-        row = self._remove_new(row, "restart", why)
+        row = self._remove_new(row, RotationStep.RESTART, why)
         if row.attempt >= MAX_ATTEMPTS:
             raise _Stop(
                 self._fail(
                     row,
-                    "restart",
+                    RotationStep.RESTART,
                     KeydError(f"gave up after {row.attempt} attempts; last: {why}"),
                     new_key_removed=True,
                 )
@@ -368,17 +387,17 @@ class _Run:
         )
         return self._move(
             row,
-            state=PLANNED,
+            state=RotationState.PLANNED,
             attempt=row.attempt + 1,
             new_key_id=None,
             registered_at=None,
             proven_at=None,
             targets=None,
-            event="restarted",
+            event=RotationEvent.RESTARTED,
             detail={"why": why, "removed": row.new_key_id},
         )
 
-    def _remove_new(self, row: RotationRow, step: str, why: str) -> RotationRow:
+    def _remove_new(self, row: RotationRow, step: RotationStep, why: str) -> RotationRow:
         """RemoveKey(new): a key that is not published must not stay registered."""
         if row.new_key_id is None:
             return row
@@ -388,7 +407,7 @@ class _Run:
             raise _Stop(self._retry(row, step, exc, note=why)) from None
         return row
 
-    def _retry(self, row: RotationRow, step: str, exc: KeydError, note: str = "") -> RotationRow:
+    def _retry(self, row: RotationRow, step: RotationStep, exc: KeydError, note: str = "") -> RotationRow:
         policy, failures = self.services.policy, row.failures + 1
         if isinstance(exc, ZitadelApiDenied) or not exc.retryable:
             return self._fail(row, step, exc)
@@ -402,7 +421,7 @@ class _Run:
             row,
             failures=failures,
             last_error=message,
-            event="retry",
+            event=RotationEvent.RETRY,
             next_attempt_at=self.now + timedelta(seconds=delay),
             detail={"step": step, "error": message},
         )
@@ -410,18 +429,18 @@ class _Run:
     def _fail(
         self,
         row: RotationRow,
-        step: str,
+        step: RotationStep,
         exc: KeydError,
         *,
         new_key_removed: bool = False,
         written: int = 0,
         **changes: Any,
     ) -> RotationRow:
-        blocked = isinstance(exc, PublishConflict | ZitadelApiDenied) or step == "conflict"
+        blocked = isinstance(exc, PublishConflict | ZitadelApiDenied) or step == RotationStep.CONFLICT
         named = (
-            "conflict"
+            RotationStep.CONFLICT
             if isinstance(exc, PublishConflict)
-            else "permission"
+            else RotationStep.PERMISSION
             if isinstance(exc, ZitadelApiDenied)
             else step
         )
@@ -431,8 +450,8 @@ class _Run:
         )
         alert = self._alert(
             row,
-            "rotation_blocked" if blocked else "rotation_failed",
-            "critical",
+            AlertKind.ROTATION_BLOCKED if blocked else AlertKind.ROTATION_FAILED,
+            Severity.CRITICAL,
             {
                 "step": named,
                 "problem": message,
@@ -442,18 +461,18 @@ class _Run:
         )
         return self._move(
             row,
-            state=FAILED,
+            state=RotationState.FAILED,
             failed_step=named,
             last_error=message,
             next_attempt_at=None,
             alert=alert,
-            event="blocked" if blocked else None,
+            event=RotationEvent.BLOCKED if blocked else None,
             **changes,
             detail={"step": named, "error": message},
         )
 
     def _alert(
-        self, row: RotationRow, kind: str, severity: str, extra: dict[str, Any] | None
+        self, row: RotationRow, kind: AlertKind, severity: Severity, extra: dict[str, Any] | None
     ) -> AlertSpec | None:
         return rotation_alert(self.services, row, kind, severity, self.now, extra)
 
@@ -461,8 +480,8 @@ class _Run:
 def rotation_alert(
     services: RotationServices,
     row: RotationRow,
-    kind: str,
-    severity: str,
+    kind: AlertKind,
+    severity: Severity,
     now: datetime,
     extra: dict[str, Any] | None,
 ) -> AlertSpec:
@@ -472,31 +491,31 @@ def rotation_alert(
     about = f"rotation:{row.old_key_id}"
     threshold = (
         row.new_key_id or "-"
-        if kind == "rotated"
+        if kind == AlertKind.ROTATED
         else f"{row.attempt}:{(extra or {}).get('step', '?')}:{isoformat_z(now)}"
     )
     targets = row.target_stamps()
     sources = [t.source for t in targets]
     to: list[tuple[str, str]] = []
     if alerts is not None and alerts.email is not None:
-        to += [("email", a) for a in email_recipients(alerts.email, row.principal, sources)]
+        to += [(Channel.EMAIL, a) for a in email_recipients(alerts.email, row.principal, sources)]
     if alerts is not None and alerts.webhook is not None:
-        to.append(("webhook", alerts.webhook.url))
+        to.append((Channel.WEBHOOK, alerts.webhook.url))
     what = {
-        "rotated": f"was rotated: key {row.new_key_id} replaces it",
-        "rotation_failed": "could not be rotated",
-        "rotation_blocked": "rotation is blocked",
+        AlertKind.ROTATED: f"was rotated: key {row.new_key_id} replaces it",
+        AlertKind.ROTATION_FAILED: "could not be rotated",
+        AlertKind.ROTATION_BLOCKED: "rotation is blocked",
     }[kind]
     subject = f"[keyd {severity.upper()}] key {row.old_key_id} of user {row.principal} {what}"
     context = {
         "key_id": row.old_key_id,
         "principal": row.principal,
-        "key_kind": "serviceaccount",
+        "key_kind": KeyKind.SERVICE_ACCOUNT,
         "new_key_id": row.new_key_id,
         "attempt": row.attempt,
         "expires_at": isoformat_z(row.old_expires_at) if row.old_expires_at else None,
         "new_expires_at": isoformat_z(row.new_expires_at) if row.new_expires_at else None,
-        "locations": [{"source": t.source, "ref": t.ref, "status": "present"} for t in targets],
+        "locations": [{"source": t.source, "ref": t.ref, "status": LocationStatus.PRESENT} for t in targets],
         "decided_at": isoformat_z(now),
         "kind": kind,
         "severity": severity,
@@ -524,4 +543,4 @@ def _reload(engine: Engine, row: RotationRow) -> RotationRow:
     return store.get(engine, row.old_key_id) or row
 
 
-__all__ = ["MAX_ATTEMPTS", "advance", "rotation_alert", "RETIRED"]
+__all__ = ["MAX_ATTEMPTS", "advance", "rotation_alert"]

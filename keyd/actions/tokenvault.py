@@ -272,7 +272,7 @@ def refusal_alert(
     subject = (
         f"[keyd CRITICAL] token write-back for key {sink.key.key_id} of user "
         f"{sink.key.principal} refused: {sink.ref} is "
-        f"{'not managed by keyd' if reason == 'unmanaged' else 'written by someone else'}"
+        f"{'not managed by keyd' if reason == SinkState.UNMANAGED else 'written by someone else'}"
     )
     context = {
         "key_id": sink.key.key_id,

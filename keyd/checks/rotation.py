@@ -20,6 +20,7 @@ from datetime import UTC, datetime, time, timedelta, tzinfo
 
 from keyd.config import RotationConfig
 from keyd.store.rotations import DueKey, LocationStamp
+from keyd.vocab import RotationReason
 
 NEVER_YEAR = 9999
 
@@ -80,15 +81,15 @@ def never_expires(expires_at: datetime | None) -> bool:
     return expires_at is None or expires_at.year >= NEVER_YEAR
 
 
-def due_reason(key: DueKey, now: datetime, policy: RotationPolicy) -> str | None:
-    """``"due"``, ``"never_expiring"`` or None (not due, or not selected)."""
+def due_reason(key: DueKey, now: datetime, policy: RotationPolicy) -> RotationReason | None:
+    """``DUE``, ``NEVER_EXPIRING`` or None (not due, or not selected)."""
     if not selected(key.locations, key.principal, policy):
         return None
     if never_expires(key.expires_at):
         after = policy.rotate_never_expiring
-        return "never_expiring" if after is not None and now >= key.first_seen + after else None
+        return RotationReason.NEVER_EXPIRING if after is not None and now >= key.first_seen + after else None
     assert key.expires_at is not None
-    return "due" if key.expires_at - now <= policy.before else None
+    return RotationReason.DUE if key.expires_at - now <= policy.before else None
 
 
 def new_expiry(now: datetime, policy: RotationPolicy) -> datetime:

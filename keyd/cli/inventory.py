@@ -35,6 +35,7 @@ from keyd.store.engine import make_engine
 from keyd.store.inventory import Engine
 from keyd.store.migrate import ensure_current
 from keyd.store.rotations import unfinished
+from keyd.vocab import KeyKind, KeyStatus
 
 
 @contextmanager
@@ -116,7 +117,11 @@ def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
         return EXIT_OK
     text = render_text(report)
     enabled = config.rotation is not None and config.rotation.enabled
-    apps = [k.row.key_id for k in report.keys if k.row.kind == "application" and k.row.status != "missing"]
+    apps = [
+        k.row.key_id
+        for k in report.keys
+        if k.row.kind == KeyKind.APPLICATION and k.row.status != KeyStatus.MISSING
+    ]
     lines = rotation_lines(rotations, apps, at, enabled=enabled)
     if lines:
         text += "\n\n" + "\n".join(["Rotations:", *(f"  {line(entry)}" for entry in lines)])

@@ -48,7 +48,7 @@ def render(result: ProbeResult) -> str:
     head = f"key {result.key_id} ({result.principal}): {result.outcome}"
     if result.diagnosis:
         head += f" ({result.diagnosis})"
-    if result.latency_ms is not None and result.outcome != "unreadable":
+    if result.latency_ms is not None and result.outcome != ProbeOutcome.UNREADABLE:
         head += f" in {result.latency_ms:.0f} ms, {result.attempts} attempt(s)"
     lines = [head]
     if result.message:

@@ -28,8 +28,9 @@ from keyd.runtime.wiring import build_services, dry_run
 from keyd.store import rotations as store
 from keyd.store.engine import make_engine
 from keyd.store.migrate import ensure_current
-from keyd.store.rotations import FAILED, RotationRow
+from keyd.store.rotations import RotationRow
 from keyd.timeutil import isoformat_z
+from keyd.vocab import RotationState
 
 ROTATE_SCHEMA = "keyd.rotate/1"
 ROTATIONS_SCHEMA = "keyd.rotations/1"
@@ -76,11 +77,11 @@ def render(row: RotationRow) -> str:
     if row.new_expires_at:
         head += f" (expires {isoformat_z(row.new_expires_at)})"
     lines = [head]
-    if row.state == FAILED:
+    if row.state == RotationState.FAILED:
         lines.append(f"  failed at {row.failed_step}: {row.last_error}")
     elif row.last_error:
         lines.append(f"  {row.last_error}")
-    elif row.retire_after and row.state == "published":
+    elif row.retire_after and row.state == RotationState.PUBLISHED:
         lines.append(f"  old key retired from {isoformat_z(row.retire_after)}")
     return "\n".join(lines)
 
@@ -123,9 +124,13 @@ def rotate_cmd(ctx: click.Context, key_id: str, dry: bool, as_json: bool) -> int
         echo_json(ROTATE_SCHEMA, {"dry_run": False, "rotation": row_json(row)})
     else:
         click.echo(render(row))
-    if row.state == FAILED:
+    if row.state == RotationState.FAILED:
         return EXIT_CRITICAL
-    return EXIT_UNAVAILABLE if row.failures and row.last_error and row.state != "published" else EXIT_OK
+    return (
+        EXIT_UNAVAILABLE
+        if row.failures and row.last_error and row.state != RotationState.PUBLISHED
+        else EXIT_OK
+    )
 
 
 @click.command("rotations")

@@ -41,7 +41,7 @@ from keyd.store.inventory import (
     record_source_failure,
 )
 from keyd.store.models import Key, KeyLocation
-from keyd.vocab import KeyStatus, LocationStatus, ProbeOutcome
+from keyd.vocab import ExpirySource, KeyStatus, LocationStatus, ProbeOutcome
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ def _fill_key(key: Key, kf: KeyFile, now: datetime) -> None:
     key.algorithm = kf.algorithm
     key.key_size = kf.key_size
     key.fingerprint = kf.fingerprint
-    if kf.expires_at is not None or key.expiry_source != "zitadel":
+    if kf.expires_at is not None or key.expiry_source != ExpirySource.ZITADEL:
         key.expires_at, key.expiry_source = kf.expires_at, None  # else keep ZITADEL's expiry
     key.content_hash = kf.content_hash
     key.status = KeyStatus.EXPIRED if is_expired(key.expires_at, now) else KeyStatus.ACTIVE

@@ -36,11 +36,10 @@ from keyd.inventory.reconcile import SourceOutcome, derive_status, mark_source_o
 from keyd.sources.zitadel import ZitadelListing
 from keyd.store.inventory import Engine, InventoryTx, LocationIndex, inventory_tx
 from keyd.store.models import Key, KeyLocation, Probe
-from keyd.vocab import KeyKind, KeyStatus, LocationKind, LocationStatus, ProbeOutcome
+from keyd.vocab import ExpirySource, KeyKind, KeyStatus, LocationKind, LocationStatus, ProbeOutcome
 
 log = logging.getLogger(__name__)
 
-ZITADEL = "zitadel"  # keys.expiry_source
 REMOVED = "removed"  # probes.diagnosis of a key ZITADEL no longer lists
 
 
@@ -151,13 +150,13 @@ class _Join:
             )
         if key.zitadel_created_at != listed.created_at:
             key.zitadel_created_at = listed.created_at
-        if (key.expiry_source == ZITADEL or key.expires_at is None) and (
-            key.expires_at != listed.expires_at or key.expiry_source != ZITADEL
+        if (key.expiry_source == ExpirySource.ZITADEL or key.expires_at is None) and (
+            key.expires_at != listed.expires_at or key.expiry_source != ExpirySource.ZITADEL
         ):
             self._event(
                 "key.expiry_from_zitadel", key, expires_at=listed.expires_at, old_expires_at=key.expires_at
             )
-            key.expires_at, key.expiry_source = listed.expires_at, ZITADEL
+            key.expires_at, key.expiry_source = listed.expires_at, ExpirySource.ZITADEL
             self.affected.add(key.id)  # active/expired may move
 
     def _location(self, listed: ListedKey, key: Key, loc: KeyLocation | None) -> None:
@@ -190,7 +189,7 @@ class _Join:
             key_size=None,
             fingerprint=placeholder(listed.key_id),
             expires_at=listed.expires_at,
-            expiry_source=ZITADEL,
+            expiry_source=ExpirySource.ZITADEL,
             zitadel_created_at=listed.created_at,
             content_hash=placeholder(listed.key_id),
             status=KeyStatus.UNHELD,

@@ -52,7 +52,7 @@ from keyd.store import rotations as rotation_store
 from keyd.store import snapshot
 from keyd.store.keys import KeyRecord
 from keyd.store.snapshot import Engine
-from keyd.vocab import KeyStatus, LocationStatus, ProbeOutcome, SinkState
+from keyd.vocab import KeyStatus, LocationStatus, ProbeOutcome, RotationState, SinkState
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ def _rotation_families(engine: Engine) -> list[Metric]:
     by_state = GaugeMetricFamily(
         "keyd_rotation_state", "Unfinished or failed rotations by state", labels=["state"]
     )
-    counts = {state: 0 for state in rotation_store.STATES if state != rotation_store.RETIRED}
+    counts: dict[str, int] = {state: 0 for state in rotation_store.STATES if state != RotationState.RETIRED}
     started = GaugeMetricFamily(
         "keyd_rotation_started_timestamp_seconds",
         "When each unfinished or failed rotation was planned",

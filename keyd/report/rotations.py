@@ -9,12 +9,13 @@ from datetime import datetime
 from keyd.report import render
 from keyd.store.rotations import RotationSnapshot
 from keyd.timeutil import isoformat_z
+from keyd.vocab import RotationState
 
-_STEP = {
-    "planned": "registering a new key",
-    "registered": "proving the new key",
-    "proven": "publishing the new key",
-    "published": "new key published",
+_STEP: dict[str, str] = {
+    RotationState.PLANNED: "registering a new key",
+    RotationState.REGISTERED: "proving the new key",
+    RotationState.PROVEN: "publishing the new key",
+    RotationState.PUBLISHED: "new key published",
 }
 
 
@@ -26,11 +27,11 @@ def rotation_lines(
     lines: list[str] = []
     for row in rows:
         who = f"key {row.old_key_id} ({row.principal})"
-        if row.state == "failed":
+        if row.state == RotationState.FAILED:
             text = f"{who}: FAILED at {row.failed_step}: {render.shorten(row.last_error or '', 160)}"
         else:
             text = f"{who}: {row.state}, {_STEP.get(row.state, row.state)}"
-            if row.state == "published" and row.retire_after is not None:
+            if row.state == RotationState.PUBLISHED and row.retire_after is not None:
                 text += f"; old key retired from {isoformat_z(row.retire_after)}"
             if row.last_error:
                 text += f" ({render.shorten(row.last_error, 120)})"

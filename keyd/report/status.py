@@ -189,7 +189,9 @@ def _expires(view: ExpiryView, row: KeyRecord | None = None) -> str:
     if view.status == vocab.ExpiryStatus.UNKNOWN:
         return "unknown"
     text = "never" if view.status == vocab.ExpiryStatus.NEVER else render.expiry(view.expires_at)
-    return f"{text} (zitadel)" if row is not None and row.expiry_source == "zitadel" else text
+    return (
+        f"{text} (zitadel)" if row is not None and row.expiry_source == vocab.ExpirySource.ZITADEL else text
+    )
 
 
 def shown_status(key: KeyStatus) -> str:

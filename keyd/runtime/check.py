@@ -56,7 +56,7 @@ from keyd.store.keys import KeyRecord
 from keyd.store.rotations import RotationSnapshot, unfinished
 from keyd.store.snapshot import LocationProblem, SourceSnapshot, TokenSnapshot
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
-from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus, SinkState
+from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus, RotationState, SinkState
 
 SCHEMA: Final = "keyd.check/1"
 EXIT_FOR: Final[dict[str, int]] = {
@@ -322,7 +322,7 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
     have retired long ago a WARNING (README "Rotation")."""
     who = f"rotation of key {row.old_key_id} ({row.principal})"
     common: dict[str, Any] = {"key_id": row.old_key_id, "principal": row.principal}
-    if row.state == SinkState.FAILED:
+    if row.state == RotationState.FAILED:
         verdict.problems.append(
             Problem(
                 CheckStatus.CRITICAL,
@@ -331,7 +331,7 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
                 **common,
             )
         )
-    elif row.state != "published" and (
+    elif row.state != RotationState.PUBLISHED and (
         at - row.updated_at > ROTATION_STUCK or row.failures >= ROTATION_STUCK_FAILURES
     ):
         verdict.problems.append(
@@ -345,7 +345,7 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
             )
         )
     elif (
-        row.state == "published"
+        row.state == RotationState.PUBLISHED
         and row.retire_after is not None
         and at - row.retire_after > ROTATION_RETIRE_LATE
     ):
@@ -373,7 +373,7 @@ def _judge_sink(verdict: Verdict, sink: TokenSnapshot, at: datetime) -> None:
                 ref=sink.sink,
             )
         )
-    elif sink.state in ("failed", "conflict", "unmanaged"):
+    elif sink.state in (SinkState.FAILED, SinkState.CONFLICT, SinkState.UNMANAGED):
         verdict.problems.append(
             Problem(
                 CheckStatus.WARNING,

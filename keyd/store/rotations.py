@@ -25,12 +25,15 @@ from sqlalchemy.orm import Session
 from keyd.store.alerts import add_deliveries, insert_alert
 from keyd.store.models import ALERT_NOW, Event, Key, KeyLocation, Probe, Rotation
 from keyd.store.tokens import AlertSpec
-from keyd.vocab import KeyKind, KeyStatus
+from keyd.vocab import KeyKind, KeyStatus, LocationStatus, ProbeOutcome, RotationEvent, RotationState
 
-PLANNED, REGISTERED, PROVEN, PUBLISHED = "planned", "registered", "proven", "published"
-RETIRED, FAILED = "retired", "failed"
-STATES: Final = (PLANNED, REGISTERED, PROVEN, PUBLISHED, RETIRED, FAILED)
-OPEN_STATES: Final = (PLANNED, REGISTERED, PROVEN, PUBLISHED)
+STATES: Final = tuple(RotationState)
+OPEN_STATES: Final = (
+    RotationState.PLANNED,
+    RotationState.REGISTERED,
+    RotationState.PROVEN,
+    RotationState.PUBLISHED,
+)
 NEVER_FROM: Final = datetime(9999, 1, 1, tzinfo=UTC)  # ZITADEL's "no expiry" (docs/zitadel.md §1)
 _TEXT_LIMIT: Final = 2000
 
@@ -108,7 +111,7 @@ def _stamps(session: Session, pks: Sequence[int]) -> dict[int, list[LocationStam
             KeyLocation.content_hash,
             KeyLocation.version,
         )
-        .where(KeyLocation.status == "present", KeyLocation.key_pk.in_(pks))
+        .where(KeyLocation.status == LocationStatus.PRESENT, KeyLocation.key_pk.in_(pks))
         .where(KeyLocation.kind.is_(None))  # never publish to a zitadel listing
         .order_by(KeyLocation.id)
     )
@@ -196,7 +199,7 @@ def plan(
         old_key_id=key.key_id,
         old_key_pk=key.pk,
         principal=key.principal,
-        state=PLANNED,
+        state=RotationState.PLANNED,
         reason=reason,
         algorithm=algorithm,
         attempt=1,
@@ -215,7 +218,7 @@ def plan(
                 session,
                 now,
                 row,
-                PLANNED,
+                RotationState.PLANNED,
                 {"reason": reason, "algorithm": algorithm, "new_expires_at": new_expires_at.isoformat()},
             )
     except IntegrityError:
@@ -353,7 +356,7 @@ def present_locations(engine: Engine, key_id: str) -> int:
             session.scalar(
                 select(func.count(KeyLocation.id))
                 .join(Key, Key.id == KeyLocation.key_pk)
-                .where(Key.key_id == key_id, KeyLocation.status == "present")
+                .where(Key.key_id == key_id, KeyLocation.status == LocationStatus.PRESENT)
             )
             or 0
         )
@@ -365,7 +368,7 @@ def probed_ok_since(engine: Engine, key_id: str, since: datetime) -> bool:
         found = session.scalar(
             select(Probe.id)
             .join(Key, Key.id == Probe.key_pk)
-            .where(Key.key_id == key_id, Probe.outcome == "ok", Probe.at >= since)
+            .where(Key.key_id == key_id, Probe.outcome == ProbeOutcome.OK, Probe.at >= since)
             .limit(1)
         )
     return found is not None
@@ -378,7 +381,13 @@ def state_counts(engine: Engine) -> dict[str, int]:
 
 
 #: events counted by ``keyd_rotations_total{outcome}`` (append-only, so monotonic)
-OUTCOMES: Final = ("published", "retired", "failed", "blocked", "restarted")
+OUTCOMES: Final = (
+    RotationState.PUBLISHED,
+    RotationState.RETIRED,
+    RotationState.FAILED,
+    RotationEvent.BLOCKED,
+    RotationEvent.RESTARTED,
+)
 
 
 def outcome_counts(engine: Engine) -> dict[str, int]:
@@ -420,7 +429,7 @@ def unfinished(engine: Engine) -> list[RotationSnapshot]:
                 Rotation.retire_after,
                 Rotation.failures,
             )
-            .where(Rotation.state.in_((*OPEN_STATES, FAILED)))
+            .where(Rotation.state.in_((*OPEN_STATES, RotationState.FAILED)))
             .order_by(Rotation.id)
         )
         return [RotationSnapshot(*row) for row in rows]
@@ -431,5 +440,5 @@ def rearm_probe(engine: Engine, key_id: str, now: datetime) -> None:
     show a probe after publishing before the old one is retired)."""
     with Session(engine) as session, session.begin():
         session.execute(
-            update(Key).where(Key.key_id == key_id, Key.status == "active").values(next_probe_at=now)
+            update(Key).where(Key.key_id == key_id, Key.status == KeyStatus.ACTIVE).values(next_probe_at=now)
         )

@@ -46,12 +46,15 @@ def install(point: str) -> None:
     from keyd.actions import publish, rotation_steps
     from keyd.clients import zitadel
     from keyd.store import rotations
+    from keyd.vocab import RotationState
 
     if point == "after_add_key":
         _after(zitadel.ZitadelKeyAPI, "add_key")
     elif point == "after_proof":
         _after(
-            rotations, "transition", lambda row, *a, **kw: row is not None and row.state == rotations.PROVEN
+            rotations,
+            "transition",
+            lambda row, *a, **kw: row is not None and row.state == RotationState.PROVEN,
         )
     elif point == "after_first_location":
         _after(publish.Publisher, "publish", lambda wrote, *a, **kw: wrote)

@@ -17,7 +17,8 @@ from keyd.config import AlertsConfig, Config, EmailConfig, RotationConfig
 from keyd.store import alerts as store
 from keyd.store import rotations
 from keyd.store.models import ALERT_NOW, Key, KeyLocation
-from keyd.store.rotations import FAILED, DueKey, LocationStamp
+from keyd.store.rotations import DueKey, LocationStamp
+from keyd.vocab import RotationState
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 EXPIRY = NOW + timedelta(days=40)
@@ -91,7 +92,9 @@ def test_an_unfinished_rotation_holds_the_ladder_but_not_the_last_rung(migrated_
 def test_a_failed_rotation_releases_the_held_rung(migrated_engine: Engine) -> None:
     row = _plan(migrated_engine, _key(migrated_engine))
     assert _walk(migrated_engine, range(30, 2, -1)) == []  # 30d, 14d, 7d and 3d held
-    failed = rotations.transition(migrated_engine, row, now=EXPIRY - 3 * D, state=FAILED, last_error="boom")
+    failed = rotations.transition(
+        migrated_engine, row, now=EXPIRY - 3 * D, state=RotationState.FAILED, last_error="boom"
+    )
     assert failed is not None
     with store.transaction(migrated_engine) as s:  # the failure re-arms the key
         assert s.scalar(select(Key.next_alert_at).where(Key.id == row.old_key_pk)) == ALERT_NOW
