@@ -1,6 +1,6 @@
 """keyd.vocab is used, not restated: no module compares a state, status,
 outcome or kind with a bare string equal to a vocabulary value, or passes
-one as ``state=``/``status=``/... (issue 9, "a shared vocabulary")."""
+one as ``state=``/``status=``/... (README "Architecture": one place for each rule)."""
 
 from __future__ import annotations
 
