@@ -46,3 +46,27 @@ def real() -> dict[str, str]:
 
 def test_the_drawn_tree_is_the_real_one() -> None:
     assert drawn() == real()
+
+
+def drawn_modules() -> dict[str, str | None]:
+    """Class name -> the module its line names (``actions/tokenvault.py``), or None."""
+    out: dict[str, str | None] = {}
+    for line in (errors.__doc__ or "").splitlines():
+        match = re.match(r"^    [│├└─ ]*(\w+)(?:\s+(\S+\.py))?\s*$", line)
+        if match:
+            out[match.group(1)] = match.group(2)
+    return out
+
+
+def test_each_class_defined_elsewhere_names_its_module() -> None:
+    real()  # imports every module
+    where: dict[str, str | None] = {}
+    stack = [KeydError]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub.__module__.startswith("keyd."):
+                module = sub.__module__.removeprefix("keyd.").replace(".", "/") + ".py"
+                where[sub.__name__] = None if module == "errors.py" else module
+                stack.append(sub)
+    drawn_at = drawn_modules()
+    assert {name: drawn_at.get(name) for name in where} == where
