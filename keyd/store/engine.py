@@ -73,7 +73,7 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
     Raises ``StoreError`` for a URL keyd cannot use (unparsable, unsupported
     backend, SQLite directory that cannot be created).
     """
-    parsed = _parse(url)
+    parsed = parse_database_url(url)
     judged = judge_database_url(url)
     backend = judged.backend if judged is not None else None
     if backend == "sqlite":
@@ -126,7 +126,10 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _parse(url: str) -> URL:
+def parse_database_url(url: str) -> URL:
+    """``url`` as SQLAlchemy's ``URL``, a bare ``postgresql://`` on psycopg 3
+    (the one driver keyd ships); ``StoreError`` when it cannot be parsed.
+    What the URL *is* (backend, password) is ``keyd.urls.judge_database_url``."""
     try:
         parsed = make_url(url)
     except ArgumentError:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from keyd.errors import ConfigError
-from keyd.store.engine import require_postgres_driver
+from keyd.store.engine import parse_database_url, require_postgres_driver
 from keyd.urls import judge_database_url
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ class AdvisoryLock:
 
     def __init__(self, url: str, key: int = LEADER_LOCK_KEY) -> None:
         self.key = key
-        parsed = make_url(url)
-        if parsed.drivername in ("postgresql", "postgres"):  # as make_engine: psycopg 3
-            parsed = parsed.set(drivername="postgresql+psycopg")
+        parsed = parse_database_url(url)
         require_postgres_driver(parsed)
         self._engine: Engine = create_engine(
             parsed, poolclass=NullPool, connect_args=dict(_PG_CONNECT_ARGS), isolation_level="AUTOCOMMIT"
@@ -117,23 +115,6 @@ class AdvisoryLock:
             return None
         pid = self._conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
         return int(pid)
-
-    def holder_pid(self) -> int | None:
-        """The backend pid holding the lock (for "standby: leader is ..." messages)."""
-        if self._conn is None:
-            return None
-        try:
-            row = self._conn.execute(
-                text(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                    " AND ((classid::bigint << 32) | objid::bigint) = :key"
-                ),
-                {"key": self.key},
-            ).first()
-        except SQLAlchemyError:
-            return None
-        return int(row[0]) if row else None
 
     def close(self) -> None:
         """Release and dispose of the engine. The unlock is explicit: closing
