@@ -115,3 +115,18 @@ def test_no_print_outside_the_cli() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 assert node.func.id != "print", f"keyd/{rel}:{node.lineno} prints"
+
+
+MAX_POSITIONAL = 8  # more: take a value object
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_no_long_positional_parameter_lists(path: Path) -> None:
+    rel = str(path.relative_to(PKG))
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args
+            positional = [a.arg for a in (*args.posonlyargs, *args.args) if a.arg not in ("self", "cls")]
+            assert len(positional) <= MAX_POSITIONAL, (
+                f"keyd/{rel}:{node.lineno} {node.name}() takes {len(positional)} positional parameters"
+            )
