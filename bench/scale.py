@@ -31,6 +31,7 @@ Usage: python bench/scale.py [--n 1000 10000 100000] [--sqlite-only]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -269,11 +270,15 @@ def bench_probe(engine: Any, keys: Path, pems: list[str], m: int) -> dict[str, f
 
 def run_one(backend: str, n: int, keys: Path, pems: list[str], args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"keyd-scale-{backend}-{n}-"))
+    start, load = time.monotonic(), os.getloadavg()[0]
+    print(f"{time.strftime('%H:%M:%S')} {backend} {n:,}: measuring (load {load:.1f})", flush=True)
     try:
         with scale_cache.database(backend, n, keys, work) as (url, cold):
             engine = make_engine(url)
             try:
-                return measure(engine, url, n, keys, work, pems, args) | {"cold": cold}
+                out = measure(engine, url, n, keys, work, pems, args)
+                wall = time.monotonic() - start
+                return out | {"cold": cold, "wall": wall, "load": (load, os.getloadavg()[0])}
             finally:
                 engine.dispose()
     finally:
@@ -329,7 +334,15 @@ def show(backend: str, n: int, r: dict[str, Any]) -> None:
             f"  probe {probe['per_probe_ms']:.2f} ms CPU/probe, "
             f"{probe['overhead_ms']:.2f} ms beyond signing ({probe['sign_ms']:.2f} ms)"
         )
+    line += f"  [{r['wall']:.0f} s wall, load {r['load'][0]:.1f} -> {r['load'][1]:.1f}]"
     print(line, flush=True)
+
+
+def save(path: Path, results: dict[tuple[str, int], dict[str, Any]]) -> None:
+    rows = [
+        {"backend": b, "n": n, **r, "cold": dataclasses.asdict(r["cold"])} for (b, n), r in results.items()
+    ]
+    path.write_text(json.dumps(rows, indent=1))
 
 
 def _cold(cold: scale_cache.Cold) -> str:
@@ -347,6 +360,7 @@ def main() -> int:
     parser.add_argument("--sqlite-only", action="store_true")
     parser.add_argument("--rebuild", action="store_true", help="forget bench/.cache/scale/ first")
     parser.add_argument("--build-only", action="store_true", help="fill the cache, measure nothing")
+    parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
     pems = key_pems(args.pems)
     results: dict[tuple[str, int], dict[str, Any]] = {}
@@ -363,7 +377,9 @@ def main() -> int:
                     continue
             results[backend, n] = run_one(backend, n, trees[n], pems, args)
             show(backend, n, results[backend, n])
-    for backend in {b for b, _ in results}:
+            if args.out:  # after each result: a run cut short keeps what it measured
+                save(args.out, results)
+    for backend in sorted({b for b, _ in results}):
         ns = sorted(n for b, n in results if b == backend)
         if len(ns) > 1:
             ratio = results[backend, ns[-1]]["eval"] / results[backend, ns[0]]["eval"]
