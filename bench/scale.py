@@ -70,7 +70,8 @@ from keyd.store.engine import make_engine  # noqa: E402
 from keyd.store.models import Key  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYD = [str(Path(sys.executable).with_name("keyd"))]
+KEYD = [sys.executable, "-m", "keyd.cli"]  # this checkout's keyd (cwd=ROOT), not whatever the venv installed
+SOURCE = scale_cache.SOURCE
 
 
 def write_tree(root: Path, n: int, pems: list[str]) -> None:
@@ -175,7 +176,9 @@ def bench_metrics(engine: Any, n: int) -> dict[str, float]:
 
 def bench_idle(work: Path, url: str, keys: Path, seconds: float) -> dict[str, float]:
     config = work / "keyd.toml"
-    config.write_text(f'[database]\nurl = "{url}"\n\n[[sources]]\ntype = "directory"\npath = "{keys}"\n')
+    config.write_text(  # the source named as in the cold scan: the same inventory, not a move
+        f'[database]\nurl = "{url}"\n\n[[sources]]\ntype = "directory"\nname = "{SOURCE}"\npath = "{keys}"\n'
+    )
     log = (work / "daemon.log").open("w")
     proc = subprocess.Popen(
         [*KEYD, "--config", str(config), "run"],
@@ -250,7 +253,7 @@ def bench_probe(engine: Any, keys: Path, pems: list[str], m: int) -> dict[str, f
                 client=client,
                 signer=AssertionSigner(clock),
                 clock=clock,
-                load_key=make_key_loader([DirectorySourceConfig("dir", keys)], None, UTC),
+                load_key=make_key_loader([DirectorySourceConfig(SOURCE, keys)], None, UTC),
                 policy=ProbePolicy(concurrency=8, rate_limit=0),
             )
             cpu = time.process_time()
@@ -289,7 +292,7 @@ def measure(
     engine: Any, url: str, n: int, keys: Path, work: Path, pems: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Everything but the build, on a fresh copy of the cold-scanned database."""
-    config = Config(sources=(DirectorySourceConfig(name="dir", path=keys),))
+    config = Config(sources=(DirectorySourceConfig(name=SOURCE, path=keys),))
     out: dict[str, Any] = {"eval": bench_eval(engine, config)}
     scan_all(config, engine, SystemClock())  # settle (heartbeat, caches)
     walk = min(walk_stat(keys) for _ in range(3))

@@ -54,6 +54,8 @@ MAX_AGE = timedelta(days=7)  # the tree's expiries are 60+ days ahead of its bui
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=10"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{}"
 
+SOURCE = "dir"  # the source's name in every scan of the tree (cold, warm, the daemon's)
+
 TreeWriter = Callable[[Path, int, list[str]], None]
 
 
@@ -158,7 +160,7 @@ def _cold_build(url: str, keys: Path, meta: Path) -> None:
     engine = make_engine(url)
     try:
         upgrade(engine)
-        config = Config(sources=(DirectorySourceConfig(name="dir", path=keys),))
+        config = Config(sources=(DirectorySourceConfig(name=SOURCE, path=keys),))
         start = time.perf_counter()
         scan_all(config, engine, SystemClock())
         seconds = time.perf_counter() - start
