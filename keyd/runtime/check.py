@@ -36,7 +36,7 @@ last real round recorded (``issuer.unavailable_since``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
@@ -194,7 +194,7 @@ class PolicyFinding:
 def judge(
     config: Config,
     at: datetime,
-    keys: Sequence[KeyRecord],
+    keys: Iterable[KeyRecord],
     locations: Sequence[LocationProblem],
     sources: Sequence[SourceSnapshot],
     cycle: CycleReport | None = None,

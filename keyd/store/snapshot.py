@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection, Result, Row
 from sqlalchemy.engine import Engine as Engine  # re-exported: layers above store/ type with it
-from sqlalchemy.engine import Result
 from sqlalchemy.exc import SQLAlchemyError
 
 from keyd.store.alerts import OPEN_STATES
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MAX_BAD_ROWS: Final = 1000  # give up on a table that is entirely unreadable
+CHUNK: Final = 500  # keys per query in ``keys`` (also bounds its IN lists)
 
 
 @dataclass(frozen=True)
@@ -72,28 +73,32 @@ def ping(engine: Engine) -> bool:
     return True
 
 
-def keys(engine: Engine) -> list[KeyRecord]:
-    """Every key with its locations (unreadable rows skipped, see ``_rows``)."""
+def keys(engine: Engine) -> Iterator[KeyRecord]:
+    """Every key with its locations, in key id order (unreadable rows
+    skipped, see ``_rows``), ``CHUNK`` keys at a time: at most one chunk of
+    rows and records is held, whatever the size of the inventory (the
+    status line and ``keyd check`` read every key)."""
+    after: str | None = None
+    while True:
+        with engine.connect() as conn:
+            page = select(Key.id, Key.key_id).order_by(Key.key_id).limit(CHUNK)
+            ids = list(conn.execute(page if after is None else page.where(Key.key_id > after)))
+            if not ids:
+                return
+            chunk = _key_chunk(conn, [pk for pk, _ in ids])
+        yield from chunk
+        if len(ids) < CHUNK:
+            return
+        after = ids[-1][1]
+
+
+def _key_chunk(conn: Connection, pks: list[int]) -> list[KeyRecord]:
     locations: dict[int, list[Any]] = {}
-    with engine.connect() as conn:
-        for loc in _rows(
-            conn.execute(select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.is_not(None))),
-            "key_locations",
-            lambda row: row,
-        ):
-            locations.setdefault(loc.key_pk, []).append(loc)
-        result = conn.execute(select(*KEY_COLUMNS).order_by(Key.key_id))
-        return list(_rows(result, "keys", lambda r: key_record(r, locations.get(r.id, ()))))
-
-
-@dataclass(frozen=True)
-class KeySeries:
-    """What ``/metrics`` exports per key by default: expiry and status."""
-
-    key_id: str
-    principal: str
-    status: str
-    expires_at: datetime | None
+    stmt = select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.in_(pks))
+    for loc in _rows(conn.execute(stmt), "key_locations", lambda row: row):
+        locations.setdefault(loc.key_pk, []).append(loc)
+    result = conn.execute(select(*KEY_COLUMNS).where(Key.id.in_(pks)).order_by(Key.key_id))
+    return list(_rows(result, "keys", lambda r: key_record(r, locations.get(r.id, ()))))
 
 
 @dataclass(frozen=True)
@@ -109,13 +114,16 @@ class Aggregates:
     locations: dict[tuple[str, str], int]  # (source, status) -> locations
 
 
-def key_series(engine: Engine) -> list[KeySeries]:
-    """Every key's id, principal, status and expiry: four columns, no join."""
-    with engine.connect() as conn:
+def key_series(engine: Engine) -> Iterator[Row[tuple[str, str, str, datetime | None]]]:
+    """What ``/metrics`` exports per key by default: each key's ``key_id``,
+    ``principal``, ``status`` and ``expires_at`` (``KeyRecord``'s names),
+    streamed in key id order: four columns, no join, nothing held (the
+    caller turns each row into its samples at once)."""
+    with engine.connect().execution_options(yield_per=CHUNK) as conn:
         result = conn.execute(
             select(Key.key_id, Key.principal, Key.status, Key.expires_at).order_by(Key.key_id)
         )
-        return [KeySeries(*row) for row in _rows(result, "keys", tuple)]
+        yield from _rows(result, "keys", lambda row: row)
 
 
 def aggregates(engine: Engine) -> Aggregates:
