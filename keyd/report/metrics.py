@@ -29,7 +29,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, TypeVar
+from itertools import islice
+from typing import Any, Final, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -45,7 +46,7 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
 from keyd.store import rotations as rotation_store
@@ -72,12 +73,27 @@ PROBE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LABELS: Final = ["key_id", "principal"]
 OPENMETRICS: Final = "application/openmetrics-text"
 EOF_LINE: Final = b"# EOF\n"
+SERIES_CHUNK: Final = 1000  # keys per rendering of the default per-key series
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """A per-key family kept as its rendered sample lines, not as one
+    ``Sample`` (a tuple and a label dict) per series: ``header`` is the
+    family without samples (its ``# HELP``/``# TYPE`` in either format),
+    ``lines`` what the text encoder wrote for the samples, which the
+    OpenMetrics encoder writes identically for a gauge (same escaping,
+    same number format, no timestamps)."""
+
+    header: Metric
+    lines: bytes
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     marker: tuple[object, ...] | None  # None: the database did not answer
-    families: tuple[Metric, ...]
+    families: tuple[Metric, ...]  # aggregates (and the per-key detail, when asked for)
+    per_key: tuple[_Rendered, ...]  # the default per-key series, pre-rendered
     bodies: dict[str, bytes]  # by content type: rendered once per format, on first use
 
 
@@ -133,22 +149,18 @@ class KeydMetrics:
                 marker: tuple[object, ...] | None = snapshot.change_marker(self._engine)
                 if not force and previous is not None and previous.marker == marker:
                     return False
+                per_key = _key_series(snapshot.key_series(self._engine))
                 families = _inventory(self._engine, self.per_key)
             except Exception as exc:  # the scrape must answer even without a database
                 log.error("metrics: cannot read the inventory: %s", exc)
-                marker, families = None, []
+                marker, families, per_key = None, [], ()
             db_up = GaugeMetricFamily(
                 "keyd_db_up",
                 "1 if the inventory database answered the last refresh",
                 value=0 if marker is None else 1,
             )
-            self._snapshot = _Snapshot(marker, (db_up, *families), {})
+            self._snapshot = _Snapshot(marker, (db_up, *families), per_key, {})
             return True
-
-    def families(self) -> tuple[Metric, ...]:
-        """The inventory families of the current snapshot (refreshed once
-        if there is none yet)."""
-        return self._current().families
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition body and its content type for an ``Accept`` header,
@@ -160,7 +172,7 @@ class KeydMetrics:
         with self._lock:
             inventory = current.bodies.get(content_type)
             if inventory is None:
-                inventory = current.bodies[content_type] = _render(current.families, encoder)
+                inventory = current.bodies[content_type] = _render(current, encoder, content_type)
         live = encoder(self.registry)
         if content_type.startswith(OPENMETRICS):  # one "# EOF", at the very end
             return live.removesuffix(EOF_LINE) + inventory.removesuffix(EOF_LINE) + EOF_LINE, content_type
@@ -211,15 +223,37 @@ class _Families(Collector):
         return self._families
 
 
-def _render(families: Iterable[Metric], encoder: Callable[[CollectorRegistry], bytes]) -> bytes:
+def _encode(families: Iterable[Metric], encoder: Callable[[CollectorRegistry], bytes]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families))
     return encoder(registry)
 
 
+def _render(current: _Snapshot, encoder: Callable[[CollectorRegistry], bytes], content_type: str) -> bytes:
+    """The inventory part of a body: the families, then each pre-rendered
+    per-key family (its header in this format, then its sample lines)."""
+    parts = [_encode(current.families, encoder)]
+    for family in current.per_key:
+        parts += [_encode([family.header], encoder), family.lines]
+    if content_type.startswith(OPENMETRICS):  # one "# EOF", at the very end
+        return b"".join(p.removesuffix(EOF_LINE) for p in parts) + EOF_LINE
+    return b"".join(parts)
+
+
+def _key_series(rows: Iterable[Any]) -> tuple[_Rendered, ...]:
+    """The default per-key families, rendered ``SERIES_CHUNK`` keys at a
+    time: at most one chunk of ``Sample`` objects exists at once."""
+    headers = _key_families(())
+    lines: list[list[bytes]] = [[] for _ in headers]
+    safe = _each(rows, "key")
+    while chunk := list(islice(safe, SERIES_CHUNK)):
+        for out, family in zip(lines, _key_families(chunk), strict=True):
+            out.append(_encode([family], generate_latest).split(b"\n", 2)[2])  # minus HELP, TYPE
+    return tuple(_Rendered(h, b"".join(out)) for h, out in zip(headers, lines, strict=True))
+
+
 def _inventory(engine: Engine, per_key: bool) -> list[Metric]:
     families = [
-        *_key_families(snapshot.key_series(engine)),
         *_aggregate_families(snapshot.aggregates(engine)),
         _source_family(snapshot.sources(engine)),
         *_rotation_families(engine),
@@ -229,7 +263,7 @@ def _inventory(engine: Engine, per_key: bool) -> list[Metric]:
     return families
 
 
-def _key_families(rows: list[snapshot.KeySeries]) -> list[Metric]:
+def _key_families(rows: Iterable[Any]) -> list[Metric]:
     expires = GaugeMetricFamily(
         "keyd_key_expiration_timestamp_seconds", "When the key expires (absent when unknown)", labels=LABELS
     )
@@ -239,7 +273,7 @@ def _key_families(rows: list[snapshot.KeySeries]) -> list[Metric]:
         "4 missing, 5 unheld (listed by ZITADEL, held nowhere)",
         labels=LABELS,
     )
-    for row in _each(rows, "key"):
+    for row in rows:  # already checked by ``_each``
         ids = [row.key_id, row.principal]
         if row.expires_at is not None:
             expires.add_metric(ids, row.expires_at.timestamp())
@@ -303,7 +337,7 @@ def _location_family(counts: dict[tuple[str, str], int]) -> Metric:
     return family
 
 
-def _key_detail(rows: list[KeyRecord]) -> list[Metric]:
+def _key_detail(rows: Iterable[KeyRecord]) -> list[Metric]:
     last_ok = GaugeMetricFamily(
         "keyd_key_last_probe_success_timestamp_seconds", "Last successful validation probe", labels=LABELS
     )
@@ -370,7 +404,7 @@ def _rotation_families(engine: Engine) -> list[Metric]:
     return [total, by_state, started]
 
 
-def _each(rows: list[T], what: str) -> Iterator[T]:
+def _each(rows: Iterable[T], what: str) -> Iterator[T]:
     """The rows whose values can become samples; others are logged and
     skipped (rows that cannot even be decoded never get here: the snapshot
     skips them)."""

@@ -219,3 +219,50 @@ def test_own_registry_per_instance(engine: Engine) -> None:
     a, b = KeydMetrics(engine, version="1"), KeydMetrics(engine, version="2")
     a.observe_probe("ok", 1)
     assert samples(b)[("keyd_probe_duration_seconds_count", frozenset())] == 0
+
+
+def test_per_key_series_kept_rendered_not_as_samples(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot holds the default per-key series as rendered lines, built
+    a few keys at a time (here 2 per chunk, 5 keys): no per-key ``Sample``
+    survives the refresh, each family is announced once, and the text and
+    OpenMetrics bodies carry the same per-key samples (both parse strictly)."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+    from keyd.report import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "SERIES_CHUNK", 2)
+    with Session(engine) as s, s.begin():
+        s.add_all([_key(f"k{i}", expires=NOW + timedelta(days=i)) for i in range(5)])
+        s.add(_key('odd"\\\nkey'))  # a label value the encoders must escape
+    metrics = KeydMetrics(engine, version="0.1.0")
+    assert metrics.refresh() is True
+    current = metrics._snapshot
+    assert current is not None
+    held = [s for family in current.families for s in family.samples if "key_id" in s.labels]
+    assert held == []
+    assert [r.header.name for r in current.per_key] == [
+        "keyd_key_expiration_timestamp_seconds",
+        "keyd_key_status_code",
+    ]
+    assert all(r.header.samples == [] for r in current.per_key)
+
+    def per_key(families: object) -> dict[str, set[tuple[str, tuple[tuple[str, str], ...], float]]]:
+        out: dict[str, set[tuple[str, tuple[tuple[str, str], ...], float]]] = {}
+        for family in families:  # type: ignore[attr-defined]
+            for s in family.samples:
+                if "key_id" in s.labels:
+                    out.setdefault(family.name, set()).add((s.name, tuple(sorted(s.labels.items())), s.value))
+        return out
+
+    text_body, _ = metrics.render()
+    om_body, om_type = metrics.render("application/openmetrics-text; version=1.0.0")
+    assert om_type.startswith("application/openmetrics-text")
+    assert text_body.count(b"# TYPE keyd_key_status_code gauge") == 1
+    assert om_body.count(b"# EOF") == 1 and om_body.endswith(b"# EOF\n")
+    from_text = per_key(text_string_to_metric_families(text_body.decode()))
+    assert from_text == per_key(parse_om(om_body.decode()))
+    assert len(from_text["keyd_key_status_code"]) == 6
+    assert len(from_text["keyd_key_expiration_timestamp_seconds"]) == 5  # one expiry unknown
+    assert ("keyd_key_status_code", (("key_id", 'odd"\\\nkey'), ("principal", 'user-odd"\\\nkey')), 0.0) in (
+        from_text["keyd_key_status_code"]
+    )
