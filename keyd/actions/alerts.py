@@ -5,12 +5,14 @@ transaction and, for every alert it decides, inserts the ``alerts`` row and
 its ``deliveries`` outbox rows together (a transactional outbox): either
 both are committed or neither. Sending is ``deliver.drain_outbox``'s job.
 
-What is decided, each at most once (unique (about, kind, threshold), where
+What is decided, each at most once (unique (about, kind, threshold,
+expires_at), where
 ``about`` is the key id: two key ids sharing one key pair each have their
 own alerts; the fingerprint is only an attribute):
 
-* ``expiring`` / ``expired``: the ladder (``checks.ladder``), rung names
-  carry the expiry instant; rungs of an old expiry are resolved.
+* ``expiring`` / ``expired``: the ladder (``checks.ladder``), each rung
+  stored with the expiry instant it belongs to (``alerts.expires_at``);
+  rungs of an old expiry are resolved.
 * ``rotated``: another active key of the same principal expires later
   while this one still has open alerts (ladder, rejected, untracked) →
   those are resolved and one notice is sent; a superseded key gets no further ladder or rejection
@@ -58,13 +60,13 @@ from keyd.actions.alert_hold import rotation_held
 from keyd.actions.decision import Decision
 from keyd.actions.findings import zitadel_alerts
 from keyd.checks.expiry import evaluate, is_never, seconds_until, time_left
-from keyd.checks.ladder import Rung, due_rungs, ladder, rung_suffix
+from keyd.checks.ladder import Rung, due_rungs, ladder, rung_expiry
 from keyd.config import Config, EmailConfig
 from keyd.errors import StoreError
 from keyd.redact import scrub
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertIndex, note_issuer_health
-from keyd.store.models import Alert, Key
+from keyd.store.models import Alert, Key, threshold_text
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 from keyd.urls import display_url
 from keyd.vocab import AlertKind, Channel, ExpiryStatus, KeyKind, KeyStatus, LocationStatus, Severity
@@ -126,7 +128,8 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
         session.flush()  # the batch's keys are clean now: the identity map lets them go
     new.extend(_issuer_alerts(session, config, now, store.AlertIndex.load(session, [ISSUER])))
     if new:
-        log.info("decided %d new alert(s): %s", len(new), ", ".join(f"{a.kind}:{a.threshold}" for a in new))
+        names = ", ".join(f"{a.kind}:{threshold_text(a.threshold, a.expires_at)}" for a in new)
+        log.info("decided %d new alert(s): %s", len(new), names)
     return new
 
 
@@ -298,12 +301,12 @@ def _ladder(
 ) -> Alert | None:
     """``held``: rotation covers the key, so only the tightest rung and
     ``expired`` may fire (the safety net when a rotation stalls)."""
-    suffix = rung_suffix(expires_at)
-    stale = known.unresolved(_about(key), LADDER_KINDS, keep_suffix=suffix)
+    instant = rung_expiry(expires_at)
+    stale = known.unresolved(_about(key), LADDER_KINDS, keep_expiry=instant)
     if stale:
         log.info("key %s: expiry changed, resolving %d alert(s) of the old expiry", key.key_id, len(stale))
         store.resolve(session, stale, now)
-    fired = known.fired(_about(key), LADDER_KINDS)
+    fired = known.fired(_about(key), LADDER_KINDS, instant)
     thresholds = config.alerts.thresholds
     if held:
         thresholds = (min(thresholds),) if thresholds else ()
@@ -318,10 +321,11 @@ def _ladder(
         known,
         Decision(
             rung.kind,
-            rung.threshold,
+            rung.label,
             rung.severity,
             subject_for_expiry(key, rung, expires_at, now),
             {"rung": rung.label},
+            rung.expires_at,
         ),
     )
     if alert is not None:  # the tighter rung supersedes the looser ones
@@ -487,14 +491,16 @@ def _insert(
     facts: Mapping[str, Any],
     subject: Subject,
 ) -> Alert | None:
-    kind, threshold, severity = decision.kind, decision.threshold, decision.severity
+    kind, severity = decision.kind, decision.severity
+    threshold = threshold_text(decision.threshold, decision.expires_at)  # as shown, and in the Message-ID
     alert = store.insert_alert(
         session,
         about=subject.about,
         fingerprint=subject.fingerprint,
         key_pk=subject.key_pk,
         kind=kind,
-        threshold=threshold,
+        threshold=decision.threshold,
+        expires_at=decision.expires_at,
         severity=severity,
         created_at=now,
         message_id=message_id(subject.about, kind, threshold),

@@ -50,6 +50,7 @@ from keyd.redact import scrub
 from keyd.retry import Random, backoff_delay
 from keyd.store import alerts as store
 from keyd.store.alerts import AlertRecord, OutboxItem
+from keyd.store.models import threshold_text
 from keyd.text import escape
 from keyd.timeutil import isoformat_z
 from keyd.urls import display_url
@@ -235,7 +236,7 @@ def webhook_payload(alert: AlertRecord) -> dict[str, Any]:
         "message_id": alert.message_id,
         "kind": alert.kind,
         "severity": alert.severity,
-        "threshold": alert.threshold,
+        "threshold": threshold_text(alert.threshold, alert.expires_at),  # as before 0002: "7d@<expiry>"
         "subject": alert.subject,
         "created_at": isoformat_z(alert.created_at),
         "facts": dict(alert.context),

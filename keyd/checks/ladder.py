@@ -8,10 +8,11 @@ Rules:
 * Rungs are the thresholds (default 30, 14, 7, 3, 1 days) before the
   expiry *instant*, then ``expired`` at the instant itself (docs/zitadel.md §2:
   at the instant the key is already dead).
-* Each rung is named ``<label>@<expiry>``, e.g. ``7d@2027-01-01T00:00:00Z``.
-  Including the expiry means a key whose expiry changes gets a fresh
-  ladder; rungs fired for the old expiry neither block the new ones nor
-  stay open (the caller resolves them).
+* Each rung is a label and the expiry it counts down to (``alerts.threshold``
+  ``7d`` and ``alerts.expires_at``, in whole seconds). Keying on the expiry
+  means a key whose expiry changes gets a fresh ladder; rungs fired for the
+  old expiry neither block the new ones nor stay open (the caller resolves
+  them).
 * Only the *tightest* rung already due is ever a candidate: a key first
   seen 5 days before expiry gets one ``7d`` alert, not a burst of 30/14/7;
   after downtime, everything overdue collapses into one alert. Looser rungs
@@ -29,7 +30,7 @@ from typing import Final
 
 from keyd.checks.expiry import is_never
 from keyd.clock import utc
-from keyd.timeutil import isoformat_z, shift
+from keyd.timeutil import shift
 from keyd.vocab import AlertKind, Severity
 
 EXPIRED: Final = "expired"
@@ -42,13 +43,14 @@ WARNING_WITHIN: Final = timedelta(days=14)
 class Rung:
     """One step of the ladder for one expiry instant.
 
-    ``label`` is ``"7d"`` or ``"expired"``; ``threshold`` is the value stored
-    in ``alerts.threshold`` (label @ expiry); ``before`` is how long before the
-    expiry it is due (zero for ``expired``).
+    ``label`` is ``"7d"`` or ``"expired"`` (stored in ``alerts.threshold``);
+    ``expires_at`` is the expiry instant it belongs to, in whole seconds
+    (``alerts.expires_at``); ``before`` is how long before the expiry it is
+    due (zero for ``expired``).
     """
 
     label: str
-    threshold: str
+    expires_at: datetime
     due_at: datetime
     before: timedelta
     kind: AlertKind  # EXPIRING or EXPIRED
@@ -64,9 +66,10 @@ def threshold_label(before: timedelta) -> str:
     return f"{seconds}s"
 
 
-def rung_suffix(expires_at: datetime) -> str:
-    """The ``@<expiry>`` part shared by every rung of one expiry instant."""
-    return "@" + isoformat_z(expires_at)
+def rung_expiry(expires_at: datetime) -> datetime:
+    """The instant every rung of this expiry is stored under: UTC, whole
+    seconds (expiries differing by a fraction of a second share a ladder)."""
+    return utc(expires_at).replace(microsecond=0)
 
 
 def severity_for(before: timedelta) -> Severity:
@@ -84,12 +87,12 @@ def ladder(expires_at: datetime, thresholds: Iterable[timedelta]) -> list[Rung]:
     expires_at = utc(expires_at)
     if is_never(expires_at):
         return []
-    suffix = rung_suffix(expires_at)
+    instant = rung_expiry(expires_at)
     befores = sorted({t for t in thresholds if t > timedelta(0)}, reverse=True)
     rungs = [
         Rung(
             threshold_label(b),
-            threshold_label(b) + suffix,
+            instant,
             shift(expires_at, -b),
             b,
             AlertKind.EXPIRING,
@@ -97,9 +100,7 @@ def ladder(expires_at: datetime, thresholds: Iterable[timedelta]) -> list[Rung]:
         )
         for b in befores
     ]
-    rungs.append(
-        Rung(EXPIRED, EXPIRED + suffix, expires_at, timedelta(0), AlertKind.EXPIRED, Severity.CRITICAL)
-    )
+    rungs.append(Rung(EXPIRED, instant, expires_at, timedelta(0), AlertKind.EXPIRED, Severity.CRITICAL))
     return rungs
 
 
@@ -109,14 +110,14 @@ def due_rungs(
     """The one rung to fire at ``now``, or None.
 
     That is the tightest rung whose due time has passed, unless it (or a
-    tighter one) already fired. ``already_fired`` holds ``Rung.threshold``
-    values; entries for other expiry instants are ignored.
+    tighter one) already fired. ``already_fired`` holds the ``Rung.label``
+    values fired for this expiry instant (``rung_expiry(expires_at)``).
     """
     now = utc(now)
     due = [r for r in ladder(expires_at, thresholds) if r.due_at <= now]
     if not due:
         return None
     tightest = due[-1]
-    if tightest.threshold in already_fired:
+    if tightest.label in already_fired:
         return None
     return tightest

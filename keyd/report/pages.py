@@ -27,6 +27,7 @@ from keyd.report import render
 from keyd.report.status import KeyStatus, StatusReport, problems, shown_status
 from keyd.report.timeline import key_href, render_timeline
 from keyd.report.web import Row, cell, document, e, facts, legend, status_class, table
+from keyd.store.models import threshold_text
 from keyd.store.probes import ProbeHistoryRow
 from keyd.store.rotations import RotationRow
 from keyd.store.snapshot import TokenSnapshot
@@ -390,7 +391,7 @@ def _alerts(alerts: Sequence[AlertRow]) -> str:
                 [
                     cell(render.instant(a.created_at), css="when"),
                     e(a.kind),
-                    e(a.threshold),
+                    e(threshold_text(a.threshold, a.expires_at)),
                     e(a.severity),
                     e(a.subject),
                     e(render.instant(a.resolved_at)),

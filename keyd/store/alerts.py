@@ -1,8 +1,8 @@
 """All SQL for alerts, the delivery outbox and small persisted facts.
 
 Exactly-once is the database's job, not Python's: ``insert_alert`` relies
-on the unique constraint ``(about, kind, threshold)`` with
-``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), so a second scan, a
+on the unique ``(about, kind, threshold, expires_at)`` (two partial indexes,
+``models.Alert``) with ``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), so a second scan, a
 restart or a second daemon racing on the same PostgreSQL inserts nothing
 and gets ``None`` back. Deliveries are claimed with a compare-and-set
 lease (``claim_delivery``) so two drainers never send the same row at the
@@ -29,7 +29,17 @@ from sqlalchemy.orm import selectinload
 from keyd.clock import utc
 from keyd.store.inventory import latest_diagnoses
 from keyd.store.models import ALERT_NEVER as ALERT_NEVER  # re-exported for actions/
-from keyd.store.models import ALERT_NOW, Alert, Delivery, Event, Key, Rotation, State
+from keyd.store.models import (
+    ALERT_NOW,
+    PLAIN_UNIQUE,
+    RUNG_UNIQUE,
+    Alert,
+    Delivery,
+    Event,
+    Key,
+    Rotation,
+    State,
+)
 from keyd.timeutil import isoformat_z, parse_rfc3339
 from keyd.vocab import DeliveryState
 
@@ -49,6 +59,7 @@ class AlertRecord:
     key_pk: int | None
     kind: str
     threshold: str
+    expires_at: datetime | None  # a ladder rung's key expiry
     severity: str
     created_at: datetime
     message_id: str
@@ -65,6 +76,7 @@ class AlertRecord:
             row.key_pk,
             row.kind,
             row.threshold,
+            row.expires_at,
             row.severity,
             row.created_at,
             row.message_id,
@@ -136,15 +148,18 @@ def insert_alert(
     subject: str,
     context: Mapping[str, Any],
     fingerprint: str | None = None,
+    expires_at: datetime | None = None,
 ) -> Alert | None:
-    """Insert one alert unless (about, kind, threshold) exists.
+    """Insert one alert unless (about, kind, threshold, expires_at) exists.
 
     ``about`` is the key id (or ``issuer``, ``token:…``); ``fingerprint``,
-    the key's public-key fingerprint, is only an attribute.
+    the key's public-key fingerprint, is only an attribute; ``expires_at``
+    is a ladder rung's key expiry (None for any other alert).
 
     Returns the new row, or None when it already existed (fired before, or
     another daemon won the race). Never raises IntegrityError for that.
     """
+    unique = PLAIN_UNIQUE if expires_at is None else RUNG_UNIQUE
     stmt = (
         _insert(session, Alert)
         .values(
@@ -153,13 +168,14 @@ def insert_alert(
             key_pk=key_pk,
             kind=kind,
             threshold=threshold,
+            expires_at=expires_at,
             severity=severity,
             created_at=created_at,
             message_id=message_id,
             subject=subject,
             context=json.dumps(dict(context), sort_keys=True, default=str),
         )
-        .on_conflict_do_nothing(index_elements=["about", "kind", "threshold"])
+        .on_conflict_do_nothing(index_elements=unique[0], index_where=unique[1])
     )
     new_id = session.execute(stmt.returning(Alert.id)).scalar_one_or_none()
     return None if new_id is None else session.get(Alert, new_id)
@@ -220,20 +236,27 @@ class AlertIndex:
     def add(self, alert: Alert) -> None:
         self._by_about[alert.about].append(alert)
 
-    def fired(self, about: str, kinds: Sequence[str]) -> set[str]:
-        return {a.threshold for a in self._by_about.get(about, ()) if a.kind in kinds}
+    def fired(self, about: str, kinds: Sequence[str], expires_at: datetime | None = None) -> set[str]:
+        """The thresholds fired of these kinds for this ``expires_at``."""
+        return {
+            a.threshold
+            for a in self._by_about.get(about, ())
+            if a.kind in kinds and a.expires_at == expires_at
+        }
 
     def exists(self, about: str, kind: str, threshold: str) -> bool:
         return any(a.kind == kind and a.threshold == threshold for a in self._by_about.get(about, ()))
 
-    def unresolved(self, about: str, kinds: Sequence[str], keep_suffix: str | None = None) -> list[Alert]:
-        """Open alerts of these kinds, except thresholds ending in ``keep_suffix``."""
+    def unresolved(
+        self, about: str, kinds: Sequence[str], keep_expiry: datetime | None = None
+    ) -> list[Alert]:
+        """Open alerts of these kinds, except the rungs of ``keep_expiry``."""
         return [
             a
             for a in self._by_about.get(about, ())
             if a.kind in kinds
             and a.resolved_at is None
-            and not (keep_suffix is not None and a.threshold.endswith(keep_suffix))
+            and not (keep_expiry is not None and a.expires_at == keep_expiry)
         ]
 
 

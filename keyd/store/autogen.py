@@ -1,12 +1,14 @@
-"""Regenerate the initial migration from the models (``make migration``).
+"""Start a new migration revision from a model change (``make migration``).
 
-Pre-1.0 keyd keeps ONE migration, ``alembic/versions/0001_initial.py``,
-generated from ``keyd.store.models`` against an empty temporary SQLite
-database (so every table is a plain ``create_table``). Run this after any
-model change, read the diff, and commit the models and the migration
-together. From 1.0 on, schema changes get new revisions on top instead
-(``alembic -c migrations.ini revision --autogenerate``), and this tool is
-retired.
+Databases exist in the field (the Debian package), so the revisions in
+``alembic/versions/`` are never rewritten: ``0001_initial.py`` is frozen and
+every schema change is a new revision on top of the head. This tool
+autogenerates that revision against a temporary SQLite database migrated
+to the current head, so the file holds exactly the difference between the
+models and the head (rendered in batch mode; the same operations run on
+PostgreSQL). Autogenerate sees structure only: moving existing rows to the
+new shape (as ``0002`` does) is written by hand, and gets a test that
+upgrades a database holding rows of the old shape (tests/integration/store/).
 
 Only works in a checkout: it writes into the repository's ``alembic/``.
 """
@@ -19,56 +21,49 @@ import tempfile
 from pathlib import Path
 
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 
 from keyd.errors import KeydError, StoreError
+from keyd.store import migrate
 from keyd.store.engine import make_engine
-from keyd.store.migrate import REPO_ROOT, alembic_config
+from keyd.store.migrate import REPO_ROOT, alembic_config, head_revision, upgrade
+from keyd.store.models import Base
 
 log = logging.getLogger(__name__)
 
-INITIAL_REVISION = "0001"
-INITIAL_FILE = REPO_ROOT / "alembic" / "versions" / f"{INITIAL_REVISION}_initial.py"
+
+def next_revision_id(head: str) -> str:
+    """``0002`` after ``0001``: revisions are numbered, one chain."""
+    return f"{int(head) + 1:04d}"
 
 
-def regenerate(target: Path = INITIAL_FILE) -> Path:
-    """Rewrite the initial migration from the current models; returns its path.
-
-    The old file is restored if generation fails, so a broken model never
-    leaves the repository without a migration.
-    """
+def new_revision(message: str) -> Path:
+    """Write the next revision for the current models into the checkout's
+    scripts; returns its path. Refuses when the models match the head."""
+    if not message.strip():
+        raise StoreError('say what changes: make migration MESSAGE="alert rung expiry"')
     if not (REPO_ROOT / "migrations.ini").is_file():
         raise StoreError(f"{REPO_ROOT}: not a keyd checkout (no migrations.ini)")
-    versions = target.parent
-    others = [p.name for p in versions.glob("*.py") if p != target]
-    if others:
-        raise StoreError(
-            f"{versions}: more than the initial migration exists ({others}); "
-            "add a new revision instead of regenerating"
-        )
-    backup = target.read_bytes() if target.exists() else None
-    target.unlink(missing_ok=True)
-    try:
-        _generate()
-    except BaseException:
-        if backup is not None:
-            target.write_bytes(backup)
-        raise
-    return target
-
-
-def _generate() -> None:
+    scripts = Path(migrate.script_location())  # looked up on the module: tests point it elsewhere
+    rev_id = next_revision_id(head_revision())
     with tempfile.TemporaryDirectory(prefix="keyd-autogen-") as tmp:
-        engine = make_engine(f"sqlite:///{Path(tmp) / 'empty.db'}")
+        engine = make_engine(f"sqlite:///{Path(tmp) / 'head.db'}")
         try:
+            upgrade(engine)
             with engine.begin() as connection:
+                if not compare_metadata(MigrationContext.configure(connection), Base.metadata):
+                    raise StoreError("the models match the head revision: nothing to migrate")
                 config = alembic_config(connection)
-                config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+                config.set_main_option("script_location", str(scripts))
                 config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
                 _format_with_ruff(config)
-                command.revision(config, message="initial", autogenerate=True, rev_id=INITIAL_REVISION)
+                command.revision(config, message=message, autogenerate=True, rev_id=rev_id)
         finally:
             engine.dispose()
+    (path,) = (scripts / "versions").glob(f"{rev_id}_*.py")
+    return path
 
 
 def _format_with_ruff(config: Config) -> None:
@@ -81,15 +76,16 @@ def _format_with_ruff(config: Config) -> None:
         config.set_section_option("post_write_hooks", f"{name}.options", f"{args} REVISION_SCRIPT_FILENAME")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        path = regenerate()
+        path = new_revision(" ".join(args))
     except KeydError as exc:
         sys.stderr.write(f"keyd.store.autogen: {exc}\n")
         return exc.exit_code
     sys.stdout.write(
-        f"wrote {path.relative_to(REPO_ROOT)}: review the diff, then commit it "
-        "together with the model change\n"
+        f"wrote {path}: review it, add the data migration "
+        "autogenerate cannot see and a test, then commit it with the model change\n"
     )
     return 0
 

@@ -13,9 +13,9 @@ only when every step succeeded: SQLite pragmas and the PostgreSQL UTC session
 apply, in-memory and test databases work, and a failed upgrade leaves the
 schema as it was. Alembic never touches logging configuration here.
 
-Pre-1.0, the schema is one initial migration, regenerated from the models
-with ``make migration`` (``keyd.store.autogen``). From 1.0 on, every change
-gets a new revision on top.
+Revisions form one chain from ``0001``; none is ever rewritten (databases
+exist in the field), so every schema change is a new revision on top
+(``make migration``, ``keyd.store.autogen``), with its data migration.
 """
 
 from __future__ import annotations
@@ -95,13 +95,43 @@ def _engine_for(target: Engine | str, *, create: bool = True) -> Iterator[Engine
 
 
 def _migrate(target: Engine | str, step: Callable[[Config], None]) -> None:
-    with _engine_for(target) as engine, engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-        try:
-            step(alembic_config(connection))
-        except (CommandError, RevisionError) as exc:
-            raise StoreError(f"database {safe_url(engine.url)}: {exc}") from exc
+    with _engine_for(target) as engine, engine.connect() as connection:
+        with _sqlite_foreign_keys_off(connection), connection.begin():
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            try:
+                step(alembic_config(connection))
+            except (CommandError, RevisionError) as exc:
+                raise StoreError(f"database {safe_url(engine.url)}: {exc}") from exc
+            _check_foreign_keys(connection, safe_url(engine.url))
+
+
+@contextmanager
+def _sqlite_foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite's batch mode rebuilds a table (copy, DROP, rename); with
+    foreign keys on, that DROP would cascade into the rows referencing it
+    (``deliveries`` of ``alerts``). So, as SQLite prescribes for such
+    changes, they are off for the migration's transaction (the pragma is a
+    no-op inside one) and checked before it commits."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")
+
+
+def _check_foreign_keys(connection: Connection, url: str) -> None:
+    if connection.dialect.name != "sqlite":
+        return  # PostgreSQL checks every statement
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        tables = sorted({str(row[0]) for row in broken})
+        raise StoreError(f"database {url}: the migration would break foreign keys in {', '.join(tables)}")
 
 
 def upgrade(target: Engine | str, revision: str = "head") -> None:

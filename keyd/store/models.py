@@ -2,7 +2,7 @@
 
 Every timestamp column is ``UTCDateTime``: stored as UTC, returned aware
 (SQLite hands back naive values; they are normalised here, at the edge).
-Changing a model means regenerating the migration (README: "Schema changes").
+Changing a model means adding a migration revision (README: "Database and schema changes").
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from keyd.exposure import Exposure
+from keyd.timeutil import isoformat_z
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -243,16 +244,45 @@ class Probe(Base):
 
 
 class Alert(Base):
-    """One decided alert. Unique per (about, kind, threshold) so that no
-    restart, reload or second daemon can send it twice.
+    """One decided alert, at most once per (about, kind, threshold, expires_at)
+    so that no restart, reload or second daemon can send it twice.
 
     ``about`` is what the alert is about: a key's *key id* (one key pair
     may back several key ids, ZITADEL accepting a caller-supplied public
     key, and each key id has its own ladder), ``issuer``, or ``token:…``
-    for a token path. The key's public-key fingerprint is an attribute."""
+    for a token path. The key's public-key fingerprint is an attribute.
+
+    ``threshold`` names the rung or episode: ``30d`` or ``expired`` (the
+    expiry ladder), an episode id, ... ``expires_at`` is, for a ladder rung,
+    the key expiry (whole seconds) the rung counts down to, so a changed
+    expiry gets a fresh ladder; NULL for every other alert. Uniqueness is two
+    partial indexes, because SQL unique constraints treat NULLs as distinct:
+    (about, kind, threshold, expires_at) where expires_at is set, and
+    (about, kind, threshold) where it is NULL (``RUNG_UNIQUE``/``PLAIN_UNIQUE``).
+    """
 
     __tablename__ = "alerts"
-    __table_args__ = (UniqueConstraint("about", "kind", "threshold"),)
+    __table_args__ = (
+        Index(
+            "uq_alerts_about_kind_threshold_expires_at",
+            "about",
+            "kind",
+            "threshold",
+            "expires_at",
+            unique=True,
+            sqlite_where=text("expires_at IS NOT NULL"),
+            postgresql_where=text("expires_at IS NOT NULL"),
+        ),
+        Index(
+            "uq_alerts_about_kind_threshold",
+            "about",
+            "kind",
+            "threshold",
+            unique=True,
+            sqlite_where=text("expires_at IS NULL"),
+            postgresql_where=text("expires_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     about: Mapped[str] = mapped_column(String(160))
@@ -260,12 +290,27 @@ class Alert(Base):
     key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # vocab.AlertKind
     threshold: Mapped[str] = mapped_column(String(64))  # "30d", "expired", episode id, ...
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # a rung's key expiry, else NULL
     severity: Mapped[str] = mapped_column(String(16))  # vocab.Severity
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     message_id: Mapped[str] = mapped_column(String(255))  # deterministic RFC 5322 Message-ID
     subject: Mapped[str] = mapped_column(Text)
     context: Mapped[str] = mapped_column(Text)  # JSON facts for rendering; never secrets
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+#: The conflict targets of the two unique indexes above (``ON CONFLICT``).
+RUNG_UNIQUE: Final = (("about", "kind", "threshold", "expires_at"), text("expires_at IS NOT NULL"))
+PLAIN_UNIQUE: Final = (("about", "kind", "threshold"), text("expires_at IS NULL"))
+
+
+def threshold_text(threshold: str, expires_at: datetime | None) -> str:
+    """How an alert's rung or episode is shown and named (Message-ID, the
+    webhook's ``threshold``, the key page): ``7d@2027-01-01T00:00:00Z`` for a
+    ladder rung, the threshold alone otherwise. Display only: nothing parses it."""
+    if expires_at is None:
+        return threshold
+    return f"{threshold}@{isoformat_z(expires_at)}"
 
 
 class Delivery(Base):

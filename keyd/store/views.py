@@ -52,6 +52,7 @@ class AlertRow:
     created_at: datetime
     kind: str
     threshold: str
+    expires_at: datetime | None  # a ladder rung's key expiry
     severity: str
     subject: str
     resolved_at: datetime | None
@@ -120,6 +121,7 @@ def alerts_for(engine: Engine, pk: int, key_id: str, *, limit: int = 50) -> list
                     Alert.created_at,
                     Alert.kind,
                     Alert.threshold,
+                    Alert.expires_at,
                     Alert.severity,
                     Alert.subject,
                     Alert.resolved_at,

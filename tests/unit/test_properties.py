@@ -205,7 +205,7 @@ def test_arbitrary_toml_values_are_config_errors(
 
 def _alert(subject: str, context: dict[str, Any], kind: str, at: datetime) -> AlertRecord:
     return AlertRecord(
-        1, "key:1", "ab" * 32, 1, kind, "7d@x", "warning", at, "<alert-1@keyd>", subject, context, None
+        1, "key:1", "ab" * 32, 1, kind, "7d", at, "warning", at, "<alert-1@keyd>", subject, context, None
     )
 
 

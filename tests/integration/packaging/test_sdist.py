@@ -39,6 +39,7 @@ REQUIRED = (
     "tests/unit/test_architecture.py",
     "alembic/env.py",
     "alembic/versions/0001_initial.py",
+    "alembic/versions/0002_alert_rung_expiry.py",
     "bench/mint.py",
 )
 
@@ -102,5 +103,6 @@ def test_a_wheel_built_from_the_sdist_ships_the_migrations(sdist: Path, tmp_path
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     assert "keyd/_migrations/versions/0001_initial.py" in names
+    assert "keyd/_migrations/versions/0002_alert_rung_expiry.py" in names
     assert "keyd/_migrations/env.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -56,6 +56,7 @@ def test_wheel_ships_migrations_and_upgrades_without_checkout(tmp_path: Path) ->
         "keyd/_migrations/env.py",
         "keyd/_migrations/script.py.mako",
         "keyd/_migrations/versions/0001_initial.py",
+        "keyd/_migrations/versions/0002_alert_rung_expiry.py",
         "keyd/store/migrate.py",
         "keyd/py.typed",
     ):
@@ -96,6 +97,6 @@ def test_wheel_ships_migrations_and_upgrades_without_checkout(tmp_path: Path) ->
 
     done = keyd("db", "upgrade", "--url", f"sqlite:///{db}")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"database sqlite:///{db}: at 0001 (head)\n"
+    assert done.stdout == f"database sqlite:///{db}: at 0002 (head)\n"
     current = keyd("db", "current", "--url", f"sqlite:///{db}")
     assert (current.returncode, current.stdout) == (0, done.stdout)

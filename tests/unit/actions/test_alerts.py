@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -80,7 +81,10 @@ def test_alert_and_deliveries_in_one_transaction(migrated_engine: Engine) -> Non
     _key(migrated_engine)
     with store.transaction(migrated_engine) as s:
         new = evaluate_alerts(s, CONFIG, NOW)
-        assert [(a.kind, a.threshold) for a in new] == [("expiring", "3d@2026-12-03T00:00:00Z")]
+        assert [(a.kind, a.threshold, a.expires_at) for a in new] == [
+            ("expiring", "3d", datetime(2026, 12, 3, tzinfo=UTC))
+        ]
+        assert new[0].message_id == "<alert-key-k1-expiring-3d-2026-12-03t00-00-00z@keyd>"
         rows = s.scalars(select(Delivery).where(Delivery.alert_id == new[0].id)).all()
         assert sorted((d.channel, d.recipient) for d in rows) == [
             ("email", "keys@x"),
@@ -110,13 +114,16 @@ def test_second_evaluation_inserts_nothing(migrated_engine: Engine) -> None:
     assert _count(migrated_engine, Alert) == 1
 
 
-def test_unique_constraint_not_python_check(migrated_engine: Engine) -> None:
-    """Even a caller that skips the fired-set check cannot insert twice."""
+@pytest.mark.parametrize("expires_at", [datetime(2027, 1, 1, tzinfo=UTC), None], ids=["rung", "plain"])
+def test_unique_constraint_not_python_check(migrated_engine: Engine, expires_at: datetime | None) -> None:
+    """Even a caller that skips the fired-set check cannot insert twice,
+    with an expiry instant (a rung) or without one (NULL: its own index)."""
     kw = dict(
         about="key:k",
         key_pk=None,
         kind="expiring",
-        threshold="7d@x",
+        threshold="7d",
+        expires_at=expires_at,
         severity="warning",
         created_at=NOW,
         message_id="<m>",
@@ -128,6 +135,9 @@ def test_unique_constraint_not_python_check(migrated_engine: Engine) -> None:
         assert store.insert_alert(s, **kw) is None  # type: ignore[arg-type]
     with store.transaction(migrated_engine) as s:
         assert store.insert_alert(s, **kw) is None  # type: ignore[arg-type]
+        other = {**kw, "expires_at": datetime(2027, 2, 1, tzinfo=UTC) if expires_at is None else None}
+        assert store.insert_alert(s, **other) is not None  # type: ignore[arg-type]
+    assert _count(migrated_engine, Alert) == 2
 
 
 def test_no_channels_still_records_the_alert(migrated_engine: Engine) -> None:
@@ -174,6 +184,7 @@ def test_property_each_rung_once_never_early_through_the_db(offsets: list[int]) 
                 rows = list(s.scalars(select(Alert)))
         finally:
             engine.dispose()
-    dues = {r.threshold: r.due_at for r in ladder(expires, CONFIG.alerts.thresholds)}
-    assert len({(a.about, a.threshold) for a in rows}) == len(rows)
+    dues = {r.label: r.due_at for r in ladder(expires, CONFIG.alerts.thresholds)}
+    assert len({(a.about, a.threshold, a.expires_at) for a in rows}) == len(rows)
+    assert all(a.expires_at == expires for a in rows)
     assert all(a.created_at >= dues[a.threshold] for a in rows)

@@ -57,7 +57,8 @@ def _queue(
                 about=f"fp{i}",
                 key_pk=None,
                 kind="expiring",
-                threshold=f"7d@{i}",
+                threshold="7d",
+                expires_at=datetime(2027, 1, 1, tzinfo=UTC) + timedelta(days=i),
                 severity="warning",
                 created_at=NOW,
                 message_id=f"<alert-fp{i}@keyd>",
@@ -229,6 +230,7 @@ def test_webhook_channel(migrated_engine: Engine) -> None:
     assert posted[1]["message_id"] == "<alert-fp0@keyd>"
     assert posted[1]["facts"] == {"key_id": "0"}
     assert posted[1]["kind"] == "expiring" and posted[1]["severity"] == "warning"
+    assert posted[1]["threshold"] == "7d@2027-01-01T00:00:00Z"  # the rung and its expiry, as ever
 
 
 def test_channel_not_configured_keeps_the_row(migrated_engine: Engine) -> None:

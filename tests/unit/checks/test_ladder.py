@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyd.checks.ladder import due_rungs, ladder, threshold_label
+from keyd.checks.ladder import due_rungs, ladder, rung_expiry, threshold_label
 
 EXP = datetime(2027, 1, 1, tzinfo=UTC)
 DEFAULT = tuple(timedelta(days=d) for d in (30, 14, 7, 3, 1))
 D = timedelta(days=1)
 
 
-def test_ladder_names_include_the_expiry() -> None:
+def test_ladder_rungs_carry_the_expiry() -> None:
     rungs = ladder(EXP, DEFAULT)
-    assert [r.threshold for r in rungs] == [
-        "30d@2027-01-01T00:00:00Z",
-        "14d@2027-01-01T00:00:00Z",
-        "7d@2027-01-01T00:00:00Z",
-        "3d@2027-01-01T00:00:00Z",
-        "1d@2027-01-01T00:00:00Z",
-        "expired@2027-01-01T00:00:00Z",
+    assert [(r.label, r.expires_at) for r in rungs] == [
+        ("30d", EXP),
+        ("14d", EXP),
+        ("7d", EXP),
+        ("3d", EXP),
+        ("1d", EXP),
+        ("expired", EXP),
     ]
     assert [r.severity for r in rungs] == ["info", "warning", "warning", "critical", "critical", "critical"]
     assert rungs[-1].due_at == EXP and rungs[-1].kind == "expired"
@@ -62,15 +62,16 @@ def test_labels(before: timedelta, label: str) -> None:
     ],
 )
 def test_due_rungs(now: datetime, fired: set[str], expected: str | None) -> None:
-    suffix = "@2027-01-01T00:00:00Z"
-    rung = due_rungs(EXP, DEFAULT, now, {f + suffix for f in fired})
+    rung = due_rungs(EXP, DEFAULT, now, fired)
     assert (rung.label if rung else None) == expected
 
 
-def test_rungs_of_an_old_expiry_do_not_block() -> None:
-    old = {"7d@2026-06-01T00:00:00Z", "3d@2026-06-01T00:00:00Z"}
-    rung = due_rungs(EXP, DEFAULT, EXP - 5 * D, old)
-    assert rung is not None and rung.label == "7d"
+def test_rungs_belong_to_the_expiry_in_whole_seconds_utc() -> None:
+    """Expiries a fraction of a second apart share one ladder (as when the
+    instant was part of the rung's name, ``7d@2027-01-01T00:00:00Z``)."""
+    fractional = datetime(2027, 1, 1, 1, 0, 0, 900_000, tzinfo=timezone(timedelta(hours=1)))
+    assert {r.expires_at for r in ladder(fractional, DEFAULT)} == {EXP}
+    assert rung_expiry(fractional) == EXP and rung_expiry(fractional).utcoffset() == timedelta(0)
 
 
 @settings(max_examples=300, deadline=None)
@@ -85,9 +86,9 @@ def test_each_rung_fires_at_most_once_and_never_early(offsets: list[int], thresh
         now = EXP + timedelta(seconds=offset)
         rung = due_rungs(EXP, ths, now, set(fired))
         if rung is not None:
-            assert rung.threshold not in fired
+            assert rung.label not in fired
             assert rung.due_at <= now
-            fired[rung.threshold] = now
+            fired[rung.label] = now
     ordered = sorted(fired.items(), key=lambda kv: kv[1])
-    dues = {r.threshold: r.due_at for r in ladder(EXP, ths)}
+    dues = {r.label: r.due_at for r in ladder(EXP, ths)}
     assert all(dues[t] <= at for t, at in ordered)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from typing import Any
 
@@ -32,7 +32,8 @@ def _record(id: int = 1, kind: str = "expiring", severity: str = "critical", **c
         "ab" * 32,
         1,
         kind,
-        f"3d@{id}",
+        "3d",
+        datetime(2026, 12, 31, 23, tzinfo=UTC) + timedelta(seconds=id),
         severity,
         AT,
         f"<alert-{id}@keyd>",
@@ -89,6 +90,7 @@ def test_issuer_alert() -> None:
         None,
         "unavailable",
         "t",
+        None,
         "warning",
         AT,
         "<a@keyd>",
