@@ -124,7 +124,7 @@ def config_check_cmd(ctx: click.Context, as_json: bool) -> int:
     """Validate the config and reach every dependency (exit 0 all ok,
     4 invalid config, 6 a dependency is unreachable)."""
     config = app(ctx).config()  # ConfigError: exit 4 with file and key named
-    services = build_services(config, app(ctx).clock, create_db=False)
+    services = build_services(config, app(ctx).clock)  # never creates the database
     try:
         results = configcheck.check_dependencies(services)
     finally:

@@ -139,7 +139,7 @@ def rotate_cmd(ctx: click.Context, key_id: str, dry: bool, as_json: bool) -> int
 def rotations_cmd(ctx: click.Context, as_json: bool) -> int:
     """Every rotation: state, new key, and its history."""
     config = app(ctx).config()
-    engine = make_engine(config.database.url)
+    engine = make_engine(config.database.url, create=False)
     try:
         ensure_current(engine)
         rows = store.all_rotations(engine)

@@ -78,21 +78,21 @@ class Services:
                 log.warning("closing %s failed: %s", name, exc)
 
 
-def build_services(
-    config: Config, clock: Clock, *, engine: Engine | None = None, create_db: bool = True
-) -> Services:
+def build_services(config: Config, clock: Clock, *, engine: Engine | None = None) -> Services:
     """Make the parts for ``config``. No network I/O happens here: clients
     connect lazily, so a dead Vault does not stop the daemon starting.
 
     ``engine``: reuse this one (a reload keeps the database and its pool);
     it stays owned by the caller until it moves ``owns_engine`` over.
-    ``create_db=False``: a missing SQLite file is an error at first use,
-    never created (read-only commands such as ``keyd config check``)."""
+    A missing SQLite file is an error at first use (``DatabaseMissing``:
+    run ``keyd db upgrade``), never created: ``keyd run``, ``keyd check``
+    and the others all need the schema, which only ``keyd db upgrade``
+    makes."""
     services = Services(
         config=config,
         clock=clock,
         owns_engine=engine is None,
-        engine=engine if engine is not None else make_engine(config.database.url, create=create_db),
+        engine=engine if engine is not None else make_engine(config.database.url, create=False),
     )
     try:
         if config.vault is not None:

@@ -1,8 +1,10 @@
 """Commands that only look (``keyd db current``, ``keyd status``,
-``keyd config check``) never create a database: a SQLite path that does not
-exist stays absent, directory included, and the command says to run
-``keyd db upgrade`` (exit 4; config check reports it as its database line,
-exit 6). Only ``keyd db upgrade`` creates it."""
+``keyd config check``), and those that work on an existing schema
+(``keyd check``, ``keyd run``, ``keyd rotations``), never create a database:
+a SQLite path that does not exist stays absent, directory included, and the
+command says to run ``keyd db upgrade`` (exit 4; config check reports it as
+its database line, exit 6; check as UNKNOWN, exit 3). Only ``keyd db
+upgrade`` creates it."""
 
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
         (["status", "--json"], 4),
         (["config", "check"], 6),
         (["scan"], 4),
+        (["check"], 3),
+        (["check", "--json"], 3),
+        (["run"], 4),
+        (["rotations"], 4),
     ],
 )
 def test_looking_creates_nothing(
@@ -37,7 +43,8 @@ def test_looking_creates_nothing(
     config, db = setup
     assert main(["--config", str(config), *args]) == code
     captured = capsys.readouterr()
-    assert 'does not exist: run "keyd db upgrade"' in captured.out + captured.err
+    said = captured.out + captured.err
+    assert f"{db} does not exist: run " in said and "keyd db upgrade" in said  # its path, and what to do
     assert not db.parent.exists()
 
 
