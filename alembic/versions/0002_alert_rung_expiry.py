@@ -65,7 +65,15 @@ def _stored(value: datetime) -> datetime:
     return value.replace(tzinfo=None) if op.get_bind().dialect.name == "sqlite" else value
 
 
+def _online_only() -> None:
+    if op.get_context().as_sql:
+        raise RuntimeError(
+            "revision 0002 moves existing rows: run it on the database (keyd db upgrade), not --sql"
+        )
+
+
 def _split_rungs() -> None:
+    _online_only()
     bind = op.get_bind()
     rows = bind.execute(
         sa.select(alerts.c.id, alerts.c.threshold).where(
@@ -83,6 +91,7 @@ def _split_rungs() -> None:
 
 
 def _join_rungs() -> None:
+    _online_only()
     bind = op.get_bind()
     rows = bind.execute(
         sa.select(alerts.c.id, alerts.c.threshold, alerts.c.expires_at).where(
