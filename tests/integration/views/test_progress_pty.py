@@ -51,7 +51,10 @@ def run(args: list[str], *, tty: bool = True) -> tuple[int, str, str]:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     for i in range(FILES):
-        write_keyfile(tmp_path / "keys" / f"k{i:02}.json", f"key-{i:02}", f"svc-{i}")
+        # far from the real clock's warning window: keyd check runs on wall time
+        write_keyfile(
+            tmp_path / "keys" / f"k{i:02}.json", f"key-{i:02}", f"svc-{i}", expires="2099-01-01T00:00:00Z"
+        )
     upgrade(f"sqlite:///{tmp_path / 'keyd.db'}")
     path = tmp_path / "keyd.toml"
     path.write_text(
