@@ -351,7 +351,8 @@ def save(path: Path, results: dict[tuple[str, int], dict[str, Any]]) -> None:
 def _cold(cold: scale_cache.Cold) -> str:
     if cold.fresh:
         return f"{cold.seconds:.1f} s (built now)"
-    return f"{cold.seconds:.1f} s (cached, built {cold.built_at[:16]})"
+    upgraded = f", schema {cold.upgraded_from} migrated to head" if cold.upgraded_from else ""
+    return f"{cold.seconds:.1f} s (cached, built {cold.built_at[:16]}{upgraded})"
 
 
 def main() -> int:

@@ -15,8 +15,13 @@ takes minutes per backend; none of it is what the bench measures. So:
   pre-1.0 the one migration is regenerated in place): a SQLite file copied
   for each run, a PostgreSQL database each run clones with ``CREATE
   DATABASE ... TEMPLATE``. A schema change, other PEMs or another N give
-  another hash, so a stale cache is never used; older entries for the same
-  backend and N are deleted when a new one is built.
+  another hash, so a stale cache is never used as it is: a database of the
+  same tree cached under an older schema whose revision is in head's chain
+  is migrated to head with keyd's own migrations (what every deployed
+  database goes through; the cold scan's rows are the same, the
+  migrations only add and convert) and recorded as such
+  (``upgraded_from``); otherwise the tree is cold-scanned again. Older
+  entries for the same backend and N are deleted when a new one is made.
 
 The cold scan's time is printed when it runs and stored beside the cache
 (``<backend>-<N>-<hash>.json``), so a cached run still shows what the
@@ -45,7 +50,7 @@ from keyd.clock import SystemClock
 from keyd.config import Config, DirectorySourceConfig
 from keyd.inventory.scan import scan_all
 from keyd.store.engine import make_engine
-from keyd.store.migrate import head_revision, upgrade
+from keyd.store.migrate import _script, head_revision, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache" / "scale"
@@ -53,6 +58,9 @@ TREE_FORMAT = 2  # bump when write_tree changes what it writes
 MAX_AGE = timedelta(days=7)  # the tree's expiries are 60+ days ahead of its build day
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=10"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{}"
+#: PostgreSQL templates are shared by every checkout on the server: names
+#: carry this cache directory's digest, so two checkouts never drop each other's
+NS = hashlib.sha256(str(CACHE).encode()).hexdigest()[:6]
 
 SOURCE = "dir"  # the source's name in every scan of the tree (cold, warm, the daemon's)
 
@@ -67,6 +75,7 @@ class Cold:
     seconds: float
     built_at: str
     fresh: bool
+    upgraded_from: str | None = None  # built at this older revision, then migrated to head
 
 
 def _digest(*parts: object) -> str:
@@ -121,9 +130,76 @@ def database(backend: str, n: int, keys: Path, work: Path) -> Iterator[tuple[str
         yield found
 
 
+def _older(backend: str, n: int, keys: Path, meta: Path) -> Path | None:
+    """The metadata of a cached database of the same tree built under an
+    older schema (newer than the tree; another key), if any."""
+    built = (keys / ".built").stat().st_mtime
+    for old in CACHE.glob(f"{backend}-{n}-*.json"):
+        if old != meta and old.stat().st_mtime >= built:
+            return old
+    return None
+
+
+def _revision(url: str) -> str | None:
+    """The old database's alembic revision when it is in head's chain
+    (so ``upgrade`` takes it to head with keyd's own migrations)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rev = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+    known = {r.revision for r in _script().walk_revisions()}
+    return str(rev) if rev in known and rev != head_revision() else None
+
+
+def _upgraded(url: str, old_meta: Path, meta: Path) -> bool:
+    """Migrate the copy at ``url`` of an older cached database to head;
+    False (nothing done) when its revision is not in head's chain."""
+    rev = _revision(url)
+    if rev is None:
+        return False
+    upgrade(url)
+    if url.startswith("postgresql"):
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+        engine.dispose()
+    data = json.loads(old_meta.read_text()) | {"upgraded_from": rev}
+    meta.write_text(json.dumps(data))
+    print(f"cached database from schema {rev} upgraded to {head_revision()} (keyd's migrations)", flush=True)
+    return True
+
+
+def _sqlite_upgrade(n: int, key: str, keys: Path, meta: Path, cached: Path) -> bool:
+    old_meta = _older("sqlite", n, keys, meta)
+    old_db = old_meta.with_suffix(".db") if old_meta else None
+    if old_meta is None or old_db is None or not old_db.exists():
+        return False
+    partial = CACHE / f".partial-sqlite-{n}-{key}.db"
+    shutil.copyfile(old_db, partial)
+    if not _upgraded(f"sqlite:///{partial}", old_meta, meta):
+        partial.unlink()
+        return False
+    _checkpoint(partial)
+    partial.rename(cached)
+    old_db.unlink()
+    old_meta.unlink()
+    return True
+
+
+def _checkpoint(path: Path) -> None:
+    """Fold the WAL into the file: the cache is one file."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+
+
 def _sqlite_copy(n: int, key: str, keys: Path, meta: Path, work: Path) -> tuple[str, Cold]:
     cached = CACHE / f"sqlite-{n}-{key}.db"
     fresh = not (cached.exists() and meta.exists())
+    if fresh and _sqlite_upgrade(n, key, keys, meta, cached):
+        fresh = False
     if fresh:
         _drop_matching(f"sqlite-{n}-*")
         partial = CACHE / f".partial-sqlite-{n}-{key}.db"
@@ -137,14 +213,16 @@ def _sqlite_copy(n: int, key: str, keys: Path, meta: Path, work: Path) -> tuple[
 
 @contextmanager
 def _pg_clone(n: int, key: str, keys: Path, meta: Path) -> Iterator[tuple[str, Cold]]:
-    template = f"keyd_bench_tpl_{n}_{key}"
+    template = f"keyd_bench_tpl_{NS}_{n}_{key}"
     fresh = not (meta.exists() and template in _pg_databases())
+    if fresh and _pg_upgrade(n, key, keys, meta, template):
+        fresh = False
     if fresh:
         for old in _pg_databases():
-            if old.startswith(f"keyd_bench_tpl_{n}_") or old.startswith(f"keyd_bench_build_{n}_"):
+            if old.startswith(f"keyd_bench_tpl_{NS}_{n}_") or old.startswith(f"keyd_bench_build_{NS}_{n}_"):
                 _pg_admin(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
         _drop_matching(f"postgresql-{n}-*.json")
-        build = f"keyd_bench_build_{n}_{key}"
+        build = f"keyd_bench_build_{NS}_{n}_{key}"
         _pg_admin(f'CREATE DATABASE "{build}"')
         _cold_build(PG_URL.format(build), keys, meta)
         _pg_admin(f'ALTER DATABASE "{build}" RENAME TO "{template}"')
@@ -154,6 +232,25 @@ def _pg_clone(n: int, key: str, keys: Path, meta: Path) -> Iterator[tuple[str, C
         yield PG_URL.format(name), _cold(meta, fresh)
     finally:
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _pg_upgrade(n: int, key: str, keys: Path, meta: Path, template: str) -> bool:
+    old_meta = _older("postgresql", n, keys, meta)
+    if old_meta is None:
+        return False
+    old_tpl = f"keyd_bench_tpl_{NS}_{n}_{old_meta.stem.rsplit('-', 1)[1]}"
+    if old_tpl not in _pg_databases():
+        return False
+    build = f"keyd_bench_build_{NS}_{n}_{key}"
+    _pg_admin(f'DROP DATABASE IF EXISTS "{build}" WITH (FORCE)')
+    _pg_admin(f'CREATE DATABASE "{build}" TEMPLATE "{old_tpl}"')
+    if not _upgraded(PG_URL.format(build), old_meta, meta):
+        _pg_admin(f'DROP DATABASE IF EXISTS "{build}" WITH (FORCE)')
+        return False
+    _pg_admin(f'ALTER DATABASE "{build}" RENAME TO "{template}"')
+    _pg_admin(f'DROP DATABASE IF EXISTS "{old_tpl}" WITH (FORCE)')
+    old_meta.unlink()
+    return True
 
 
 def _cold_build(url: str, keys: Path, meta: Path) -> None:
@@ -169,17 +266,15 @@ def _cold_build(url: str, keys: Path, meta: Path) -> None:
                 conn.execute(text("ANALYZE"))
     finally:
         engine.dispose()
-    if url.startswith("sqlite:///"):  # fold the WAL into the file: the cache is one file
-        con = sqlite3.connect(url.removeprefix("sqlite:///"))
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        con.close()
+    if url.startswith("sqlite:///"):
+        _checkpoint(Path(url.removeprefix("sqlite:///")))
     meta.write_text(json.dumps({"seconds": seconds, "built_at": datetime.now(UTC).isoformat()}))
     print(f"cold scan: {seconds:.1f} s into a fresh {engine.dialect.name} database (cached)", flush=True)
 
 
 def _cold(meta: Path, fresh: bool) -> Cold:
     data = json.loads(meta.read_text())
-    return Cold(seconds=float(data["seconds"]), built_at=str(data["built_at"]), fresh=fresh)
+    return Cold(float(data["seconds"]), str(data["built_at"]), fresh, data.get("upgraded_from"))
 
 
 def _pg_admin(statement: str) -> None:
@@ -201,7 +296,7 @@ def clear() -> None:
     """Forget every cached tree and database (``--rebuild``)."""
     try:
         for name in _pg_databases():
-            if name.startswith(("keyd_bench_tpl_", "keyd_bench_build_")):
+            if name.startswith((f"keyd_bench_tpl_{NS}_", f"keyd_bench_build_{NS}_")):
                 _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     except Exception as exc:  # noqa: BLE001 - PostgreSQL may simply not be there
         print(f"(PostgreSQL templates not cleared: {exc})", flush=True)
