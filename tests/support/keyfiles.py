@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,19 @@ def ec_pem(n: int = 0) -> str:
     ).decode()
 
 
+FAR = (datetime.now(UTC) + timedelta(days=400)).strftime("%Y-%m-%dT00:00:00Z")
+"""The default expirationDate: midnight about 13 months from today, so keys
+are healthy (outside every default alert threshold) whatever day the suite
+runs; a fixed date was a time bomb (2027-01-01 turned keys to WARNING in
+December 2026). None writes no expirationDate."""
+
+
 def keyfile_doc(
     key_id: str,
     user_id: str = "user-1",
     *,
     pem: str | None = None,
-    expires: datetime | str | None = "2027-01-01T00:00:00Z",
+    expires: datetime | str | None = FAR,
     kind: str = "serviceaccount",
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {"type": kind, "keyId": key_id, "key": pem or rsa_pem(0)}
