@@ -17,14 +17,14 @@ from keyd.checks.rotation import RotationPolicy, due_reason
 from keyd.config import Config
 from keyd.store import alerts as store
 from keyd.store.alerts import Session
-from keyd.store.models import Key
-from keyd.store.rotations import OPEN_STATES, DueKey, LocationStamp
-from keyd.vocab import KeyKind, KeyStatus, LocationStatus, RotationReason
+from keyd.store.keys import KeyRecord
+from keyd.store.rotations import OPEN_STATES
+from keyd.vocab import KeyKind, KeyStatus, RotationReason
 
 __all__ = ["rotation_held"]
 
 
-def rotation_held(session: Session, config: Config, keys: Sequence[Key], now: datetime) -> set[int]:
+def rotation_held(session: Session, config: Config, keys: Sequence[KeyRecord], now: datetime) -> set[int]:
     """The keys (pks) whose looser ladder rungs rotation covers: an
     unfinished rotation, or none yet while the policy makes the key due
     (the ``rotate`` stage plans it later in the same ``keyd check``). A
@@ -36,22 +36,16 @@ def rotation_held(session: Session, config: Config, keys: Sequence[Key], now: da
         else None
     )
     return {
-        k.id
+        k.pk
         for k in keys
         if states.get(k.key_id) in OPEN_STATES
         or (policy is not None and k.key_id not in states and _rotation_due(k, policy, now))
     }
 
 
-def _rotation_due(key: Key, policy: RotationPolicy, now: datetime) -> bool:
+def _rotation_due(key: KeyRecord, policy: RotationPolicy, now: datetime) -> bool:
     """Whether ``rotate`` would plan ``key`` now (``store.rotations.candidates``
     with ``checks.rotation.due_reason``)."""
-    present = tuple(
-        LocationStamp(loc.source, loc.ref, loc.content_hash, loc.version)
-        for loc in key.locations
-        if loc.status == LocationStatus.PRESENT and loc.kind is None
-    )
-    if key.status != KeyStatus.ACTIVE or key.kind != KeyKind.SERVICE_ACCOUNT or not present:
+    if key.status != KeyStatus.ACTIVE or key.kind != KeyKind.SERVICE_ACCOUNT or not key.files:
         return False
-    due = DueKey(key.id, key.key_id, key.principal, key.expires_at, key.first_seen, present)
-    return due_reason(due, now, policy) == RotationReason.DUE
+    return due_reason(key, now, policy) == RotationReason.DUE

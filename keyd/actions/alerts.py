@@ -65,8 +65,8 @@ from keyd.config import Config, EmailConfig
 from keyd.errors import StoreError
 from keyd.redact import scrub
 from keyd.store import alerts as store
-from keyd.store.alerts import AlertIndex, note_issuer_health
-from keyd.store.models import Alert, Key, threshold_text
+from keyd.store.alerts import AlertIndex, AlertRecord, note_issuer_health, threshold_text
+from keyd.store.keys import KeyRecord
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
 from keyd.urls import display_url
 from keyd.vocab import AlertKind, Channel, ExpiryStatus, KeyKind, KeyStatus, LocationStatus, Severity
@@ -114,7 +114,7 @@ def email_recipients(email: EmailConfig, principal: str | None, sources: Iterabl
     return out
 
 
-def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Alert]:
+def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[AlertRecord]:
     """Decide and queue all due alerts in the caller's transaction.
 
     Returns the alerts newly inserted by *this* call (an alert another
@@ -122,10 +122,9 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
     Does not commit.
     """
     store.rearm_if_schedule_changed(session, _schedule(config), now)
-    new: list[Alert] = []
+    new: list[AlertRecord] = []
     while keys := store.alert_candidates(session, now, limit=PRINCIPALS_PER_BATCH):
         new.extend(_evaluate_keys(session, config, keys, now))
-        session.flush()  # the batch's keys are clean now: the identity map lets them go
     new.extend(_issuer_alerts(session, config, now, store.AlertIndex.load(session, [ISSUER])))
     if new:
         names = ", ".join(f"{a.kind}:{threshold_text(a.threshold, a.expires_at)}" for a in new)
@@ -133,20 +132,22 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
     return new
 
 
-def _evaluate_keys(session: Session, config: Config, keys: list[Key], now: datetime) -> list[Alert]:
+def _evaluate_keys(
+    session: Session, config: Config, keys: list[KeyRecord], now: datetime
+) -> list[AlertRecord]:
     """One batch of due keys (whole principals); schedules each one ahead,
     so the next batch never sees them again."""
-    by_principal: dict[str, list[Key]] = defaultdict(list)
+    by_principal: dict[str, list[KeyRecord]] = defaultdict(list)
     for key in keys:
         by_principal[key.principal].append(key)
     known = store.AlertIndex.load(session, [_about(k) for k in keys])
-    new: list[Alert] = []
-    removed = store.removed_keys(session, [k.id for k in keys if k.status == KeyStatus.REJECTED])
+    new: list[AlertRecord] = []
+    removed = store.removed_keys(session, [k.pk for k in keys if k.status == KeyStatus.REJECTED])
     held = rotation_held(session, config, keys, now)
     for key in keys:
         if key.status in SKIPPED_STATUSES:
             if key.status == KeyStatus.MISSING:  # gone from every source: nothing left to warn about
-                store.resolve(session, known.unresolved(_about(key), OPEN_KINDS), now)
+                known.resolve(session, known.unresolved(_about(key), OPEN_KINDS), now)
             continue
         if key.status == KeyStatus.UNHELD and not config.alerts.unheld_ladder:
             continue  # only ZITADEL knows it: its notice comes from findings
@@ -163,17 +164,19 @@ def _evaluate_keys(session: Session, config: Config, keys: list[Key], now: datet
                     by_principal[key.principal],
                     now,
                     known,
-                    removed=key.id in removed,
-                    held=key.id in held,
+                    removed=key.pk in removed,
+                    held=key.pk in held,
                 ),
             )
         )
     new.extend(zitadel_alerts(session, config, keys, now, known, _emit, _about))
-    store.schedule_alerts(session, {k.id: _next_or_soon(k, config, now) for k in keys})
+    store.schedule_alerts(session, {k.pk: _next_or_soon(k, config, now) for k in keys})
     return new
 
 
-def _isolated(session: Session, key: Key, now: datetime, decide: Callable[[], list[Alert]]) -> list[Alert]:
+def _isolated(
+    session: Session, key: KeyRecord, now: datetime, decide: Callable[[], list[AlertRecord]]
+) -> list[AlertRecord]:
     """One key's decisions; an unexpected error is recorded on that key
     (log, ``alert.error`` event) and the stage goes on with the others.
     Database errors still end the stage: its transaction rolls back whole."""
@@ -192,7 +195,7 @@ def _isolated(session: Session, key: Key, now: datetime, decide: Callable[[], li
         return []
 
 
-def _next_or_soon(key: Key, config: Config, now: datetime) -> datetime:
+def _next_or_soon(key: KeyRecord, config: Config, now: datetime) -> datetime:
     """``next_alert_at``, or in an hour when that cannot be computed (the
     key is then tried again, not forgotten)."""
     try:
@@ -202,7 +205,7 @@ def _next_or_soon(key: Key, config: Config, now: datetime) -> datetime:
         return now + timedelta(hours=1)
 
 
-def next_alert_at(key: Key, config: Config, now: datetime) -> datetime:
+def next_alert_at(key: KeyRecord, config: Config, now: datetime) -> datetime:
     """When ``key`` must be looked at again, unless it changes before: the
     due time of its next rung still ahead. Changes (status, expiry, a new
     key of the same principal) make it due at once by themselves
@@ -234,14 +237,14 @@ def _schedule(config: Config) -> str:
 def _key_alerts(
     session: Session,
     config: Config,
-    key: Key,
-    peers: Sequence[Key],
+    key: KeyRecord,
+    peers: Sequence[KeyRecord],
     now: datetime,
     known: AlertIndex,
     *,
     removed: bool = False,
     held: bool = False,
-) -> list[Alert]:
+) -> list[AlertRecord]:
     successor = _successor(key, peers)
     if successor is not None:
         return _rotated(session, config, key, successor, now, known)
@@ -260,8 +263,8 @@ def _key_alerts(
             ),
         )
         return [alert] if alert else []
-    store.resolve(session, known.unresolved(_about(key), (AlertKind.UNTRACKED,)), now)
-    out: list[Alert] = []
+    known.resolve(session, known.unresolved(_about(key), (AlertKind.UNTRACKED,)), now)
+    out: list[AlertRecord] = []
     if not is_never(key.expires_at):
         ladder_alert = _ladder(session, config, key, key.expires_at, now, known, held=held)
         if ladder_alert is not None:
@@ -272,18 +275,18 @@ def _key_alerts(
     return out
 
 
-def _successor(key: Key, peers: Sequence[Key]) -> Key | None:
+def _successor(key: KeyRecord, peers: Sequence[KeyRecord]) -> KeyRecord | None:
     """The active key of the same principal that replaces ``key``, if any:
     one expiring later (never counts as latest), or, when ``key``'s expiry
     is unknown, one first seen after it."""
-    best: Key | None = None
+    best: KeyRecord | None = None
     for peer in peers:
         if peer.key_id == key.key_id or peer.status != KeyStatus.ACTIVE or peer.expires_at is None:
             continue
         if key.expires_at is not None:
             later = peer.expires_at > key.expires_at
-        else:
-            later = peer.first_seen > key.first_seen
+        else:  # first_seen: never None in a stored key
+            later = bool(peer.first_seen and key.first_seen and peer.first_seen > key.first_seen)
         if later and (best is None or peer.expires_at > best.expires_at):  # type: ignore[operator]
             best = peer
     return best
@@ -292,20 +295,20 @@ def _successor(key: Key, peers: Sequence[Key]) -> Key | None:
 def _ladder(
     session: Session,
     config: Config,
-    key: Key,
+    key: KeyRecord,
     expires_at: datetime,
     now: datetime,
     known: AlertIndex,
     *,
     held: bool = False,
-) -> Alert | None:
+) -> AlertRecord | None:
     """``held``: rotation covers the key, so only the tightest rung and
     ``expired`` may fire (the safety net when a rotation stalls)."""
     instant = rung_expiry(expires_at)
     stale = known.unresolved(_about(key), LADDER_KINDS, keep_expiry=instant)
     if stale:
         log.info("key %s: expiry changed, resolving %d alert(s) of the old expiry", key.key_id, len(stale))
-        store.resolve(session, stale, now)
+        known.resolve(session, stale, now)
     fired = known.fired(_about(key), LADDER_KINDS, instant)
     thresholds = config.alerts.thresholds
     if held:
@@ -330,11 +333,11 @@ def _ladder(
     )
     if alert is not None:  # the tighter rung supersedes the looser ones
         older = [a for a in known.unresolved(_about(key), LADDER_KINDS) if a.id != alert.id]
-        store.resolve(session, older, now)
+        known.resolve(session, older, now)
     return alert
 
 
-def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime) -> str:
+def subject_for_expiry(key: KeyRecord, rung: Rung, expires_at: datetime, now: datetime) -> str:
     """``[keyd CRITICAL] key 29… of user 29… expires in 1 day``."""
     if rung.kind == AlertKind.EXPIRED:
         return _subject(key, Severity.CRITICAL, "has expired")
@@ -342,12 +345,12 @@ def subject_for_expiry(key: Key, rung: Rung, expires_at: datetime, now: datetime
 
 
 def _rotated(
-    session: Session, config: Config, key: Key, successor: Key, now: datetime, known: AlertIndex
-) -> list[Alert]:
+    session: Session, config: Config, key: KeyRecord, successor: KeyRecord, now: datetime, known: AlertIndex
+) -> list[AlertRecord]:
     open_alerts = known.unresolved(_about(key), OPEN_KINDS)
     if not open_alerts:  # replaced before anyone was warned: nothing to say
         return []
-    store.resolve(session, open_alerts, now)
+    known.resolve(session, open_alerts, now)
     extra = {"replaced_by": {"key_id": successor.key_id, "expires_at": _iso(successor.expires_at)}}
     alert = _emit(
         session,
@@ -367,11 +370,17 @@ def _rotated(
 
 
 def _rejected(
-    session: Session, config: Config, key: Key, now: datetime, known: AlertIndex, *, removed: bool = False
-) -> Alert | None:
+    session: Session,
+    config: Config,
+    key: KeyRecord,
+    now: datetime,
+    known: AlertIndex,
+    *,
+    removed: bool = False,
+) -> AlertRecord | None:
     dead = key.expires_at is not None and now >= key.expires_at
     if key.status != KeyStatus.REJECTED or dead:
-        store.resolve(session, known.unresolved(_about(key), (AlertKind.REJECTED,)), now)
+        known.resolve(session, known.unresolved(_about(key), (AlertKind.REJECTED,)), now)
         return None
     episode = f"ok@{isoformat_z(key.last_ok_at)}" if key.last_ok_at else "never-ok"
     extra = {
@@ -401,11 +410,11 @@ def _rejected(
 # -- issuer episodes ----------------------------------------------------------
 
 
-def _issuer_alerts(session: Session, config: Config, now: datetime, known: AlertIndex) -> list[Alert]:
+def _issuer_alerts(session: Session, config: Config, now: datetime, known: AlertIndex) -> list[AlertRecord]:
     if config.issuer is None:
         return []
     url, after = config.issuer.url, config.issuer.unavailable_alert_after
-    out: list[Alert] = []
+    out: list[AlertRecord] = []
     since = store.issuer_outage(session)
     if since is not None and now - since >= after:
         alert = _emit_issuer(
@@ -428,7 +437,7 @@ def _issuer_alerts(session: Session, config: Config, now: datetime, known: Alert
         threshold = isoformat_z(start)
         alerted = known.exists(ISSUER, AlertKind.UNAVAILABLE, threshold)
         if alerted or until - start >= after:
-            store.resolve(session, known.unresolved(ISSUER, (AlertKind.UNAVAILABLE,)), now)
+            known.resolve(session, known.unresolved(ISSUER, (AlertKind.UNAVAILABLE,)), now)
             alert = _emit_issuer(
                 session,
                 config,
@@ -448,7 +457,7 @@ def _issuer_alerts(session: Session, config: Config, now: datetime, known: Alert
 
 def _emit_issuer(
     session: Session, config: Config, now: datetime, known: AlertIndex, decision: Decision
-) -> Alert | None:
+) -> AlertRecord | None:
     assert config.issuer is not None
     context = {"issuer": config.issuer.url, "decided_at": isoformat_z(now), "timezone": config.timezone_name}
     alert = _insert(session, config, now, decision, context, Subject(ISSUER))
@@ -472,10 +481,10 @@ class Subject:
 
 
 def _emit(
-    session: Session, config: Config, key: Key, now: datetime, known: AlertIndex, decision: Decision
-) -> Alert | None:
+    session: Session, config: Config, key: KeyRecord, now: datetime, known: AlertIndex, decision: Decision
+) -> AlertRecord | None:
     subject = Subject(
-        _about(key), key.id, key.fingerprint, key.principal, [loc.source for loc in key.locations]
+        _about(key), key.pk, key.fingerprint, key.principal, [loc.source for loc in key.locations]
     )
     alert = _insert(session, config, now, decision, key_facts(key, config, now), subject)
     if alert is not None:
@@ -490,7 +499,7 @@ def _insert(
     decision: Decision,
     facts: Mapping[str, Any],
     subject: Subject,
-) -> Alert | None:
+) -> AlertRecord | None:
     kind, severity = decision.kind, decision.severity
     threshold = threshold_text(decision.threshold, decision.expires_at)  # as shown, and in the Message-ID
     alert = store.insert_alert(
@@ -526,8 +535,8 @@ def _insert(
     return alert
 
 
-def key_facts(key: Key, config: Config, now: datetime) -> dict[str, Any]:
-    """What a message may say about a key. Never key material: the Key row
+def key_facts(key: KeyRecord, config: Config, now: datetime) -> dict[str, Any]:
+    """What a message may say about a key. Never key material: a KeyRecord
     holds none, and free text (``last_error``) is scrubbed by the caller."""
     view = evaluate(key.expires_at, now, config.timezone)
     locations = sorted(key.locations, key=lambda loc: (loc.status != LocationStatus.PRESENT, loc.ref))
@@ -551,12 +560,12 @@ def key_facts(key: Key, config: Config, now: datetime) -> dict[str, Any]:
     }
 
 
-def _about(key: Key) -> str:
+def _about(key: KeyRecord) -> str:
     """Alerts belong to a key id (``alerts.about``), not to its key pair."""
     return store.key_about(key.key_id)
 
 
-def _subject(key: Key, severity: str, what: str) -> str:
+def _subject(key: KeyRecord, severity: str, what: str) -> str:
     who = "app" if key.kind == KeyKind.APPLICATION else "user"
     return f"[keyd {severity.upper()}] key {key.key_id} of {who} {key.principal} {what}"
 

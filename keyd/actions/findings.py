@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 from keyd.actions.decision import Decision
 from keyd.checks.expiry import is_never
 from keyd.config import Config
-from keyd.store import alerts as store
-from keyd.store.alerts import AlertIndex
-from keyd.store.models import Alert, Key
+from keyd.store.alerts import AlertIndex, AlertRecord
+from keyd.store.keys import KeyRecord
 from keyd.store.rotations import in_flight_key_ids
 from keyd.timeutil import format_duration
 from keyd.vocab import AlertKind, KeyStatus, LocationKind, LocationStatus, Severity
@@ -35,29 +34,31 @@ from keyd.vocab import AlertKind, KeyStatus, LocationKind, LocationStatus, Sever
 if TYPE_CHECKING:
     from keyd.store.alerts import Session
 
-Emit = Callable[["Session", Config, Key, datetime, AlertIndex, Decision], Alert | None]  # alerts._emit
+Emit = Callable[
+    ["Session", Config, KeyRecord, datetime, AlertIndex, Decision], AlertRecord | None
+]  # alerts._emit
 
 
 @dataclass(frozen=True)
 class Finding:
-    key: Key
+    key: KeyRecord
     rule: str  # never_expiring | max_lifetime | max_keys_per_user
     threshold: str  # the alert's threshold: the rule and its limit
     text: str  # "never expires", "lives 730 days (limit 400 days)", ...
 
 
-def is_listed(key: Key) -> bool:
+def is_listed(key: KeyRecord) -> bool:
     """A zitadel source lists this key right now."""
     return any(
         loc.kind == LocationKind.ZITADEL and loc.status == LocationStatus.PRESENT for loc in key.locations
     )
 
 
-def policy_findings(config: Config, keys: Iterable[Key], now: datetime) -> list[Finding]:
+def policy_findings(config: Config, keys: Iterable[KeyRecord], now: datetime) -> list[Finding]:
     """The policy findings over the keys zitadel sources list."""
     rules = config.alerts
     out: list[Finding] = []
-    live: dict[str, list[Key]] = defaultdict(list)
+    live: dict[str, list[KeyRecord]] = defaultdict(list)
     for key in keys:
         if not is_listed(key) or key.expires_at is None:
             continue
@@ -100,14 +101,14 @@ def policy_findings(config: Config, keys: Iterable[Key], now: datetime) -> list[
 def zitadel_alerts(
     session: Session,
     config: Config,
-    keys: Sequence[Key],
+    keys: Sequence[KeyRecord],
     now: datetime,
     known: AlertIndex,
     emit: Emit,
-    about: Callable[[Key], str],
-) -> list[Alert]:
+    about: Callable[[KeyRecord], str],
+) -> list[AlertRecord]:
     """Unheld notices and policy alerts, each at most once."""
-    out: list[Alert | None] = []
+    out: list[AlertRecord | None] = []
     rotating = in_flight_key_ids(session, [k.key_id for k in keys if k.status == KeyStatus.UNHELD])
     for key in keys:
         if key.key_id in rotating:
@@ -134,7 +135,7 @@ def zitadel_alerts(
                 )
             )
         else:
-            store.resolve(session, known.unresolved(about(key), (AlertKind.UNHELD,)), now)
+            known.resolve(session, known.unresolved(about(key), (AlertKind.UNHELD,)), now)
     for finding in policy_findings(config, keys, now):
         extra: dict[str, Any] = {"rule": finding.rule, "finding": finding.text}
         out.append(
@@ -156,5 +157,5 @@ def zitadel_alerts(
     return [a for a in out if a is not None]
 
 
-def _subject(key: Key, what: str) -> str:
+def _subject(key: KeyRecord, what: str) -> str:
     return f"[keyd WARNING] key {key.key_id} of user {key.principal} {what}"

@@ -26,7 +26,8 @@ from keyd.checks.rotation import (
 )
 from keyd.errors import UsageError
 from keyd.store import rotations as store
-from keyd.store.rotations import DueKey, RotationRow
+from keyd.store.keys import KeyRecord
+from keyd.store.rotations import RotationRow
 from keyd.store.snapshot import Engine
 from keyd.timeutil import isoformat_z
 from keyd.vocab import KeyKind, KeyStatus, RotationEvent, RotationReason, RotationState, RotationStep
@@ -55,12 +56,12 @@ class RotationReport:
         return f"{len(self.planned)} planned, {len(self.rows)} advanced" + (f" ({counts})" if counts else "")
 
 
-def due_keys(engine: Engine, policy: RotationPolicy, now: datetime) -> list[tuple[DueKey, str]]:
+def due_keys(engine: Engine, policy: RotationPolicy, now: datetime) -> list[tuple[KeyRecord, str]]:
     """The keys a rotation would start for at ``now``, with the reason."""
     if not policy.enabled:
         return []
     before, seen = candidate_window(now, policy)
-    out: list[tuple[DueKey, str]] = []
+    out: list[tuple[KeyRecord, str]] = []
     for key in store.candidates(engine, expiring_before=before, seen_before=seen):
         reason = due_reason(key, now, policy)
         if reason is not None:
@@ -128,7 +129,7 @@ def rotate_key(engine: Engine, services: RotationServices, key_id: str) -> Rotat
     return advance(engine, services, row)
 
 
-def _rotatable(engine: Engine, key_id: str) -> DueKey:
+def _rotatable(engine: Engine, key_id: str) -> KeyRecord:
     kind_status = store.key_kind_status(engine, key_id)
     if kind_status is None:
         raise UsageError("KEY_ID", f"key {key_id} is not in the inventory (run `keyd scan`)")
@@ -136,7 +137,7 @@ def _rotatable(engine: Engine, key_id: str) -> DueKey:
     if kind != KeyKind.SERVICE_ACCOUNT:
         raise UsageError("KEY_ID", f"key {key_id}: {APPLICATION_NOT_ROTATED}")
     key = store.key_for_rotation(engine, key_id)
-    if status != KeyStatus.ACTIVE or key is None or not key.locations:
+    if status != KeyStatus.ACTIVE or key is None or not key.files:
         raise UsageError(
             "KEY_ID", f"key {key_id} is {status} with no present location: there is nothing to replace"
         )
@@ -199,9 +200,9 @@ def plan_rotations(
     return lines
 
 
-def _would_start(key: DueKey, reason: str, policy: RotationPolicy, now: datetime) -> str:
+def _would_start(key: KeyRecord, reason: str, policy: RotationPolicy, now: datetime) -> str:
     expiry = "never" if key.expires_at is None or key.expires_at.year >= 9999 else isoformat_z(key.expires_at)
-    where = ", ".join(loc.ref for loc in key.locations)
+    where = ", ".join(loc.ref for loc in key.files)
     return (
         f"would rotate key {key.key_id} of {key.principal} ({reason}; expires {expiry}): "
         f"new {policy.algorithm} key expiring {isoformat_z(new_expiry(now, policy))}, "

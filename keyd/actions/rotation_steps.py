@@ -219,7 +219,7 @@ class _Run:
         targets = row.target_stamps()
         if not targets:
             key = store.key_for_rotation(self.engine, row.old_key_id)
-            targets = list(key.locations) if key is not None else []
+            targets = [LocationStamp.of(loc) for loc in key.files] if key is not None else []
             if not targets:
                 row = self._remove_new(row, RotationStep.PUBLISH, "the old key is in no location any more")
                 raise _Stop(

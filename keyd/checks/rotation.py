@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 
 from keyd.config import RotationConfig
-from keyd.store.rotations import DueKey, LocationStamp
+from keyd.store.keys import KeyRecord, Location
 from keyd.vocab import RotationReason
 
 NEVER_YEAR = 9999
@@ -66,7 +66,7 @@ class RotationPolicy:
         )
 
 
-def selected(locations: Sequence[LocationStamp], principal: str, policy: RotationPolicy) -> bool:
+def selected(locations: Sequence[Location], principal: str, policy: RotationPolicy) -> bool:
     """Whether ``principals`` / ``sources`` (names or path globs) pick the key."""
     if policy.principals and principal not in policy.principals:
         return False
@@ -81,13 +81,15 @@ def never_expires(expires_at: datetime | None) -> bool:
     return expires_at is None or expires_at.year >= NEVER_YEAR
 
 
-def due_reason(key: DueKey, now: datetime, policy: RotationPolicy) -> RotationReason | None:
-    """``DUE``, ``NEVER_EXPIRING`` or None (not due, or not selected)."""
-    if not selected(key.locations, key.principal, policy):
+def due_reason(key: KeyRecord, now: datetime, policy: RotationPolicy) -> RotationReason | None:
+    """``DUE``, ``NEVER_EXPIRING`` or None (not due, or not selected by its
+    key files)."""
+    if not selected(key.files, key.principal, policy):
         return None
     if never_expires(key.expires_at):
-        after = policy.rotate_never_expiring
-        return RotationReason.NEVER_EXPIRING if after is not None and now >= key.first_seen + after else None
+        after, seen = policy.rotate_never_expiring, key.first_seen
+        due = after is not None and seen is not None and now >= seen + after
+        return RotationReason.NEVER_EXPIRING if due else None
     assert key.expires_at is not None
     return RotationReason.DUE if key.expires_at - now <= policy.before else None
 

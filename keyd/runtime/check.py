@@ -474,8 +474,8 @@ def _zitadel_findings(services: Services, now: datetime) -> tuple[frozenset[str]
         return frozenset(), []
     with alert_store.transaction(services.engine) as session:
         keys = alert_store.all_keys(session)
-        removed = alert_store.removed_keys(session, [k.id for k in keys if k.status == KeyStatus.REJECTED])
-        gone = frozenset(k.key_id for k in keys if k.id in removed)
+        removed = alert_store.removed_keys(session, [k.pk for k in keys if k.status == KeyStatus.REJECTED])
+        gone = frozenset(k.key_id for k in keys if k.pk in removed)
         found = [
             PolicyFinding(f.key.key_id, f.key.principal, f.text)
             for f in policy_findings(services.config, keys, now)

@@ -16,7 +16,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, TypedDict, cast
 
@@ -24,10 +24,10 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine as Engine  # re-exported for typing in actions/
 from sqlalchemy.orm import Session as Session  # re-exported for typing in actions/
-from sqlalchemy.orm import selectinload
 
 from keyd.clock import utc
 from keyd.store.inventory import latest_diagnoses
+from keyd.store.keys import KeyRecord, key_records
 from keyd.store.models import ALERT_NEVER as ALERT_NEVER  # re-exported for actions/
 from keyd.store.models import (
     ALERT_NOW,
@@ -40,6 +40,7 @@ from keyd.store.models import (
     Rotation,
     State,
 )
+from keyd.store.models import threshold_text as threshold_text  # re-exported for actions/
 from keyd.timeutil import isoformat_z, parse_rfc3339
 from keyd.vocab import DeliveryState
 
@@ -51,7 +52,8 @@ ISSUER_LAST_RECOVERY: Final = "issuer.last_recovery"
 
 @dataclass(frozen=True)
 class AlertRecord:
-    """A detached snapshot of an ``alerts`` row, ``context`` decoded."""
+    """A detached snapshot of an ``alerts`` row, ``context`` decoded: what
+    every reader above the store gets (the alert evaluation too)."""
 
     id: int
     about: str
@@ -68,7 +70,8 @@ class AlertRecord:
     resolved_at: datetime | None
 
     @classmethod
-    def of(cls, row: Alert) -> AlertRecord:
+    def of(cls, row: Any) -> AlertRecord:
+        """From an ``Alert`` or a row of the ``alerts`` table's columns."""
         return cls(
             row.id,
             row.about,
@@ -97,6 +100,9 @@ class OutboxItem:
     attempts: int
     next_attempt_at: datetime
     alert: AlertRecord
+
+
+_ALERTS: Final = cast(Table, Alert.__table__)
 
 
 class OutboxSummary(TypedDict):
@@ -149,7 +155,7 @@ def insert_alert(
     context: Mapping[str, Any],
     fingerprint: str | None = None,
     expires_at: datetime | None = None,
-) -> Alert | None:
+) -> AlertRecord | None:
     """Insert one alert unless (about, kind, threshold, expires_at) exists.
 
     ``about`` is the key id (or ``issuer``, ``token:…``); ``fingerprint``,
@@ -177,8 +183,8 @@ def insert_alert(
         )
         .on_conflict_do_nothing(index_elements=unique[0], index_where=unique[1])
     )
-    new_id = session.execute(stmt.returning(Alert.id)).scalar_one_or_none()
-    return None if new_id is None else session.get(Alert, new_id)
+    row = session.execute(stmt.returning(*_ALERTS.c)).first()
+    return None if row is None else AlertRecord.of(row)
 
 
 def add_deliveries(session: Session, alert_id: int, targets: Iterable[tuple[str, str]], now: datetime) -> int:
@@ -201,39 +207,33 @@ def add_deliveries(session: Session, alert_id: int, targets: Iterable[tuple[str,
     return count
 
 
-def resolve(session: Session, alerts: Iterable[Alert], now: datetime) -> int:
-    """Mark alerts resolved (no longer current); their sent mail stays sent."""
-    count = 0
-    for alert in alerts:
-        if alert.resolved_at is None:
-            alert.resolved_at = now
-            count += 1
-    session.flush()
-    return count
-
-
 class AlertIndex:
     """Every alert of the keys under evaluation, loaded in one query, so a
     pass over N keys costs O(1) reads instead of several per key. A snapshot
     inside the caller's transaction: exactly-once still rests on the unique
     constraint at insert time."""
 
-    def __init__(self, rows: Iterable[Alert]) -> None:
-        self._by_about: dict[str, list[Alert]] = defaultdict(list)
+    def __init__(self, rows: Iterable[AlertRecord]) -> None:
+        self._by_about: dict[str, list[AlertRecord]] = defaultdict(list)
         for row in rows:
             self.add(row)
 
     @classmethod
     def load(cls, session: Session, abouts: Iterable[str]) -> AlertIndex:
         wanted = sorted(set(abouts))
-        rows: list[Alert] = []
+        rows: list[AlertRecord] = []
         for start in range(0, len(wanted), 500):
-            rows += session.scalars(
-                select(Alert).where(Alert.about.in_(wanted[start : start + 500])).order_by(Alert.id)
+            rows += map(
+                AlertRecord.of,
+                session.execute(
+                    select(_ALERTS)
+                    .where(_ALERTS.c.about.in_(wanted[start : start + 500]))
+                    .order_by(_ALERTS.c.id)
+                ),
             )
         return cls(rows)
 
-    def add(self, alert: Alert) -> None:
+    def add(self, alert: AlertRecord) -> None:
         self._by_about[alert.about].append(alert)
 
     def fired(self, about: str, kinds: Sequence[str], expires_at: datetime | None = None) -> set[str]:
@@ -249,7 +249,7 @@ class AlertIndex:
 
     def unresolved(
         self, about: str, kinds: Sequence[str], keep_expiry: datetime | None = None
-    ) -> list[Alert]:
+    ) -> list[AlertRecord]:
         """Open alerts of these kinds, except the rungs of ``keep_expiry``."""
         return [
             a
@@ -258,6 +258,23 @@ class AlertIndex:
             and a.resolved_at is None
             and not (keep_expiry is not None and a.expires_at == keep_expiry)
         ]
+
+    def resolve(self, session: Session, alerts: Iterable[AlertRecord], now: datetime) -> int:
+        """Mark alerts resolved (no longer current), in the database and in
+        this index; their sent mail stays sent. No statement when none is open."""
+        open_ = {a.id: a.about for a in alerts if a.resolved_at is None}
+        if not open_:
+            return 0
+        session.execute(
+            update(_ALERTS)
+            .where(_ALERTS.c.id.in_(sorted(open_)), _ALERTS.c.resolved_at.is_(None))
+            .values(resolved_at=now)
+        )
+        for about in set(open_.values()):
+            self._by_about[about] = [
+                replace(a, resolved_at=now) if a.id in open_ else a for a in self._by_about[about]
+            ]
+        return len(open_)
 
 
 def removed_keys(session: Session, pks: Sequence[int]) -> set[int]:
@@ -280,15 +297,15 @@ def rotation_states(session: Session, key_ids: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def all_keys(session: Session) -> list[Key]:
-    """Every key row with its locations (``keyd check``'s zitadel findings)."""
-    return list(session.scalars(select(Key).options(selectinload(Key.locations)).order_by(Key.id)))
+def all_keys(session: Session) -> list[KeyRecord]:
+    """Every key with its locations (``keyd check``'s zitadel findings)."""
+    return key_records(session)
 
 
 ALERT_SCHEDULE: Final = "alerts.schedule"  # what the stored next_alert_at were computed for
 
 
-def alert_candidates(session: Session, now: datetime, *, limit: int | None = None) -> list[Key]:
+def alert_candidates(session: Session, now: datetime, *, limit: int | None = None) -> list[KeyRecord]:
     """The alert evaluation's input: keys whose ``next_alert_at`` has come
     (one range query on its index; changed keys carry ``ALERT_NOW``), plus
     every other key of their principals (a new key can supersede an old
@@ -298,14 +315,10 @@ def alert_candidates(session: Session, now: datetime, *, limit: int | None = Non
     if limit is not None:  # no ORDER BY: it could make the planner walk the principal index
         query = query.limit(limit)
     principals = sorted(set(session.scalars(query)))
-    keys: list[Key] = []
-    for start in range(0, len(principals), 500):
-        keys += session.scalars(
-            select(Key)
-            .options(selectinload(Key.locations))
-            .where(Key.principal.in_(principals[start : start + 500]))
-        )
-    return sorted(keys, key=lambda k: k.id)
+    keys: list[KeyRecord] = []
+    for start in range(0, len(principals), 500):  # locations: 500 keys per query (key_records)
+        keys += key_records(session, Key.principal.in_(principals[start : start + 500]), order_by=())
+    return sorted(keys, key=lambda k: k.pk)
 
 
 def schedule_alerts(session: Session, next_at: Mapping[int, datetime]) -> None:
@@ -502,14 +515,14 @@ def wake_failed(session: Session, channel: str, now: datetime) -> int:
     return _rowcount(result)
 
 
-def record_key_error(session: Session, key: Key, now: datetime, problem: str) -> None:
+def record_key_error(session: Session, key: KeyRecord, now: datetime, problem: str) -> None:
     """One key could not be judged this time (a bug, or data nothing can
     handle): an ``alert.error`` event on that key with the reason, so it
     shows in the audit trail while the stage goes on with the others."""
     session.add(
         Event(
             at=now,
-            key_pk=key.id,
+            key_pk=key.pk,
             key_id=key.key_id,
             kind="alert.error",
             source=None,

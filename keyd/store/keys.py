@@ -35,6 +35,10 @@ class Location:
     warnings: tuple[Exposure, ...] = ()
     last_seen: datetime | None = None
     key_id: str | None = None  # None: an invalid file that holds no key
+    # what a rotation publishes over and compares (``rotations.LocationStamp``),
+    # where the reader asked for it (``key_records(stamps=True)``)
+    content_hash: str | None = None
+    version: int | None = None  # Vault KV version; None for files
 
     @property
     def holds_file(self) -> bool:
@@ -115,6 +119,7 @@ LOCATION_COLUMNS: tuple[Any, ...] = (
     KeyLocation.warning,
     KeyLocation.last_seen,
 )
+STAMP_COLUMNS: tuple[Any, ...] = (KeyLocation.content_hash, KeyLocation.version)
 
 
 def key_record(
@@ -180,6 +185,8 @@ def location(row: Any, key_id: str | None, seen: Mapping[str, datetime] | None =
         warnings=row.warning or (),
         last_seen=last_seen,
         key_id=key_id,
+        content_hash=getattr(row, "content_hash", None),  # a row of STAMP_COLUMNS too, or a KeyLocation
+        version=getattr(row, "version", None),
     )
 
 
@@ -189,22 +196,26 @@ def key_records(
     order_by: Sequence[Any] = (Key.id,),
     limit: int | None = None,
     seen: Mapping[str, datetime] | None = None,
+    stamps: bool = False,
 ) -> list[KeyRecord]:
     """The keys matching ``where``, in ``order_by`` order, at most ``limit``
-    (``seen``: see ``key_record``)."""
+    (``seen``: see ``key_record``; ``stamps``: locations with their
+    ``content_hash`` and ``version``, for rotation)."""
     stmt = select(*KEY_COLUMNS).where(*where).order_by(*order_by)
     if limit is not None:
         stmt = stmt.limit(limit)
     rows = list(session.execute(stmt))
-    locations = locations_of(session, [r.id for r in rows])
+    locations = locations_of(session, [r.id for r in rows], stamps=stamps)
     return [key_record(r, locations.get(r.id, ()), seen) for r in rows]
 
 
-def locations_of(session: Session, pks: Sequence[int]) -> dict[int, list[Any]]:
-    """Location rows by key pk, ``_CHUNK`` keys per query."""
+def locations_of(session: Session, pks: Sequence[int], *, stamps: bool = False) -> dict[int, list[Any]]:
+    """Location rows by key pk, ``_CHUNK`` keys per query (``stamps``: with
+    ``STAMP_COLUMNS``)."""
+    columns = LOCATION_COLUMNS + STAMP_COLUMNS if stamps else LOCATION_COLUMNS
     out: dict[int, list[Any]] = {}
     for start in range(0, len(pks), _CHUNK):
-        stmt = select(*LOCATION_COLUMNS).where(KeyLocation.key_pk.in_(pks[start : start + _CHUNK]))
+        stmt = select(*columns).where(KeyLocation.key_pk.in_(pks[start : start + _CHUNK]))
         for loc in session.execute(stmt):
             out.setdefault(loc.key_pk, []).append(loc)
     return out

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keyd.store.alerts import add_deliveries, insert_alert
+from keyd.store.keys import KeyRecord, Location, key_records
 from keyd.store.models import ALERT_NOW, Event, Key, KeyLocation, Probe, Rotation
 from keyd.store.tokens import AlertSpec
 from keyd.vocab import KeyKind, KeyStatus, LocationStatus, ProbeOutcome, RotationEvent, RotationState
@@ -47,17 +48,10 @@ class LocationStamp:
     content_hash: str | None
     version: int | None  # Vault KV version; None for files
 
-
-@dataclass(frozen=True)
-class DueKey:
-    """An active service-user key with its present locations."""
-
-    pk: int
-    key_id: str
-    principal: str
-    expires_at: datetime | None
-    first_seen: datetime
-    locations: tuple[LocationStamp, ...]
+    @classmethod
+    def of(cls, location: Location) -> LocationStamp:
+        """A key file as ``key_records(stamps=True)`` read it."""
+        return cls(location.source, location.ref, location.content_hash, location.version)
 
 
 @dataclass(frozen=True)
@@ -99,40 +93,8 @@ class RotationRow:
 _COLUMNS = {f.name for f in fields(RotationRow)} - {"id"}
 
 
-def _stamps(session: Session, pks: Sequence[int]) -> dict[int, list[LocationStamp]]:
-    out: dict[int, list[LocationStamp]] = {pk: [] for pk in pks}
-    if not pks:
-        return out
-    rows = session.execute(
-        select(
-            KeyLocation.key_pk,
-            KeyLocation.source,
-            KeyLocation.ref,
-            KeyLocation.content_hash,
-            KeyLocation.version,
-        )
-        .where(KeyLocation.status == LocationStatus.PRESENT, KeyLocation.key_pk.in_(pks))
-        .where(KeyLocation.kind.is_(None))  # never publish to a zitadel listing
-        .order_by(KeyLocation.id)
-    )
-    for row in rows:
-        out[row.key_pk].append(LocationStamp(row.source, row.ref, row.content_hash, row.version))
-    return out
-
-
-def _due_key(key: Any, stamps: Sequence[LocationStamp]) -> DueKey:
-    return DueKey(
-        pk=key.id,
-        key_id=key.key_id,
-        principal=key.principal,
-        expires_at=key.expires_at,
-        first_seen=key.first_seen,
-        locations=tuple(stamps),
-    )
-
-
-def candidates(engine: Engine, *, expiring_before: datetime, seen_before: datetime | None) -> list[DueKey]:
-    """Active service-user keys with a present location and no rotation
+def candidates(engine: Engine, *, expiring_before: datetime, seen_before: datetime | None) -> list[KeyRecord]:
+    """Active service-user keys with a present key file and no rotation
     row yet, expiring before ``expiring_before`` — or, when
     ``seen_before`` is given, of unknown/never expiry and first seen
     before it. Callers apply the remaining policy (filters, never)."""
@@ -144,30 +106,25 @@ def candidates(engine: Engine, *, expiring_before: datetime, seen_before: dateti
         )
     taken = select(Rotation.id).where(Rotation.old_key_id == Key.key_id).exists()
     with Session(engine) as session:
-        keys = list(
-            session.execute(
-                select(Key.id, Key.key_id, Key.principal, Key.expires_at, Key.first_seen)
-                .where(Key.status == KeyStatus.ACTIVE, Key.kind == KeyKind.SERVICE_ACCOUNT, due, ~taken)
-                .order_by(Key.expires_at, Key.id)
-            )
+        keys = key_records(
+            session,
+            Key.status == KeyStatus.ACTIVE,
+            Key.kind == KeyKind.SERVICE_ACCOUNT,
+            due,
+            ~taken,
+            order_by=(Key.expires_at, Key.id),
+            stamps=True,
         )
-        stamps = _stamps(session, [k.id for k in keys])
-    return [_due_key(k, stamps[k.id]) for k in keys if stamps[k.id]]
+    return [k for k in keys if k.files]  # never publish to a zitadel listing only
 
 
-def key_for_rotation(engine: Engine, key_id: str) -> DueKey | None:
-    """The key ``key_id`` with its present locations (any status, any kind
-    check left to the caller), or None when it is not in the inventory."""
+def key_for_rotation(engine: Engine, key_id: str) -> KeyRecord | None:
+    """The key ``key_id`` with its locations and their stamps (any status,
+    any kind: checks left to the caller; its ``files`` are where a rotation
+    publishes), or None when it is not in the inventory."""
     with Session(engine) as session:
-        key = session.execute(
-            select(
-                Key.id, Key.key_id, Key.principal, Key.expires_at, Key.first_seen, Key.kind, Key.status
-            ).where(Key.key_id == key_id)
-        ).first()
-        if key is None:
-            return None
-        stamps = _stamps(session, [key.id])
-    return _due_key(key, stamps[key.id])
+        found = key_records(session, Key.key_id == key_id, stamps=True)
+    return found[0] if found else None
 
 
 def key_kind_status(engine: Engine, key_id: str) -> tuple[str, str] | None:
@@ -191,7 +148,7 @@ def _event(session: Session, at: datetime, row: Rotation, kind: str, detail: Map
 
 
 def plan(
-    engine: Engine, key: DueKey, *, now: datetime, reason: str, algorithm: str, new_expires_at: datetime
+    engine: Engine, key: KeyRecord, *, now: datetime, reason: str, algorithm: str, new_expires_at: datetime
 ) -> RotationRow | None:
     """Insert the ``planned`` row for ``key``; None when a row for it
     exists already (another daemon, or an earlier rotation)."""

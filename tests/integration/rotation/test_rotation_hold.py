@@ -16,8 +16,8 @@ from keyd.actions.alerts import evaluate_alerts
 from keyd.config import AlertsConfig, Config, EmailConfig, RotationConfig
 from keyd.store import alerts as store
 from keyd.store import rotations
+from keyd.store.keys import KeyRecord
 from keyd.store.models import ALERT_NOW, Key, KeyLocation
-from keyd.store.rotations import DueKey, LocationStamp
 from keyd.vocab import RotationState
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -28,7 +28,7 @@ NO_ROTATION = Config(alerts=ALERTS)
 ROTATING = Config(alerts=ALERTS, rotation=RotationConfig(before=timedelta(days=5)))
 
 
-def _key(engine: Engine, key_id: str = "k1") -> DueKey:
+def _key(engine: Engine, key_id: str = "k1") -> KeyRecord:
     with store.transaction(engine) as s:
         key = Key(
             key_id=key_id,
@@ -55,18 +55,12 @@ def _key(engine: Engine, key_id: str = "k1") -> DueKey:
                 last_seen=NOW,
             )
         )
-        s.flush()
-        return DueKey(
-            key.id,
-            key_id,
-            key.principal,
-            EXPIRY,
-            NOW,
-            (LocationStamp("dir", f"/k/{key_id}.json", "0", None),),
-        )
+    found = rotations.key_for_rotation(engine, key_id)  # as the rotate stage reads it
+    assert found is not None
+    return found
 
 
-def _plan(engine: Engine, key: DueKey) -> rotations.RotationRow:
+def _plan(engine: Engine, key: KeyRecord) -> rotations.RotationRow:
     row = rotations.plan(engine, key, now=NOW, reason="due", algorithm="ES256", new_expires_at=NOW + 90 * D)
     assert row is not None
     return row
