@@ -49,8 +49,7 @@ from keyd.errors import KeydError, MailError
 from keyd.redact import scrub
 from keyd.retry import Random, backoff_delay
 from keyd.store import alerts as store
-from keyd.store.alerts import AlertRecord, OutboxItem
-from keyd.store.models import threshold_text
+from keyd.store.alerts import AlertRecord, OutboxItem, threshold_text
 from keyd.text import escape
 from keyd.timeutil import isoformat_z
 from keyd.urls import display_url

@@ -1,6 +1,7 @@
 """The house rules that a reviewer would otherwise have to remember
 (docs/architecture.md rules 1–3): data flows one way, one importer per client
-library, and "now" has one source."""
+library, "now" has one source, and actions work on frozen records
+(``KeyRecord``, ``AlertRecord``), never on ORM objects."""
 
 from __future__ import annotations
 
@@ -89,6 +90,24 @@ def test_one_importer_per_client_library(path: Path) -> None:
         owners = OWNERS.get(top)
         if owners is not None:
             assert any(rel.startswith(o) for o in owners), f"keyd/{rel} imports {top}"
+
+
+# ORM models stay inside the store: these layers get frozen records from it
+NO_ORM = ("actions/",)
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_actions_never_touch_orm_objects(path: Path) -> None:
+    rel = str(path.relative_to(PKG))
+    if not rel.startswith(NO_ORM):
+        return
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "keyd.store" and node.level == 0:
+            assert all(alias.name != "models" for alias in node.names), (
+                f"keyd/{rel} imports keyd.store.models"
+            )
+    assert "keyd.store.models" not in imports(path), f"keyd/{rel} imports keyd.store.models"
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
