@@ -24,19 +24,23 @@ instead when the scan itself failed. Rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
 from keyd.errors import KeyFileError
+from keyd.exposure import Exposure
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import NEVER_YEAR, KeyFile
 from keyd.store.inventory import (
     LISTED,
     Engine,
+    HeldRow,
     InventoryConflict,
     InventoryTx,
-    LocationIndex,
+    SourceIndex,
+    held_warnings,
     inventory_tx,
     record_source_failure,
 )
@@ -77,16 +81,22 @@ def is_expired(expires_at: datetime | None, now: datetime) -> bool:
     return expires_at is not None and expires_at.year < NEVER_YEAR and now >= expires_at
 
 
-def reconcile(engine: Engine, result: ScanResult, now: datetime) -> SourceOutcome:
+def reconcile(
+    engine: Engine, result: ScanResult, now: datetime, index: SourceIndex | None = None
+) -> SourceOutcome:
     """Apply one successful scan in one transaction; returns the counts.
 
-    A race with another writer (``InventoryConflict``) rolls back and is
-    retried on a fresh read, at most ``_ATTEMPTS`` times in all.
+    ``index``: the source's ``SourceIndex`` as read before the scan (its
+    stamps decided what is unchanged), so that a warm scan reads it once;
+    without one it is read inside the transaction. A race with another
+    writer (``InventoryConflict``) rolls back and is retried on a fresh
+    read, at most ``_ATTEMPTS`` times in all.
     """
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with inventory_tx(engine) as tx:
-                outcome = _Reconciler(tx, result.source, now).run(result.candidates)
+                fresh = index if index is not None and attempt == 1 else tx.source_index(result.source)
+                outcome = _Reconciler(tx, result.source, now).run(result, fresh)
             break
         except InventoryConflict as exc:
             if attempt == _ATTEMPTS:
@@ -156,71 +166,94 @@ class _Reconciler:
         self.present_here: set[int] = set()  # key pks with a present location here
         self.unchanged_keys: set[int] = set()
         self._pending: list[tuple[Key, bool]] = []  # (key, present here) until flushed
+        self._pending_cands: list[Candidate] = []  # locations to look at, up to _BATCH
 
-    def run(self, candidates: list[Candidate]) -> SourceOutcome:
-        candidates = _one_per_ref(candidates, self.source)
-        index = self.tx.location_index(self.source)
-        for start in range(0, len(candidates), _BATCH):
-            self._batch(candidates[start : start + _BATCH], index)
-        self._gone(list(index.values()))  # what the scan did not see any more
+    def run(self, result: ScanResult, index: SourceIndex) -> SourceOutcome:
+        held = dict(index.held)  # what is left of it after the scan was not seen
+        unchanged = [*result.unchanged, *((c.ref, c.warnings) for c in result.candidates if c.unchanged)]
+        slow = self._skip_unchanged(unchanged, held, index)
+        fresh = [c for c in result.candidates if not c.unchanged]
+        slow_refs = {c.ref for c in slow}
+        skipped = {c.ref for c in fresh if c.ref in index.held and c.ref not in held} - slow_refs
+        unseen = set(index.other)
+        for cand in [*slow, *_one_per_ref(fresh, self.source, taken=skipped)]:
+            self.out.seen += not cand.unchanged  # the unchanged ones are counted already
+            self.out.warnings += bool(cand.warnings)
+            held.pop(cand.ref, None)
+            unseen.discard(cand.ref)
+            self._pending_cands.append(cand)
+            if len(self._pending_cands) == _BATCH:
+                self._slow()
+        self._slow()
+        self._gone(sorted(unseen.union(held)))  # what the scan did not see any more
         self._settle_keys()
         self._source_ok()
         self.out.events += self.tx.pending_events
         self.tx.release()
         return self.out
 
-    def _batch(self, batch: list[Candidate], index: dict[str, LocationIndex]) -> None:
-        entries = {c.ref: index.pop(c.ref, None) for c in batch}
+    def _skip_unchanged(
+        self, unchanged: list[tuple[str, tuple[Exposure, ...]]], held: dict[str, HeldRow], index: SourceIndex
+    ) -> list[Candidate]:
+        """The fast path: an unchanged location whose row already says all
+        the scan saw (present, holding a key, same warnings) costs a dict
+        lookup and no SQL, no object. Returns the ones whose row needs a look."""
         slow: list[Candidate] = []
-        for cand in batch:
-            entry = entries[cand.ref]
-            self.out.seen += 1
-            self.out.warnings += bool(cand.warnings)
-            if cand.unchanged and entry is None:
-                log.debug("%s: %s reported unchanged but unknown; re-read next scan", self.source, cand.ref)
-            elif (
-                cand.unchanged
-                and entry is not None
-                and entry.key_pk is not None
-                and entry.status == LocationStatus.PRESENT
-                and entry.warning == cand.warnings
-            ):
-                self.out.unchanged += 1
-                self.unchanged_keys.add(entry.key_pk)
-                self.present_here.add(entry.key_pk)
+        keys = self.unchanged_keys
+        fast = exposed = 0
+        for ref, warnings in unchanged:
+            row = held.pop(ref, None)
+            if row is not None and (held_warnings(row) == warnings if row[4] or warnings else True):
+                keys.add(row[3])
+                fast += 1
+                exposed += bool(warnings)
+            elif row is not None or ref in index.other:
+                slow.append(Candidate(ref=ref, unchanged=True, warnings=warnings))
             else:
-                slow.append(cand)
-        if slow:
-            self._slow(slow, entries)
+                log.debug("%s: %s reported unchanged but unknown; re-read next scan", self.source, ref)
+                self.out.warnings += bool(warnings)
+        self.out.seen += len(unchanged)
+        self.out.unchanged += fast
+        self.out.warnings += exposed
+        self.present_here |= keys
+        return slow
 
-    def _slow(self, slow: list[Candidate], entries: dict[str, LocationIndex | None]) -> None:
-        locs = self.tx.locations_by_id(e.id for c in slow if (e := entries[c.ref]) is not None)
-        keys = self.tx.keys_by_key_id(c.keyfile.key_id for c in slow if c.keyfile)
-        for cand in slow:
-            entry = entries[cand.ref]
-            loc = locs.get(entry.id) if entry is not None else None
+    def _slow(self) -> None:
+        """One batch of locations whose rows may change, loaded by ref."""
+        batch, self._pending_cands = self._pending_cands, []
+        if not batch:
+            return
+        locs = self.tx.locations_by_ref(self.source, (c.ref for c in batch))
+        keys = self.tx.keys_by_key_id(c.keyfile.key_id for c in batch if c.keyfile)
+        for cand in batch:
+            loc = locs.get(cand.ref)
             if cand.unchanged:
                 self._unchanged(cand, loc)
             elif cand.keyfile is not None:
-                try:
-                    self._found(cand, cand.keyfile, loc, keys)
-                except Exception as exc:  # noqa: BLE001 - one location never stops the scan
-                    log.exception("%s: %s: unexpected error", self.source, cand.ref)
-                    self._invalid(
-                        replace(
-                            cand,
-                            keyfile=None,
-                            error=KeyFileError(
-                                cand.ref,
-                                f"internal error while recording it ({type(exc).__name__}); "
-                                "run with --debug and report it",
-                            ),
-                        ),
-                        loc,
-                    )
+                self._found_isolated(cand, cand.keyfile, loc, keys)
             else:
                 self._invalid(cand, loc)
         self._release()
+
+    def _found_isolated(
+        self, cand: Candidate, kf: KeyFile, loc: KeyLocation | None, keys: dict[str, Key]
+    ) -> None:
+        try:
+            self._found(cand, kf, loc, keys)
+        except Exception as exc:  # noqa: BLE001 - one location never stops the scan
+            log.exception("%s: %s: unexpected error", self.source, cand.ref)
+            self._invalid(
+                replace(
+                    cand,
+                    keyfile=None,
+                    error=KeyFileError(
+                        cand.ref,
+                        f"internal error while recording it ({type(exc).__name__}); "
+                        "run with --debug and report it",
+                    ),
+                ),
+                loc,
+            )
 
     def _release(self) -> None:
         """Flush (new keys get pks), remember pks, write events, forget objects."""
@@ -283,10 +316,11 @@ class _Reconciler:
         _fill_location(loc, cand, None, LocationStatus.INVALID, problem, self.now, stamps=False)
         self._touch(loc.key)
 
-    def _gone(self, entries: list[LocationIndex]) -> None:
-        for start in range(0, len(entries), _BATCH):
-            chunk = entries[start : start + _BATCH]
-            for loc in self.tx.locations_by_id(e.id for e in chunk).values():
+    def _gone(self, refs: list[str]) -> None:
+        """Locations not seen any more: missing (already missing ones are
+        not even read: their keys' status was settled when they went)."""
+        for start in range(0, len(refs), _BATCH):
+            for loc in self.tx.locations_by_ref(self.source, refs[start : start + _BATCH]).values():
                 if loc.status != LocationStatus.MISSING:
                     self._event("location.missing", loc.key, ref=loc.ref, was=loc.status)
                     loc.status = LocationStatus.MISSING
@@ -406,14 +440,17 @@ def mark_source_ok(tx: InventoryTx, source: str, now: datetime) -> None:
     state.consecutive_failures = 0
 
 
-def _one_per_ref(candidates: list[Candidate], source: str) -> list[Candidate]:
+def _one_per_ref(
+    candidates: list[Candidate], source: str, taken: Container[str] = frozenset()
+) -> list[Candidate]:
     """Two names can share one stored ref (``bad\xff.json`` and a file
-    literally named ``bad\\xff.json``): the first one seen stands for both,
-    instead of a unique-constraint failure that would lose the whole scan."""
+    literally named ``bad\\xff.json``): the first one seen stands for both
+    (an unchanged location, in ``taken``, before any other), instead of a
+    unique-constraint failure that would lose the whole scan."""
     seen: set[str] = set()
     kept: list[Candidate] = []
     for cand in candidates:
-        if cand.ref in seen:
+        if cand.ref in seen or cand.ref in taken:
             log.warning(
                 "%s: %s: seen twice (names that differ only in undecodable bytes); keeping the first",
                 source,

@@ -31,15 +31,16 @@ from keyd.errors import ConfigError, KeydError, StoreError
 from keyd.inventory.reconcile import SourceOutcome, reconcile, record_failure
 from keyd.inventory.zitadel import reconcile_zitadel
 from keyd.sources.base import ScanResult
-from keyd.sources.directory import DirectorySource, FileStamp
+from keyd.sources.directory import DirectorySource
 from keyd.sources.vault import VaultSource
 from keyd.sources.zitadel import ZitadelListing, ZitadelSource
 from keyd.store.inventory import (
     Engine,
-    file_stamps,
+    SourceIndex,
     key_counts,
     known_versions,
     last_attempts,
+    source_index,
     validated_hashes,
 )
 from keyd.vocab import KeyStatus
@@ -138,11 +139,12 @@ def scan_source(
     key_apis: Mapping[str, ZitadelKeyAPI] | None = None,
 ) -> SourceOutcome:
     """Read one source, then reconcile it or record its failure."""
+    index: SourceIndex | None = None
     try:
         if isinstance(cfg, ZitadelSourceConfig):
             listing = _list_zitadel(cfg, key_apis)
         else:
-            result = _read(cfg, engine, config, vault_client, validated)
+            result, index = _read(cfg, engine, config, vault_client, validated)
     except StoreError:
         raise
     except KeydError as exc:
@@ -152,7 +154,7 @@ def scan_source(
     try:
         if isinstance(cfg, ZitadelSourceConfig):
             return reconcile_zitadel(engine, listing, clock.now())
-        return reconcile(engine, result, clock.now())
+        return reconcile(engine, result, clock.now(), index)
     except StoreError:
         raise
     except KeydError as exc:  # a zitadel listing refused as doubtful: nothing was applied
@@ -182,13 +184,15 @@ def _read(
     config: Config,
     vault_client: VaultClient | None,
     validated: Container[str],
-) -> ScanResult:
+) -> tuple[ScanResult, SourceIndex | None]:
+    """The source's scan, and for a directory the index its stamps came
+    from (one read of the inventory per warm scan, reused by ``reconcile``)."""
     if isinstance(cfg, DirectorySourceConfig):
-        stamps = {ref: FileStamp(*stamp) for ref, stamp in file_stamps(engine, cfg.name).items()}
-        return DirectorySource(cfg, config.timezone).scan(stamps, validated)
+        index = source_index(engine, cfg.name)
+        return DirectorySource(cfg, config.timezone).scan(index.held, validated), index
     if isinstance(cfg, VaultSourceConfig):
         if vault_client is None:
             raise ConfigError(f"source {cfg.name}", "needs a [vault] section (addr and auth) to be read")
         versions = known_versions(engine, cfg.name)
-        return VaultSource(cfg, vault_client, config.timezone).scan(versions, validated)
+        return VaultSource(cfg, vault_client, config.timezone).scan(versions, validated), None
     raise ConfigError(f"source {getattr(cfg, 'name', '?')}", f"unknown source type {type(cfg).__name__}")

@@ -82,13 +82,16 @@ class Exposures(TypeDecorator[tuple[Exposure, ...]]):
         return json.dumps([{"path": e.path, "readers": e.readers, "directory": e.directory} for e in value])
 
     def process_result_value(self, value: Any, dialect: Dialect) -> tuple[Exposure, ...]:
-        if not value:
-            return ()
-        if not value.startswith("["):
-            return tuple(_legacy_exposure(part) for part in value.split("; "))
-        return tuple(
-            Exposure(str(e["path"]), str(e["readers"]), bool(e["directory"])) for e in json.loads(value)
-        )
+        return exposures_from_text(value)
+
+
+def exposures_from_text(value: str | None) -> tuple[Exposure, ...]:
+    """``key_locations.warning`` as stored (``Exposures``) back to records."""
+    if not value:
+        return ()
+    if not value.startswith("["):
+        return tuple(_legacy_exposure(part) for part in value.split("; "))
+    return tuple(Exposure(str(e["path"]), str(e["readers"]), bool(e["directory"])) for e in json.loads(value))
 
 
 def _legacy_exposure(message: str) -> Exposure:

@@ -87,3 +87,38 @@ def test_a_key_expiring_between_warm_scans_still_turns_expired(
     scan_all(config, migrated_engine, clock)
     with Session(migrated_engine) as session:
         assert session.scalar(select(Key.status).where(Key.key_id == "501")) == "expired"
+
+
+def _warm_selects(tmp_path: Path, engine: Engine, n: int) -> list[str]:
+    """The SELECTs of a warm scan of ``n`` unchanged files (one of them
+    group-readable by another group, one broken: the paths that are not
+    the plain fast one)."""
+    keys = tmp_path / f"keys{n}"
+    keys.mkdir(mode=0o700)
+    for team in range(7):
+        (keys / f"team{team}").mkdir(mode=0o700)
+    for i in range(n):
+        make_key_file(keys / f"team{i % 7}", key_id=f"{n}-{i}", user_id=f"svc-{i}", alg="ES256")
+    (keys / "team0" / f"{n}-0.json").chmod(0o604)
+    (keys / "broken.json").write_text("{not json")
+    (keys / "broken.json").chmod(0o600)
+    config = Config(sources=(DirectorySourceConfig(name=f"dir{n}", path=keys),))
+    clock = FakeClock(START)
+    scan_all(config, engine, clock)
+    clock.advance(timedelta(minutes=5))
+    with statements(engine) as seen:
+        report = scan_all(config, engine, clock)
+    assert report.total("unchanged") == n and report.total("warnings") == 1
+    assert not [s for s in seen if s.lstrip().upper().startswith(WRITES)]
+    return [s for s in seen if s.lstrip().upper().startswith("SELECT")]
+
+
+def test_a_warm_scan_issues_the_same_selects_for_10_or_200_files(
+    tmp_path: Path, migrated_engine: Engine
+) -> None:
+    """Bounded, independent of N: the source's index in one narrow query
+    (plus one for its invalid locations), no query per file or per batch."""
+    few = _warm_selects(tmp_path, migrated_engine, 10)
+    many = _warm_selects(tmp_path, migrated_engine, 200)
+    assert len(few) == len(many) <= 6
+    assert sum("FROM key_locations" in s for s in many) <= 3

@@ -106,7 +106,7 @@ def test_store_errors_propagate(engine: Engine, tmp_path: Path, monkeypatch: pyt
     def down(*a: object, **k: object) -> object:
         raise StoreError("database x: cannot connect")
 
-    monkeypatch.setattr(scan_mod, "file_stamps", down)
+    monkeypatch.setattr(scan_mod, "source_index", down)
     config = Config(sources=(DirectorySourceConfig(name="dir", path=tmp_path),))
     with pytest.raises(StoreError):
         scan_all(config, engine, FakeClock(), None)

@@ -147,12 +147,89 @@ def test_unchanged_file_is_not_read(root: Path, monkeypatch: pytest.MonkeyPatch)
         raise AssertionError("unchanged file was read")
 
     monkeypatch.setattr("keyd.sources.directory.read_bounded", boom)
-    again = source(root).scan(known).candidates[0]
-    assert again.unchanged and again.keyfile is None and again.error is None
+    again = source(root).scan(known)
+    assert again.candidates == [] and again.unchanged == [(str(path), ())]
     monkeypatch.undo()
     os.utime(path, ns=(first.mtime_ns + 1_000_000, first.mtime_ns + 1_000_000))
-    changed = source(root).scan(known).candidates[0]
+    (changed,) = source(root).scan(known).candidates
     assert not changed.unchanged and changed.keyfile is not None
+
+
+def test_an_unchanged_file_keeps_its_warnings(root: Path) -> None:
+    """The fast path still looks at the mode: a chmod changes no stamp."""
+    path = write_keyfile(root / "a.json", "k1", mode=0o644)
+    st = os.stat(path)
+    known = {str(path): (st.st_size, st.st_mtime_ns, st.st_ino, "and whatever the inventory keeps")}
+    (unchanged,) = source(root).scan(known).unchanged
+    assert unchanged == (
+        str(path),
+        (Exposure(str(path), "readable by other users (mode 0644, chmod o-r it)"),),
+    )
+    os.chmod(path, 0o600)
+    os.chmod(root, 0o755)
+    (unchanged,) = source(root).scan(known).unchanged
+    assert unchanged == (
+        str(path),
+        (Exposure(str(root), "readable by other users (mode 0755, chmod o-r it)", directory=True),),
+    )
+
+
+class _CountingEntry:
+    """An ``os.DirEntry`` whose ``stat`` calls are counted (DirEntry itself
+    cannot be patched)."""
+
+    def __init__(self, entry: os.DirEntry[str], stats: list[str]) -> None:
+        self._entry, self._stats = entry, stats
+        self.name, self.path = entry.name, entry.path
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        self._stats.append(self.path)
+        return self._entry.stat(follow_symlinks=follow_symlinks)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._entry, name)
+
+
+def test_a_warm_scan_stats_each_file_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ``stat`` per file and one per directory (its permissions), no
+    ``lstat`` or ``islink`` on top: the listing already says what is a link."""
+    for i in range(6):
+        write_keyfile(root / f"team{i % 2}" / f"{i}.json", f"k{i}", alg="ES256")
+    target = write_keyfile(root / ".store" / "t.json", "k-link", alg="ES256")  # dot dir: not walked
+    os.symlink(target, root / "link.json")
+    cold = source(root).scan()
+    known = {c.ref: (c.size, c.mtime_ns, c.inode) for c in cold.candidates}
+    stats: list[str] = []
+    real_scandir, real_stat, real_lstat = os.scandir, os.stat, os.lstat
+
+    class Listing:
+        def __init__(self, path: str) -> None:
+            self._it = real_scandir(path)
+
+        def __enter__(self) -> list[_CountingEntry]:
+            return [_CountingEntry(e, stats) for e in self._it]
+
+        def __exit__(self, *exc: object) -> None:
+            self._it.close()
+
+    def counted(real: object) -> object:
+        def call(path: object, *a: object, **k: object) -> object:
+            stats.append(str(path))
+            return real(path, *a, **k)  # type: ignore[operator]
+
+        return call
+
+    monkeypatch.setattr(os, "scandir", Listing)
+    monkeypatch.setattr(os, "stat", counted(real_stat))
+    monkeypatch.setattr(os, "lstat", counted(real_lstat))
+    warm = source(root).scan(known)
+    monkeypatch.undo()
+    assert len(warm.unchanged) == 6
+    (link,) = warm.candidates  # a symlink: its target's stamp, looked at closer
+    assert link.unchanged and link.ref == str(root / "link.json")
+    regular = [p for p in stats if p.endswith(".json") and "link" not in p and ".store" not in p]
+    assert sorted(regular) == sorted(str(root / f"team{i % 2}" / f"{i}.json") for i in range(6))
+    assert [p for p in stats if p.endswith("team0")] == [str(root / "team0")]  # once per directory
 
 
 def test_junk_big_dir_and_unreadable_are_invalid_candidates(
