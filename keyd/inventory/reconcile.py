@@ -206,7 +206,8 @@ class _Reconciler:
             if row is not None and (held_warnings(row) == warnings if row[4] or warnings else True):
                 keys.add(row[3])
                 fast += 1
-                exposed += bool(warnings)
+                if warnings:
+                    exposed += 1
             elif row is not None or ref in index.other:
                 slow.append(Candidate(ref=ref, unchanged=True, warnings=warnings))
             else:

@@ -48,7 +48,7 @@ import operator
 import os
 import re
 import stat
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, tzinfo
 from typing import NamedTuple
@@ -101,7 +101,9 @@ class DirectorySource:
         while pattern.startswith("**/"):
             pattern = pattern[3:]
         self._pattern = pattern or "*"
-        self._match = _matcher(self._pattern)
+        self._match = re.compile(fnmatch.translate(self._pattern)).match
+        tail = self._pattern[1:]  # the usual "*.json": a plain suffix test
+        self._suffix = tail if self._pattern.startswith("*") and not any(c in tail for c in "*?[]/") else ""
         self._dir_modes: dict[str, str | None] = {}  # directory -> its exposure
         self._egid = os.getegid()
 
@@ -120,45 +122,91 @@ class DirectorySource:
         self._egid = os.getegid()
         self._check_root()
         root_real = os.path.realpath(self.root)
-        listing = self._listing()
-        task = f"reading {self.name}"
-        progress.begin(task, sum(len(entries) for _, entries in listing), "files")
         result = ScanResult(source=self.name)
-        for directory, entries in listing:
-            self._scan_directory(directory, entries, known, validated, root_real, result)
-            progress.advance(task, len(entries))
+        closer = self._walk(known, result.unchanged)
+        task = f"reading {self.name}"
+        progress.begin(task, len(closer), "files")
+        for entry, directory in closer:
+            if (cand := self._isolated(entry, directory, root_real, known, validated)) is not None:
+                result.candidates.append(cand)
+            progress.advance(task)
         progress.end(task)
         self._log_exposed(result)
         return result
 
-    def _scan_directory(
+    # --- walking ---------------------------------------------------------
+
+    def _walk(
+        self, known: Mapping[str, Sequence[object]], unchanged: list[tuple[str, tuple[Exposure, ...]]]
+    ) -> list[tuple[os.DirEntry[str], str]]:
+        """One ``scandir`` per directory, in a stable order; unchanged files
+        go to ``unchanged``, the others are returned ``(entry, directory)``
+        for a closer look. Raises when a directory cannot be listed (a
+        partial listing must not look like deletions)."""
+        closer: list[tuple[os.DirEntry[str], str]] = []
+        stack = [""]
+        while stack:
+            rel_dir = stack.pop()
+            directory = os.path.join(self.root, rel_dir) if rel_dir else self.root
+            try:
+                with os.scandir(directory) as it:
+                    entries = sorted(it, key=_BY_NAME)
+            except FileNotFoundError:
+                if not rel_dir:
+                    raise DirectoryUnavailable(self.root, "does not exist") from None
+                continue  # a subdirectory removed mid-scan: its files are gone
+            except OSError as exc:
+                raise DirectoryUnavailable(directory, f"cannot list: {exc.strerror or exc}") from None
+            subdirs = self._directory(directory, rel_dir, entries, known, unchanged, closer)
+            stack.extend(reversed(subdirs))
+        return closer
+
+    def _directory(
         self,
         directory: str,
+        rel_dir: str,
         entries: list[os.DirEntry[str]],
         known: Mapping[str, Sequence[object]],
-        validated: Container[str],
-        root_real: str,
-        result: ScanResult,
-    ) -> None:
-        """The loop a warm scan spends its time in: a regular file whose
-        stamp is ``known`` costs a lookup, the one ``stat`` of its entry and
-        a comparison; anything else (new, changed, a symlink, a problem)
-        becomes a candidate (``_isolated``, which reuses that ``stat``)."""
-        unchanged, egid = result.unchanged, self._egid
+        unchanged: list[tuple[str, tuple[Exposure, ...]]],
+        closer: list[tuple[os.DirEntry[str], str]],
+    ) -> list[str]:
+        """The loop a warm scan spends its time in. Names starting with
+        ``.`` are skipped; a matching regular file whose stamp is ``known``
+        costs a lookup, the one ``stat`` of its entry (whether it is a link
+        or a directory comes with the listing: no extra ``lstat``) and a
+        comparison; any other match (new, changed, a symlink, a problem) is
+        looked at closer (``_isolated`` reuses that ``stat``). Returns the
+        subdirectories to descend, relative to the root."""
+        subdirs: list[str] = []
+        match, suffix, by_rel, egid = self._match, self._suffix, "/" in self._pattern, self._egid
         quiet = self._quiet(directory)
         for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(f"{rel_dir}/{name}" if rel_dir else name)
+            except OSError:
+                pass  # not a directory keyd can descend
+            if not (
+                name.endswith(suffix)
+                if suffix
+                else match(f"{rel_dir}/{name}" if by_rel and rel_dir else name)
+            ):
+                continue
             path = entry.path
             stamp = known.get(path)
             try:
-                if stamp is not None and not entry.is_symlink():
-                    st = entry.stat(follow_symlinks=False)
+                if stamp is not None:
+                    st = entry.stat(follow_symlinks=False)  # a symlink's is not S_ISREG
+                    mode = st.st_mode
                     if (
                         stamp[0] == st.st_size
                         and stamp[1] == st.st_mtime_ns
                         and stamp[2] == st.st_ino
-                        and stat.S_ISREG(st.st_mode)
+                        and stat.S_ISREG(mode)
                     ):
-                        mode = st.st_mode
                         if quiet and not (mode & _OTHERS or (mode & _GROUP and st.st_gid != egid)):
                             unchanged.append((path, ()))
                         else:
@@ -167,8 +215,8 @@ class DirectorySource:
                         continue
             except OSError:
                 pass  # _isolated says what is wrong with it
-            if (cand := self._isolated(entry, directory, root_real, known, validated)) is not None:
-                result.candidates.append(cand)
+            closer.append((entry, directory))
+        return subdirs
 
     def _quiet(self, directory: str) -> bool:
         """Whether ``directory`` is known to be readable by keyd's group only
@@ -183,8 +231,6 @@ class DirectorySource:
                 "%s: %d key file(s) readable beyond keyd's group (see keyd status)", self.name, exposed
             )
 
-    # --- walking ---------------------------------------------------------
-
     def _check_root(self) -> None:
         try:
             st = os.stat(self.root)
@@ -196,48 +242,6 @@ class DirectorySource:
             raise DirectoryUnavailable(self.root, f"cannot stat: {exc.strerror or exc}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise DirectoryUnavailable(self.root, "is not a directory")
-
-    def _listing(self) -> list[tuple[str, list[os.DirEntry[str]]]]:
-        """``(directory, its matching entries)`` in a stable order, from one
-        ``scandir`` per directory (whether an entry is a link or a directory
-        comes with the listing: no extra ``lstat``); raises when a directory
-        cannot be listed (a partial listing must not look like deletions)."""
-        listing: list[tuple[str, list[os.DirEntry[str]]]] = []
-        stack = [""]
-        while stack:
-            rel_dir = stack.pop()
-            directory = os.path.join(self.root, rel_dir) if rel_dir else self.root
-            try:
-                with os.scandir(directory) as it:
-                    entries = sorted(it, key=_BY_NAME)
-            except FileNotFoundError:
-                if not rel_dir:
-                    raise DirectoryUnavailable(self.root, "does not exist") from None
-                continue  # a subdirectory removed mid-scan: its files are gone
-            except OSError as exc:
-                raise DirectoryUnavailable(directory, f"cannot list: {exc.strerror or exc}") from None
-            files, subdirs = self._split(rel_dir, entries)
-            listing.append((directory, files))
-            stack.extend(reversed(subdirs))
-        return listing
-
-    def _split(
-        self, rel_dir: str, entries: list[os.DirEntry[str]]
-    ) -> tuple[list[os.DirEntry[str]], list[str]]:
-        """The entries that match the pattern, and the subdirectories to
-        descend (relative to the root); names starting with ``.`` neither."""
-        files: list[os.DirEntry[str]] = []
-        subdirs: list[str] = []
-        match, by_rel = self._match, "/" in self._pattern
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            if match(f"{rel_dir}/{name}" if by_rel and rel_dir else name):
-                files.append(entry)
-            if _is_real_dir(entry):
-                subdirs.append(f"{rel_dir}/{name}" if rel_dir else name)
-        return files, subdirs
 
     # --- one file ----------------------------------------------------------
 
@@ -363,15 +367,6 @@ def _group_name(gid: int) -> str:
         return f"gid {gid}"
 
 
-def _matcher(pattern: str) -> Callable[[str], object]:
-    """``fnmatchcase`` against ``pattern``, compiled once; the usual
-    ``*.json`` (a ``*`` then no wildcard) is a plain suffix test."""
-    tail = pattern[1:]
-    if pattern.startswith("*") and not any(c in tail for c in "*?[]"):
-        return lambda name: name.endswith(tail)
-    return re.compile(fnmatch.translate(pattern)).match
-
-
 def _same(stamp: Sequence[object] | None, st: os.stat_result) -> bool:
     """``stamp`` starts with this file's ``(size, mtime_ns, inode)``."""
     return (
@@ -382,13 +377,6 @@ def _same(stamp: Sequence[object] | None, st: os.stat_result) -> bool:
 def _is_link(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_symlink()
-    except OSError:
-        return False
-
-
-def _is_real_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
 
