@@ -32,7 +32,7 @@ from keyd.errors import StoreError
 from keyd.exposure import Exposure
 from keyd.redact import scrub
 from keyd.store.engine import session_scope
-from keyd.store.keys import LOCATION_COLUMNS, KeyRecord, Location, key_records, location
+from keyd.store.keys import LOCATION_COLUMNS, KeyRecord, KeyState, Location, key_records, key_states, location
 from keyd.store.models import Event, Key, KeyLocation, Probe, SourceState, exposures_from_text
 from keyd.timeutil import isoformat_z
 from keyd.vocab import KeyStatus, LocationKind, LocationStatus
@@ -107,15 +107,6 @@ def source_index(engine: Engine, source: str) -> SourceIndex:
         return _source_index(conn, source)
 
 
-class KeyState(NamedTuple):
-    """What decides a key's status without loading the ORM object."""
-
-    id: int
-    status: str
-    expires_at: datetime | None
-    last_probe_outcome: str | None
-
-
 class InventoryTx:
     """The queries and writes one reconcile needs, inside one transaction.
 
@@ -187,8 +178,7 @@ class InventoryTx:
             and_(Key.status == KeyStatus.ACTIVE, or_(Key.expires_at.is_(None), Key.expires_at > now)),
             and_(Key.status == KeyStatus.EXPIRED, Key.expires_at <= now),
         )
-        stmt = select(Key.id, Key.status, Key.expires_at, Key.last_probe_outcome).where(not_(settled))
-        return [KeyState(*row) for row in self.session.execute(stmt)]
+        return key_states(self.session, not_(settled))
 
     def release(self) -> None:
         """Flush, write queued events, and forget every loaded object."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -86,6 +86,20 @@ class KeyRecord:
     @property
     def refs(self) -> tuple[str, ...]:
         return tuple(loc.ref for loc in self.locations)
+
+
+class KeyState(NamedTuple):
+    """The four columns that decide whether a key's status must move
+    (``inventory.reconcile`` settling keys no file change touched): the one
+    narrower projection of a ``keys`` row. Every scan, warm ones included,
+    reads it for each unsettled key (missing, invalid, unheld ones: they
+    pile up); a ``KeyRecord`` there would add location queries and objects
+    for keys that, almost always, have nothing to move. See ``key_states``."""
+
+    id: int
+    status: str  # vocab.KeyStatus
+    expires_at: datetime | None
+    last_probe_outcome: str | None  # vocab.ProbeOutcome
 
 
 KEY_COLUMNS: tuple[Any, ...] = (
@@ -219,3 +233,9 @@ def locations_of(session: Session, pks: Sequence[int], *, stamps: bool = False) 
         for loc in session.execute(stmt):
             out.setdefault(loc.key_pk, []).append(loc)
     return out
+
+
+def key_states(session: Session, *where: ColumnElement[bool]) -> list[KeyState]:
+    """The ``KeyState`` of the keys matching ``where``, in one query."""
+    stmt = select(Key.id, Key.status, Key.expires_at, Key.last_probe_outcome).where(*where)
+    return [KeyState(*row) for row in session.execute(stmt)]
