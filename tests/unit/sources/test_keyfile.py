@@ -282,3 +282,23 @@ def test_rfc3339_round_trip(moment: datetime) -> None:
     text = moment.isoformat()  # fixed offset in the text; compare as a fixed-offset instant
     expected = datetime.fromisoformat(text).astimezone(UTC)
     assert parse(service_file(expirationDate=text)).expires_at == expected
+
+
+def test_a_key_out_of_the_cache_is_reloaded_without_its_check_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loaded keys are kept for a few PEMs only (a signed key holds
+    ~10 KB in OpenSSL); how far each PEM was checked is kept for many more,
+    so a key evicted from the key cache is parsed again unchecked, and a
+    stricter check than the one remembered still runs."""
+    kf.clear_key_cache()
+    monkeypatch.setattr(kf, "_CACHE_MAX", 1)
+    calls: list[str] = []
+    real = kf._load_uncached
+    monkeypatch.setattr(kf, "_load_uncached", lambda *a: calls.append(a[2]) or real(*a))
+    first, other = pem(RSA_KEY), pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    parse(service_file(key=first), validate="quick")
+    parse(service_file(key=other, keyId="other"), validate="quick")  # evicts the first key
+    assert len(kf._cache) == 1 and len(kf._checked) == 2
+    parse(service_file(key=first), validate="quick")  # loaded again, check remembered
+    parse(service_file(key=other, keyId="other"), validate="full")  # stricter: checked
+    parse(service_file(key=first), validate="none")
+    assert calls == ["quick", "quick", "none", "full", "none"]
