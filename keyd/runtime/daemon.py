@@ -131,8 +131,9 @@ class Daemon:
         try:
             with progress.reporting(self.progress):
                 self._start(config)
-                sdnotify.ready(self.status_line())
-                log.info("keyd %s running: %s", __version__, self.status_line())
+                status = self.status_line()  # reads every key: once, not once per use
+                sdnotify.ready(status)
+                log.info("keyd %s running: %s", __version__, status)
                 self._wait_for_signals()
         finally:
             self._stop()
