@@ -143,6 +143,21 @@ class CheckStatus(StrEnum):
     UNKNOWN = "unknown"
 
 
+class ProblemKind(StrEnum):
+    """What a ``keyd check`` problem is about (``keyd.check/1``'s ``kind``)."""
+
+    EXPIRED = "expired"
+    EXPIRING = "expiring"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+    POLICY = "policy"  # a key ZITADEL lists outside the configured policy
+    ROTATION = "rotation"
+    TOKEN = "token"
+    SOURCE = "source"
+    ISSUER = "issuer"
+    STAGE = "stage"
+
+
 class RotationState(StrEnum):
     """``rotations.state`` (README "Rotation"); each change is a ``rotation.<state>`` event."""
 

@@ -56,7 +56,7 @@ from keyd.store.keys import KeyRecord
 from keyd.store.rotations import RotationSnapshot, unfinished
 from keyd.store.snapshot import LocationProblem, SourceSnapshot, TokenSnapshot
 from keyd.timeutil import format_duration, isoformat_z, rfc3339_z
-from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus, RotationState, SinkState
+from keyd.vocab import CheckStatus, ExpiryStatus, KeyStatus, ProblemKind, RotationState, SinkState
 
 SCHEMA: Final = "keyd.check/1"
 EXIT_FOR: Final[dict[str, int]] = {
@@ -84,7 +84,7 @@ COUNTERS: Final = (
 @dataclass(frozen=True)
 class Problem:
     severity: str  # vocab.CheckStatus, never OK
-    kind: str  # expired | rejected | invalid | expiring | token | source | issuer | stage
+    kind: ProblemKind
     message: str
     key_id: str | None = None
     principal: str | None = None
@@ -158,10 +158,10 @@ class Verdict:
 
     def _headline(self) -> str:
         c = self.counts
-        expiring = [p for p in self.problems if p.kind == ExpiryStatus.EXPIRING]
+        expiring = [p for p in self.problems if p.kind == ProblemKind.EXPIRING]
         soonest = min((p.seconds_left for p in expiring if p.seconds_left is not None), default=None)
         tokens = {
-            s: sum(p.kind == "token" and p.severity == s for p in self.problems)
+            s: sum(p.kind == ProblemKind.TOKEN and p.severity == s for p in self.problems)
             for s in (CheckStatus.CRITICAL, CheckStatus.WARNING)
         }
         if self.status == CheckStatus.CRITICAL:
@@ -219,7 +219,7 @@ def judge(
         verdict.problems.append(
             Problem(
                 CheckStatus.WARNING,
-                "policy",
+                ProblemKind.POLICY,
                 f"key {finding.key_id} ({finding.principal}) {finding.text} (policy, as ZITADEL lists it)",
                 key_id=finding.key_id,
                 principal=finding.principal,
@@ -230,7 +230,7 @@ def judge(
         verdict.problems.append(
             Problem(
                 CheckStatus.CRITICAL,
-                KeyStatus.INVALID,
+                ProblemKind.INVALID,
                 f"invalid key file {loc.ref} ({loc.source}): {_clean(loc.error)}",
                 ref=loc.ref,
             )
@@ -245,7 +245,7 @@ def judge(
         verdict.problems.append(
             Problem(
                 CheckStatus.UNKNOWN,
-                "issuer",
+                ProblemKind.ISSUER,
                 f"issuer unavailable since {isoformat_z(issuer_down_since)} "
                 "(last probe round; a dry run does not probe)",
             )
@@ -280,7 +280,7 @@ def _judge_key(
         verdict.counts["expired"] += 1
         stamp = rfc3339_z(view.expires_at) if view.expires_at else "an unknown time"
         verdict.problems.append(
-            Problem(CheckStatus.CRITICAL, KeyStatus.EXPIRED, f"{who} expired at {stamp}{where}", **common)
+            Problem(CheckStatus.CRITICAL, ProblemKind.EXPIRED, f"{who} expired at {stamp}{where}", **common)
         )
     elif key.status == KeyStatus.REJECTED:
         verdict.counts["rejected"] += 1
@@ -289,7 +289,7 @@ def _judge_key(
         verdict.problems.append(
             Problem(
                 CheckStatus.CRITICAL,
-                KeyStatus.REJECTED,
+                ProblemKind.REJECTED,
                 f"{who} {what}: {_clean(key.last_error)}{where}",
                 **common,
             )
@@ -299,7 +299,7 @@ def _judge_key(
         verdict.problems.append(
             Problem(
                 CheckStatus.CRITICAL,
-                KeyStatus.INVALID,
+                ProblemKind.INVALID,
                 f"{who} is invalid: {_clean(key.last_error)}{where}",
                 **common,
             )
@@ -309,7 +309,7 @@ def _judge_key(
         verdict.problems.append(
             Problem(
                 CheckStatus.WARNING,
-                ExpiryStatus.EXPIRING,
+                ProblemKind.EXPIRING,
                 f"{who} expires at {rfc3339_z(view.expires_at)} (in {time_left(view.seconds_left, 'short')}, "
                 f"last usable day {view.last_usable_day}){where}",
                 **common,
@@ -326,7 +326,7 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
         verdict.problems.append(
             Problem(
                 CheckStatus.CRITICAL,
-                "rotation",
+                ProblemKind.ROTATION,
                 f"{who} failed at {row.failed_step}: {_clean(row.last_error)}",
                 **common,
             )
@@ -337,7 +337,7 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
         verdict.problems.append(
             Problem(
                 CheckStatus.CRITICAL,
-                "rotation",
+                ProblemKind.ROTATION,
                 f"{who} stuck in state {row.state} since "
                 f"{isoformat_z(row.updated_at)} ({row.failures} failure(s)): "
                 f"{_clean(row.last_error)}",
@@ -352,7 +352,7 @@ def _judge_rotation(verdict: Verdict, row: RotationSnapshot, at: datetime) -> No
         verdict.problems.append(
             Problem(
                 CheckStatus.WARNING,
-                "rotation",
+                ProblemKind.ROTATION,
                 f"{who}: the old key is not retired yet ({_clean(row.last_error)})",
                 **common,
             )
@@ -365,7 +365,7 @@ def _judge_sink(verdict: Verdict, sink: TokenSnapshot, at: datetime) -> None:
         verdict.problems.append(
             Problem(
                 CheckStatus.CRITICAL,
-                "token",
+                ProblemKind.TOKEN,
                 f"{who}: the token in place expired at "
                 f"{isoformat_z(sink.expires_at)} ({sink.state}: {_clean(sink.last_error)})",
                 key_id=sink.key_id,
@@ -377,7 +377,7 @@ def _judge_sink(verdict: Verdict, sink: TokenSnapshot, at: datetime) -> None:
         verdict.problems.append(
             Problem(
                 CheckStatus.WARNING,
-                "token",
+                ProblemKind.TOKEN,
                 f"{who} is {sink.state}: {_clean(sink.last_error)}",
                 key_id=sink.key_id,
                 principal=sink.principal,
@@ -409,7 +409,7 @@ def _judge_unknowns(verdict: Verdict) -> None:
             verdict.problems.append(
                 Problem(
                     CheckStatus.UNKNOWN,
-                    "source",
+                    ProblemKind.SOURCE,
                     f"source {source.name} failing: {_clean(source.last_error)}",
                 )
             )
@@ -418,13 +418,15 @@ def _judge_unknowns(verdict: Verdict) -> None:
         return
     for stage in cycle.failed:
         verdict.problems.append(
-            Problem(CheckStatus.UNKNOWN, "stage", f"stage {stage.name} failed: {_clean(stage.error)}")
+            Problem(
+                CheckStatus.UNKNOWN, ProblemKind.STAGE, f"stage {stage.name} failed: {_clean(stage.error)}"
+            )
         )
     for stage in cycle.stages:
         if getattr(stage.result, "issuer_reachable", None) is False:
-            verdict.problems.append(Problem(CheckStatus.UNKNOWN, "issuer", "issuer unavailable"))
+            verdict.problems.append(Problem(CheckStatus.UNKNOWN, ProblemKind.ISSUER, "issuer unavailable"))
         elif (why := _unproven(stage.result)) is not None:
-            verdict.problems.append(Problem(CheckStatus.UNKNOWN, "issuer", why))
+            verdict.problems.append(Problem(CheckStatus.UNKNOWN, ProblemKind.ISSUER, why))
 
 
 def _status(verdict: Verdict) -> str:

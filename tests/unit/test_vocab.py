@@ -31,6 +31,13 @@ FIELDS = {"state", "status", "outcome", "kind", "severity", "channel", "reason",
 OTHER_WORDS = {
     ("actions/tokensink.py", 'if seen == "unknown":'),  # tokenvault.listed: same | changed | unknown
     ("actions/tokensink.py", 'if verdict == "new":'),  # tokenvault.judge: ours | adopt | new
+    # vault.auth: token | approle (a config value, not check's problem kind "token")
+    ("clients/vault_model.py", 'if cfg.auth == "token":'),
+    (
+        "config/build.py",
+        'unused = ("role_id_file", "secret_id_file") if auth == "token" else ("token_file",)',
+    ),
+    ("config/build.py", 'if auth == "token":'),
 }
 
 
