@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, TypedDict, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine as Engine  # re-exported for typing in actions/
 from sqlalchemy.orm import Session as Session  # re-exported for typing in actions/
@@ -305,16 +305,24 @@ def all_keys(session: Session) -> list[KeyRecord]:
 ALERT_SCHEDULE: Final = "alerts.schedule"  # what the stored next_alert_at were computed for
 
 
+def due_principals_query(now: datetime, limit: int | None = None) -> Select[str]:
+    """The principals of due keys, as a walk of ``ix_keys_next_alert_at``:
+    due keys' principals in due order, de-duplicated by the caller. Not
+    ``DISTINCT``: without statistics SQLite answers that by walking the
+    whole principal index (46 ms at 100,000 keys with nothing due) instead
+    of the empty range of the due index. ``limit`` bounds the rows, hence
+    the principals."""
+    query = select(Key.principal).where(Key.next_alert_at <= now).order_by(Key.next_alert_at)
+    return query if limit is None else query.limit(limit)
+
+
 def alert_candidates(session: Session, now: datetime, *, limit: int | None = None) -> list[KeyRecord]:
     """The alert evaluation's input: keys whose ``next_alert_at`` has come
     (one range query on its index; changed keys carry ``ALERT_NOW``), plus
     every other key of their principals (a new key can supersede an old
     one), with their locations. Empty, in one query, when nothing is due.
     ``limit``: at most that many principals (the rest in the next call)."""
-    query = select(Key.principal).where(Key.next_alert_at <= now).distinct()
-    if limit is not None:  # no ORDER BY: it could make the planner walk the principal index
-        query = query.limit(limit)
-    principals = sorted(set(session.scalars(query)))
+    principals = sorted(set(session.scalars(due_principals_query(now, limit))))
     keys: list[KeyRecord] = []
     for start in range(0, len(principals), 500):  # locations: 500 keys per query (key_records)
         keys += key_records(session, Key.principal.in_(principals[start : start + 500]), order_by=())
