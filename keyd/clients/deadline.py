@@ -48,18 +48,26 @@ class Deadline:
         self.seconds = seconds
         self.what = what
         self.at = time.monotonic() + seconds
-        self.expired = False
+        self._expired = False
         self._aborts: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
 
+    @property
+    def expired(self) -> bool:
+        """The budget is spent: fired by the watchdog, or simply past. A
+        socket timeout clamped to the time left ends at the deadline too,
+        possibly before the watchdog thread has run (a loaded machine), and
+        must be told apart from the peer's own failure all the same."""
+        return self._expired or time.monotonic() >= self.at
+
     def clamp(self, timeout: float | None) -> float:
         """``timeout`` cut to the time left; raises ``TimeoutError`` when none is."""
         left = self.remaining()
         if left <= 0:
-            self.expired = True
+            self._expired = True
             raise TimeoutError(f"{self.what}: no complete answer within {self.seconds:g}s")
         return left if timeout is None else min(timeout, left)
 
@@ -74,7 +82,7 @@ class Deadline:
 
     def _expire(self) -> None:
         with self._lock:
-            self.expired = True
+            self._expired = True
             aborts, self._aborts = self._aborts, []
         for abort in aborts:
             _quietly(abort)

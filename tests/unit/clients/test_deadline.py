@@ -14,6 +14,7 @@ import httpx
 import pytest
 import requests
 
+from keyd.clients import deadline as deadline_module
 from keyd.clients.deadline import (
     DeadlineAdapter,
     DeadlineBackend,
@@ -40,6 +41,19 @@ def dripper() -> Iterator[Dripper]:
 def test_httpx_request_ends_at_the_total_deadline(dripper: Dripper) -> None:
     with httpx.Client(transport=deadline_transport(), timeout=5.0) as client:
         with within(1.0, "drip") as deadline, pytest.raises(httpx.TimeoutException):
+            client.get(dripper.url + "/").read()
+    assert deadline.expired and not dripper.finished.is_set()
+
+
+def test_a_clamped_timeout_counts_as_the_deadline_before_the_watchdog_runs(
+    dripper: Dripper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine the socket timeout (clamped to the time left)
+    can end the read before the watchdog thread fires: the failure is
+    still the deadline's, not the peer's (seen as a flaky 'not expired')."""
+    monkeypatch.setattr(deadline_module._WATCHDOG, "watch", lambda deadline: -1)  # never fires
+    with httpx.Client(transport=deadline_transport(), timeout=5.0) as client:
+        with within(0.5, "drip") as deadline, pytest.raises(httpx.TimeoutException):
             client.get(dripper.url + "/").read()
     assert deadline.expired and not dripper.finished.is_set()
 
