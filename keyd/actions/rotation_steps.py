@@ -52,9 +52,9 @@ from keyd.errors import KeydError, ZitadelApiDenied, ZitadelApiError
 from keyd.redact import scrub
 from keyd.retry import backoff_delay
 from keyd.store import rotations as store
+from keyd.store.alerts import AlertSpec
 from keyd.store.rotations import LocationStamp, RotationRow
 from keyd.store.snapshot import Engine
-from keyd.store.tokens import AlertSpec
 from keyd.timeutil import isoformat_z
 from keyd.vocab import (
     AlertKind,

@@ -33,7 +33,8 @@ from keyd.actions.alerts import email_recipients, message_id
 from keyd.config import AlertsConfig
 from keyd.errors import ConfigError, KeydError, VaultConflict, VaultError
 from keyd.redact import Secret
-from keyd.store.tokens import AlertSpec, SinkTarget
+from keyd.store.alerts import AlertSpec
+from keyd.store.tokens import SinkTarget
 from keyd.timeutil import isoformat_z, parse_rfc3339
 from keyd.urls import display_url
 from keyd.vocab import Channel, Severity, SinkState

@@ -187,6 +187,39 @@ def insert_alert(
     return None if row is None else AlertRecord.of(row)
 
 
+@dataclass(frozen=True)
+class AlertSpec:
+    """An alert to queue with its outbox rows in the same transaction (the
+    write-back's and rotation's alerts; the expiry ladder decides its own)."""
+
+    about: str  # what the alert is about: ``token:<hash of the path>``, ``key:<id>``
+    kind: str
+    threshold: str
+    severity: str
+    message_id: str
+    subject: str
+    context: Mapping[str, Any]
+    targets: Sequence[tuple[str, str]]
+
+
+def queue_alert(session: Session, alert: AlertSpec, key_pk: int | None, now: datetime) -> None:
+    """Insert ``alert`` (unless it fired before) and queue its deliveries."""
+    created = insert_alert(
+        session,
+        about=alert.about,
+        key_pk=key_pk,
+        kind=alert.kind,
+        threshold=alert.threshold,
+        severity=alert.severity,
+        created_at=now,
+        message_id=alert.message_id,
+        subject=alert.subject,
+        context=alert.context,
+    )
+    if created is not None:
+        add_deliveries(session, created.id, alert.targets, now)
+
+
 def add_deliveries(session: Session, alert_id: int, targets: Iterable[tuple[str, str]], now: datetime) -> int:
     """Queue ``(channel, recipient)`` outbox rows for an alert, due ``now``."""
     count = 0

@@ -22,10 +22,9 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from keyd.store.alerts import add_deliveries, insert_alert
+from keyd.store.alerts import AlertSpec, queue_alert
 from keyd.store.keys import KeyRecord, Location, key_records
 from keyd.store.models import ALERT_NOW, Event, Key, KeyLocation, Probe, Rotation
-from keyd.store.tokens import AlertSpec
 from keyd.vocab import KeyKind, KeyStatus, LocationStatus, ProbeOutcome, RotationEvent, RotationState
 
 STATES: Final = tuple(RotationState)
@@ -223,25 +222,8 @@ def transition(
             ids = [k for k in (row.old_key_id, row.new_key_id) if k]
             session.execute(update(Key).where(Key.key_id.in_(ids)).values(next_alert_at=ALERT_NOW))
         if alert is not None:
-            _alert(session, row, alert, now)
+            queue_alert(session, alert, row.old_key_pk, now)
         return RotationRow.of(row)
-
-
-def _alert(session: Session, row: Rotation, alert: AlertSpec, now: datetime) -> None:
-    created = insert_alert(
-        session,
-        about=alert.about,
-        key_pk=row.old_key_pk,
-        kind=alert.kind,
-        threshold=alert.threshold,
-        severity=alert.severity,
-        created_at=now,
-        message_id=alert.message_id,
-        subject=alert.subject,
-        context=alert.context,
-    )
-    if created is not None:
-        add_deliveries(session, created.id, alert.targets, now)
 
 
 def get(engine: Engine, old_key_id: str) -> RotationRow | None:

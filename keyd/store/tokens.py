@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
-from keyd.store.alerts import add_deliveries, insert_alert
+from keyd.store.alerts import AlertSpec, queue_alert
 from keyd.store.keys import KeyRecord, key_records
 from keyd.store.models import Event, Key, TokenSink
 from keyd.vocab import KeyKind, KeyStatus, SinkState
@@ -60,20 +60,6 @@ class SinkTarget:
 class EventSpec:
     kind: str  # token.unmanaged, token.conflict, token.adopted, ...
     detail: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class AlertSpec:
-    """An alert to queue with its outbox rows in the same transaction."""
-
-    about: str  # what the alert is about: ``token:<hash of the path>``
-    kind: str
-    threshold: str
-    severity: str
-    message_id: str
-    subject: str
-    context: Mapping[str, Any]
-    targets: Sequence[tuple[str, str]]
 
 
 def token_candidates(engine: Engine) -> list[KeyRecord]:
@@ -285,24 +271,7 @@ def apply_updates(engine: Engine, updates: Sequence[SinkUpdate]) -> None:
             if u.event is not None:
                 _event(session, u.sink, u.event, u.values["updated_at"])
             if u.alert is not None:
-                _alert(session, u.sink, u.alert, u.values["updated_at"])
-
-
-def _alert(session: Session, sink: SinkTarget, alert: AlertSpec, now: datetime) -> None:
-    created = insert_alert(
-        session,
-        about=alert.about,
-        key_pk=sink.key.pk,
-        kind=alert.kind,
-        threshold=alert.threshold,
-        severity=alert.severity,
-        created_at=now,
-        message_id=alert.message_id,
-        subject=alert.subject,
-        context=alert.context,
-    )
-    if created is not None:
-        add_deliveries(session, created.id, alert.targets, now)
+                queue_alert(session, u.alert, u.sink.key.pk, u.values["updated_at"])
 
 
 def _event(session: Session, sink: SinkTarget, event: EventSpec, now: datetime) -> None:
