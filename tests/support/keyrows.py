@@ -64,6 +64,47 @@ def add_key(
         return key.id
 
 
+def add_row(
+    session: Session,
+    key_id: str,
+    *,
+    principal: str,
+    expires_at: datetime | None,
+    now: datetime,
+    algorithm: str = "ES256",
+    fingerprint: str = "f" * 64,
+) -> Key:
+    """A plain active service-user key row with one present location at
+    ``/k/<key_id>.json`` in source ``dir``, in the caller's session (alert
+    and rotation tests that need rows, not key files)."""
+    key = Key(
+        key_id=key_id,
+        kind="serviceaccount",
+        principal=principal,
+        algorithm=algorithm,
+        fingerprint=fingerprint,
+        expires_at=expires_at,
+        content_hash="0",
+        status="active",
+        first_seen=now,
+        last_seen=now,
+        updated_at=now,
+    )
+    session.add(key)
+    session.flush()
+    session.add(
+        KeyLocation(
+            source="dir",
+            ref=f"/k/{key_id}.json",
+            key_pk=key.id,
+            status="present",
+            first_seen=now,
+            last_seen=now,
+        )
+    )
+    return key
+
+
 def key_row(engine: Engine, key_id: str) -> Key:
     with Session(engine, expire_on_commit=False) as session:
         key = session.scalars(select(Key).where(Key.key_id == key_id)).one()

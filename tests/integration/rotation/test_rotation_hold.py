@@ -17,8 +17,9 @@ from keyd.config import AlertsConfig, Config, EmailConfig, RotationConfig
 from keyd.store import alerts as store
 from keyd.store import rotations
 from keyd.store.keys import KeyRecord
-from keyd.store.models import ALERT_NOW, Key, KeyLocation
+from keyd.store.models import ALERT_NOW, Key
 from keyd.vocab import RotationState
+from tests.support.keyrows import add_row
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 EXPIRY = NOW + timedelta(days=40)
@@ -30,31 +31,7 @@ ROTATING = Config(alerts=ALERTS, rotation=RotationConfig(before=timedelta(days=5
 
 def _key(engine: Engine, key_id: str = "k1") -> KeyRecord:
     with store.transaction(engine) as s:
-        key = Key(
-            key_id=key_id,
-            kind="serviceaccount",
-            principal=f"u-{key_id}",
-            algorithm="ES256",
-            fingerprint="f" * 64,
-            expires_at=EXPIRY,
-            content_hash="0",
-            status="active",
-            first_seen=NOW,
-            last_seen=NOW,
-            updated_at=NOW,
-        )
-        s.add(key)
-        s.flush()
-        s.add(
-            KeyLocation(
-                source="dir",
-                ref=f"/k/{key_id}.json",
-                key_pk=key.id,
-                status="present",
-                first_seen=NOW,
-                last_seen=NOW,
-            )
-        )
+        add_row(s, key_id, principal=f"u-{key_id}", expires_at=EXPIRY, now=NOW)
     found = rotations.key_for_rotation(engine, key_id)  # as the rotate stage reads it
     assert found is not None
     return found

@@ -17,7 +17,8 @@ from keyd.checks.ladder import ladder
 from keyd.config import AlertsConfig, Config, EmailConfig, WebhookConfig
 from keyd.store import alerts as store
 from keyd.store.engine import make_engine
-from keyd.store.models import Alert, Base, Delivery, Key, KeyLocation
+from keyd.store.models import Alert, Base, Delivery
+from tests.support.keyrows import add_row
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 EMAIL = EmailConfig(
@@ -33,30 +34,14 @@ def _key(
     expires_at: datetime | None = NOW + timedelta(days=2),
 ) -> None:
     with store.transaction(engine) as s:
-        key = Key(
-            key_id=key_id,
-            kind="serviceaccount",
+        add_row(
+            s,
+            key_id,
             principal=principal,
+            expires_at=expires_at,
+            now=NOW,
             algorithm="RS256",
             fingerprint=key_id * 4,
-            expires_at=expires_at,
-            content_hash="0",
-            status="active",
-            first_seen=NOW,
-            last_seen=NOW,
-            updated_at=NOW,
-        )
-        s.add(key)
-        s.flush()
-        s.add(
-            KeyLocation(
-                source="dir",
-                ref=f"/k/{key_id}.json",
-                key_pk=key.id,
-                status="present",
-                first_seen=NOW,
-                last_seen=NOW,
-            )
         )
 
 

@@ -18,7 +18,8 @@ from keyd.actions import alerts
 from keyd.actions.alerts import evaluate_alerts
 from keyd.config import AlertsConfig, Config, EmailConfig
 from keyd.store import alerts as store
-from keyd.store.models import ALERT_NEVER, ALERT_NOW, Key, KeyLocation
+from keyd.store.models import ALERT_NEVER, ALERT_NOW, Key
+from tests.support.keyrows import add_row
 from tests.support.sql import statements
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -28,31 +29,7 @@ CONFIG = Config(alerts=AlertsConfig(email=EmailConfig(host="h", from_addr="k@x",
 def _keys(engine: Engine, count: int, start: int = 0, expires_in: timedelta = timedelta(days=200)) -> None:
     with store.transaction(engine) as s:
         for i in range(start, start + count):
-            key = Key(
-                key_id=f"k{i}",
-                kind="serviceaccount",
-                principal=f"u{i}",
-                algorithm="ES256",
-                fingerprint="f" * 64,
-                expires_at=NOW + expires_in,
-                content_hash="0",
-                status="active",
-                first_seen=NOW,
-                last_seen=NOW,
-                updated_at=NOW,
-            )
-            s.add(key)
-            s.flush()
-            s.add(
-                KeyLocation(
-                    source="dir",
-                    ref=f"/k/{i}.json",
-                    key_pk=key.id,
-                    status="present",
-                    first_seen=NOW,
-                    last_seen=NOW,
-                )
-            )
+            add_row(s, f"k{i}", principal=f"u{i}", expires_at=NOW + expires_in, now=NOW)
 
 
 def _evaluate(engine: Engine, now: datetime, config: Config = CONFIG) -> list[str]:
