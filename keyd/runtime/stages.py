@@ -63,16 +63,19 @@ def cycle_stages(services: Services, *, dry_run: bool = False) -> list[Stage]:
     decided and sent in the same run: scan, evaluate, outbox, then the
     network stages (probe, rotate, tokens), then ``evaluate-probed``,
     ``outbox-probed`` and prune. A dry run plans each stage once (nothing
-    is probed, so nothing new is decided)."""
+    is probed, so nothing new is decided). In digest mode (``alerts.digest``:
+    one mail per run) the early outbox is left out, so the one digest at the
+    end lists what both evaluations decided."""
     stages = _base_stages(services)
     by_name = {s.name: s for s in stages}
     network = [s for s in stages if s.name not in ("scan", "evaluate", "outbox", "prune")]
     if dry_run or not network:
         return stages
+    early = [] if services.config.alerts.digest else [by_name["outbox"]]
     return [
         by_name["scan"],
         by_name["evaluate"],
-        by_name["outbox"],
+        *early,
         *network,
         Stage("evaluate-probed", evaluate),
         Stage("outbox-probed", outbox, side_effects=True, plan=outbox_plan),

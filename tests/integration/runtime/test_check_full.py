@@ -164,3 +164,28 @@ def test_dry_run_lists_at_most_20_due_keys(
     assert lines[1:21] == [f"probe: would probe key {500 + n} (svc-{n}): never probed" for n in range(20)]
     assert lines[21:] == ["probe: ... and 3 more key(s) due"]
     assert issuer.requests_seen == 0
+
+
+def test_digest_mode_sends_one_mail_per_check(
+    config: Path,
+    issuer: IssuerServer,
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
+    """``alerts.digest`` promises one mail per run. A ``keyd check`` decides
+    alerts twice (before the issuer is contacted and after the probes); in
+    digest mode it sends once, at the end, listing both."""
+    config.write_text(
+        config.read_text().replace('thresholds = ["14d", "7d"]', 'thresholds = ["14d", "7d"]\ndigest = true')
+    )
+    keys = config.parent / "keys"
+    make_key_file(
+        keys, key_id="100", user_id="svc-a", register_with=issuer, expires_at=NOW + timedelta(days=5, hours=2)
+    )
+    make_key_file(keys, key_id="200", user_id="svc-b", expires_at=NOW + timedelta(days=90))  # rejected
+    assert check(config) == 2
+    (received,) = smtp_server.inbox()
+    plain = received.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "key 100 of user svc-a expires in 5 days" in plain
+    assert "key 200" in plain and "rejected" in plain
+    assert check(config) == 2  # nothing new: no mail
+    assert len(smtp_server.inbox()) == 1
