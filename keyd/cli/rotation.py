@@ -5,7 +5,10 @@
 starts the rotation of KEY_ID now — ignoring ``rotation.before`` and the
 filters — or continues an open or failed one. ``--dry-run`` says what it
 would do and calls nothing that changes ZITADEL, a file or Vault (nothing
-is written to the database either). Exit codes: 0 done or under way
+is written to the database either). A real run then sends the alerts that
+are due (the rotation's own "rotated" / "failed" / "blocked" mail among
+them), as ``keyd check`` does, so an operator's rotation is announced now,
+not at the daemon's next outbox tick or the next timer run. Exit codes: 0 done or under way
 (published, waiting for the overlap), 2 failed, 6 a transient failure
 (retried by the daemon), 4 a key keyd cannot rotate.
 
@@ -24,6 +27,7 @@ from keyd.checks.rotation import RotationPolicy
 from keyd.cli.common import app, echo_json
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNAVAILABLE, ConfigError
 from keyd.inventory.scan import scan_all
+from keyd.runtime.stages import outbox
 from keyd.runtime.wiring import build_services, dry_run
 from keyd.store import rotations as store
 from keyd.store.engine import make_engine
@@ -118,12 +122,16 @@ def rotate_cmd(ctx: click.Context, key_id: str, dry: bool, as_json: bool) -> int
             raise ConfigError("rotation.enabled", "rotation is disabled (enabled = false)")
         scan_all(config, services.engine, state.clock, services.vault)
         row = rotate_key(services.engine, services.rotation, key_id)
+        mail = outbox(services)
     finally:
         services.close()
     if as_json:
-        echo_json(ROTATE_SCHEMA, {"dry_run": False, "rotation": row_json(row)})
+        alerts = {"sent": mail.sent, "failed": mail.failed, "errors": mail.errors}
+        echo_json(ROTATE_SCHEMA, {"dry_run": False, "rotation": row_json(row), "alerts": alerts})
     else:
         click.echo(render(row))
+        for error in mail.errors:
+            click.echo(f"  alert not sent (retried by keyd run / keyd check): {error}", err=True)
     if row.state == RotationState.FAILED:
         return EXIT_CRITICAL
     return (

@@ -16,6 +16,7 @@ from keyd.store.migrate import upgrade
 from tests.integration.rotation.test_rotation_sigkill import rotation_config
 from tests.support.issuer import IssuerServer
 from tests.support.keys import make_key_file
+from tests.support.smtp import SmtpServer, smtp_server  # noqa: F401
 from tests.support.zitadel_api import make_api_user
 
 pytestmark = pytest.mark.issuer
@@ -62,3 +63,39 @@ def test_rotate_dry_run_then_real_then_history(issuer: IssuerServer, tmp_path: P
     ]
     assert main(["--config", str(config), "rotate", "nope"]) == 4
     assert "not in the inventory" in capsys.readouterr().err
+
+
+@pytest.mark.smtp
+def test_rotate_sends_its_alert_before_it_exits(
+    issuer: IssuerServer,
+    tmp_path: Path,
+    smtp_server: SmtpServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator's ``keyd rotate`` announces the rotation now: the
+    "rotated" mail (queued at publish when keyd does not retire old keys)
+    goes out before the command exits, not at the daemon's next outbox
+    tick or the next ``keyd check``; ``--json`` says so."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    manager = make_api_user(issuer, tmp_path)
+    assert manager.path is not None
+    old = make_key_file(keys, register_with=issuer, expires_at=datetime.now(UTC) + timedelta(days=60))
+    issuer.key_api.add_user(old.principal)
+    db = f"sqlite:///{tmp_path / 'keyd.db'}"
+    upgrade(db)
+    config = tmp_path / "keyd.toml"
+    config.write_text(
+        rotation_config(db, keys, issuer, manager.path, tmp_path / "hook.log", extra="retire = false")
+        + f'\n[alerts.email]\nhost = "{smtp_server.host}"\nport = {smtp_server.port}\nsecurity = "none"\n'
+        'from = "keyd@test.example"\nto = ["ops@test.example"]\n'
+    )
+    assert main(["--config", str(config), "rotate", old.key_id, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["rotation"]["state"] == "published"
+    assert doc["alerts"] == {"sent": 1, "failed": 0, "errors": []}
+    (received,) = smtp_server.inbox()
+    assert old.key_id in str(received.message["Subject"]) and "rotated" in str(received.message["Subject"])
+    assert main(["--config", str(config), "rotate", old.key_id]) == 4  # rotated already: refused
+    assert "was rotated already" in capsys.readouterr().err
+    assert len(smtp_server.inbox()) == 1  # and the mail is not sent twice
