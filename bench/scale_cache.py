@@ -53,7 +53,11 @@ from keyd.store.engine import make_engine
 from keyd.store.migrate import _script, head_revision, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / ".cache" / "scale"
+#: resolved: a worktree that links ``bench/.cache`` to another checkout's
+#: uses that cache under the name its databases were scanned from (the
+#: files' refs are absolute paths; through the link every location would
+#: look moved, and a warm scan would be a full rescan)
+CACHE = (ROOT / "bench" / ".cache").resolve() / "scale"
 TREE_FORMAT = 2  # bump when write_tree changes what it writes
 MAX_AGE = timedelta(days=7)  # the tree's expiries are 60+ days ahead of its build day
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=10"
