@@ -35,6 +35,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -326,6 +327,7 @@ class Daemon:
                 return
 
     def _first_scan(self) -> None:
+        cpu = time.thread_time()
         try:
             self._run_stage("scan")
         except Exception as exc:  # the daemon still starts; the scan tick retries
@@ -334,6 +336,9 @@ class Daemon:
                 exc,
                 exc_info=not isinstance(exc, KeydError),
             )
+        finally:
+            assert self.scheduler is not None
+            self.scheduler.account("scan", time.thread_time() - cpu)
 
     def _control(self) -> None:
         guard = self.guard
@@ -424,7 +429,29 @@ class Daemon:
             "reason": reason,
             "running": self._running_json(),
             "rounds": self.rounds.to_json(),
+            "cpu_seconds": round(time.process_time(), 3),
+            "ticks": self._ticks_json(),
         }
+
+    def _ticks_json(self) -> dict[str, Any]:
+        """Per tick: its interval, runs, CPU in total and of the last run
+        (what the daemon spends its CPU on; the rest of ``cpu_seconds`` is
+        start-up, the HTTP server and the scheduler's own loop)."""
+        if self.scheduler is None:
+            return {}
+        ticks = self.scheduler.ticks
+        out: dict[str, Any] = {}
+        for name, stats in sorted(self.scheduler.stats.items()):
+            tick = ticks.get(name)
+            out[name] = {
+                "interval_seconds": tick.interval if tick is not None else None,
+                "runs": stats.runs,
+                "cpu_seconds": round(stats.cpu_seconds, 3),
+                "last_cpu_seconds": None
+                if stats.last_cpu_seconds is None
+                else round(stats.last_cpu_seconds, 3),
+            }
+        return out
 
     def _running_json(self) -> dict[str, Any]:
         if self.scheduler is None:

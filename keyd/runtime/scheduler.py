@@ -22,6 +22,10 @@ Choices, deliberately:
   a probe round or a token refresh. Its transactions are short (claim,
   mark), so it shares the database with the work thread without waits
   worth the name.
+* Each tick's CPU (``time.thread_time`` of the thread that ran it: all of
+  a tick's work, SQLite included, happens there) is added up in its
+  ``TickStats``, so ``/healthz`` can say what an idle daemon spends its
+  CPU on, tick by tick.
 * A tick never crashes the daemon: exceptions are logged with the tick's
   name and the tick simply runs again at its next interval.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +104,12 @@ class TickStats:
     last_error: str | None = None
     running: bool = False
     thread: int | None = None  # the thread running it (its progress: keyd.runtime.liveness)
+    cpu_seconds: float = 0.0  # CPU of its runs so far, on the thread that ran them
+    last_cpu_seconds: float | None = None  # of the last run
+
+    def add_cpu(self, seconds: float) -> None:
+        self.cpu_seconds += seconds
+        self.last_cpu_seconds = seconds
 
 
 @dataclass
@@ -187,6 +198,13 @@ class TickScheduler:
             misfire_grace_time=None,
         )
 
+    def account(self, name: str, cpu_seconds: float) -> None:
+        """Count one run of ``name`` done outside the scheduler (the
+        daemon's first scan, before ``start``) with the CPU it used."""
+        stats = self.stats.setdefault(name, TickStats())
+        stats.add_cpu(cpu_seconds)
+        stats.runs += 1
+
     def start(self) -> None:
         self._sched.start()
 
@@ -229,6 +247,7 @@ class TickScheduler:
             stats.running = True
             stats.thread = threading.get_ident()
         stats.last_started = self.clock.now()
+        cpu = time.thread_time()
         try:
             tick.fn()
         except KeydError as exc:
@@ -239,6 +258,7 @@ class TickScheduler:
             stats.last_ok = self.clock.now()
             stats.last_error = None
         finally:
+            stats.add_cpu(time.thread_time() - cpu)
             stats.runs += 1
             stats.last_finished = self.clock.now()
             stats.last_finished_mono = self.clock.monotonic()

@@ -81,6 +81,9 @@ def test_run_catches_up_reloads_and_stops(tmp_path: Path) -> None:
         try:
             assert calls.evaluated.wait(10)  # catch-up: evaluate ran at start, not in 60 s
             assert calls.names[0] == "scan"  # the first scan ran before anything else
+            scan = daemon.health()[1]["ticks"]["scan"]  # its CPU is accounted to the scan tick
+            assert scan["runs"] >= 1 and scan["last_cpu_seconds"] is not None
+            assert scan["interval_seconds"] == 300.0
             configs.append(replace(config, database=DatabaseConfig(url="sqlite://")))
             daemon.reload()  # database.url changed: rejected, old services kept
             assert daemon.services is not None and daemon.services.config is config

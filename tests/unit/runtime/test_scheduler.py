@@ -41,6 +41,33 @@ def test_tick_runs_repeatedly(sched: TickScheduler) -> None:
     assert sched.stats["probe"].last_ok is not None
 
 
+def test_each_tick_s_cpu_is_added_up(sched: TickScheduler, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU per tick, read off the thread that ran it (``/healthz`` "ticks"):
+    each run's ``thread_time`` difference, a failed run's too."""
+    from keyd.runtime import scheduler as module
+
+    cpu = iter(range(0, 1000, 3))  # each call 3 s later: every run costs 3 s
+    monkeypatch.setattr(module.time, "thread_time", lambda: float(next(cpu)))
+    done = threading.Event()
+    runs: list[int] = []
+
+    def fn() -> None:
+        runs.append(1)
+        if len(runs) == 2:
+            raise RuntimeError("boom")
+        if len(runs) == 3:
+            done.set()
+
+    sched.add(Tick("scan", fn, interval=0.05))
+    sched.account("scan", 7.0)  # the daemon's first scan, run before start
+    sched.start()
+    assert done.wait(3)
+    sched.shutdown(timeout=2)
+    stats = sched.stats["scan"]
+    assert stats.runs >= 4 and stats.failures == 1  # one more may have started before the shutdown
+    assert stats.cpu_seconds == 7.0 + 3.0 * (stats.runs - 1) and stats.last_cpu_seconds == 3.0
+
+
 def test_failing_tick_is_logged_and_retried(sched: TickScheduler, caplog: pytest.LogCaptureFixture) -> None:
     done = threading.Event()
     attempts: list[int] = []
