@@ -208,7 +208,7 @@ def judge(
     """The verdict for this inventory at ``at`` (module docstring).
     ``issuer_down_since``: a stored outage to report when this cycle did
     not probe (dry run)."""
-    warn = max(config.alerts.thresholds, default=timedelta(days=30))
+    warn = warn_within(config)
     configured = {s.name for s in config.sources}
     verdict = Verdict(
         CheckStatus.OK, at, warn, cycle=cycle, sources=[s for s in sources if s.name in configured]
@@ -253,6 +253,32 @@ def judge(
     verdict.status = _status(verdict)
     order: dict[str, int] = {CheckStatus.CRITICAL: 0, CheckStatus.WARNING: 1, CheckStatus.UNKNOWN: 2}
     verdict.problems.sort(key=lambda p: (order[p.severity], p.seconds_left or 0))
+    return verdict
+
+
+def warn_within(config: Config) -> timedelta:
+    """How far ahead a verdict calls a key expiring: the widest alert threshold."""
+    return max(config.alerts.thresholds, default=timedelta(days=30))
+
+
+def inventory_verdict(config: Config, engine: snapshot.Engine, at: datetime) -> Verdict:
+    """``judge`` of the inventory alone (keys, invalid locations, sources;
+    no cycle), for the daemon's status line after every scan. A key that is
+    active and expires beyond the warning window (or never says when) adds
+    only to ``counts["keys"]``, no problem, whatever else it holds: those
+    are counted in SQL (``snapshot.quiet_keys``) and only the others are
+    read and judged, so an idle inventory of 10^5 keys costs two queries,
+    not 10^5 records (the same counts and status as judging them all)."""
+    bound = at + warn_within(config)
+    quiet = snapshot.quiet_keys(engine, bound)
+    verdict = judge(
+        config,
+        at,
+        snapshot.keys(engine, unless_quiet_after=bound),
+        snapshot.location_problems(engine),
+        snapshot.sources(engine),
+    )
+    verdict.counts["keys"] += quiet
     return verdict
 
 

@@ -51,7 +51,7 @@ from keyd.log import setup_logging
 from keyd.report.http import Access, ObservabilityServer
 from keyd.report.metrics import KeydMetrics
 from keyd.runtime import sdnotify
-from keyd.runtime.check import judge
+from keyd.runtime.check import inventory_verdict
 from keyd.runtime.cycle import Stage
 from keyd.runtime.liveness import Rounds, WorkProgress
 from keyd.runtime.scheduler import CONTROL, MAIL, SNAPSHOT, WORK, Tick, TickScheduler, TickStats
@@ -132,7 +132,7 @@ class Daemon:
         try:
             with progress.reporting(self.progress):
                 self._start(config)
-                status = self.status_line()  # reads every key: once, not once per use
+                status = self.status_line()
                 sdnotify.ready(status)
                 log.info("keyd %s running: %s", __version__, status)
                 self._wait_for_signals()
@@ -505,14 +505,7 @@ class Daemon:
         if not self._is_leader():
             return f"standby: another keyd leads {self.guard.describe()}"
         try:
-            engine = services.engine
-            verdict = judge(
-                services.config,
-                self._clock.now(),
-                snapshot.keys(engine),
-                snapshot.location_problems(engine),
-                snapshot.sources(engine),
-            )
+            verdict = inventory_verdict(services.config, services.engine, self._clock.now())
         except Exception as exc:  # a status line is not worth failing for
             return f"leader: inventory unreadable ({type(exc).__name__})"
         c = verdict.counts
