@@ -20,11 +20,16 @@ otherwise), then prints side by side:
 - ``idle``: CPU of a real ``keyd run`` (no issuer) over ``--idle`` seconds
   (default 60) after its start-up work, as % of one core (target <= 0.5 %),
   and its peak RSS (``VmHWM``; target < 300 MiB at 100k);
+- ``due``: alert evaluation with every key due and an alert to decide
+  for each (thresholds changed to reach every key: a 180-day rung; e-mail
+  and webhook configured, so two deliveries per alert): one
+  ``evaluate_alerts`` call, wall and CPU seconds and statements sent;
 - ``probe``: CPU per probe of ``probe_due`` over ``--probes`` keys (default
   500) against the test issuer (a separate process, not counted) minus a
   raw RSA-2048 signature (target <= 0.5 ms/probe beyond signing).
 
 Usage: python bench/scale.py [--n 1000 10000 100000] [--sqlite-only]
+                             [--parts eval warm metrics due]
                              [--idle 60] [--probes 500] [--rebuild] [--build-only]
 """
 
@@ -51,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding  # noqa: E402
-from sqlalchemy import text, update  # noqa: E402
+from sqlalchemy import event, text, update  # noqa: E402
 
 from bench import scale_cache  # noqa: E402
 from bench.scan import key_pems  # noqa: E402
@@ -62,7 +67,7 @@ from keyd.checks.keyload import make_key_loader  # noqa: E402
 from keyd.checks.probe import ProbePolicy  # noqa: E402
 from keyd.clients.issuer import IssuerClient  # noqa: E402
 from keyd.clock import FakeClock, SystemClock  # noqa: E402
-from keyd.config import Config, DirectorySourceConfig  # noqa: E402
+from keyd.config import AlertsConfig, Config, DirectorySourceConfig, EmailConfig, WebhookConfig  # noqa: E402
 from keyd.inventory.reconcile import SOURCE_HEARTBEAT  # noqa: E402
 from keyd.inventory.scan import scan_all  # noqa: E402
 from keyd.report.metrics import KeydMetrics  # noqa: E402
@@ -74,6 +79,9 @@ from keyd.store.models import Key  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 KEYD = [sys.executable, "-m", "keyd.cli"]  # this checkout's keyd (cwd=ROOT), not whatever the venv installed
 SOURCE = scale_cache.SOURCE
+
+
+PARTS = ("eval", "warm", "metrics", "due")
 
 
 def write_tree(root: Path, n: int, pems: list[str]) -> None:
@@ -155,6 +163,38 @@ def bench_eval(engine: Any, config: Config) -> float:
             evaluate_alerts(session, config, clock.now())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+DUE_THRESHOLDS = (180, 30, 14, 7, 3, 1)  # days: the 180d rung is due for every key of the tree
+
+
+def bench_eval_due(engine: Any, config: Config) -> dict[str, float]:
+    """Alert evaluation with every key due *and* an alert to decide for each
+    (the thresholds changed so that a rung reaches every key, as after an
+    import or a config change): one ``evaluate_alerts`` from the re-arm to
+    nothing due, wall and CPU seconds, statements sent, alerts queued."""
+    due = dataclasses.replace(
+        config,
+        alerts=AlertsConfig(
+            thresholds=tuple(timedelta(days=d) for d in DUE_THRESHOLDS),
+            email=EmailConfig(host="smtp.invalid", from_addr="keyd@example.org", to=("ops@example.org",)),
+            webhook=WebhookConfig(url="https://hooks.example.org/keyd"),
+        ),
+    )
+    sent: list[str] = []
+
+    def count(*_args: Any) -> None:
+        sent.append("")
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        with transaction(engine) as session:
+            new = evaluate_alerts(session, due, SystemClock().now())
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return {"wall": wall, "cpu": cpu, "statements": len(sent), "alerts": len(new)}
 
 
 def bench_metrics(engine: Any, n: int) -> dict[str, float]:
@@ -396,18 +436,25 @@ def run_one(backend: str, n: int, keys: Path, pems: list[str], args: argparse.Na
 def measure(
     engine: Any, url: str, n: int, keys: Path, work: Path, pems: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Everything but the build, on a fresh copy of the cold-scanned database."""
+    """Everything but the build, on a fresh copy of the cold-scanned database
+    (``args.parts``: which of eval, warm, metrics, due; idle and probe by
+    their own options). ``due`` runs last: it changes the thresholds and
+    queues an alert for every key."""
     config = Config(sources=(DirectorySourceConfig(name=SOURCE, path=keys),))
-    out: dict[str, Any] = {"eval": bench_eval(engine, config)}
-    scan_all(config, engine, SystemClock())  # settle (heartbeat, caches)
-    walk = min(walk_stat(keys) for _ in range(3))
-    counter = written_bytes(engine)
-    start = time.perf_counter()
-    report = scan_all(config, engine, SystemClock())
-    out["warm"], out["walk"] = time.perf_counter() - start, walk
-    out["written"] = counter()
-    assert report.total("unchanged") == n, report.summary()
-    out["metrics"] = bench_metrics(engine, n)
+    parts = set(args.parts)
+    out: dict[str, Any] = {"eval": bench_eval(engine, config) if "eval" in parts else None}
+    out["warm"] = out["walk"] = out["written"] = out["metrics"] = None
+    if "warm" in parts:
+        scan_all(config, engine, SystemClock())  # settle (heartbeat, caches)
+        walk = min(walk_stat(keys) for _ in range(3))
+        counter = written_bytes(engine)
+        start = time.perf_counter()
+        report = scan_all(config, engine, SystemClock())
+        out["warm"], out["walk"] = time.perf_counter() - start, walk
+        out["written"] = counter()
+        assert report.total("unchanged") == n, report.summary()
+    if "metrics" in parts:
+        out["metrics"] = bench_metrics(engine, n)
     out["idle"] = bench_idle(work, url, keys, args.idle) if args.idle > 0 else None
     if out["idle"] is not None:
         rebuilds = heartbeat_rebuilds(engine, config)
@@ -415,6 +462,7 @@ def measure(
             *out["idle"].pop("raw"), rebuilds=rebuilds
         )
     out["probe"] = bench_probe(engine, keys, pems, min(n, args.probes)) if args.probes > 0 else None
+    out["due"] = bench_eval_due(engine, config) if "due" in parts else None
     return out
 
 
@@ -432,14 +480,20 @@ def backends(sqlite_only: bool) -> list[str]:
 
 
 def show(backend: str, n: int, r: dict[str, Any]) -> None:
-    m, idle, probe = r["metrics"], r["idle"], r["probe"]
-    line = (
-        f"{backend:10} {n:>7,}  cold {_cold(r['cold'])}  eval {1000 * r['eval']:7.1f} ms  "
-        f"warm {r['warm']:6.2f} s = {r['warm'] / r['walk']:4.1f}x walk+stat "
-        f"({r['walk']:.2f} s), wrote {r['written'] / 1024:8.1f} KiB  "
-        f"metrics refresh {m['refresh']:5.2f} s, scrape {1000 * m['scrape']:6.1f} ms, "
-        f"{m['bytes'] / 1e6:6.2f} MB, {m['per_key']:.1f} series/key"
-    )
+    m, idle, probe, due = r["metrics"], r["idle"], r["probe"], r["due"]
+    line = f"{backend:10} {n:>7,}  cold {_cold(r['cold'])}"
+    if r["eval"] is not None:
+        line += f"  eval {1000 * r['eval']:7.1f} ms"
+    if r["warm"] is not None:
+        line += (
+            f"  warm {r['warm']:6.2f} s = {r['warm'] / r['walk']:4.1f}x walk+stat "
+            f"({r['walk']:.2f} s), wrote {r['written'] / 1024:8.1f} KiB"
+        )
+    if m:
+        line += (
+            f"  metrics refresh {m['refresh']:5.2f} s, scrape {1000 * m['scrape']:6.1f} ms, "
+            f"{m['bytes'] / 1e6:6.2f} MB, {m['per_key']:.1f} series/key"
+        )
     if idle:
         line += (
             f"  idle {idle['cpu']:.2f} % CPU over the window (settled {idle['settle']:.0f} s after"
@@ -455,6 +509,11 @@ def show(backend: str, n: int, r: dict[str, Any]) -> None:
         line += (
             f"  probe {probe['per_probe_ms']:.2f} ms CPU/probe, "
             f"{probe['overhead_ms']:.2f} ms beyond signing ({probe['sign_ms']:.2f} ms)"
+        )
+    if due:
+        line += (
+            f"  eval all due {due['wall']:6.2f} s ({due['cpu']:.2f} s CPU), "
+            f"{due['alerts']:,} alerts, {due['statements']:,} statements"
         )
     line += f"  [{r['wall']:.0f} s wall, load {r['load'][0]:.1f} -> {r['load'][1]:.1f}]"
     print(line, flush=True)
@@ -480,6 +539,9 @@ def main() -> int:
     parser.add_argument("--pems", type=int, default=20)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds; 0 skips")
     parser.add_argument("--probes", type=int, default=500, help="0 skips")
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure besides idle, probe"
+    )
     parser.add_argument("--sqlite-only", action="store_true")
     parser.add_argument("--rebuild", action="store_true", help="forget bench/.cache/scale/ first")
     parser.add_argument("--build-only", action="store_true", help="fill the cache, measure nothing")
@@ -503,7 +565,7 @@ def main() -> int:
             if args.out:  # after each result: a run cut short keeps what it measured
                 save(args.out, results)
     for backend in sorted({b for b, _ in results}):
-        ns = sorted(n for b, n in results if b == backend)
+        ns = sorted(n for b, n in results if b == backend and results[b, n]["eval"] is not None)
         if len(ns) > 1:
             ratio = results[backend, ns[-1]]["eval"] / results[backend, ns[0]]["eval"]
             print(f"{backend}: evaluation {ns[-1]:,} / {ns[0]:,} = {ratio:.2f}x (target <= 2)")
