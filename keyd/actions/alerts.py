@@ -34,7 +34,10 @@ own alerts; the fingerprint is only an attribute):
 Keys whose status is ``missing`` or ``invalid`` are not evaluated; a
 missing key's open alerts are resolved (its unsent ladder mail is then
 dropped as superseded). All existing alerts of the evaluated keys are read
-in one query (``AlertIndex``).
+in one query (``AlertIndex``); what a batch decides is written at its end
+in a few statements, none per key (``_Decided``): its alerts in one
+``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (multi-row VALUES), the
+deliveries of those the database inserted, then the resolutions.
 
 Driven by due times, not by scanning every key: each key carries
 ``next_alert_at``, the due time of its next rung (``next_alert_at()``),
@@ -42,20 +45,24 @@ or "now" once something alert-relevant changed (a new key, its status,
 expiry, principal or content; a probe's verdict). A tick reads only the
 keys whose instant has passed, through that column's index, plus the other
 keys of their principals; with nothing due it costs the same at 100 keys
-as at 100,000. Changed thresholds make every key due once.
+as at 100,000. Changed thresholds make every key due once; the daemon
+then evaluates in chunks of one batch per tick (``evaluate_chunk``,
+docs/daemon.md "Watchdog and progress"), each key reported as progress.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from keyd import progress
 from keyd.actions.alert_hold import rotation_held
 from keyd.actions.decision import Decision
 from keyd.actions.findings import zitadel_alerts
@@ -74,7 +81,15 @@ from keyd.vocab import AlertKind, Channel, ExpiryStatus, KeyKind, KeyStatus, Loc
 if TYPE_CHECKING:
     from keyd.store.alerts import Session
 
-__all__ = ["evaluate_alerts", "note_issuer_health", "message_id", "email_recipients", "subject_for_expiry"]
+__all__ = [
+    "evaluate_alerts",
+    "evaluate_chunk",
+    "EvaluationReport",
+    "note_issuer_health",
+    "message_id",
+    "email_recipients",
+    "subject_for_expiry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +99,9 @@ SKIPPED_STATUSES: Final = frozenset({KeyStatus.MISSING, KeyStatus.INVALID})
 #: Due keys are evaluated this many principals at a time, so a first tick
 #: after a cold start (every key due) never holds the whole inventory.
 PRINCIPALS_PER_BATCH: Final = 2000
+#: Alerts named in the "decided" log line (the rest are counted).
+LOGGED_NAMES: Final = 20
+EVALUATING: Final = "evaluating alerts"  # the progress task (/healthz, the CLI)
 OPEN_KINDS: Final = (AlertKind.EXPIRING, AlertKind.EXPIRED, AlertKind.REJECTED, AlertKind.UNTRACKED)
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 
@@ -114,6 +132,23 @@ def email_recipients(email: EmailConfig, principal: str | None, sources: Iterabl
     return out
 
 
+@dataclass
+class EvaluationReport:
+    """One chunk of the evaluation (``evaluate_chunk``): the alerts it
+    inserted, the keys it evaluated, and whether keys are still due
+    (``more``; then ``remaining`` of them)."""
+
+    new: list[AlertRecord] = field(default_factory=list)
+    keys: int = 0
+    more: bool = False
+    remaining: int | None = None
+
+    @property
+    def items(self) -> int:
+        """Keys done, for ``runtime.liveness.Rounds``."""
+        return self.keys
+
+
 def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[AlertRecord]:
     """Decide and queue all due alerts in the caller's transaction.
 
@@ -125,63 +160,108 @@ def evaluate_alerts(session: Session, config: Config, now: datetime) -> list[Ale
     new: list[AlertRecord] = []
     while keys := store.alert_candidates(session, now, limit=PRINCIPALS_PER_BATCH):
         new.extend(_evaluate_keys(session, config, keys, now))
-    new.extend(_issuer_alerts(session, config, now, store.AlertIndex.load(session, [ISSUER])))
-    if new:
-        names = ", ".join(f"{a.kind}:{threshold_text(a.threshold, a.expires_at)}" for a in new)
-        log.info("decided %d new alert(s): %s", len(new), names)
+    new.extend(_issuer_alerts(session, config, now))
+    _log_new(new)
     return new
+
+
+def evaluate_chunk(session: Session, config: Config, now: datetime) -> EvaluationReport:
+    """The daemon's evaluate tick: at most one batch of due principals
+    (``PRINCIPALS_PER_BATCH``), in the caller's transaction, so a tick with
+    every key due (after an import, or changed thresholds) holds the work
+    thread for one batch, not for the whole inventory. ``more`` when keys
+    are still due after it (one indexed COUNT, only when keys were due);
+    the daemon then runs the next chunk right away."""
+    store.rearm_if_schedule_changed(session, _schedule(config), now)
+    keys = store.alert_candidates(session, now, limit=PRINCIPALS_PER_BATCH)
+    report = EvaluationReport(keys=len(keys))
+    if keys:
+        report.new = _evaluate_keys(session, config, keys, now)
+        report.remaining = store.due_count(session, now)
+        report.more = report.remaining > 0
+    report.new.extend(_issuer_alerts(session, config, now))
+    _log_new(report.new)
+    return report
+
+
+def _log_new(new: Sequence[AlertRecord]) -> None:
+    """One line; the first ``LOGGED_NAMES`` alerts named (an evaluation of
+    every key decides one per key)."""
+    if not new:
+        return
+    names = ", ".join(f"{a.kind}:{threshold_text(a.threshold, a.expires_at)}" for a in new[:LOGGED_NAMES])
+    more = f" and {len(new) - LOGGED_NAMES} more" if len(new) > LOGGED_NAMES else ""
+    log.info("decided %d new alert(s): %s%s", len(new), names, more)
 
 
 def _evaluate_keys(
     session: Session, config: Config, keys: list[KeyRecord], now: datetime
 ) -> list[AlertRecord]:
     """One batch of due keys (whole principals); schedules each one ahead,
-    so the next batch never sees them again."""
+    so the next batch never sees them again. Decides in memory, then writes
+    the batch's alerts, deliveries and resolutions together (``_Decided``):
+    a few statements per batch, none per key. Reports each key as progress."""
     by_principal: dict[str, list[KeyRecord]] = defaultdict(list)
     for key in keys:
         by_principal[key.principal].append(key)
     known = store.AlertIndex.load(session, [_about(k) for k in keys])
-    new: list[AlertRecord] = []
+    out = _Decided(config, now, known)
     removed = store.removed_keys(session, [k.pk for k in keys if k.status == KeyStatus.REJECTED])
     held = rotation_held(session, config, keys, now)
-    for key in keys:
-        if key.status in SKIPPED_STATUSES:
-            if key.status == KeyStatus.MISSING:  # gone from every source: nothing left to warn about
-                known.resolve(session, known.unresolved(_about(key), OPEN_KINDS), now)
-            continue
-        if key.status == KeyStatus.UNHELD and not config.alerts.unheld_ladder:
-            continue  # only ZITADEL knows it: its notice comes from findings
-        new.extend(
-            _isolated(
-                session,
-                key,
-                now,
-                partial(
-                    _key_alerts,
-                    session,
-                    config,
-                    key,
-                    by_principal[key.principal],
-                    now,
-                    known,
-                    removed=key.pk in removed,
-                    held=key.pk in held,
-                ),
-            )
-        )
-    new.extend(zitadel_alerts(session, config, keys, now, known, _emit, _about))
-    store.schedule_alerts(session, {k.pk: _next_or_soon(k, config, now) for k in keys})
+    progress.begin(EVALUATING, len(keys), "keys")
+    try:
+        for key in keys:
+            _decide_key(session, config, key, by_principal[key.principal], now, known, out, removed, held)
+            progress.advance(EVALUATING)
+        zitadel_alerts(session, config, keys, now, known, partial(_emit, out, config, now), _about)
+        new = out.write(session)
+        store.schedule_alerts(session, {k.pk: _next_or_soon(k, config, now) for k in keys})
+    finally:
+        progress.end(EVALUATING)
     return new
 
 
-def _isolated(
-    session: Session, key: KeyRecord, now: datetime, decide: Callable[[], list[AlertRecord]]
-) -> list[AlertRecord]:
+def _decide_key(
+    session: Session,
+    config: Config,
+    key: KeyRecord,
+    peers: Sequence[KeyRecord],
+    now: datetime,
+    known: AlertIndex,
+    out: _Decided,
+    removed: set[int],
+    held: set[int],
+) -> None:
+    if key.status in SKIPPED_STATUSES:
+        if key.status == KeyStatus.MISSING:  # gone from every source: nothing left to warn about
+            known.resolve(known.unresolved(_about(key), OPEN_KINDS), now)
+        return
+    if key.status == KeyStatus.UNHELD and not config.alerts.unheld_ladder:
+        return  # only ZITADEL knows it: its notice comes from findings
+    _isolated(
+        session,
+        key,
+        now,
+        partial(
+            _key_alerts,
+            config,
+            key,
+            peers,
+            now,
+            known,
+            out,
+            removed=key.pk in removed,
+            held=key.pk in held,
+        ),
+    )
+
+
+def _isolated(session: Session, key: KeyRecord, now: datetime, decide: Callable[[], None]) -> None:
     """One key's decisions; an unexpected error is recorded on that key
     (log, ``alert.error`` event) and the stage goes on with the others.
     Database errors still end the stage: its transaction rolls back whole."""
     try:
-        return decide()
+        decide()
     except StoreError:
         raise
     except Exception as exc:  # noqa: BLE001 - one key never blinds the others
@@ -192,7 +272,6 @@ def _isolated(
             now,
             f"internal error while deciding alerts ({type(exc).__name__}); run with --debug",
         )
-        return []
 
 
 def _next_or_soon(key: KeyRecord, config: Config, now: datetime) -> datetime:
@@ -235,26 +314,26 @@ def _schedule(config: Config) -> str:
 
 
 def _key_alerts(
-    session: Session,
     config: Config,
     key: KeyRecord,
     peers: Sequence[KeyRecord],
     now: datetime,
     known: AlertIndex,
+    out: _Decided,
     *,
     removed: bool = False,
     held: bool = False,
-) -> list[AlertRecord]:
+) -> None:
     successor = _successor(key, peers)
     if successor is not None:
-        return _rotated(session, config, key, successor, now, known)
+        _rotated(config, key, successor, now, known, out)
+        return
     if key.expires_at is None:
-        alert = _emit(
-            session,
+        _emit(
+            out,
             config,
-            key,
             now,
-            known,
+            key,
             Decision(
                 AlertKind.UNTRACKED,
                 "unknown",
@@ -262,17 +341,11 @@ def _key_alerts(
                 _subject(key, Severity.WARNING, "has no expiry date: not tracked"),
             ),
         )
-        return [alert] if alert else []
-    known.resolve(session, known.unresolved(_about(key), (AlertKind.UNTRACKED,)), now)
-    out: list[AlertRecord] = []
+        return
+    known.resolve(known.unresolved(_about(key), (AlertKind.UNTRACKED,)), now)
     if not is_never(key.expires_at):
-        ladder_alert = _ladder(session, config, key, key.expires_at, now, known, held=held)
-        if ladder_alert is not None:
-            out.append(ladder_alert)
-    rejected = _rejected(session, config, key, now, known, removed=removed)
-    if rejected is not None:
-        out.append(rejected)
-    return out
+        _ladder(config, key, key.expires_at, now, known, out, held=held)
+    _rejected(config, key, now, known, out, removed=removed)
 
 
 def _successor(key: KeyRecord, peers: Sequence[KeyRecord]) -> KeyRecord | None:
@@ -293,35 +366,40 @@ def _successor(key: KeyRecord, peers: Sequence[KeyRecord]) -> KeyRecord | None:
 
 
 def _ladder(
-    session: Session,
     config: Config,
     key: KeyRecord,
     expires_at: datetime,
     now: datetime,
     known: AlertIndex,
+    out: _Decided,
     *,
     held: bool = False,
-) -> AlertRecord | None:
+) -> None:
     """``held``: rotation covers the key, so only the tightest rung and
     ``expired`` may fire (the safety net when a rotation stalls)."""
     instant = rung_expiry(expires_at)
-    stale = known.unresolved(_about(key), LADDER_KINDS, keep_expiry=instant)
+    about = _about(key)
+    stale = known.unresolved(about, LADDER_KINDS, keep_expiry=instant)
     if stale:
         log.info("key %s: expiry changed, resolving %d alert(s) of the old expiry", key.key_id, len(stale))
-        known.resolve(session, stale, now)
-    fired = known.fired(_about(key), LADDER_KINDS, instant)
+        known.resolve(stale, now)
+    fired = known.fired(about, LADDER_KINDS, instant)
     thresholds = config.alerts.thresholds
     if held:
         thresholds = (min(thresholds),) if thresholds else ()
     rung = due_rungs(expires_at, thresholds, now, fired)
     if rung is None:
-        return None
-    alert = _emit(
-        session,
+        return
+
+    def supersede(alert: AlertRecord) -> None:
+        """Once inserted, the tighter rung supersedes the looser ones."""
+        known.resolve([a for a in known.unresolved(about, LADDER_KINDS) if a.id != alert.id], now)
+
+    _emit(
+        out,
         config,
-        key,
         now,
-        known,
+        key,
         Decision(
             rung.kind,
             rung.label,
@@ -330,11 +408,8 @@ def _ladder(
             {"rung": rung.label},
             rung.expires_at,
         ),
+        then=supersede,
     )
-    if alert is not None:  # the tighter rung supersedes the looser ones
-        older = [a for a in known.unresolved(_about(key), LADDER_KINDS) if a.id != alert.id]
-        known.resolve(session, older, now)
-    return alert
 
 
 def subject_for_expiry(key: KeyRecord, rung: Rung, expires_at: datetime, now: datetime) -> str:
@@ -345,19 +420,18 @@ def subject_for_expiry(key: KeyRecord, rung: Rung, expires_at: datetime, now: da
 
 
 def _rotated(
-    session: Session, config: Config, key: KeyRecord, successor: KeyRecord, now: datetime, known: AlertIndex
-) -> list[AlertRecord]:
+    config: Config, key: KeyRecord, successor: KeyRecord, now: datetime, known: AlertIndex, out: _Decided
+) -> None:
     open_alerts = known.unresolved(_about(key), OPEN_KINDS)
     if not open_alerts:  # replaced before anyone was warned: nothing to say
-        return []
-    known.resolve(session, open_alerts, now)
+        return
+    known.resolve(open_alerts, now)
     extra = {"replaced_by": {"key_id": successor.key_id, "expires_at": _iso(successor.expires_at)}}
-    alert = _emit(
-        session,
+    _emit(
+        out,
         config,
-        key,
         now,
-        known,
+        key,
         Decision(
             AlertKind.ROTATED,
             "rotated",
@@ -366,22 +440,21 @@ def _rotated(
             extra,
         ),
     )
-    return [alert] if alert else []
 
 
 def _rejected(
-    session: Session,
     config: Config,
     key: KeyRecord,
     now: datetime,
     known: AlertIndex,
+    out: _Decided,
     *,
     removed: bool = False,
-) -> AlertRecord | None:
+) -> None:
     dead = key.expires_at is not None and now >= key.expires_at
     if key.status != KeyStatus.REJECTED or dead:
-        known.resolve(session, known.unresolved(_about(key), (AlertKind.REJECTED,)), now)
-        return None
+        known.resolve(known.unresolved(_about(key), (AlertKind.REJECTED,)), now)
+        return
     episode = f"ok@{isoformat_z(key.last_ok_at)}" if key.last_ok_at else "never-ok"
     extra = {
         "error": scrub(key.last_error or ""),
@@ -395,12 +468,11 @@ def _rejected(
         else "is rejected by the issuer"
     )
     extra["diagnosis"] = "removed" if removed else None
-    return _emit(
-        session,
+    _emit(
+        out,
         config,
-        key,
         now,
-        known,
+        key,
         Decision(
             AlertKind.REJECTED, episode, Severity.CRITICAL, _subject(key, Severity.CRITICAL, what), extra
         ),
@@ -410,18 +482,16 @@ def _rejected(
 # -- issuer episodes ----------------------------------------------------------
 
 
-def _issuer_alerts(session: Session, config: Config, now: datetime, known: AlertIndex) -> list[AlertRecord]:
+def _issuer_alerts(session: Session, config: Config, now: datetime) -> list[AlertRecord]:
     if config.issuer is None:
         return []
+    known = store.AlertIndex.load(session, [ISSUER])
+    out = _Decided(config, now, known)
     url, after = config.issuer.url, config.issuer.unavailable_alert_after
-    out: list[AlertRecord] = []
+    context = {"issuer": url, "decided_at": isoformat_z(now), "timezone": config.timezone_name}
     since = store.issuer_outage(session)
     if since is not None and now - since >= after:
-        alert = _emit_issuer(
-            session,
-            config,
-            now,
-            known,
+        out.emit(
             Decision(
                 AlertKind.UNAVAILABLE,
                 isoformat_z(since),
@@ -429,20 +499,17 @@ def _issuer_alerts(session: Session, config: Config, now: datetime, known: Alert
                 f"[keyd WARNING] issuer {url} unavailable for {format_duration(now - since)}",
                 {"since": isoformat_z(since)},
             ),
+            context,
+            Subject(ISSUER),
         )
-        out.extend([alert] if alert else [])
     recovery = store.issuer_last_recovery(session)
     if recovery is not None:
         start, until = recovery
         threshold = isoformat_z(start)
         alerted = known.exists(ISSUER, AlertKind.UNAVAILABLE, threshold)
         if alerted or until - start >= after:
-            known.resolve(session, known.unresolved(ISSUER, (AlertKind.UNAVAILABLE,)), now)
-            alert = _emit_issuer(
-                session,
-                config,
-                now,
-                known,
+            known.resolve(known.unresolved(ISSUER, (AlertKind.UNAVAILABLE,)), now)
+            out.emit(
                 Decision(
                     AlertKind.RECOVERED,
                     threshold,
@@ -450,20 +517,10 @@ def _issuer_alerts(session: Session, config: Config, now: datetime, known: Alert
                     f"[keyd INFO] issuer {url} is reachable again after {format_duration(until - start)}",
                     {"since": threshold, "until": isoformat_z(until)},
                 ),
+                context,
+                Subject(ISSUER),
             )
-            out.extend([alert] if alert else [])
-    return out
-
-
-def _emit_issuer(
-    session: Session, config: Config, now: datetime, known: AlertIndex, decision: Decision
-) -> AlertRecord | None:
-    assert config.issuer is not None
-    context = {"issuer": config.issuer.url, "decided_at": isoformat_z(now), "timezone": config.timezone_name}
-    alert = _insert(session, config, now, decision, context, Subject(ISSUER))
-    if alert is not None:
-        known.add(alert)
-    return alert
+    return out.write(session)
 
 
 # -- shared -------------------------------------------------------------------
@@ -480,44 +537,124 @@ class Subject:
     sources: Sequence[str] = ()
 
 
+@dataclass(frozen=True)
+class _Queued:
+    row: dict[str, Any]  # the alerts row (store.alert_row)
+    context: dict[str, Any]  # its context, decoded
+    targets: Sequence[tuple[str, str]]  # (channel, recipient) outbox rows
+    then: Callable[[AlertRecord], None] | None  # once inserted
+
+    def record(self, alert_id: int) -> AlertRecord:
+        """The alert as inserted (what ``AlertRecord.of`` would read back)."""
+        r = self.row
+        return AlertRecord(
+            alert_id,
+            r["about"],
+            r["fingerprint"],
+            r["key_pk"],
+            r["kind"],
+            r["threshold"],
+            r["expires_at"],
+            r["severity"],
+            r["created_at"],
+            r["message_id"],
+            r["subject"],
+            self.context,
+            None,
+        )
+
+
+class _Decided:
+    """The alerts one batch decided, written together by ``write``: one
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for all of them (sent
+    as multi-row VALUES), one for their deliveries, and the resolutions
+    (``AlertIndex.write_resolved``). Only the alerts the database actually
+    inserted get deliveries and their ``then``: exactly-once stays the
+    unique index's job, across restarts and daemons."""
+
+    def __init__(self, config: Config, now: datetime, known: AlertIndex) -> None:
+        self._config, self._now, self._known = config, now, known
+        self._queued: dict[tuple[str, ...], _Queued] = {}
+
+    def emit(
+        self,
+        decision: Decision,
+        facts: Mapping[str, Any],
+        subject: Subject,
+        then: Callable[[AlertRecord], None] | None = None,
+    ) -> None:
+        kind, severity = decision.kind, decision.severity
+        threshold = threshold_text(decision.threshold, decision.expires_at)  # as shown, and in the Message-ID
+        unique = store.unique_key(subject.about, kind, decision.threshold, decision.expires_at)
+        if unique in self._queued:  # decided twice in one batch: one row, as the unique index would
+            return
+        context = {**facts, **decision.extra, "kind": kind, "severity": severity, "threshold": threshold}
+        row = store.alert_row(
+            about=subject.about,
+            fingerprint=subject.fingerprint,
+            key_pk=subject.key_pk,
+            kind=kind,
+            threshold=decision.threshold,
+            expires_at=decision.expires_at,
+            severity=severity,
+            created_at=self._now,
+            message_id=message_id(subject.about, kind, threshold),
+            subject=decision.subject,
+            context=context,
+        )
+        self._queued[unique] = _Queued(row, json.loads(row["context"]), _targets(self._config, subject), then)
+
+    def write(self, session: Session) -> list[AlertRecord]:
+        """Insert what was decided, in decision order of the result; the
+        alerts inserted now (not those that existed)."""
+        new: list[AlertRecord] = []
+        if self._queued:
+            inserted = store.insert_alerts(session, [q.row for q in self._queued.values()])
+            deliveries: list[tuple[int, str, str]] = []
+            silent: list[str] = []
+            for unique, queued in self._queued.items():
+                alert_id = inserted.get(unique)
+                if alert_id is None:  # fired before, or another daemon won the race
+                    continue
+                alert = queued.record(alert_id)
+                self._known.add(alert)
+                new.append(alert)
+                deliveries += [(alert.id, channel, recipient) for channel, recipient in queued.targets]
+                if not queued.targets:
+                    silent.append(alert.message_id)
+                if queued.then is not None:
+                    queued.then(alert)
+            store.add_delivery_rows(session, deliveries, self._now)
+            if silent:
+                log.warning(
+                    "%d new alert(s) have no delivery channel configured ([alerts.email] or "
+                    "[alerts.webhook]): %s%s",
+                    len(silent),
+                    ", ".join(silent[:LOGGED_NAMES]),
+                    ", ..." if len(silent) > LOGGED_NAMES else "",
+                )
+        self._queued = {}
+        self._known.write_resolved(session)
+        return new
+
+
 def _emit(
-    session: Session, config: Config, key: KeyRecord, now: datetime, known: AlertIndex, decision: Decision
-) -> AlertRecord | None:
+    out: _Decided,
+    config: Config,
+    now: datetime,
+    key: KeyRecord,
+    decision: Decision,
+    then: Callable[[AlertRecord], None] | None = None,
+) -> None:
+    """Queue a decision about ``key`` (written with its batch)."""
     subject = Subject(
         _about(key), key.pk, key.fingerprint, key.principal, [loc.source for loc in key.locations]
     )
-    alert = _insert(session, config, now, decision, key_facts(key, config, now), subject)
-    if alert is not None:
-        known.add(alert)
-    return alert
+    out.emit(decision, key_facts(key, config, now), subject, then)
 
 
-def _insert(
-    session: Session,
-    config: Config,
-    now: datetime,
-    decision: Decision,
-    facts: Mapping[str, Any],
-    subject: Subject,
-) -> AlertRecord | None:
-    kind, severity = decision.kind, decision.severity
-    threshold = threshold_text(decision.threshold, decision.expires_at)  # as shown, and in the Message-ID
-    alert = store.insert_alert(
-        session,
-        about=subject.about,
-        fingerprint=subject.fingerprint,
-        key_pk=subject.key_pk,
-        kind=kind,
-        threshold=decision.threshold,
-        expires_at=decision.expires_at,
-        severity=severity,
-        created_at=now,
-        message_id=message_id(subject.about, kind, threshold),
-        subject=decision.subject,
-        context={**facts, **decision.extra, "kind": kind, "severity": severity, "threshold": threshold},
-    )
-    if alert is None:
-        return None
+def _targets(config: Config, subject: Subject) -> list[tuple[str, str]]:
+    """The outbox rows of an alert: each e-mail recipient, the webhook."""
     targets: list[tuple[str, str]] = []
     if config.alerts.email is not None:
         targets += [
@@ -526,13 +663,7 @@ def _insert(
         ]
     if config.alerts.webhook is not None:
         targets.append((Channel.WEBHOOK, display_url(config.alerts.webhook.url)))
-    store.add_deliveries(session, alert.id, targets, now)
-    if not targets:
-        log.warning(
-            "alert %s has no delivery channel configured ([alerts.email] or [alerts.webhook])",
-            alert.message_id,
-        )
-    return alert
+    return targets
 
 
 def key_facts(key: KeyRecord, config: Config, now: datetime) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from keyd.actions.decision import Decision
 from keyd.checks.expiry import is_never
 from keyd.config import Config
-from keyd.store.alerts import AlertIndex, AlertRecord
+from keyd.store.alerts import AlertIndex
 from keyd.store.keys import KeyRecord
 from keyd.store.rotations import in_flight_key_ids
 from keyd.timeutil import format_duration
@@ -34,9 +34,7 @@ from keyd.vocab import AlertKind, KeyStatus, LocationKind, LocationStatus, Sever
 if TYPE_CHECKING:
     from keyd.store.alerts import Session
 
-Emit = Callable[
-    ["Session", Config, KeyRecord, datetime, AlertIndex, Decision], AlertRecord | None
-]  # alerts._emit
+Emit = Callable[[KeyRecord, Decision], None]  # queues the alert (alerts._emit, bound to its batch)
 
 
 @dataclass(frozen=True)
@@ -106,55 +104,42 @@ def zitadel_alerts(
     known: AlertIndex,
     emit: Emit,
     about: Callable[[KeyRecord], str],
-) -> list[AlertRecord]:
-    """Unheld notices and policy alerts, each at most once."""
-    out: list[AlertRecord | None] = []
+) -> None:
+    """Unheld notices and policy alerts, each at most once (``emit`` queues
+    them; the caller writes its batch)."""
     rotating = in_flight_key_ids(session, [k.key_id for k in keys if k.status == KeyStatus.UNHELD])
     for key in keys:
         if key.key_id in rotating:
             continue  # keyd's own rotation holds it (old key in its overlap, or new key before publish)
         if key.status == KeyStatus.UNHELD:
-            out.append(
-                emit(
-                    session,
-                    config,
-                    key,
-                    now,
-                    known,
-                    Decision(
-                        AlertKind.UNHELD,
-                        "unheld",
-                        Severity.WARNING,
-                        _subject(key, "exists in ZITADEL but keyd finds it nowhere"),
-                        {
-                            "held": False,
-                            "hint": "deployed somewhere keyd does not watch, or "
-                            "forgotten: remove it in ZITADEL if unused",
-                        },
-                    ),
-                )
-            )
-        else:
-            known.resolve(session, known.unresolved(about(key), (AlertKind.UNHELD,)), now)
-    for finding in policy_findings(config, keys, now):
-        extra: dict[str, Any] = {"rule": finding.rule, "finding": finding.text}
-        out.append(
             emit(
-                session,
-                config,
-                finding.key,
-                now,
-                known,
+                key,
                 Decision(
-                    AlertKind.POLICY,
-                    finding.threshold,
+                    AlertKind.UNHELD,
+                    "unheld",
                     Severity.WARNING,
-                    _subject(finding.key, f"{finding.text}: policy"),
-                    extra,
+                    _subject(key, "exists in ZITADEL but keyd finds it nowhere"),
+                    {
+                        "held": False,
+                        "hint": "deployed somewhere keyd does not watch, or "
+                        "forgotten: remove it in ZITADEL if unused",
+                    },
                 ),
             )
+        else:
+            known.resolve(known.unresolved(about(key), (AlertKind.UNHELD,)), now)
+    for finding in policy_findings(config, keys, now):
+        extra: dict[str, Any] = {"rule": finding.rule, "finding": finding.text}
+        emit(
+            finding.key,
+            Decision(
+                AlertKind.POLICY,
+                finding.threshold,
+                Severity.WARNING,
+                _subject(finding.key, f"{finding.text}: policy"),
+                extra,
+            ),
         )
-    return [a for a in out if a is not None]
 
 
 def _subject(key: KeyRecord, what: str) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Final
 
 from keyd.checks.expiry import is_never
@@ -80,6 +81,14 @@ def severity_for(before: timedelta) -> Severity:
     return Severity.INFO
 
 
+@lru_cache(maxsize=16)
+def _steps(thresholds: tuple[timedelta, ...]) -> tuple[tuple[timedelta, str, Severity], ...]:
+    """The rungs' offsets, labels and severities, loosest first: the same
+    for every key of one configuration, so computed once, not per key."""
+    befores = sorted({t for t in thresholds if t > timedelta(0)}, reverse=True)
+    return tuple((b, threshold_label(b), severity_for(b)) for b in befores)
+
+
 def ladder(expires_at: datetime, thresholds: Iterable[timedelta]) -> list[Rung]:
     """All rungs for ``expires_at``, loosest first, ``expired`` last.
     Empty for the "never expires" sentinel. Duplicate or non-positive
@@ -88,17 +97,9 @@ def ladder(expires_at: datetime, thresholds: Iterable[timedelta]) -> list[Rung]:
     if is_never(expires_at):
         return []
     instant = rung_expiry(expires_at)
-    befores = sorted({t for t in thresholds if t > timedelta(0)}, reverse=True)
     rungs = [
-        Rung(
-            threshold_label(b),
-            instant,
-            shift(expires_at, -b),
-            b,
-            AlertKind.EXPIRING,
-            severity_for(b),
-        )
-        for b in befores
+        Rung(label, instant, shift(expires_at, -b), b, AlertKind.EXPIRING, severity)
+        for b, label, severity in _steps(tuple(thresholds))
     ]
     rungs.append(Rung(EXPIRED, instant, expires_at, timedelta(0), AlertKind.EXPIRED, Severity.CRITICAL))
     return rungs

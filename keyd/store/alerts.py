@@ -103,6 +103,7 @@ class OutboxItem:
 
 
 _ALERTS: Final = cast(Table, Alert.__table__)
+_DELIVERIES: Final = cast(Table, Delivery.__table__)
 
 
 class OutboxSummary(TypedDict):
@@ -187,6 +188,95 @@ def insert_alert(
     return None if row is None else AlertRecord.of(row)
 
 
+def alert_row(
+    *,
+    about: str,
+    key_pk: int | None,
+    kind: str,
+    threshold: str,
+    severity: str,
+    created_at: datetime,
+    message_id: str,
+    subject: str,
+    context: Mapping[str, Any],
+    fingerprint: str | None = None,
+    expires_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The ``alerts`` row ``insert_alerts`` takes (``insert_alert``'s arguments)."""
+    return {
+        "about": about,
+        "fingerprint": fingerprint,
+        "key_pk": key_pk,
+        "kind": kind,
+        "threshold": threshold,
+        "expires_at": expires_at,
+        "severity": severity,
+        "created_at": created_at,
+        "message_id": message_id,
+        "subject": subject,
+        "context": json.dumps(dict(context), sort_keys=True, default=str),
+    }
+
+
+def unique_key(about: str, kind: str, threshold: str, expires_at: datetime | None) -> tuple[str, ...]:
+    """What the two unique indexes compare, as comparable text (an
+    ``expires_at`` read back may differ from the one written in tzinfo)."""
+    return (about, kind, threshold, "" if expires_at is None else isoformat_z(utc(expires_at)))
+
+
+def insert_alerts(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, ...], int]:
+    """``insert_alert`` for many rows (``alert_row``) in a few statements:
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` executed for all rows of
+    one conflict target (rungs, the rest) at once, which SQLAlchemy sends as
+    multi-row VALUES of up to 1,000 rows ("insertmanyvalues"). Returns the
+    ids of the rows inserted by their ``unique_key``; a row that already
+    existed (or that another daemon inserted first) is not among them.
+    Duplicates within ``rows`` are inserted once. Rows go in unique-key
+    order, so two daemons racing on the same rows take their index locks in
+    the same order (no deadlock on PostgreSQL)."""
+    wanted: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    for row in rows:
+        wanted.setdefault(unique_key(row["about"], row["kind"], row["threshold"], row["expires_at"]), row)
+    c = _ALERTS.c
+    out: dict[tuple[str, ...], int] = {}
+    for unique in (RUNG_UNIQUE, PLAIN_UNIQUE):
+        rung = unique is RUNG_UNIQUE
+        batch = [dict(wanted[k]) for k in sorted(wanted) if (wanted[k]["expires_at"] is not None) == rung]
+        if batch:
+            stmt = (
+                _insert(session, _ALERTS)
+                .on_conflict_do_nothing(index_elements=unique[0], index_where=unique[1])
+                .returning(c.id, c.about, c.kind, c.threshold, c.expires_at)
+            )
+            for id_, about, kind, threshold, expires_at in session.execute(stmt, batch):
+                out[unique_key(about, kind, threshold, expires_at)] = id_
+    return out
+
+
+def add_delivery_rows(session: Session, rows: Sequence[tuple[int, str, str]], now: datetime) -> None:
+    """``add_deliveries`` for many alerts: ``(alert_id, channel, recipient)``
+    outbox rows, due ``now``, in one executemany (multi-row VALUES)."""
+    if not rows:
+        return
+    stmt = _insert(session, _DELIVERIES).on_conflict_do_nothing(
+        index_elements=["alert_id", "channel", "recipient"]
+    )
+    session.execute(
+        stmt,
+        [
+            {
+                "alert_id": alert_id,
+                "channel": channel,
+                "recipient": recipient,
+                "state": DeliveryState.PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+            }
+            for alert_id, channel, recipient in sorted(rows)
+        ],
+    )
+
+
 @dataclass(frozen=True)
 class AlertSpec:
     """An alert to queue with its outbox rows in the same transaction (the
@@ -244,10 +334,12 @@ class AlertIndex:
     """Every alert of the keys under evaluation, loaded in one query, so a
     pass over N keys costs O(1) reads instead of several per key. A snapshot
     inside the caller's transaction: exactly-once still rests on the unique
-    constraint at insert time."""
+    constraint at insert time. Resolutions are applied to the snapshot at
+    once and written by ``write_resolved``, one UPDATE per 500 alerts."""
 
     def __init__(self, rows: Iterable[AlertRecord]) -> None:
         self._by_about: dict[str, list[AlertRecord]] = defaultdict(list)
+        self._resolved: dict[int, datetime] = {}  # alert id -> resolved_at, not yet written
         for row in rows:
             self.add(row)
 
@@ -292,22 +384,37 @@ class AlertIndex:
             and not (keep_expiry is not None and a.expires_at == keep_expiry)
         ]
 
-    def resolve(self, session: Session, alerts: Iterable[AlertRecord], now: datetime) -> int:
-        """Mark alerts resolved (no longer current), in the database and in
-        this index; their sent mail stays sent. No statement when none is open."""
+    def resolve(self, alerts: Iterable[AlertRecord], now: datetime) -> int:
+        """Mark alerts resolved (no longer current) in this index, and for
+        ``write_resolved``; their sent mail stays sent. Returns how many
+        were open."""
         open_ = {a.id: a.about for a in alerts if a.resolved_at is None}
         if not open_:
             return 0
-        session.execute(
-            update(_ALERTS)
-            .where(_ALERTS.c.id.in_(sorted(open_)), _ALERTS.c.resolved_at.is_(None))
-            .values(resolved_at=now)
-        )
+        for alert_id in open_:
+            self._resolved.setdefault(alert_id, now)
         for about in set(open_.values()):
             self._by_about[about] = [
                 replace(a, resolved_at=now) if a.id in open_ else a for a in self._by_about[about]
             ]
         return len(open_)
+
+    def write_resolved(self, session: Session) -> int:
+        """Write the resolutions made since the last call: one UPDATE per
+        500 alerts (per instant); none when nothing was resolved."""
+        by_instant: dict[datetime, list[int]] = defaultdict(list)
+        for alert_id, at in self._resolved.items():
+            by_instant[at].append(alert_id)
+        self._resolved = {}
+        for at, ids in by_instant.items():
+            ids.sort()
+            for start in range(0, len(ids), 500):
+                session.execute(
+                    update(_ALERTS)
+                    .where(_ALERTS.c.id.in_(ids[start : start + 500]), _ALERTS.c.resolved_at.is_(None))
+                    .values(resolved_at=at)
+                )
+        return sum(len(ids) for ids in by_instant.values())
 
 
 def removed_keys(session: Session, pks: Sequence[int]) -> set[int]:
@@ -360,6 +467,12 @@ def alert_candidates(session: Session, now: datetime, *, limit: int | None = Non
     for start in range(0, len(principals), 500):  # locations: 500 keys per query (key_records)
         keys += key_records(session, Key.principal.in_(principals[start : start + 500]), order_by=())
     return sorted(keys, key=lambda k: k.pk)
+
+
+def due_count(session: Session, now: datetime) -> int:
+    """How many keys are due for evaluation (one COUNT over the range of
+    ``ix_keys_next_alert_at``): what a chunked evaluation has still to do."""
+    return int(session.scalar(select(func.count()).select_from(Key).where(Key.next_alert_at <= now)) or 0)
 
 
 def schedule_alerts(session: Session, next_at: Mapping[int, datetime]) -> None:
