@@ -10,9 +10,10 @@ sources of evidence, both cheap:
   thread, the task in progress, items done and total, and the instant of
   the last advance. The scheduler records which thread runs which tick, so
   the watchdog judges a tick by *its own* last progress.
-* ``Rounds``: a chunked stage (the probe round) is one round over several
-  ticks; this counts its chunks and items and keeps what the stage says is
-  still due, so ``/healthz`` shows a round advancing chunk by chunk.
+* ``Rounds``: a chunked stage (the probe round, the alert evaluation with
+  many keys due) is one round over several ticks; this counts its chunks
+  and items and keeps what the stage says is still due, so ``/healthz``
+  shows a round advancing chunk by chunk.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Round:
 
 
 class Rounds:
-    """The current (or last) round of each chunked stage."""
+    """The current (or last) round of each chunked stage (probe, evaluate)."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -132,7 +133,9 @@ class Rounds:
         first chunk that does not (``started``: when this run began).
         Single-run work is not tracked."""
         more = bool(getattr(result, "more", False))
-        items = len(getattr(result, "results", ()) or ())
+        items = getattr(result, "items", None)  # keys done (the evaluation), else one per result
+        if not isinstance(items, int):
+            items = len(getattr(result, "results", ()) or ())
         now = self._clock.now()
         with self._lock:
             current = self._rounds.get(stage)

@@ -20,7 +20,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Final
 
-from keyd.actions.alerts import evaluate_alerts
+from keyd.actions.alerts import EvaluationReport, evaluate_alerts
+from keyd.actions.alerts import evaluate_chunk as alert_chunk
 from keyd.actions.deliver import DrainReport, drain_outbox, shown_recipient
 from keyd.actions.probe import plan_probes, probe_due
 from keyd.actions.rotate import RotationReport, plan_rotations, rotate_due
@@ -86,8 +87,10 @@ def cycle_stages(services: Services, *, dry_run: bool = False) -> list[Stage]:
 def daemon_stages(services: Services) -> list[Stage]:
     """The daemon's ticks: each stage once (history pruning included); its
     scan reads a zitadel source only when that source's interval has passed.
-    (The daemon's evaluate tick decides what the probe tick found.)"""
-    daemon = {"scan": daemon_scan, "probe": probe_chunk}
+    (The daemon's evaluate tick decides what the probe tick found.) The
+    evaluate and probe ticks run in chunks: a round with much due work is
+    several ticks, each bounded, with the other ticks' work in between."""
+    daemon = {"scan": daemon_scan, "evaluate": evaluate_chunk, "probe": probe_chunk}
     return [replace(s, run=daemon[s.name]) if s.name in daemon else s for s in _base_stages(services)]
 
 
@@ -112,6 +115,14 @@ def evaluate(services: Services) -> int:
     """Decide due alerts (one transaction); returns how many are new."""
     with session_scope(services.engine) as session:
         return len(evaluate_alerts(session, services.config, services.clock.now()))
+
+
+def evaluate_chunk(services: Services) -> EvaluationReport:
+    """The daemon's evaluate tick: one batch of due principals in its own
+    transaction (``actions.alerts.evaluate_chunk``); ``more`` when keys are
+    still due, and the daemon runs the next chunk after the queued ticks."""
+    with session_scope(services.engine) as session:
+        return alert_chunk(session, services.config, services.clock.now())
 
 
 def probe(services: Services) -> ProbeReport:

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from keyd.actions.alerts import EvaluationReport
 from keyd.checks.probe import ProbeReport, ProbeResult
 from keyd.cli import main
 from keyd.clock import FakeClock, SystemClock
 from keyd.config import Config, DatabaseConfig
 from keyd.inventory.leader import FileLeaderGuard
+from keyd.runtime import stages
 from keyd.runtime.cycle import Stage
 from keyd.runtime.daemon import Daemon, DaemonSettings
 from keyd.runtime.scheduler import TickScheduler, TickStats
@@ -209,3 +211,26 @@ def test_health_shows_chunked_rounds() -> None:
 
 def _ok() -> ProbeResult:
     return ProbeResult(key_id="1", principal="svc", kind="key", outcome=ProbeOutcome.OK, at=FakeClock().now())
+
+
+def test_health_shows_an_evaluation_round_by_keys() -> None:
+    """Every key due: the evaluate tick runs in chunks (one batch of
+    principals each), counted in keys evaluated."""
+    clock = FakeClock()
+    daemon, _ = _long_tick(clock)
+    start = clock.now()
+    daemon.rounds.chunk_done("evaluate", EvaluationReport(keys=2000, more=True, remaining=3000), start)
+    daemon.rounds.chunk_done("evaluate", EvaluationReport(keys=2000, more=True, remaining=1000), start)
+    round_ = daemon.health()[1]["rounds"]["evaluate"]
+    assert (round_["chunks_done"], round_["done"], round_["remaining"]) == (2, 4000, 1000)
+    daemon.rounds.chunk_done("evaluate", EvaluationReport(keys=1000, remaining=0), start)
+    round_ = daemon.health()[1]["rounds"]["evaluate"]
+    assert round_["done"] == 5000 and round_["finished"] is not None
+
+
+def test_the_daemons_evaluate_tick_is_the_chunked_one() -> None:
+    config = Config()
+    services = Services(config=config, engine=None, clock=FakeClock())  # type: ignore[arg-type]
+    by_name = {s.name: s for s in stages.daemon_stages(services)}
+    assert by_name["evaluate"].run is stages.evaluate_chunk
+    assert {s.name: s for s in stages.cycle_stages(services)}["evaluate"].run is stages.evaluate
