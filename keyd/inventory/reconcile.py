@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
+from keyd import progress
 from keyd.errors import KeyFileError
 from keyd.exposure import Exposure
 from keyd.sources.base import Candidate, ScanResult
@@ -167,6 +168,8 @@ class _Reconciler:
         self.unchanged_keys: set[int] = set()
         self._pending: list[tuple[Key, bool]] = []  # (key, present here) until flushed
         self._pending_cands: list[Candidate] = []  # locations to look at, up to _BATCH
+        self._writing = f"writing {source}"  # progress tasks (/healthz, the CLI)
+        self._settling = f"settling {source}"
 
     def run(self, result: ScanResult, index: SourceIndex) -> SourceOutcome:
         held = dict(index.held)  # what is left of it after the scan was not seen
@@ -176,15 +179,20 @@ class _Reconciler:
         slow_refs = {c.ref for c in slow}
         skipped = {c.ref for c in fresh if c.ref in index.held and c.ref not in held} - slow_refs
         unseen = set(index.other)
-        for cand in [*slow, *_one_per_ref(fresh, self.source, taken=skipped)]:
-            self.out.seen += not cand.unchanged  # the unchanged ones are counted already
-            self.out.warnings += bool(cand.warnings)
-            held.pop(cand.ref, None)
-            unseen.discard(cand.ref)
-            self._pending_cands.append(cand)
-            if len(self._pending_cands) == _BATCH:
-                self._slow()
-        self._slow()
+        todo = [*slow, *_one_per_ref(fresh, self.source, taken=skipped)]
+        progress.begin(self._writing, len(todo), "files")  # a cold scan: every file, in batches
+        try:
+            for cand in todo:
+                self.out.seen += not cand.unchanged  # the unchanged ones are counted already
+                self.out.warnings += bool(cand.warnings)
+                held.pop(cand.ref, None)
+                unseen.discard(cand.ref)
+                self._pending_cands.append(cand)
+                if len(self._pending_cands) == _BATCH:
+                    self._slow()
+            self._slow()
+        finally:
+            progress.end(self._writing)
         self._gone(sorted(unseen.union(held)))  # what the scan did not see any more
         self._settle_keys()
         self._source_ok()
@@ -235,6 +243,7 @@ class _Reconciler:
             else:
                 self._invalid(cand, loc)
         self._release()
+        progress.advance(self._writing, len(batch))
 
     def _found_isolated(
         self, cand: Candidate, kf: KeyFile, loc: KeyLocation | None, keys: dict[str, Key]
@@ -379,12 +388,17 @@ class _Reconciler:
             if target != state.status:
                 self.affected.add(state.id)
         pks = sorted(self.affected)
-        for start in range(0, len(pks), _BATCH):
-            chunk = pks[start : start + _BATCH]
-            counts = self.tx.location_status_counts(chunk)
-            for key in self.tx.keys_by_pk(chunk):
-                self._transition(key, self._target(key, counts.get(key.id, {})))
-            self._release()
+        progress.begin(self._settling, len(pks), "keys")
+        try:
+            for start in range(0, len(pks), _BATCH):
+                chunk = pks[start : start + _BATCH]
+                counts = self.tx.location_status_counts(chunk)
+                for key in self.tx.keys_by_pk(chunk):
+                    self._transition(key, self._target(key, counts.get(key.id, {})))
+                self._release()
+                progress.advance(self._settling, len(chunk))
+        finally:
+            progress.end(self._settling)
         self.out.keys = len(self.present_here)
 
     def _target(self, key: Key, by_status: dict[str, int]) -> str:

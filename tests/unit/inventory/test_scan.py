@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from keyd import progress
 from keyd.clock import FakeClock
 from keyd.config import Config, DirectorySourceConfig, VaultSourceConfig
 from keyd.errors import StoreError
@@ -127,3 +128,40 @@ def test_summary_wording() -> None:
         "3 sources, 42 keys (2 new, 1 changed, 1 missing, 1 invalid); "
         "source vault:secret/zitadel/keys failed: Vault is sealed"
     )
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.totals: dict[str, tuple[int | None, str]] = {}
+        self.done: dict[str, int] = {}
+        self.ended: list[str] = []
+
+    def begin(self, task: str, total: int | None, unit: str) -> None:
+        self.totals[task] = (total, unit)
+        self.done[task] = 0
+
+    def advance(self, task: str, n: int) -> None:
+        self.done[task] += n
+
+    def end(self, task: str) -> None:
+        self.ended.append(task)
+
+
+def test_a_cold_scan_reports_its_database_writes(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write step of a cold scan (every file new) is progress too, batch
+    by batch: files written, then keys settled, so /healthz and the CLI show
+    it advancing instead of a silent minute after 'reading'."""
+    monkeypatch.setattr(reconcile_mod, "_BATCH", 4)
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    for i in range(10):
+        make_key_file(keys, key_id=str(100 + i), user_id=f"svc{i}")
+    config = Config(sources=(DirectorySourceConfig(name="dir", path=keys),))
+    seen = _Progress()
+    with progress.reporting(seen):
+        scan_all(config, engine, FakeClock())
+    assert seen.totals["writing dir"] == (10, "files") and seen.done["writing dir"] == 10
+    assert seen.totals["settling dir"] == (10, "keys") and seen.done["settling dir"] == 10
+    assert {"writing dir", "settling dir"} <= set(seen.ended)
