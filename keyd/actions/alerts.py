@@ -211,7 +211,8 @@ def _evaluate_keys(
     progress.begin(EVALUATING, len(keys), "keys")
     try:
         for key in keys:
-            _decide_key(session, config, key, by_principal[key.principal], now, known, out, removed, held)
+            peers = by_principal[key.principal]
+            _decide_key(session, config, key, peers, now, known, out, removed=removed, held=held)
             progress.advance(EVALUATING)
         zitadel_alerts(session, config, keys, now, known, partial(_emit, out, config, now), _about)
         new = out.write(session)
@@ -229,6 +230,7 @@ def _decide_key(
     now: datetime,
     known: AlertIndex,
     out: _Decided,
+    *,
     removed: set[int],
     held: set[int],
 ) -> None:
