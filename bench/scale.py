@@ -28,7 +28,7 @@ otherwise), then prints side by side:
   500) against the test issuer (a separate process, not counted) minus a
   raw RSA-2048 signature (target <= 0.5 ms/probe beyond signing).
 
-Usage: python bench/scale.py [--n 1000 10000 100000] [--sqlite-only]
+Usage: python bench/scale.py [--n 1000 10000 100000] [--sqlite-only | --postgresql-only]
                              [--parts eval warm metrics due]
                              [--idle 60] [--probes 500] [--rebuild] [--build-only]
 """
@@ -543,6 +543,7 @@ def main() -> int:
         "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure besides idle, probe"
     )
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--postgresql-only", action="store_true")
     parser.add_argument("--rebuild", action="store_true", help="forget bench/.cache/scale/ first")
     parser.add_argument("--build-only", action="store_true", help="fill the cache, measure nothing")
     parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
@@ -552,7 +553,7 @@ def main() -> int:
     if args.rebuild:
         scale_cache.clear()
     trees = {n: scale_cache.tree(n, pems, write_tree) for n in sorted(args.n)}
-    for backend in backends(args.sqlite_only):
+    for backend in [b for b in backends(args.sqlite_only) if b == "postgresql" or not args.postgresql_only]:
         for n in sorted(args.n):
             if args.build_only:
                 with (
