@@ -41,7 +41,7 @@ def test_two_key_ids_sharing_one_key_pair_each_get_their_own_mail(
         extra='[alerts]\nthresholds = ["7d"]\n',
     )
     pair = rsa_key()
-    expires = datetime.now(UTC) + timedelta(days=5)
+    expires = datetime.now(UTC) + timedelta(days=5, hours=2)  # "5 days" however slow the runs are
     for key_id, user in (("301", "svc-a"), ("302", "svc-b")):
         make_key_file(keys, key_id=key_id, user_id=user, private_key=pair, expires_at=expires)
 
