@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_CAS_MISMATCH = "check-and-set parameter"
+_CAS_MISMATCH = "check-and-set parameter did not match"  # not "... required": that is no conflict
 POOL_SIZE = 16  # keep-alive connections kept per server; at least the token write-back pool
 
 

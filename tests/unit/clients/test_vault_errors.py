@@ -23,6 +23,7 @@ from keyd.errors import (
     VaultAuthFailed,
     VaultConflict,
     VaultDenied,
+    VaultError,
     VaultUnavailable,
 )
 from keyd.redact import Secret
@@ -145,6 +146,21 @@ def test_cas_mismatch_is_a_conflict() -> None:
     with client, pytest.raises(VaultConflict) as raised:
         client.write_cas("secret", "tokens/u1", {"access_token": TOKEN}, cas=3)
     assert raised.value.path == "secret/tokens/u1" and TOKEN not in str(raised.value)
+
+
+def test_cas_required_is_not_blamed_on_someone_else() -> None:
+    """OpenBao's answer to a write without ``cas`` on a ``cas_required``
+    secret is a 400 too, but nobody changed the secret: it is not a
+    conflict, and the message carries the server's own words."""
+    handler = route(
+        {("POST", "/v1/secret/data/"): (400, {"errors": ["check-and-set parameter required for this call"]})}
+    )
+    client, _ = make(handler)
+    with client, pytest.raises(VaultError) as raised:
+        client.write_cas("secret", "tokens/u1", {"access_token": TOKEN}, cas=3)
+    assert not isinstance(raised.value, VaultConflict)
+    assert "someone else" not in str(raised.value)
+    assert "check-and-set parameter required" in str(raised.value) and TOKEN not in str(raised.value)
 
 
 @pytest.mark.parametrize(
