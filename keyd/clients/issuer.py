@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -35,6 +36,7 @@ from urllib.parse import quote_plus, urlsplit
 import httpx
 
 from keyd.clients.deadline import Deadline, deadline_client, within
+from keyd.clients.pooled import PooledTransport, decoded
 from keyd.clock import Clock
 from keyd.config import IssuerConfig
 from keyd.errors import (
@@ -105,6 +107,10 @@ _FORM_TYPE = (b"Content-Type", b"application/x-www-form-urlencoded")
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")  # what form encoding leaves as is
 
 
+def _body_headers(body: bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    return _FORM_TYPE, (b"Content-Length", str(len(body)).encode())
+
+
 def form_encode(data: Mapping[str, str]) -> bytes:
     """``urlencode(data)``, without quoting what needs none (an assertion
     is base64url and dots)."""
@@ -144,12 +150,15 @@ class IssuerClient:
         self._origins = {_origin(self.url), *(_origin(u) for u in allow_endpoints)}
         self._clock = clock
         self._timeout = timeout
-        verify: Any = str(ca_bundle) if ca_bundle else True
+        verify = ssl_context(ca_bundle)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         # trust_env: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY with NO_PROXY, as
         # the Vault and webhook clients honour them (docs/daemon.md,
         # "Proxies"). httpx reads them once, here, not per request; proxied
-        # requests keep the total deadline too (deadline_client).
+        # requests keep the total deadline too (deadline_client) and go
+        # through httpx's proxy transports; every other request through
+        # ``self._direct``: urllib3's pools (keyd.clients.pooled), or the
+        # transport a test passes.
         self._http = deadline_client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             verify=verify,
@@ -158,7 +167,9 @@ class IssuerClient:
             trust_env=True,
             limits=limits,
         )
-        self._extensions = {"timeout": self._http.timeout.as_dict()}
+        self._direct = transport or PooledTransport(ssl_context=verify, max_connections=max_connections)
+        self._timeouts = self._http.timeout.as_dict()
+        self._extensions = {"timeout": self._timeouts}
         self._routes: dict[str, _Route] = {}
         self._discovery: Discovery | None = None
         self._lock = threading.Lock()
@@ -177,6 +188,7 @@ class IssuerClient:
 
     def close(self) -> None:
         self._http.close()
+        self._direct.close()
 
     def __enter__(self) -> IssuerClient:
         return self
@@ -287,14 +299,14 @@ class IssuerClient:
     # --- plumbing ----------------------------------------------------------
 
     def _send(self, method: str, url: str, *, what: str, data: Mapping[str, str] | None = None) -> _Answer:
-        request = self._request(method, url, data)
+        route = self._route(url)
+        body = form_encode(data) if data is not None else None
         try:
             with within(self._timeout, f"{what} at {url}") as deadline:
-                response = self._route(url).transport.handle_request(request)
-                try:
-                    body = self._read(response, deadline, what, url)
-                finally:
-                    response.close()
+                if isinstance(route.transport, PooledTransport):
+                    answer = self._exchange(route, route.transport, method, body, deadline, what, url)
+                else:
+                    answer = self._exchange_httpx(route, method, body, deadline, what, url)
         except (httpx.TimeoutException, TimeoutError):
             raise IssuerUnavailable(
                 self.url, f"{what} at {url}: no complete answer within {self._timeout:g}s"
@@ -307,22 +319,54 @@ class IssuerClient:
             raise IssuerUnavailable(
                 self.url, f"{what} at {url} failed: {type(exc).__name__}: {scrub(str(exc))[:200]}"
             ) from None
-        status = response.status_code
-        if status in UNAVAILABLE_STATUS:
-            raise IssuerUnavailable(self.url, f"{what} at {url} answered HTTP {status}", status=status)
-        headers = response.headers
-        return _Answer(status, body, headers.get("content-type", ""), headers.get("date"))
+        log.debug("%s %s: HTTP %d", method, url, answer.status)  # what httpx's own debug line said
+        if answer.status in UNAVAILABLE_STATUS:
+            raise IssuerUnavailable(
+                self.url, f"{what} at {url} answered HTTP {answer.status}", status=answer.status
+            )
+        return answer
 
-    def _request(self, method: str, url: str, data: Mapping[str, str] | None) -> httpx.Request:
+    def _exchange(
+        self,
+        route: _Route,
+        transport: PooledTransport,
+        method: str,
+        body: bytes | None,
+        deadline: Deadline,
+        what: str,
+        url: str,
+    ) -> _Answer:
+        """The direct route: ``http.client`` over kept-alive connections
+        (keyd.clients.pooled), without building httpx requests and responses."""
+        headers = route.headers if body is None else (*route.headers, *_body_headers(body))
+        reply = transport.send(method, route.url, headers, body, self._timeouts)
+        try:
+            raw = self._read(decoded(reply, reply.chunks()), reply.status, deadline, what, url)
+        finally:
+            reply.close()
+        get = reply.headers.get
+        return _Answer(reply.status, raw, get("content-type") or "", get("date"))
+
+    def _exchange_httpx(
+        self, route: _Route, method: str, body: bytes | None, deadline: Deadline, what: str, url: str
+    ) -> _Answer:
+        """Through an httpx transport (a proxy from the environment, or a test's)."""
+        response = route.transport.handle_request(self._request(route, method, body))
+        try:
+            raw = self._read(response.iter_bytes(), response.status_code, deadline, what, url)
+        finally:
+            response.close()
+        headers = response.headers
+        return _Answer(response.status_code, raw, headers.get("content-type", ""), headers.get("date"))
+
+    def _request(self, route: _Route, method: str, body: bytes | None) -> httpx.Request:
         """The request ``httpx.Client`` would send, built from the parts
         fixed per endpoint (``_Route``) instead of merging base URL,
         default headers and cookies per request (keyd's issuer exchange
         uses none of them)."""
-        route = self._route(url)
-        if data is None:
+        if body is None:
             return httpx.Request(method, route.url, headers=route.headers, extensions=self._extensions)
-        body = form_encode(data)
-        headers = [*route.headers, _FORM_TYPE, (b"Content-Length", str(len(body)).encode())]
+        headers = [*route.headers, *_body_headers(body)]
         return httpx.Request(
             method, route.url, headers=headers, stream=httpx.ByteStream(body), extensions=self._extensions
         )
@@ -334,19 +378,20 @@ class IssuerClient:
         if route is None:
             parsed = httpx.URL(url)
             headers = ((b"Host", parsed.netloc), *_HEADERS)
-            route = self._routes[url] = _Route(parsed, self._http._transport_for_url(parsed), headers)
+            transport = self._http._transport_for_url(parsed)
+            if transport is self._http._transport:  # no proxy for this URL
+                transport = self._direct
+            route = self._routes[url] = _Route(parsed, transport, headers)
         return route
 
-    def _read(self, response: httpx.Response, deadline: Deadline, what: str, url: str) -> bytes:
+    def _read(self, chunks: Iterable[bytes], status: int, deadline: Deadline, what: str, url: str) -> bytes:
         body = bytearray()
-        for chunk in response.iter_bytes():
+        for chunk in chunks:
             deadline.clamp(None)
             body.extend(chunk)
             if len(body) > MAX_BODY:
                 raise IssuerBadResponse(
-                    self.url,
-                    f"{what} at {url}: response larger than {MAX_BODY} bytes",
-                    status=response.status_code,
+                    self.url, f"{what} at {url}: response larger than {MAX_BODY} bytes", status=status
                 )
         return bytes(body)
 
@@ -426,6 +471,14 @@ class IssuerClient:
             scope=scope if isinstance(scope, str) else None,
             issued_at=issued_at,
         )
+
+
+def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """Verification on: against ``ca_bundle``, else as httpx verifies by
+    default (certifi's bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``)."""
+    if ca_bundle is not None:
+        return ssl.create_default_context(cafile=str(ca_bundle))
+    return httpx.create_ssl_context(verify=True, trust_env=True)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
