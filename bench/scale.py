@@ -24,9 +24,10 @@ otherwise), then prints side by side:
   for each (thresholds changed to reach every key: a 180-day rung; e-mail
   and webhook configured, so two deliveries per alert): one
   ``evaluate_alerts`` call, wall and CPU seconds and statements sent;
-- ``probe``: CPU per probe of ``probe_due`` over ``--probes`` keys (default
-  500) against the test issuer (a separate process, not counted) minus a
-  raw RSA-2048 signature (target <= 0.5 ms/probe beyond signing).
+- ``probe``: CPU per probe of a steady-state ``probe_due`` round over
+  ``--probes`` keys (default 500; keyd's log handler at INFO, as in the
+  daemon) against the test issuer (a separate process, not counted) minus
+  a raw RSA-2048 signature (target <= 0.5 ms/probe beyond signing).
 
 Usage: python bench/scale.py [--n 1000 10000 100000] [--sqlite-only | --postgresql-only]
                              [--parts eval warm metrics due]
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -70,6 +72,7 @@ from keyd.clock import FakeClock, SystemClock  # noqa: E402
 from keyd.config import AlertsConfig, Config, DirectorySourceConfig, EmailConfig, WebhookConfig  # noqa: E402
 from keyd.inventory.reconcile import SOURCE_HEARTBEAT  # noqa: E402
 from keyd.inventory.scan import scan_all  # noqa: E402
+from keyd.log import setup_logging  # noqa: E402
 from keyd.report.metrics import KeydMetrics  # noqa: E402
 from keyd.store import snapshot  # noqa: E402
 from keyd.store.alerts import transaction  # noqa: E402
@@ -397,12 +400,21 @@ def bench_probe(engine: Any, keys: Path, pems: list[str], m: int) -> dict[str, f
                 policy=ProbePolicy(concurrency=8, rate_limit=0),
             )
             # steady state, as in a running daemon: keys loaded, connections
-            # open; a first round in a fresh process also pays one RSA key
-            # load per PEM and the connects, which are not per-probe costs
-            warmed = probe_due(engine, services, clock.now(), limit=warm)
-            cpu = time.process_time()
-            report = probe_due(engine, services, clock.now())
-            cpu = time.process_time() - cpu
+            # open, keyd's log handler at INFO (to /dev/null); a first round
+            # in a fresh process also pays one RSA key load per PEM and the
+            # connects, which are not per-probe costs
+            root = logging.getLogger()
+            level = root.level
+            with open(os.devnull, "w") as devnull:
+                handler = setup_logging("text", "INFO", stream=devnull)
+                try:
+                    warmed = probe_due(engine, services, clock.now(), limit=warm)
+                    cpu = time.process_time()
+                    report = probe_due(engine, services, clock.now())
+                    cpu = time.process_time() - cpu
+                finally:
+                    root.removeHandler(handler)
+                    root.setLevel(level)
         assert warmed.counts().get("ok") == warm, warmed.counts()
         assert report.counts().get("ok") == m, report.counts()
     finally:
