@@ -118,7 +118,28 @@ def form_encode(data: Mapping[str, str]) -> bytes:
 
 
 def _quoted(value: str) -> str:
+    known = _CONSTANTS.get(value)
+    if known is not None:
+        return known
     return value if _UNRESERVED.fullmatch(value) else quote_plus(value)
+
+
+# the form's fixed names and values, quoted once (the grant and assertion
+# types need quoting; quote_plus per probe cost more than the rest of the form)
+_CONSTANTS = {
+    v: quote_plus(v)
+    for v in (
+        "grant_type",
+        GRANT_JWT_BEARER,
+        "assertion",
+        "scope",
+        "openid",
+        "client_assertion_type",
+        CLIENT_ASSERTION_TYPE,
+        "client_assertion",
+        "token",
+    )
+}
 
 
 def normalise_scopes(scopes: Sequence[str]) -> list[str]:
