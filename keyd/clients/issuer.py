@@ -178,8 +178,8 @@ class IssuerClient:
         # "Proxies"). httpx reads them once, here, not per request; proxied
         # requests keep the total deadline too (deadline_client) and go
         # through httpx's proxy transports; every other request through
-        # ``self._direct``: urllib3's pools (keyd.clients.pooled), or the
-        # transport a test passes.
+        # ``self._direct``: http.client connections kept alive
+        # (keyd.clients.pooled), or the transport a test passes.
         self._http = deadline_client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             verify=verify,
