@@ -20,8 +20,10 @@ takes minutes per backend; none of it is what the bench measures. So:
   is migrated to head with keyd's own migrations (what every deployed
   database goes through; the cold scan's rows are the same, the
   migrations only add and convert) and recorded as such
-  (``upgraded_from``); otherwise the tree is cold-scanned again. Older
-  entries for the same backend and N are deleted when a new one is made.
+  (``upgraded_from``), the older entry kept (another checkout still at
+  that schema, e.g. a branch not yet rebased, uses it as it is instead of
+  cold-scanning again); otherwise the tree is cold-scanned again and the
+  older entries for the same backend and N are deleted.
 
 The cold scan's time is printed when it runs and stored beside the cache
 (``<backend>-<N>-<hash>.json``), so a cached run still shows what the
@@ -64,7 +66,9 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeo
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{}"
 #: PostgreSQL templates are shared by every checkout on the server: names
 #: carry this cache directory's digest, so two checkouts never drop each other's
-NS = hashlib.sha256(str(CACHE).encode()).hexdigest()[:6]
+#: (resolved: a checkout whose bench/.cache links to another's shares its
+#: metadata files, so it must share the template names too)
+NS = hashlib.sha256(str(CACHE.resolve()).encode()).hexdigest()[:6]
 
 SOURCE = "dir"  # the source's name in every scan of the tree (cold, warm, the daemon's)
 
@@ -134,14 +138,14 @@ def database(backend: str, n: int, keys: Path, work: Path) -> Iterator[tuple[str
         yield found
 
 
-def _older(backend: str, n: int, keys: Path, meta: Path) -> Path | None:
-    """The metadata of a cached database of the same tree built under an
-    older schema (newer than the tree; another key), if any."""
+def _older(backend: str, n: int, keys: Path, meta: Path) -> list[Path]:
+    """The metadata of cached databases of the same tree built under
+    another schema (newer than the tree; another key), newest first."""
     built = (keys / ".built").stat().st_mtime
-    for old in CACHE.glob(f"{backend}-{n}-*.json"):
-        if old != meta and old.stat().st_mtime >= built:
-            return old
-    return None
+    found = [
+        old for old in CACHE.glob(f"{backend}-{n}-*.json") if old != meta and old.stat().st_mtime >= built
+    ]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def _revision(url: str) -> str | None:
@@ -176,9 +180,12 @@ def _upgraded(url: str, old_meta: Path, meta: Path) -> bool:
 
 
 def _sqlite_upgrade(n: int, key: str, keys: Path, meta: Path, cached: Path) -> bool:
-    old_meta = _older("sqlite", n, keys, meta)
-    old_db = old_meta.with_suffix(".db") if old_meta else None
-    if old_meta is None or old_db is None or not old_db.exists():
+    return any(_sqlite_upgrade_from(old, n, key, meta, cached) for old in _older("sqlite", n, keys, meta))
+
+
+def _sqlite_upgrade_from(old_meta: Path, n: int, key: str, meta: Path, cached: Path) -> bool:
+    old_db = old_meta.with_suffix(".db")
+    if not old_db.exists():
         return False
     partial = CACHE / f".partial-sqlite-{n}-{key}.db"
     shutil.copyfile(old_db, partial)
@@ -186,9 +193,7 @@ def _sqlite_upgrade(n: int, key: str, keys: Path, meta: Path, cached: Path) -> b
         partial.unlink()
         return False
     _checkpoint(partial)
-    partial.rename(cached)
-    old_db.unlink()
-    old_meta.unlink()
+    partial.rename(cached)  # the older entry stays: a checkout still at its schema uses it as it is
     return True
 
 
@@ -239,9 +244,10 @@ def _pg_clone(n: int, key: str, keys: Path, meta: Path) -> Iterator[tuple[str, C
 
 
 def _pg_upgrade(n: int, key: str, keys: Path, meta: Path, template: str) -> bool:
-    old_meta = _older("postgresql", n, keys, meta)
-    if old_meta is None:
-        return False
+    return any(_pg_upgrade_from(old, n, key, meta, template) for old in _older("postgresql", n, keys, meta))
+
+
+def _pg_upgrade_from(old_meta: Path, n: int, key: str, meta: Path, template: str) -> bool:
     old_tpl = f"keyd_bench_tpl_{NS}_{n}_{old_meta.stem.rsplit('-', 1)[1]}"
     if old_tpl not in _pg_databases():
         return False
@@ -251,9 +257,7 @@ def _pg_upgrade(n: int, key: str, keys: Path, meta: Path, template: str) -> bool
     if not _upgraded(PG_URL.format(build), old_meta, meta):
         _pg_admin(f'DROP DATABASE IF EXISTS "{build}" WITH (FORCE)')
         return False
-    _pg_admin(f'ALTER DATABASE "{build}" RENAME TO "{template}"')
-    _pg_admin(f'DROP DATABASE IF EXISTS "{old_tpl}" WITH (FORCE)')
-    old_meta.unlink()
+    _pg_admin(f'ALTER DATABASE "{build}" RENAME TO "{template}"')  # the older one stays, as on SQLite
     return True
 
 
