@@ -117,6 +117,17 @@ class Key(Base):
     """One ZITADEL key, identified by its key id, wherever it is stored."""
 
     __tablename__ = "keys"
+    __table_args__ = (
+        # the status page's bounded reads (keyd.store.page): keys by state and
+        # expiry window, and the few keys whose last probe failed
+        Index("ix_keys_status_expires_at", "status", "expires_at"),
+        Index(
+            "ix_keys_failing",
+            "id",
+            sqlite_where=text("last_error IS NOT NULL"),
+            postgresql_where=text("last_error IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key_id: Mapped[str] = mapped_column(String(128), unique=True)
@@ -175,7 +186,25 @@ class KeyLocation(Base):
     """
 
     __tablename__ = "key_locations"
-    __table_args__ = (UniqueConstraint("source", "ref"),)
+    __table_args__ = (
+        UniqueConstraint("source", "ref"),
+        # the status page's problems (keyd.store.page): invalid and
+        # group/other-readable locations, few among many
+        Index(
+            "ix_key_locations_invalid",
+            "source",
+            "ref",
+            sqlite_where=text("status = 'invalid'"),
+            postgresql_where=text("status = 'invalid'"),
+        ),
+        Index(
+            "ix_key_locations_warned",
+            "source",
+            "ref",
+            sqlite_where=text("warning IS NOT NULL"),
+            postgresql_where=text("warning IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source: Mapped[str] = mapped_column(String(255), index=True)  # configured source name
@@ -348,7 +377,7 @@ class TokenSink(Base):
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_refresh_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    state: Mapped[str] = mapped_column(String(16))  # vocab.SinkState
+    state: Mapped[str] = mapped_column(String(16), index=True)  # vocab.SinkState
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
