@@ -7,9 +7,13 @@ sealed``. Exit 0, or 6 when any source could not be scanned (its keys are
 left as they were). Refuses a database whose schema is behind (exit 4:
 run ``keyd db upgrade``).
 
-``keyd status [--at WHEN] [--json]``: the inventory as a table (or the
-JSON schema documented in ``keyd.report.status``), evaluated at ``--at``
-(RFC 3339, or a date meaning 00:00 at its start in the configured zone).
+``keyd status [--at WHEN] [--json] [--all]``: the inventory as a table (or
+the JSON schema documented in ``keyd.report.status``), evaluated at
+``--at`` (RFC 3339, or a date meaning 00:00 at its start in the configured
+zone). Beyond ``LIST_ALL_UP_TO`` keys the table lists only the keys that
+need attention, then counts by status and expiry window (bounded reads,
+``keyd.store.page``); ``--all`` lists every key, ``--json`` always has
+every key.
 """
 
 from __future__ import annotations
@@ -29,13 +33,28 @@ from keyd.errors import EXIT_OK, EXIT_UNAVAILABLE
 from keyd.inventory.scan import scan_all
 from keyd.report.render import line
 from keyd.report.rotations import rotation_lines
-from keyd.report.status import STATUS_SCHEMA, load_status, render_text, status_document
+from keyd.report.status import (
+    STATUS_SCHEMA,
+    load_attention,
+    load_status,
+    page_problems,
+    render_text,
+    status_document,
+    summary_lines,
+    unrotated_application_keys,
+)
 from keyd.runtime.wiring import zitadel_key_apis
+from keyd.store import page as page_store
+from keyd.store import snapshot
 from keyd.store.engine import make_engine
 from keyd.store.inventory import Engine
 from keyd.store.migrate import ensure_current
 from keyd.store.rotations import unfinished
-from keyd.vocab import KeyKind, KeyStatus
+
+#: ``keyd status`` lists every key up to this many; beyond, the keys that
+#: need attention and counts (``--all``: every key; ``--json``: always every key).
+LIST_ALL_UP_TO = 100
+PROBLEM_LIMIT = 200  # invalid / warned locations listed at most (and how many more)
 
 
 @contextmanager
@@ -103,26 +122,43 @@ def scan_cmd(ctx: click.Context, quiet: bool) -> int:
     help="Evaluate expiry as of an RFC 3339 instant or a date (00:00 at its start "
     "in the configured time zone).",
 )
-@click.option("--json", "as_json", is_flag=True, help=f"Machine-readable output ({STATUS_SCHEMA}).")
+@click.option(
+    "--json", "as_json", is_flag=True, help=f"Machine-readable output ({STATUS_SCHEMA}), every key."
+)
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help=f"List every key (the default beyond {LIST_ALL_UP_TO} keys: those that need attention, and counts).",
+)
 @click.pass_context
-def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool) -> int:
+def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool, show_all: bool) -> int:
     """Show the inventory: keys, where they live, expiry, status, last probe."""
     config = app(ctx).config()
     at = parse_at(at_text, config.timezone, app(ctx).clock)
     with _database(config) as engine:
-        report = load_status(engine, config, at)
         rotations = unfinished(engine)
+        counts = page_store.status_counts(engine)
+        if as_json or show_all or sum(counts.values()) <= LIST_ALL_UP_TO:
+            report = load_status(engine, config, at)
+            text = render_text(report)
+            apps = unrotated_application_keys(report)
+            app_total = len(apps)
+        else:  # a big inventory: what needs attention in full, the rest as counts
+            report = load_attention(engine, config, at)
+            windows = page_store.expiry_windows(engine, at, config.alerts.thresholds)
+            locations = page_store.location_problems(engine, PROBLEM_LIMIT)
+            text = render_text(
+                report,
+                summary_lines(counts, windows, len(report.keys)),
+                page_problems([k.row for k in report.keys], locations, snapshot.sources(engine)),
+            )
+            apps, app_total = page_store.application_keys(engine)
     if as_json:
-        echo_json(STATUS_SCHEMA, status_document(report))
+        echo_json(STATUS_SCHEMA, status_document(report, rotations))
         return EXIT_OK
-    text = render_text(report)
     enabled = config.rotation is not None and config.rotation.enabled
-    apps = [
-        k.row.key_id
-        for k in report.keys
-        if k.row.kind == KeyKind.APPLICATION and k.row.status != KeyStatus.MISSING
-    ]
-    lines = rotation_lines(rotations, apps, at, enabled=enabled)
+    lines = rotation_lines(rotations, apps, at, enabled=enabled, application_total=app_total)
     if lines:
         text += "\n\n" + "\n".join(["Rotations:", *(f"  {line(entry)}" for entry in lines)])
     click.echo(text)

@@ -1,7 +1,9 @@
 """keyd's HTTP server (stdlib ``ThreadingHTTPServer``): the status page,
 its JSON twin, Prometheus metrics and health.
 
-* ``GET /`` — the status page (``keyd.report.pages``); ``GET /keys/{key_id}``
+* ``GET /`` — the status page (``keyd.report.pages``; ``?after=KEY_ID``,
+  ``?principal=P``, ``?key=PREFIX`` pick the page of the key listing,
+  anything else in the query string is ignored); ``GET /keys/{key_id}``
   — one key (the id percent-encoded); ``GET /api/v1/status`` — exactly the
   document ``keyd status --json`` prints (one builder,
   ``keyd.report.status.load_status``).
@@ -31,11 +33,11 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from keyd.errors import ConfigError
 from keyd.redact import Secret
@@ -52,12 +54,14 @@ OPEN_PATHS: Final = ("/healthz", "/readyz")
 GZIP_MIN: Final = 1024  # smaller bodies are not worth compressing
 HTML: Final = "text/html; charset=utf-8"
 JSON: Final = "application/json"
+PAGE_PARAMS: Final = ("after", "principal", "key")  # GET /?after=KEY_ID&principal=…&key=PREFIX
+QUERY_VALUE_MAX: Final = 1024
 
 
 class Views(Protocol):
     """What the page routes need (``keyd.runtime.views.StatusViews``)."""
 
-    def index(self) -> str: ...
+    def index(self, query: Mapping[str, str] | None = None) -> str: ...
 
     def key(self, key_id: str) -> str | None: ...
 
@@ -114,12 +118,13 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    _query = ""
     timeout = 10  # a stalled client must not hold a thread forever
     server_version = "keyd"
     sys_version = ""
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
-        path = self.path.split("?", 1)[0]
+        path, _, self._query = self.path.partition("?")
         try:
             if not self.server.access.allows(path, self.headers.get("Authorization")):
                 self._send(
@@ -151,7 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
             ok, data = self.server.ready()
             self._send(200 if ok else 503, json.dumps(data).encode() + b"\n", JSON)
         elif views is not None and path == "/":
-            self._send(200, views.index().encode(), HTML)
+            query = page_query(self._query)
+            if query is None:
+                self._send(400, b"bad query\n", "text/plain")
+            else:
+                self._send(200, views.index(query).encode(), HTML)
         elif views is not None and path == "/api/v1/status":
             self._send(200, json.dumps(views.status(), indent=2).encode() + b"\n", JSON)
         elif views is not None and path.startswith("/keys/") and len(path) > len("/keys/"):
@@ -190,6 +199,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("http: %s " + format, self.address_string(), *args)
+
+
+def page_query(raw: str) -> dict[str, str] | None:
+    """The status page's query string (``after``, ``principal``, ``key``:
+    README "Status page"), or None when it is not one: undecodable, a
+    name twice, a value longer than ``QUERY_VALUE_MAX``. Other names are
+    ignored."""
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=False, errors="strict", max_num_fields=16)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    query: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in PAGE_PARAMS:
+            continue
+        if name in query or len(value) > QUERY_VALUE_MAX or "\x00" in value:
+            return None
+        query[name] = value
+    return query
 
 
 def _key_page(views: Views, quoted: str) -> str | None:

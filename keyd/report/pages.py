@@ -2,10 +2,13 @@
 
 Rendered on the server from frozen rows (``IndexPage``/``KeyPage``, put
 together by ``keyd.runtime.views``): a summary line with the same verdict
-as ``keyd check``, the expiry timeline (``keyd.report.timeline``), the key
-table with the columns of ``keyd status`` plus token write-back, problems
-(invalid files, permission warnings, failing sources, refused token
-paths) and the last audit events. Read-only: no form, no action.
+as ``keyd check``, the overview (counts by status and expiry window), the
+expiry timeline (``keyd.report.timeline``) of the keys shown, the keys
+that need attention, one page of the key listing (``Listing``: links, no
+form), both with the columns of ``keyd status`` plus token write-back,
+problems (invalid files, permission warnings, failing sources, refused
+token paths) and the last audit events. Read-only: no form, no action.
+Bounded at any inventory size: what it shows is read by ``keyd.store.page``.
 
 Never shown: key material, tokens, webhook URLs (the store does not even
 read them for the page). Every text from files, Vault or remote servers is
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
+from urllib.parse import urlencode
 
 from keyd.exposure import exposure_text
 from keyd.redact import scrub
@@ -28,23 +32,64 @@ from keyd.report.status import KeyStatus, StatusReport, problems, shown_status
 from keyd.report.timeline import key_href, render_timeline
 from keyd.report.web import Row, cell, document, e, facts, legend, status_class, table
 from keyd.store.models import threshold_text
+from keyd.store.page import ExpiryWindow
 from keyd.store.probes import ProbeHistoryRow
 from keyd.store.rotations import RotationRow
 from keyd.store.snapshot import TokenSnapshot
 from keyd.store.views import AlertRow, EventRow, SinkRow
 from keyd.vocab import ExpiryStatus, LocationStatus, SinkState
+from keyd.vocab import KeyStatus as Lifecycle
 
 #: Token sink states that are a refusal keyd reports (it will not write there).
 REFUSED: Final = (SinkState.UNMANAGED, SinkState.CONFLICT)
-#: The key table lists at most this many keys, the most urgent ones; the
-#: timeline still has a mark for every key, /api/v1/status every key's row.
-TABLE_LIMIT: Final = 1000
+#: The attention table lists at most this many keys, the most urgent first
+#: (every one of them counts in the verdict and the aggregates).
+ATTENTION_LIMIT: Final = 500
+#: Keys per page of the listing (``/?after=KEY_ID``).
+PAGE_SIZE: Final = 100
+#: Problem lines of one kind (invalid files, permission warnings) shown.
+PROBLEM_LIMIT: Final = 200
 _URGENCY: Final = {"expired": 0, "rejected": 0, "invalid": 0, "expiring": 1, "unheld": 1, "active": 2}
 
 
 @dataclass(frozen=True)
+class Listing:
+    """Which page of the key listing ``/`` shows (its query string):
+    keys in key id order after ``after``, only ``principal``'s, only ids
+    starting with ``key_prefix``; ``next_after``: where the next page
+    starts (None: this is the last one)."""
+
+    after: str | None = None
+    principal: str | None = None
+    key_prefix: str | None = None
+    next_after: str | None = None
+
+    def href(self, after: str | None) -> str:
+        params = [("principal", self.principal), ("key", self.key_prefix), ("after", after)]
+        query = urlencode([(k, v) for k, v in params if v])
+        return "/?" + query if query else "/"
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.principal or self.key_prefix)
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Inventory-wide aggregates (``keyd.store.page``): keys by stored
+    status and, for keys not missing, by expiry window."""
+
+    by_status: Mapping[str, int]
+    windows: Sequence[ExpiryWindow]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+@dataclass(frozen=True)
 class IndexPage:
-    report: StatusReport
+    report: StatusReport  # the keys shown (attention, then this page of the listing)
     verdict: str  # ok | warning | critical | unknown (``keyd check``)
     summary: str  # ``keyd check``'s one line
     thresholds: tuple[timedelta, ...]
@@ -52,6 +97,12 @@ class IndexPage:
     events: Sequence[EventRow]
     version: str
     rotations: Mapping[str, str] = field(default_factory=dict)  # key id -> ``rotation_labels``
+    # None: derived from ``report`` (a small inventory rendered whole)
+    attention: Sequence[KeyStatus] | None = None
+    listed: Sequence[KeyStatus] | None = None
+    listing: Listing = field(default_factory=Listing)
+    overview: Overview | None = None
+    problem_lines: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,21 +126,44 @@ def _clean(text: str | None) -> str:
     return scrub(text) if text else ""
 
 
+def needs_attention(key: KeyStatus, page: IndexPage) -> bool:
+    """What ``keyd.store.page.attention`` selects, for one key in hand."""
+    token = page.tokens.get(key.row.key_id)
+    return (
+        status_class(shown_status(key))[2:] in ("expired", "rejected", "invalid", "expiring", "unheld")
+        or (bool(key.row.last_error) and key.status != Lifecycle.MISSING)
+        or (token is not None and token.state in (*REFUSED, SinkState.FAILED))
+        or key.row.key_id in page.rotations
+    )
+
+
 def render_index(page: IndexPage) -> str:
     report = page.report
     body = [
         "<header><h1>keyd</h1>",
         f'<p class="summary verdict-{e(page.verdict)}" id="summary">{e(page.summary)}</p>',
         f'<p class="muted">as of {e(render.instant(report.at))}; last usable days in '
-        f"{e(_zone(report))}</p></header>",
-        '<main><section aria-labelledby="h-timeline"><h2 id="h-timeline">Expiry timeline</h2>',
+        f"{e(_zone(report))}</p></header><main>",
+    ]
+    if page.overview is not None:
+        body += [
+            '<section aria-labelledby="h-overview"><h2 id="h-overview">Overview</h2>',
+            _overview(page.overview),
+            "</section>",
+        ]
+    body += [
+        '<section aria-labelledby="h-timeline"><h2 id="h-timeline">Expiry timeline</h2>',
         render_timeline(report, page.thresholds),
         legend(),
+        _timeline_note(page),
+        "</section>",
+        '<section aria-labelledby="h-attention"><h2 id="h-attention">Needs attention</h2>',
+        _attention_table(page),
         "</section>",
         '<section aria-labelledby="h-keys"><h2 id="h-keys">Keys</h2>',
         '<label for="filter-keys">Filter keys</label>'
         '<input id="filter-keys" type="search" data-filter="keys" autocomplete="off">',
-        _key_table(page),
+        _listing_table(page),
         "</section>",
         '<section aria-labelledby="h-problems"><h2 id="h-problems">Problems</h2>',
         _problems(page),
@@ -102,9 +176,34 @@ def render_index(page: IndexPage) -> str:
     return document("keyd status", "\n".join(body), script=True)
 
 
-def _key_table(page: IndexPage) -> str:
-    report = page.report
-    headers = [
+def _overview(overview: Overview) -> str:
+    statuses = sorted(overview.by_status.items(), key=lambda item: (-item[1], item[0]))
+    pairs = [("Keys", e(f"{overview.total:,}"))]
+    pairs += [(status, e(f"{n:,}")) for status, n in statuses]
+    windows: list[Row] = [
+        ({"data-window": w.label}, [e(w.label), cell(f"{w.count:,}", css="num")]) for w in overview.windows
+    ]
+    return (
+        '<div id="overview">'
+        + facts(pairs)
+        + table("windows", "Keys not missing, by expiry window", ["Expires", "Keys"], windows)
+        + "</div>"
+    )
+
+
+def _timeline_note(page: IndexPage) -> str:
+    overview = page.overview
+    if overview is None or overview.total <= len(page.report.keys):
+        return ""
+    return (
+        f'<p class="muted">Marks for the {len(page.report.keys):,} keys on this page (those that '
+        f"need attention and this page of the listing) of {overview.total:,}; the overview counts "
+        "every key.</p>"
+    )
+
+
+def _headers(report: StatusReport) -> list[str]:
+    return [
         "Key",
         "Principal",
         "Sources",
@@ -116,19 +215,23 @@ def _key_table(page: IndexPage) -> str:
         "Token write-back",
         "Rotation",
     ]
+
+
+def _key_rows(page: IndexPage, keys: Sequence[KeyStatus]) -> list[Row]:
+    report = page.report
     rows: list[Row] = []
-    shown = _most_urgent(report.keys, TABLE_LIMIT)
-    for key in shown:
+    for key in keys:
         row, view = key.row, key.expiry
         status = shown_status(key)
         token = page.tokens.get(row.key_id)
+        principal = Listing(principal=row.principal).href(None)
         rows.append(
             (
                 {"data-key-id": row.key_id},
                 [
                     f'<td data-field="key_id" class="wrap"><a href="{e(key_href(row.key_id))}">'
                     f"{e(row.key_id)}</a></td>",
-                    cell(row.principal, field="principal"),
+                    f'<td data-field="principal"><a href="{e(principal)}">{e(row.principal)}</a></td>',
                     cell(_sources(key), field="sources", css="wrap"),
                     cell(_expires(key), field="expires_at"),
                     cell(render.day(view.last_usable_day), field="last_usable_day"),
@@ -145,31 +248,63 @@ def _key_table(page: IndexPage) -> str:
                 ],
             )
         )
-    if not rows:
-        return "<p>No keys in the inventory yet (the first scan has not run).</p>"
-    caption = f"{len(rows)} keys"
-    if len(shown) < len(report.keys):
+    return rows
+
+
+def _attention_table(page: IndexPage) -> str:
+    keys = page.attention
+    if keys is None:
+        keys = [k for k in page.report.keys if needs_attention(k, page)]
+    if not keys:
+        return "<p>None: no key is expired, expiring, rejected, invalid, unheld, failing or rotating.</p>"
+    shown = most_urgent(keys, ATTENTION_LIMIT)
+    caption = f"{len(keys):,} keys, the most urgent first"
+    if len(shown) < len(keys):
         caption = (
-            f"{len(shown):,} of {len(report.keys):,} keys: those that need attention first "
-            "(expired, rejected, invalid, then expiring soonest); every key is in "
-            "/api/v1/status and on the timeline"
+            f"The {len(shown):,} most urgent of {len(keys):,} keys that need attention "
+            "(every one is in /api/v1/status and keyd check)"
         )
-    return table("keys", caption, headers, rows, sortable=True)
+    return table("attention", caption, _headers(page.report), _key_rows(page, shown), sortable=True)
 
 
-def _most_urgent(keys: Sequence[KeyStatus], limit: int) -> Sequence[KeyStatus]:
-    """All keys when they fit; else the ``limit`` most urgent, in table order."""
-    if len(keys) <= limit:
-        return keys
+def _listing_table(page: IndexPage) -> str:
+    keys = page.listed if page.listed is not None else page.report.keys
+    listing = page.listing
+    where = []
+    if listing.principal:
+        where.append(f"of principal {listing.principal}")
+    if listing.key_prefix:
+        where.append(f"with ids starting {listing.key_prefix}")
+    scope = " ".join(where)
+    links = []
+    if listing.after or listing.filtered:
+        first = Listing(principal=listing.principal, key_prefix=listing.key_prefix).href(None)
+        links.append(f'<a href="{e(first)}">first page</a>')
+    if listing.filtered:
+        links.append('<a href="/">all keys</a>')
+    if listing.next_after:
+        links.append(f'<a rel="next" href="{e(listing.href(listing.next_after))}">next {PAGE_SIZE} keys</a>')
+    nav = f'<nav aria-label="Key pages" class="pages">{" · ".join(links)}</nav>' if links else ""
+    if not keys:
+        if listing.after or listing.filtered:
+            return f"<p>No keys {e(scope)} on this page.</p>" + nav
+        return "<p>No keys in the inventory yet (the first scan has not run).</p>"
+    caption = f"{len(keys):,} keys {scope}".rstrip() + ", by key id"
+    if page.overview is not None and (listing.next_after or listing.after):
+        caption += f" (from {keys[0].row.key_id} on; {PAGE_SIZE} per page)"
+    return table("keys", caption, _headers(page.report), _key_rows(page, keys), sortable=True) + nav
 
-    def urgency(item: tuple[int, KeyStatus]) -> tuple[int, float]:
-        key = item[1]
+
+def most_urgent(keys: Sequence[KeyStatus], limit: int) -> Sequence[KeyStatus]:
+    """The ``limit`` most urgent keys, most urgent first (expired, rejected,
+    invalid; then expiring and unheld; soonest expiry first in each)."""
+
+    def urgency(key: KeyStatus) -> tuple[int, float, str]:
         left = key.expiry.seconds_left
         rank = _URGENCY.get(status_class(shown_status(key))[2:], 3)
-        return rank, left if left is not None else float("inf")
+        return rank, left if left is not None else float("inf"), key.row.key_id
 
-    chosen = sorted(sorted(enumerate(keys), key=urgency)[:limit], key=lambda item: item[0])
-    return [key for _, key in chosen]
+    return sorted(keys, key=urgency)[:limit]
 
 
 def _sources(key: KeyStatus) -> str:
@@ -190,7 +325,8 @@ def _probe(key: KeyStatus, at: datetime) -> str:
 
 
 def _problems(page: IndexPage) -> str:
-    lines = [scrub(line) for line in problems(page.report)]
+    base = page.problem_lines if page.problem_lines is not None else problems(page.report)
+    lines = [scrub(line) for line in base]
     for key_id, token in sorted(page.tokens.items()):
         if token.state in REFUSED:
             lines.append(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from keyd.redact import scrub
 from keyd.report import render
 from keyd.store.rotations import RotationSnapshot
 from keyd.timeutil import isoformat_z
@@ -20,27 +21,33 @@ _STEP: dict[str, str] = {
 
 
 def rotation_lines(
-    rows: Sequence[RotationSnapshot], application_keys: Sequence[str], at: datetime, *, enabled: bool
+    rows: Sequence[RotationSnapshot],
+    application_keys: Sequence[str],
+    at: datetime,
+    *,
+    enabled: bool,
+    application_total: int | None = None,
 ) -> list[str]:
-    """One line per rotation, one for the application keys; empty when
-    there is nothing to say."""
+    """One line per rotation, one for the application keys (the first of
+    them, ``application_total`` in all when given); empty when there is
+    nothing to say."""
     lines: list[str] = []
     for row in rows:
         who = f"key {row.old_key_id} ({row.principal})"
         if row.state == RotationState.FAILED:
-            text = f"{who}: FAILED at {row.failed_step}: {render.shorten(row.last_error or '', 160)}"
+            text = f"{who}: FAILED at {row.failed_step}: {render.shorten(scrub(row.last_error or ''), 160)}"
         else:
             text = f"{who}: {row.state}, {_STEP.get(row.state, row.state)}"
             if row.state == RotationState.PUBLISHED and row.retire_after is not None:
                 text += f"; old key retired from {isoformat_z(row.retire_after)}"
             if row.last_error:
-                text += f" ({render.shorten(row.last_error, 120)})"
+                text += f" ({render.shorten(scrub(row.last_error), 120)})"
         lines.append(f"{text} (since {render.ago(row.planned_at, at)})")
+    total = len(application_keys) if application_total is None else application_total
     if application_keys:
-        shown = ", ".join(application_keys[:5]) + (" …" if len(application_keys) > 5 else "")
+        shown = ", ".join(application_keys[:5]) + (" …" if total > 5 else "")
         lines.append(
-            f"{len(application_keys)} application key(s) not rotated (ZITADEL's "
-            f"app-key API; expiry alerts only): {shown}"
+            f"{total} application key(s) not rotated (ZITADEL's app-key API; expiry alerts only): {shown}"
         )
     if not enabled and not rows:
         return []

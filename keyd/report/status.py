@@ -5,7 +5,8 @@
 ``render_text`` the table. Pure: the CLI reads the snapshot and the clock.
 
 JSON (``status_document``: schema ``keyd.status/1``, docs/json.md)
-``{"at", "keys": [...]}``, one object per key, then one per invalid
+``{"at", "keys": [...], "rotations": [...], "unrotated_application_keys":
+[key id, ...]}``: in ``keys`` one object per key, then one per invalid
 location that holds no key, which has ``key_id`` null::
 
     {"key_id": str|null, "kind": str|null, "principal": str|null,
@@ -32,10 +33,23 @@ metadata only). ``expiry_source``: where ``expires_at`` comes from
 an unheld key). ``diagnosis`` of a ``rejected`` key: ``removed`` when
 ZITADEL no longer lists it, else the probe's (``expired``, ``clock_skew``,
 ``malformed``, ``revoked_or_unknown``).
+
+``rotations``: every open or failed rotation (what the text output lists
+under "Rotations")::
+
+    {"old_key_id": str, "principal": str,
+     "state": "planned"|"registered"|"proven"|"published"|"failed",
+     "failed_step": str|null, "last_error": str|null, "failures": int,
+     "planned_at": RFC 3339, "updated_at": RFC 3339,
+     "retire_after": RFC 3339|null}
+
+``unrotated_application_keys``: the ids of application keys still found,
+which keyd never rotates (expiry alerts only).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
@@ -44,10 +58,15 @@ from keyd import vocab
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
 from keyd.config import Config
 from keyd.exposure import exposure_text
+from keyd.redact import scrub
 from keyd.report import render
+from keyd.store import page as page_store
 from keyd.store.inventory import Engine, InventorySnapshot, inventory_snapshot
 from keyd.store.keys import KeyRecord, Location
 from keyd.store.models import SourceState
+from keyd.store.page import ProblemLocations
+from keyd.store.rotations import RotationSnapshot
+from keyd.store.snapshot import SourceSnapshot
 from keyd.store.views import key_snapshot
 from keyd.timeutil import isoformat_z, rfc3339_z
 
@@ -176,10 +195,42 @@ def to_json(report: StatusReport) -> list[dict[str, Any]]:
     return [*(key_json(k) for k in report.keys), *(orphan_json(o) for o in report.orphans)]
 
 
-def status_document(report: StatusReport) -> dict[str, Any]:
+def rotation_json(row: RotationSnapshot) -> dict[str, Any]:
+    """One open or failed rotation, as ``keyd status`` prints it."""
+    return {
+        "old_key_id": row.old_key_id,
+        "principal": row.principal,
+        "state": row.state,
+        "failed_step": row.failed_step,
+        "last_error": scrub(row.last_error) if row.last_error else None,
+        "failures": row.failures,
+        "planned_at": _iso(row.planned_at),
+        "updated_at": _iso(row.updated_at),
+        "retire_after": _iso(row.retire_after),
+    }
+
+
+def unrotated_application_keys(report: StatusReport) -> list[str]:
+    """Application keys still found: keyd never rotates them (ZITADEL's
+    app-key API), it only alerts on their expiry."""
+    return [
+        k.row.key_id
+        for k in report.keys
+        if k.row.kind == vocab.KeyKind.APPLICATION and k.row.status != vocab.KeyStatus.MISSING
+    ]
+
+
+def status_document(report: StatusReport, rotations: Sequence[RotationSnapshot] = ()) -> dict[str, Any]:
     """The body of ``keyd status --json`` (schema ``STATUS_SCHEMA``): the
-    instant evaluated and one object per key, then per broken file."""
-    return {"at": isoformat_z(report.at), "keys": to_json(report)}
+    instant evaluated, one object per key, then per broken file; the open
+    and failed rotations (``rotations``) and the application keys keyd
+    does not rotate, which the text output lists under "Rotations"."""
+    return {
+        "at": isoformat_z(report.at),
+        "keys": to_json(report),
+        "rotations": [rotation_json(r) for r in rotations],
+        "unrotated_application_keys": unrotated_application_keys(report),
+    }
 
 
 # --- text --------------------------------------------------------------------
@@ -217,8 +268,12 @@ def _probe(row: KeyRecord, at: datetime) -> str:
     return f"{row.last_probe_outcome or '?'} {render.ago(row.last_probe_at, at)}"
 
 
-def render_text(report: StatusReport) -> str:
-    """The table, then problems an operator should look at."""
+def render_text(
+    report: StatusReport, summary: Sequence[str] = (), problem_lines: Sequence[str] | None = None
+) -> str:
+    """The table, then ``summary`` (the bounded listing's aggregates), then
+    problems an operator should look at (``problem_lines``, default
+    ``problems(report)``)."""
     zone = getattr(report.tz, "key", None) or str(report.tz)
     headers = [
         "KEY ID",
@@ -247,8 +302,11 @@ def render_text(report: StatusReport) -> str:
         headers.append("HELD")
         for row, key in zip(rows, report.keys, strict=True):
             row.append("yes" if key.row.held else "no")
-    parts = [render.table(headers, rows) if rows else 'no keys in the inventory (run "keyd scan")']
-    lines = problems(report)
+    empty = "no key needs attention" if summary else 'no keys in the inventory (run "keyd scan")'
+    parts = [render.table(headers, rows) if rows else empty]
+    if summary:
+        parts.append("\n".join(render.line(text) for text in summary))
+    lines = list(problem_lines) if problem_lines is not None else problems(report)
     if lines:
         parts.append("\n".join(["Problems:", *(f"  {line}" for line in lines)]))
     return "\n\n".join(parts)
@@ -283,3 +341,68 @@ def problems(report: StatusReport) -> list[str]:
                 f"in a row): {state.last_error}"
             )
     return [render.line(text) for text in lines]
+
+
+def page_problems(
+    keys: Sequence[KeyRecord], locations: ProblemLocations, sources: Sequence[SourceSnapshot]
+) -> list[str]:
+    """``status.problems`` from bounded reads: the invalid and warned
+    locations ``keyd.store.page.location_problems`` read (with how many
+    more there are), the last errors of the keys that need attention, the
+    failing sources."""
+    lines: list[str] = []
+    for loc in locations.invalid:
+        which = f" ({loc.key_id})" if loc.key_id else ""
+        lines.append(f"{loc.source}: {loc.ref}: INVALID{which}: {loc.error}")
+    if locations.invalid_total > len(locations.invalid):
+        lines.append(f"… and {locations.invalid_total - len(locations.invalid):,} more invalid locations")
+    said: set[str] = set()  # a directory's warning is said once, not once per file in it
+    for loc in locations.warned:
+        for warning in loc.warnings:
+            if warning.directory:
+                text = f"{loc.source}: warning: directory {warning.path} is {warning.readers}"
+            else:
+                text = f"{loc.source}: {loc.ref}: warning: {warning.message}"
+            if text not in said:
+                said.add(text)
+                lines.append(text)
+    if locations.warned_total > len(locations.warned):
+        lines.append(
+            f"… {locations.warned_total:,} locations with a permission warning in all "
+            f"(the first {len(locations.warned):,} by source and path are above)"
+        )
+    for key in keys:
+        if key.last_error:
+            lines.append(f"key {key.key_id}: {key.last_error}")
+    for state in sources:
+        if state.consecutive_failures:
+            lines.append(
+                f"source {state.name}: failing ({state.consecutive_failures} scans "
+                f"in a row): {state.last_error}"
+            )
+    return [render.line(text) for text in lines]
+
+
+def load_attention(engine: Engine, config: Config, at: datetime) -> StatusReport:
+    """The keys that need attention at ``at`` (``keyd.store.page.attention``),
+    as ``load_status`` judges them: what ``keyd status`` lists for a big
+    inventory, without reading every key."""
+    warn_before = max(config.alerts.thresholds, default=DEFAULT_WARN_BEFORE)
+    keys = page_store.attention(engine, at, warn_before)
+    return build_status(InventorySnapshot(tuple(keys), (), ()), at, config.timezone, warn_before)
+
+
+def summary_lines(
+    counts: Mapping[str, int], windows: Sequence[page_store.ExpiryWindow], listed: int
+) -> list[str]:
+    """The aggregates under a bounded listing: keys by status, by expiry
+    window, and how many are not listed."""
+    total = sum(counts.values())
+    by_status = ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items(), key=lambda i: (-i[1], i[0])))
+    by_window = ", ".join(f"{w.label} {w.count:,}" for w in windows)
+    return [
+        f"{total:,} keys: {by_status}",
+        f"by expiry (not missing): {by_window}",
+        f"{total - listed:,} keys that need no attention are not listed "
+        '("keyd status --all" lists every key, "keyd status --json" prints every key)',
+    ]

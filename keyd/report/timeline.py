@@ -1,6 +1,7 @@
 """The status page's expiry timeline: an SVG drawn on the server.
 
-One mark for **every** key, on a time axis from ``at`` (now) to the
+One mark for **every** key of the report (the status page passes the
+keys it shows: those that need attention and one page of the listing), on a time axis from ``at`` (now) to the
 farthest alert threshold: keys expiring later are pinned in a zone at the
 far end, expired ones in a zone at the start, and keys without an expiry
 date (``never``, or ``unknown`` for files without ``expirationDate``) in a

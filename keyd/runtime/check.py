@@ -36,7 +36,7 @@ last real round recorded (``issuer.unavailable_since``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
@@ -204,10 +204,14 @@ def judge(
     policy: Sequence[PolicyFinding] = (),
     rotations: Sequence[RotationSnapshot] = (),
     tokens: Sequence[TokenSnapshot] = (),
+    counted: Mapping[str, int] | None = None,
 ) -> Verdict:
     """The verdict for this inventory at ``at`` (module docstring).
     ``issuer_down_since``: a stored outage to report when this cycle did
-    not probe (dry run)."""
+    not probe (dry run). ``counted``: keys not in ``keys`` because they
+    cannot be a problem (the status page passes only the keys that need
+    attention, ``keyd.store.page.attention``), added to the counts as
+    they are (``keys``, ``missing``, ``unheld``)."""
     warn = warn_within(config)
     configured = {s.name for s in config.sources}
     verdict = Verdict(
@@ -215,6 +219,8 @@ def judge(
     )
     for key in keys:
         _judge_key(verdict, key, at, warn, config.timezone, removed=key.key_id in gone)
+    for name, n in (counted or {}).items():
+        verdict.counts[name] += n
     for finding in policy:
         verdict.problems.append(
             Problem(

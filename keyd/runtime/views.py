@@ -12,17 +12,34 @@ takes the daemon's *current* services on every call, so a SIGHUP reload
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from keyd import __version__
-from keyd.report.pages import IndexPage, KeyPage, render_index, render_key, rotation_labels
-from keyd.report.status import STATUS_SCHEMA, load_status, status_document
+from keyd.checks.expiry import DEFAULT_WARN_BEFORE
+from keyd.report.pages import (
+    PAGE_SIZE,
+    PROBLEM_LIMIT,
+    IndexPage,
+    KeyPage,
+    Listing,
+    Overview,
+    render_index,
+    render_key,
+    rotation_labels,
+)
+from keyd.report.status import STATUS_SCHEMA, build_status, load_status, page_problems, status_document
 from keyd.runtime.check import judge
 from keyd.runtime.wiring import Services
 from keyd.store import alerts as alert_store
-from keyd.store import rotations, snapshot, views
+from keyd.store import page as page_store
+from keyd.store import snapshot, views
+from keyd.store.inventory import InventorySnapshot
+from keyd.store.models import SourceState
 from keyd.store.probes import probe_history
+from keyd.store.rotations import unfinished
+from keyd.store.snapshot import LocationProblem, SourceSnapshot
+from keyd.vocab import KeyStatus
 
 PROBE_HISTORY = 50
 
@@ -34,31 +51,73 @@ class StatusViews:
     def status(self) -> Any:
         """``keyd status --json``, as of now."""
         s = self._services()
-        return {"schema": STATUS_SCHEMA, **status_document(load_status(s.engine, s.config, s.clock.now()))}
+        report = load_status(s.engine, s.config, s.clock.now())
+        return {"schema": STATUS_SCHEMA, **status_document(report, unfinished(s.engine))}
 
-    def index(self) -> str:
+    def index(self, query: Mapping[str, str] | None = None) -> str:
+        """``GET /``, bounded at any inventory size (README "Status page"):
+        aggregates, every key that needs attention, one page of the
+        listing (``query``: ``after``, ``principal``, ``key``)."""
         s = self._services()
         now = s.clock.now()
         engine = s.engine
+        config = s.config
+        query = query or {}
+        warn = max(config.alerts.thresholds, default=DEFAULT_WARN_BEFORE)
         with alert_store.transaction(engine) as session:
             outage = alert_store.issuer_outage(session)
-        verdict = judge(
-            s.config,
-            now,
-            snapshot.keys(engine),
-            snapshot.location_problems(engine),
-            snapshot.sources(engine),
-            issuer_down_since=outage,
+        by_status = page_store.status_counts(engine)
+        urgent = page_store.attention(engine, now, warn)
+        listed, next_after = page_store.listing(
+            engine,
+            after=query.get("after"),
+            principal=query.get("principal"),
+            key_prefix=query.get("key"),
+            limit=PAGE_SIZE,
         )
+        locations = page_store.location_problems(engine, PROBLEM_LIMIT)
+        sources = snapshot.sources(engine)
+        judged = [k for k in urgent if k.status not in (KeyStatus.MISSING, KeyStatus.UNHELD)]
+        missing = by_status.get(KeyStatus.MISSING, 0)
+        unheld = by_status.get(KeyStatus.UNHELD, 0)
+        verdict = judge(
+            config,
+            now,
+            judged,
+            [
+                LocationProblem(loc.source, loc.ref, loc.status, loc.error)
+                for loc in locations.invalid
+                if loc.key_id is None
+            ],
+            sources,
+            issuer_down_since=outage,
+            counted={
+                "keys": sum(by_status.values()) - missing - unheld - len(judged),
+                "missing": missing,
+                "unheld": unheld,
+            },
+        )
+        shown = {k.key_id: k for k in [*urgent, *listed]}
+        orphans = tuple(loc for loc in locations.invalid if loc.key_id is None)
+        states = tuple(_state(src) for src in sources)
+        report = build_status(
+            InventorySnapshot(tuple(shown.values()), orphans, states), now, config.timezone, warn
+        )
+        statuses = {k.row.key_id: k for k in report.keys}
         page = IndexPage(
-            report=load_status(engine, s.config, now),
+            report=report,
             verdict=verdict.status,
             summary=verdict.summary(),
-            thresholds=tuple(s.config.alerts.thresholds),
-            tokens={t.key_id: t for t in snapshot.tokens(engine)},
+            thresholds=tuple(config.alerts.thresholds),
+            tokens={t.key_id: t for t in page_store.tokens_for(engine, [k.pk for k in shown.values()])},
             events=views.recent_events(engine),
             version=__version__,
-            rotations=rotation_labels(rotations.all_rotations(engine)),
+            rotations=rotation_labels(page_store.rotations_for(engine, shown)),
+            attention=[statuses[k.key_id] for k in urgent],
+            listed=[statuses[k.key_id] for k in listed],
+            listing=Listing(query.get("after"), query.get("principal"), query.get("key"), next_after),
+            overview=Overview(by_status, page_store.expiry_windows(engine, now, config.alerts.thresholds)),
+            problem_lines=page_problems(urgent, locations, sources),
         )
         return render_index(page)
 
@@ -86,3 +145,14 @@ class StatusViews:
                 rotation=views.rotation_of(engine, key_id),
             )
         )
+
+
+def _state(src: SourceSnapshot) -> SourceState:
+    return SourceState(
+        name=src.name,
+        last_attempt_at=src.last_attempt_at,
+        last_success_at=src.last_success_at,
+        last_error=src.last_error,
+        consecutive_failures=src.consecutive_failures,
+        error_count=src.error_count,
+    )

@@ -23,7 +23,7 @@ class FakeViews:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def index(self) -> str:
+    def index(self, query: object = None) -> str:
         return "<!DOCTYPE html><p>" + "x" * 4000 + "</p>"
 
     def key(self, key_id: str) -> str | None:

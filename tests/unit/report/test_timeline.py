@@ -143,12 +143,12 @@ def test_csp_allows_exactly_the_inline_blocks() -> None:
     assert policy.count("'sha256-") == 2
 
 
-def test_big_inventories_list_the_most_urgent_keys_and_mark_every_key(
+def test_attention_lists_the_most_urgent_keys_first_and_the_listing_every_key_shown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from keyd.report import pages
 
-    monkeypatch.setattr(pages, "TABLE_LIMIT", 3)
+    monkeypatch.setattr(pages, "ATTENTION_LIMIT", 2)
     snap = snapshot(
         key("a-fine", AT + timedelta(days=300)),
         key("b-soon", AT + timedelta(days=2)),
@@ -166,10 +166,31 @@ def test_big_inventories_list_the_most_urgent_keys_and_mark_every_key(
         version="t",
     )
     html = render_index(page)
-    rows = re.findall(r'<tr data-key-id="([^"]+)"', html)
-    assert rows == ["b-soon", "c-dead", "d-later"]  # the urgent ones, in table order
-    assert "3 of 5 keys: those that need attention first" in html
+    attention, listing = html.split('<table id="attention"')[1].split('<table id="keys"')
+    assert re.findall(r'<tr data-key-id="([^"]+)"', attention) == ["c-dead", "b-soon"]
+    assert "The 2 most urgent of 3 keys that need attention" in attention
+    rows = re.findall(r'<tr data-key-id="([^"]+)"', listing)
+    assert rows == ["a-fine", "b-soon", "c-dead", "d-later", "e-fine"]  # the listing's order
     assert len(marks(render_timeline(page.report, DAYS))) == 5
+
+
+def test_listing_links_pages_and_escapes_the_query() -> None:
+    from keyd.report.pages import Listing
+
+    snap = snapshot(key("k1", AT + timedelta(days=300)), key("k2", AT + timedelta(days=300)))
+    page = IndexPage(
+        report=build_status(snap, AT, UTC),
+        verdict="ok",
+        summary="s",
+        thresholds=tuple(DAYS),
+        tokens={},
+        events=(),
+        version="t",
+        listing=Listing(after="k0", principal='p"&<x>', next_after="k2"),
+    )
+    html = render_index(page)
+    assert '<a rel="next" href="/?principal=p%22%26%3Cx%3E&amp;after=k2">' in html
+    assert 'p"&<x>' not in html and "of principal p&quot;&amp;&lt;x&gt;" in html
 
 
 def test_status_classes_are_css_tokens() -> None:
