@@ -16,7 +16,8 @@ missing) and measures, in process:
 Then the ratio largest N / smallest N per figure. ``--profile`` writes a
 cProfile of one page view per run to ``bench/.cache/status-<backend>-<N>.prof``.
 
-Usage: python bench/status.py [--n 1000 10000 100000] [--sqlite-only] [--repeat 3] [--profile]
+Usage: python bench/status.py [--n 1000 10000 100000] [--sqlite-only | --postgresql-only]
+                              [--repeat 3] [--profile]
 """
 
 from __future__ import annotations
@@ -175,12 +176,14 @@ def main() -> int:
     parser.add_argument("--pems", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--postgresql-only", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     pems = key_pems(args.pems)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     trees = {n: scale_cache.tree(n, pems, write_tree) for n in sorted(args.n)}
-    for backend in backends(args.sqlite_only):
+    chosen = [b for b in backends(args.sqlite_only) if b == "postgresql" or not args.postgresql_only]
+    for backend in chosen:
         for n in sorted(args.n):
             if backend == "postgresql" and not _pg_cached(n):
                 # never build here: a build drops other checkouts' templates of this N

@@ -49,6 +49,14 @@ ATTENTION_LIMIT: Final = 500
 PAGE_SIZE: Final = 100
 #: Problem lines of one kind (invalid files, permission warnings) shown.
 PROBLEM_LIMIT: Final = 200
+#: Shown statuses (``shown_status``, first word) of a key that needs attention.
+ATTENTION_SHOWN: Final = (
+    Lifecycle.EXPIRED,
+    Lifecycle.REJECTED,
+    Lifecycle.INVALID,
+    ExpiryStatus.EXPIRING,
+    Lifecycle.UNHELD,
+)
 _URGENCY: Final = {"expired": 0, "rejected": 0, "invalid": 0, "expiring": 1, "unheld": 1, "active": 2}
 
 
@@ -130,7 +138,7 @@ def needs_attention(key: KeyStatus, page: IndexPage) -> bool:
     """What ``keyd.store.page.attention`` selects, for one key in hand."""
     token = page.tokens.get(key.row.key_id)
     return (
-        status_class(shown_status(key))[2:] in ("expired", "rejected", "invalid", "expiring", "unheld")
+        status_class(shown_status(key))[2:] in ATTENTION_SHOWN
         or (bool(key.row.last_error) and key.status != Lifecycle.MISSING)
         or (token is not None and token.state in (*REFUSED, SinkState.FAILED))
         or key.row.key_id in page.rotations
