@@ -66,9 +66,7 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeo
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{}"
 #: PostgreSQL templates are shared by every checkout on the server: names
 #: carry this cache directory's digest, so two checkouts never drop each other's
-#: (resolved: a checkout whose bench/.cache links to another's shares its
-#: metadata files, so it must share the template names too)
-NS = hashlib.sha256(str(CACHE.resolve()).encode()).hexdigest()[:6]
+NS = hashlib.sha256(str(CACHE).encode()).hexdigest()[:6]
 
 SOURCE = "dir"  # the source's name in every scan of the tree (cold, warm, the daemon's)
 
