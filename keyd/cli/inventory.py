@@ -146,7 +146,7 @@ def status_cmd(ctx: click.Context, at_text: str | None, as_json: bool, show_all:
             app_total = len(apps)
         else:  # a big inventory: what needs attention in full, the rest as counts
             report = load_attention(engine, config, at)
-            windows = page_store.expiry_windows(engine, at, config.alerts.thresholds)
+            windows = page_store.expiry_windows(engine, at, config.alerts.thresholds, counts)
             locations = page_store.location_problems(engine, PROBLEM_LIMIT)
             text = render_text(
                 report,

@@ -76,6 +76,7 @@ class StatusViews:
             limit=PAGE_SIZE,
         )
         locations = page_store.location_problems(engine, PROBLEM_LIMIT)
+        windows = page_store.expiry_windows(engine, now, config.alerts.thresholds, by_status)
         sources = snapshot.sources(engine)
         judged = [k for k in urgent if k.status not in (KeyStatus.MISSING, KeyStatus.UNHELD)]
         missing = by_status.get(KeyStatus.MISSING, 0)
@@ -116,7 +117,7 @@ class StatusViews:
             attention=[statuses[k.key_id] for k in urgent],
             listed=[statuses[k.key_id] for k in listed],
             listing=Listing(query.get("after"), query.get("principal"), query.get("key"), next_after),
-            overview=Overview(by_status, page_store.expiry_windows(engine, now, config.alerts.thresholds)),
+            overview=Overview(by_status, windows),
             problem_lines=page_problems(urgent, locations, sources),
         )
         return render_index(page)

@@ -432,9 +432,15 @@ class Event(Base):
     """Append-only audit log of lifecycle transitions."""
 
     __tablename__ = "events"
+    __table_args__ = (
+        # the status page's last events (newest first, ties by id: a scan
+        # writes thousands with one instant) and one key's events
+        Index("ix_events_at_id", "at", "id"),
+        Index("ix_events_key_id_at_id", "key_id", "at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
     key_pk: Mapped[int | None] = mapped_column(ForeignKey("keys.id", ondelete="SET NULL"), index=True)
     key_id: Mapped[str | None] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(32))  # key.new, key.changed, key.missing, ...

@@ -26,7 +26,7 @@ Every function returns detached, frozen rows (``KeyRecord`` & co.).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -76,11 +76,14 @@ def status_counts(engine: Engine) -> dict[str, int]:
         }
 
 
-def expiry_windows(engine: Engine, at: datetime, thresholds: Sequence[timedelta]) -> list[ExpiryWindow]:
+def expiry_windows(
+    engine: Engine, at: datetime, thresholds: Sequence[timedelta], by_status: Mapping[str, int] | None = None
+) -> list[ExpiryWindow]:
     """Keys not missing by expiry window at ``at``: expired, within each
     threshold (nearest first, each window from the previous one), later,
     never, unknown. Range counts on ``ix_keys_status_expires_at``; "later"
-    is the rest, not counted."""
+    is the rest, not counted (``by_status``: ``status_counts`` when the
+    caller has it, saving the count of every key)."""
     present = Key.status.in_(PRESENT_STATUSES)
     bands = sorted({t for t in thresholds if t > timedelta(0)})
 
@@ -89,7 +92,7 @@ def expiry_windows(engine: Engine, at: datetime, thresholds: Sequence[timedelta]
 
     out: list[ExpiryWindow] = []
     with engine.connect() as conn:
-        total = count(conn)
+        total = sum(by_status.get(s, 0) for s in PRESENT_STATUSES) if by_status is not None else count(conn)
         out.append(ExpiryWindow("expired", count(conn, Key.expires_at <= at)))
         start = at
         for band in bands:

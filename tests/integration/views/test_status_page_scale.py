@@ -272,6 +272,7 @@ def test_the_attention_window_and_problem_reads_walk_no_table(tmp_path: Path) ->
     never a scan of ``keys`` or ``key_locations``. SQLite only: its plan is
     fixed by the schema, PostgreSQL's by statistics."""
     from keyd.store import page as page_store
+    from keyd.store import views as store_views
 
     url = f"sqlite:///{tmp_path / 'plan.db'}"
     upgrade(url)
@@ -283,12 +284,18 @@ def test_the_attention_window_and_problem_reads_walk_no_table(tmp_path: Path) ->
         page_store.attention(migrated_engine, AT, timedelta(days=30))
         page_store.expiry_windows(migrated_engine, AT, Config().alerts.thresholds)
         page_store.location_problems(migrated_engine, 10)
+        store_views.recent_events(migrated_engine)
     union = next(s for s in sent if "UNION" in s)
     counts = [s for s in sent if s.lstrip().startswith("SELECT count(*)")]
     assert len(counts) == 2 + len(Config().alerts.thresholds) + 2 + 2
     problems = [s for s in sent if "FROM key_locations LEFT OUTER JOIN" in s]
     assert len(problems) == 2
+    events = next(s for s in sent if "FROM events" in s)
     with migrated_engine.connect() as conn:
+        # the newest events off the (at, id) index, not a sort of every event
+        # (a cold scan writes one per key, all at one instant)
+        plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + events, (100, 0))]
+        assert plan == ["SCAN events USING INDEX ix_events_at_id"], plan
         for stmt in [union, *counts, *problems]:
             params = tuple(_params_for(stmt))
             plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params)]
