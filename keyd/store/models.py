@@ -147,7 +147,7 @@ class Key(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)  # vocab.KeyStatus
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # change_marker's max()
     # probe state
     next_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     probe_failures: Mapped[int] = mapped_column(Integer, default=0)
@@ -380,7 +380,7 @@ class TokenSink(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)  # vocab.SinkState
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # change_marker's max()
 
 
 class Rotation(Base):
@@ -420,7 +420,7 @@ class Rotation(Base):
     hook_done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retire_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # change_marker's max()
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     # why it failed or is blocked: proof | conflict | permission | hook | register | ...

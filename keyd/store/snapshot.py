@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select, text
+from sqlalchemy import ColumnElement, Select, and_, func, not_, or_, select, text
 from sqlalchemy.engine import Connection, Result, Row
 from sqlalchemy.engine import Engine as Engine  # re-exported: layers above store/ type with it
 from sqlalchemy.exc import SQLAlchemyError
@@ -187,14 +187,27 @@ def change_marker(engine: Engine) -> tuple[object, ...]:
     must not rebuild a snapshot of 10^5 keys (5-6 s of CPU) that it left
     as it was."""
     with engine.connect() as conn:
-        keys = conn.execute(select(func.count(), func.max(Key.updated_at))).one()
-        sinks = conn.execute(select(func.count(), func.max(TokenSink.updated_at))).one()
-        states = conn.execute(select(func.count(), func.sum(SourceState.error_count))).one()
-        deliveries = conn.execute(
-            select(func.count()).select_from(Delivery).where(Delivery.state.in_(("pending", "failed")))
-        ).scalar_one()
-        rotations = conn.execute(select(func.count(), func.max(Rotation.updated_at))).one()
-    return (*keys, *sinks, *states, deliveries, *rotations)
+        return tuple(conn.execute(change_marker_query()).one())
+
+
+def change_marker_query() -> Select[Any]:
+    """One statement of scalar subqueries, so each ``max(updated_at)`` is its
+    own aggregate, answered by one entry of its index (migration 0004); a
+    ``count(), max()`` pair in one SELECT walks the whole table instead
+    (42 ms at 100,000 keys on SQLite, every 15 s)."""
+    parts: list[Any] = []
+    for model in (Key, TokenSink, Rotation):
+        parts.append(select(func.count()).select_from(model).scalar_subquery())
+        parts.append(select(func.max(model.updated_at)).scalar_subquery())
+    parts.append(select(func.count()).select_from(SourceState).scalar_subquery())
+    parts.append(select(func.sum(SourceState.error_count)).scalar_subquery())
+    parts.append(
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.state.in_(("pending", "failed")))
+        .scalar_subquery()
+    )
+    return select(*parts)
 
 
 def _utc(value: Any) -> datetime | None:

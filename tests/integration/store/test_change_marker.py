@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from keyd.inventory.reconcile import SOURCE_HEARTBEAT, mark_source_ok
@@ -31,3 +32,22 @@ def test_heartbeat_leaves_the_marker_a_failure_moves_it(migrated_engine: Engine)
     with inventory_tx(migrated_engine) as tx:
         mark_source_ok(tx, "other", later)  # a new source: a new keyd_source_errors series
     assert snapshot.change_marker(migrated_engine) != failed
+
+
+def test_the_marker_reads_each_max_updated_at_off_its_index(migrated_engine: Engine) -> None:
+    """The shape, not the time: the marker is one statement whose
+    ``max(updated_at)`` subqueries are each answered from an index
+    (migration 0004) instead of walking the table, which cost 42 ms every
+    15 s at 100,000 keys on SQLite."""
+    sql = snapshot.change_marker_query().compile(migrated_engine, compile_kwargs={"literal_binds": True})
+    with migrated_engine.connect() as conn:
+        if migrated_engine.dialect.name == "sqlite":
+            plan = [str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))]
+        else:
+            conn.execute(text("SET enable_seqscan = off"))  # empty tables: show the plan a large one gets
+            plan = [str(r[0]) for r in conn.execute(text(f"EXPLAIN {sql}"))]
+    joined = " | ".join(plan)
+    for index in ("ix_keys_updated_at", "ix_tokens_updated_at", "ix_rotations_updated_at"):
+        assert index in joined, joined
+    if migrated_engine.dialect.name == "sqlite":
+        assert not any(line.startswith("SCAN keys") and "COVERING INDEX" not in line for line in plan), plan
