@@ -6,6 +6,16 @@ exit with ``LockHeld``; PostgreSQL: or wait as a hot standby), run a first
 scan when leader, start the scheduler and the HTTP server, then
 ``READY=1`` with a one-line ``STATUS=``.
 
+The first scan (100,000 keys: minutes) runs on a worker thread while the
+main thread keeps handling signals: every ``start_extension_every``
+seconds, if the scan's progress advanced since the last look, it sends
+``EXTEND_TIMEOUT_USEC`` (``start_extension``) with ``STATUS=first scan:
+...``, so systemd's ``TimeoutStartSec`` does not kill a scan that
+advances, and still kills one that is stuck. SIGTERM/SIGINT during it stop
+the daemon without ``READY=1``: the scan gets up to ``stop_timeout`` to
+finish, then the process exits anyway (its open transaction rolls back;
+batches already committed stay, and the next start scans the rest).
+
 Signals (handled on the main thread, which does nothing else):
 * SIGHUP: ``RELOADING=1``, load the config again; an invalid one is
   logged and the old one kept. A valid one is swapped in on the work
@@ -89,9 +99,21 @@ class DaemonSettings:
 StagesFor = Callable[[Services], Sequence[Stage]]
 
 
+#: Sent to the main thread's signal queue when the first scan's worker ends.
+_FIRST_SCAN_DONE = 0
+
+
 class Daemon:
     """One ``keyd run``. ``load()`` reads the config (again on SIGHUP);
     ``stages_for(services)`` returns the cycle's stages (the ticks)."""
+
+    #: While the first scan advances, ask systemd for this many more seconds
+    #: of start-up (EXTEND_TIMEOUT_USEC) every ``start_extension_every``
+    #: seconds: three chances per extension. Attributes, for tests only.
+    start_extension: float = 90.0
+    start_extension_every: float = 30.0
+    #: How long a stop waits for the first scan's worker (None: stop_timeout).
+    first_scan_stop_wait: float | None = None
 
     def __init__(
         self,
@@ -118,6 +140,8 @@ class Daemon:
         self.guard: LeaderGuard | None = None
         self.scheduler: TickScheduler | None = None
         self._http: ObservabilityServer | None = None
+        self._first_scan_thread: threading.Thread | None = None
+        self._first_scan_started = (clock.now(), clock.monotonic())
 
     # --- lifecycle --------------------------------------------------------
 
@@ -131,7 +155,8 @@ class Daemon:
         previous = self._install_signal_handlers()
         try:
             with progress.reporting(self.progress):
-                self._start(config)
+                if not self._start(config):
+                    return 0  # stopped during the first scan: never READY
                 status = self.status_line()
                 sdnotify.ready(status)
                 log.info("keyd %s running: %s", __version__, status)
@@ -142,7 +167,8 @@ class Daemon:
                 signal.signal(signum, handler)
         return 0
 
-    def _start(self, config: Config) -> None:
+    def _start(self, config: Config) -> bool:
+        """Start up to READY; False when a stop signal came during the first scan."""
         self.services = build_services(config, self._clock)
         ensure_current(self.services.engine)
         self.guard = make_guard(config.database.url)
@@ -161,7 +187,8 @@ class Daemon:
             )
             self._http.start()
         if leader:
-            self._first_scan()
+            if not self._supervise_first_scan():
+                return False
         else:
             log.info(
                 "standby: another keyd leads %s; retrying every %gs",
@@ -173,6 +200,7 @@ class Daemon:
         self.scheduler.start()
         if leader:
             self._catch_up(skip=("scan",))
+        return True
 
     def _catch_up(self, skip: tuple[str, ...] = ()) -> None:
         """Run every work tick once now instead of one interval from now:
@@ -185,6 +213,17 @@ class Daemon:
     def _stop(self) -> None:
         sdnotify.stopping()
         clean = True
+        scan = self._first_scan_thread
+        if scan is not None and scan.is_alive():
+            wait = self.first_scan_stop_wait
+            scan.join(self.settings.stop_timeout if wait is None else wait)
+            if scan.is_alive():
+                log.warning("first scan still running: exiting without it (its open transaction rolls back)")
+                if self._http is not None:
+                    self._http.close()
+                log.info("keyd stopped")
+                logging.shutdown()
+                os._exit(0)  # services and the lease are the worker's: the exit releases them
         if self.scheduler is not None and self.scheduler.running:
             clean = self.scheduler.shutdown(timeout=self.settings.stop_timeout)
         if self._http is not None:
@@ -326,6 +365,63 @@ class Daemon:
                     sdnotify.status(self.status_line())
                 return
 
+    def _supervise_first_scan(self) -> bool:
+        """Run the first scan on a worker while this (main) thread handles
+        signals and extends systemd's start timeout as long as the scan
+        advances. False when SIGTERM/SIGINT arrived; a SIGHUP waits for READY."""
+        every = max(self.start_extension_every, 0.01)
+
+        def work() -> None:
+            try:
+                self._first_scan()
+            finally:
+                self._signals.put(_FIRST_SCAN_DONE)
+
+        worker = threading.Thread(target=work, name="first-scan", daemon=True)
+        self._first_scan_started = (self._clock.now(), self._clock.monotonic())
+        self._first_scan_thread = worker
+        worker.start()
+        deferred: list[int] = []
+        last = self._scan_mark(worker)
+        due = time.monotonic() + every
+        try:
+            while True:
+                try:
+                    signum = self._signals.get(timeout=max(due - time.monotonic(), 0.0))
+                except queue.Empty:
+                    signum = None
+                if signum == _FIRST_SCAN_DONE:
+                    worker.join()
+                    return True
+                if signum == signal.SIGHUP:
+                    deferred.append(signum)
+                elif signum is not None:
+                    log.info("received %s during the first scan: stopping", signal.Signals(signum).name)
+                    return False
+                if time.monotonic() >= due:
+                    mark = self._scan_mark(worker)
+                    if mark != last:  # a stuck scan still hits TimeoutStartSec
+                        sdnotify.extend_timeout(self.start_extension, self._first_scan_status(worker))
+                    last, due = mark, time.monotonic() + every
+        finally:
+            for signum in deferred:
+                self._signals.put(signum)
+
+    def _scan_mark(self, worker: threading.Thread) -> tuple[object, ...]:
+        """What changes whenever the first scan reports progress."""
+        activity = self.progress.activity(worker.ident)
+        return (
+            self.progress.last_progress_mono(worker.ident),
+            None if activity is None else (activity.task, activity.done),
+        )
+
+    def _first_scan_status(self, worker: threading.Thread) -> str:
+        activity = self.progress.activity(worker.ident)
+        if activity is None:
+            return "first scan"
+        total = "" if activity.total is None else f" of {activity.total}"
+        return f"first scan: {activity.task}: {activity.done}{total} {activity.unit}"
+
     def _first_scan(self) -> None:
         cpu = time.thread_time()
         try:
@@ -453,10 +549,31 @@ class Daemon:
             }
         return out
 
+    def _first_scan_running(self) -> tuple[threading.Thread, float, float] | None:
+        """The first scan's worker while it runs: (thread, seconds running,
+        seconds without progress)."""
+        scan = self._first_scan_thread
+        if scan is None or not scan.is_alive():
+            return None
+        now = self._clock.monotonic()
+        last = self.progress.last_progress_mono(scan.ident)
+        started = self._first_scan_started[1]
+        return scan, now - started, now - max(started, last if last is not None else started)
+
     def _running_json(self) -> dict[str, Any]:
-        if self.scheduler is None:
-            return {}
         out: dict[str, Any] = {}
+        first = self._first_scan_running()
+        if first is not None:  # before READY: the scheduler is not ticking yet
+            scan, running, quiet = first
+            activity = self.progress.activity(scan.ident)
+            out["first_scan"] = {
+                "started": isoformat_z(self._first_scan_started[0]),
+                "running_seconds": round(running, 1),
+                "seconds_without_progress": round(quiet, 1),
+                "progress": activity.to_json() if activity is not None else None,
+            }
+        if self.scheduler is None:
+            return out
         for name, stats in list(self.scheduler.stats.items()):
             if not stats.running or stats.last_started is None or name == "control":
                 continue
@@ -472,7 +589,14 @@ class Daemon:
 
     def healthy(self) -> tuple[bool, str]:
         """The control tick ran within 3 intervals and no stage has gone
-        past its deadline without progress."""
+        past its deadline without progress. During the first scan: healthy
+        while it advances (the scheduler starts after it)."""
+        first = self._first_scan_running()
+        if first is not None:
+            _scan, running, quiet = first
+            if quiet > self.settings.stuck_after:
+                return False, f"first scan without progress for {quiet:.0f}s (running for {running:.0f}s)"
+            return True, "first scan in progress"
         overrun = self._overrun()
         if overrun is not None:
             name, _started, running, quiet = overrun

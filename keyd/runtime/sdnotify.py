@@ -60,6 +60,14 @@ def reloading() -> bool:
     return notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
 
+def extend_timeout(seconds: float, status: str | None = None) -> bool:
+    """``EXTEND_TIMEOUT_USEC=``: ask systemd (>= 236) for ``seconds`` more
+    than now before the start-up (or stop) timeout fires; older versions
+    ignore it. keyd sends it only while its first scan advances."""
+    usec = max(int(seconds * 1_000_000), 1)
+    return notify(f"EXTEND_TIMEOUT_USEC={usec}" + (f"\nSTATUS={status}" if status else ""))
+
+
 def stopping() -> bool:
     return notify("STOPPING=1")
 

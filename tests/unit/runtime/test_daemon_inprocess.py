@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from keyd import progress
 from keyd.actions.alerts import EvaluationReport
 from keyd.checks.probe import ProbeReport, ProbeResult
 from keyd.cli import main
 from keyd.clock import FakeClock, SystemClock
 from keyd.config import Config, DatabaseConfig
 from keyd.inventory.leader import FileLeaderGuard
-from keyd.runtime import stages
+from keyd.runtime import sdnotify, stages
 from keyd.runtime.cycle import Stage
 from keyd.runtime.daemon import Daemon, DaemonSettings
 from keyd.runtime.scheduler import TickScheduler, TickStats
@@ -234,3 +235,72 @@ def test_the_daemons_evaluate_tick_is_the_chunked_one() -> None:
     by_name = {s.name: s for s in stages.daemon_stages(services)}
     assert by_name["evaluate"].run is stages.evaluate_chunk
     assert {s.name: s for s in stages.cycle_stages(services)}["evaluate"].run is stages.evaluate
+
+
+class CountingDaemon(Daemon):
+    """Counts the first scan's progress checks (one per extension period)."""
+
+    checks = 0
+
+    def _scan_mark(self, worker: threading.Thread) -> tuple[object, ...]:
+        self.checks += 1
+        return super()._scan_mark(worker)
+
+
+def test_the_start_timeout_is_extended_only_while_the_first_scan_advances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'keyd.db'}"
+    upgrade(url)
+    extensions: list[tuple[float, str | None]] = []
+    extended = threading.Event()
+
+    def extend(seconds: float, status: str | None = None) -> bool:
+        extensions.append((seconds, status))
+        extended.set()
+        return True
+
+    monkeypatch.setattr(sdnotify, "extend_timeout", extend)
+    seen: dict[str, int] = {}
+
+    def scan(_: Services) -> None:
+        while daemon.checks < 1:  # the supervisor has taken its starting mark
+            threading.Event().wait(0.01)
+        progress.begin("reading keys", 3, "files")
+        for _n in range(3):
+            extended.clear()
+            progress.advance("reading keys")
+            assert extended.wait(10)  # the next check saw this advance
+        stuck_from, checks = len(extensions), daemon.checks
+        while daemon.checks < checks + 5:  # five checks with no progress at all
+            threading.Event().wait(0.01)
+        seen.update(stuck=len(extensions) - stuck_from)
+        healthy, health = daemon.health()  # /healthz before READY: the first scan, not "not ticked"
+        seen.update(healthy=healthy, done=health["running"]["first_scan"]["progress"]["done"])
+        assert health["reason"] == "first scan in progress"
+        progress.end("reading keys")
+
+    daemon = CountingDaemon(
+        lambda: Config(database=DatabaseConfig(url=url)),
+        SystemClock(),
+        lambda s: [Stage("scan", scan)],
+        DaemonSettings(control_interval=0.2, stop_timeout=5),
+    )
+    daemon.start_extension_every = 0.02
+    daemon.start_extension = 60.0
+
+    def stop_when_ready() -> None:
+        while daemon.scheduler is None or not daemon.scheduler.running:
+            threading.Event().wait(0.01)
+        daemon.request_stop()
+
+    threading.Thread(target=stop_when_ready, daemon=True).start()
+    assert daemon.run() == 0
+    assert seen == {
+        "stuck": 0,
+        "healthy": True,
+        "done": 3,
+    }  # a stuck first scan would still hit TimeoutStartSec
+    assert len(extensions) >= 3
+    assert all(seconds == 60.0 for seconds, _ in extensions)
+    assert "first scan: reading keys: 3 of 3 files" in [status for _, status in extensions]

@@ -38,6 +38,12 @@ def test_helpers(listener: socket.socket) -> None:
     assert [listener.recv(100) for _ in range(3)] == [b"WATCHDOG=1", b"STOPPING=1", b"STATUS=s"]
 
 
+def test_extend_timeout(listener: socket.socket) -> None:
+    assert sdnotify.extend_timeout(90) and sdnotify.extend_timeout(0.5, "first scan: 3 of 9 files")
+    assert listener.recv(100) == b"EXTEND_TIMEOUT_USEC=90000000"
+    assert listener.recv(100) == b"EXTEND_TIMEOUT_USEC=500000\nSTATUS=first scan: 3 of 9 files"
+
+
 def test_reloading_sends_monotonic_usec(listener: socket.socket) -> None:
     assert sdnotify.reloading()
     first, second = listener.recv(100).decode().split("\n")
