@@ -105,6 +105,41 @@ class VaultLocation:
             assert (held == old_key_id) == (number == self.scanned), (number, held)
 
 
+def rotation_config(
+    db_url: str, keys: Path, issuer: IssuerServer, credential: Path, hook_marker: Path, *, extra: str = ""
+) -> str:
+    """A keyd.toml for one directory source ``dir`` with an ``after_publish``
+    hook that appends "KEY_ID LOCATION" to ``hook_marker`` (the CLI and HA
+    rotation tests; ``extra`` goes into ``[rotation]``)."""
+    hook = json.dumps(
+        [
+            sys.executable,
+            "-c",
+            f"import os; open({str(hook_marker)!r}, 'a').write("
+            "os.environ['KEYD_KEY_ID'] + ' ' + os.environ['KEYD_LOCATION'] + '\\n')",
+        ]
+    )
+    return f"""
+[database]
+url = "{db_url}"
+[[sources]]
+type = "directory"
+name = "dir"
+path = "{keys}"
+after_publish = {hook}
+[issuer]
+url = "{issuer.url}"
+rate_limit = 1000
+[rotation]
+credential = "{credential}"
+overlap = "0s"
+recheck = "1s"
+{extra}
+[log]
+level = "INFO"
+{FAST_TICKS}"""
+
+
 def _config(
     db_url: str, issuer: IssuerServer, credential: Path, sources: Sequence[str], vault: str = ""
 ) -> str:

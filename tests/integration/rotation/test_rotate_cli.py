@@ -13,9 +13,9 @@ import pytest
 from keyd.cli import main
 from keyd.sources.keyfile import read_keyfile
 from keyd.store.migrate import upgrade
-from tests.integration.rotation.test_rotation_sigkill import rotation_config
 from tests.support.issuer import IssuerServer
 from tests.support.keys import make_key_file
+from tests.support.rotation_world import rotation_config
 from tests.support.smtp import SmtpServer, smtp_server  # noqa: F401
 from tests.support.zitadel_api import make_api_user
 

@@ -17,11 +17,11 @@ from keyd.sources.keyfile import read_keyfile
 from keyd.store import rotations as store
 from keyd.store.engine import make_engine
 from keyd.store.migrate import upgrade
-from tests.integration.rotation.test_rotation_sigkill import rotation_config
 from tests.support.daemon import Notifications, start_keyd, stop, wait_until
 from tests.support.db import postgres_database
 from tests.support.issuer import IssuerServer
 from tests.support.keys import make_key_file
+from tests.support.rotation_world import rotation_config
 from tests.support.zitadel_api import make_api_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.issuer]
