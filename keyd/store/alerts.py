@@ -167,21 +167,22 @@ def insert_alert(
     another daemon won the race). Never raises IntegrityError for that.
     """
     unique = PLAIN_UNIQUE if expires_at is None else RUNG_UNIQUE
+    values = alert_row(
+        about=about,
+        key_pk=key_pk,
+        kind=kind,
+        threshold=threshold,
+        severity=severity,
+        created_at=created_at,
+        message_id=message_id,
+        subject=subject,
+        context=context,
+        fingerprint=fingerprint,
+        expires_at=expires_at,
+    )
     stmt = (
         _insert(session, Alert)
-        .values(
-            about=about,
-            fingerprint=fingerprint,
-            key_pk=key_pk,
-            kind=kind,
-            threshold=threshold,
-            expires_at=expires_at,
-            severity=severity,
-            created_at=created_at,
-            message_id=message_id,
-            subject=subject,
-            context=json.dumps(dict(context), sort_keys=True, default=str),
-        )
+        .values(**values)
         .on_conflict_do_nothing(index_elements=unique[0], index_where=unique[1])
     )
     row = session.execute(stmt.returning(*_ALERTS.c)).first()
