@@ -32,14 +32,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import event  # noqa: E402
 
 from bench import scale_cache  # noqa: E402
 from bench.scale import backends, write_tree  # noqa: E402
@@ -49,6 +48,7 @@ from keyd.clock import SystemClock  # noqa: E402
 from keyd.config import Config, load_config  # noqa: E402
 from keyd.runtime.views import StatusViews  # noqa: E402
 from keyd.store.engine import make_engine  # noqa: E402
+from tests.support.sql import statements  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,21 +60,6 @@ class _Services:
     engine: Any
     config: Config
     clock: SystemClock
-
-
-@contextlib.contextmanager
-def statements(engine: Any) -> Iterator[list[str]]:
-    """The SQL statements sent while the block runs."""
-    seen: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 def timed(call: Callable[[], Any]) -> tuple[float, float, Any]:

@@ -49,7 +49,7 @@ which keyd never rotates (expiry alerts only).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
@@ -57,7 +57,7 @@ from typing import Any, Final
 from keyd import vocab
 from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
 from keyd.config import Config
-from keyd.exposure import exposure_text
+from keyd.exposure import Exposure, exposure_text
 from keyd.redact import scrub
 from keyd.report import render
 from keyd.store import page as page_store
@@ -322,25 +322,36 @@ def problems(report: StatusReport) -> list[str]:
             if loc.status == vocab.LocationStatus.INVALID:
                 lines.append(f"{loc.source}: {loc.ref}: INVALID ({key.row.key_id}): {loc.error}")
             elif loc.status == vocab.LocationStatus.PRESENT:
-                for warning in loc.warnings:
-                    if warning.directory:
-                        text = f"{loc.source}: warning: directory {warning.path} is {warning.readers}"
-                    else:
-                        text = f"{loc.source}: {loc.ref}: warning: {warning.message}"
-                    if text not in said:
-                        said.add(text)
-                        lines.append(text)
+                _warning_lines(loc.source, loc.ref, loc.warnings, said, lines)
         if key.row.last_error:
             lines.append(f"key {key.row.key_id}: {key.row.last_error}")
     for loc in report.orphans:
         lines.append(f"{loc.source}: {loc.ref}: INVALID: {loc.error}")
-    for state in report.sources:
-        if state.consecutive_failures:
-            lines.append(
-                f"source {state.name}: failing ({state.consecutive_failures} scans "
-                f"in a row): {state.last_error}"
-            )
+    lines.extend(_failing_sources(report.sources))
     return [render.line(text) for text in lines]
+
+
+def _warning_lines(
+    source: str, ref: str, warnings: Iterable[Exposure], said: set[str], lines: list[str]
+) -> None:
+    """A location's permission warnings, each said once (a directory's
+    warning stands for every file in it)."""
+    for warning in warnings:
+        if warning.directory:
+            text = f"{source}: warning: directory {warning.path} is {warning.readers}"
+        else:
+            text = f"{source}: {ref}: warning: {warning.message}"
+        if text not in said:
+            said.add(text)
+            lines.append(text)
+
+
+def _failing_sources(sources: Iterable[SourceState | SourceSnapshot]) -> list[str]:
+    return [
+        f"source {state.name}: failing ({state.consecutive_failures} scans in a row): {state.last_error}"
+        for state in sources
+        if state.consecutive_failures
+    ]
 
 
 def page_problems(
@@ -358,14 +369,7 @@ def page_problems(
         lines.append(f"… and {locations.invalid_total - len(locations.invalid):,} more invalid locations")
     said: set[str] = set()  # a directory's warning is said once, not once per file in it
     for loc in locations.warned:
-        for warning in loc.warnings:
-            if warning.directory:
-                text = f"{loc.source}: warning: directory {warning.path} is {warning.readers}"
-            else:
-                text = f"{loc.source}: {loc.ref}: warning: {warning.message}"
-            if text not in said:
-                said.add(text)
-                lines.append(text)
+        _warning_lines(loc.source, loc.ref, loc.warnings, said, lines)
     if locations.warned_total > len(locations.warned):
         lines.append(
             f"… {locations.warned_total:,} locations with a permission warning in all "
@@ -374,12 +378,7 @@ def page_problems(
     for key in keys:
         if key.last_error:
             lines.append(f"key {key.key_id}: {key.last_error}")
-    for state in sources:
-        if state.consecutive_failures:
-            lines.append(
-                f"source {state.name}: failing ({state.consecutive_failures} scans "
-                f"in a row): {state.last_error}"
-            )
+    lines.extend(_failing_sources(sources))
     return [render.line(text) for text in lines]
 
 

@@ -14,7 +14,7 @@ from keyd.cli import main
 from keyd.sources.keyfile import read_keyfile
 from keyd.store.migrate import upgrade
 from tests.support.issuer import IssuerServer
-from tests.support.keys import make_key_file
+from tests.support.keys import MadeKey, make_key_file
 from tests.support.rotation_world import rotation_config
 from tests.support.smtp import SmtpServer, smtp_server  # noqa: F401
 from tests.support.zitadel_api import make_api_user
@@ -22,7 +22,10 @@ from tests.support.zitadel_api import make_api_user
 pytestmark = pytest.mark.issuer
 
 
-def test_rotate_dry_run_then_real_then_history(issuer: IssuerServer, tmp_path: Path, capsys):
+def _setup(issuer: IssuerServer, tmp_path: Path, *, extra: str = "", after: str = "") -> tuple[MadeKey, Path]:
+    """A key file due in 60 days, its user known to ZITADEL's key API, a
+    manager credential, a migrated SQLite database and the keyd.toml
+    (``extra`` in ``[rotation]``, ``after`` appended)."""
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     manager = make_api_user(issuer, tmp_path)
@@ -32,7 +35,14 @@ def test_rotate_dry_run_then_real_then_history(issuer: IssuerServer, tmp_path: P
     db = f"sqlite:///{tmp_path / 'keyd.db'}"
     upgrade(db)
     config = tmp_path / "keyd.toml"
-    config.write_text(rotation_config(db, keys, issuer, manager.path, tmp_path / "hook.log"))
+    config.write_text(
+        rotation_config(db, keys, issuer, manager.path, tmp_path / "hook.log", extra=extra) + after
+    )
+    return old, config
+
+
+def test_rotate_dry_run_then_real_then_history(issuer: IssuerServer, tmp_path: Path, capsys):
+    old, config = _setup(issuer, tmp_path)
     assert old.path is not None
     before = old.path.read_bytes()
 
@@ -76,20 +86,11 @@ def test_rotate_sends_its_alert_before_it_exits(
     "rotated" mail (queued at publish when keyd does not retire old keys)
     goes out before the command exits, not at the daemon's next outbox
     tick or the next ``keyd check``; ``--json`` says so."""
-    keys = tmp_path / "keys"
-    keys.mkdir(mode=0o700)
-    manager = make_api_user(issuer, tmp_path)
-    assert manager.path is not None
-    old = make_key_file(keys, register_with=issuer, expires_at=datetime.now(UTC) + timedelta(days=60))
-    issuer.key_api.add_user(old.principal)
-    db = f"sqlite:///{tmp_path / 'keyd.db'}"
-    upgrade(db)
-    config = tmp_path / "keyd.toml"
-    config.write_text(
-        rotation_config(db, keys, issuer, manager.path, tmp_path / "hook.log", extra="retire = false")
-        + f'\n[alerts.email]\nhost = "{smtp_server.host}"\nport = {smtp_server.port}\nsecurity = "none"\n'
+    email = (
+        f'\n[alerts.email]\nhost = "{smtp_server.host}"\nport = {smtp_server.port}\nsecurity = "none"\n'
         'from = "keyd@test.example"\nto = ["ops@test.example"]\n'
     )
+    old, config = _setup(issuer, tmp_path, extra="retire = false", after=email)
     assert main(["--config", str(config), "rotate", old.key_id, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["rotation"]["state"] == "published"
