@@ -212,28 +212,26 @@ class Daemon:
 
     def _stop(self) -> None:
         sdnotify.stopping()
-        clean = True
         scan = self._first_scan_thread
+        scan_stuck = False
         if scan is not None and scan.is_alive():
             wait = self.first_scan_stop_wait
             scan.join(self.settings.stop_timeout if wait is None else wait)
             if scan.is_alive():
                 log.warning("first scan still running: exiting without it (its open transaction rolls back)")
-                if self._http is not None:
-                    self._http.close()
-                log.info("keyd stopped")
-                logging.shutdown()
-                os._exit(0)  # services and the lease are the worker's: the exit releases them
+                scan_stuck = True
+        clean = True
         if self.scheduler is not None and self.scheduler.running:
             clean = self.scheduler.shutdown(timeout=self.settings.stop_timeout)
         if self._http is not None:
             self._http.close()
-        if self.guard is not None:
-            self.guard.close()
-        if self.services is not None:
-            self.services.close()
+        if not scan_stuck:  # else they are the first scan's: the exit releases them
+            if self.guard is not None:
+                self.guard.close()
+            if self.services is not None:
+                self.services.close()
         log.info("keyd stopped")
-        if not clean:  # a stuck worker thread would block interpreter exit
+        if scan_stuck or not clean:  # a stuck worker thread would block interpreter exit
             logging.shutdown()
             os._exit(0)
 
