@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Final, Literal
@@ -35,6 +36,13 @@ from keyd.vocab import ExpiryStatus
 DEFAULT_WARN_BEFORE: Final = timedelta(days=30)
 _US: Final = timedelta(microseconds=1)
 _DAY_SECONDS: Final = 86_400
+
+
+def warn_window(thresholds: Iterable[timedelta]) -> timedelta:
+    """How far ahead a key counts as expiring: the widest alert threshold
+    (30 days when none is configured). The verdict, the status line, the
+    status page and ``keyd status`` all warn from this one window."""
+    return max(thresholds, default=DEFAULT_WARN_BEFORE)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
 
 from keyd import vocab
-from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate
+from keyd.checks.expiry import DEFAULT_WARN_BEFORE, ExpiryView, evaluate, warn_window
 from keyd.config import Config
 from keyd.exposure import Exposure, exposure_text
 from keyd.redact import scrub
@@ -111,7 +111,7 @@ def load_status(engine: Engine, config: Config, at: datetime, *, key_id: str | N
     within the largest alert threshold); only ``key_id`` when given. The one
     builder behind both ``keyd status --json`` and ``GET /api/v1/status``
     (and the status page), so they cannot drift."""
-    warn_before = max(config.alerts.thresholds, default=DEFAULT_WARN_BEFORE)
+    warn_before = warn_window(config.alerts.thresholds)
     rows = inventory_snapshot(engine) if key_id is None else key_snapshot(engine, key_id)
     return build_status(rows, at, config.timezone, warn_before)
 
@@ -386,7 +386,7 @@ def load_attention(engine: Engine, config: Config, at: datetime) -> StatusReport
     """The keys that need attention at ``at`` (``keyd.store.page.attention``),
     as ``load_status`` judges them: what ``keyd status`` lists for a big
     inventory, without reading every key."""
-    warn_before = max(config.alerts.thresholds, default=DEFAULT_WARN_BEFORE)
+    warn_before = warn_window(config.alerts.thresholds)
     keys = page_store.attention(engine, at, warn_before)
     return build_status(InventorySnapshot(tuple(keys), (), ()), at, config.timezone, warn_before)
 

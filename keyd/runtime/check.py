@@ -42,7 +42,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
 
 from keyd.actions.findings import policy_findings
-from keyd.checks.expiry import evaluate, time_left
+from keyd.checks.expiry import evaluate, time_left, warn_window
 from keyd.config import Config, ZitadelSourceConfig
 from keyd.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, EXIT_WARNING
 from keyd.redact import scrub
@@ -210,8 +210,9 @@ def judge(
     ``issuer_down_since``: a stored outage to report when this cycle did
     not probe (dry run). ``counted``: keys not in ``keys`` because they
     cannot be a problem (the status page passes only the keys that need
-    attention, ``keyd.store.page.attention``), added to the counts as
-    they are (``keys``, ``missing``, ``unheld``)."""
+    attention, ``keyd.store.page.attention``; the status line leaves out
+    the quiet ones, ``snapshot.quiet``), added to the counts as they are
+    (``keys``, ``missing``, ``unheld``)."""
     warn = warn_within(config)
     configured = {s.name for s in config.sources}
     verdict = Verdict(
@@ -263,8 +264,8 @@ def judge(
 
 
 def warn_within(config: Config) -> timedelta:
-    """How far ahead a verdict calls a key expiring: the widest alert threshold."""
-    return max(config.alerts.thresholds, default=timedelta(days=30))
+    """How far ahead a verdict calls a key expiring (``warn_window``)."""
+    return warn_window(config.alerts.thresholds)
 
 
 def inventory_verdict(config: Config, engine: snapshot.Engine, at: datetime) -> Verdict:
@@ -283,8 +284,8 @@ def inventory_verdict(config: Config, engine: snapshot.Engine, at: datetime) -> 
         snapshot.keys(engine, unless_quiet_after=bound),
         snapshot.location_problems(engine),
         snapshot.sources(engine),
+        counted={"keys": quiet},
     )
-    verdict.counts["keys"] += quiet
     return verdict
 
 

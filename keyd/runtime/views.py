@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from keyd import __version__
-from keyd.checks.expiry import DEFAULT_WARN_BEFORE
+from keyd.checks.expiry import warn_window
 from keyd.report.pages import (
     PAGE_SIZE,
     PROBLEM_LIMIT,
@@ -63,7 +63,7 @@ class StatusViews:
         engine = s.engine
         config = s.config
         query = query or {}
-        warn = max(config.alerts.thresholds, default=DEFAULT_WARN_BEFORE)
+        warn = warn_window(config.alerts.thresholds)
         with alert_store.transaction(engine) as session:
             outage = alert_store.issuer_outage(session)
         by_status = page_store.status_counts(engine)

@@ -39,7 +39,7 @@ from keyd.store.inventory import latest_diagnoses
 from keyd.store.keys import LOCATION_COLUMNS, KeyRecord, Location, key_records, location
 from keyd.store.models import Key, KeyLocation, Rotation, SourceState, TokenSink
 from keyd.store.rotations import NEVER_FROM, OPEN_STATES, RotationRow
-from keyd.store.snapshot import TokenSnapshot, _utc
+from keyd.store.snapshot import TokenSnapshot, _utc, not_quiet
 from keyd.timeutil import format_duration
 from keyd.vocab import KeyKind, KeyStatus, LocationStatus, RotationState, SinkState
 
@@ -122,8 +122,7 @@ def attention(engine: Engine, at: datetime, warn_before: timedelta) -> list[KeyR
         Rotation.state.in_(ROTATION_STATES), Rotation.new_key_id.is_not(None)
     )
     wanted = union(
-        select(Key.id).where(Key.status.in_(ATTENTION_STATUSES)),
-        select(Key.id).where(Key.status == KeyStatus.ACTIVE, Key.expires_at <= at + warn_before),
+        *not_quiet(at + warn_before, ATTENTION_STATUSES),
         select(Key.id).where(Key.last_error.is_not(None), Key.status != KeyStatus.MISSING),
         select(TokenSink.key_pk).where(TokenSink.state.in_(FAILING_SINKS)),
         select(Key.id).where(Key.key_id.in_(rotating)),

@@ -10,7 +10,7 @@ newer keyd wrote) is logged and skipped: one bad row must never take
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -84,7 +84,7 @@ def keys(engine: Engine, *, unless_quiet_after: datetime | None = None) -> Itera
         with engine.connect() as conn:
             page = select(Key.id, Key.key_id).order_by(Key.key_id).limit(CHUNK)
             if unless_quiet_after is not None:
-                page = page.where(not_(_quiet(unless_quiet_after)))
+                page = page.where(not_(quiet(unless_quiet_after)))
             ids = list(conn.execute(page if after is None else page.where(Key.key_id > after)))
             if not ids:
                 return
@@ -96,17 +96,33 @@ def keys(engine: Engine, *, unless_quiet_after: datetime | None = None) -> Itera
 
 
 def quiet_keys(engine: Engine, after: datetime) -> int:
-    """Active keys that expire after ``after`` or never say when: keys a
-    verdict warning from ``after`` on only counts (``keyd.runtime.check``),
-    counted in SQL instead of read. On an idle inventory that is nearly
-    every key. (A row too corrupt to read is counted here, where
-    ``keys`` would skip it.)"""
+    """The keys ``quiet(after)`` holds, counted in SQL instead of read. On
+    an idle inventory that is nearly every key. (A row too corrupt to read
+    is counted here, where ``keys`` would skip it.)"""
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(Key).where(_quiet(after))).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(Key).where(quiet(after))).scalar_one())
 
 
-def _quiet(after: datetime) -> ColumnElement[bool]:
+def quiet(after: datetime) -> ColumnElement[bool]:
+    """The one rule for a key that cannot be a problem before ``after`` (the
+    end of the warning window): active, and expiring after ``after`` or not
+    saying when. A verdict only counts such a key (``keyd.runtime.check``);
+    the status line counts them in SQL and judges the rest, the status page
+    and ``keyd status`` read the rest (``not_quiet``, ``page.attention``)."""
     return and_(Key.status == KeyStatus.ACTIVE, or_(Key.expires_at.is_(None), Key.expires_at > after))
+
+
+def not_quiet(after: datetime, statuses: Sequence[str]) -> list[Select[int]]:
+    """The pks of the keys ``quiet(after)`` does not hold, as index lookups
+    to ``UNION``: every key in ``statuses`` (non-active statuses; a caller
+    leaves out the ones it only counts, such as ``missing``) and every
+    active key expiring by ``after``."""
+    if KeyStatus.ACTIVE in statuses:
+        raise ValueError("not_quiet: statuses are the non-active ones")
+    return [
+        select(Key.id).where(Key.status.in_(statuses)),
+        select(Key.id).where(Key.status == KeyStatus.ACTIVE, Key.expires_at <= after),
+    ]
 
 
 def _key_chunk(conn: Connection, pks: list[int]) -> list[KeyRecord]:

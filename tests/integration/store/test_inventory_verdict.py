@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select, union
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from keyd.config import Config, DirectorySourceConfig
 from keyd.runtime.check import inventory_verdict, judge, warn_within
-from keyd.store import snapshot
+from keyd.store import page, snapshot
 from keyd.store.models import Key, KeyLocation
+from keyd.vocab import KeyStatus
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 CONFIG = Config(sources=(DirectorySourceConfig(name="dir", path=Path("/k")),))
@@ -108,3 +110,23 @@ def test_an_idle_inventory_reads_no_key(migrated_engine: Engine) -> None:
     assert list(snapshot.keys(migrated_engine, unless_quiet_after=NOW + WARN)) == []
     verdict = inventory_verdict(CONFIG, migrated_engine, NOW)
     assert verdict.status == "ok" and verdict.counts["keys"] == len(KEYS)
+
+
+def test_quiet_and_not_quiet_split_every_key(migrated_engine: Engine) -> None:
+    """One rule, two readers: ``quiet`` (what the status line counts) and
+    ``not_quiet`` (what the status page and ``keyd status`` read, through
+    ``page.attention``) split the inventory with no key in both or in
+    neither, for every status and every side of the window's end."""
+    _seed(migrated_engine)
+    bound = NOW + WARN
+    others = [s for s in KeyStatus if s != KeyStatus.ACTIVE]
+    with Session(migrated_engine) as s:
+        ids = {pk: key_id for pk, key_id in s.execute(select(Key.id, Key.key_id))}
+        quiet = {ids[pk] for pk in s.scalars(select(Key.id).where(snapshot.quiet(bound)))}
+        loud = {ids[pk] for pk in s.scalars(union(*snapshot.not_quiet(bound, others)))}
+    assert quiet == QUIET
+    assert loud == set(KEYS) - QUIET
+    attention = {k.key_id for k in page.attention(migrated_engine, NOW, WARN)}
+    assert attention == loud - {"missing"}  # missing keys are only counted
+    with pytest.raises(ValueError):
+        snapshot.not_quiet(bound, [KeyStatus.ACTIVE])
