@@ -92,6 +92,8 @@ class StatusViews:
             ],
             sources,
             issuer_down_since=outage,
+            rotations=unfinished(engine),
+            tokens=page_store.token_problems(engine, now),
             counted={
                 "keys": sum(by_status.values()) - missing - unheld - len(judged),
                 "missing": missing,

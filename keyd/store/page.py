@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import func, or_, select, text, union
+from sqlalchemy import and_, func, or_, select, text, union
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -39,7 +39,7 @@ from keyd.store.inventory import latest_diagnoses
 from keyd.store.keys import LOCATION_COLUMNS, KeyRecord, Location, key_records, location
 from keyd.store.models import Key, KeyLocation, Rotation, SourceState, TokenSink
 from keyd.store.rotations import NEVER_FROM, OPEN_STATES, RotationRow
-from keyd.store.snapshot import TokenSnapshot, _utc, not_quiet
+from keyd.store.snapshot import TOKEN_COLUMNS, TokenSnapshot, not_quiet, token_snapshot
 from keyd.timeutil import format_duration
 from keyd.vocab import KeyKind, KeyStatus, LocationStatus, RotationState, SinkState
 
@@ -207,24 +207,28 @@ def location_problems(engine: Engine, limit: int) -> ProblemLocations:
 def tokens_for(engine: Engine, pks: Iterable[int]) -> list[TokenSnapshot]:
     """The token sinks of these keys, and every failing or refused one."""
     wanted = sorted(set(pks))
-    columns = (
-        Key.key_id,
-        Key.principal,
-        TokenSink.mount,
-        TokenSink.path,
-        TokenSink.state,
-        TokenSink.expires_at,
-        TokenSink.last_error,
-    )
     found: dict[str, TokenSnapshot] = {}
     with engine.connect() as conn:
         wheres: list[Any] = [TokenSink.state.in_(FAILING_SINKS)]
         wheres += [TokenSink.key_pk.in_(wanted[i : i + _CHUNK]) for i in range(0, len(wanted), _CHUNK)]
         for where in wheres:
-            stmt = select(*columns).join(Key, Key.id == TokenSink.key_pk).where(where)
+            stmt = select(*TOKEN_COLUMNS).join(Key, Key.id == TokenSink.key_pk).where(where)
             for r in conn.execute(stmt):
-                found[r[0]] = TokenSnapshot(r[0], r[1], f"{r[2]}/{r[3]}", r[4], _utc(r[5]), r[6])
+                found[r[0]] = token_snapshot(r)
     return [found[k] for k in sorted(found)]
+
+
+def token_problems(engine: Engine, at: datetime) -> list[TokenSnapshot]:
+    """The token sinks a verdict can find a problem in at ``at``: failing
+    or refused ones, and ones whose token in place has expired (their
+    refresh was due before, so ``next_refresh_at``'s index finds them)."""
+    problem = or_(
+        TokenSink.state.in_(FAILING_SINKS),
+        and_(TokenSink.next_refresh_at <= at, TokenSink.expires_at <= at),
+    )
+    stmt = select(*TOKEN_COLUMNS).join(Key, Key.id == TokenSink.key_pk).where(problem).order_by(Key.key_id)
+    with engine.connect() as conn:
+        return [token_snapshot(r) for r in conn.execute(stmt)]
 
 
 def rotations_for(engine: Engine, key_ids: Iterable[str]) -> list[RotationRow]:

@@ -262,25 +262,29 @@ def sources(engine: Engine) -> list[SourceSnapshot]:
         ]
 
 
+#: What a ``TokenSnapshot`` is made of (``token_snapshot``), joined to its key.
+TOKEN_COLUMNS: Final = (
+    Key.key_id,
+    Key.principal,
+    TokenSink.mount,
+    TokenSink.path,
+    TokenSink.state,
+    TokenSink.expires_at,
+    TokenSink.last_error,
+)
+
+
+def token_snapshot(r: Any) -> TokenSnapshot:
+    """A ``TOKEN_COLUMNS`` row as a ``TokenSnapshot``."""
+    return TokenSnapshot(r[0], r[1], f"{r[2]}/{r[3]}", r[4], _utc(r[5]), r[6])
+
+
 def tokens(engine: Engine) -> list[TokenSnapshot]:
     with engine.connect() as conn:
         result = conn.execute(
-            select(
-                Key.key_id,
-                Key.principal,
-                TokenSink.mount,
-                TokenSink.path,
-                TokenSink.state,
-                TokenSink.expires_at,
-                TokenSink.last_error,
-            )
-            .join(Key, Key.id == TokenSink.key_pk)
-            .order_by(Key.key_id)
+            select(*TOKEN_COLUMNS).join(Key, Key.id == TokenSink.key_pk).order_by(Key.key_id)
         )
-        return [
-            TokenSnapshot(r[0], r[1], f"{r[2]}/{r[3]}", r[4], _utc(r[5]), r[6])
-            for r in _rows(result, "tokens", tuple)
-        ]
+        return [token_snapshot(r) for r in _rows(result, "tokens", tuple)]
 
 
 def open_deliveries(engine: Engine) -> int:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from keyd.cli import cli
 from keyd.cli.inventory import LIST_ALL_UP_TO
 from keyd.clock import FakeClock
-from keyd.config import Config
+from keyd.config import Config, TokensConfig
 from keyd.report import pages
 from keyd.runtime.check import judge
 from keyd.runtime.views import StatusViews
@@ -34,6 +34,7 @@ from keyd.store import snapshot
 from keyd.store.engine import make_engine
 from keyd.store.migrate import upgrade
 from keyd.store.models import Key, KeyLocation, Rotation, TokenSink
+from keyd.store.rotations import unfinished
 from tests.support.sql import statements
 
 AT = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
@@ -47,8 +48,9 @@ class _Services:
     clock: FakeClock
 
 
-def _views(engine: Engine) -> StatusViews:
-    return StatusViews(lambda: _Services(engine, Config(), FakeClock(AT)))  # type: ignore[arg-type,return-value]
+def _views(engine: Engine, config: Config | None = None) -> StatusViews:
+    services = _Services(engine, config or Config(), FakeClock(AT))
+    return StatusViews(lambda: services)  # type: ignore[arg-type,return-value]
 
 
 def add_keys(engine: Engine, start: int, n: int, *, expires_at: datetime | None = FAR, **extra: Any) -> None:
@@ -188,6 +190,65 @@ def test_the_verdict_is_keyd_checks_from_every_key(migrated_engine: Engine) -> N
     summary = re.search(r'id="summary">([^<]*)<', html)
     assert summary is not None and summary.group(1) == full.summary()
     assert "keys=253 " in full.summary() and "missing=3 " in full.summary() and "unheld=1 " in full.summary()
+
+
+def test_the_verdict_counts_rotations_and_token_sinks_as_keyd_check_does(migrated_engine: Engine) -> None:
+    """The page's verdict once left out rotations and token write-back:
+    a failed rotation or a token expired in its secret showed "ok" on the
+    page while ``keyd check`` said critical."""
+    config = Config(tokens=TokensConfig())
+    add_keys(migrated_engine, 0, 250)
+    with Session(migrated_engine) as session, session.begin():
+        pks = {key_id: pk for key_id, pk in session.execute(select(Key.key_id, Key.id))}
+        session.add_all(
+            [
+                TokenSink(
+                    key_pk=pks["k000001"],
+                    mount="secret",
+                    path="t/1",
+                    state="ok",
+                    updated_at=AT,
+                    expires_at=AT - timedelta(hours=1),  # the daemon was down: expired in place
+                    next_refresh_at=AT - timedelta(hours=5),
+                ),
+                TokenSink(key_pk=pks["k000002"], mount="secret", path="t/2", state="conflict", updated_at=AT),
+                TokenSink(
+                    key_pk=pks["k000003"],
+                    mount="secret",
+                    path="t/3",
+                    state="ok",
+                    updated_at=AT,
+                    expires_at=AT + timedelta(hours=8),  # healthy: no problem
+                    next_refresh_at=AT + timedelta(hours=4),
+                ),
+                Rotation(
+                    old_key_id="k000004",
+                    principal="svc-00000",
+                    state="failed",
+                    failed_step="proof",
+                    last_error="the new key did not mint",
+                    reason="due",
+                    algorithm="RSA-2048",
+                    planned_at=AT,
+                    updated_at=AT,
+                ),
+            ]
+        )
+    full = judge(
+        config,
+        AT,
+        snapshot.keys(migrated_engine),
+        snapshot.location_problems(migrated_engine),
+        snapshot.sources(migrated_engine),
+        rotations=unfinished(migrated_engine),
+        tokens=snapshot.tokens(migrated_engine),
+    )
+    assert full.status == "critical"
+    assert {p.kind for p in full.problems} == {"rotation", "token"} and len(full.problems) == 3
+    html = _views(migrated_engine, config).index()
+    summary = re.search(r'id="summary">([^<]*)<', html)
+    assert summary is not None and summary.group(1) == full.summary()
+    assert 'class="summary verdict-critical"' in html
 
 
 def test_pages_reach_every_key_once_and_filters_narrow_them(migrated_engine: Engine) -> None:
