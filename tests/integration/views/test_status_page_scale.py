@@ -98,6 +98,21 @@ def key_pk(engine: Engine, key_id: str) -> int:
         return int(session.scalars(select(Key.id).where(Key.key_id == key_id)).one())
 
 
+def failed_rotation(old_key_id: str) -> Rotation:
+    """A rotation of ``old_key_id`` (principal svc-00000) that failed its proof."""
+    return Rotation(
+        old_key_id=old_key_id,
+        principal="svc-00000",
+        state="failed",
+        failed_step="proof",
+        last_error="the new key did not mint",
+        reason="due",
+        algorithm="RSA-2048",
+        planned_at=AT,
+        updated_at=AT,
+    )
+
+
 def rows_of(html: str, table_id: str) -> list[str]:
     part = html.split(f'<table id="{table_id}"', 1)
     if len(part) < 2:
@@ -221,17 +236,7 @@ def test_the_verdict_counts_rotations_and_token_sinks_as_keyd_check_does(migrate
                     expires_at=AT + timedelta(hours=8),  # healthy: no problem
                     next_refresh_at=AT + timedelta(hours=4),
                 ),
-                Rotation(
-                    old_key_id="k000004",
-                    principal="svc-00000",
-                    state="failed",
-                    failed_step="proof",
-                    last_error="the new key did not mint",
-                    reason="due",
-                    algorithm="RSA-2048",
-                    planned_at=AT,
-                    updated_at=AT,
-                ),
+                failed_rotation("k000004"),
             ]
         )
     full = judge(
@@ -274,19 +279,7 @@ def test_keyd_status_lists_attention_and_counts_beyond_the_limit(
     add_keys(migrated_engine, 0, LIST_ALL_UP_TO + 50)
     add_keys(migrated_engine, 900_000, 1, expires_at=AT + timedelta(days=2))
     with Session(migrated_engine) as session, session.begin():
-        session.add(
-            Rotation(
-                old_key_id="k000003",
-                principal="svc-00000",
-                state="failed",
-                failed_step="proof",
-                last_error="the new key did not mint",
-                reason="due",
-                algorithm="RSA-2048",
-                planned_at=AT,
-                updated_at=AT,
-            )
-        )
+        session.add(failed_rotation("k000003"))
     config = tmp_path / "keyd.toml"
     config.write_text(f'[database]\nurl = "{db_url}"\n')
     runner = CliRunner()
