@@ -111,6 +111,11 @@ class DirectorySourceConfig:
     name: str = key("str", doc='inventory name; default "directory:<path>"')
     path: Path = key("path", required="is required for a directory source", doc="directory holding key files")
     pattern: str = key("str", default="*.json", doc="glob of key files in path")
+    watch: bool = key(
+        "bool",
+        default=True,
+        doc="keyd run rescans only what inotify saw change; false: every scan tick in full",
+    )
     after_publish: tuple[str, ...] = _after_publish()
     after_publish_timeout: timedelta = _after_publish_timeout()
     type: str = key("str", default="directory", doc="kind of source")
@@ -370,6 +375,9 @@ class DaemonConfig:
     from due times in the database). Read at start; a change needs a restart."""
 
     scan_interval: timedelta = _tick(timedelta(minutes=5), "re-read every source")
+    full_scan_interval: timedelta = _tick(
+        timedelta(hours=1), "re-walk watched directory sources in full (the safety net for missed events)"
+    )
     evaluate_interval: timedelta = _tick(timedelta(minutes=1), "decide alerts")
     probe_tick: timedelta = _tick(timedelta(seconds=30), "probe keys that are due")
     probe_slice: timedelta = key(

@@ -24,7 +24,7 @@ instead when the scan itself failed. Rules:
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Collection, Container
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
@@ -73,6 +73,12 @@ class SourceOutcome:
     events: int = 0
     unheld: int = 0  # (zitadel) listed keys no file or Vault location holds
     gone: int = 0  # (zitadel) held keys ZITADEL no longer lists: rejected, "removed"
+    # (a watched directory source in ``keyd run``) "full", "partial" (only
+    # ``directories`` rescanned) or "watched" (inotify saw nothing: not read)
+    scope: str = "full"
+    directories: int = 0
+    reason: str | None = None  # why this tick scanned it in full
+    success_at: datetime | None = None  # the source's last_success_at after this scan
 
 
 def is_expired(expires_at: datetime | None, now: datetime) -> bool:
@@ -83,7 +89,12 @@ def is_expired(expires_at: datetime | None, now: datetime) -> bool:
 
 
 def reconcile(
-    engine: Engine, result: ScanResult, now: datetime, index: SourceIndex | None = None
+    engine: Engine,
+    result: ScanResult,
+    now: datetime,
+    index: SourceIndex | None = None,
+    *,
+    directories: Collection[str] | None = None,
 ) -> SourceOutcome:
     """Apply one successful scan in one transaction; returns the counts.
 
@@ -92,17 +103,39 @@ def reconcile(
     without one it is read inside the transaction. A race with another
     writer (``InventoryConflict``) rolls back and is retried on a fresh
     read, at most ``_ATTEMPTS`` times in all.
+
+    ``directories``: the scan was partial, of the files directly in these
+    directories only (``DirectorySource.scan_directories``); ``index`` must
+    be scoped the same way, and only locations there can be "not seen any
+    more". Every other location of the source stays as it is.
     """
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with inventory_tx(engine) as tx:
-                fresh = index if index is not None and attempt == 1 else tx.source_index(result.source)
+                if index is not None and attempt == 1:
+                    fresh = index
+                else:
+                    fresh = tx.source_index(result.source, directories)
                 outcome = _Reconciler(tx, result.source, now).run(result, fresh)
             break
         except InventoryConflict as exc:
             if attempt == _ATTEMPTS:
                 raise
             log.warning("%s: attempt %d: %s; retrying", result.source, attempt, exc)
+    if directories is not None:
+        outcome.scope, outcome.directories = "partial", len(directories)
+        log.info(
+            "%s: %d director%s rescanned: %d locations (%d new, %d changed, %d missing, %d invalid)",
+            outcome.source,
+            len(directories),
+            "y" if len(directories) == 1 else "ies",
+            outcome.seen,
+            outcome.new,
+            outcome.changed,
+            outcome.missing,
+            outcome.invalid,
+        )
+        return outcome
     log.info(
         "%s: %d locations, %d keys (%d new, %d changed, %d missing, %d invalid)",
         outcome.source,
@@ -114,6 +147,14 @@ def reconcile(
         outcome.invalid,
     )
     return outcome
+
+
+def heartbeat(engine: Engine, source: str, now: datetime) -> datetime | None:
+    """A watched source that nothing happened to was checked at ``now``:
+    its state as after a successful scan (``mark_source_ok``: written at
+    most every ``SOURCE_HEARTBEAT``). Returns its ``last_success_at``."""
+    with inventory_tx(engine) as tx:
+        return mark_source_ok(tx, source, now)
 
 
 def record_failure(engine: Engine, source: str, error: BaseException, now: datetime) -> SourceOutcome:
@@ -423,19 +464,20 @@ class _Reconciler:
         self._event(kind, key, was=old, status=target)
 
     def _source_ok(self) -> None:
-        mark_source_ok(self.tx, self.source, self.now)
+        self.out.success_at = mark_source_ok(self.tx, self.source, self.now)
 
     def _event(self, kind: str, key: Key | None, **detail: object) -> None:
         self.tx.event(self.now, kind, source=self.source, key=key, detail=dict(detail))
 
 
-def mark_source_ok(tx: InventoryTx, source: str, now: datetime) -> None:
+def mark_source_ok(tx: InventoryTx, source: str, now: datetime) -> datetime | None:
     """A successful scan: the source's state is reset (``source.recovered``).
 
     Unchanged rows are never rewritten (no per-row ``last_seen``): a present
     location was seen at its source's ``last_success_at``, a heartbeat
     written at most every ``SOURCE_HEARTBEAT`` while nothing else changes,
-    so a warm scan of an unchanged tree writes nothing at all."""
+    so a warm scan of an unchanged tree writes nothing at all. Returns the
+    ``last_success_at`` the row holds afterwards."""
     state = tx.source_state(source)
     if state.consecutive_failures:
         tx.event(
@@ -449,10 +491,11 @@ def mark_source_ok(tx: InventoryTx, source: str, now: datetime) -> None:
         and state.last_error is None
         and timedelta(0) <= now - state.last_success_at < SOURCE_HEARTBEAT
     ):
-        return
+        return state.last_success_at
     state.last_attempt_at = state.last_success_at = now
     state.last_error = None
     state.consecutive_failures = 0
+    return now
 
 
 def _one_per_ref(

@@ -13,9 +13,10 @@ because nothing can be recorded anyway.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from keyd.clients.vault import VaultClient
 from keyd.clients.zitadel import ZitadelKeyAPI
@@ -44,6 +45,9 @@ from keyd.store.inventory import (
     validated_hashes,
 )
 from keyd.vocab import KeyStatus
+
+if TYPE_CHECKING:
+    from keyd.inventory.watched import WatchedScans
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,13 @@ class ScanReport:
             text += f"; ZITADEL: {unheld} unheld, {gone} gone"
         for failed in self.failed:
             text += f"; source {failed.source} failed: {failed.error}"
+        scopes = [s.scope for s in self.sources if s.scope != "full" or s.reason]
+        if scopes:
+            full = sum(1 for s in self.sources if s.reason)
+            text += (
+                f"; directory sources: {scopes.count('watched')} watched (no change), "
+                f"{scopes.count('partial')} partial, {full} full"
+            )
         return text
 
 
@@ -106,20 +117,29 @@ def scan_all(
     *,
     key_apis: Mapping[str, ZitadelKeyAPI] | None = None,
     due_only: bool = False,
+    watches: WatchedScans | None = None,
 ) -> ScanReport:
     """Scan and reconcile every configured source (see the module doc).
 
     ``key_apis``: the key-API client of each zitadel source, by name.
     ``due_only`` (the daemon): a zitadel source is read only when its
     ``interval`` has passed since its last attempt; file and Vault sources
-    are always read. ``keyd scan`` and ``keyd check`` read everything."""
+    are always read. ``keyd scan`` and ``keyd check`` read everything.
+    ``watches`` (the daemon): directory sources are scanned as their
+    watchers say (``keyd.inventory.watched``): not at all, partially or
+    in full."""
     validated = _Validated(engine)  # read only if some file is new or changed
     attempts = last_attempts(engine) if due_only else {}
-    outcomes = [
-        scan_source(cfg, engine, clock, config, vault_client, validated, key_apis=key_apis)
-        for cfg in config.sources
-        if not _not_due(cfg, attempts, clock.now())
-    ]
+    expiring = watches.expiring(engine, config, clock.now()) if watches is not None else {}
+    outcomes = []
+    for cfg in config.sources:
+        if _not_due(cfg, attempts, clock.now()):
+            continue
+        if watches is not None and isinstance(cfg, DirectorySourceConfig):
+            outcome = watches.scan(cfg, engine, clock, config, validated, expiring.get(cfg.name, set()))
+        else:
+            outcome = scan_source(cfg, engine, clock, config, vault_client, validated, key_apis=key_apis)
+        outcomes.append(outcome)
     return ScanReport(sources=tuple(outcomes), key_counts=key_counts(engine))
 
 
@@ -137,14 +157,20 @@ def scan_source(
     validated: Container[str] = frozenset(),
     *,
     key_apis: Mapping[str, ZitadelKeyAPI] | None = None,
+    on_directory: Callable[[str], object] | None = None,
+    on_result: Callable[[ScanResult], object] | None = None,
 ) -> SourceOutcome:
-    """Read one source, then reconcile it or record its failure."""
+    """Read one source, then reconcile it or record its failure.
+    ``on_directory``: the directory walk's hook (``DirectorySource.scan``);
+    ``on_result`` is shown what the source read before it is reconciled."""
     index: SourceIndex | None = None
     try:
         if isinstance(cfg, ZitadelSourceConfig):
             listing = _list_zitadel(cfg, key_apis)
         else:
-            result, index = _read(cfg, engine, config, vault_client, validated)
+            result, index = _read(cfg, engine, config, vault_client, validated, on_directory)
+            if on_result is not None:
+                on_result(result)
     except StoreError:
         raise
     except KeydError as exc:
@@ -184,12 +210,14 @@ def _read(
     config: Config,
     vault_client: VaultClient | None,
     validated: Container[str],
+    on_directory: Callable[[str], object] | None = None,
 ) -> tuple[ScanResult, SourceIndex | None]:
     """The source's scan, and for a directory the index its stamps came
     from (one read of the inventory per warm scan, reused by ``reconcile``)."""
     if isinstance(cfg, DirectorySourceConfig):
         index = source_index(engine, cfg.name)
-        return DirectorySource(cfg, config.timezone).scan(index.held, validated), index
+        source = DirectorySource(cfg, config.timezone)
+        return source.scan(index.held, validated, on_directory=on_directory), index
     if isinstance(cfg, VaultSourceConfig):
         if vault_client is None:
             raise ConfigError(f"source {cfg.name}", "needs a [vault] section (addr and auth) to be read")

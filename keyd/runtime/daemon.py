@@ -443,6 +443,9 @@ class Daemon:
         if was != self._role:
             log.warning("role changed: %s -> %s", was, self._role)
             if leader:
+                watches = self.services.watches if self.services is not None else None
+                if watches is not None:  # what changed while another replica led: walk it all
+                    watches.request_full("this replica became leader")
                 self._catch_up()  # the new leader starts with a full pass
             sdnotify.status(self.status_line())
         if not self._work_stuck():
@@ -525,7 +528,14 @@ class Daemon:
             "rounds": self.rounds.to_json(),
             "cpu_seconds": round(time.process_time(), 3),
             "ticks": self._ticks_json(),
+            "watch": self._watch_json(),
         }
+
+    def _watch_json(self) -> dict[str, Any] | None:
+        """The directory watchers (``keyd.inventory.watched``), once the scan tick made them."""
+        services = self.services
+        watches = services.watches if services is not None else None
+        return watches.to_json() if watches is not None else None
 
     def _ticks_json(self) -> dict[str, Any]:
         """Per tick: its interval, runs, CPU in total and of the last run

@@ -15,6 +15,7 @@ asks their ``plan`` instead (``cycle.py``); plans only read the database.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -28,6 +29,7 @@ from keyd.actions.rotate import RotationReport, plan_rotations, rotate_due
 from keyd.actions.tokens import TokenReport, plan_lines, refresh_tokens
 from keyd.checks.probe import ProbeReport
 from keyd.inventory.scan import ScanReport, scan_all
+from keyd.inventory.watched import WatchedScans
 from keyd.report.mail import render_message
 from keyd.runtime.cycle import Stage
 from keyd.runtime.wiring import Services
@@ -94,7 +96,7 @@ def daemon_stages(services: Services) -> list[Stage]:
     return [replace(s, run=daemon[s.name]) if s.name in daemon else s for s in _base_stages(services)]
 
 
-def scan(services: Services, *, due_only: bool = False) -> ScanReport:
+def scan(services: Services, *, due_only: bool = False, watches: WatchedScans | None = None) -> ScanReport:
     report = scan_all(
         services.config,
         services.engine,
@@ -102,13 +104,24 @@ def scan(services: Services, *, due_only: bool = False) -> ScanReport:
         services.vault,
         key_apis=services.key_apis,
         due_only=due_only,
+        watches=watches,
     )
     log.info("scan: %s", report.summary())
     return report
 
 
 def daemon_scan(services: Services) -> ScanReport:
-    return scan(services, due_only=True)
+    """The daemon's scan tick: zitadel sources when due, and directory
+    sources as their inotify watchers say (``keyd.inventory.watched``:
+    untouched ones are not read at all; a full walk every
+    ``daemon.full_scan_interval``). The watchers live as long as
+    ``services``: a reload starts them afresh, with a full scan."""
+    if services.watches is None:
+        services.watches = WatchedScans(services.config.daemon.full_scan_interval)
+    cpu = time.thread_time()
+    report = scan(services, due_only=True, watches=services.watches)
+    services.watches.tick(report.sources, time.thread_time() - cpu)
+    return report
 
 
 def evaluate(services: Services) -> int:

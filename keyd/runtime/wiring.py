@@ -30,6 +30,7 @@ from keyd.clients.zitadel import ZitadelKeyAPI
 from keyd.clock import Clock
 from keyd.config import Config, ZitadelSourceConfig
 from keyd.errors import ConfigError
+from keyd.inventory.watched import WatchedScans
 from keyd.report.metrics import KeydMetrics
 from keyd.store.engine import make_engine
 from keyd.store.sandbox import rollback_engine
@@ -52,6 +53,7 @@ class Services:
     tokens: TokenServices | None = None  # with [tokens], [issuer] and [vault]
     key_apis: dict[str, ZitadelKeyAPI] = field(default_factory=dict)  # zitadel sources, by name
     rotation: RotationServices | None = None  # with [rotation] enabled (and [issuer])
+    watches: WatchedScans | None = None  # the daemon's directory watchers (its first scan tick)
     owned: bool = True  # False for dry-run copies: the original closes the parts
     owns_engine: bool = True  # False once a reloaded Services took the engine over
 
@@ -60,6 +62,8 @@ class Services:
         if not self.owned:
             return
         parts: list[tuple[str, Callable[[], object]]] = []
+        if self.watches is not None:
+            parts.append(("directory watches", self.watches.close))
         if self.owns_engine:
             parts.append(("database", self.engine.dispose))
         if self.vault is not None:

@@ -55,8 +55,12 @@ class ScanResult:
     ``unchanged``: locations whose change stamp matched, as bare
     ``(ref, warnings)`` pairs rather than ``Candidate`` objects, so that a
     warm scan of 10^5 unchanged files builds no object per file (the
-    directory source; Vault reports its unchanged secrets as candidates)."""
+    directory source; Vault reports its unchanged secrets as candidates).
+    ``symlinks``: matching names that were symbolic links (directory
+    source): a link's target can change where no watch on its directory
+    sees it, so the daemon scans such a source in full every tick."""
 
     source: str
     candidates: list[Candidate] = field(default_factory=list)
     unchanged: list[tuple[str, tuple[Exposure, ...]]] = field(default_factory=list)
+    symlinks: int = 0

@@ -24,6 +24,9 @@ Contract:
   is not opened and costs one ``stat`` (from its ``scandir`` entry) and no
   object: it is reported as ``(path, warnings)`` in ``ScanResult.unchanged``
   (a symlink's target, rarer, as an ``unchanged`` candidate).
+* Partial: ``scan_directories(dirs, known, validated)`` lists only the
+  given directories (the daemon's watcher saw changes there, see
+  ``keyd.sources.watch``); the result covers those directories only.
 
 Validation cost (measured on this machine, RSA-2048): parsing with
 ``validate="none"`` ~0.05 ms, ``"quick"`` (one sign+verify) ~0.65 ms,
@@ -48,7 +51,7 @@ import operator
 import os
 import re
 import stat
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, tzinfo
 from typing import NamedTuple
@@ -75,6 +78,11 @@ class DirectoryUnavailable(KeydError):
         self.path = path
         self.problem = problem
         super().__init__(f"directory {path}: {problem}")
+
+
+class DirectoryVanished(DirectoryUnavailable):
+    """A directory a partial scan was asked to list is gone: the tree
+    changed shape, so the caller scans the whole source instead."""
 
 
 class FileStamp(NamedTuple):
@@ -111,19 +119,89 @@ class DirectorySource:
     def name(self) -> str:
         return self.cfg.name
 
+    def relevant(self, directory: str, name: str) -> bool:
+        """Whether a file called ``name`` in ``directory`` is one a scan
+        looks at (the pattern; dot-names never are)."""
+        if name.startswith("."):
+            return False
+        if self._suffix:
+            return name.endswith(self._suffix)
+        if "/" in self._pattern and directory != self.root:
+            rel_dir = os.path.relpath(directory, self.root)
+            return bool(self._match(f"{rel_dir}/{name}"))
+        return bool(self._match(name))
+
     def scan(
-        self, known: Mapping[str, Sequence[object]] | None = None, validated: Container[str] = frozenset()
+        self,
+        known: Mapping[str, Sequence[object]] | None = None,
+        validated: Container[str] = frozenset(),
+        *,
+        on_directory: Callable[[str], object] | None = None,
     ) -> ScanResult:
         """One pass over the tree (raises ``DirectoryUnavailable``). A file
         whose stamp equals ``known[path]`` costs one ``stat`` and lands in
-        ``ScanResult.unchanged``; every other file becomes a ``Candidate``."""
+        ``ScanResult.unchanged``; every other file becomes a ``Candidate``.
+
+        ``on_directory(path)`` is called for each directory the walk
+        descends, just *before* it is listed (the daemon's watcher adds its
+        watch there, so that nothing changing during the walk is missed);
+        it must not raise."""
         known = known or {}
         self._dir_modes = {}
         self._egid = os.getegid()
         self._check_root()
-        root_real = os.path.realpath(self.root)
         result = ScanResult(source=self.name)
-        closer = self._walk(known, result.unchanged)
+        closer = self._walk(known, result.unchanged, on_directory)
+        return self._finish(result, closer, known, validated)
+
+    def scan_directories(
+        self,
+        directories: Collection[str],
+        known: Mapping[str, Sequence[object]] | None = None,
+        validated: Container[str] = frozenset(),
+    ) -> ScanResult:
+        """A partial scan: only the files directly in ``directories`` (full
+        paths under the root, as the walk names them; not recursive).
+        ``known`` needs only these directories' locations. Raises
+        ``DirectoryUnavailable`` when one of them cannot be listed, and
+        ``DirectoryVanished`` when one no longer exists (the tree changed
+        shape: only a full scan can say what is gone)."""
+        known = known or {}
+        self._dir_modes = {}
+        self._egid = os.getegid()
+        self._check_root()
+        result = ScanResult(source=self.name)
+        closer: list[tuple[os.DirEntry[str], str]] = []
+        prefix = self.root + os.sep
+        for directory in sorted(directories):
+            if directory == self.root:
+                rel_dir = ""
+            elif directory.startswith(prefix):
+                rel_dir = directory[len(prefix) :]
+            else:
+                raise ValueError(f"{directory} is not under {self.root}")
+            try:
+                with os.scandir(directory) as it:
+                    entries = sorted(it, key=_BY_NAME)
+            except FileNotFoundError:
+                raise DirectoryVanished(directory, "no longer exists") from None
+            except NotADirectoryError:
+                raise DirectoryVanished(directory, "is no longer a directory") from None
+            except OSError as exc:
+                raise DirectoryUnavailable(directory, f"cannot list: {exc.strerror or exc}") from None
+            self._directory(directory, rel_dir, entries, known, result.unchanged, closer)
+        return self._finish(result, closer, known, validated)
+
+    def _finish(
+        self,
+        result: ScanResult,
+        closer: list[tuple[os.DirEntry[str], str]],
+        known: Mapping[str, Sequence[object]],
+        validated: Container[str],
+    ) -> ScanResult:
+        """Look closer at the new, changed and odd files the listing left."""
+        root_real = os.path.realpath(self.root)
+        result = replace(result, symlinks=sum(1 for entry, _directory in closer if _is_link(entry)))
         task = f"reading {self.name}"
         progress.begin(task, len(closer), "files")
         for entry, directory in closer:
@@ -137,7 +215,10 @@ class DirectorySource:
     # --- walking ---------------------------------------------------------
 
     def _walk(
-        self, known: Mapping[str, Sequence[object]], unchanged: list[tuple[str, tuple[Exposure, ...]]]
+        self,
+        known: Mapping[str, Sequence[object]],
+        unchanged: list[tuple[str, tuple[Exposure, ...]]],
+        on_directory: Callable[[str], object] | None = None,
     ) -> list[tuple[os.DirEntry[str], str]]:
         """One ``scandir`` per directory, in a stable order; unchanged files
         go to ``unchanged``, the others are returned ``(entry, directory)``
@@ -148,6 +229,8 @@ class DirectorySource:
         while stack:
             rel_dir = stack.pop()
             directory = os.path.join(self.root, rel_dir) if rel_dir else self.root
+            if on_directory is not None:
+                on_directory(directory)
             try:
                 with os.scandir(directory) as it:
                     entries = sorted(it, key=_BY_NAME)

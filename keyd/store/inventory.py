@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -34,6 +34,7 @@ from keyd.redact import scrub
 from keyd.store.engine import session_scope
 from keyd.store.keys import LOCATION_COLUMNS, KeyRecord, KeyState, Location, key_records, key_states, location
 from keyd.store.models import Event, Key, KeyLocation, Probe, SourceState, exposures_from_text
+from keyd.text import storable
 from keyd.timeutil import isoformat_z
 from keyd.vocab import KeyStatus, LocationKind, LocationStatus
 
@@ -84,27 +85,51 @@ def held_warnings(row: HeldRow) -> tuple[Exposure, ...]:
     return exposures_from_text(row[4])
 
 
-def _source_index(conn: Connection, source: str) -> SourceIndex:
+#: A partial scan of more directories than this reads the whole index and
+#: keeps what it needs (one narrow query instead of a long OR of LIKEs).
+_SCOPE_LIKES = 32
+
+
+def _source_index(conn: Connection, source: str, directories: Collection[str] | None = None) -> SourceIndex:
     loc = KeyLocation.__table__.c
     present = and_(loc.status == LocationStatus.PRESENT, loc.key_pk.is_not(None))
+    where = [loc.source == source]
+    if directories is not None and len(directories) <= _SCOPE_LIKES:
+        # a pre-filter only (SQLite's LIKE ignores ASCII case): _in_scope decides
+        where.append(or_(*(loc.ref.like(_like_prefix(d), escape="\\") for d in sorted(directories))))
     stmt = select(loc.size, loc.mtime_ns, loc.inode, loc.key_pk, type_coerce(loc.warning, Text), loc.ref)
-    result = conn.execute(stmt.where(loc.source == source, present))
+    result = conn.execute(stmt.where(*where, present))
     try:
         rows = result.cursor.fetchall()  # plain driver tuples: ~2x faster than SQLAlchemy rows
     finally:
         result.close()
-    other = conn.scalars(
-        select(loc.ref).where(loc.source == source, loc.status != LocationStatus.MISSING, not_(present))
+    other = conn.scalars(select(loc.ref).where(*where, loc.status != LocationStatus.MISSING, not_(present)))
+    if directories is None:
+        return SourceIndex({row[5]: row for row in rows}, frozenset(other))
+    scope = frozenset(storable(d) for d in directories)
+    return SourceIndex(
+        {row[5]: row for row in rows if _in_scope(row[5], scope)},
+        frozenset(ref for ref in other if _in_scope(ref, scope)),
     )
-    return SourceIndex({row[5]: row for row in rows}, frozenset(other))
 
 
-def source_index(engine: Engine, source: str) -> SourceIndex:
+def _like_prefix(directory: str) -> str:
+    escaped = storable(directory).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"{escaped}/%"
+
+
+def _in_scope(ref: str, directories: frozenset[str]) -> bool:
+    """``ref`` names a file directly in one of ``directories``."""
+    return ref.rpartition("/")[0] in directories
+
+
+def source_index(engine: Engine, source: str, directories: Collection[str] | None = None) -> SourceIndex:
     """``SourceIndex`` of ``source``, read outside any scan transaction
     (before the source is walked); ``InventoryTx.source_index`` reads it
-    inside one."""
+    inside one. ``directories`` (a partial scan): only the locations of
+    files directly in these directories (full paths, not recursive)."""
     with engine.connect() as conn:
-        return _source_index(conn, source)
+        return _source_index(conn, source, directories)
 
 
 class InventoryTx:
@@ -130,8 +155,8 @@ class InventoryTx:
             for ref, id_, key_pk, status, warning in self.session.execute(stmt)
         }
 
-    def source_index(self, source: str) -> SourceIndex:
-        return _source_index(self.session.connection(), source)
+    def source_index(self, source: str, directories: Collection[str] | None = None) -> SourceIndex:
+        return _source_index(self.session.connection(), source, directories)
 
     def locations_by_ref(self, source: str, refs: Iterable[str]) -> dict[str, KeyLocation]:
         """ORM locations (with their keys) of ``source`` for the refs that
@@ -378,6 +403,41 @@ def last_attempts(engine: Engine) -> dict[str, datetime]:
     with session_scope(engine) as session:
         stmt = select(SourceState.name, SourceState.last_attempt_at)
         return {name: at for name, at in session.execute(stmt) if at is not None}
+
+
+def next_active_expiry(engine: Engine) -> datetime | None:
+    """The earliest ``expires_at`` of an active key (one index seek on
+    ``ix_keys_status_expires_at``): until then no key of a source nothing
+    happened to has to turn expired."""
+    with engine.connect() as conn:
+        stmt = select(func.min(Key.expires_at)).where(
+            Key.status == KeyStatus.ACTIVE, Key.expires_at.is_not(None)
+        )
+        found: datetime | None = conn.scalar(stmt)
+        return found
+
+
+def expired_active_refs(engine: Engine, sources: Iterable[str], now: datetime) -> dict[str, set[str]]:
+    """``{source: refs}``: the present locations, in ``sources``, of the
+    active keys whose expiry has passed (their status must move)."""
+    names = sorted(set(sources))
+    if not names:
+        return {}
+    stmt = (
+        select(KeyLocation.source, KeyLocation.ref)
+        .join(Key, Key.id == KeyLocation.key_pk)
+        .where(
+            Key.status == KeyStatus.ACTIVE,
+            Key.expires_at <= now,
+            KeyLocation.status == LocationStatus.PRESENT,
+            KeyLocation.source.in_(names),
+        )
+    )
+    found: dict[str, set[str]] = defaultdict(set)
+    with engine.connect() as conn:
+        for source, ref in conn.execute(stmt):
+            found[source].add(ref)
+    return dict(found)
 
 
 def key_counts(engine: Engine) -> dict[str, int]:
