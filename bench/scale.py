@@ -69,7 +69,14 @@ from keyd.checks.keyload import make_key_loader  # noqa: E402
 from keyd.checks.probe import ProbePolicy  # noqa: E402
 from keyd.clients.issuer import IssuerClient  # noqa: E402
 from keyd.clock import FakeClock, SystemClock  # noqa: E402
-from keyd.config import AlertsConfig, Config, DirectorySourceConfig, EmailConfig, WebhookConfig  # noqa: E402
+from keyd.config import (  # noqa: E402
+    AlertsConfig,
+    Config,
+    DaemonConfig,
+    DirectorySourceConfig,
+    EmailConfig,
+    WebhookConfig,
+)
 from keyd.inventory.reconcile import SOURCE_HEARTBEAT  # noqa: E402
 from keyd.inventory.scan import scan_all  # noqa: E402
 from keyd.log import setup_logging  # noqa: E402
@@ -219,6 +226,12 @@ def bench_metrics(engine: Any, n: int) -> dict[str, float]:
     }
 
 
+#: ``keyd run``'s scan tick in the idle window: short, so that watched ticks
+#: (no event: next to nothing) run in it and their CPU is measured; they are
+#: amortised over the default ``daemon.scan_interval`` (``_amortised``).
+WATCH_TICK = 20
+
+
 def bench_idle(work: Path, url: str, keys: Path, seconds: float) -> dict[str, Any]:
     """CPU of an idle ``keyd run``: a window of ``seconds`` once its start-up
     work is over (``/healthz``: every tick has run once, the catch-up pass
@@ -228,6 +241,7 @@ def bench_idle(work: Path, url: str, keys: Path, seconds: float) -> dict[str, An
     port = _free_port()
     config.write_text(  # the source named as in the cold scan: the same inventory, not a move
         f'[database]\nurl = "{url}"\n\n[http]\nlisten = "127.0.0.1:{port}"\n\n'
+        f'[daemon]\nscan_interval = "{WATCH_TICK}s"\n\n'
         f'[[sources]]\ntype = "directory"\nname = "{SOURCE}"\npath = "{keys}"\n'
     )
     log = (work / "daemon.log").open("w")
@@ -252,10 +266,11 @@ def bench_idle(work: Path, url: str, keys: Path, seconds: float) -> dict[str, An
                 time.sleep(0.5)
             settle = time.monotonic() - started
             tick = os.sysconf("SC_CLK_TCK")
-            before, ticks_before = _cpu_ticks(proc.pid), health["ticks"]
+            before, ticks_before, watch_before = _cpu_ticks(proc.pid), health["ticks"], health.get("watch")
             time.sleep(seconds)
             used = (_cpu_ticks(proc.pid) - before) / tick
-            ticks_after = http.get("/healthz").json()["ticks"]
+            after = http.get("/healthz").json()
+            ticks_after, watch_after = after["ticks"], after.get("watch")
         status = Path(f"/proc/{proc.pid}/status").read_text()
         hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
     finally:
@@ -267,6 +282,7 @@ def bench_idle(work: Path, url: str, keys: Path, seconds: float) -> dict[str, An
         "settle": settle,
         "rss_mib": hwm / 1024,
         "raw": (used, seconds, ticks_before, ticks_after),
+        "watch": (watch_before, watch_after),
     }
 
 
@@ -290,7 +306,13 @@ def _settled(health: dict[str, Any]) -> bool:
 
 
 def _amortised(
-    used: float, seconds: float, before: dict[str, Any], after: dict[str, Any], *, rebuilds: bool
+    used: float,
+    seconds: float,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    *,
+    rebuilds: bool,
+    watch: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """What the idle daemon costs on average, as % of one core: the CPU
     outside any tick in the window (scheduler loop, HTTP server, main
@@ -303,7 +325,8 @@ def _amortised(
     (only after the inventory changed) is in the metrics tick's first run;
     it is counted once per ``SOURCE_HEARTBEAT`` when ``rebuilds``, i.e. when
     the heartbeat of a scan of the unchanged tree moves the change marker
-    (``heartbeat_rebuilds``), and not at all otherwise."""
+    (``heartbeat_rebuilds``), and not at all otherwise. With watched
+    directory sources the scan tick is split (``_watched_scan``)."""
     in_window = {
         name: (
             t["runs"] - before.get(name, {}).get("runs", 0),
@@ -335,8 +358,41 @@ def _amortised(
             "per_run": rebuild,
             "pct": 100.0 * rebuild / every,
         }
+    if watch is not None and watch[0] is not None and watch[1] is not None and "scan" in per_tick:
+        per_tick.update(_watched_scan(*watch))
+        del per_tick["scan"]
     total = 100.0 * max(outside, 0.0) / seconds + sum(p["pct"] for p in per_tick.values())
     return {"outside_pct": 100.0 * outside / seconds, "ticks": per_tick, "amortised": total}
+
+
+def _watched_scan(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The scan tick of watched directory sources, split as the daemon runs
+    it (``/healthz`` ``watch.ticks``): a tick with no event (``watched``,
+    mean of those in the window) over the default ``daemon.scan_interval``,
+    and a full scan (its last run: the first scan) over
+    ``daemon.full_scan_interval``. The window's own scan tick is
+    ``WATCH_TICK`` only so that watched ticks run in it."""
+    out: dict[str, dict[str, float]] = {}
+    b, a = before["ticks"], after["ticks"]
+    runs = a["watched"]["runs"] - b["watched"]["runs"]
+    cpu = a["watched"]["cpu_seconds"] - b["watched"]["cpu_seconds"]
+    watched = cpu / runs if runs else (a["watched"]["last_cpu_seconds"] or 0.0)
+    interval = DaemonConfig().scan_interval.total_seconds()
+    out["scan watched"] = {
+        "interval": interval,
+        "runs_in_window": runs,
+        "per_run": watched,
+        "pct": 100.0 * watched / interval,
+    }
+    full = a["full"]["last_cpu_seconds"] or 0.0
+    every = after["full_scan_interval_seconds"]
+    out["scan full"] = {
+        "interval": every,
+        "runs_in_window": a["full"]["runs"] - b["full"]["runs"],
+        "per_run": full,
+        "pct": 100.0 * full / every,
+    }
+    return out
 
 
 def _free_port() -> int:
@@ -471,7 +527,7 @@ def measure(
     if out["idle"] is not None:
         rebuilds = heartbeat_rebuilds(engine, config)
         out["idle"] |= {"heartbeat_rebuilds": rebuilds} | _amortised(
-            *out["idle"].pop("raw"), rebuilds=rebuilds
+            *out["idle"].pop("raw"), rebuilds=rebuilds, watch=out["idle"].pop("watch")
         )
     out["probe"] = bench_probe(engine, keys, pems, min(n, args.probes)) if args.probes > 0 else None
     out["due"] = bench_eval_due(engine, config) if "due" in parts else None
