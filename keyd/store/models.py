@@ -121,6 +121,10 @@ class Key(Base):
         # the status page's bounded reads (keyd.store.page): keys by state and
         # expiry window, and the few keys whose last probe failed
         Index("ix_keys_status_expires_at", "status", "expires_at"),
+        # the probe schedule (keyd.store.probes.due_targets): the active keys
+        # never probed, by id, then the due ones, most overdue first, read
+        # off the index instead of sorting every active key per chunk
+        Index("ix_keys_probe_due", "status", "next_probe_at", "id"),
         Index(
             "ix_keys_failing",
             "id",

@@ -21,8 +21,9 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Engine, Select, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keyd.errors import UsageError
@@ -56,20 +57,48 @@ class ProbeRecord:
     ok: bool
 
 
-def _is_due(now: datetime) -> ColumnElement[bool]:
-    """The schedule contract of the module docstring, as one WHERE clause."""
-    return and_(Key.status == KeyStatus.ACTIVE, or_(Key.next_probe_at.is_(None), Key.next_probe_at <= now))
+#: Probe order within each half of ``due_parts``: by ``next_probe_at`` (all
+#: NULL in the first: by id), the order of ``ix_keys_probe_due`` itself.
+_DUE_ORDER = (Key.next_probe_at, Key.id)
 
 
-#: Probe order: never-probed first, then the most overdue.
-_DUE_ORDER = (Key.next_probe_at.is_not(None), Key.next_probe_at, Key.id)
+def due_parts(now: datetime) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The schedule contract of the module docstring as two WHERE clauses,
+    probed in this order: the active keys never probed (or re-armed), by
+    id, then the due ones, most overdue first. With ``_DUE_ORDER`` each is
+    read off ``ix_keys_probe_due`` (status, next_probe_at, id) in index
+    order, touching only the keys it returns; their OR, sorted with a
+    ``next_probe_at IS NOT NULL`` key, made both planners walk and sort
+    every active key, twice per daemon chunk (migration 0005)."""
+    active = Key.status == KeyStatus.ACTIVE
+    return and_(active, Key.next_probe_at.is_(None)), and_(active, Key.next_probe_at <= now)
 
 
 def due_targets(engine: Engine, now: datetime, *, limit: int | None = None) -> list[KeyRecord]:
     """Active keys whose probe is due at ``now``, never-probed first, then
-    the most overdue; at most ``limit``."""
+    the most overdue; at most ``limit``. One query per half of
+    ``due_parts`` (the second only while ``limit`` is not reached), each
+    reading no more keys than it returns, whatever the inventory's size."""
     with Session(engine) as session:
-        return key_records(session, _is_due(now), order_by=_DUE_ORDER, limit=limit)
+        return _due_records(session, now, limit)
+
+
+def _due_records(session: Session, now: datetime, limit: int | None) -> list[KeyRecord]:
+    out: list[KeyRecord] = []
+    for where in due_parts(now):
+        left = None if limit is None else limit - len(out)
+        if left is not None and left <= 0:
+            break
+        out.extend(key_records(session, where, order_by=_DUE_ORDER, limit=left))
+    return out
+
+
+def due_count_query(now: datetime) -> Select[Any]:
+    """How many keys are due at ``now``: one statement, a count per half of
+    ``due_parts``, each off the index (so it costs what is due, not the
+    inventory; the daemon asks after every full probe chunk)."""
+    nulls, overdue = (select(func.count()).where(w).scalar_subquery() for w in due_parts(now))
+    return select(nulls + overdue)
 
 
 def due_preview(engine: Engine, now: datetime, *, limit: int) -> tuple[int, list[KeyRecord]]:
@@ -77,8 +106,8 @@ def due_preview(engine: Engine, now: datetime, *, limit: int) -> tuple[int, list
     probe order. Read-only: never touches the schedule (a dry run must not
     look like a probe)."""
     with Session(engine) as session:
-        total = session.scalar(select(func.count()).select_from(Key).where(_is_due(now))) or 0
-        return total, key_records(session, _is_due(now), order_by=_DUE_ORDER, limit=limit)
+        total = int(session.scalar(due_count_query(now)) or 0)
+        return total, _due_records(session, now, limit) if limit > 0 and total else []
 
 
 def target_by_key_id(engine: Engine, key_id: str) -> KeyRecord:
