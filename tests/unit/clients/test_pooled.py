@@ -18,7 +18,7 @@ import pytest
 from keyd.clients import deadline as deadline_module
 from keyd.clients.deadline import within
 from keyd.clients.issuer import IssuerClient, ssl_context
-from keyd.clients.pooled import PooledTransport, Reply
+from keyd.clients.pooled import PooledTransport, Reply, parse_headers
 from keyd.clock import SystemClock
 from keyd.errors import IssuerBadResponse, IssuerUnavailable
 from tests.support.drip import HTTP_ANSWER, Dripper
@@ -186,3 +186,81 @@ def test_gzip_labelled_junk_is_a_decoding_error_as_with_httpx() -> None:
         with pytest.raises(IssuerBadResponse, match="cannot be decoded as its Content-Encoding says"):
             client.discover()
         client.close()
+
+
+def test_answers_are_read_without_email_parser(issuer: IssuerServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shape of the cut: ``http.client`` hands a header block to
+    ``email.parser`` (a third of a probe's HTTP exchange); the pooled
+    connections split it themselves, and every field still reads as before
+    (the test issuer, in its own threads, still parses requests with it)."""
+    import email.parser
+
+    parsed: list[str] = []
+    real = email.parser.Parser.parsestr
+    client_thread = threading.get_ident()
+
+    def spy(self: email.parser.Parser, text: str, headersonly: bool = False) -> object:
+        if threading.get_ident() == client_thread:
+            parsed.append(text)
+        return real(self, text, headersonly)
+
+    monkeypatch.setattr(email.parser.Parser, "parsestr", spy)
+    transport = PooledTransport(ssl_context=ssl_context(None))
+    reply, body = get(transport, issuer.url + DISCOVERY_PATH)
+    with httpx.Client(transport=transport, timeout=5.0) as client:
+        answer = client.post(issuer.url + "/oauth/v2/token", data={"grant_type": "nope"})
+    assert parsed == []
+    assert reply.headers.get("CONTENT-TYPE", "").startswith("application/json")
+    assert reply.headers.get("content-length") == str(len(body)) and "Content-Length" in reply.headers
+    assert answer.status_code == 400 and answer.headers["content-type"].startswith("application/json")
+
+
+def test_header_fields_read_as_http_client_reads_them() -> None:
+    lines = [
+        b"Content-Type:  application/json \r\n",
+        b"Set-Cookie: a=1\r\n",
+        b"set-cookie: b=2\r\n",
+        b"X-Folded: first\r\n",
+        b"  second\r\n",
+        b"no colon here\r\n",
+        b"X-Latin: caf\xe9\r\n",
+        b"\r\n",
+    ]
+    headers = parse_headers(lines)
+    assert headers.get("content-type") == "application/json"
+    assert headers.get("SET-COOKIE") == "a=1" and headers.get_all("Set-Cookie") == ["a=1", "b=2"]
+    assert headers.get("x-folded") == "first second" and headers.get("x-latin") == "caf\xe9"
+    assert headers.get("missing") is None and headers.get_all("missing") is None and "missing" not in headers
+    assert [n for n, _ in headers.items()] == [
+        "Content-Type",
+        "Set-Cookie",
+        "set-cookie",
+        "X-Folded",
+        "X-Latin",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reused"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", True),
+        (
+            b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            True,
+        ),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"HTTP/1.1 200 OK\r\n\r\n{}", False),  # no length: the body ends with the connection
+    ],
+)
+def test_framing_and_keep_alive_follow_the_standard_library(answer: bytes, reused: bool) -> None:
+    with Dripper(answer, pause=0.0) as peer:
+        transport = PooledTransport(ssl_context=ssl_context(None))
+        url = httpx.URL(peer.url + "/")
+        reply = transport.send("GET", url, [(b"Host", url.netloc)], None, TIMEOUTS)
+        conn = reply._conn
+        assert reply.status == 200 and b"".join(reply.chunks()) == b"{}"
+        reply.close()
+        assert reply._response.will_close is not reused
+        assert (conn is not None and conn.sock is not None) is reused
+        transport.close()
