@@ -359,24 +359,30 @@ def _amortised(
             "pct": 100.0 * rebuild / every,
         }
     if watch is not None and watch[0] is not None and watch[1] is not None and "scan" in per_tick:
-        per_tick.update(_watched_scan(*watch))
+        per_tick.update(_watched_scan(*watch, in_window["scan"]))
         del per_tick["scan"]
     total = 100.0 * max(outside, 0.0) / seconds + sum(p["pct"] for p in per_tick.values())
     return {"outside_pct": 100.0 * outside / seconds, "ticks": per_tick, "amortised": total}
 
 
-def _watched_scan(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+def _watched_scan(
+    before: dict[str, Any], after: dict[str, Any], scan: tuple[int, float]
+) -> dict[str, dict[str, float]]:
     """The scan tick of watched directory sources, split as the daemon runs
-    it (``/healthz`` ``watch.ticks``): a tick with no event (``watched``,
-    mean of those in the window) over the default ``daemon.scan_interval``,
-    and a full scan (its last run: the first scan) over
-    ``daemon.full_scan_interval``. The window's own scan tick is
+    it (``/healthz`` ``watch.ticks``): a tick with no event (``watched``)
+    over the default ``daemon.scan_interval``, and a full scan (its last
+    run: the first scan) over ``daemon.full_scan_interval``. A watched
+    tick counts at the whole scan tick's mean CPU in the window (``scan``:
+    its runs and CPU there, the full ones taken out), not only the part the
+    watchers measure: the tick also counts keys for its summary and
+    judges the inventory for ``STATUS=``. The window's own scan tick is
     ``WATCH_TICK`` only so that watched ticks run in it."""
     out: dict[str, dict[str, float]] = {}
     b, a = before["ticks"], after["ticks"]
-    runs = a["watched"]["runs"] - b["watched"]["runs"]
-    cpu = a["watched"]["cpu_seconds"] - b["watched"]["cpu_seconds"]
-    watched = cpu / runs if runs else (a["watched"]["last_cpu_seconds"] or 0.0)
+    fulls = a["full"]["runs"] - b["full"]["runs"]
+    runs = scan[0] - fulls
+    cpu = scan[1] - (a["full"]["cpu_seconds"] - b["full"]["cpu_seconds"])
+    watched = cpu / runs if runs > 0 else (a["watched"]["last_cpu_seconds"] or 0.0)
     interval = DaemonConfig().scan_interval.total_seconds()
     out["scan watched"] = {
         "interval": interval,
