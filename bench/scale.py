@@ -12,9 +12,10 @@ otherwise), then prints side by side:
 - ``eval``: alert evaluation with nothing due (median of 5 ticks), and the
   ratio largest N / smallest N (target <= 2: flat in N);
 - ``warm``: a warm ``scan_all`` of the unchanged tree, against a plain
-  ``os.walk`` + ``os.stat`` of the same tree (target <= 2x), and the bytes
-  it wrote (SQLite: ``write_bytes`` of ``/proc/self/io``; PostgreSQL: WAL
-  bytes, ``pg_current_wal_lsn()``; target ~0);
+  ``os.walk`` + ``os.stat`` of the same tree (target <= 2x; medians of 5
+  interleaved runs, CPU and wall seconds), and the bytes each scan wrote
+  (SQLite: ``write_bytes`` of ``/proc/self/io``; PostgreSQL: WAL bytes,
+  ``pg_current_wal_lsn()``; target ~0);
 - ``metrics``: the snapshot refresh (daemon side), a scrape, the body size
   and the series per key (target: scrape <= 0.3 s, <= 2 series per key);
 - ``idle``: CPU of a real ``keyd run`` (no issuer) over ``--idle`` seconds
@@ -123,12 +124,13 @@ def write_tree(root: Path, n: int, pems: list[str]) -> None:
             os.close(fd)
 
 
-def walk_stat(root: Path) -> float:
-    start = time.perf_counter()
+def walk_stat(root: Path) -> tuple[float, float]:
+    """A plain walk and stat of the tree: (wall, CPU) seconds."""
+    start, cpu = time.perf_counter(), time.process_time()
     for directory, _dirs, files in os.walk(root):
         for name in files:
             os.stat(os.path.join(directory, name))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def written_bytes(engine: Any) -> Callable[[], int]:
@@ -520,13 +522,20 @@ def measure(
     out["warm"] = out["walk"] = out["written"] = out["metrics"] = None
     if "warm" in parts:
         scan_all(config, engine, SystemClock())  # settle (heartbeat, caches)
-        walk = min(walk_stat(keys) for _ in range(3))
+        # interleaved, 5 of each, medians: on a shared machine one run of
+        # each is noise; CPU seconds (this process: SQLite's work included,
+        # PostgreSQL's server not) are the figure to compare
+        walks, warms = [], []
         counter = written_bytes(engine)
-        start = time.perf_counter()
-        report = scan_all(config, engine, SystemClock())
-        out["warm"], out["walk"] = time.perf_counter() - start, walk
-        out["written"] = counter()
-        assert report.total("unchanged") == n, report.summary()
+        for _ in range(5):
+            walks.append(walk_stat(keys))
+            start, cpu = time.perf_counter(), time.process_time()
+            report = scan_all(config, engine, SystemClock())
+            warms.append((time.perf_counter() - start, time.process_time() - cpu))
+            assert report.total("unchanged") == n, report.summary()
+        out["written"] = counter() / len(warms)
+        out["warm"], out["warm_cpu"] = (statistics.median(w[i] for w in warms) for i in (0, 1))
+        out["walk"], out["walk_cpu"] = (statistics.median(w[i] for w in walks) for i in (0, 1))
     if "metrics" in parts:
         out["metrics"] = bench_metrics(engine, n)
     out["idle"] = bench_idle(work, url, keys, args.idle) if args.idle > 0 else None
@@ -560,8 +569,9 @@ def show(backend: str, n: int, r: dict[str, Any]) -> None:
         line += f"  eval {1000 * r['eval']:7.1f} ms"
     if r["warm"] is not None:
         line += (
-            f"  warm {r['warm']:6.2f} s = {r['warm'] / r['walk']:4.1f}x walk+stat "
-            f"({r['walk']:.2f} s), wrote {r['written'] / 1024:8.1f} KiB"
+            f"  warm {r['warm_cpu']:6.2f} s CPU = {r['warm_cpu'] / r['walk_cpu']:4.2f}x walk+stat "
+            f"({r['walk_cpu']:.2f} s CPU; wall {r['warm']:.2f} s = {r['warm'] / r['walk']:.2f}x), "
+            f"wrote {r['written'] / 1024:8.1f} KiB/scan"
         )
     if m:
         line += (

@@ -27,7 +27,9 @@ import logging
 from collections.abc import Collection, Container
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Final
+from itertools import repeat
+from operator import itemgetter
+from typing import Final, cast
 
 from keyd import progress
 from keyd.errors import KeyFileError
@@ -41,7 +43,6 @@ from keyd.store.inventory import (
     InventoryConflict,
     InventoryTx,
     SourceIndex,
-    held_warnings,
     inventory_tx,
     record_source_failure,
 )
@@ -165,6 +166,7 @@ def record_failure(engine: Engine, source: str, error: BaseException, now: datet
 
 
 _BATCH = 1000  # candidates per flush: bounds memory on a cold scan of 10^4 files
+_KEY_PK = itemgetter(3)  # of a ``HeldRow``
 
 
 def present_status(
@@ -214,8 +216,9 @@ class _Reconciler:
 
     def run(self, result: ScanResult, index: SourceIndex) -> SourceOutcome:
         held = dict(index.held)  # what is left of it after the scan was not seen
-        unchanged = [*result.unchanged, *((c.ref, c.warnings) for c in result.candidates if c.unchanged)]
-        slow = self._skip_unchanged(unchanged, held, index)
+        odd = [*result.warned, *((c.ref, c.warnings) for c in result.candidates if c.unchanged)]
+        slow = self._skip_unchanged(odd, held, index)
+        slow += self._skip_quiet(result.quiet, held, index)
         fresh = [c for c in result.candidates if not c.unchanged]
         slow_refs = {c.ref for c in slow}
         skipped = {c.ref for c in fresh if c.ref in index.held and c.ref not in held} - slow_refs
@@ -244,29 +247,68 @@ class _Reconciler:
     def _skip_unchanged(
         self, unchanged: list[tuple[str, tuple[Exposure, ...]]], held: dict[str, HeldRow], index: SourceIndex
     ) -> list[Candidate]:
-        """The fast path: an unchanged location whose row already says all
-        the scan saw (present, holding a key, same warnings) costs a dict
+        """The fast path for the few unchanged locations that come with
+        warnings (or as candidates): one whose row already says all the
+        scan saw (present, holding a key, same warnings) costs a dict
         lookup and no SQL, no object. Returns the ones whose row needs a look."""
         slow: list[Candidate] = []
         keys = self.unchanged_keys
         fast = exposed = 0
         for ref, warnings in unchanged:
             row = held.pop(ref, None)
-            if row is not None and (held_warnings(row) == warnings if row[4] or warnings else True):
+            if row is not None and (
+                index.warnings(ref) == warnings if warnings or index.warned.get(ref) else True
+            ):
                 keys.add(row[3])
                 fast += 1
                 if warnings:
                     exposed += 1
-            elif row is not None or ref in index.other:
-                slow.append(Candidate(ref=ref, unchanged=True, warnings=warnings))
             else:
-                log.debug("%s: %s reported unchanged but unknown; re-read next scan", self.source, ref)
-                self.out.warnings += bool(warnings)
+                slow += self._odd(ref, warnings, row, index)
         self.out.seen += len(unchanged)
         self.out.unchanged += fast
         self.out.warnings += exposed
         self.present_here |= keys
         return slow
+
+    def _skip_quiet(self, quiet: list[str], held: dict[str, HeldRow], index: SourceIndex) -> list[Candidate]:
+        """The fast path of a warm scan, for the unchanged locations without
+        a warning (nearly all of them), in bulk: their rows are taken out of
+        ``held`` and their keys collected without a Python loop per file.
+        Only the rare exceptions (no held row; a row that still has a
+        warning the file no longer earns) are looked at one by one."""
+        if not quiet:
+            return []
+        # the held rows that have a warning, still unseen: after taking
+        # the quiet ones out, those gone from ``held`` were among them
+        warned = [ref for ref, text in index.warned.items() if text and ref in held]
+        popped = list(map(held.pop, quiet, repeat(None)))
+        slow: list[Candidate] = []
+        if None in popped:
+            for ref, row in zip(quiet, popped, strict=True):
+                if row is None:
+                    slow += self._odd(ref, (), None, index)
+            popped = [row for row in popped if row is not None]
+        rows = cast("list[HeldRow]", popped)  # no None left
+        stale = [ref for ref in warned if ref not in held]  # its row says "warned": rewrite it
+        slow.extend(Candidate(ref=ref, unchanged=True) for ref in stale)
+        keys = set(map(_KEY_PK, rows))
+        self.unchanged_keys |= keys
+        self.present_here |= keys
+        self.out.seen += len(quiet)
+        self.out.unchanged += len(rows) - len(stale)
+        return slow
+
+    def _odd(
+        self, ref: str, warnings: tuple[Exposure, ...], row: HeldRow | None, index: SourceIndex
+    ) -> list[Candidate]:
+        """An unchanged location the fast path cannot skip: its row needs a
+        look (as a candidate), or there is no row to look at."""
+        if row is not None or ref in index.other:
+            return [Candidate(ref=ref, unchanged=True, warnings=warnings)]
+        log.debug("%s: %s reported unchanged but unknown; re-read next scan", self.source, ref)
+        self.out.warnings += bool(warnings)
+        return []
 
     def _slow(self) -> None:
         """One batch of locations whose rows may change, loaded by ref."""

@@ -52,15 +52,24 @@ class Candidate:
 class ScanResult:
     """Everything one source saw in one scan (its configured name).
 
-    ``unchanged``: locations whose change stamp matched, as bare
-    ``(ref, warnings)`` pairs rather than ``Candidate`` objects, so that a
-    warm scan of 10^5 unchanged files builds no object per file (the
-    directory source; Vault reports its unchanged secrets as candidates).
+    Unchanged locations (change stamp matched; the directory source) come
+    as bare refs rather than ``Candidate`` objects, so that a warm scan of
+    10^5 unchanged files builds no object per file: ``quiet``, the refs of
+    those with no warning (nearly all of them, no tuple each), and
+    ``warned``, ``(ref, warnings)`` pairs of those with one (Vault reports
+    its unchanged secrets as candidates). ``unchanged`` is both, as pairs.
     ``symlinks``: matching names that were symbolic links (directory
     source): a link's target can change where no watch on its directory
     sees it, so the daemon scans such a source in full every tick."""
 
     source: str
     candidates: list[Candidate] = field(default_factory=list)
-    unchanged: list[tuple[str, tuple[Exposure, ...]]] = field(default_factory=list)
+    quiet: list[str] = field(default_factory=list)
+    warned: list[tuple[str, tuple[Exposure, ...]]] = field(default_factory=list)
     symlinks: int = 0
+
+    @property
+    def unchanged(self) -> list[tuple[str, tuple[Exposure, ...]]]:
+        """Every unchanged location as ``(ref, warnings)`` (a new list:
+        for reports and tests, not for a loop over 10^5 files)."""
+        return [*((ref, ()) for ref in self.quiet), *self.warned]

@@ -22,8 +22,13 @@ Contract:
   a log line); keyd still uses it.
 * Incremental: a file whose (size, mtime_ns, inode) equals ``known[ref]``
   is not opened and costs one ``stat`` (from its ``scandir`` entry) and no
-  object: it is reported as ``(path, warnings)`` in ``ScanResult.unchanged``
-  (a symlink's target, rarer, as an ``unchanged`` candidate).
+  object: its path goes to ``ScanResult.quiet``, or with its warnings to
+  ``ScanResult.warned`` (a symlink's target, rarer, as an ``unchanged``
+  candidate).
+* Order: directories are walked depth first by name, and the candidates
+  of each directory come by name, so a scan of the same tree lists them in
+  the same order; unchanged paths come in listing order (nothing depends
+  on it, and not sorting 10^5 of them is part of a warm scan's budget).
 * Partial: ``scan_directories(dirs, known, validated)`` lists only the
   given directories (the daemon's watcher saw changes there, see
   ``keyd.sources.watch``); the result covers those directories only.
@@ -95,7 +100,7 @@ class FileStamp(NamedTuple):
 
 
 _BY_NAME = operator.attrgetter("name")
-_OTHERS, _GROUP = stat.S_IROTH, stat.S_IRGRP
+_OTHERS, _GROUP, S_ISREG = stat.S_IROTH, stat.S_IRGRP, stat.S_ISREG
 
 
 class DirectorySource:
@@ -151,7 +156,7 @@ class DirectorySource:
         self._egid = os.getegid()
         self._check_root()
         result = ScanResult(source=self.name)
-        closer = self._walk(known, result.unchanged, on_directory)
+        closer = self._walk(known, result, on_directory)
         return self._finish(result, closer, known, validated)
 
     def scan_directories(
@@ -182,14 +187,14 @@ class DirectorySource:
                 raise ValueError(f"{directory} is not under {self.root}")
             try:
                 with os.scandir(directory) as it:
-                    entries = sorted(it, key=_BY_NAME)
+                    entries = list(it)
             except FileNotFoundError:
                 raise DirectoryVanished(directory, "no longer exists") from None
             except NotADirectoryError:
                 raise DirectoryVanished(directory, "is no longer a directory") from None
             except OSError as exc:
                 raise DirectoryUnavailable(directory, f"cannot list: {exc.strerror or exc}") from None
-            self._directory(directory, rel_dir, entries, known, result.unchanged, closer)
+            self._directory(directory, rel_dir, entries, known, result, closer)
         return self._finish(result, closer, known, validated)
 
     def _finish(
@@ -217,11 +222,11 @@ class DirectorySource:
     def _walk(
         self,
         known: Mapping[str, Sequence[object]],
-        unchanged: list[tuple[str, tuple[Exposure, ...]]],
+        result: ScanResult,
         on_directory: Callable[[str], object] | None = None,
     ) -> list[tuple[os.DirEntry[str], str]]:
         """One ``scandir`` per directory, in a stable order; unchanged files
-        go to ``unchanged``, the others are returned ``(entry, directory)``
+        go to ``result``, the others are returned ``(entry, directory)``
         for a closer look. Raises when a directory cannot be listed (a
         partial listing must not look like deletions)."""
         closer: list[tuple[os.DirEntry[str], str]] = []
@@ -233,14 +238,14 @@ class DirectorySource:
                 on_directory(directory)
             try:
                 with os.scandir(directory) as it:
-                    entries = sorted(it, key=_BY_NAME)
+                    entries = list(it)
             except FileNotFoundError:
                 if not rel_dir:
                     raise DirectoryUnavailable(self.root, "does not exist") from None
                 continue  # a subdirectory removed mid-scan: its files are gone
             except OSError as exc:
                 raise DirectoryUnavailable(directory, f"cannot list: {exc.strerror or exc}") from None
-            subdirs = self._directory(directory, rel_dir, entries, known, unchanged, closer)
+            subdirs = self._directory(directory, rel_dir, entries, known, result, closer)
             stack.extend(reversed(subdirs))
         return closer
 
@@ -250,56 +255,66 @@ class DirectorySource:
         rel_dir: str,
         entries: list[os.DirEntry[str]],
         known: Mapping[str, Sequence[object]],
-        unchanged: list[tuple[str, tuple[Exposure, ...]]],
+        result: ScanResult,
         closer: list[tuple[os.DirEntry[str], str]],
     ) -> list[str]:
         """The loop a warm scan spends its time in. Names starting with
         ``.`` are skipped; a matching regular file whose stamp is ``known``
         costs a lookup, the one ``stat`` of its entry (whether it is a link
-        or a directory comes with the listing: no extra ``lstat``) and a
-        comparison; any other match (new, changed, a symlink, a problem) is
-        looked at closer (``_isolated`` reuses that ``stat``). Returns the
-        subdirectories to descend, relative to the root."""
+        comes with the listing: no extra ``lstat``), a comparison and an
+        append of its path; any other match (new, changed, a symlink, a
+        problem) is looked at closer (``_isolated`` reuses that ``stat``),
+        in name order. Returns the subdirectories to descend, relative to
+        the root, in name order."""
         subdirs: list[str] = []
+        mine: list[os.DirEntry[str]] = []
+        quiet_add, get = result.quiet.append, known.get
         match, suffix, by_rel, egid = self._match, self._suffix, "/" in self._pattern, self._egid
         quiet = self._quiet(directory)
         for entry in entries:
             name = entry.name
-            if name.startswith("."):
+            if name[0] == ".":  # a listed name is never empty
                 continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.append(f"{rel_dir}/{name}" if rel_dir else name)
-            except OSError:
-                pass  # not a directory keyd can descend
-            if not (
+            if (
                 name.endswith(suffix)
                 if suffix
                 else match(f"{rel_dir}/{name}" if by_rel and rel_dir else name)
             ):
-                continue
-            path = entry.path
-            stamp = known.get(path)
-            try:
+                path = entry.path
+                stamp = get(path)
                 if stamp is not None:
-                    st = entry.stat(follow_symlinks=False)  # a symlink's is not S_ISREG
-                    mode = st.st_mode
-                    if (
-                        stamp[0] == st.st_size
-                        and stamp[1] == st.st_mtime_ns
-                        and stamp[2] == st.st_ino
-                        and stat.S_ISREG(mode)
-                    ):
-                        if quiet and not (mode & _OTHERS or (mode & _GROUP and st.st_gid != egid)):
-                            unchanged.append((path, ()))
-                        else:
-                            unchanged.append((path, self._exposure(path, st, directory)))
-                            quiet = self._quiet(directory)
-                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)  # a symlink's is not S_ISREG
+                    except OSError:
+                        pass  # _isolated says what is wrong with it
+                    else:
+                        mode = st.st_mode
+                        if (
+                            stamp[0] == st.st_size
+                            and stamp[1] == st.st_mtime_ns
+                            and stamp[2] == st.st_ino
+                            and S_ISREG(mode)
+                        ):
+                            if quiet and not (mode & _OTHERS or (mode & _GROUP and st.st_gid != egid)):
+                                quiet_add(path)
+                            else:
+                                if warnings := self._exposure(path, st, directory):
+                                    result.warned.append((path, warnings))
+                                else:
+                                    quiet_add(path)
+                                quiet = self._quiet(directory)
+                            continue  # a regular file: nothing to descend
+                mine.append(entry)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(name)
             except OSError:
-                pass  # _isolated says what is wrong with it
-            closer.append((entry, directory))
-        return subdirs
+                pass  # not a directory keyd can descend
+        if mine:
+            mine.sort(key=_BY_NAME)
+            closer.extend((entry, directory) for entry in mine)
+        subdirs.sort()
+        return [f"{rel_dir}/{name}" for name in subdirs] if rel_dir else subdirs
 
     def _quiet(self, directory: str) -> bool:
         """Whether ``directory`` is known to be readable by keyd's group only
@@ -307,8 +322,7 @@ class DirectorySource:
         return directory in self._dir_modes and not self._dir_modes[directory]
 
     def _log_exposed(self, result: ScanResult) -> None:
-        exposed = sum(1 for c in result.candidates if c.warnings)
-        exposed += sum(1 for _, warnings in result.unchanged if warnings)
+        exposed = sum(1 for c in result.candidates if c.warnings) + len(result.warned)
         if exposed:
             log.warning(
                 "%s: %d key file(s) readable beyond keyd's group (see keyd status)", self.name, exposed

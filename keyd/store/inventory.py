@@ -15,11 +15,12 @@ Two halves:
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -58,36 +59,39 @@ class LocationIndex(NamedTuple):
 
 
 #: A present location holding a key, as ``SourceIndex.held`` has it: the
-#: driver's own row ``(size, mtime_ns, inode, key pk, warning text, ref)``,
-#: its first three items the file stamp a directory source compares.
-HeldRow = tuple[int | None, int | None, int | None, int, str | None, str]
+#: driver's own row ``(size, mtime_ns, inode, key pk, ref)``, its first
+#: three items the file stamp a directory source compares.
+HeldRow = tuple[int | None, int | None, int | None, int, str]
 
 
 @dataclass(frozen=True)
 class SourceIndex:
-    """One source's locations as a warm scan needs them, from two narrow
+    """One source's locations as a warm scan needs them, from three narrow
     queries whose rows are used as the driver returns them (no ORM object,
     no SQLAlchemy row, no tuple built per location): all a scan of an
     unchanged tree reads from the database.
 
     ``held``: ``{ref: HeldRow}`` of the present locations that hold a key,
-    the only ones a scan may skip (``held_warnings`` reads a row's
-    warnings); ``other``: the refs of every other location that is not
-    missing (an invalid one, re-read each scan). Missing locations are not
-    read at all: a file that comes back is looked up by its ref."""
+    the only ones a scan may skip; ``warned``: ``{ref: warning text}`` of
+    the few of them that have a permission warning (``warnings`` reads
+    one: the text is not read for every row); ``other``: the refs of every
+    other location that is not missing (an invalid one, re-read each scan).
+    Missing locations are not read at all: a file that comes back is
+    looked up by its ref."""
 
     held: dict[str, HeldRow]
     other: frozenset[str]
+    warned: dict[str, str] = field(default_factory=dict)
 
-
-def held_warnings(row: HeldRow) -> tuple[Exposure, ...]:
-    """The permission warnings stored on a ``SourceIndex.held`` row."""
-    return exposures_from_text(row[4])
+    def warnings(self, ref: str) -> tuple[Exposure, ...]:
+        """The permission warnings stored on the held location ``ref``."""
+        return exposures_from_text(self.warned.get(ref))
 
 
 #: A partial scan of more directories than this reads the whole index and
 #: keeps what it needs (one narrow query instead of a long OR of LIKEs).
 _SCOPE_LIKES = 32
+_REF = operator.itemgetter(4)
 
 
 def _source_index(conn: Connection, source: str, directories: Collection[str] | None = None) -> SourceIndex:
@@ -97,19 +101,28 @@ def _source_index(conn: Connection, source: str, directories: Collection[str] | 
     if directories is not None and len(directories) <= _SCOPE_LIKES:
         # a pre-filter only (SQLite's LIKE ignores ASCII case): _in_scope decides
         where.append(or_(*(loc.ref.like(_like_prefix(d), escape="\\") for d in sorted(directories))))
-    stmt = select(loc.size, loc.mtime_ns, loc.inode, loc.key_pk, type_coerce(loc.warning, Text), loc.ref)
-    result = conn.execute(stmt.where(*where, present))
+    result = conn.execute(
+        select(loc.size, loc.mtime_ns, loc.inode, loc.key_pk, loc.ref).where(*where, present)
+    )
     try:
         rows = result.cursor.fetchall()  # plain driver tuples: ~2x faster than SQLAlchemy rows
     finally:
         result.close()
+    # the partial index ix_key_locations_warned: only the rows that have one
+    warned: dict[str, str] = {
+        ref: text
+        for ref, text in conn.execute(
+            select(loc.ref, type_coerce(loc.warning, Text)).where(*where, present, loc.warning.is_not(None))
+        )
+    }
     other = conn.scalars(select(loc.ref).where(*where, loc.status != LocationStatus.MISSING, not_(present)))
     if directories is None:
-        return SourceIndex({row[5]: row for row in rows}, frozenset(other))
+        return SourceIndex(dict(zip(map(_REF, rows), rows, strict=True)), frozenset(other), warned)
     scope = frozenset(storable(d) for d in directories)
     return SourceIndex(
-        {row[5]: row for row in rows if _in_scope(row[5], scope)},
+        {row[4]: row for row in rows if _in_scope(row[4], scope)},
         frozenset(ref for ref in other if _in_scope(ref, scope)),
+        {ref: text for ref, text in warned.items() if _in_scope(ref, scope)},
     )
 
 

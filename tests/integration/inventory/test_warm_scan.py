@@ -18,7 +18,7 @@ from keyd.config import Config, DirectorySourceConfig
 from keyd.inventory.reconcile import SOURCE_HEARTBEAT
 from keyd.inventory.scan import scan_all
 from keyd.store.inventory import inventory_snapshot
-from keyd.store.models import Key
+from keyd.store.models import Key, KeyLocation
 from tests.support.keys import make_key_file
 from tests.support.sql import statements
 
@@ -116,9 +116,46 @@ def _warm_selects(tmp_path: Path, engine: Engine, n: int) -> list[str]:
 def test_a_warm_scan_issues_the_same_selects_for_10_or_200_files(
     tmp_path: Path, migrated_engine: Engine
 ) -> None:
-    """Bounded, independent of N: the source's index in one narrow query
-    (plus one for its invalid locations), no query per file or per batch."""
+    """Bounded, independent of N, and exactly these: the source's index in
+    one narrow query without the warnings' text (that only for the rows
+    that have one, and the refs of the invalid locations), the broken
+    file's row (re-read each scan), the keys whose status may move, the
+    source's state and the key counts: no query per file or per batch."""
     few = _warm_selects(tmp_path, migrated_engine, 10)
     many = _warm_selects(tmp_path, migrated_engine, 200)
-    assert len(few) == len(many) <= 6
-    assert sum("FROM key_locations" in s for s in many) <= 3
+    assert len(few) == len(many) == 7
+    assert sum("FROM key_locations" in s for s in many) == 4
+    index, warned, other = many[:3]
+    assert "key_locations.warning" not in index and "warning IS NOT NULL" in warned
+    assert "key_locations.warning" not in other
+
+
+def test_a_chmod_between_warm_scans_raises_and_clears_the_warning(
+    tmp_path: Path, migrated_engine: Engine
+) -> None:
+    """A chmod changes no stamp: the fast paths still compare the
+    warnings, and only the location whose warning moved is written."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    for i in range(5):
+        make_key_file(keys, key_id=f"60{i}", user_id=f"svc-{i}", alg="ES256", filename=f"{i}.json")
+    config = Config(sources=(DirectorySourceConfig(name="dir", path=keys),))
+    clock = FakeClock(START)
+    scan_all(config, migrated_engine, clock)
+    path = keys / "2.json"
+
+    def stored() -> list[object]:
+        with Session(migrated_engine) as session:
+            return [w for (w,) in session.execute(select(KeyLocation.warning).order_by(KeyLocation.ref))]
+
+    for mode, warnings in ((0o604, 1), (0o600, 0)):
+        path.chmod(mode)
+        clock.advance(timedelta(minutes=5))
+        with _writes(migrated_engine) as writes:
+            report = scan_all(config, migrated_engine, clock)
+        assert report.total("unchanged") == 5 and report.total("warnings") == warnings
+        assert len([w for w in writes if w.startswith("UPDATE key_locations")]) == 1
+        assert [bool(w) for w in stored()] == [False, False, bool(warnings), False, False]
+        with _writes(migrated_engine) as writes:  # and the next scan is quiet again
+            assert scan_all(config, migrated_engine, clock).total("warnings") == warnings
+        assert writes == []
