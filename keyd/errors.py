@@ -15,6 +15,7 @@ tests/unit/test_errors_tree.py keeps this list complete)::
     ├── KeyFileError
     ├── KeyUnavailable                checks/keyload.py
     ├── DirectoryUnavailable          sources/directory.py
+    │   └── DirectoryVanished         sources/directory.py
     ├── IssuerError
     │   ├── IssuerRejected
     │   ├── IssuerUnavailable
