@@ -95,22 +95,36 @@ def retry_call(
         try:
             return fn()
         except Exception as exc:
-            if attempt >= attempts or not retry_on(exc):
-                log.warning(
-                    "%s: attempt %d/%d failed, giving up: %s", what, attempt, attempts, _describe(exc)
-                )
+            delay = next_attempt_in(exc, attempt, attempts, base, cap, rng, retry_on=retry_on, what=what)
+            if delay is None:
                 raise
-            delay = backoff_delay(attempt, base, cap, rng)
-            log.info(
-                "%s: attempt %d/%d failed (%s); retrying in %.2fs",
-                what,
-                attempt,
-                attempts,
-                _describe(exc),
-                delay,
-            )
             sleep(delay)
             attempt += 1
+
+
+def next_attempt_in(
+    exc: BaseException,
+    attempt: int,
+    attempts: int,
+    base: float | timedelta,
+    cap: float | timedelta,
+    rng: Random,
+    *,
+    retry_on: Callable[[BaseException], bool] = _is_retryable,
+    what: str = "operation",
+) -> float | None:
+    """After attempt ``attempt`` of ``attempts`` failed with ``exc``: the
+    seconds to wait before the next one, or None to give up (logged either
+    way). ``retry_call``'s decision, for callers that wait by scheduling
+    rather than by sleeping (a multiplexed probe round)."""
+    if attempt >= attempts or not retry_on(exc):
+        log.warning("%s: attempt %d/%d failed, giving up: %s", what, attempt, attempts, _describe(exc))
+        return None
+    delay = backoff_delay(attempt, base, cap, rng)
+    log.info(
+        "%s: attempt %d/%d failed (%s); retrying in %.2fs", what, attempt, attempts, _describe(exc), delay
+    )
+    return delay
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,8 +15,12 @@ a read: it mints a real token, which the issuer records.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +29,7 @@ from typing import Any, Final
 from keyd import progress
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
-from keyd.checks.mint import mint, prove_application_key
+from keyd.checks.mint import explained, mint, proof_request, prove_application_key
 from keyd.checks.probe import (
     HealthHook,
     ProbePolicy,
@@ -34,7 +38,8 @@ from keyd.checks.probe import (
     RateLimiter,
     classify,
 )
-from keyd.clients.issuer import IssuerClient
+from keyd.clients.issuer import IssuerClient, Prepared
+from keyd.clients.multiplex import Completed, Multiplexer
 from keyd.clock import Clock
 from keyd.config import Config
 from keyd.errors import (
@@ -45,7 +50,7 @@ from keyd.errors import (
     KeydError,
 )
 from keyd.redact import scrub
-from keyd.retry import Random, backoff_delay, retry_call
+from keyd.retry import Random, backoff_delay, next_attempt_in, retry_call
 from keyd.sources.keyfile import KeyFile
 from keyd.store import probes as store
 from keyd.store.alerts import note_issuer_health
@@ -57,6 +62,7 @@ from keyd.vocab import KeyKind, KeyStatus, ProbeOutcome
 
 log = logging.getLogger(__name__)
 
+Outcome = tuple[ProbeRecord, ProbeResult]
 FLUSH_EVERY = 200  # write results in batches: a killed round loses little
 PLAN_CAP: Final = 20  # a dry run names this many due keys, then counts the rest
 
@@ -138,12 +144,10 @@ def probe_due(
         return report
     log.info("probing %d key(s)", len(targets))
     pending: list[ProbeRecord] = []
-    workers = min(services.policy.concurrency, len(targets))
     progress.begin("probing", len(targets), "keys")
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-probe") as pool:
-        futures = [pool.submit(probe_one, t, services) for t in targets]
-        for future in as_completed(futures):
-            record, result = future.result()
+    with services.client.multiplexer() as mux:
+        outcomes = _threaded(targets, services) if mux is None else _Round(targets, services, mux).run()
+        for record, result in outcomes:
             progress.advance("probing")
             pending.append(record)
             report.results.append(result)
@@ -192,18 +196,25 @@ def _flush_last(
     store.record_probe_results(engine, pending, after=after)
 
 
-def probe_one(target: KeyRecord, services: ProbeServices) -> tuple[ProbeRecord, ProbeResult]:
+def _threaded(targets: list[KeyRecord], services: ProbeServices) -> Iterator[Outcome]:
+    """The round in ``concurrency`` worker threads, each probing one key at
+    a time with blocking requests: where the issuer client has no
+    ``Multiplexer`` (a proxied issuer, a test's transport)."""
+    workers = min(services.policy.concurrency, len(targets))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyd-probe") as pool:
+        futures = [pool.submit(probe_one, t, services) for t in targets]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def probe_one(target: KeyRecord, services: ProbeServices) -> Outcome:
     """Probe one key (fast retries included) and decide its new state.
     Never raises for issuer or key problems."""
     clock = services.clock
     try:
         keyfile = services.load_key(target)
     except Exception as exc:  # noqa: BLE001 - KeydError, or a surprise: this key only
-        if not isinstance(exc, KeydError):
-            log.exception("probe %s: unexpected error reading the key", target.key_id)
-            exc = KeydError(f"internal error while reading the key ({type(exc).__name__})")
-        log.warning("probe %s: key file unavailable: %s", target.key_id, exc)
-        return _decide(target, services, clock.now(), ProbeOutcome.UNREADABLE, exc, attempts=0, latency=None)
+        return _unreadable(target, services, exc)
     counter = _Attempts(services)
     try:
         retry_call(
@@ -215,37 +226,13 @@ def probe_one(target: KeyRecord, services: ProbeServices) -> tuple[ProbeRecord, 
             rng=services.rng,
             what=f"probe {target.key_id}",
         )
-    except (IssuerRejected, IssuerUnavailable, IssuerBadResponse) as exc:
-        return _decide(
-            target,
-            services,
-            clock.now(),
-            classify(exc),
-            exc,
-            attempts=counter.attempts,
-            latency=counter.latency_ms,
-        )
-    except KeydError as exc:  # e.g. a key the signer cannot use
-        log.warning("probe %s: %s", target.key_id, exc)
-        return _decide(
-            target,
-            services,
-            clock.now(),
-            ProbeOutcome.UNREADABLE,
-            exc,
-            attempts=counter.attempts,
-            latency=counter.latency_ms,
-        )
     except Exception as exc:  # noqa: BLE001 - one key's surprise never ends the round
-        log.exception("probe %s: unexpected error", target.key_id)
-        error = KeydError(
-            f"internal error while probing ({type(exc).__name__}); run with --debug and report it"
-        )
+        outcome, error = _failure(target, exc)
         return _decide(
             target,
             services,
             clock.now(),
-            ProbeOutcome.UNREADABLE,
+            outcome,
             error,
             attempts=counter.attempts,
             latency=counter.latency_ms,
@@ -284,6 +271,155 @@ class _Attempts:
             self.latency_ms = round((s.clock.monotonic() - start) * 1000.0, 3)
 
 
+class _Probe:
+    """One key's probe in a multiplexed round."""
+
+    __slots__ = ("target", "keyfile", "attempts", "started", "latency_ms")
+
+    def __init__(self, target: KeyRecord, keyfile: KeyFile) -> None:
+        self.target, self.keyfile = target, keyfile
+        self.attempts = 0
+        self.started = 0.0
+        self.latency_ms: float | None = None
+
+
+class _Round:
+    """A probe round on the calling thread: up to ``concurrency`` keys at a
+    time, each loaded, signed and sent, then the next one while the issuer
+    answers (``keyd.clients.multiplex``: no thread hands the GIL to another
+    at every system call). The rate limit and the fast retries wait on
+    timers, not in a sleeping thread; decisions are ``probe_one``'s."""
+
+    def __init__(self, targets: list[KeyRecord], services: ProbeServices, mux: Multiplexer) -> None:
+        self.services, self.mux = services, mux
+        self.todo = deque(targets)
+        self.places = min(services.policy.concurrency, len(targets))
+        self.busy = 0  # keys loaded and not yet decided
+        self.done: deque[Outcome] = deque()
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+
+    def run(self) -> Iterator[Outcome]:
+        clock = self.services.clock
+        while True:
+            self._fill()
+            while self.done:
+                yield self.done.popleft()
+            if not self.busy and not self.todo:
+                return
+            now = clock.monotonic()
+            while self.timers and self.timers[0][0] <= now:
+                heapq.heappop(self.timers)[2]()
+            if self.done or (self.todo and self.busy < self.places):
+                continue
+            wait = self.timers[0][0] - now if self.timers else None
+            if self.mux.active:
+                self.mux.poll(wait)
+            elif wait is not None:
+                clock.sleep(wait)  # only timers left: a rate-limit slot or a retry's backoff
+
+    def _fill(self) -> None:
+        while self.busy < self.places and self.todo:
+            target = self.todo.popleft()
+            try:
+                keyfile = self.services.load_key(target)
+            except Exception as exc:  # noqa: BLE001 - KeydError, or a surprise: this key only
+                self.done.append(_unreadable(target, self.services, exc))
+                continue
+            self.busy += 1
+            self._attempt(_Probe(target, keyfile))
+
+    def _later(self, seconds: float, then: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (self.services.clock.monotonic() + seconds, next(self._order), then))
+
+    def _attempt(self, probe: _Probe) -> None:
+        probe.attempts += 1
+        limiter = self.services.limiter
+        wait = limiter.reserve() if limiter is not None else 0.0
+        if wait > 0:
+            self._later(wait, lambda: self._send(probe))
+        else:
+            self._send(probe)
+
+    def _send(self, probe: _Probe) -> None:
+        s = self.services
+        probe.started = s.clock.monotonic()
+        try:
+            prepared = proof_request(probe.keyfile, s.client, s.signer, s.scopes)
+            wire = s.client.wire(prepared)
+        except Exception as exc:  # noqa: BLE001 - e.g. a key the signer cannot use
+            self._failed(probe, exc)
+            return
+        self.mux.start(wire, lambda result: self._answered(probe, prepared, result))
+
+    def _answered(self, probe: _Probe, prepared: Prepared[Any], result: Completed | Exception) -> None:
+        s = self.services
+        probe.latency_ms = round((s.clock.monotonic() - probe.started) * 1000.0, 3)
+        try:
+            explained(probe.keyfile, s.signer, lambda: s.client.conclude(prepared, result))
+        except Exception as exc:  # noqa: BLE001 - classified, or one key's surprise
+            self._failed(probe, exc)
+            return
+        self._decided(probe, ProbeOutcome.OK, None)
+
+    def _failed(self, probe: _Probe, exc: Exception) -> None:
+        s = self.services
+        policy = s.policy
+        delay = next_attempt_in(
+            exc,
+            probe.attempts,
+            policy.fast_attempts,
+            policy.fast_base,
+            policy.fast_cap,
+            s.rng,
+            what=f"probe {probe.target.key_id}",
+        )
+        if delay is not None:
+            self._later(delay, lambda: self._attempt(probe))
+            return
+        outcome, error = _failure(probe.target, exc)
+        self._decided(probe, outcome, error)
+
+    def _decided(self, probe: _Probe, outcome: str, exc: KeydError | None) -> None:
+        self.busy -= 1
+        at = self.services.clock.now()
+        self.done.append(
+            _decide(
+                probe.target,
+                self.services,
+                at,
+                outcome,
+                exc,
+                attempts=probe.attempts,
+                latency=probe.latency_ms,
+            )
+        )
+
+
+def _unreadable(target: KeyRecord, services: ProbeServices, exc: Exception) -> Outcome:
+    """The key's file could not be read now: no request was made."""
+    if not isinstance(exc, KeydError):
+        log.error("probe %s: unexpected error reading the key", target.key_id, exc_info=exc)
+        exc = KeydError(f"internal error while reading the key ({type(exc).__name__})")
+    log.warning("probe %s: key file unavailable: %s", target.key_id, exc)
+    return _decide(
+        target, services, services.clock.now(), ProbeOutcome.UNREADABLE, exc, attempts=0, latency=None
+    )
+
+
+def _failure(target: KeyRecord, exc: Exception) -> tuple[str, KeydError]:
+    """The outcome a probe's last failed attempt stands for, and its error."""
+    if isinstance(exc, IssuerRejected | IssuerUnavailable | IssuerBadResponse):
+        return classify(exc), exc
+    if isinstance(exc, KeydError):  # e.g. a key the signer cannot use
+        log.warning("probe %s: %s", target.key_id, exc)
+        return ProbeOutcome.UNREADABLE, exc
+    log.error("probe %s: unexpected error", target.key_id, exc_info=exc)
+    return ProbeOutcome.UNREADABLE, KeydError(
+        f"internal error while probing ({type(exc).__name__}); run with --debug and report it"
+    )
+
+
 def _decide(
     target: KeyRecord,
     services: ProbeServices,
@@ -293,7 +429,7 @@ def _decide(
     *,
     attempts: int,
     latency: float | None,
-) -> tuple[ProbeRecord, ProbeResult]:
+) -> Outcome:
     policy, rng = services.policy, services.rng
     status: str | None = None
     failures = target.probe_failures + 1

@@ -8,16 +8,18 @@ the same thing for an unknown, removed, expired or foreign key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from keyd.checks.assertion import AssertionSigner
-from keyd.clients.issuer import IssuerClient, TokenResponse
+from keyd.clients.issuer import IssuerClient, Prepared, TokenResponse
 from keyd.errors import IssuerRejected
 from keyd.sources.keyfile import KeyFile
 from keyd.vocab import KeyKind
 
 SKEW_SUSPECT = timedelta(seconds=30)
+T = TypeVar("T")
 
 DIAGNOSES = {
     "expired": "the key expired on {expiry} (by its key file); create a new key",
@@ -33,10 +35,7 @@ def mint(key: KeyFile, client: IssuerClient, signer: AssertionSigner, scopes: Se
     ``IssuerRejected.diagnosis`` and a message that says what to do."""
     audience = client.discover().issuer  # exactly as the server names itself
     assertion = signer.sign(key, audience)
-    try:
-        return client.request_token(assertion, scopes)
-    except IssuerRejected as exc:
-        raise explain(exc, key, signer.now()) from None
+    return explained(key, signer, lambda: client.request_token(assertion, scopes))
 
 
 def prove_application_key(key: KeyFile, client: IssuerClient, signer: AssertionSigner) -> None:
@@ -45,8 +44,26 @@ def prove_application_key(key: KeyFile, client: IssuerClient, signer: AssertionS
     if key.kind != KeyKind.APPLICATION:
         raise ValueError("prove_application_key needs an application key")
     assertion = signer.sign(key, client.discover().issuer)
+    explained(key, signer, lambda: client.introspect(assertion))
+
+
+def proof_request(
+    key: KeyFile, client: IssuerClient, signer: AssertionSigner, scopes: Sequence[str]
+) -> Prepared[Any]:
+    """The request that proves ``key`` works, for ``IssuerClient.send`` or a
+    multiplexed round: a token request for a service user's key, an
+    introspection call with a client assertion for an application key
+    (``mint`` and ``prove_application_key`` send the same)."""
+    assertion = signer.sign(key, client.discover().issuer)
+    if key.kind == KeyKind.APPLICATION:
+        return client.introspection_request(assertion)
+    return client.token_request(assertion, scopes)
+
+
+def explained(key: KeyFile, signer: AssertionSigner, run: Callable[[], T]) -> T:
+    """``run()``, with a rejection diagnosed for ``key`` (``explain``)."""
     try:
-        client.introspect(assertion)
+        return run()
     except IssuerRejected as exc:
         raise explain(exc, key, signer.now()) from None
 

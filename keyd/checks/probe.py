@@ -21,9 +21,11 @@ transient failure. A failure never advances the schedule as if it had
 succeeded; success schedules the next probe one interval later minus a
 random share (``jitter``) so that keys first seen together drift apart.
 
-Probes run in a bounded thread pool over the one shared ``IssuerClient``;
-a ``RateLimiter`` bounds requests per second to the issuer, so one slow
-answer holds one worker, never the round.
+Probes run ``concurrency`` at a time over the one shared ``IssuerClient``:
+from one thread through its ``Multiplexer`` where the issuer is reached
+directly, else in a bounded thread pool; a ``RateLimiter`` bounds
+requests per second to the issuer, and one slow answer holds one of the
+``concurrency`` places, never the round.
 
 This module holds the decisions and value types; the round itself
 (``probe_due``, ``ProbeServices``, ``build_probe_services``) is in
@@ -90,14 +92,19 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
+        wait = self.reserve()
+        if wait > 0:
+            self._clock.sleep(wait)
+
+    def reserve(self) -> float:
+        """Take the next free slot; the seconds until it (0: now)."""
         if self._interval <= 0:
-            return
+            return 0.0
         with self._lock:
             now = self._clock.monotonic()
             slot = max(now, self._next)
             self._next = slot + self._interval
-        if slot > now:
-            self._clock.sleep(slot - now)
+        return slot - now
 
 
 HealthHook = Callable[[Any, bool, datetime], None]  # note_issuer_health(session, ok, now)

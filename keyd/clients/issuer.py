@@ -4,8 +4,13 @@ One long-lived ``httpx.Client`` (connection pooling, TLS verification on)
 shared by all threads; requests are sent straight to its transport for
 their URL (the pool, or the environment's proxy), built from parts fixed
 per endpoint, without the client's per-request merging, cookie jar and
-hooks: they cost a probe more CPU than its RSA signature. ``timeout`` is the *total* deadline of one request
-(connect + send + the whole answer, ``keyd.clients.deadline``): an issuer
+hooks: they cost a probe more CPU than its RSA signature. A probe round
+sends its requests from one thread through ``multiplexer()``
+(``keyd.clients.multiplex``; ``token_request`` / ``introspection_request``
+build them, ``wire`` and ``conclude`` carry them there and back), every
+other caller through ``send``, with the same checks either way.
+``timeout`` is the *total* deadline of one request (connect + send + the
+whole answer, ``keyd.clients.deadline``): an issuer
 that drips its answer is cut off like one that hangs. Outcomes other than success are
 typed (``keyd.errors``):
 
@@ -25,17 +30,19 @@ import logging
 import re
 import ssl
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote_plus, urlsplit
 
 import httpx
 
 from keyd.clients.deadline import Deadline, deadline_client, within
+from keyd.clients.multiplex import BodyTooLarge, Completed, Multiplexer, Wire
 from keyd.clients.pooled import PooledTransport, decoded
 from keyd.clock import Clock
 from keyd.config import IssuerConfig
@@ -50,6 +57,7 @@ from keyd.redact import Secret, scrub
 from keyd.urls import check_issuer_url
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BODY = 256 * 1024
 MAX_TOKEN = 16 * 1024
@@ -93,6 +101,19 @@ class _Answer:
     @property
     def server_date(self) -> datetime | None:
         return _parse_date(self.date)
+
+
+@dataclass(frozen=True)
+class Prepared(Generic[T]):
+    """One token or introspection request (a POST of a form), ready to go
+    out by either route: ``IssuerClient.send`` now, or ``wire`` into a
+    ``Multiplexer`` and ``conclude`` with what it read. ``finish`` makes
+    the checked answer into the result or the typed issuer error."""
+
+    url: str
+    what: str
+    body: bytes
+    finish: Callable[[_Answer], T]
 
 
 @dataclass(frozen=True)
@@ -189,6 +210,9 @@ class IssuerClient:
             limits=limits,
         )
         self._direct = transport or PooledTransport(ssl_context=verify, max_connections=max_connections)
+        self._ssl_context, self._max_connections = verify, max_connections
+        self._mux: Multiplexer | None = None
+        self._mux_lock = threading.Lock()
         self._timeouts = self._http.timeout.as_dict()
         self._extensions = {"timeout": self._timeouts}
         self._routes: dict[str, _Route] = {}
@@ -210,6 +234,10 @@ class IssuerClient:
     def close(self) -> None:
         self._http.close()
         self._direct.close()
+        with self._mux_lock:
+            if self._mux is not None:
+                self._mux.close()
+                self._mux = None
 
     def __enter__(self) -> IssuerClient:
         return self
@@ -278,6 +306,16 @@ class IssuerClient:
 
     def request_token(self, assertion: Secret, scopes: Sequence[str]) -> TokenResponse:
         """JWT-bearer grant (RFC 7523 §2.1) with ``openid`` always included."""
+        return self.send(self.token_request(assertion, scopes))
+
+    def introspect(self, client_assertion: Secret, token: str = "keyd-probe") -> None:
+        """Authenticate with a client assertion (application keys). Any
+        well-formed answer proves the key; the token itself is irrelevant."""
+        self.send(self.introspection_request(client_assertion, token))
+
+    def token_request(self, assertion: Secret, scopes: Sequence[str]) -> Prepared[TokenResponse]:
+        """``request_token``'s request, to ``send`` now or to run in a
+        ``Multiplexer`` (``wire``, then ``conclude``)."""
         endpoint = self.discover().token_endpoint
         issued_at = self._clock.now()
         form = {
@@ -285,20 +323,22 @@ class IssuerClient:
             "assertion": assertion.reveal(),
             "scope": " ".join(normalise_scopes(scopes)),
         }
-        answer = self._send("POST", endpoint, what="token request", data=form)
-        doc = self._json_object(answer, endpoint, what="token response")
-        self._raise_for_oauth_error(answer, doc, endpoint)
-        if answer.status != 200:
-            raise IssuerBadResponse(
-                self.url,
-                f"token endpoint {endpoint} answered HTTP {answer.status} without an OAuth error",
-                status=answer.status,
-            )
-        return self._token_from(doc, endpoint, issued_at)
 
-    def introspect(self, client_assertion: Secret, token: str = "keyd-probe") -> None:
-        """Authenticate with a client assertion (application keys). Any
-        well-formed answer proves the key; the token itself is irrelevant."""
+        def finish(answer: _Answer) -> TokenResponse:
+            doc = self._json_object(answer, endpoint, what="token response")
+            self._raise_for_oauth_error(answer, doc, endpoint)
+            if answer.status != 200:
+                raise IssuerBadResponse(
+                    self.url,
+                    f"token endpoint {endpoint} answered HTTP {answer.status} without an OAuth error",
+                    status=answer.status,
+                )
+            return self._token_from(doc, endpoint, issued_at)
+
+        return Prepared(endpoint, "token request", form_encode(form), finish)
+
+    def introspection_request(self, client_assertion: Secret, token: str = "keyd-probe") -> Prepared[None]:
+        """``introspect``'s request (see ``token_request``)."""
         endpoint = self.discover().introspection_endpoint
         if not endpoint:
             raise IssuerBadResponse(self.url, "discovery has no introspection_endpoint")
@@ -307,27 +347,102 @@ class IssuerClient:
             "client_assertion": client_assertion.reveal(),
             "token": token,
         }
-        answer = self._send("POST", endpoint, what="introspection", data=form)
-        doc = self._json_object(answer, endpoint, what="introspection response")
-        self._raise_for_oauth_error(answer, doc, endpoint)
-        if answer.status != 200 or not isinstance(doc.get("active"), bool):
-            raise IssuerBadResponse(
-                self.url,
-                f"introspection at {endpoint} answered HTTP {answer.status} without an 'active' field",
-                status=answer.status,
-            )
+
+        def finish(answer: _Answer) -> None:
+            doc = self._json_object(answer, endpoint, what="introspection response")
+            self._raise_for_oauth_error(answer, doc, endpoint)
+            if answer.status != 200 or not isinstance(doc.get("active"), bool):
+                raise IssuerBadResponse(
+                    self.url,
+                    f"introspection at {endpoint} answered HTTP {answer.status} without an 'active' field",
+                    status=answer.status,
+                )
+
+        return Prepared(endpoint, "introspection", form_encode(form), finish)
+
+    def send(self, prepared: Prepared[T]) -> T:
+        """Send ``prepared`` now, in this thread, and make of its answer what it asks."""
+        return prepared.finish(self._send("POST", prepared.url, what=prepared.what, body=prepared.body))
+
+    # --- one thread, many requests (keyd.clients.multiplex) ------------------
+
+    @contextmanager
+    def multiplexer(self) -> Iterator[Multiplexer | None]:
+        """This client's ``Multiplexer`` for the calling thread, or None
+        where requests cannot go through it: a transport passed in (tests),
+        an endpoint behind a proxy, or another thread using it now (that
+        caller sends in its own threads instead)."""
+        try:
+            discovery = self.discover()
+        except (IssuerUnavailable, IssuerBadResponse, IssuerDiscoveryRefused):
+            yield None  # each request finds that out again, and says so for its key
+            return
+        endpoints = [e for e in (discovery.token_endpoint, discovery.introspection_endpoint) if e]
+        if not all(self._route(e).transport is self._direct for e in endpoints) or not isinstance(
+            self._direct, PooledTransport
+        ):
+            yield None
+            return
+        if not self._mux_lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            if self._mux is None:
+                self._mux = Multiplexer(ssl_context=self._ssl_context, keep=self._max_connections)
+            yield self._mux
+        finally:
+            self._mux_lock.release()
+
+    def wire(self, prepared: Prepared[Any]) -> Wire:
+        """``prepared`` as the bytes ``http.client`` would send for it."""
+        route = self._route(prepared.url)
+        body = prepared.body
+        head = [b"POST ", route.url.raw_path, b" HTTP/1.1\r\n"]
+        for name, value in (*route.headers, *_body_headers(body)):
+            head += (name, b": ", value, b"\r\n")
+        head += (b"\r\n", body)
+        return Wire(
+            route.url,
+            b"".join(head),
+            timeout=self._timeout,
+            connect_timeout=self._timeouts.get("connect") or self._timeout,
+            max_body=MAX_BODY,
+        )
+
+    def conclude(self, prepared: Prepared[T], result: Completed | Exception) -> T:
+        """What ``send`` makes of an answer, for one a ``Multiplexer`` read
+        (``result``: the answer, or the httpx error the exchange ended in):
+        the same errors, the same checks."""
+        url, what = prepared.url, prepared.what
+        with self._issuer_errors(what, url):
+            if isinstance(result, BodyTooLarge):
+                raise IssuerBadResponse(
+                    self.url, f"{what} at {url}: response larger than {MAX_BODY} bytes", status=result.status
+                )
+            if isinstance(result, Exception):
+                raise result
+            raw = self._read(decoded(result, (result.body,)), result.status, None, what, url)
+        get = result.headers.get
+        answer = _Answer(result.status, raw, get("content-type") or "", get("date"))
+        return prepared.finish(self._checked(answer, "POST", url, what))
 
     # --- plumbing ----------------------------------------------------------
 
-    def _send(self, method: str, url: str, *, what: str, data: Mapping[str, str] | None = None) -> _Answer:
+    def _send(self, method: str, url: str, *, what: str, body: bytes | None = None) -> _Answer:
         route = self._route(url)
-        body = form_encode(data) if data is not None else None
-        try:
+        with self._issuer_errors(what, url):
             with within(self._timeout, f"{what} at {url}") as deadline:
                 if isinstance(route.transport, PooledTransport):
                     answer = self._exchange(route, route.transport, method, body, deadline, what, url)
                 else:
                     answer = self._exchange_httpx(route, method, body, deadline, what, url)
+        return self._checked(answer, method, url, what)
+
+    @contextmanager
+    def _issuer_errors(self, what: str, url: str) -> Iterator[None]:
+        """An exchange's httpx errors as keyd's issuer errors."""
+        try:
+            yield
         except (httpx.TimeoutException, TimeoutError):
             raise IssuerUnavailable(
                 self.url, f"{what} at {url}: no complete answer within {self._timeout:g}s"
@@ -340,6 +455,8 @@ class IssuerClient:
             raise IssuerUnavailable(
                 self.url, f"{what} at {url} failed: {type(exc).__name__}: {scrub(str(exc))[:200]}"
             ) from None
+
+    def _checked(self, answer: _Answer, method: str, url: str, what: str) -> _Answer:
         log.debug("%s %s: HTTP %d", method, url, answer.status)  # what httpx's own debug line said
         if answer.status in UNAVAILABLE_STATUS:
             raise IssuerUnavailable(
@@ -405,10 +522,13 @@ class IssuerClient:
             route = self._routes[url] = _Route(parsed, transport, headers)
         return route
 
-    def _read(self, chunks: Iterable[bytes], status: int, deadline: Deadline, what: str, url: str) -> bytes:
+    def _read(
+        self, chunks: Iterable[bytes], status: int, deadline: Deadline | None, what: str, url: str
+    ) -> bytes:
         body = bytearray()
         for chunk in chunks:
-            deadline.clamp(None)
+            if deadline is not None:
+                deadline.clamp(None)
             body.extend(chunk)
             if len(body) > MAX_BODY:
                 raise IssuerBadResponse(

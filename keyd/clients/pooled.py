@@ -41,6 +41,7 @@ import http.client
 import ssl
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import httpx
 from urllib3.util.wait import wait_for_read
@@ -199,7 +200,17 @@ class Reply:
         self._origin.give(conn)
 
 
-def decoded(reply: Reply, chunks: Iterable[bytes]) -> Iterable[bytes]:
+class Answered(Protocol):
+    """An answer's status and header fields (``Reply``, ``multiplex.Completed``)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Headers | http.client.HTTPMessage: ...
+
+
+def decoded(reply: Answered, chunks: Iterable[bytes]) -> Iterable[bytes]:
     """``chunks`` decoded as the answer's ``Content-Encoding`` says, by
     httpx's decoders (gzip, deflate, br, zstd where installed); a body that
     is not what its label says raises ``httpx.DecodingError`` while read."""

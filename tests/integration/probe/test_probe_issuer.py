@@ -246,7 +246,9 @@ def test_a_round_in_chunks_with_batched_writes(world):
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_a_round_reuses_its_connections(migrated_engine, issuer, tmp_path, monkeypatch, concurrency):
     """Keep-alive: a round of N keys opens at most one HTTP connection per
-    worker (discovery included), not one per probe."""
+    place in flight, plus the one discovery went over (the blocking
+    client's; the round's requests go through the multiplexer's own), not
+    one per probe."""
     opened: list[socket.socket] = []
     track = issuer.track
 
@@ -261,4 +263,4 @@ def test_a_round_reuses_its_connections(migrated_engine, issuer, tmp_path, monke
             world.add(key_id=f"70{i}", alg="ES256", kind="application" if i % 4 == 0 else "serviceaccount")
         assert world.run().counts() == {"ok": 12}
         assert world.issuer.requests_seen >= 13  # discovery and one request per key
-    assert 1 <= len(opened) <= concurrency
+    assert 1 <= len(opened) <= concurrency + 1
