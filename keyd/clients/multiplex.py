@@ -109,10 +109,11 @@ class _Exchange:
 
 
 class _Conn:
-    __slots__ = ("origin", "sock", "state", "exchange", "addresses")
+    __slots__ = ("origin", "sock", "state", "exchange", "addresses", "events")
 
     def __init__(self, origin: Origin, sock: socket.socket, state: int) -> None:
         self.origin, self.sock, self.state = origin, sock, state
+        self.events = 0  # what the selector watches it for (0: not registered)
         self.exchange: _Exchange | None = None
         self.addresses: list[tuple[int, Any]] = []
 
@@ -399,19 +400,18 @@ class Multiplexer:
         self._finished.append((exchange, result))
 
     def _watch(self, conn: _Conn, events: int) -> None:
-        try:
-            key = self._selector.get_key(conn.sock)
-        except KeyError:
-            self._selector.register(conn.sock, events, conn)
+        if conn.events == events:
             return
-        if key.events != events:
+        if conn.events:
             self._selector.modify(conn.sock, events, conn)
+        else:
+            self._selector.register(conn.sock, events, conn)
+        conn.events = events
 
     def _unwatch(self, conn: _Conn) -> None:
-        try:
+        if conn.events:
+            conn.events = 0
             self._selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
 
     def _close(self, conn: _Conn) -> None:
         self._unwatch(conn)

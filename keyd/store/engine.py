@@ -30,6 +30,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +118,34 @@ def _storable_parameters(
 
 
 def _storable(value: Any) -> Any:
+    """``value`` with its texts storable; the very same object when none
+    needed escaping (a probe round's executemany binds thousands of values,
+    and copying every row and list cost more than the escaping check)."""
+    kind = type(value)
+    if kind is str:
+        return storable(value)
+    if kind in _SCALARS:
+        return value
+    if isinstance(value, dict):
+        changed = None
+        for k, v in value.items():
+            new = _storable(v)
+            if new is not v:
+                if changed is None:
+                    changed = dict(value)
+                changed[k] = new
+        return value if changed is None else changed
+    if isinstance(value, (list, tuple)):
+        items = [_storable(v) for v in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
     if isinstance(value, str):
         return storable(value)
-    if isinstance(value, dict):
-        return {k: _storable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_storable(v) for v in value)
     return value
+
+
+_SCALARS = frozenset({int, float, bool, type(None), datetime, bytes})
 
 
 def parse_database_url(url: str) -> URL:

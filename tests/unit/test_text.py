@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from keyd.store.engine import _storable
 from keyd.text import escape, path_text, storable, unsafe_char
 
 
@@ -56,3 +57,37 @@ def test_path_text_shows_non_utf8_names_as_escapes() -> None:
     assert path_text(os.fsdecode(b"/k/bad\xff.json")) == "/k/bad\\xff.json"
     assert path_text("/k/ok.json") == "/k/ok.json"
     assert path_text("/k/x\udb37") == "/k/x\\udb37"
+
+
+_BOUND = st.recursive(
+    st.one_of(st.text(), st.integers(), st.none(), st.booleans()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@given(_BOUND)
+def test_bound_parameters_are_copied_only_where_a_text_is_escaped(value: object) -> None:
+    """The engine's parameter hook escapes every text in a row or a list of
+    rows, and hands on the very same object when none needed it (a probe
+    round's executemany binds thousands of values: copying them all cost
+    more than checking them)."""
+    out = _storable(value)
+
+    def texts(v: object) -> list[str]:
+        if isinstance(v, str):
+            return [v]
+        if isinstance(v, dict):
+            return [t for x in v.values() for t in texts(x)]
+        if isinstance(v, list | tuple):
+            return [t for x in v for t in texts(x)]
+        return []
+
+    before, after = texts(value), texts(out)
+    assert after == [storable(t) for t in before]
+    assert (out is value) == all(storable(t) is t for t in before)
+    assert type(out) is type(value)
