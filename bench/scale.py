@@ -28,7 +28,9 @@ otherwise), then prints side by side:
 - ``probe``: CPU per probe of a steady-state ``probe_due`` round over
   ``--probes`` keys (default 500; keyd's log handler at INFO, as in the
   daemon) against the test issuer (a separate process, not counted) minus
-  a raw RSA-2048 signature (target <= 0.5 ms/probe beyond signing).
+  a raw RSA-2048 signature (target <= 0.5 ms/probe beyond signing); then
+  the same keys once more in the thread pool a proxied issuer gets (the
+  round's shape before ``keyd.clients.multiplex``), as the baseline.
 
 Usage: python bench/scale.py [--n 1000 10000 100000] [--sqlite-only | --postgresql-only]
                              [--parts eval warm metrics due]
@@ -49,7 +51,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -476,11 +479,24 @@ def bench_probe(engine: Any, keys: Path, pems: list[str], m: int) -> dict[str, f
                     cpu = time.process_time()
                     report = probe_due(engine, services, clock.now())
                     cpu = time.process_time() - cpu
+                    # the same keys again, due again, in the thread pool a
+                    # proxied issuer gets (the round before keyd.clients.multiplex)
+                    with transaction(engine) as session:
+                        session.execute(
+                            update(Key)
+                            .where(Key.key_id.in_([c[0] for c in chosen[warm:]]))
+                            .values(next_probe_at=datetime(2000, 1, 1, tzinfo=UTC))
+                        )
+                    client.multiplexer = _no_multiplexer  # type: ignore[method-assign]
+                    threads = time.process_time()
+                    threaded = probe_due(engine, services, clock.now())
+                    threads = time.process_time() - threads
                 finally:
                     root.removeHandler(handler)
                     root.setLevel(level)
         assert warmed.counts().get("ok") == warm, warmed.counts()
         assert report.counts().get("ok") == m, report.counts()
+        assert threaded.counts().get("ok") == m, threaded.counts()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -489,7 +505,17 @@ def bench_probe(engine: Any, keys: Path, pems: list[str], m: int) -> dict[str, f
     for i in range(m):
         key.sign(f"assertion {i}".encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
     raw = time.process_time() - raw
-    return {"per_probe_ms": 1000 * cpu / m, "sign_ms": 1000 * raw / m, "overhead_ms": 1000 * (cpu - raw) / m}
+    return {
+        "per_probe_ms": 1000 * cpu / m,
+        "sign_ms": 1000 * raw / m,
+        "overhead_ms": 1000 * (cpu - raw) / m,
+        "threads_overhead_ms": 1000 * (threads - raw) / m,
+    }
+
+
+@contextmanager
+def _no_multiplexer() -> Iterator[None]:
+    yield None
 
 
 def run_one(backend: str, n: int, keys: Path, pems: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -592,7 +618,8 @@ def show(backend: str, n: int, r: dict[str, Any]) -> None:
     if probe:
         line += (
             f"  probe {probe['per_probe_ms']:.2f} ms CPU/probe, "
-            f"{probe['overhead_ms']:.2f} ms beyond signing ({probe['sign_ms']:.2f} ms)"
+            f"{probe['overhead_ms']:.2f} ms beyond signing ({probe['sign_ms']:.2f} ms; "
+            f"in a thread pool: {probe['threads_overhead_ms']:.2f} ms)"
         )
     if due:
         line += (

@@ -129,6 +129,8 @@ def _storable(value: Any) -> Any:
     if isinstance(value, dict):
         changed = None
         for k, v in value.items():
+            if type(v) in _SCALARS:
+                continue
             new = _storable(v)
             if new is not v:
                 if changed is None:

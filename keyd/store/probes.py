@@ -157,8 +157,8 @@ def record_probe_results(
         )
     keys = Key.__table__
     with Session(engine) as session, session.begin():
-        if history:  # one multi-row INSERT
-            session.execute(insert(Probe), history)
+        if history:  # one executemany INSERT, Core: the ORM's bulk path costs ~10 us a row more
+            session.execute(insert(Probe.__table__), history)  # type: ignore[arg-type]
         for columns, rows in groups.items():  # one executemany UPDATE per shape
             stmt = (
                 update(keys)  # type: ignore[arg-type]
