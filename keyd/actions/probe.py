@@ -21,9 +21,10 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 from keyd import progress
@@ -90,6 +91,12 @@ class ProbeServices:
     def __post_init__(self) -> None:
         if self.limiter is None:
             self.limiter = RateLimiter(self.policy.rate_limit, self.clock)
+
+    def remote(self, target: KeyRecord) -> bool:
+        """Whether loading ``target``'s key may wait on the network (Vault),
+        as ``SourceKeyLoader`` tells; a loader that cannot tell is local."""
+        remote = getattr(self.load_key, "remote", None)
+        return bool(remote(target)) if callable(remote) else False
 
 
 def build_probe_services(
@@ -288,46 +295,80 @@ class _Round:
     time, each loaded, signed and sent, then the next one while the issuer
     answers (``keyd.clients.multiplex``: no thread hands the GIL to another
     at every system call). The rate limit and the fast retries wait on
-    timers, not in a sleeping thread; decisions are ``probe_one``'s."""
+    timers, not in a sleeping thread; a key in Vault is read in a worker
+    thread, so a slow Vault holds its places, not the round; decisions are
+    ``probe_one``'s."""
 
     def __init__(self, targets: list[KeyRecord], services: ProbeServices, mux: Multiplexer) -> None:
         self.services, self.mux = services, mux
         self.todo = deque(targets)
         self.places = min(services.policy.concurrency, len(targets))
-        self.busy = 0  # keys loaded and not yet decided
+        self.busy = 0  # keys taken and not yet decided
         self.done: deque[Outcome] = deque()
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
+        #: keys read from Vault in worker threads (a network read would hold
+        #: the round), handed back through ``arrived`` and ``mux.wake``
+        self.loaders: ThreadPoolExecutor | None = None
+        self.loading = 0
+        self.arrived: deque[tuple[KeyRecord, Future[KeyFile]]] = deque()
 
     def run(self) -> Iterator[Outcome]:
         clock = self.services.clock
-        while True:
-            self._fill()
-            while self.done:
-                yield self.done.popleft()
-            if not self.busy and not self.todo:
-                return
-            now = clock.monotonic()
-            while self.timers and self.timers[0][0] <= now:
-                heapq.heappop(self.timers)[2]()
-            if self.done or (self.todo and self.busy < self.places):
-                continue
-            wait = self.timers[0][0] - now if self.timers else None
-            if self.mux.active:
-                self.mux.poll(wait)
-            elif wait is not None:
-                clock.sleep(wait)  # only timers left: a rate-limit slot or a retry's backoff
+        try:
+            while True:
+                self._fill()
+                while self.done:
+                    yield self.done.popleft()
+                if not self.busy and not self.todo:
+                    return
+                now = clock.monotonic()
+                while self.timers and self.timers[0][0] <= now:
+                    heapq.heappop(self.timers)[2]()
+                if self.done or self.arrived or (self.todo and self.busy < self.places):
+                    continue
+                wait = self.timers[0][0] - now if self.timers else None
+                if self.mux.active or self.loading:
+                    self.mux.poll(wait)
+                elif wait is not None:
+                    clock.sleep(wait)  # only timers left: a rate-limit slot or a retry's backoff
+        finally:
+            if self.loaders is not None:
+                self.loaders.shutdown(wait=True)
 
     def _fill(self) -> None:
+        while self.arrived:
+            target, future = self.arrived.popleft()
+            self.loading -= 1
+            self._loaded(target, future.result)
         while self.busy < self.places and self.todo:
             target = self.todo.popleft()
-            try:
-                keyfile = self.services.load_key(target)
-            except Exception as exc:  # noqa: BLE001 - KeydError, or a surprise: this key only
-                self.done.append(_unreadable(target, self.services, exc))
-                continue
             self.busy += 1
-            self._attempt(_Probe(target, keyfile))
+            if self.services.remote(target):
+                self._load_elsewhere(target)
+            else:
+                self._loaded(target, partial(self.services.load_key, target))
+
+    def _load_elsewhere(self, target: KeyRecord) -> None:
+        if self.loaders is None:
+            self.loaders = ThreadPoolExecutor(self.places, thread_name_prefix="keyd-probe-load")
+        self.loading += 1
+        future = self.loaders.submit(self.services.load_key, target)
+
+        def arrived(done: Future[KeyFile]) -> None:
+            self.arrived.append((target, done))
+            self.mux.wake()
+
+        future.add_done_callback(arrived)
+
+    def _loaded(self, target: KeyRecord, load: Callable[[], KeyFile]) -> None:
+        try:
+            keyfile = load()
+        except Exception as exc:  # noqa: BLE001 - KeydError, or a surprise: this key only
+            self.busy -= 1
+            self.done.append(_unreadable(target, self.services, exc))
+            return
+        self._attempt(_Probe(target, keyfile))
 
     def _later(self, seconds: float, then: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (self.services.clock.monotonic() + seconds, next(self._order), then))

@@ -101,14 +101,33 @@ def load_keyfile_for(
     raise KeyUnavailable(key.key_id, problems)
 
 
+class SourceKeyLoader:
+    """The ``KeyLoader`` over the configured sources (``make_key_loader``)."""
+
+    def __init__(self, sources: Sequence[SourceConfig], vault: SecretReader | None, tz: tzinfo) -> None:
+        self._sources = tuple(sources)
+        self._vault_sources = {s.name for s in self._sources if isinstance(s, VaultSourceConfig)}
+        self._vault, self._tz = vault, tz
+
+    def __call__(self, target: KeyRecord) -> KeyFile:
+        return load_keyfile_for(target, target.files, self._sources, self._vault, self._tz)
+
+    def remote(self, target: KeyRecord) -> bool:
+        """Whether loading ``target`` may wait on the network (a location
+        in a Vault source), not only on a local file."""
+        return any(loc.source in self._vault_sources for loc in target.files)
+
+
 def make_key_loader(sources: Sequence[SourceConfig], vault: SecretReader | None, tz: tzinfo) -> KeyLoader:
     """A ``KeyLoader`` bound to the configured sources (for ``ProbeServices``)."""
-    frozen = tuple(sources)
-
-    def load(target: KeyRecord) -> KeyFile:
-        return load_keyfile_for(target, target.files, frozen, vault, tz)
-
-    return load
+    return SourceKeyLoader(sources, vault, tz)
 
 
-__all__ = ["KeyLoader", "KeyUnavailable", "SecretReader", "load_keyfile_for", "make_key_loader"]
+__all__ = [
+    "KeyLoader",
+    "KeyUnavailable",
+    "SecretReader",
+    "SourceKeyLoader",
+    "load_keyfile_for",
+    "make_key_loader",
+]

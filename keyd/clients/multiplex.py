@@ -142,6 +142,10 @@ class Multiplexer:
         self._busy: set[_Conn] = set()
         self._finished: list[tuple[_Exchange, Completed | Exception]] = []
         self.opened = 0  # connections opened, for tests and the bench
+        self._woken, self._waker = socket.socketpair()
+        self._woken.setblocking(False)
+        self._waker.setblocking(False)
+        self._selector.register(self._woken, selectors.EVENT_READ, None)
 
     @property
     def in_flight(self) -> int:
@@ -169,17 +173,28 @@ class Multiplexer:
         else:
             self._connect(conn)
 
+    def wake(self) -> None:
+        """Make a ``poll`` waiting in another thread return now (thread-safe:
+        work done elsewhere for the polling thread is ready)."""
+        try:
+            self._waker.send(b"\0")
+        except OSError:  # full (a wake-up is pending anyway) or closed
+            pass
+
     def poll(self, timeout: float | None) -> None:
-        """Wait up to ``timeout`` seconds (None: until something happens or
-        the nearest deadline) for I/O, do it, end the overdue exchanges and
-        call the callbacks of every exchange that ended."""
-        if not self._finished and self._busy:
-            nearest = min(_due(c) for c in self._busy)
-            left = max(0.0, nearest - time.monotonic())
-            wait = left if timeout is None else min(timeout, left)
+        """Wait up to ``timeout`` seconds (None: until something happens, the
+        nearest deadline or a ``wake``) for I/O, do it, end the overdue
+        exchanges and call the callbacks of every exchange that ended."""
+        if not self._finished:
+            wait = timeout
+            if self._busy:
+                left = max(0.0, min(_due(c) for c in self._busy) - time.monotonic())
+                wait = left if timeout is None else min(timeout, left)
             for key, events in self._selector.select(wait):
-                conn: _Conn = key.data
-                if conn.exchange is not None:
+                conn: _Conn | None = key.data
+                if conn is None:
+                    self._drain_wakes()
+                elif conn.exchange is not None:
                     self._step(conn, events)
             now = time.monotonic()
             for conn in [c for c in self._busy if _due(c) <= now]:
@@ -194,6 +209,15 @@ class Multiplexer:
         self._busy.clear()
         self._idle.clear()
         self._selector.close()
+        self._woken.close()
+        self._waker.close()
+
+    def _drain_wakes(self) -> None:
+        try:
+            while self._woken.recv(4096):
+                pass
+        except OSError:  # BlockingIOError: drained
+            pass
 
     # --- connections -----------------------------------------------------
 
