@@ -138,10 +138,18 @@ def _storable(value: Any) -> Any:
                 changed[k] = new
         return value if changed is None else changed
     if isinstance(value, (list, tuple)):
-        items = [_storable(v) for v in value]
-        if all(new is old for new, old in zip(items, value, strict=True)):
+        copied = None
+        for i, v in enumerate(value):
+            if type(v) in _SCALARS:
+                continue
+            new = _storable(v)
+            if new is not v:
+                if copied is None:
+                    copied = list(value)
+                copied[i] = new
+        if copied is None:
             return value
-        return type(value)(items)
+        return copied if kind is list else type(value)(copied)
     if isinstance(value, str):
         return storable(value)
     return value

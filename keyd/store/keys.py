@@ -137,14 +137,21 @@ STAMP_COLUMNS: tuple[Any, ...] = (KeyLocation.content_hash, KeyLocation.version)
 
 
 def key_record(
-    row: Any, locations: Iterable[Any] = (), seen: Mapping[str, datetime] | None = None
+    row: Any,
+    locations: Iterable[Any] = (),
+    seen: Mapping[str, datetime] | None = None,
+    *,
+    stamped: bool | None = None,
 ) -> KeyRecord:
     """The record of a row of ``KEY_COLUMNS`` (or a ``Key``) and rows of
     ``LOCATION_COLUMNS`` (or ``KeyLocation``s). ``seen``: each source's last
     successful scan (see ``location``); the key was last seen when its
-    latest present location was."""
+    latest present location was. ``stamped``: see ``location``."""
     places = tuple(
-        sorted((location(loc, row.key_id, seen) for loc in locations), key=lambda loc: (loc.source, loc.ref))
+        sorted(
+            (location(loc, row.key_id, seen, stamped=stamped) for loc in locations),
+            key=lambda loc: (loc.source, loc.ref),
+        )
     )
     last_seen = row.last_seen
     if last_seen is not None:
@@ -178,10 +185,14 @@ def key_record(
     )
 
 
-def location(row: Any, key_id: str | None, seen: Mapping[str, datetime] | None = None) -> Location:
+def location(
+    row: Any, key_id: str | None, seen: Mapping[str, datetime] | None = None, *, stamped: bool | None = None
+) -> Location:
     """A row of ``LOCATION_COLUMNS`` or a ``KeyLocation``. A present (or
     invalid) location was seen at its source's last successful scan in
-    ``seen``: the scan does not rewrite unchanged rows."""
+    ``seen``: the scan does not rewrite unchanged rows. ``stamped``: the
+    row has ``STAMP_COLUMNS`` (True) or not (False); None: look (a missed
+    attribute of a row costs an exception, twice per location)."""
     last_seen = row.last_seen
     scanned = (seen or {}).get(row.source)
     if (
@@ -199,9 +210,15 @@ def location(row: Any, key_id: str | None, seen: Mapping[str, datetime] | None =
         warnings=row.warning or (),
         last_seen=last_seen,
         key_id=key_id,
-        content_hash=getattr(row, "content_hash", None),  # a row of STAMP_COLUMNS too, or a KeyLocation
-        version=getattr(row, "version", None),
+        content_hash=_stamp(row, "content_hash", stamped),  # a row of STAMP_COLUMNS too, or a KeyLocation
+        version=_stamp(row, "version", stamped),
     )
+
+
+def _stamp(row: Any, name: str, stamped: bool | None) -> Any:
+    if stamped is None:
+        return getattr(row, name, None)
+    return getattr(row, name) if stamped else None
 
 
 def key_records(
@@ -220,7 +237,7 @@ def key_records(
         stmt = stmt.limit(limit)
     rows = list(session.execute(stmt))
     locations = locations_of(session, [r.id for r in rows], stamps=stamps)
-    return [key_record(r, locations.get(r.id, ()), seen) for r in rows]
+    return [key_record(r, locations.get(r.id, ()), seen, stamped=stamps) for r in rows]
 
 
 def locations_of(session: Session, pks: Sequence[int], *, stamps: bool = False) -> dict[int, list[Any]]:
