@@ -213,6 +213,7 @@ class IssuerClient:
         self._ssl_context, self._max_connections = verify, max_connections
         self._mux: Multiplexer | None = None
         self._mux_lock = threading.Lock()
+        self._closed = False
         self._timeouts = self._http.timeout.as_dict()
         self._extensions = {"timeout": self._timeouts}
         self._routes: dict[str, _Route] = {}
@@ -234,10 +235,17 @@ class IssuerClient:
     def close(self) -> None:
         self._http.close()
         self._direct.close()
-        with self._mux_lock:
-            if self._mux is not None:
-                self._mux.close()
-                self._mux = None
+        self._closed = True
+        if self._mux_lock.acquire(blocking=False):  # else the round using it closes it as it ends
+            try:
+                self._close_mux()
+            finally:
+                self._mux_lock.release()
+
+    def _close_mux(self) -> None:
+        if self._mux is not None:
+            self._mux.close()
+            self._mux = None
 
     def __enter__(self) -> IssuerClient:
         return self
@@ -391,6 +399,8 @@ class IssuerClient:
                 self._mux = Multiplexer(ssl_context=self._ssl_context, keep=self._max_connections)
             yield self._mux
         finally:
+            if self._closed:  # closed while this round ran
+                self._close_mux()
             self._mux_lock.release()
 
     def wire(self, prepared: Prepared[Any]) -> Wire:

@@ -151,3 +151,18 @@ def test_the_rate_limit_spaces_requests_on_the_rounds_clock(migrated_engine, iss
     assert report.counts() == {"ok": 8}
     assert clock.monotonic() - start == pytest.approx(7 * 0.2)
     assert all(0 < s <= 0.2 + 1e-9 for s in clock.slept)
+
+
+def test_closing_the_client_during_a_round_does_not_wait_for_it(issuer):
+    """``IssuerClient.close`` from another thread (the daemon stopping)
+    returns at once while a round holds the multiplexer; the round closes
+    it as it ends."""
+    client = IssuerClient(issuer.url, clock=FakeClock())
+    with client.multiplexer() as mux:
+        assert mux is not None
+        closer = threading.Thread(target=client.close)
+        closer.start()
+        closer.join(10)  # a guard against a hang, not a measurement
+        assert not closer.is_alive()
+        assert mux.active is False and client._mux is mux  # still usable by this round
+    assert client._mux is None
