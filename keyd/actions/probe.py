@@ -332,7 +332,8 @@ class _Round:
                     self.mux.poll(wait)
                 elif wait is not None:
                     clock.sleep(wait)  # only timers left: a rate-limit slot or a retry's backoff
-        finally:
+        finally:  # also when the caller stops early (a failed flush)
+            self.mux.cancel()
             if self.loaders is not None:
                 self.loaders.shutdown(wait=True)
 

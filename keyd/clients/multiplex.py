@@ -203,6 +203,16 @@ class Multiplexer:
         for exchange, result in finished:
             exchange.done(result)
 
+    def cancel(self) -> None:
+        """Drop every exchange in flight (their connections closed, their
+        callbacks never called) and every result not yet reported: what a
+        caller that stops early leaves behind is not the next caller's."""
+        for conn in list(self._busy):
+            conn.exchange = None
+            self._close(conn)
+        self._busy.clear()
+        self._finished.clear()
+
     def close(self) -> None:
         for conn in [*self._busy, *(c for idle in self._idle.values() for c in idle)]:
             self._close(conn)

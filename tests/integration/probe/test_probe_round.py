@@ -166,3 +166,33 @@ def test_closing_the_client_during_a_round_does_not_wait_for_it(issuer):
         assert not closer.is_alive()
         assert mux.active is False and client._mux is mux  # still usable by this round
     assert client._mux is None
+
+
+def test_a_round_stopped_by_a_failed_write_leaves_nothing_in_flight(
+    migrated_engine, issuer, tmp_path, monkeypatch
+):
+    """The history write fails after the first outcomes (a database outage
+    mid-round): the round ends with that error, the requests it still had in
+    flight are dropped with their connections, and the next round starts
+    clean and probes every key."""
+    import keyd.actions.probe as probe_module
+
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    issuer.now = clock.now
+    _file_keys(migrated_engine, issuer, tmp_path / "keys", clock, 6)
+    loader = make_key_loader([DirectorySourceConfig("dir", tmp_path / "keys")], None, UTC)
+    record = probe_module.store.record_probe_results
+
+    def broken(*args: Any, **kw: Any) -> None:
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(probe_module, "FLUSH_EVERY", 1)
+    monkeypatch.setattr(probe_module.store, "record_probe_results", broken)
+    with IssuerClient(issuer.url, clock=clock) as client:
+        services = _services(client, clock, loader, concurrency=4)
+        with pytest.raises(RuntimeError, match="database gone"):
+            probe_due(migrated_engine, services, clock.now())
+        with client.multiplexer() as mux:
+            assert mux is not None and mux.in_flight == 0 and not mux.active
+        monkeypatch.setattr(probe_module.store, "record_probe_results", record)
+        assert probe_due(migrated_engine, services, clock.now()).counts() == {"ok": 6}
