@@ -462,7 +462,7 @@ class _Reconciler:
         """Derive each touched key's status from its locations everywhere.
         Keys seen only through unchanged files are checked cheaply first and
         loaded only if their status has to move (e.g. active → expired)."""
-        for state in self.tx.unsettled_key_states(self.now):
+        for state in self.tx.unsettled_key_states(self.now, self.source):
             if state.id not in self.unchanged_keys or state.id in self.affected:
                 continue
             target = present_status(

@@ -15,7 +15,7 @@ from keyd.exposure import Exposure
 from keyd.inventory.reconcile import SourceOutcome, is_expired, reconcile, record_failure
 from keyd.sources.base import Candidate, ScanResult
 from keyd.sources.keyfile import parse_keyfile
-from keyd.store.inventory import inventory_snapshot
+from keyd.store.inventory import inventory_snapshot, inventory_tx, source_index
 from keyd.store.models import Event, Key, KeyLocation, SourceState
 from tests.support.keys import make_key_file, rsa_key
 
@@ -355,3 +355,47 @@ def test_race_with_another_writer_is_retried(
     ks = keys(migrated_engine)
     assert list(ks) == ["k1"]
     assert {loc.key_pk for loc in locations(migrated_engine).values()} == {ks["k1"].id}
+
+
+def _warm(engine: Engine, quiet: list[str], now: datetime, **kw: Any) -> SourceOutcome:
+    """A warm scan's reconcile as ``scan_all`` does it: the index its
+    stamps came from, and the unchanged refs as bare ``quiet`` paths."""
+    index = source_index(engine, SRC)
+    return reconcile(engine, ScanResult(source=SRC, quiet=quiet, **kw), now, index)
+
+
+def test_unsettled_keys_are_index_ranges_and_this_sources_strays(migrated_engine: Engine) -> None:
+    """What may move without a file changing: an active key past its
+    expiry, an expired one that is not, and of the missing ones only a key
+    this source still holds a present location of (a stray status that
+    its warm scan repairs); the missing keys of files long gone are not
+    read on every scan."""
+    due = cand("/keys/due.json", "due", expires_at=NOW + timedelta(hours=1))
+    scan(migrated_engine, due, cand("/keys/gone.json", "gone"), cand("/keys/stray.json", "stray"))
+    scan(migrated_engine, due, cand("/keys/stray.json", "stray"))  # "gone" goes
+    with migrated_engine.begin() as conn:
+        conn.execute(text("UPDATE keys SET status = 'missing' WHERE key_id = 'stray'"))
+    ids = {k.id: k.key_id for k in keys(migrated_engine).values()}
+    later = NOW + timedelta(hours=2)
+    with inventory_tx(migrated_engine) as tx:
+        here = {ids[s.id] for s in tx.unsettled_key_states(later, SRC)}
+        everywhere = {ids[s.id] for s in tx.unsettled_key_states(later)}
+    assert here == {"due", "stray"} and everywhere == {"due", "stray", "gone"}
+    out = _warm(migrated_engine, ["/keys/due.json", "/keys/stray.json"], later)
+    assert out.returned == 1
+    assert {k: v.status for k, v in keys(migrated_engine).items()} == {
+        "due": "expired",
+        "gone": "missing",
+        "stray": "active",
+    }
+
+
+def test_a_present_location_without_a_key_is_not_held(migrated_engine: Engine) -> None:
+    """The index's one pass over the present rows splits off any that
+    hold no key: not skippable, read again like an invalid one."""
+    scan(migrated_engine, cand("/keys/a.json", "k1"), cand("/keys/b.json", "k2"))
+    with migrated_engine.begin() as conn:
+        conn.execute(text("UPDATE key_locations SET key_pk = NULL WHERE ref = '/keys/b.json'"))
+    index = source_index(migrated_engine, SRC)
+    assert list(index.held) == ["/keys/a.json"] and index.other == {"/keys/b.json"}
+    assert index.keys == {keys(migrated_engine)["k1"].id}

@@ -118,16 +118,20 @@ def test_a_warm_scan_issues_the_same_selects_for_10_or_200_files(
 ) -> None:
     """Bounded, independent of N, and exactly these: the source's index in
     one narrow query without the warnings' text (that only for the rows
-    that have one, and the refs of the invalid locations), the broken
-    file's row (re-read each scan), the keys whose status may move, the
-    source's state and the key counts: no query per file or per batch."""
+    that have one, and the refs of the invalid locations, from their
+    partial index), the broken file's row (re-read each scan), the keys
+    whose status may move (index ranges: the ones an expiry can move, and
+    the missing/invalid/unheld ones only where this source holds them),
+    the source's state and the key counts: no query per file or per batch."""
     few = _warm_selects(tmp_path, migrated_engine, 10)
     many = _warm_selects(tmp_path, migrated_engine, 200)
     assert len(few) == len(many) == 7
-    assert sum("FROM key_locations" in s for s in many) == 4
-    index, warned, other = many[:3]
+    assert sum(s.startswith("SELECT key_locations.") for s in many) == 4
+    index, warned, other, _broken, unsettled = many[:5]
     assert "key_locations.warning" not in index and "warning IS NOT NULL" in warned
-    assert "key_locations.warning" not in other
+    assert "key_locations.warning" not in other and "key_locations.status = 'invalid'" in other
+    assert unsettled.startswith("SELECT keys.") and unsettled.count("UNION ALL") == 3
+    assert "EXISTS (SELECT key_locations.id" in unsettled
 
 
 def test_a_chmod_between_warm_scans_raises_and_clears_the_warning(
