@@ -99,8 +99,10 @@ def reconcile(
 ) -> SourceOutcome:
     """Apply one successful scan in one transaction; returns the counts.
 
-    ``index``: the source's ``SourceIndex`` as read before the scan (its
-    stamps decided what is unchanged), so that a warm scan reads it once;
+    ``index``: the source's ``SourceIndex`` as read before the scan, whose
+    ``held`` the scan was given as ``known`` (its stamps decided what is
+    unchanged: every ``quiet`` or ``warned`` ref is one of its keys, each
+    once), so that a warm scan reads it once and looks no ref up again;
     without one it is read inside the transaction. A race with another
     writer (``InventoryConflict``) rolls back and is retried on a fresh
     read, at most ``_ATTEMPTS`` times in all.
@@ -113,11 +115,9 @@ def reconcile(
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with inventory_tx(engine) as tx:
-                if index is not None and attempt == 1:
-                    fresh = index
-                else:
-                    fresh = tx.source_index(result.source, directories)
-                outcome = _Reconciler(tx, result.source, now).run(result, fresh)
+                known = index is not None and attempt == 1
+                fresh = index if index is not None and known else tx.source_index(result.source, directories)
+                outcome = _Reconciler(tx, result.source, now, known=known).run(result, fresh)
             break
         except InventoryConflict as exc:
             if attempt == _ATTEMPTS:
@@ -199,8 +199,9 @@ class _Reconciler:
     ORM objects, no write at all); everything else is handled in batches
     of ``_BATCH`` that are flushed and released (``InventoryTx.release``)."""
 
-    def __init__(self, tx: InventoryTx, source: str, now: datetime) -> None:
+    def __init__(self, tx: InventoryTx, source: str, now: datetime, *, known: bool = False) -> None:
         self.tx = tx
+        self.known = known  # the index is the one the scan compared its stamps with
         self.source = source
         self.now = now
         self.out = SourceOutcome(source=source)
@@ -282,8 +283,16 @@ class _Reconciler:
         # the held rows that have a warning, still unseen: after taking
         # the quiet ones out, those gone from ``held`` were among them
         warned = [ref for ref, text in index.warned.items() if text and ref in held]
-        popped = list(map(held.pop, quiet, repeat(None)))
         slow: list[Candidate] = []
+        if self.known and len(quiet) == len(held):
+            # the scan was given ``index.held`` as ``known``: its quiet refs
+            # are keys of it, each once (``DirectorySource``'s contract), so
+            # as many as are left means all that are left, and there is
+            # nothing to look up 10^5 times again (the walk just did)
+            keys = index.keys if len(held) == len(index.held) else set(map(_KEY_PK, held.values()))
+            held.clear()
+            return self._quiet_rows(len(quiet), keys, warned, slow)
+        popped = list(map(held.pop, quiet, repeat(None)))
         if None in popped:
             for ref, row in zip(quiet, popped, strict=True):
                 if row is None:
@@ -291,12 +300,19 @@ class _Reconciler:
             popped = [row for row in popped if row is not None]
         rows = cast("list[HeldRow]", popped)  # no None left
         stale = [ref for ref in warned if ref not in held]  # its row says "warned": rewrite it
+        return self._quiet_rows(len(quiet), set(map(_KEY_PK, rows)), stale, slow, len(rows))
+
+    def _quiet_rows(
+        self, seen: int, keys: set[int], stale: list[str], slow: list[Candidate], rows: int | None = None
+    ) -> list[Candidate]:
+        """Count ``seen`` quiet locations (``rows`` of them held, all by
+        default), holding ``keys``; ``stale``: those whose row still has a
+        warning the file no longer earns (to rewrite)."""
         slow.extend(Candidate(ref=ref, unchanged=True) for ref in stale)
-        keys = set(map(_KEY_PK, rows))
         self.unchanged_keys |= keys
         self.present_here |= keys
-        self.out.seen += len(quiet)
-        self.out.unchanged += len(rows) - len(stale)
+        self.out.seen += seen
+        self.out.unchanged += (seen if rows is None else rows) - len(stale)
         return slow
 
     def _odd(

@@ -24,7 +24,8 @@ Contract:
   is not opened and costs one ``stat`` (from its ``scandir`` entry) and no
   object: its path goes to ``ScanResult.quiet``, or with its warnings to
   ``ScanResult.warned`` (a symlink's target, rarer, as an ``unchanged``
-  candidate).
+  candidate). Each path there is a key of ``known``, and comes once (the
+  reconciler relies on it not to look 10^5 paths up again).
 * Order: directories are walked depth first by name, and the candidates
   of each directory come by name, so a scan of the same tree lists them in
   the same order; unchanged paths come in listing order (nothing depends
@@ -178,7 +179,7 @@ class DirectorySource:
         result = ScanResult(source=self.name)
         closer: list[tuple[os.DirEntry[str], str]] = []
         prefix = self.root + os.sep
-        for directory in sorted(directories):
+        for directory in sorted(set(directories)):  # each listed once: no path twice
             if directory == self.root:
                 rel_dir = ""
             elif directory.startswith(prefix):

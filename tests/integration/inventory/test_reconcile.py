@@ -364,6 +364,25 @@ def _warm(engine: Engine, quiet: list[str], now: datetime, **kw: Any) -> SourceO
     return reconcile(engine, ScanResult(source=SRC, quiet=quiet, **kw), now, index)
 
 
+def test_a_warm_scan_with_the_scans_index_sees_what_is_gone(migrated_engine: Engine) -> None:
+    """Every held ref quiet (no lookup per ref), one gone, one warned:
+    the counts and the one missing key are the same either way."""
+    scan(migrated_engine, *(cand(f"/keys/{i}.json", f"k{i}") for i in range(3)))
+    out = _warm(migrated_engine, ["/keys/2.json", "/keys/0.json", "/keys/1.json"], NOW + timedelta(hours=1))
+    assert (out.seen, out.unchanged, out.keys, out.missing) == (3, 3, 3, 0)
+    warned = [("/keys/1.json", (Exposure("/keys/1.json", "readable by other users"),))]
+    out = _warm(migrated_engine, ["/keys/0.json", "/keys/2.json"], NOW + timedelta(hours=2), warned=warned)
+    assert (out.seen, out.unchanged, out.keys, out.warnings) == (3, 3, 3, 1)
+    out = _warm(migrated_engine, ["/keys/0.json"], NOW + timedelta(hours=3), warned=warned)
+    assert (out.seen, out.keys, out.missing) == (2, 2, 1)
+    assert {k: v.status for k, v in keys(migrated_engine).items()} == {
+        "k0": "active",
+        "k1": "active",
+        "k2": "missing",
+    }
+    assert locations(migrated_engine)["/keys/1.json"].warning == warned[0][1]
+
+
 def test_unsettled_keys_are_index_ranges_and_this_sources_strays(migrated_engine: Engine) -> None:
     """What may move without a file changing: an active key past its
     expiry, an expired one that is not, and of the missing ones only a key

@@ -326,3 +326,16 @@ def test_a_bug_while_reading_one_file_makes_only_it_invalid(
     assert error is not None and error.problem == (
         "internal error while reading it (MemoryError); run with --debug"
     )
+
+
+def test_a_partial_scan_lists_a_directory_named_twice_once(root: Path) -> None:
+    """Each unchanged path comes once (the reconciler counts on it: as many
+    quiet refs as held rows means every held row), even when the caller
+    names a directory twice."""
+    for i in range(3):
+        write_keyfile(root / "team" / f"{i}.json", f"k{i}", alg="ES256")
+    cold = source(root).scan()
+    known = {c.ref: (c.size, c.mtime_ns, c.inode) for c in cold.candidates}
+    team = str(root / "team")
+    warm = source(root).scan_directories([team, team], known)
+    assert sorted(warm.quiet) == sorted(known) and len(warm.quiet) == 3
