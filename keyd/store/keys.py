@@ -91,10 +91,12 @@ class KeyRecord:
 class KeyState(NamedTuple):
     """The four columns that decide whether a key's status must move
     (``inventory.reconcile`` settling keys no file change touched): the one
-    narrower projection of a ``keys`` row. Every scan, warm ones included,
-    reads it for each unsettled key (missing, invalid, unheld ones: they
-    pile up); a ``KeyRecord`` there would add location queries and objects
-    for keys that, almost always, have nothing to move. See ``key_states``."""
+    narrower projection of a ``keys`` row. A scan reads it for the keys it
+    may have to settle (``InventoryTx.unsettled_key_states``: those whose
+    status could move, and the missing, invalid and unheld ones with a
+    present location in the scanned source); a ``KeyRecord`` there would add
+    location queries and objects for keys that, almost always, have nothing
+    to move."""
 
     id: int
     status: str  # vocab.KeyStatus
@@ -250,9 +252,3 @@ def locations_of(session: Session, pks: Sequence[int], *, stamps: bool = False) 
         for loc in session.execute(stmt):
             out.setdefault(loc.key_pk, []).append(loc)
     return out
-
-
-def key_states(session: Session, *where: ColumnElement[bool]) -> list[KeyState]:
-    """The ``KeyState`` of the keys matching ``where``, in one query."""
-    stmt = select(Key.id, Key.status, Key.expires_at, Key.last_probe_outcome).where(*where)
-    return [KeyState(*row) for row in session.execute(stmt)]
