@@ -30,7 +30,7 @@ from typing import Any, Final
 from keyd import progress
 from keyd.checks.assertion import AssertionSigner
 from keyd.checks.keyload import KeyLoader, SecretReader, make_key_loader
-from keyd.checks.mint import explained, mint, proof_request, prove_application_key
+from keyd.checks.mint import explained, proof_request
 from keyd.checks.probe import (
     HealthHook,
     ProbePolicy,
@@ -59,7 +59,7 @@ from keyd.store.keys import KeyRecord
 from keyd.store.probes import ProbeRecord
 from keyd.store.snapshot import Engine
 from keyd.timeutil import isoformat_z
-from keyd.vocab import KeyKind, KeyStatus, ProbeOutcome
+from keyd.vocab import KeyStatus, ProbeOutcome
 
 log = logging.getLogger(__name__)
 
@@ -269,11 +269,10 @@ class _Attempts:
         if s.limiter is not None:
             s.limiter.acquire()
         start = s.clock.monotonic()
-        try:
-            if keyfile.kind == KeyKind.APPLICATION:
-                prove_application_key(keyfile, s.client, s.signer)
-            else:
-                mint(keyfile, s.client, s.signer, s.scopes)  # the token is dropped unused
+        try:  # the same request a multiplexed round sends; a token is dropped unused
+            explained(
+                keyfile, s.signer, lambda: s.client.send(proof_request(keyfile, s.client, s.signer, s.scopes))
+            )
         finally:
             self.latency_ms = round((s.clock.monotonic() - start) * 1000.0, 3)
 
