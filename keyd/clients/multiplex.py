@@ -118,16 +118,48 @@ class _Conn:
         self.addresses: list[tuple[int, Any]] = []
 
 
+class _Partial(http.client.IncompleteRead):
+    """A line of the answer's head or chunk framing is not all here yet."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+
+
+class _Reader(io.BytesIO):
+    """The bytes received so far, as ``http.client`` reads them.
+
+    Two differences from a socket's file: a line not yet ended by its
+    ``\\n`` (and an empty read) raises ``_Partial`` unless the peer has
+    closed, so a status line, header or chunk size split between two
+    packets is never taken for a whole one; and ``close`` does nothing,
+    because ``http.client`` closes its file once the last chunk is read and
+    the bytes after it (the next answer, or junk) are still to be counted.
+    """
+
+    def __init__(self, data: bytes, *, eof: bool) -> None:
+        super().__init__(data)
+        self.eof = eof
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        if not self.eof and not line.endswith(b"\n") and (size is None or size < 0 or len(line) < size):
+            raise _Partial()
+        return line
+
+    def close(self) -> None:
+        pass
+
+
 class _Bytes:
     """What ``http.client.HTTPResponse`` reads an answer from."""
 
-    __slots__ = ("data",)
+    __slots__ = ("reader",)
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
 
-    def makefile(self, mode: str) -> io.BytesIO:
-        return io.BytesIO(self.data)
+    def makefile(self, mode: str) -> _Reader:
+        return self.reader
 
 
 class Multiplexer:
@@ -366,23 +398,27 @@ class Multiplexer:
         """End the exchange if ``exchange.buf`` holds its whole answer (or
         can never become one); otherwise wait for more."""
         buf = exchange.buf
-        if buf.find(b"\n\r\n") < 0 and buf.find(b"\n\n") < 0 and not eof:
-            if len(buf) > MAX_HEAD:
+        if not eof and buf.find(b"\n\r\n") < 0 and buf.find(b"\n\n") < 0:
+            if not b"HTTP/".startswith(bytes(buf[:5])):  # as http.client would, without waiting
+                line = bytes(buf[:64]).split(b"\n")[0]
+                self._fail(conn, _mapped(http.client.BadStatusLine(repr(line)), None, None, phase="read"))
+            elif len(buf) > MAX_HEAD:
                 self._fail(conn, httpx.RemoteProtocolError(f"answer head longer than {MAX_HEAD} bytes"))
             return
         data = bytes(buf)
-        response = _Response(_Bytes(data), method=exchange.wire.method)  # type: ignore[arg-type]
+        reader = _Reader(data, eof=eof)
+        response = _Response(_Bytes(reader), method=exchange.wire.method)  # type: ignore[arg-type]
         try:
             response.begin()
-            start = response.fp.tell()
+            start = reader.tell()
             limit = exchange.wire.max_body
             if len(data) - start > 2 * limit + 4096:  # chunk framing included
                 raise BodyTooLarge(response.status, limit)
             if response.chunked:
-                body = response.read()  # IncompleteRead until the last chunk is here
+                body = response.read()  # IncompleteRead until the last chunk and its trailer are here
                 if len(body) > limit:
                     raise BodyTooLarge(response.status, limit)
-                extra = response.fp.read()
+                extra = data[reader.tell() :]
             elif response.length is not None:
                 if response.length > limit:
                     raise BodyTooLarge(response.status, limit)
@@ -401,7 +437,7 @@ class Multiplexer:
         except (http.client.IncompleteRead, http.client.RemoteDisconnected) as exc:
             if eof:  # cut short, or closed before (the rest of) an answer
                 self._fail(conn, _mapped(exc, None, None, phase="read"))
-            return  # a head after a 100 Continue, or a body, still on its way
+            return  # a line, a head after a 100 Continue, or a body, still on its way
         except Exception as exc:  # noqa: BLE001 - not an HTTP answer: mapped as pooled maps it
             self._fail(conn, _mapped(exc, None, None, phase="read"))
             return
