@@ -128,23 +128,34 @@ class _Partial(http.client.IncompleteRead):
 class _Reader(io.BytesIO):
     """The bytes received so far, as ``http.client`` reads them.
 
-    Two differences from a socket's file: a line not yet ended by its
+    Three differences from a socket's file: a line not yet ended by its
     ``\\n`` (and an empty read) raises ``_Partial`` unless the peer has
     closed, so a status line, header or chunk size split between two
-    packets is never taken for a whole one; and ``close`` does nothing,
-    because ``http.client`` closes its file once the last chunk is read and
-    the bytes after it (the next answer, or junk) are still to be counted.
+    packets is never taken for a whole one; ``short`` records that a read
+    wanted bytes not yet here (so an ``IncompleteRead`` that ``http.client``
+    raises with every byte it wanted at hand, a chunk size that is not hex,
+    is the peer's error, not a wait); and ``close`` does nothing, because
+    ``http.client`` closes its file once the last chunk is read and the
+    bytes after it (the next answer, or junk) are still to be counted.
     """
 
     def __init__(self, data: bytes, *, eof: bool) -> None:
         super().__init__(data)
         self.eof = eof
+        self.short = False
 
     def readline(self, size: int | None = -1) -> bytes:
         line = super().readline(size)
         if not self.eof and not line.endswith(b"\n") and (size is None or size < 0 or len(line) < size):
+            self.short = True
             raise _Partial()
         return line
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if size is not None and 0 <= size and len(data) < size:
+            self.short = True
+        return data
 
     def close(self) -> None:
         pass
@@ -408,10 +419,10 @@ class Multiplexer:
         data = bytes(buf)
         reader = _Reader(data, eof=eof)
         response = _Response(_Bytes(reader), method=exchange.wire.method)  # type: ignore[arg-type]
+        limit = exchange.wire.max_body
         try:
             response.begin()
             start = reader.tell()
-            limit = exchange.wire.max_body
             if len(data) - start > 2 * limit + 4096:  # chunk framing included
                 raise BodyTooLarge(response.status, limit)
             if response.chunked:
@@ -423,7 +434,9 @@ class Multiplexer:
                 if response.length > limit:
                     raise BodyTooLarge(response.status, limit)
                 if len(data) - start < response.length:
-                    raise http.client.IncompleteRead(data[start:], response.length - (len(data) - start))
+                    if eof:
+                        raise http.client.IncompleteRead(data[start:], response.length - (len(data) - start))
+                    return  # the body is on its way
                 body, extra = data[start : start + response.length], data[start + response.length :]
             else:  # the body ends with the connection
                 if len(data) - start > limit:
@@ -435,7 +448,9 @@ class Multiplexer:
             self._fail(conn, exc)
             return
         except (http.client.IncompleteRead, http.client.RemoteDisconnected) as exc:
-            if eof:  # cut short, or closed before (the rest of) an answer
+            if isinstance(exc, http.client.IncompleteRead) and len(exc.partial) > limit:
+                self._fail(conn, BodyTooLarge(response.status, limit))  # chunks beyond the limit so far
+            elif eof or not reader.short:  # cut short, closed early, or framing that is wrong as it is
                 self._fail(conn, _mapped(exc, None, None, phase="read"))
             return  # a line, a head after a 100 Continue, or a body, still on its way
         except Exception as exc:  # noqa: BLE001 - not an HTTP answer: mapped as pooled maps it

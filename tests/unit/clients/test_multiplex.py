@@ -261,6 +261,22 @@ def test_an_answer_over_max_body_is_too_large(mux: Multiplexer, answer: bytes) -
     assert isinstance(result, BodyTooLarge) and result.status == 200 and result.limit == 10
 
 
+def test_a_chunked_answer_over_max_body_is_too_large_before_it_ends(mux: Multiplexer) -> None:
+    """15 bytes of chunks against a limit of 10, then the peer stalls:
+    refused for its size, not left to the deadline."""
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nf\r\n" + b"x" * 15 + b"\r\n"
+    with Peer([[answer]], then="hold") as peer:
+        (result,) = exchange(mux, wire(peer.url + "/t", timeout=30.0, max_body=10))
+    assert isinstance(result, BodyTooLarge) and result.limit == 10
+
+
+def test_a_chunk_size_that_is_not_hex_is_refused_at_once(mux: Multiplexer) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n"
+    with Peer([[answer]], then="hold") as peer:
+        (result,) = exchange(mux, wire(peer.url + "/t", timeout=30.0))
+    assert isinstance(result, httpx.RemoteProtocolError) and "IncompleteRead" in str(result)
+
+
 def test_an_answer_without_length_ends_with_its_connection(mux: Multiplexer) -> None:
     with Peer([[b"HTTP/1.1 200 OK\r\n\r\n{", b"}"]], then="close") as peer:
         (result,) = exchange(mux, wire(peer.url + "/t"))
