@@ -397,6 +397,22 @@ class IssuerServer(Registry):
         self.key_api.load_state(state.get("key_api", {}))
 
 
+def tls_issuer(directory: Path) -> tuple[IssuerServer, Path]:
+    """The test issuer behind TLS, with a self-signed certificate for
+    127.0.0.1 and localhost written into ``directory``: the server (not yet
+    started; ``https://127.0.0.1:<port>``) and the certificate to trust."""
+    import ssl
+
+    from tests.support.smtp import self_signed
+
+    cert, key = self_signed(directory)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    server = IssuerServer()
+    server._httpd.socket = server_side.wrap_socket(server._httpd.socket, server_side=True)
+    return server, cert
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256

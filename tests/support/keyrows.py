@@ -5,13 +5,14 @@ engineer; small on purpose)."""
 from __future__ import annotations
 
 import io
+import json
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, select
 from sqlalchemy.orm import Session
 
-from keyd.sources.keyfile import KeyFile
+from keyd.sources.keyfile import KeyFile, parse_keyfile_mapping
 from keyd.store.models import Base, Key, KeyLocation
 
 
@@ -103,6 +104,19 @@ def add_row(
         )
     )
     return key
+
+
+def add_vault_key(
+    engine: Engine, bao: Any, data: dict[str, Any], *, source: str, now: datetime, as_field: bool = True
+) -> str:
+    """Write the key file ``data`` to OpenBao under ``zitadel/keys/<keyId>``
+    (as a ``keyfile`` JSON field, or as the secret's own fields) and add it
+    to the inventory from there; returns its ref (``secret/zitadel/keys/…``)."""
+    path = f"zitadel/keys/{data['keyId']}"
+    bao.kv_put(path, {"keyfile": json.dumps(data)} if as_field else data)
+    ref = f"secret/{path}"
+    add_key(engine, parse_keyfile_mapping(data, source=ref), ref=ref, source=source, now=now)
+    return ref
 
 
 def key_row(engine: Engine, key_id: str) -> Key:

@@ -7,7 +7,6 @@ the requests by waiting on the round's clock."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -25,9 +24,9 @@ from keyd.clients.issuer import IssuerClient
 from keyd.clients.vault import VaultClient
 from keyd.clock import FakeClock
 from keyd.config import DirectorySourceConfig, VaultSourceConfig
-from keyd.sources.keyfile import parse_keyfile_mapping, read_keyfile
+from keyd.sources.keyfile import read_keyfile
 from tests.support.issuer import IssuerServer
-from tests.support.keyrows import add_key, key_row
+from tests.support.keyrows import add_key, add_vault_key, key_row
 from tests.support.keys import make_key_file
 
 pytestmark = pytest.mark.issuer
@@ -99,16 +98,7 @@ def test_a_slow_vault_read_holds_its_place_not_the_round(migrated_engine, openba
     issuer.now = clock.now
     file_ids = _file_keys(migrated_engine, issuer, tmp_path / "keys", clock, 6)
     made = make_key_file(register_with=issuer, key_id="8200", expires_at=clock.now() + timedelta(days=90))
-    path = f"zitadel/keys/{made.key_id}"
-    openbao_fresh.kv_put(path, {"keyfile": json.dumps(made.data)})
-    ref = f"secret/{path}"
-    add_key(
-        migrated_engine,
-        parse_keyfile_mapping(made.data, source=ref),
-        ref=ref,
-        source=VAULT_SOURCE.name,
-        now=clock.now(),
-    )
+    add_vault_key(migrated_engine, openbao_fresh, made.data, source=VAULT_SOURCE.name, now=clock.now())
     with (
         IssuerClient(issuer.url, clock=clock) as client,
         VaultClient(openbao_fresh.vault_config(), clock) as vault,

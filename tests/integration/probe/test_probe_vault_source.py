@@ -4,7 +4,6 @@ the probe ``unreadable`` (no issuer contact, no history row, backoff)."""
 
 from __future__ import annotations
 
-import json
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -18,9 +17,8 @@ from keyd.clients.issuer import IssuerClient
 from keyd.clients.vault import VaultClient
 from keyd.clock import FakeClock
 from keyd.config import VaultSourceConfig
-from keyd.sources.keyfile import parse_keyfile_mapping
 from keyd.store.models import Probe
-from tests.support.keyrows import add_key, key_row, rows
+from tests.support.keyrows import add_vault_key, key_row, rows
 from tests.support.keys import make_key_file
 
 pytestmark = [pytest.mark.issuer, pytest.mark.openbao]
@@ -32,17 +30,8 @@ def test_vault_key_probed_and_sealed_vault_is_unreadable(migrated_engine, openba
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     issuer.now = clock.now
     made = make_key_file(register_with=issuer, expires_at=clock.now() + timedelta(days=30))
-    path = f"zitadel/keys/{made.key_id}"
-    bao.kv_put(path, {"keyfile": json.dumps(made.data)} if as_field else made.data)
     source = VaultSourceConfig(name="vault:secret/zitadel/keys", mount="secret", prefix="zitadel/keys")
-    ref = f"secret/{path}"
-    add_key(
-        migrated_engine,
-        parse_keyfile_mapping(made.data, source=ref),
-        ref=ref,
-        source=source.name,
-        now=clock.now(),
-    )
+    add_vault_key(migrated_engine, bao, made.data, source=source.name, now=clock.now(), as_field=as_field)
     with IssuerClient(issuer.url, clock=clock) as client, VaultClient(bao.vault_config(), clock) as vault:
         services = ProbeServices(
             client=client,

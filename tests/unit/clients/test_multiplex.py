@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,8 +25,7 @@ import pytest
 
 from keyd.clients.issuer import ssl_context
 from keyd.clients.multiplex import BodyTooLarge, Completed, Multiplexer, Wire
-from tests.support.issuer import DISCOVERY_PATH, IssuerServer
-from tests.support.smtp import self_signed
+from tests.support.issuer import DISCOVERY_PATH, tls_issuer
 
 PAUSE = 0.03  # between the pieces of one answer: each goes out in its own segment
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
@@ -346,11 +344,7 @@ def test_wake_returns_a_waiting_poll() -> None:
 
 
 def test_tls_is_verified_against_the_given_authority(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(cert, key)
-    server = IssuerServer()
-    server._httpd.socket = server_side.wrap_socket(server._httpd.socket, server_side=True)
+    server, cert = tls_issuer(tmp_path)
     url = f"https://127.0.0.1:{server.port}{DISCOVERY_PATH}"
     trusting = Multiplexer(ssl_context=ssl_context(cert))
     default = Multiplexer(ssl_context=ssl_context(None))  # certifi: no test CA in it

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,7 @@ from keyd.clients.pooled import PooledTransport, Reply, parse_headers
 from keyd.clock import SystemClock
 from keyd.errors import IssuerBadResponse, IssuerUnavailable
 from tests.support.drip import HTTP_ANSWER, Dripper
-from tests.support.issuer import DISCOVERY_PATH, IssuerServer
-from tests.support.smtp import self_signed
+from tests.support.issuer import DISCOVERY_PATH, IssuerServer, tls_issuer
 
 TIMEOUTS = {"connect": 5.0, "read": 5.0}
 
@@ -99,11 +97,7 @@ def test_an_httpx_client_can_use_it(issuer: IssuerServer) -> None:
 
 
 def test_tls_is_verified_against_the_given_authority(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(cert, key)
-    server = IssuerServer()
-    server._httpd.socket = server_side.wrap_socket(server._httpd.socket, server_side=True)
+    server, cert = tls_issuer(tmp_path)
     url = f"https://127.0.0.1:{server.port}{DISCOVERY_PATH}"
     trusting = PooledTransport(ssl_context=ssl_context(cert))
     default = PooledTransport(ssl_context=ssl_context(None))  # certifi: no test CA in it
