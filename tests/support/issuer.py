@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import socketserver
+import ssl
 import threading
 import traceback
 from collections import Counter, deque
@@ -401,9 +402,7 @@ def tls_issuer(directory: Path) -> tuple[IssuerServer, Path]:
     """The test issuer behind TLS, with a self-signed certificate for
     127.0.0.1 and localhost written into ``directory``: the server (not yet
     started; ``https://127.0.0.1:<port>``) and the certificate to trust."""
-    import ssl
-
-    from tests.support.smtp import self_signed
+    from tests.support.smtp import self_signed  # here: it imports pytest and aiosmtpd, the server runs alone
 
     cert, key = self_signed(directory)
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
